@@ -1,0 +1,308 @@
+"""Devices: which array module computes, where arrays live, and how they move.
+
+A :class:`Device` is ``cpu`` (NumPy) or ``cuda:N`` (CuPy on GPU N). Every layer, loss,
+regularizer and optimizer asks its arrays' device for ``xp`` and runs the same code on both.
+
+This is the only module that imports CuPy, and it does so lazily: ``import gpunn`` works
+on a machine without CuPy, and on a laptop where CuPy is installed but no GPU is usable.
+Whether a GPU is usable is decided once, by actually running a small kernel on it, and
+the reason for any failure is kept for :func:`why_cpu` — gpunn never falls back silently.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import sys
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+ENV_VAR = "GPUNN_DEVICE"
+INSTALL_HINT = (
+    'install CuPy for your CUDA driver: pip install "gpunn[cuda12]" (CUDA 12.x) '
+    'or pip install "gpunn[cuda13]" (CUDA 13.x)'
+)
+
+
+class DeviceMismatchError(TypeError):
+    """An array lives on a different device than the model, layer or optimizer using it."""
+
+
+class DeviceUnavailableError(RuntimeError):
+    """A GPU was asked for explicitly and none is usable; the message says why."""
+
+
+@dataclass(frozen=True)
+class Device:
+    """Where arrays live and which array module computes on them.
+
+    ``Device("cpu")`` uses NumPy; ``Device("cuda", n)`` uses CuPy on GPU ``n``. Devices are
+    immutable and compare by value: ``gn.device("cuda:0") == gn.Device("cuda", 0)``.
+    """
+
+    kind: str
+    index: int = 0
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("cpu", "cuda"):
+            raise ValueError(f"Device kind must be 'cpu' or 'cuda', got {self.kind!r}")
+        if isinstance(self.index, bool) or not isinstance(self.index, int) or self.index < 0:
+            raise ValueError(f"Device index must be an integer >= 0, got {self.index!r}")
+        if self.kind == "cpu" and self.index != 0:
+            raise ValueError(f"the CPU device has index 0, got {self.index}")
+
+    def __str__(self) -> str:
+        return "cpu" if self.kind == "cpu" else f"cuda:{self.index}"
+
+    def __repr__(self) -> str:
+        return f"Device('{self}')"
+
+    @property
+    def xp(self) -> ModuleType:
+        """The array module: ``numpy`` on the CPU, ``cupy`` on a GPU."""
+        return np if self.kind == "cpu" else _import_cupy()
+
+    def __enter__(self) -> Device:
+        """Make this GPU current, so that ``xp`` allocations land on it (no-op on the CPU)."""
+        if self.kind == "cuda":
+            _cuda_context(self.index).__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.kind == "cuda":
+            _cuda_context(self.index).__exit__(*exc)
+
+    def send(self, x: Any, dtype: Any = None) -> Any:
+        """Return the array-like ``x`` as an array on this device; no copy if already there.
+
+        ``dtype`` optionally converts on the way (also without a copy where it matches).
+        """
+        if self.kind == "cpu":
+            if _is_cupy_array(x):
+                x = x.get()
+            return np.asarray(x, dtype=dtype)
+        cupy = _import_cupy()
+        if isinstance(x, cupy.ndarray) and x.device.id == self.index:
+            return x if dtype is None else x.astype(dtype, copy=False)
+        with self:
+            return cupy.asarray(x, dtype=dtype)
+
+    def synchronize(self) -> None:
+        """Wait until every kernel queued on this device has finished (no-op on the CPU)."""
+        if self.kind == "cuda":
+            _import_cupy().cuda.Device(self.index).synchronize()
+
+
+CPU = Device("cpu")
+
+
+# ----------------------------------------------------------------------------- detection
+
+
+@dataclass(frozen=True)
+class _Probe:
+    count: int  # GPUs CUDA reports (0 when CuPy or the driver is missing)
+    reason: str | None  # why cuda:0 is not usable, or None when it is
+
+
+def _import_cupy() -> ModuleType:
+    import cupy  # noqa: PLC0415 — the one lazy import of CuPy in gpunn
+
+    return cupy
+
+
+def _is_cupy_array(x: object) -> bool:
+    cupy = sys.modules.get("cupy")  # no CuPy imported means no CuPy arrays exist
+    return cupy is not None and isinstance(x, cupy.ndarray)
+
+
+@functools.cache
+def _cuda_context(index: int) -> Any:
+    return _import_cupy().cuda.Device(index)
+
+
+@functools.cache
+def _probe() -> _Probe:
+    """Find out once whether CUDA works: CuPy imports, a GPU is counted, a kernel runs."""
+    try:
+        cupy = _import_cupy()
+    except ImportError as exc:
+        return _Probe(0, f"CuPy is not installed ({exc}); {INSTALL_HINT}")
+    except Exception as exc:  # a broken install raises all sorts of errors at import
+        return _Probe(0, f"CuPy failed to import ({type(exc).__name__}: {exc}); {INSTALL_HINT}")
+    try:
+        count = int(cupy.cuda.runtime.getDeviceCount())
+    except Exception as exc:
+        return _Probe(
+            0,
+            f"CuPy {cupy.__version__} is installed but CUDA is not usable ({_short(exc)}); "
+            "check that an NVIDIA GPU and a driver recent enough for this CuPy build are present "
+            f"(nvidia-smi), or {INSTALL_HINT}",
+        )
+    if count == 0:
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        hint = f" (CUDA_VISIBLE_DEVICES={visible!r})" if visible is not None else ""
+        return _Probe(0, f"CUDA reports no GPU{hint}")
+    return _Probe(count, _kernel_failure(0))
+
+
+@functools.cache
+def _kernel_failure(index: int) -> str | None:
+    """Run a tiny elementwise and reduction kernel on GPU ``index``; the error, or None."""
+    cupy = _import_cupy()
+    try:
+        with cupy.cuda.Device(index):
+            total = float((cupy.arange(8, dtype=cupy.float32) * 2.0).sum())
+    except Exception as exc:
+        return f"a test kernel failed on cuda:{index} ({_short(exc)}); check the CUDA install"
+    if total != 56.0:
+        return f"a test kernel on cuda:{index} returned {total} instead of 56.0"
+    return None
+
+
+def _short(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}".strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def gpu_available() -> bool:
+    """True when cuda:0 exists and runs kernels (decided once, then cached)."""
+    return _probe().reason is None
+
+
+def available_devices() -> list[Device]:
+    """The CPU followed by every GPU that runs a test kernel."""
+    probe = _probe()
+    gpus = [Device("cuda", i) for i in range(probe.count) if _kernel_failure(i) is None]
+    return [CPU, *gpus]
+
+
+def why_cpu() -> str | None:
+    """Why ``gn.device()`` chose the CPU, or None when it chose a GPU."""
+    spec = os.environ.get(ENV_VAR, "auto").strip().lower()
+    if spec == "cpu":
+        return f"{ENV_VAR}=cpu asks for the CPU"
+    if spec != "auto":
+        return None  # an explicit GPU either works or raises; it never falls back
+    return _probe().reason
+
+
+_SPEC = re.compile(r"^(cpu|cuda|gpu|auto)(?::(\d+))?$")
+
+
+def device(spec: str | Device | None = None) -> Device:
+    """Return the device named by ``spec``.
+
+    ``spec`` is ``"auto"`` (cuda:0 when usable, else the CPU), ``"cpu"``, ``"cuda"`` (cuda:0),
+    ``"cuda:N"`` or a :class:`Device`. None reads ``GPUNN_DEVICE`` and defaults to ``"auto"``.
+    Asking for a GPU that is not usable raises :class:`DeviceUnavailableError` with the reason.
+    """
+    if isinstance(spec, Device):
+        return spec
+    source = "spec"
+    if spec is None:
+        spec, source = os.environ.get(ENV_VAR, "auto"), ENV_VAR
+    if not isinstance(spec, str):
+        raise TypeError(f"device spec must be a string such as 'cuda:0' or a Device, got {spec!r}")
+    match = _SPEC.match(spec.strip().lower())
+    if match is None or (match.group(1) in ("cpu", "auto") and match.group(2) is not None):
+        raise ValueError(f"{source} must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {spec!r}")
+    kind, index = match.group(1), int(match.group(2) or 0)
+    if kind == "cpu":
+        return CPU
+    probe = _probe()
+    if kind == "auto":
+        return Device("cuda", 0) if probe.reason is None else CPU
+    if probe.count == 0 or (index == 0 and probe.reason is not None):
+        raise DeviceUnavailableError(f"{source}={spec!r} asks for a GPU, but {probe.reason}")
+    if index >= probe.count:
+        raise DeviceUnavailableError(
+            f"{source}={spec!r} asks for GPU {index}, but CUDA reports {probe.count} GPU(s): "
+            f"use cuda:0 to cuda:{probe.count - 1}"
+        )
+    failure = _kernel_failure(index)
+    if failure is not None:
+        raise DeviceUnavailableError(f"{source}={spec!r}: {failure}")
+    return Device("cuda", index)
+
+
+def gpu_properties(index: int = 0) -> dict[str, Any]:
+    """Name, memory (bytes), compute capability and CUDA versions of GPU ``index``."""
+    cupy = _import_cupy()
+    runtime = cupy.cuda.runtime
+    props = runtime.getDeviceProperties(index)
+    with cupy.cuda.Device(index):
+        free, total = runtime.memGetInfo()
+    name = props["name"]
+    return {
+        "name": name.decode() if isinstance(name, bytes) else str(name),
+        "total_memory": int(total),
+        "free_memory": int(free),
+        "compute_capability": f"{props['major']}.{props['minor']}",
+        "multiprocessors": int(props["multiProcessorCount"]),
+        "driver_version": int(runtime.driverGetVersion()),
+        "runtime_version": int(runtime.runtimeGetVersion()),
+    }
+
+
+def cupy_version() -> str | None:
+    """CuPy's version if it imports, else None (imports it)."""
+    try:
+        return _import_cupy().__version__
+    except Exception:
+        return None
+
+
+# ----------------------------------------------------------------------------- arrays
+
+
+def array_module(x: Any) -> ModuleType:
+    """``cupy`` for a CuPy array, ``numpy`` for anything else."""
+    return sys.modules["cupy"] if _is_cupy_array(x) else np
+
+
+def device_of(x: Any) -> Device:
+    """The device an array lives on (the CPU for NumPy arrays and Python values)."""
+    return Device("cuda", int(x.device.id)) if _is_cupy_array(x) else CPU
+
+
+def to_numpy(x: Any) -> Any:
+    """Copy device arrays to the host, through lists, tuples and dicts.
+
+    NumPy arrays and Python values come back unchanged (no copy).
+    """
+    if _is_cupy_array(x):
+        return x.get()
+    if isinstance(x, dict):
+        return {k: to_numpy(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(to_numpy(v) for v in x)
+    return x
+
+
+def to_device(x: Any, dev: str | Device) -> Any:
+    """Move arrays to ``dev``, through lists, tuples and dicts; no copy when already there.
+
+    Python numbers, strings and None pass through unchanged.
+    """
+    target = device(dev)
+    if isinstance(x, dict):
+        return {k: to_device(v, target) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(to_device(v, target) for v in x)
+    if isinstance(x, np.ndarray) or _is_cupy_array(x) or isinstance(x, np.generic):
+        return target.send(x)
+    return x
+
+
+def check_device(x: Any, expected: Device, name: str, owner: str) -> None:
+    """Raise DeviceMismatchError unless array ``x`` lives on ``expected``."""
+    actual = device_of(x)
+    if actual != expected:
+        raise DeviceMismatchError(
+            f"{name} is on {actual} but {owner} is on {expected}; move it with gn.to_device({name}, '{expected}')"
+        )

@@ -1,0 +1,334 @@
+"""Fused GPU kernels, each with a plain array-module twin that is its reference.
+
+Every update here works in place on whole flat buffers (see :mod:`gpunn.parameter`). On a
+GPU one call is one kernel launch: a CuPy ``RawModule`` compiled by NVRTC once per device
+and cached (CuPy also caches the binary on disk). On the CPU the ``*_reference`` twin runs:
+the same formula as a short sequence of in-place NumPy operations that reuse one scratch
+buffer, so a step allocates nothing. The twins accept CuPy arrays too, which is how the
+tests check each kernel against its reference on a GPU.
+
+Hyperparameters reach the kernels as float64 and are rounded once to the buffer's dtype,
+exactly as a Python float is when it meets a float32 array in NumPy, so both paths compute
+with the same constants.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from .backend import array_module
+
+THREADS_PER_BLOCK = 256
+MAX_BLOCKS = 65_535
+
+# One grid-stride loop per update rule; templated on the element type (float, double).
+CUDA_SOURCE = r"""
+#define GRID_STRIDE_LOOP(i, n) \
+  for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < (n); \
+       i += (long long)blockDim.x * gridDim.x)
+
+template <typename T>
+__global__ void sgd_update(T* __restrict__ p, const T* __restrict__ g, const long long n,
+                           const double lr) {
+  const T lr_ = (T)lr;
+  GRID_STRIDE_LOOP(i, n) { p[i] -= lr_ * g[i]; }
+}
+
+template <typename T>
+__global__ void momentum_update(T* __restrict__ p, const T* __restrict__ g, T* __restrict__ v,
+                                const long long n, const double lr, const double momentum,
+                                const int nesterov) {
+  const T lr_ = (T)lr, mu = (T)momentum;
+  GRID_STRIDE_LOOP(i, n) {
+    const T gi = g[i];
+    const T vi = mu * v[i] + gi;
+    v[i] = vi;
+    p[i] -= lr_ * (nesterov ? gi + mu * vi : vi);
+  }
+}
+
+template <typename T>
+__global__ void adagrad_update(T* __restrict__ p, const T* __restrict__ g, T* __restrict__ h,
+                               const long long n, const double lr, const double eps) {
+  const T lr_ = (T)lr, eps_ = (T)eps;
+  GRID_STRIDE_LOOP(i, n) {
+    const T gi = g[i];
+    const T hi = h[i] + gi * gi;
+    h[i] = hi;
+    p[i] -= lr_ * gi / (sqrt(hi) + eps_);
+  }
+}
+
+template <typename T>
+__global__ void rmsprop_update(T* __restrict__ p, const T* __restrict__ g, T* __restrict__ s,
+                               const long long n, const double lr, const double alpha,
+                               const double eps) {
+  const T lr_ = (T)lr, a = (T)alpha, one_minus_a = (T)(1.0 - alpha), eps_ = (T)eps;
+  GRID_STRIDE_LOOP(i, n) {
+    const T gi = g[i];
+    const T si = a * s[i] + one_minus_a * (gi * gi);
+    s[i] = si;
+    p[i] -= lr_ * gi / (sqrt(si) + eps_);
+  }
+}
+
+template <typename T>
+__global__ void adam_update(T* __restrict__ p, const T* __restrict__ g, T* __restrict__ m,
+                            T* __restrict__ v, const long long n, const long long n_decay,
+                            const double step_size, const double beta1, const double beta2,
+                            const double eps, const double inv_sqrt_bc2,
+                            const double decay_factor) {
+  const T lr_ = (T)step_size, b1 = (T)beta1, b2 = (T)beta2;
+  const T one_minus_b1 = (T)(1.0 - beta1), one_minus_b2 = (T)(1.0 - beta2);
+  const T eps_ = (T)eps, c2 = (T)inv_sqrt_bc2, keep = (T)decay_factor;
+  GRID_STRIDE_LOOP(i, n) {
+    const T gi = g[i];
+    const T mi = b1 * m[i] + one_minus_b1 * gi;
+    const T vi = b2 * v[i] + one_minus_b2 * (gi * gi);
+    m[i] = mi;
+    v[i] = vi;
+    const T pi = i < n_decay ? p[i] * keep : p[i];
+    p[i] = pi - lr_ * mi / (sqrt(vi) * c2 + eps_);
+  }
+}
+"""
+
+KERNEL_NAMES = ("sgd_update", "momentum_update", "adagrad_update", "rmsprop_update", "adam_update")
+_CTYPES = {np.dtype("float32"): "float", np.dtype("float64"): "double"}
+_modules: dict[int, Any] = {}
+
+
+def _module(xp: Any) -> Any:
+    """The compiled RawModule for the current GPU (compiled once per device)."""
+    device_id = xp.cuda.Device().id
+    module = _modules.get(device_id)
+    if module is None:
+        names = [f"{k}<{c}>" for k in KERNEL_NAMES for c in _CTYPES.values()]
+        module = xp.RawModule(code=CUDA_SOURCE, options=("--std=c++17",), name_expressions=names)
+        _modules[device_id] = module
+    return module
+
+
+def _launch(name: str, first: Any, *args: Any) -> None:
+    """Launch kernel ``name`` over the flat buffer ``first`` (and the buffers in ``args``)."""
+    xp = array_module(first)
+    n = first.size
+    kernel = _module(xp).get_function(f"{name}<{_CTYPES[first.dtype]}>")
+    blocks = max(1, min(MAX_BLOCKS, -(-n // THREADS_PER_BLOCK)))
+    kernel((blocks,), (THREADS_PER_BLOCK,), (first, *args))
+
+
+def _is_gpu(x: Any) -> bool:
+    return array_module(x) is not np
+
+
+def _flat_args(*buffers: Any) -> None:
+    for b in buffers:
+        if b.ndim != 1 or not b.flags.c_contiguous:
+            raise ValueError("fused updates need contiguous 1-D buffers")
+
+
+# ----------------------------------------------------------------------------- SGD
+
+
+def sgd_reference(p: Any, g: Any, tmp: Any, *, lr: float) -> None:
+    """p ← p − lr·g"""
+    array_module(p).multiply(g, lr, out=tmp)
+    p -= tmp
+
+
+def sgd_update(p: Any, g: Any, tmp: Any, *, lr: float) -> None:
+    """p ← p − lr·g over flat buffers (fused on a GPU; ``tmp`` unused there)."""
+    if _is_gpu(p):
+        _flat_args(p, g)
+        _launch("sgd_update", p, g, np.int64(p.size), np.float64(lr))
+    else:
+        sgd_reference(p, g, tmp, lr=lr)
+
+
+# ----------------------------------------------------------------------------- Momentum / Nesterov
+
+
+def momentum_reference(p: Any, g: Any, v: Any, tmp: Any, *, lr: float, momentum: float, nesterov: bool) -> None:
+    """v ← μ·v + g;  p ← p − lr·v  (Nesterov: p ← p − lr·(g + μ·v))"""
+    xp = array_module(p)
+    v *= momentum
+    v += g
+    if nesterov:
+        xp.multiply(v, momentum, out=tmp)
+        tmp += g
+        tmp *= lr
+    else:
+        xp.multiply(v, lr, out=tmp)
+    p -= tmp
+
+
+def momentum_update(p: Any, g: Any, v: Any, tmp: Any, *, lr: float, momentum: float, nesterov: bool) -> None:
+    """Heavy-ball or Nesterov momentum over flat buffers (fused on a GPU; ``tmp`` unused there)."""
+    if _is_gpu(p):
+        _flat_args(p, g, v)
+        _launch(
+            "momentum_update",
+            p,
+            g,
+            v,
+            np.int64(p.size),
+            np.float64(lr),
+            np.float64(momentum),
+            np.int32(1 if nesterov else 0),
+        )
+    else:
+        momentum_reference(p, g, v, tmp, lr=lr, momentum=momentum, nesterov=nesterov)
+
+
+# ----------------------------------------------------------------------------- AdaGrad
+
+
+def adagrad_reference(p: Any, g: Any, h: Any, tmp: Any, *, lr: float, eps: float) -> None:
+    """h ← h + g²;  p ← p − lr·g / (√h + ε)"""
+    xp = array_module(p)
+    xp.multiply(g, g, out=tmp)
+    h += tmp
+    xp.sqrt(h, out=tmp)
+    tmp += eps
+    xp.divide(g, tmp, out=tmp)
+    tmp *= lr
+    p -= tmp
+
+
+def adagrad_update(p: Any, g: Any, h: Any, tmp: Any, *, lr: float, eps: float) -> None:
+    """AdaGrad over flat buffers (fused on a GPU)."""
+    if _is_gpu(p):
+        _flat_args(p, g, h)
+        _launch("adagrad_update", p, g, h, np.int64(p.size), np.float64(lr), np.float64(eps))
+    else:
+        adagrad_reference(p, g, h, tmp, lr=lr, eps=eps)
+
+
+# ----------------------------------------------------------------------------- RMSprop
+
+
+def rmsprop_reference(p: Any, g: Any, s: Any, tmp: Any, *, lr: float, alpha: float, eps: float) -> None:
+    """s ← α·s + (1−α)·g²;  p ← p − lr·g / (√s + ε)"""
+    xp = array_module(p)
+    xp.multiply(g, g, out=tmp)
+    tmp *= 1.0 - alpha
+    s *= alpha
+    s += tmp
+    xp.sqrt(s, out=tmp)
+    tmp += eps
+    xp.divide(g, tmp, out=tmp)
+    tmp *= lr
+    p -= tmp
+
+
+def rmsprop_update(p: Any, g: Any, s: Any, tmp: Any, *, lr: float, alpha: float, eps: float) -> None:
+    """RMSprop over flat buffers (fused on a GPU)."""
+    if _is_gpu(p):
+        _flat_args(p, g, s)
+        _launch("rmsprop_update", p, g, s, np.int64(p.size), np.float64(lr), np.float64(alpha), np.float64(eps))
+    else:
+        rmsprop_reference(p, g, s, tmp, lr=lr, alpha=alpha, eps=eps)
+
+
+# ----------------------------------------------------------------------------- Adam / AdamW
+
+
+def adam_constants(lr: float, beta1: float, beta2: float, step: int, weight_decay: float) -> dict[str, float]:
+    """Step size, bias correction and decay factor of Adam's update number ``step`` (1-based).
+
+    step_size = lr / (1 − β1^t);  inv_sqrt_bc2 = 1 / √(1 − β2^t);  decay_factor = 1 − lr·wd
+    """
+    return {
+        "step_size": lr / (1.0 - beta1**step),
+        "inv_sqrt_bc2": 1.0 / math.sqrt(1.0 - beta2**step),
+        "decay_factor": 1.0 - lr * weight_decay,
+    }
+
+
+def adam_reference(
+    p: Any,
+    g: Any,
+    m: Any,
+    v: Any,
+    tmp: Any,
+    *,
+    n_decay: int,
+    step_size: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    inv_sqrt_bc2: float,
+    decay_factor: float,
+) -> None:
+    """m ← β1·m + (1−β1)·g;  v ← β2·v + (1−β2)·g²;  p[:n_decay] ← p[:n_decay]·decay_factor;
+    p ← p − step_size·m / (√v·inv_sqrt_bc2 + ε)   (PyTorch's Adam/AdamW arithmetic)"""
+    xp = array_module(p)
+    m *= beta1
+    xp.multiply(g, 1.0 - beta1, out=tmp)
+    m += tmp
+    v *= beta2
+    xp.multiply(g, g, out=tmp)
+    tmp *= 1.0 - beta2
+    v += tmp
+    if decay_factor != 1.0 and n_decay:
+        p[:n_decay] *= decay_factor
+    xp.sqrt(v, out=tmp)
+    tmp *= inv_sqrt_bc2
+    tmp += eps
+    xp.divide(m, tmp, out=tmp)
+    tmp *= step_size
+    p -= tmp
+
+
+def adam_update(
+    p: Any,
+    g: Any,
+    m: Any,
+    v: Any,
+    tmp: Any,
+    *,
+    n_decay: int,
+    step_size: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    inv_sqrt_bc2: float,
+    decay_factor: float,
+) -> None:
+    """Adam (and AdamW's decoupled decay on the first ``n_decay`` elements) over flat buffers."""
+    if _is_gpu(p):
+        _flat_args(p, g, m, v)
+        _launch(
+            "adam_update",
+            p,
+            g,
+            m,
+            v,
+            np.int64(p.size),
+            np.int64(n_decay),
+            np.float64(step_size),
+            np.float64(beta1),
+            np.float64(beta2),
+            np.float64(eps),
+            np.float64(inv_sqrt_bc2),
+            np.float64(decay_factor),
+        )
+    else:
+        adam_reference(
+            p,
+            g,
+            m,
+            v,
+            tmp,
+            n_decay=n_decay,
+            step_size=step_size,
+            beta1=beta1,
+            beta2=beta2,
+            eps=eps,
+            inv_sqrt_bc2=inv_sqrt_bc2,
+            decay_factor=decay_factor,
+        )

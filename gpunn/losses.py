@@ -1,0 +1,162 @@
+"""Losses: the mean over the batch of a per-sample loss, and its gradient.
+
+Every loss's ``forward(y, t)`` returns a 0-d array on the device (no host round trip) and
+remembers what ``backward()`` needs; ``backward()`` returns ∂L/∂y with the 1/N of the mean
+already applied. The cost of the seed is this mean; the objective adds a regularizer.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .backend import array_module, check_device, device_of
+from .functional import log_softmax, sigmoid, softmax
+
+__all__ = ["Loss", "MSELoss", "SigmoidBCELoss", "SoftmaxWithLoss", "log_softmax", "softmax"]
+
+
+class Loss:
+    """Base class: ``forward(y, t)`` → 0-d array, ``backward()`` → ∂L/∂y.
+
+    ``validate`` (default True) checks the targets on every call: label range and type.
+    On a GPU the range check reads one value back to the host, so a training loop that has
+    checked its labels once (the Trainer does) may set ``validate = False``.
+    """
+
+    def __init__(self, validate: bool = True) -> None:
+        self.validate = bool(validate)
+
+    def __call__(self, y: Any, t: Any) -> Any:
+        return self.forward(y, t)
+
+    def forward(self, y: Any, t: Any) -> Any:
+        raise NotImplementedError
+
+    def backward(self) -> Any:
+        raise NotImplementedError
+
+
+def _check_pair(y: Any, t: Any, y_name: str) -> tuple[Any, Any]:
+    """Check that y and t are arrays on one device with the same N; return them."""
+    for name, a in ((y_name, y), ("t", t)):
+        if not (hasattr(a, "ndim") and hasattr(a, "dtype")):
+            raise TypeError(f"{name} must be a NumPy or CuPy array, got {type(a).__name__}")
+    if y.ndim not in (1, 2):
+        raise ValueError(f"{y_name} must have shape (N, C) or (N,), got {tuple(y.shape)}")
+    check_device(t, device_of(y), "t", y_name)
+    if t.shape[:1] != y.shape[:1]:
+        raise ValueError(
+            f"{y_name} and t hold different numbers of samples: {y_name}.shape == {tuple(y.shape)}, "
+            f"t.shape == {tuple(t.shape)}"
+        )
+    return y, t
+
+
+def _same_shape_targets(y: Any, t: Any, y_name: str) -> Any:
+    """Targets shaped like y (a (N,) target for a (N, 1) output is reshaped), in y's dtype."""
+    if t.shape != y.shape:
+        if y.ndim == 2 and y.shape[1] == 1 and t.shape == y.shape[:1]:
+            t = t.reshape(y.shape)
+        else:
+            raise ValueError(f"t must have the shape of {y_name} {tuple(y.shape)}, got {tuple(t.shape)}")
+    if t.dtype.kind not in "biuf":
+        raise TypeError(f"t must hold numbers, got dtype {t.dtype}")
+    return t.astype(y.dtype, copy=False)
+
+
+class SoftmaxWithLoss(Loss):
+    """Softmax followed by cross-entropy, fused: L = −(1/N) Σ_n log softmax(z_n)[t_n].
+
+    ``logits`` z: (N, C). ``t``: integer class labels (N,) in [0, C), or one-hot / probability
+    targets (N, C), where L = −(1/N) Σ_n Σ_k t_nk · log softmax(z_n)_k.
+    Computed through log-sum-exp (no log(y + 1e-7)). Backward: (softmax(z) − t) / N.
+    """
+
+    def forward(self, logits: Any, t: Any) -> Any:
+        logits, t = _check_pair(logits, t, "logits")
+        if logits.ndim != 2:
+            raise ValueError(f"logits must have shape (N, C), got {tuple(logits.shape)}")
+        xp = array_module(logits)
+        n, n_classes = logits.shape
+        logp = log_softmax(logits, axis=1)
+        if t.ndim == 1:
+            if t.dtype.kind not in "iu":
+                raise TypeError(
+                    f"t must hold integer class labels, got dtype {t.dtype}; convert with t.astype(int), "
+                    f"or pass one-hot targets of shape {tuple(logits.shape)}"
+                )
+            if self.validate and n and (int(t.min()) < 0 or int(t.max()) >= n_classes):
+                raise ValueError(
+                    f"t holds labels outside [0, {n_classes}) for {n_classes} classes: "
+                    f"min {int(t.min())}, max {int(t.max())}"
+                )
+            rows = xp.arange(n)
+            loss = -logp[rows, t].mean()
+            self._rows = rows
+        elif t.shape == logits.shape:
+            t = t.astype(logits.dtype, copy=False)
+            loss = -(t * logp).sum() / n
+        else:
+            raise ValueError(
+                f"t must be labels of shape ({n},) or one-hot targets of shape {tuple(logits.shape)}, "
+                f"got {tuple(t.shape)}"
+            )
+        self._logp, self._t = logp, t
+        return xp.asarray(loss)
+
+    def backward(self) -> Any:
+        """∂L/∂z = (softmax(z) − t) / N, shape (N, C)."""
+        xp = array_module(self._logp)
+        y = xp.exp(self._logp)
+        t = self._t
+        if t.ndim == 1:
+            y[self._rows, t] -= 1.0
+        else:
+            y -= t
+        y *= 1.0 / y.shape[0]
+        return y
+
+
+class MSELoss(Loss):
+    """Squared error, halved as in the textbook: L = (1/N) Σ_n ½‖y_n − t_n‖².
+
+    ``y`` and ``t``: (N, K) or (N,). Backward: (y − t) / N.
+    """
+
+    def forward(self, y: Any, t: Any) -> Any:
+        y, t = _check_pair(y, t, "y")
+        t = _same_shape_targets(y, t, "y")
+        diff = y - t
+        self._diff = diff
+        flat = diff.reshape(-1)
+        return array_module(y).asarray(flat @ flat * (0.5 / y.shape[0]))
+
+    def backward(self) -> Any:
+        return self._diff * (1.0 / self._diff.shape[0])
+
+
+class SigmoidBCELoss(Loss):
+    """Sigmoid followed by binary cross-entropy, fused and stable for any logit z:
+
+    L = (1/N) Σ [max(z, 0) − z·t + log(1 + e^−|z|)]  ( = −t·log σ(z) − (1−t)·log(1−σ(z)) ).
+
+    ``logits`` and ``t``: (N, K) or (N,), t in [0, 1]. Backward: (σ(z) − t) / N.
+    """
+
+    def forward(self, logits: Any, t: Any) -> Any:
+        logits, t = _check_pair(logits, t, "logits")
+        t = _same_shape_targets(logits, t, "logits")
+        xp = array_module(logits)
+        if self.validate and t.size:
+            low, high = float(t.min()), float(t.max())
+            if low < 0.0 or high > 1.0:
+                raise ValueError(f"t must lie in [0, 1] for binary cross-entropy, got min {low}, max {high}")
+        per_element = xp.maximum(logits, 0.0) - logits * t + xp.log1p(xp.exp(-xp.abs(logits)))
+        self._z, self._t = logits, t
+        return xp.asarray(per_element.sum() / logits.shape[0])
+
+    def backward(self) -> Any:
+        y = sigmoid(self._z)
+        y -= self._t
+        y *= 1.0 / y.shape[0]
+        return y

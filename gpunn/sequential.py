@@ -1,0 +1,203 @@
+"""Sequential models and the ``mlp`` shortcut.
+
+A Sequential runs its layers in order: a^[0] = x, then each Linear computes
+z^[l] = a^[l−1]·W^[l] + b^[l] and each activation a^[l] = g(z^[l]). Backward runs them in
+reverse, each layer writing its parameters' gradients. All parameters live in one flat
+buffer (weights first, biases last), so an optimizer updates them in one operation.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+from .activations import ACTIVATIONS, Identity, ReLU, Sigmoid, Tanh
+from .activations import activation as make_activation
+from .backend import CPU, Device, device
+from .init import make_rng
+from .layers import Dropout, Layer, Linear, check_input
+from .parameter import Parameter, pack
+from .validation import check_choice, check_dtype, check_float, check_int
+
+# Layers that act elementwise and may overwrite their input or incoming gradient.
+_ELEMENTWISE = (ReLU, Sigmoid, Tanh, Dropout)
+
+
+class Sequential(Layer):
+    """Layers applied in order. ``forward(x)`` → logits; ``backward(dlogits)`` writes every
+    parameter's ``.grad`` and returns ∂L/∂x. Parameter names are "<index>.<name>" ("0.W").
+    """
+
+    def __init__(self, *layers: Layer | Sequence[Layer]) -> None:
+        if len(layers) == 1 and isinstance(layers[0], (list, tuple)):
+            layers = tuple(layers[0])
+        for i, layer in enumerate(layers):
+            if not (callable(getattr(layer, "forward", None)) and callable(getattr(layer, "backward", None))):
+                raise TypeError(f"layers[{i}] must be a gpunn layer with forward and backward, got {layer!r}")
+        self.layers: list[Layer] = list(layers)
+        for name, p in self.named_parameters():
+            p.name = name
+        self._plan_inplace()
+        params = self.parameters()
+        if params:
+            pack(params)
+
+    # --------------------------------------------------------------- structure
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def __getitem__(self, index: int) -> Layer:
+        return self.layers[index]
+
+    def __iter__(self) -> Iterator[Layer]:
+        return iter(self.layers)
+
+    def named_parameters(self) -> list[tuple[str, Parameter]]:
+        return [
+            (f"{i}.{name.rsplit('.', 1)[-1]}", p)
+            for i, layer in enumerate(self.layers)
+            for name, p in layer.named_parameters()
+        ]
+
+    def _plan_inplace(self) -> None:
+        """Let elementwise layers overwrite arrays that this model allocated itself.
+
+        The model owns an activation if some earlier layer allocated it (a Linear always
+        does); the caller's x and the caller's dlogits are never owned, so never modified.
+        """
+        owned = False
+        for layer in self.layers:
+            if isinstance(layer, _ELEMENTWISE):
+                layer.inplace = owned
+                # dropout in eval mode returns its input itself, so ownership passes through
+                owned = owned if isinstance(layer, Dropout) else True
+            elif not isinstance(layer, Identity):
+                owned = True  # a Linear (or any other layer) returns a new array
+        grad_owned = False  # the incoming dlogits belong to the caller
+        for layer in reversed(self.layers):
+            if isinstance(layer, _ELEMENTWISE):
+                layer.inplace_grad = grad_owned
+            elif not isinstance(layer, Identity):
+                grad_owned = True
+
+    @property
+    def device(self) -> Device:
+        params = self.parameters()
+        return params[0].device if params else CPU
+
+    @property
+    def dtype(self) -> np.dtype:
+        params = self.parameters()
+        return params[0].data.dtype if params else np.dtype("float32")
+
+    def to(self, dev: str | Device) -> Sequential:
+        """Move every parameter to ``dev`` ("cpu", "cuda:0" or a Device); returns self."""
+        params = self.parameters()
+        if params:
+            pack(params, device(dev))
+        return self
+
+    def train(self, mode: bool = True) -> Sequential:
+        self.training = bool(mode)
+        for layer in self.layers:
+            layer.train(mode)
+        return self
+
+    # --------------------------------------------------------------- computation
+
+    def forward(self, x: Any) -> Any:
+        """x (N, n_features) on the model's device → output of the last layer (N, n_out)."""
+        params = self.parameters()
+        if params:
+            check_input(x, params[0].data, "x", f"the model ({self.device}, {self.dtype})")
+            first = self.layers[0]
+            if isinstance(first, Linear) and x.shape[1] != first.n_in:
+                raise ValueError(
+                    f"x has {x.shape[1]} features but the first layer, {first!r}, expects {first.n_in} "
+                    f"(x.shape == {tuple(x.shape)})"
+                )
+        for layer in self.layers:
+            x = layer.forward(x)
+        return x
+
+    def backward(self, dy: Any, input_grad: bool = True) -> Any:
+        """dy = ∂L/∂output → writes every parameter's grad; returns ∂L/∂x (None when
+        ``input_grad`` is False, which spares the first layer's input gradient)."""
+        for layer in reversed(self.layers[1:]):
+            dy = layer.backward(dy)
+        if not self.layers:
+            return dy
+        first = self.layers[0]
+        if isinstance(first, (Linear, Sequential)):
+            return first.backward(dy, input_grad=input_grad)
+        return first.backward(dy)
+
+    # --------------------------------------------------------------- display
+
+    def summary(self) -> str:
+        """The layers in the seed's notation, with shapes and parameter counts."""
+        rows = [("", "a^[0] = x", f"(N, {self._n_in()})", "")]
+        layer_index = 0
+        for i, layer in enumerate(self.layers):
+            if isinstance(layer, Linear):
+                layer_index += 1
+                shapes = f"W^[{layer_index}] {layer.W.shape}  b^[{layer_index}] {layer.b.shape}"
+            else:
+                shapes = ""
+            count = sum(p.size for p in layer.parameters())
+            rows.append((f"{i} {layer!r}", layer.formula(max(layer_index, 1)), shapes, f"{count:,}" if count else ""))
+        header = ("layer", "computes", "parameter shapes", "params")
+        widths = [max(len(r[k]) for r in [header, *rows]) for k in range(4)]
+        lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in [header, *rows]]
+        total = sum(p.size for p in self.parameters())
+        lines.insert(1, "-" * len(lines[0]))
+        lines.append(
+            f"total: {total:,} parameters in {layer_index} layer(s) with weights (L = {layer_index}); "
+            f"{self.dtype}, {self.device}"
+        )
+        return "\n".join(lines)
+
+    def _n_in(self) -> str:
+        first = self.layers[0] if self.layers else None
+        return str(first.n_in) if isinstance(first, Linear) else "features"
+
+    def __repr__(self) -> str:
+        inner = "".join(f"\n  ({i}): {layer!r}" for i, layer in enumerate(self.layers))
+        return f"Sequential({inner}\n)" if inner else "Sequential()"
+
+
+def mlp(
+    sizes: Sequence[int],
+    activation: str = "relu",
+    dtype: Any = "float32",
+    seed: int | np.random.Generator | None = None,
+    dropout: float = 0.0,
+    init: str | None = None,
+) -> Sequential:
+    """A multilayer perceptron: Linear(sizes[0]→sizes[1]), g, [Dropout], …, Linear(→sizes[-1]).
+
+    ``activation`` names g (relu, leaky_relu, sigmoid, tanh, identity). ``init`` defaults to
+    "he" for the ReLU family and "xavier" otherwise. ``dropout`` > 0 adds inverted dropout
+    after every hidden activation. One ``seed`` fixes every layer's initial weights.
+    """
+    if isinstance(sizes, (str, bytes)) or not isinstance(sizes, Sequence) or len(sizes) < 2:
+        raise ValueError(f"sizes must list at least an input and an output size, e.g. [784, 100, 10]; got {sizes!r}")
+    sizes = [check_int(f"sizes[{i}]", s, low=1) for i, s in enumerate(sizes)]
+    name = check_choice("activation", activation, ACTIVATIONS)
+    dropout = check_float("dropout", dropout, low=0.0, high=1.0, high_open=True)
+    if init is None:
+        init = "he" if name in ("relu", "leaky_relu") else "xavier"
+    dt = check_dtype("dtype", dtype)
+    rng = make_rng(seed)
+    layers: list[Layer] = []
+    for i, (n_in, n_out) in enumerate(itertools.pairwise(sizes)):
+        layers.append(Linear(n_in, n_out, init=init, dtype=dt, seed=rng))
+        if i < len(sizes) - 2:
+            layers.append(make_activation(name))
+            if dropout > 0.0:
+                layers.append(Dropout(dropout, seed=int(rng.integers(2**31))))
+    return Sequential(layers)

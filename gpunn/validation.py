@@ -1,0 +1,74 @@
+"""Argument checks shared by every public constructor.
+
+Each check names the argument, says what was expected and what was given, and returns the
+value in the form gpunn computes with. Hyperparameters come back as Python ``float``: a
+NumPy scalar would make NumPy 2 (NEP 50) promote float32 arithmetic to float64.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Iterable
+
+import numpy as np
+
+FLOAT_DTYPES = (np.dtype("float32"), np.dtype("float64"))
+
+
+def check_float(
+    name: str,
+    value: object,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> float:
+    """Return ``value`` as a finite Python float within [low, high] (open ends on request).
+
+    Raises TypeError for non-numbers (bool included) and ValueError for NaN, infinities and
+    values outside the range.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {value!r} of type {type(value).__name__}")
+    result = float(value)
+    if not math.isfinite(result):
+        raise ValueError(f"{name} must be finite, got {result!r}")
+    if low is not None and (result < low or (low_open and result == low)):
+        raise ValueError(f"{name} must be {'>' if low_open else '>='} {low}, got {result!r}")
+    if high is not None and (result > high or (high_open and result == high)):
+        raise ValueError(f"{name} must be {'<' if high_open else '<='} {high}, got {result!r}")
+    return result
+
+
+def check_int(name: str, value: object, *, low: int | None = None) -> int:
+    """Return ``value`` as a Python int >= low; bools and floats are refused."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {value!r} of type {type(value).__name__}")
+    result = int(value)
+    if low is not None and result < low:
+        raise ValueError(f"{name} must be >= {low}, got {result}")
+    return result
+
+
+def check_dtype(name: str, dtype: object) -> np.dtype:
+    """Return the floating dtype named by ``dtype`` (float32 or float64)."""
+    try:
+        result = np.dtype(dtype)  # type: ignore[call-overload]
+    except TypeError as exc:
+        raise TypeError(f"{name} must be 'float32' or 'float64', got {dtype!r}") from exc
+    if result not in FLOAT_DTYPES:
+        raise ValueError(f"{name} must be 'float32' or 'float64', got {result.name!r}")
+    return result
+
+
+def check_choice(name: str, value: object, choices: Iterable[str]) -> str:
+    """Return ``value`` lower-cased if it is one of ``choices``."""
+    options = tuple(choices)
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be one of {', '.join(map(repr, options))}; got {value!r}")
+    key = value.strip().lower()
+    if key not in options:
+        raise ValueError(f"unknown {name} {value!r}; expected one of {', '.join(map(repr, options))}")
+    return key
