@@ -15,21 +15,30 @@ from .parameter import Parameter
 from .validation import check_float
 
 
-def decayed_arrays(params: Iterable[Parameter] | Any) -> list[tuple[Any, Any]]:
-    """(data, grad) pairs of the decayed parameters: one flat pair when they are packed.
-
-    ``params`` may be a list of parameters or anything with ``.parameters()`` (a model).
-    """
+def parameter_list(params: Iterable[Parameter] | Any) -> list[Parameter]:
+    """``params`` as a list, checked; a model (anything with ``.parameters()``) gives its own."""
     if hasattr(params, "parameters"):
         params = params.parameters()
     params = list(params)
     for i, p in enumerate(params):
         if not isinstance(p, Parameter):
             raise TypeError(f"params[{i}] must be a gpunn Parameter, got {type(p).__name__}")
+    return params
+
+
+def decayed_arrays(params: list[Parameter]) -> list[tuple[Any, Any]]:
+    """(data, grad) pairs of the decayed parameters, 1-D: one flat pair when they are packed."""
     flat = params[0]._flat if params else None
     if flat is not None and flat.owns(params):
         return [(flat.decayed(flat.data), flat.decayed(flat.grad))] if flat.n_decay else []
     return [(p.data.reshape(-1), p.grad.reshape(-1)) for p in params if p.decay]
+
+
+def _zero(params: list[Parameter]) -> Any:
+    """A 0-d zero in the parameters' dtype, on their device (float32 stays float32)."""
+    if not params:
+        return array_module(None).zeros(())
+    return array_module(params[0].data).zeros((), dtype=params[0].data.dtype)
 
 
 class Regularizer:
@@ -56,15 +65,13 @@ class L2(Regularizer):
     """R = ½·λ·Σ W²;  ∂R/∂W = λ·W  (the seed's ½W² penalty with coefficient reg)."""
 
     def forward(self, params: Any) -> Any:
-        pairs = decayed_arrays(params)
-        if not pairs:
-            return array_module(None).asarray(0.0)
-        xp = array_module(pairs[0][0])
-        total = sum(w @ w for w, _ in pairs)
+        params = parameter_list(params)
+        xp = array_module(params[0].data if params else None)
+        total = sum((w @ w for w, _ in decayed_arrays(params)), start=_zero(params))
         return xp.asarray(total * (0.5 * self.lam))
 
     def backward(self, params: Any) -> None:
-        for w, g in decayed_arrays(params):
+        for w, g in decayed_arrays(parameter_list(params)):
             g += self.lam * w
 
 
@@ -72,13 +79,11 @@ class L1(Regularizer):
     """R = λ·Σ |W|;  ∂R/∂W = λ·sign(W)  (sparsity-inducing; the subgradient 0 at W = 0)."""
 
     def forward(self, params: Any) -> Any:
-        pairs = decayed_arrays(params)
-        if not pairs:
-            return array_module(None).asarray(0.0)
-        xp = array_module(pairs[0][0])
-        total = sum(xp.abs(w).sum() for w, _ in pairs)
+        params = parameter_list(params)
+        xp = array_module(params[0].data if params else None)
+        total = sum((xp.abs(w).sum() for w, _ in decayed_arrays(params)), start=_zero(params))
         return xp.asarray(total * self.lam)
 
     def backward(self, params: Any) -> None:
-        for w, g in decayed_arrays(params):
+        for w, g in decayed_arrays(parameter_list(params)):
             g += self.lam * array_module(w).sign(w)

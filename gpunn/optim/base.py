@@ -90,10 +90,11 @@ class Optimizer:
     def step(self) -> None:
         """Update every parameter from its ``grad`` (one operation over the flat buffer)."""
         flat = self._current_flat()
-        if self.max_grad_norm is not None:
-            clip_flat_grad(flat.grad, self.max_grad_norm)
         self.step_count += 1
-        self._update(flat, self._state, self._scratch)
+        with flat.device:  # kernels launch on the current GPU: make it the parameters' one
+            if self.max_grad_norm is not None:
+                clip_flat_grad(flat.grad, self.max_grad_norm)
+            self._update(flat, self._state, self._scratch)
 
     def _update(self, flat: FlatParameters, state: dict[str, Any], scratch: Any) -> None:
         raise NotImplementedError

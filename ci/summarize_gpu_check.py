@@ -1,0 +1,60 @@
+"""Merge what ci/gpu-check wrote into one JSON document on stdout.
+
+usage: python3 ci/summarize_gpu_check.py OUTDIR INFO_RC TESTS_RC
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+
+def load(path: Path) -> object:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        return {"missing": f"{path.name}: {exc}"}
+
+
+def test_counts(path: Path) -> dict[str, object]:
+    try:
+        root = ET.parse(path).getroot()
+    except (OSError, ET.ParseError) as exc:
+        return {"missing": f"{path.name}: {exc}"}
+    suite = root if root.tag == "testsuite" else root.find("testsuite")
+    counts = {k: int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")}
+    counts["passed"] = counts["tests"] - counts["failures"] - counts["errors"] - counts["skipped"]
+    counts["gpu_tests_run"] = sum(
+        1 for case in suite.iter("testcase") if "cuda" in case.get("name", "") and case.find("skipped") is None
+    )
+    counts["failed"] = [
+        f"{case.get('classname')}::{case.get('name')}"
+        for case in suite.iter("testcase")
+        if case.find("failure") is not None or case.find("error") is not None
+    ]
+    return counts
+
+
+def main() -> None:
+    out, info_rc, tests_rc = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+    info = load(out / "info.json")
+    gpus = info.get("gpus", []) if isinstance(info, dict) else []
+    summary = {
+        "date": datetime.date.today().isoformat(),
+        "gpu": gpus[0]["name"] if gpus else None,
+        "info_exit_code": info_rc,
+        "tests_exit_code": tests_rc,
+        "info": info,
+        "tests": test_counts(out / "tests.xml"),
+        "bench_gpu": load(out / "bench-gpu.json"),
+        "bench_cpu": load(out / "bench-cpu.json"),
+    }
+    json.dump(summary, sys.stdout, indent=2)
+    print()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,189 @@
+"""Device selection, the CPU fallback and its reason, and moving arrays between devices."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import os
+
+import numpy as np
+import pytest
+
+import gpunn as gn
+from gpunn import backend
+
+HAS_CUPY = importlib.util.find_spec("cupy") is not None
+
+
+@pytest.fixture
+def no_gpu(monkeypatch: pytest.MonkeyPatch) -> str:
+    """Pretend CUDA is unusable, with a known reason."""
+    reason = "CUDA is not usable (simulated for this test)"
+    monkeypatch.setattr(backend, "_probe", lambda: backend._Probe(0, reason))
+    monkeypatch.delenv(backend.ENV_VAR, raising=False)
+    return reason
+
+
+# ----------------------------------------------------------------------------- Device
+
+
+def test_device_names_and_equality() -> None:
+    assert str(gn.device("cpu")) == "cpu"
+    assert gn.device("cpu") == gn.Device("cpu")
+    assert str(gn.Device("cuda", 1)) == "cuda:1"
+    assert gn.Device("cuda", 0) == gn.Device("cuda", 0)
+    assert gn.Device("cuda", 0) != gn.Device("cuda", 1)
+    assert repr(gn.Device("cuda", 2)) == "Device('cuda:2')"
+    assert gn.device("cpu").xp is np
+    assert gn.device(gn.Device("cpu")) is not None
+
+
+def test_device_is_frozen() -> None:
+    dev = gn.Device("cpu")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        dev.kind = "cuda"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("kind", "index", "match"),
+    [("tpu", 0, "kind must be 'cpu' or 'cuda'"), ("cuda", -1, "index must be an integer >= 0"), ("cpu", 1, "index 0")],
+)
+def test_device_rejects_bad_fields(kind: str, index: int, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        gn.Device(kind, index)
+
+
+@pytest.mark.parametrize("spec", ["tpu", "cuda:x", "cpu:1", "auto:0", ""])
+def test_device_rejects_bad_specs(spec: str) -> None:
+    with pytest.raises(ValueError, match="'auto', 'cpu', 'cuda' or 'cuda:N'"):
+        gn.device(spec)
+
+
+def test_device_rejects_non_string_spec() -> None:
+    with pytest.raises(TypeError, match="device spec"):
+        gn.device(3)  # type: ignore[arg-type]
+
+
+def test_bad_environment_variable_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GPUNN_DEVICE", "gpu0")
+    with pytest.raises(ValueError, match="GPUNN_DEVICE"):
+        gn.device()
+
+
+# ----------------------------------------------------------------------------- fallback
+
+
+def test_auto_falls_back_to_cpu_and_says_why(no_gpu: str) -> None:
+    assert gn.device() == gn.Device("cpu")
+    assert gn.device("auto") == gn.Device("cpu")
+    assert gn.why_cpu() == no_gpu
+    assert not gn.gpu_available()
+    assert gn.available_devices() == [gn.Device("cpu")]
+
+
+@pytest.mark.parametrize("spec", ["cuda", "cuda:0", "gpu", "cuda:3"])
+def test_explicit_gpu_without_one_is_an_error_with_the_reason(no_gpu: str, spec: str) -> None:
+    with pytest.raises(gn.DeviceUnavailableError) as info:
+        gn.device(spec)
+    assert no_gpu in str(info.value)
+    assert spec in str(info.value)
+
+
+def test_environment_asks_for_gpu_without_one(no_gpu: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GPUNN_DEVICE", "cuda")
+    with pytest.raises(gn.DeviceUnavailableError, match="GPUNN_DEVICE"):
+        gn.device()
+    assert gn.why_cpu() is None  # an explicit GPU never falls back, so there is no CPU to explain
+
+
+def test_environment_asks_for_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GPUNN_DEVICE", "cpu")
+    assert gn.device() == gn.Device("cpu")
+    assert "GPUNN_DEVICE=cpu" in gn.why_cpu()
+
+
+def test_gpu_that_fails_its_test_kernel_is_not_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    failure = "a test kernel failed on cuda:0 (simulated)"
+    monkeypatch.setattr(backend, "_probe", lambda: backend._Probe(1, failure))
+    monkeypatch.delenv(backend.ENV_VAR, raising=False)
+    assert gn.device() == gn.Device("cpu")
+    assert gn.why_cpu() == failure
+    with pytest.raises(gn.DeviceUnavailableError, match="test kernel failed"):
+        gn.device("cuda:0")
+
+
+def test_gpu_index_beyond_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(backend, "_probe", lambda: backend._Probe(2, None))
+    with pytest.raises(gn.DeviceUnavailableError, match="reports 2 GPU"):
+        gn.device("cuda:5")
+
+
+def test_missing_cupy_reason_tells_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_cupy() -> None:
+        raise ImportError("No module named 'cupy'")
+
+    monkeypatch.setattr(backend, "_import_cupy", no_cupy)
+    probe = backend._probe.__wrapped__()
+    assert probe.count == 0
+    assert 'pip install "gpunn[cuda12]"' in probe.reason
+
+
+@pytest.mark.skipif(gn.gpu_available(), reason="this machine has a usable GPU")
+def test_laptop_case_cupy_installed_without_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real thing, no simulation: CuPy is installed, no GPU is usable, the CPU is chosen."""
+    if not HAS_CUPY:
+        if os.environ.get("GPUNN_EXPECT_CUPY"):
+            pytest.fail("GPUNN_EXPECT_CUPY is set but CuPy is not installed: CI must install gpunn[cuda12]")
+        pytest.skip("CuPy is not installed here")
+    monkeypatch.delenv("GPUNN_DEVICE", raising=False)
+    assert gn.device() == gn.Device("cpu")
+    reason = gn.why_cpu()
+    assert reason is not None and "CuPy" in reason and "CUDA" in reason
+    assert gn.available_devices() == [gn.Device("cpu")]
+
+
+# ----------------------------------------------------------------------------- arrays
+
+
+def test_to_numpy_and_to_device_on_cpu_do_not_copy() -> None:
+    a = np.arange(6.0).reshape(2, 3)
+    assert gn.to_numpy(a) is a
+    assert gn.to_device(a, "cpu") is a
+    assert gn.device("cpu").send(a) is a
+    assert gn.array_module(a) is np
+    assert gn.device_of(a) == gn.Device("cpu")
+
+
+def test_transfers_walk_through_containers() -> None:
+    a, b = np.ones(3), np.zeros((2, 2))
+    moved = gn.to_device({"a": a, "pair": (b, 3), "items": [a, "text", None]}, "cpu")
+    assert moved["a"] is a and moved["pair"][0] is b and moved["pair"][1] == 3
+    assert isinstance(moved["pair"], tuple) and moved["items"][1] == "text" and moved["items"][2] is None
+    back = gn.to_numpy([a, {"b": b}])
+    assert back[0] is a and back[1]["b"] is b
+
+
+def test_send_converts_array_likes_and_dtype() -> None:
+    cpu = gn.device("cpu")
+    out = cpu.send([[1, 2], [3, 4]], dtype="float32")
+    assert isinstance(out, np.ndarray) and out.dtype == np.float32 and out.shape == (2, 2)
+
+
+@pytest.mark.gpu
+def test_round_trip_through_the_gpu(gpu: gn.Device) -> None:
+    a = np.random.default_rng(0).standard_normal((5, 3)).astype(np.float32)
+    on_gpu = gn.to_device(a, gpu)
+    assert gn.array_module(on_gpu) is gpu.xp and gn.device_of(on_gpu) == gpu
+    assert gn.to_device(on_gpu, gpu) is on_gpu  # already there: no copy
+    np.testing.assert_array_equal(gn.to_numpy(on_gpu), a)
+    moved = gn.to_device({"x": [a]}, gpu)
+    assert gn.device_of(moved["x"][0]) == gpu
+    gpu.synchronize()
+
+
+@pytest.mark.gpu
+def test_gpu_selected_automatically_when_usable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("GPUNN_DEVICE", raising=False)
+    assert gn.device() == gn.Device("cuda", 0)
+    assert gn.why_cpu() is None
+    assert gn.Device("cuda", 0) in gn.available_devices()

@@ -1,0 +1,23 @@
+"""README.md must stay true: its Python example runs and its commands exist."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+
+
+def test_readme_python_example_runs(capsys) -> None:
+    blocks = re.findall(r"```python\n(.*?)```", README, re.DOTALL)
+    assert blocks, "README.md lost its Python example"
+    namespace: dict = {}
+    exec(compile(blocks[0], "README.md", "exec"), namespace)  # noqa: S102 — our own README
+    assert float(namespace["objective"]) < 1.2  # log(3) ≈ 1.10 at the start; it must have learned
+    assert "W^[1]" in capsys.readouterr().out
+
+
+def test_readme_starts_with_the_two_commands() -> None:
+    commands = re.findall(r"```bash\n(.*?)\n```", README, re.DOTALL)[:2]
+    assert commands[0].startswith("pip install . && ")
+    assert commands[1] == 'pip install -e ".[test]" && python -m pytest'
