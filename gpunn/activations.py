@@ -86,6 +86,9 @@ class LeakyReLU(ReLU):
             return dy
         return dy * self._slope
 
+    def config(self) -> dict[str, Any]:
+        return {"type": "LeakyReLU", "negative_slope": self.negative_slope}
+
     def __repr__(self) -> str:
         return f"LeakyReLU(negative_slope={self.negative_slope:g})"
 

@@ -71,6 +71,10 @@ class Layer:
         """This layer's computation in the seed's a^[l], z^[l], W^[l] notation."""
         return type(self).__name__
 
+    def config(self) -> dict[str, Any]:
+        """The constructor arguments that rebuild this layer (JSON-ready; no weights)."""
+        return {"type": type(self).__name__}
+
 
 def check_input(x: Any, like: Any, name: str, owner: str) -> None:
     """Raise a clear error unless ``x`` is a 2-D array on ``like``'s device with its dtype."""
@@ -147,6 +151,15 @@ class Linear(Layer):
     def formula(self, layer: int) -> str:
         return f"z^[{layer}] = a^[{layer - 1}]·W^[{layer}] + b^[{layer}]"
 
+    def config(self) -> dict[str, Any]:
+        return {
+            "type": "Linear",
+            "n_in": self.n_in,
+            "n_out": self.n_out,
+            "init": self.init,
+            "dtype": self.W.data.dtype.name,
+        }
+
     def __repr__(self) -> str:
         return f"Linear({self.n_in} → {self.n_out})"
 
@@ -202,6 +215,9 @@ class Dropout(Layer):
 
     def formula(self, layer: int) -> str:
         return f"a^[{layer}] = dropout(a^[{layer}], p={self.p:g})"
+
+    def config(self) -> dict[str, Any]:
+        return {"type": "Dropout", "p": self.p, "seed": self.seed}
 
     def __repr__(self) -> str:
         return f"Dropout(p={self.p:g})"

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from .activations import ACTIVATIONS, Identity, ReLU, Sigmoid, Tanh
+from .activations import ACTIVATIONS, Identity, LeakyReLU, ReLU, Sigmoid, Softmax, Tanh
 from .activations import activation as make_activation
 from .backend import CPU, Device, device
 from .init import make_rng
@@ -136,6 +136,9 @@ class Sequential(Layer):
             return first.backward(dy, input_grad=input_grad)
         return first.backward(dy)
 
+    def config(self) -> dict[str, Any]:
+        return {"type": "Sequential", "layers": [layer.config() for layer in self.layers]}
+
     # --------------------------------------------------------------- display
 
     def summary(self) -> str:
@@ -201,3 +204,27 @@ def mlp(
             if dropout > 0.0:
                 layers.append(Dropout(dropout, seed=int(rng.integers(2**31))))
     return Sequential(layers)
+
+
+LAYER_TYPES: dict[str, type[Layer]] = {
+    cls.__name__: cls for cls in (Linear, Dropout, Identity, ReLU, LeakyReLU, Sigmoid, Tanh, Softmax, Sequential)
+}
+
+
+def layer_from_config(config: dict[str, Any]) -> Layer:
+    """Rebuild a layer (or a whole Sequential) from what ``config()`` returned.
+
+    Weights are freshly initialized; a checkpoint loads the saved ones on top.
+    """
+    if not isinstance(config, dict) or "type" not in config:
+        raise ValueError(f"a layer config must be a dict with a 'type', got {config!r}")
+    kind = config["type"]
+    cls = LAYER_TYPES.get(kind)
+    if cls is None:
+        raise ValueError(f"unknown layer type {kind!r}; known: {', '.join(sorted(LAYER_TYPES))}")
+    arguments = {k: v for k, v in config.items() if k != "type"}
+    if cls is Sequential:
+        return Sequential([layer_from_config(c) for c in arguments.get("layers", [])])
+    if cls is Linear:
+        arguments.setdefault("seed", 0)  # the draw is overwritten by the saved weights anyway
+    return cls(**arguments)
