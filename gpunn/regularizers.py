@@ -27,11 +27,11 @@ def parameter_list(params: Iterable[Parameter] | Any) -> list[Parameter]:
 
 
 def decayed_arrays(params: list[Parameter]) -> list[tuple[Any, Any]]:
-    """(data, grad) pairs of the decayed parameters, 1-D: one flat pair when they are packed."""
+    """(data, grad) pairs of the decayed parameters: one flat 1-D pair when they are packed."""
     flat = params[0]._flat if params else None
     if flat is not None and flat.owns(params):
         return [(flat.decayed(flat.data), flat.decayed(flat.grad))] if flat.n_decay else []
-    return [(p.data.reshape(-1), p.grad.reshape(-1)) for p in params if p.decay]
+    return [(p.data, p.grad) for p in params if p.decay]  # as they are: reshape could copy
 
 
 def _zero(params: list[Parameter]) -> Any:
@@ -39,6 +39,11 @@ def _zero(params: list[Parameter]) -> Any:
     if not params:
         return array_module(None).zeros(())
     return array_module(params[0].data).zeros((), dtype=params[0].data.dtype)
+
+
+def _sum_of_squares(w: Any) -> Any:
+    """Σ w² — one BLAS dot for a flat buffer."""
+    return w @ w if w.ndim == 1 else (w * w).sum()
 
 
 class Regularizer:
@@ -67,7 +72,7 @@ class L2(Regularizer):
     def forward(self, params: Any) -> Any:
         params = parameter_list(params)
         xp = array_module(params[0].data if params else None)
-        total = sum((w @ w for w, _ in decayed_arrays(params)), start=_zero(params))
+        total = sum((_sum_of_squares(w) for w, _ in decayed_arrays(params)), start=_zero(params))
         return xp.asarray(total * (0.5 * self.lam))
 
     def backward(self, params: Any) -> None:

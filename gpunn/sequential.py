@@ -57,32 +57,38 @@ class Sequential(Layer):
         return iter(self.layers)
 
     def named_parameters(self) -> list[tuple[str, Parameter]]:
-        return [
-            (f"{i}.{name.rsplit('.', 1)[-1]}", p)
-            for i, layer in enumerate(self.layers)
-            for name, p in layer.named_parameters()
-        ]
+        return [(f"{i}.{name}", p) for i, layer in enumerate(self.layers) for name, p in layer.named_parameters()]
 
     def _plan_inplace(self) -> None:
-        """Let elementwise layers overwrite arrays that this model allocated itself.
+        """Let elementwise layers overwrite arrays that this model allocated and that no
+        layer keeps for its backward pass.
 
-        The model owns an activation if some earlier layer allocated it (a Linear always
-        does); the caller's x and the caller's dlogits are never owned, so never modified.
+        Forward, the array flowing between layers is *owned* once some layer of this model
+        allocated it (a Linear always does; the caller's x never is), and *kept* when the
+        layer that produced it saves it (ReLU, Sigmoid, Tanh and Softmax save their output).
+        Layers that may hand their input straight on (Identity, Dropout in eval mode, nested
+        models) pass the status through or, when unknown, revoke ownership. Backward, only
+        the gradients this model allocated are overwritten, never the caller's dlogits.
         """
-        owned = False
+        owned = kept = False
         for layer in self.layers:
             if isinstance(layer, _ELEMENTWISE):
-                layer.inplace = owned
-                # dropout in eval mode returns its input itself, so ownership passes through
-                owned = owned if isinstance(layer, Dropout) else True
-            elif not isinstance(layer, Identity):
-                owned = True  # a Linear (or any other layer) returns a new array
+                layer.inplace = owned and not kept
+            if isinstance(layer, (Identity, Dropout)):
+                continue  # may return its input itself: the status passes through
+            if isinstance(layer, (Linear, LeakyReLU)):
+                owned, kept = True, False  # a new array (LeakyReLU keeps its slopes, not its output)
+            elif isinstance(layer, (ReLU, Sigmoid, Tanh, Softmax)):
+                owned, kept = True, True  # its output is saved for backward
+            else:
+                owned, kept = False, True  # unknown (a nested model may return its input)
         grad_owned = False  # the incoming dlogits belong to the caller
         for layer in reversed(self.layers):
             if isinstance(layer, _ELEMENTWISE):
                 layer.inplace_grad = grad_owned
-            elif not isinstance(layer, Identity):
-                grad_owned = True
+            if isinstance(layer, (Identity, Dropout)):
+                continue  # may return dy itself
+            grad_owned = isinstance(layer, (Linear, *_ELEMENTWISE, Softmax))
 
     @property
     def device(self) -> Device:

@@ -1,0 +1,223 @@
+"""Losses and regularizers against independent NumPy formulas, including extreme logits."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+import gpunn as gn
+
+
+def _np_log_softmax(z: np.ndarray) -> np.ndarray:
+    shifted = z - z.max(axis=1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+
+
+# ----------------------------------------------------------------------------- SoftmaxWithLoss
+
+
+def test_softmax_with_loss_value_and_gradient(device, rng):
+    z = rng.standard_normal((7, 4))
+    t = rng.integers(0, 4, 7)
+    criterion = gn.SoftmaxWithLoss()
+    loss = criterion.forward(device.send(z), device.send(t))
+    assert loss.shape == ()
+    assert gn.device_of(loss) == device
+    expected = -np.mean(_np_log_softmax(z)[np.arange(7), t])
+    np.testing.assert_allclose(float(gn.to_numpy(loss)), expected, rtol=1e-12)
+
+    grad = gn.to_numpy(criterion.backward())
+    softmax = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+    onehot = np.eye(4)[t]
+    np.testing.assert_allclose(grad, (softmax - onehot) / 7, rtol=1e-12, atol=1e-15)
+
+
+def test_softmax_with_loss_int_labels_equal_one_hot(device, rng):
+    z = device.send(rng.standard_normal((9, 5)))
+    t = rng.integers(0, 5, 9)
+    by_label, by_onehot = gn.SoftmaxWithLoss(), gn.SoftmaxWithLoss()
+    loss_label = float(gn.to_numpy(by_label.forward(z, device.send(t))))
+    loss_onehot = float(gn.to_numpy(by_onehot.forward(z, device.send(np.eye(5)[t]))))
+    assert loss_label == pytest.approx(loss_onehot, rel=1e-12)
+    np.testing.assert_allclose(gn.to_numpy(by_label.backward()), gn.to_numpy(by_onehot.backward()), rtol=1e-12)
+
+
+def test_softmax_with_loss_integer_one_hot_dtype(rng):
+    z = rng.standard_normal((4, 3))
+    t = np.array([2, 0, 1, 1])
+    a = float(gn.SoftmaxWithLoss().forward(z, np.eye(3, dtype=np.int64)[t]))
+    b = float(gn.SoftmaxWithLoss().forward(z, t))
+    assert a == pytest.approx(b, rel=1e-12)
+
+
+def test_softmax_with_loss_soft_targets(rng):
+    z = rng.standard_normal((5, 3))
+    p = rng.random((5, 3))
+    t = p / p.sum(axis=1, keepdims=True)
+    criterion = gn.SoftmaxWithLoss()
+    loss = float(criterion.forward(z, t))
+    assert loss == pytest.approx(-(t * _np_log_softmax(z)).sum() / 5, rel=1e-12)
+    softmax = np.exp(_np_log_softmax(z))
+    np.testing.assert_allclose(criterion.backward(), (softmax - t) / 5, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_softmax_with_loss_is_stable_for_huge_logits(device, dtype):
+    z = device.send(np.array([[1000.0, -1000.0], [1000.0, 1001.0]], dtype=dtype))
+    t = device.send(np.array([1, 1]))
+    criterion = gn.SoftmaxWithLoss()
+    loss = float(gn.to_numpy(criterion.forward(z, t)))
+    # row 0: a confidently wrong prediction costs 2000 (log(y + 1e-7) would have capped it at 16)
+    expected = (2000.0 + math.log1p(math.exp(-1.0))) / 2
+    assert math.isfinite(loss)
+    assert loss == pytest.approx(expected, rel=1e-6)
+    grad = gn.to_numpy(criterion.backward())
+    assert np.isfinite(grad).all()
+    np.testing.assert_allclose(grad[0], [0.5, -0.5], atol=1e-7)
+
+
+def test_softmax_with_loss_keeps_float32(device, rng):
+    z = device.send(rng.standard_normal((4, 3)).astype(np.float32))
+    criterion = gn.SoftmaxWithLoss()
+    loss = criterion.forward(z, device.send(np.array([0, 1, 2, 0])))
+    assert loss.dtype == np.float32
+    assert criterion.backward().dtype == np.float32
+
+
+def test_softmax_with_loss_does_not_modify_logits(rng):
+    z = rng.standard_normal((4, 3))
+    z_before = z.copy()
+    criterion = gn.SoftmaxWithLoss()
+    criterion.forward(z, np.array([0, 1, 2, 0]))
+    criterion.backward()
+    np.testing.assert_array_equal(z, z_before)
+
+
+# ----------------------------------------------------------------------------- MSELoss
+
+
+@pytest.mark.parametrize("shape", [(6, 3), (6,), (6, 1)])
+def test_mse_value_and_gradient(device, rng, shape):
+    y, t = rng.standard_normal(shape), rng.standard_normal(shape)
+    criterion = gn.MSELoss()
+    loss = criterion.forward(device.send(y), device.send(t))
+    assert loss.shape == ()
+    np.testing.assert_allclose(float(gn.to_numpy(loss)), np.sum((y - t) ** 2) / (2 * 6), rtol=1e-12)
+    np.testing.assert_allclose(gn.to_numpy(criterion.backward()), (y - t) / 6, rtol=1e-12)
+
+
+def test_mse_accepts_flat_targets_for_column_output(rng):
+    y, t = rng.standard_normal((5, 1)), rng.standard_normal(5)
+    criterion = gn.MSELoss()
+    loss = float(criterion.forward(y, t))
+    assert loss == pytest.approx(np.sum((y[:, 0] - t) ** 2) / 10, rel=1e-12)
+    assert criterion.backward().shape == (5, 1)
+
+
+def test_mse_keeps_float32(rng):
+    y = rng.standard_normal((4, 2)).astype(np.float32)
+    criterion = gn.MSELoss()
+    assert criterion.forward(y, np.zeros((4, 2), np.float32)).dtype == np.float32
+    assert criterion.backward().dtype == np.float32
+
+
+# ----------------------------------------------------------------------------- SigmoidBCELoss
+
+
+def test_sigmoid_bce_value_and_gradient(device, rng):
+    z, t = 2.0 * rng.standard_normal((6, 2)), rng.random((6, 2))
+    criterion = gn.SigmoidBCELoss()
+    loss = criterion.forward(device.send(z), device.send(t))
+    s = 1.0 / (1.0 + np.exp(-z))
+    expected = np.sum(-t * np.log(s) - (1.0 - t) * np.log(1.0 - s)) / 6
+    assert loss.shape == ()
+    np.testing.assert_allclose(float(gn.to_numpy(loss)), expected, rtol=1e-12)
+    np.testing.assert_allclose(gn.to_numpy(criterion.backward()), (s - t) / 6, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_sigmoid_bce_extreme_logits_match_analytic_limit(device, dtype):
+    # For |z| → ∞: L(z, t) → max(z, 0) − z·t; σ(z) → [z > 0].
+    z = np.array([1000.0, 1000.0, -1000.0, -1000.0])
+    t = np.array([1.0, 0.0, 1.0, 0.0])
+    criterion = gn.SigmoidBCELoss()
+    loss = float(gn.to_numpy(criterion.forward(device.send(z.astype(dtype)), device.send(t.astype(dtype)))))
+    per_sample = np.array([0.0, 1000.0, 1000.0, 0.0])
+    assert math.isfinite(loss)
+    assert loss == pytest.approx(per_sample.mean(), rel=1e-6)
+    grad = gn.to_numpy(criterion.backward())
+    assert np.isfinite(grad).all()
+    np.testing.assert_allclose(grad, (np.array([1.0, 1.0, 0.0, 0.0]) - t) / 4, atol=1e-7)
+
+
+def test_sigmoid_bce_column_output_with_flat_targets(rng):
+    z, t = rng.standard_normal((5, 1)), rng.integers(0, 2, 5)
+    loss = float(gn.SigmoidBCELoss().forward(z, t))
+    s = 1.0 / (1.0 + np.exp(-z[:, 0]))
+    assert loss == pytest.approx(np.mean(-t * np.log(s) - (1 - t) * np.log(1 - s)), rel=1e-12)
+
+
+def test_sigmoid_bce_keeps_float32(rng):
+    z = rng.standard_normal((4, 2)).astype(np.float32)
+    criterion = gn.SigmoidBCELoss()
+    assert criterion.forward(z, np.ones((4, 2), np.float32)).dtype == np.float32
+    assert criterion.backward().dtype == np.float32
+
+
+# ----------------------------------------------------------------------------- regularizers
+
+
+def test_l2_penalizes_weights_only(device, rng):
+    model = gn.mlp([4, 8, 3], dtype="float64", seed=0).to(device)
+    for p in model.parameters():
+        p.data[...] = device.send(rng.standard_normal(p.shape))
+    weights = [gn.to_numpy(p.data).copy() for p in model.parameters() if p.decay]
+    lam = 0.3
+    R = gn.L2(lam).forward(model)
+    assert R.shape == ()
+    np.testing.assert_allclose(float(gn.to_numpy(R)), 0.5 * lam * sum((w**2).sum() for w in weights), rtol=1e-12)
+
+
+def test_l2_backward_adds_lambda_w(device, rng):
+    model = gn.mlp([4, 8, 3], dtype="float64", seed=0).to(device)
+    before = {}
+    for p in model.parameters():
+        p.grad[...] = device.send(rng.standard_normal(p.shape))
+        before[p.name] = gn.to_numpy(p.grad).copy()
+    gn.L2(0.25).backward(model.parameters())
+    for p in model.parameters():
+        expected = before[p.name] + (0.25 * gn.to_numpy(p.data) if p.decay else 0.0)
+        np.testing.assert_allclose(gn.to_numpy(p.grad), expected, rtol=1e-12, err_msg=p.name)
+
+
+def test_l1_value_and_gradient(rng):
+    W = gn.Parameter(rng.standard_normal((3, 4)), "W")
+    b = gn.Parameter(rng.standard_normal(4), "b", decay=False)
+    reg = gn.L1(0.1)
+    assert float(reg.forward([W, b])) == pytest.approx(0.1 * np.abs(W.data).sum(), rel=1e-12)
+    reg.backward([W, b])
+    np.testing.assert_allclose(W.grad, 0.1 * np.sign(W.data), rtol=1e-12)
+    np.testing.assert_array_equal(b.grad, 0.0)
+
+
+def test_l2_on_unpacked_non_contiguous_parameter(rng):
+    # A Parameter built from a Fortran-ordered (e.g. transposed) array must still get λ·W.
+    W = gn.Parameter(np.asfortranarray(rng.standard_normal((3, 4))), "W")
+    gn.L2(1.0).backward([W])
+    np.testing.assert_allclose(W.grad, W.data, rtol=1e-12)
+
+
+@pytest.mark.parametrize("reg", [gn.L2(0.1), gn.L1(0.1)], ids=["L2", "L1"])
+def test_regularizer_keeps_float32(reg):
+    model = gn.mlp([4, 8, 3], seed=0)
+    assert reg.forward(model).dtype == np.float32
+    reg.backward(model)
+    assert all(p.grad.dtype == np.float32 for p in model.parameters())
+
+
+def test_zero_lambda_is_allowed_and_adds_nothing():
+    model = gn.mlp([4, 8, 3], dtype="float64", seed=0)
+    assert float(gn.L2(0.0).forward(model)) == 0.0
+    assert float(gn.L1(0).forward(model)) == 0.0
