@@ -1,6 +1,11 @@
-"""The ``gpunn`` command line: ``gpunn info`` (more commands arrive with the Trainer and bench).
+"""The ``gpunn`` command line (also ``python -m gpunn``).
 
-Errors print one line and exit with status 2; no traceback for a user's mistake.
+    gpunn info                       devices, why the CPU was chosen, versions, BLAS, GPUs
+    gpunn train [--dataset digits]   train an MLP on the best device present
+    gpunn evaluate --model PATH      test accuracy of a saved model
+
+Errors in the user's input (a missing file, a bad flag value, an unknown dataset) print one
+line and exit with status 2, without a traceback.
 """
 
 from __future__ import annotations
@@ -9,9 +14,31 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from typing import Any, NoReturn
 
 from .backend import DeviceUnavailableError
 from .sysinfo import format_info, system_info
+
+EXIT_USAGE = 2
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that reports a bad flag in one line instead of usage + error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _hidden(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated layer sizes such as 100,100, got {text!r}"
+        ) from None
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"layer sizes must be positive integers, got {text!r}")
+    return sizes
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -20,12 +47,106 @@ def _info(args: argparse.Namespace) -> int:
     return 1 if info["device_error"] else 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    from .job import TrainConfig, train  # noqa: PLC0415 — keeps `gpunn info` light
+
+    config = TrainConfig(
+        dataset=args.dataset,
+        hidden=args.hidden,
+        activation=args.activation,
+        optimizer=args.optimizer,
+        lr=args.lr,
+        l2=args.l2,
+        dropout=args.dropout,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        seed=args.seed,
+    )
+    verbose = False if (args.quiet or args.json) else None
+    if not args.json and not args.quiet:
+        _announce_device(args.device)
+    result = train(config, args.device, args.save, args.resume, args.plot, verbose=verbose)
+    if args.json:
+        print(json.dumps({k: v for k, v in result.items() if k != "model"}))
+    elif not args.quiet:
+        _print_result(result)
+    return 0
+
+
+def _announce_device(spec: str | None) -> None:
+    from .backend import device, why_cpu  # noqa: PLC0415
+
+    dev = device(spec)
+    reason = why_cpu() if dev.kind == "cpu" and spec in (None, "auto") else None
+    print(f"device: {dev}" + (f" (the CPU, because {reason})" if reason else ""))
+
+
+def _print_result(result: dict[str, Any]) -> None:
+    print(result["model"])
+    print(
+        f"accuracy: train {result['train_accuracy']:.4f}, dev {result['dev_accuracy']:.4f}, "
+        f"test {result['test_accuracy']:.4f}"
+    )
+    print(
+        f"{result['epochs']} epochs in {result['seconds']:.1f} s on {result['device']}, "
+        f"{result['samples_per_s']:,.0f} samples/s"
+    )
+    print(result["diagnosis_text"])
+    if result["checkpoint"]:
+        print(f"saved: {result['checkpoint']}")
+    if result["plot"]:
+        print(f"learning curves: {result['plot']}")
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from .job import evaluate  # noqa: PLC0415
+
+    result = evaluate(args.model, args.dataset, args.device)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(
+            f"{result['dataset']} test set on {result['device']}: loss {result['loss']:.4f}, "
+            f"accuracy {result['accuracy']:.4f}"
+        )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gpunn", description="Neural networks on the GPU (CuPy) or the CPU (NumPy).")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser = OneLineParser(prog="gpunn", description="Neural networks on the GPU (CuPy) or the CPU (NumPy).")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=OneLineParser)
+
     info = commands.add_parser("info", help="devices, why the CPU was chosen, library versions, BLAS, GPUs")
     info.add_argument("--json", action="store_true", help="print one JSON object")
     info.set_defaults(run=_info)
+
+    train = commands.add_parser("train", help="train a multilayer perceptron on the best device present")
+    train.add_argument("--dataset", default="digits", help="digits (built in), spiral, or mnist:PATH (default: digits)")
+    train.add_argument("--hidden", type=_hidden, default=(100,), help="hidden layer sizes, e.g. 100,100 (default: 100)")
+    train.add_argument("--activation", default="relu", choices=["relu", "leaky_relu", "sigmoid", "tanh", "identity"])
+    train.add_argument(
+        "--optimizer", default="adam", choices=["sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw"]
+    )
+    train.add_argument("--lr", type=float, default=1e-3, help="learning rate (default: 0.001)")
+    train.add_argument("--l2", type=float, default=1e-4, help="L2 penalty λ in ½·λ·ΣW² (default: 0.0001)")
+    train.add_argument("--dropout", type=float, default=0.0, help="dropout after each hidden layer (default: 0)")
+    train.add_argument("--epochs", type=int, default=40, help="total epochs, resumed ones included (default: 40)")
+    train.add_argument("--batch-size", type=int, default=32, help="mini-batch size (default: 32)")
+    train.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default: GPUNN_DEVICE or auto)")
+    train.add_argument("--seed", type=int, default=0, help="seed of the split, the weights and the order (default: 0)")
+    train.add_argument("--save", default=None, metavar="PATH", help="checkpoint written after every epoch")
+    train.add_argument("--resume", default=None, metavar="PATH", help="continue a run from its checkpoint")
+    train.add_argument("--plot", default=None, metavar="PNG", help="save the learning curves to this PNG")
+    train.add_argument("--json", action="store_true", help="print one JSON object with the results")
+    train.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    train.set_defaults(run=_train)
+
+    evaluate = commands.add_parser("evaluate", help="loss and accuracy of a saved model on its test set")
+    evaluate.add_argument("--model", required=True, metavar="PATH", help="a checkpoint written by gpunn train --save")
+    evaluate.add_argument("--dataset", default=None, help="data set (default: the one the model was trained on)")
+    evaluate.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N")
+    evaluate.add_argument("--json", action="store_true", help="print one JSON object")
+    evaluate.set_defaults(run=_evaluate)
     return parser
 
 
@@ -33,9 +154,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (ValueError, TypeError, DeviceUnavailableError, OSError) as exc:
-        print(f"gpunn {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    except (ValueError, TypeError, DeviceUnavailableError, OSError, ImportError, FloatingPointError) as exc:
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        print(f"gpunn {args.command}: error: {message}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"gpunn {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

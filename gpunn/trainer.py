@@ -1,0 +1,411 @@
+"""Trainer: fit, evaluate and predict, on the best device present, with no host round trip
+inside a training step.
+
+The data go to the device once per fit. Each step runs forward, loss, backward, regularizer
+and one optimizer update; the step's loss and correct-prediction count are written into
+small device arrays, which are read once per epoch — that read is also where a NaN or inf
+loss is caught, naming the epoch and the step where it first appeared.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, TextIO
+
+import numpy as np
+
+from . import data as datasets
+from .backend import Device, array_module, device, device_of, to_numpy
+from .history import History
+from .layers import Dropout, Linear
+from .losses import Loss, MSELoss, SigmoidBCELoss, SoftmaxWithLoss
+from .optim import Optimizer
+from .regularizers import Regularizer
+from .sequential import Sequential
+from .validation import check_float, check_int
+
+Callback = Callable[["Trainer", dict[str, Any]], Any]
+
+
+class TrainingDivergedError(FloatingPointError):
+    """The loss became NaN or infinite; the message names the epoch and the step."""
+
+
+class Trainer:
+    """Train ``model`` with ``loss`` and ``optimizer`` (and an optional ``regularizer``).
+
+    ``device`` None picks the best device present (``gn.device()``: GPUNN_DEVICE, else
+    cuda:0 when usable, else the CPU) and moves the model there. An optimizer built without
+    parameters (``gn.optim.Adam(lr=1e-3)``) is bound to the model here.
+    """
+
+    def __init__(
+        self,
+        model: Sequential,
+        loss: Loss,
+        optimizer: Optimizer,
+        regularizer: Regularizer | None = None,
+        device: str | Device | None = None,
+    ) -> None:
+        if not isinstance(model, Sequential):
+            raise TypeError(f"model must be a gpunn Sequential (gn.mlp or gn.Sequential), got {type(model).__name__}")
+        if not isinstance(loss, Loss):
+            raise TypeError(f"loss must be a gpunn loss such as gn.SoftmaxWithLoss(), got {type(loss).__name__}")
+        if not isinstance(optimizer, Optimizer):
+            raise TypeError(
+                f"optimizer must be a gpunn optimizer such as gn.optim.Adam(), got {type(optimizer).__name__}"
+            )
+        if regularizer is not None and not isinstance(regularizer, Regularizer):
+            raise TypeError(f"regularizer must be gn.L2(...), gn.L1(...) or None, got {type(regularizer).__name__}")
+        self.device = _device_spec(device)
+        self.model = model.to(self.device)
+        self.loss = loss
+        self.regularizer = regularizer
+        self.optimizer = optimizer
+        params = self.model.parameters()
+        bound = optimizer._params
+        if bound is None or len(bound) != len(params) or any(a is not b for a, b in zip(bound, params, strict=False)):
+            optimizer.bind(params)
+        self.history = History()
+        self.stop_training = False
+
+    # ----------------------------------------------------------------- fit
+
+    def fit(
+        self,
+        x: Any,
+        y: Any,
+        epochs: int = 10,
+        batch_size: int = 128,
+        validation_data: tuple[Any, Any] | None = None,
+        validation_split: float | None = None,
+        shuffle: bool = True,
+        seed: int = 0,
+        patience: int | None = None,
+        restore_best: bool = True,
+        callbacks: Sequence[Callback] = (),
+        initial_epoch: int = 0,
+        verbose: bool | None = None,
+        progress_file: TextIO | None = None,
+    ) -> History:
+        """Train for ``epochs`` epochs (counting from ``initial_epoch`` when resuming).
+
+        x: (N, features); y: integer labels (N,) or targets (N, K). ``validation_data`` =
+        (x_dev, y_dev), or ``validation_split`` sets aside that fraction of (x, y), stratified.
+        ``patience``: stop when the dev loss (training cost without dev data) has not improved
+        for that many epochs, restoring the best weights if ``restore_best``. Each callback is
+        called as ``callback(trainer, record)`` after every epoch and may set
+        ``trainer.stop_training``. ``verbose`` None shows a progress bar only on a terminal.
+        Returns the History (also ``trainer.history``), extended across calls.
+        """
+        epochs = check_int("epochs", epochs, low=0)
+        batch_size = check_int("batch_size", batch_size, low=1)
+        initial_epoch = check_int("initial_epoch", initial_epoch, low=0)
+        check_int("seed", seed, low=0)
+        if patience is not None:
+            patience = check_int("patience", patience, low=1)
+        x, y, dev = self._prepare(x, y, validation_data, validation_split, seed)
+        classify = _accuracy_kind(self.loss, y)
+        show = sys.stderr.isatty() if verbose is None else bool(verbose)
+        bar = _progress(show, initial_epoch, epochs, progress_file)
+        best = (np.inf, None)
+        waited = 0
+        self.stop_training = False
+        validate = self.loss.validate
+        self.loss.validate = False  # labels were checked once above: no sync per step
+        try:
+            for epoch in range(initial_epoch, epochs):
+                record = self._epoch(x, y, dev, epoch, batch_size, shuffle, seed, classify)
+                self.history.append(record)
+                if bar is not None:
+                    bar.set_postfix_str(_postfix(record), refresh=False)
+                    bar.update(1)
+                monitored = record["dev_loss"] if record["dev_loss"] is not None else record["cost"]
+                if monitored < best[0]:
+                    best, waited = (monitored, self._weights_copy() if patience else None), 0
+                else:
+                    waited += 1
+                for callback in callbacks:
+                    callback(self, record)
+                if patience is not None and waited >= patience:
+                    self.stop_training = True
+                if self.stop_training:
+                    break
+        finally:
+            self.loss.validate = validate
+            if bar is not None:
+                bar.close()
+        if patience is not None and restore_best and best[1] is not None:
+            self._restore_weights(best[1])
+        return self.history
+
+    def _prepare(
+        self, x: Any, y: Any, validation_data: tuple[Any, Any] | None, validation_split: float | None, seed: int
+    ) -> tuple[Any, Any, tuple[Any, Any] | None]:
+        """Check the data once, split off the dev set, and send everything to the device once."""
+        x, y = self._checked_data(x, y, "x", "y")
+        if validation_data is not None and validation_split is not None:
+            raise ValueError("give validation_data or validation_split, not both")
+        if validation_split is not None:
+            fraction = check_float(
+                "validation_split", validation_split, low=0.0, high=1.0, low_open=True, high_open=True
+            )
+            stratify = isinstance(self.loss, SoftmaxWithLoss) and y.ndim == 1
+            (x, y), validation_data = datasets.split(
+                to_numpy(x), to_numpy(y), fractions=(1.0 - fraction, fraction), stratify=stratify, seed=seed
+            )
+        dev = None
+        if validation_data is not None:
+            if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+                raise TypeError("validation_data must be a pair (x_dev, y_dev)")
+            dev = self._send(*self._checked_data(*validation_data, "x_dev", "y_dev"))
+        return (*self._send(x, y), dev)
+
+    def _epoch(
+        self,
+        x: Any,
+        y: Any,
+        dev: tuple[Any, Any] | None,
+        epoch: int,
+        batch_size: int,
+        shuffle: bool,
+        seed: int,
+        classify: str | None,
+    ) -> dict[str, Any]:
+        model, loss, optimizer, regularizer = self.model, self.loss, self.optimizer, self.regularizer
+        params = model.parameters()
+        xp = array_module(x)
+        n = x.shape[0]
+        n_steps = -(-n // batch_size)
+        start = time.perf_counter()
+        model.train()
+        with self.device:
+            step_loss = xp.zeros(n_steps, dtype=model.dtype)
+            step_correct = xp.zeros(n_steps, dtype=np.int64)
+            for step, (xb, yb) in enumerate(
+                datasets.batches(x, y, batch_size, shuffle=shuffle, seed=seed, epoch=epoch)
+            ):
+                logits = model.forward(xb)
+                step_loss[step] = loss.forward(logits, yb)
+                model.backward(loss.backward(), input_grad=False)
+                if regularizer is not None:
+                    regularizer.backward(params)
+                optimizer.step()
+                if classify is not None:
+                    step_correct[step] = _correct(logits, yb, classify)
+            losses = to_numpy(step_loss)  # the one read of the epoch (it also waits for the device)
+            train_seconds = time.perf_counter() - start
+            correct = int(to_numpy(step_correct).sum()) if classify is not None else None
+        bad = np.flatnonzero(~np.isfinite(losses))
+        if bad.size:
+            raise TrainingDivergedError(
+                f"the loss became {losses[bad[0]]} at epoch {epoch + 1}, step {bad[0] + 1} of {n_steps}; "
+                "lower the learning rate, check the inputs for NaN, or clip gradients (max_grad_norm=...)"
+            )
+        sizes = np.full(n_steps, batch_size, dtype=np.float64)
+        sizes[-1] = n - batch_size * (n_steps - 1)
+        cost = float(losses.astype(np.float64) @ sizes / n)
+        penalty = float(regularizer.forward(params)) if regularizer is not None else 0.0
+        record: dict[str, Any] = {
+            "epoch": epoch + 1,
+            "cost": cost,
+            "objective": cost + penalty,
+            "train_accuracy": None if correct is None else correct / n,
+            "dev_loss": None,
+            "dev_accuracy": None,
+            "lr": optimizer.lr,
+            "samples_per_s": n / train_seconds,
+        }
+        if dev is not None:
+            metrics = self._evaluate_on_device(*dev, classify=classify)
+            record["dev_loss"], record["dev_accuracy"] = metrics["loss"], metrics.get("accuracy")
+        record["seconds"] = time.perf_counter() - start
+        return record
+
+    # ----------------------------------------------------------------- evaluate / predict
+
+    def evaluate(self, x: Any, y: Any, batch_size: int = 1024) -> dict[str, float]:
+        """{"loss": mean loss, "accuracy": fraction correct (classifiers only)} on (x, y)."""
+        batch_size = check_int("batch_size", batch_size, low=1)
+        x, y = self._checked_data(x, y, "x", "y")
+        x, y = self._send(x, y)
+        return self._evaluate_on_device(x, y, _accuracy_kind(self.loss, y), batch_size)
+
+    def _evaluate_on_device(self, x: Any, y: Any, classify: str | None, batch_size: int = 1024) -> dict[str, float]:
+        model, loss = self.model, self.loss
+        was_training = model.training
+        model.eval()
+        xp = array_module(x)
+        validate = loss.validate
+        loss.validate = False
+        try:
+            with self.device:
+                total = xp.zeros((), dtype=np.float64)
+                correct = xp.zeros((), dtype=np.int64)
+                for xb, yb in datasets.batches(x, y, batch_size, shuffle=False):
+                    logits = model.forward(xb)
+                    total += loss.forward(logits, yb) * xb.shape[0]
+                    if classify is not None:
+                        correct += _correct(logits, yb, classify)
+                n = x.shape[0]
+                result = {"loss": float(total) / n}
+                if classify is not None:
+                    result["accuracy"] = int(correct) / n
+        finally:
+            loss.validate = validate
+            model.train(was_training)
+        return result
+
+    def predict_output(self, x: Any, batch_size: int = 1024) -> Any:
+        """The model's raw output (logits) for x, on the host for host input."""
+        x = self._checked_x(x, "x")
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with self.device:
+                xd = self.device.send(x, dtype=self.model.dtype)
+                parts = [self.model.forward(xd[i : i + batch_size]) for i in range(0, xd.shape[0], batch_size)]
+                out = array_module(xd).concatenate(parts) if parts else xd[:0]
+        finally:
+            self.model.train(was_training)
+        return out if device_of(x) == self.device else to_numpy(out)
+
+    def predict_proba(self, x: Any, batch_size: int = 1024) -> Any:
+        """Class probabilities (N, C): softmax of the logits (sigmoid for SigmoidBCELoss)."""
+        from .functional import sigmoid, softmax  # noqa: PLC0415 — only prediction needs them
+
+        logits = self.predict_output(x, batch_size)
+        return sigmoid(logits) if isinstance(self.loss, SigmoidBCELoss) else softmax(logits, axis=1)
+
+    def predict(self, x: Any, batch_size: int = 1024) -> Any:
+        """Predicted class labels (N,) for classifiers; the outputs themselves for regression."""
+        logits = self.predict_output(x, batch_size)
+        if isinstance(self.loss, SoftmaxWithLoss):
+            return logits.argmax(axis=1)
+        if isinstance(self.loss, SigmoidBCELoss):
+            return (logits > 0).astype(np.int64)
+        return logits
+
+    # ----------------------------------------------------------------- helpers
+
+    def _checked_x(self, x: Any, name: str) -> Any:
+        if isinstance(x, (list, tuple)):
+            x = np.asarray(x)
+        if not (hasattr(x, "ndim") and hasattr(x, "dtype")):
+            raise TypeError(f"{name} must be an array of shape (N, features), got {type(x).__name__}")
+        if x.ndim != 2:
+            raise ValueError(f"{name} must have shape (N, features), got shape {tuple(x.shape)}")
+        if x.dtype.kind not in "biuf":
+            raise TypeError(f"{name} must hold numbers, got dtype {x.dtype}")
+        first = self.model.layers[0] if len(self.model) else None
+        if isinstance(first, Linear) and x.shape[1] != first.n_in:
+            raise ValueError(
+                f"{name} has {x.shape[1]} features but the model's first layer, {first!r}, expects {first.n_in}"
+            )
+        if x.dtype.kind == "f" and not bool(array_module(x).isfinite(x).all()):
+            rows = np.flatnonzero(~np.isfinite(to_numpy(x)).all(axis=1))
+            raise ValueError(f"{name} contains NaN or infinity (first in row {rows[0]}); clean the data first")
+        return x
+
+    def _checked_data(self, x: Any, y: Any, x_name: str, y_name: str) -> tuple[Any, Any]:
+        x = self._checked_x(x, x_name)
+        if isinstance(y, (list, tuple)):
+            y = np.asarray(y)
+        if not (hasattr(y, "ndim") and hasattr(y, "dtype")):
+            raise TypeError(f"{y_name} must be an array, got {type(y).__name__}")
+        if y.shape[:1] != x.shape[:1]:
+            raise ValueError(
+                f"{x_name} and {y_name} hold different numbers of samples: {tuple(x.shape)} and {tuple(y.shape)}"
+            )
+        if isinstance(self.loss, SoftmaxWithLoss) and y.ndim == 1:
+            n_classes = self._n_outputs()
+            if y.dtype.kind not in "iu":
+                raise TypeError(f"{y_name} must hold integer class labels, got dtype {y.dtype}")
+            if y.size and (int(y.min()) < 0 or int(y.max()) >= n_classes):
+                raise ValueError(
+                    f"{y_name} holds labels outside [0, {n_classes}) for a model with {n_classes} outputs: "
+                    f"min {int(y.min())}, max {int(y.max())}"
+                )
+        return x, y
+
+    def _n_outputs(self) -> int:
+        linears = [layer for layer in self.model.layers if isinstance(layer, Linear)]
+        return linears[-1].n_out if linears else 0
+
+    def _send(self, x: Any, y: Any) -> tuple[Any, Any]:
+        with self.device:
+            xd = self.device.send(x, dtype=self.model.dtype)
+            yd = self.device.send(y) if y.dtype.kind in "iu" else self.device.send(y, dtype=self.model.dtype)
+        return xd, yd
+
+    def _weights_copy(self) -> Any:
+        flat = self.model.parameters()[0]._flat
+        return flat.data.copy()
+
+    def _restore_weights(self, saved: Any) -> None:
+        self.model.parameters()[0]._flat.data[...] = saved
+
+    def dropout_states(self) -> dict[str, Any]:
+        """The NumPy generator state of each Dropout layer (for bit-exact resume on the CPU)."""
+        states = {}
+        for i, layer in enumerate(self.model.layers):
+            if isinstance(layer, Dropout):
+                gen = layer._generators.get(self.device)
+                if gen is not None and isinstance(gen, np.random.Generator):
+                    states[str(i)] = gen.bit_generator.state
+        return states
+
+    def load_dropout_states(self, states: dict[str, Any]) -> None:
+        for key, state in states.items():
+            layer = self.model.layers[int(key)]
+            if isinstance(layer, Dropout) and self.device.kind == "cpu":
+                gen = np.random.default_rng()
+                gen.bit_generator.state = state
+                layer._generators[self.device] = gen
+
+
+def _device_spec(spec: str | Device | None) -> Device:
+    return device(spec)
+
+
+def _accuracy_kind(loss: Loss, y: Any) -> str | None:
+    """How to count correct predictions: argmax for softmax, threshold for sigmoid, none for MSE."""
+    if isinstance(loss, SoftmaxWithLoss):
+        return "labels" if y.ndim == 1 else "onehot"
+    if isinstance(loss, SigmoidBCELoss):
+        return "binary"
+    if isinstance(loss, MSELoss):
+        return None
+    return None
+
+
+def _correct(logits: Any, yb: Any, kind: str) -> Any:
+    """Number of correct predictions in a batch, as a 0-d device array (no host read)."""
+    if kind == "labels":
+        return (logits.argmax(axis=1) == yb).sum()
+    if kind == "onehot":
+        return (logits.argmax(axis=1) == yb.argmax(axis=1)).sum()
+    target = yb.reshape(logits.shape) > 0.5
+    return ((logits > 0) == target).all(axis=-1).sum() if logits.ndim == 2 else ((logits > 0) == target).sum()
+
+
+def _progress(show: bool, initial: int, total: int, file: TextIO | None) -> Any:
+    if not show:
+        return None
+    from tqdm.auto import tqdm  # noqa: PLC0415 — only needed when a bar is shown
+
+    return tqdm(total=total, initial=initial, unit="epoch", file=file or sys.stderr, dynamic_ncols=True, leave=True)
+
+
+def _postfix(record: dict[str, Any]) -> str:
+    parts = [f"loss={record['cost']:.4f}"]
+    if record["train_accuracy"] is not None:
+        parts.append(f"acc={record['train_accuracy']:.4f}")
+    if record["dev_accuracy"] is not None:
+        parts.append(f"dev_acc={record['dev_accuracy']:.4f}")
+    elif record["dev_loss"] is not None:
+        parts.append(f"dev_loss={record['dev_loss']:.4f}")
+    parts.append(f"{record['samples_per_s']:,.0f} samples/s")
+    return ", ".join(parts)
