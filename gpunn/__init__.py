@@ -1,6 +1,6 @@
 """gpunn: a small, fast neural-network library; one code path on NumPy (CPU) and CuPy (GPU)."""
 
-from . import optim
+from . import checkpoint, data, optim
 from .activations import Identity, LeakyReLU, ReLU, Sigmoid, Softmax, Tanh
 from .backend import (
     Device,
@@ -15,23 +15,30 @@ from .backend import (
     to_numpy,
     why_cpu,
 )
+from .checkpoint import CheckpointError, load, save
 from .functional import log_softmax, sigmoid, softmax
 from .gradcheck import gradcheck, gradient_errors
+from .history import Diagnosis, History, diagnose
 from .layers import Dropout, Layer, Linear
 from .losses import Loss, MSELoss, SigmoidBCELoss, SoftmaxWithLoss
 from .parameter import Parameter
+from .plots import plot_history
 from .regularizers import L1, L2, Regularizer
 from .sequential import Sequential, mlp
+from .trainer import Trainer, TrainingDivergedError
 
 __version__ = "0.1.0"
 
 __all__ = [
     "L1",
     "L2",
+    "CheckpointError",
     "Device",
     "DeviceMismatchError",
     "DeviceUnavailableError",
+    "Diagnosis",
     "Dropout",
+    "History",
     "Identity",
     "Layer",
     "LeakyReLU",
@@ -47,17 +54,25 @@ __all__ = [
     "Softmax",
     "SoftmaxWithLoss",
     "Tanh",
+    "Trainer",
+    "TrainingDivergedError",
     "__version__",
     "array_module",
     "available_devices",
+    "checkpoint",
+    "data",
     "device",
     "device_of",
+    "diagnose",
     "gpu_available",
     "gradcheck",
     "gradient_errors",
+    "load",
     "log_softmax",
     "mlp",
     "optim",
+    "plot_history",
+    "save",
     "sigmoid",
     "softmax",
     "to_device",

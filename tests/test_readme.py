@@ -10,14 +10,25 @@ README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 
 def test_readme_python_example_runs(capsys) -> None:
     blocks = re.findall(r"```python\n(.*?)```", README, re.DOTALL)
-    assert blocks, "README.md lost its Python example"
+    assert len(blocks) == 2, "README.md lost a Python example"
     namespace: dict = {}
-    exec(compile(blocks[0], "README.md", "exec"), namespace)  # noqa: S102 — our own README
+    exec(compile(blocks[1], "README.md", "exec"), namespace)  # noqa: S102 — our own README
     assert float(namespace["objective"]) < 0.9  # log(3) ≈ 1.10 at the start; it must have learned
     assert "W^[1]" in capsys.readouterr().out
 
 
+def test_readme_trainer_example_runs(tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    block = re.findall(r"```python\n(.*?)```", README, re.DOTALL)[0]
+    namespace: dict = {}
+    exec(compile(block, "README.md", "exec"), namespace)  # noqa: S102 — our own README
+    assert namespace["trainer"].evaluate(namespace["x_test"], namespace["y_test"])["accuracy"] >= 0.95
+    assert "diagnosis:" in capsys.readouterr().out
+    assert (tmp_path / "digits.safetensors").is_file()
+    assert namespace["model"].device == namespace["model"].parameters()[0].device
+
+
 def test_readme_starts_with_the_two_commands() -> None:
     commands = re.findall(r"```bash\n(.*?)\n```", README, re.DOTALL)[:2]
-    assert commands[0].startswith("pip install . && ")
+    assert commands[0] == 'pip install ".[cuda12]" && gpunn train'
     assert commands[1] == 'pip install -e ".[test]" && python -m pytest'

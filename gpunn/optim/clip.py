@@ -17,7 +17,7 @@ from ..validation import check_float
 def clip_flat_grad(grad: Any, max_norm: float) -> Any:
     """Clip one flat gradient buffer in place; return its norm before clipping (0-d array)."""
     xp = array_module(grad)
-    norm = xp.sqrt(xp.asarray(grad @ grad))
+    norm = xp.asarray(xp.sqrt(grad @ grad))  # NumPy ufuncs return scalars; keep a 0-d array
     grad *= xp.minimum(max_norm / (norm + 1e-6), 1.0)
     return norm
 
@@ -36,7 +36,7 @@ def clip_grad_norm(params: Iterable[Parameter] | Any, max_norm: float) -> Any:
         return clip_flat_grad(flat.grad, max_norm)
     xp = array_module(params[0].grad)
     grads = [p.grad.reshape(-1) for p in params]
-    norm = xp.sqrt(xp.asarray(sum(g @ g for g in grads)))
+    norm = xp.asarray(xp.sqrt(sum(g @ g for g in grads)))
     factor = xp.minimum(max_norm / (norm + 1e-6), 1.0)
     for p in params:
         p.grad *= factor
