@@ -12,7 +12,7 @@ def test_readme_python_example_runs(capsys) -> None:
     blocks = re.findall(r"```python\n(.*?)```", README, re.DOTALL)
     assert len(blocks) == 2, "README.md lost a Python example"
     namespace: dict = {}
-    exec(compile(blocks[1], "README.md", "exec"), namespace)  # noqa: S102 — our own README
+    exec(compile(blocks[1], "README.md", "exec"), namespace)
     assert float(namespace["objective"]) < 0.9  # log(3) ≈ 1.10 at the start; it must have learned
     assert "W^[1]" in capsys.readouterr().out
 
@@ -21,7 +21,7 @@ def test_readme_trainer_example_runs(tmp_path, monkeypatch, capsys) -> None:
     monkeypatch.chdir(tmp_path)
     block = re.findall(r"```python\n(.*?)```", README, re.DOTALL)[0]
     namespace: dict = {}
-    exec(compile(block, "README.md", "exec"), namespace)  # noqa: S102 — our own README
+    exec(compile(block, "README.md", "exec"), namespace)
     assert namespace["trainer"].evaluate(namespace["x_test"], namespace["y_test"])["accuracy"] >= 0.95
     assert "diagnosis:" in capsys.readouterr().out
     assert (tmp_path / "digits.safetensors").is_file()
