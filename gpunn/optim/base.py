@@ -90,11 +90,15 @@ class Optimizer:
     def step(self) -> None:
         """Update every parameter from its ``grad`` (one operation over the flat buffer)."""
         flat = self._current_flat()
-        self.step_count += 1
-        with flat.device:  # kernels launch on the current GPU: make it the parameters' one
-            if self.max_grad_norm is not None:
-                clip_flat_grad(flat.grad, self.max_grad_norm)
-            self._update(flat, self._state, self._scratch)
+        self.step_count += 1  # the update reads t (Adam's bias correction)
+        try:
+            with flat.device:  # kernels launch on the current GPU: make it the parameters' one
+                if self.max_grad_norm is not None:
+                    clip_flat_grad(flat.grad, self.max_grad_norm)
+                self._update(flat, self._state, self._scratch)
+        except BaseException:
+            self.step_count -= 1
+            raise
 
     def _update(self, flat: FlatParameters, state: dict[str, Any], scratch: Any) -> None:
         raise NotImplementedError
@@ -145,9 +149,16 @@ class Optimizer:
                 flat.view(self._state[name], p)[...] = flat.device.send(value)
         for name, value in state_dict.get("hyper", {}).items():
             if name in self.hyper_names:
-                setattr(self, name, tuple(value) if isinstance(value, list) else value)
+                setattr(self, name, _checked_hyper(f"state_dict['hyper'][{name!r}]", value))
         self.step_count = int(state_dict.get("step", 0))
 
     def __repr__(self) -> str:
         hyper = ", ".join(f"{k}={v!r}" for k, v in self.hyperparameters().items())
         return f"{type(self).__name__}({hyper})"
+
+
+def _checked_hyper(name: str, value: Any) -> Any:
+    """A saved hyperparameter, checked like the constructors check theirs (finite, >= 0)."""
+    if isinstance(value, (list, tuple)):
+        return tuple(check_float(f"{name}[{i}]", v, low=0.0) for i, v in enumerate(value))
+    return check_float(name, value, low=0.0)

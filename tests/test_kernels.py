@@ -1,0 +1,389 @@
+"""gpunn.kernels: the NumPy twins against plain formulas, the fused CUDA kernels against their
+twins (GPU only), and the CUDA source compiled with nvcc (where nvcc is installed)."""
+
+from __future__ import annotations
+
+import math
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+import gpunn as gn
+from gpunn import kernels
+
+SIZES = (1, 7, 1001)
+DTYPES = ("float32", "float64")
+RULES = ("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw")
+
+# Each rule's hyperparameters (kernel keyword arguments), not the defaults, so a swapped
+# or dropped constant shows.
+ADAM_CONSTANTS = kernels.adam_constants(0.03, 0.8, 0.95, step=3, weight_decay=0.0)
+ADAMW_CONSTANTS = kernels.adam_constants(0.03, 0.8, 0.95, step=3, weight_decay=0.7)
+HYPER = {
+    "sgd": {"lr": 0.3},
+    "momentum": {"lr": 0.3, "momentum": 0.7, "nesterov": False},
+    "nesterov": {"lr": 0.3, "momentum": 0.7, "nesterov": True},
+    "adagrad": {"lr": 0.2, "eps": 1e-2},
+    "rmsprop": {"lr": 0.2, "alpha": 0.85, "eps": 1e-2},
+    "adam": {"beta1": 0.8, "beta2": 0.95, "eps": 1e-3, **ADAM_CONSTANTS},
+    "adamw": {"beta1": 0.8, "beta2": 0.95, "eps": 1e-3, **ADAMW_CONSTANTS},
+}
+# The state buffers of each rule, in argument order, and whether they must be >= 0.
+STATE = {
+    "sgd": (),
+    "momentum": (("v", False),),
+    "nesterov": (("v", False),),
+    "adagrad": (("h", True),),
+    "rmsprop": (("s", True),),
+    "adam": (("m", False), ("v", True)),
+    "adamw": (("m", False), ("v", True)),
+}
+KERNEL_OF = {
+    "sgd": "sgd",
+    "momentum": "momentum",
+    "nesterov": "momentum",
+    "adagrad": "adagrad",
+    "rmsprop": "rmsprop",
+    "adam": "adam",
+    "adamw": "adam",
+}
+
+
+def buffers(n: int, dtype: str, rule: str, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    out = {"p": rng.standard_normal(n), "g": rng.standard_normal(n)}
+    if n > 3:
+        out["g"][3] = 0.0  # a zero gradient with zero state: 0 / (0 + eps)
+    for name, positive in STATE[rule]:
+        out[name] = np.abs(rng.standard_normal(n)) if positive else rng.standard_normal(n)
+        if n > 3:
+            out[name][3] = 0.0
+    return {k: v.astype(dtype) for k, v in out.items()}
+
+
+def extra(rule: str, n: int) -> dict:
+    """Keyword arguments besides the hyperparameters (AdamW decays the first n_decay elements)."""
+    if rule == "adam":
+        return {"n_decay": n}  # Adam's decay_factor is 1: n_decay must not matter
+    if rule == "adamw":
+        return {"n_decay": (2 * n) // 3}
+    return {}
+
+
+def textbook(rule: str, b: dict[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
+    """The update written out of place in float64, from the formulas in kernels' docstrings
+    (with NumPy or CuPy, whichever holds ``b``)."""
+    xp = gn.array_module(b["p"])
+    h = HYPER[rule]
+    p, g = b["p"].astype(np.float64), b["g"].astype(np.float64)
+    if rule == "sgd":
+        return {"p": p - h["lr"] * g}
+    if rule in ("momentum", "nesterov"):
+        v = h["momentum"] * b["v"].astype(np.float64) + g
+        step = g + h["momentum"] * v if h["nesterov"] else v
+        return {"p": p - h["lr"] * step, "v": v}
+    if rule == "adagrad":
+        acc = b["h"].astype(np.float64) + g * g
+        return {"p": p - h["lr"] * g / (xp.sqrt(acc) + h["eps"]), "h": acc}
+    if rule == "rmsprop":
+        s = h["alpha"] * b["s"].astype(np.float64) + (1 - h["alpha"]) * g * g
+        return {"p": p - h["lr"] * g / (xp.sqrt(s) + h["eps"]), "s": s}
+    m = h["beta1"] * b["m"].astype(np.float64) + (1 - h["beta1"]) * g
+    v = h["beta2"] * b["v"].astype(np.float64) + (1 - h["beta2"]) * g * g
+    n_decay = extra(rule, n)["n_decay"]
+    decayed = xp.where(xp.arange(n) < n_decay, p * h["decay_factor"], p)
+    p_new = decayed - h["step_size"] * m / (xp.sqrt(v) * h["inv_sqrt_bc2"] + h["eps"])
+    return {"p": p_new, "m": m, "v": v}
+
+
+def call(rule: str, fn_kind: str, b: dict, tmp) -> None:
+    """Run kernels.<rule>_<fn_kind> ("reference" or "update") on the buffers in ``b``."""
+    fn = getattr(kernels, f"{KERNEL_OF[rule]}_{fn_kind}")
+    state = [b[name] for name, _ in STATE[rule]]
+    fn(b["p"], b["g"], *state, tmp, **HYPER[rule], **extra(rule, b["p"].size))
+
+
+def magnitudes(rule: str, b: dict[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
+    """The textbook formula evaluated on absolute values: the scale of every term that is
+    added, so that rounding error (and cancellation) is bounded by a few ulps of it."""
+    xp = gn.array_module(b["p"])
+    h = HYPER[rule]
+    p, g = xp.abs(b["p"].astype(np.float64)), xp.abs(b["g"].astype(np.float64))
+    if rule == "sgd":
+        return {"p": p + h["lr"] * g}
+    if rule in ("momentum", "nesterov"):
+        v = h["momentum"] * xp.abs(b["v"].astype(np.float64)) + g
+        step = g + h["momentum"] * v if h["nesterov"] else v
+        return {"p": p + h["lr"] * step, "v": v}
+    if rule == "adagrad":
+        acc = b["h"].astype(np.float64) + g * g
+        return {"p": p + h["lr"] * g / (xp.sqrt(acc) + h["eps"]), "h": acc}
+    if rule == "rmsprop":
+        s = h["alpha"] * b["s"].astype(np.float64) + (1 - h["alpha"]) * g * g
+        return {"p": p + h["lr"] * g / (xp.sqrt(s) + h["eps"]), "s": s}
+    m = h["beta1"] * xp.abs(b["m"].astype(np.float64)) + (1 - h["beta1"]) * g
+    v = h["beta2"] * b["v"].astype(np.float64) + (1 - h["beta2"]) * g * g
+    n_decay = extra(rule, n)["n_decay"]
+    decayed = xp.where(xp.arange(n) < n_decay, p * h["decay_factor"], p)
+    return {"p": decayed + h["step_size"] * m / (xp.sqrt(v) * h["inv_sqrt_bc2"] + h["eps"]), "m": m, "v": v}
+
+
+# Rounding allowance relative to the magnitudes above: ~16 ulps in float32, far more in
+# float64 (every formula here has fewer than ten roundings per element).
+RTOL = {"float32": 1e-6, "float64": 1e-13}
+
+
+def assert_within_rounding(got, want, scale, dtype: str, what: str) -> None:
+    """|got − want| <= RTOL·scale elementwise (NumPy or CuPy arrays, checked where they live)."""
+    xp = gn.array_module(got)
+    got, want = got.astype(xp.float64), want.astype(xp.float64)
+    err = xp.abs(got - want)
+    bound = RTOL[dtype] * scale
+    bad = ~(err <= bound)  # NaN counts as bad
+    n_bad = int(bad.sum())
+    if n_bad:
+        i = int(xp.argmax(bad))
+        raise AssertionError(
+            f"{what}: {n_bad} of {bad.size} elements differ beyond rounding; first at {i}: "
+            f"got {float(got[i])!r}, want {float(want[i])!r}, |error| {float(err[i]):.3g} > bound {float(bound[i]):.3g}"
+        )
+
+
+# ----------------------------------------------------------------------------- NumPy twins
+
+
+def test_adam_constants_closed_form():
+    c = kernels.adam_constants(0.01, 0.9, 0.999, step=4, weight_decay=0.05)
+    assert c["step_size"] == pytest.approx(0.01 / (1 - 0.9**4), rel=1e-15)
+    assert c["inv_sqrt_bc2"] == pytest.approx(1 / math.sqrt(1 - 0.999**4), rel=1e-15)
+    assert c["decay_factor"] == pytest.approx(1 - 0.01 * 0.05, rel=1e-15)
+    assert all(type(v) is float for v in c.values())
+    assert kernels.adam_constants(0.01, 0.9, 0.999, step=1, weight_decay=0.0)["decay_factor"] == 1.0
+
+
+@pytest.mark.parametrize("fn_kind", ["reference", "update"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", SIZES)
+@pytest.mark.parametrize("rule", RULES)
+def test_numpy_twin_matches_textbook(rule, n, dtype, fn_kind):
+    """Each *_reference (and *_update, which runs it on NumPy arrays) computes the formula in
+    place, whatever the scratch buffer held before."""
+    b = buffers(n, dtype, rule)
+    expected = textbook(rule, b, n)
+    tmp = np.full(n, np.nan, dtype=dtype)  # garbage in the scratch buffer must not leak out
+    g_before = b["g"].copy()
+    call(rule, fn_kind, b, tmp)
+    np.testing.assert_array_equal(b["g"], g_before)  # the gradient is read only
+    scale = magnitudes(rule, buffers(n, dtype, rule), n)
+    assert set(expected) == set(scale)
+    for name, want in expected.items():
+        assert b[name].dtype == np.dtype(dtype)
+        assert_within_rounding(b[name], want, scale[name], dtype, f"{rule} {name}")
+
+
+def test_adam_reference_decays_only_the_prefix():
+    n = 10
+    p = np.ones(n)
+    kernels.adam_reference(
+        p,
+        np.zeros(n),
+        np.zeros(n),
+        np.zeros(n),
+        np.empty(n),
+        n_decay=4,
+        step_size=0.1,
+        beta1=0.9,
+        beta2=0.999,
+        eps=1e-8,
+        inv_sqrt_bc2=1.0,
+        decay_factor=0.5,
+    )
+    np.testing.assert_array_equal(p, [0.5] * 4 + [1.0] * 6)
+
+
+# ----------------------------------------------------------------------------- fused kernels (GPU)
+
+
+def _gpu_buffers(cp, n: int, dtype: str, rule: str) -> dict:
+    if n <= 10_000:
+        return {k: cp.asarray(v) for k, v in buffers(n, dtype, rule).items()}
+    gen = cp.random.default_rng(0)
+    out = {"p": gen.standard_normal(n, dtype=dtype), "g": gen.standard_normal(n, dtype=dtype)}
+    for name, positive in STATE[rule]:
+        x = gen.standard_normal(n, dtype=dtype)
+        out[name] = cp.abs(x) if positive else x
+    return out
+
+
+# 65_535 blocks × 256 threads + 3: the grid-stride loop must go round a second time.
+BIG = kernels.MAX_BLOCKS * kernels.THREADS_PER_BLOCK + 3
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize(("n", "dtype"), [(n, d) for n in SIZES for d in DTYPES] + [(BIG, "float32")])
+@pytest.mark.parametrize("rule", RULES)
+def test_fused_kernel_matches_its_twin(gpu, monkeypatch, rule, n, dtype):
+    """kernels.<rule>_update on CuPy arrays launches the fused RawModule kernel; its result
+    equals the *_reference twin run on copies, and the float64 textbook, within rounding."""
+    cp = gpu.xp
+    with gpu:
+        fused = _gpu_buffers(cp, n, dtype, rule)
+        original = {k: v.copy() for k, v in fused.items()}
+        twin = {k: v.copy() for k, v in fused.items()}
+
+        def not_the_twin(*args, **kwargs):
+            raise AssertionError("the CuPy path ran the NumPy twin instead of the fused kernel")
+
+        monkeypatch.setattr(kernels, f"{KERNEL_OF[rule]}_reference", not_the_twin)
+        call(rule, "update", fused, None)  # the fused kernel needs no scratch buffer
+        monkeypatch.undo()
+        call(rule, "reference", twin, cp.empty(n, dtype=dtype))
+        scale = magnitudes(rule, original, n)
+        expected = textbook(rule, original, n)
+        assert set(scale) == set(expected) == set(fused) - {"g"}
+        assert bool((fused["g"] == original["g"]).all())
+        for name in scale:
+            assert fused[name].dtype == np.dtype(dtype)
+            # fused kernel and twin round differently (FMA, operation order): twice the allowance
+            assert_within_rounding(fused[name], twin[name], 2 * scale[name], dtype, f"{rule} {name}: fused vs twin")
+            assert_within_rounding(fused[name], expected[name], scale[name], dtype, f"{rule} {name}: vs textbook")
+
+
+# ----------------------------------------------------------------------------- CUDA source (nvcc)
+
+# Each kernel's parameter list, written from the arguments kernels.py passes at launch:
+# device pointers of the buffer's type T, then np.int64 (long long), np.float64 (double),
+# np.int32 (int). Explicit instantiations with these types fail to compile if the source
+# disagrees.
+SIGNATURES = {
+    "sgd_update": ("T*", "const T*", "const long long", "const double"),
+    "momentum_update": (
+        "T*",
+        "const T*",
+        "T*",
+        "const long long",
+        "const double",
+        "const double",
+        "const int",
+    ),
+    "adagrad_update": ("T*", "const T*", "T*", "const long long", "const double", "const double"),
+    "rmsprop_update": ("T*", "const T*", "T*", "const long long", "const double", "const double", "const double"),
+    "adam_update": (
+        "T*",
+        "const T*",
+        "T*",
+        "T*",
+        "const long long",
+        "const long long",
+        "const double",
+        "const double",
+        "const double",
+        "const double",
+        "const double",
+        "const double",
+    ),
+}
+SCALAR_TYPES = {"const long long": np.int64, "const double": np.float64, "const int": np.int32}
+
+
+def test_signature_table_covers_every_kernel():
+    assert set(SIGNATURES) == set(kernels.KERNEL_NAMES)
+    for name in kernels.KERNEL_NAMES:
+        assert re.search(rf"__global__\s+void\s+{name}\s*\(", kernels.CUDA_SOURCE), name
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rule", RULES)
+def test_launch_arguments_match_kernel_signatures(monkeypatch, rule, dtype):
+    """What the Python side passes to each kernel has exactly the C parameter types (a CuPy
+    RawKernel passes NumPy scalars by their own type, so a mismatch would read garbage)."""
+    launches = []
+    monkeypatch.setattr(kernels, "_is_gpu", lambda x: True)
+    monkeypatch.setattr(kernels, "_launch", lambda name, *args: launches.append((name, args)))
+    n = 7
+    b = buffers(n, dtype, rule)
+    call(rule, "update", b, None)
+    assert len(launches) == 1
+    name, args = launches[0]
+    assert name == f"{KERNEL_OF[rule]}_update"
+    signature = SIGNATURES[name]
+    assert len(args) == len(signature)
+    for i, (arg, ctype) in enumerate(zip(args, signature, strict=True)):
+        if ctype.endswith("T*"):
+            assert isinstance(arg, np.ndarray), (name, i)
+            assert arg.dtype == np.dtype(dtype)
+            assert arg.ndim == 1
+        else:
+            assert type(arg) is SCALAR_TYPES[ctype], (name, i, type(arg), ctype)
+    n_arg = args[signature.index("const long long")]
+    assert n_arg == n
+    if rule == "nesterov":
+        assert args[-1] == 1
+    if rule == "adamw":
+        assert args[5] == extra(rule, n)["n_decay"]
+    # the buffers passed are the caller's own (updated in place), in order p, g, state...
+    assert args[0] is b["p"]
+    assert args[1] is b["g"]
+    for k, (state_name, _) in enumerate(STATE[rule]):
+        assert args[2 + k] is b[state_name]
+
+
+def test_fused_path_refuses_non_contiguous_buffers(monkeypatch):
+    monkeypatch.setattr(kernels, "_is_gpu", lambda x: True)
+    monkeypatch.setattr(kernels, "_launch", lambda *a: pytest.fail("launched on a strided buffer"))
+    p = np.zeros(10)
+    with pytest.raises(ValueError, match="contiguous"):
+        kernels.sgd_update(p[::2], np.zeros(5), None, lr=0.1)
+
+
+NVCC = shutil.which("nvcc")
+needs_nvcc = pytest.mark.skipif(NVCC is None, reason="nvcc is not on PATH")
+
+
+def instantiations() -> str:
+    lines = []
+    for name in kernels.KERNEL_NAMES:
+        for ctype in ("float", "double"):
+            params = ", ".join(re.sub(r"\bT\b", ctype, t) for t in SIGNATURES[name])
+            lines.append(f"template __global__ void {name}<{ctype}>({params});")
+    return "\n".join(lines) + "\n"
+
+
+def nvcc_compile(source: str, tmp_path) -> tuple[subprocess.CompletedProcess, bytes]:
+    src, out = tmp_path / "k.cu", tmp_path / "out.cubin"
+    src.write_text(source)
+    result = subprocess.run(
+        [NVCC, "-arch=sm_90", "-cubin", "-std=c++17", "-o", str(out), str(src)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    return result, out.read_bytes() if out.exists() else b""
+
+
+@needs_nvcc
+def test_cuda_source_compiles_for_sm90(tmp_path):
+    result, cubin = nvcc_compile(kernels.CUDA_SOURCE + "\n" + instantiations(), tmp_path)
+    assert result.returncode == 0, result.stderr
+    # every kernel was emitted for both element types (Itanium-mangled names: _Z<len><name>I<f|d>E)
+    for name in kernels.KERNEL_NAMES:
+        for code in "fd":
+            assert f"_Z{len(name)}{name}I{code}E".encode() in cubin, (name, code)
+
+
+@needs_nvcc
+def test_nvcc_check_catches_broken_source(tmp_path):
+    """The compile check above is not vacuous: a syntax error and a type mismatch both fail."""
+    statement = "p[i] -= lr_ * g[i];"
+    assert statement in kernels.CUDA_SOURCE
+    broken = kernels.CUDA_SOURCE.replace(statement, "p[i] -= lr_ * g[i]") + "\n" + instantiations()
+    result, _ = nvcc_compile(broken, tmp_path)
+    assert result.returncode != 0
+    assert "error" in result.stderr + result.stdout
+    wrong_type = kernels.CUDA_SOURCE + "\ntemplate __global__ void sgd_update<float>(float*, const float*, int, int);\n"
+    result, _ = nvcc_compile(wrong_type, tmp_path)
+    assert result.returncode != 0
