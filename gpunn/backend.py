@@ -210,23 +210,24 @@ def device(spec: str | Device | None = None) -> Device:
         raise TypeError(f"device spec must be a string such as 'cuda:0' or a Device, got {spec!r}")
     match = _SPEC.match(spec.strip().lower())
     if match is None or (match.group(1) in ("cpu", "auto") and match.group(2) is not None):
-        raise ValueError(f"{source} must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {spec!r}")
+        name = "device" if source == "spec" else source
+        raise ValueError(f"{name} must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {spec!r}")
     kind, index = match.group(1), int(match.group(2) or 0)
     if kind == "cpu":
         return CPU
     probe = _probe()
     if kind == "auto":
         return Device("cuda", 0) if probe.reason is None else CPU
+    asked = f"device {spec!r}" if source == "spec" else f"{ENV_VAR}={spec!r}"
     if probe.count == 0 or (index == 0 and probe.reason is not None):
-        raise DeviceUnavailableError(f"{source}={spec!r} asks for a GPU, but {probe.reason}")
+        raise DeviceUnavailableError(f"{asked} asks for a GPU, but {probe.reason}")
     if index >= probe.count:
         raise DeviceUnavailableError(
-            f"{source}={spec!r} asks for GPU {index}, but CUDA reports {probe.count} GPU(s): "
-            f"use cuda:0 to cuda:{probe.count - 1}"
+            f"{asked} asks for GPU {index}, but CUDA reports {probe.count} GPU(s): use cuda:0 to cuda:{probe.count - 1}"
         )
     failure = _kernel_failure(index)
     if failure is not None:
-        raise DeviceUnavailableError(f"{source}={spec!r}: {failure}")
+        raise DeviceUnavailableError(f"{asked}: {failure}")
     return Device("cuda", index)
 
 

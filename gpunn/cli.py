@@ -47,25 +47,16 @@ def _info(args: argparse.Namespace) -> int:
     return 1 if info["device_error"] else 0
 
 
-def _train(args: argparse.Namespace) -> int:
-    from .job import TrainConfig, train  # noqa: PLC0415 — keeps `gpunn info` light
+SETTINGS = ("dataset", "hidden", "activation", "optimizer", "lr", "l2", "dropout", "epochs", "batch_size", "seed")
 
-    config = TrainConfig(
-        dataset=args.dataset,
-        hidden=args.hidden,
-        activation=args.activation,
-        optimizer=args.optimizer,
-        lr=args.lr,
-        l2=args.l2,
-        dropout=args.dropout,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        seed=args.seed,
-    )
+
+def _train(args: argparse.Namespace) -> int:
+    from .job import train  # noqa: PLC0415 — keeps `gpunn info` light
+
+    settings = {name: getattr(args, name) for name in SETTINGS}  # None: not given on the command line
     verbose = False if (args.quiet or args.json) else None
-    if not args.json and not args.quiet:
-        _announce_device(args.device)
-    result = train(config, args.device, args.save, args.resume, args.plot, verbose=verbose)
+    announce = None if (args.json or args.quiet) else _announce_device
+    result = train(settings, args.device, args.save, args.resume, args.plot, verbose=verbose, announce=announce)
     if args.json:
         print(json.dumps({k: v for k, v in result.items() if k != "model"}))
     elif not args.quiet:
@@ -73,12 +64,11 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _announce_device(spec: str | None) -> None:
-    from .backend import device, why_cpu  # noqa: PLC0415
+def _announce_device(dev: Any) -> None:
+    from .backend import why_cpu  # noqa: PLC0415
 
-    dev = device(spec)
-    reason = why_cpu() if dev.kind == "cpu" and spec in (None, "auto") else None
-    print(f"device: {dev}" + (f" (the CPU, because {reason})" if reason else ""))
+    reason = why_cpu() if dev.kind == "cpu" else None
+    print(f"device: {dev}" + (f" (the CPU, because {reason})" if reason else ""), flush=True)
 
 
 def _print_result(result: dict[str, Any]) -> None:
@@ -121,19 +111,29 @@ def build_parser() -> argparse.ArgumentParser:
     info.set_defaults(run=_info)
 
     train = commands.add_parser("train", help="train a multilayer perceptron on the best device present")
-    train.add_argument("--dataset", default="digits", help="digits (built in), spiral, or mnist:PATH (default: digits)")
-    train.add_argument("--hidden", type=_hidden, default=(100,), help="hidden layer sizes, e.g. 100,100 (default: 100)")
-    train.add_argument("--activation", default="relu", choices=["relu", "leaky_relu", "sigmoid", "tanh", "identity"])
+    train.add_argument("--dataset", default=None, help="digits (built in), spiral, or mnist:PATH (default: digits)")
+    train.add_argument("--hidden", type=_hidden, default=None, help="hidden layer sizes, e.g. 100,100 (default: 100)")
     train.add_argument(
-        "--optimizer", default="adam", choices=["sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw"]
+        "--activation",
+        default=None,
+        choices=["relu", "leaky_relu", "sigmoid", "tanh", "identity"],
+        help="hidden-layer activation (default: relu)",
     )
-    train.add_argument("--lr", type=float, default=1e-3, help="learning rate (default: 0.001)")
-    train.add_argument("--l2", type=float, default=1e-4, help="L2 penalty λ in ½·λ·ΣW² (default: 0.0001)")
-    train.add_argument("--dropout", type=float, default=0.0, help="dropout after each hidden layer (default: 0)")
-    train.add_argument("--epochs", type=int, default=40, help="total epochs, resumed ones included (default: 40)")
-    train.add_argument("--batch-size", type=int, default=32, help="mini-batch size (default: 32)")
+    train.add_argument(
+        "--optimizer",
+        default=None,
+        choices=["sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw"],
+        help="update rule (default: adam)",
+    )
+    train.add_argument("--lr", type=float, default=None, help="learning rate (default: 0.001)")
+    train.add_argument("--l2", type=float, default=None, help="L2 penalty λ in ½·λ·ΣW² (default: 0.0001)")
+    train.add_argument("--dropout", type=float, default=None, help="dropout after each hidden layer (default: 0)")
+    train.add_argument("--epochs", type=int, default=None, help="total epochs, resumed ones included (default: 40)")
+    train.add_argument("--batch-size", type=int, default=None, help="mini-batch size (default: 32)")
     train.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default: GPUNN_DEVICE or auto)")
-    train.add_argument("--seed", type=int, default=0, help="seed of the split, the weights and the order (default: 0)")
+    train.add_argument(
+        "--seed", type=int, default=None, help="seed of the split, the weights and the order (default: 0)"
+    )
     train.add_argument("--save", default=None, metavar="PATH", help="checkpoint written after every epoch")
     train.add_argument("--resume", default=None, metavar="PATH", help="continue a run from its checkpoint")
     train.add_argument("--plot", default=None, metavar="PNG", help="save the learning curves to this PNG")

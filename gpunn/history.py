@@ -27,7 +27,7 @@ class History:
     ``history.records`` the list of dicts; ``history.last`` the latest record."""
 
     def __init__(self, records: list[dict[str, Any]] | None = None) -> None:
-        self.records: list[dict[str, Any]] = [dict(r) for r in records or []]
+        self.records: list[dict[str, Any]] = [{k: r.get(k) for k in FIELDS} for r in records or []]
 
     def append(self, record: dict[str, Any]) -> None:
         self.records.append({k: record.get(k) for k in FIELDS})
@@ -51,7 +51,7 @@ class History:
         return bool(self.records) and self.records[-1]["dev_loss"] is not None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"records": self.records}
+        return {"records": [dict(r) for r in self.records]}
 
     @classmethod
     def from_dict(cls, state: dict[str, Any]) -> History:

@@ -105,34 +105,74 @@ def load_splits(spec: str, seed: int) -> dict[str, Any]:
     }
 
 
+def _check_folder(path: str | None, flag: str) -> None:
+    """Fail before training when an output file cannot be written where asked."""
+    if path is None:
+        return
+    folder = Path(path).resolve().parent
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{flag}: the folder {folder} does not exist")
+    if Path(path).is_dir():
+        raise IsADirectoryError(f"{flag}: {path} is a folder; give a file name")
+
+
+def _resumed_config(checkpoint: Any, path: str, settings: dict[str, Any]) -> TrainConfig:
+    """The saved run's config, with ``epochs`` from ``settings``; any other explicit setting
+    that differs from the saved one is an error (a resume continues the same run)."""
+    saved = checkpoint.metadata.get("config")
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"{path}: not a checkpoint written by gpunn train (no run config inside)")
+    config = TrainConfig.from_dict(saved)
+    for name, value in settings.items():
+        if name != "epochs" and value is not None and getattr(config, name) != value:
+            raise ValueError(
+                f"--{name.replace('_', '-')} {value} conflicts with the resumed run's {getattr(config, name)}; "
+                "a resume continues the saved run with its own settings (only --epochs may change)"
+            )
+    done = int(checkpoint.metadata.get("epoch", 0))
+    epochs = settings.get("epochs") or config.epochs
+    if epochs <= done:
+        raise ValueError(f"--epochs {epochs} must exceed the {done} epochs the checkpoint has already trained")
+    config.epochs = epochs
+    return config
+
+
 def train(
-    config: TrainConfig,
+    settings: dict[str, Any] | TrainConfig | None = None,
     device_spec: str | None = None,
     save_path: str | None = None,
     resume_path: str | None = None,
     plot_path: str | None = None,
     verbose: bool | None = None,
+    announce: Any = None,
 ) -> dict[str, Any]:
-    """Run one training job; returns the JSON-ready result."""
+    """Run one training job; returns the JSON-ready result.
+
+    ``settings`` holds the explicitly chosen TrainConfig fields (the rest take defaults);
+    when resuming they may only repeat the saved ones, except ``epochs``. ``announce(device)``
+    is called once everything is checked, just before training starts.
+    """
+    if isinstance(settings, TrainConfig):
+        settings = asdict(settings)
+    settings = {k: v for k, v in (settings or {}).items() if v is not None}
     dev = device(device_spec)
     if plot_path:
         from .plots import require_matplotlib  # noqa: PLC0415 — matplotlib is optional
 
         require_matplotlib()  # fail before training, not after
+    _check_folder(plot_path, "--plot")
+    _check_folder(save_path, "--save")
     history = History()
     initial_epoch = 0
     if resume_path is not None:
         checkpoint = read(resume_path, device=dev)
-        saved = checkpoint.metadata.get("config")
-        if not isinstance(saved, dict):
-            raise CheckpointError(f"{resume_path}: not a checkpoint written by gpunn train (no run config inside)")
-        epochs = config.epochs
-        config = TrainConfig.from_dict(saved)
-        config.epochs = epochs
+        config = _resumed_config(checkpoint, resume_path, settings)
         model, optimizer = checkpoint.model, checkpoint.optimizer()
         history = History.from_dict(checkpoint.metadata.get("history", {}))
         initial_epoch = int(checkpoint.metadata.get("epoch", len(history)))
         save_path = save_path or resume_path
+    else:
+        config = TrainConfig.from_dict(settings)
     config.validated()
     parts = load_splits(config.dataset, config.seed)
     x_train, y_train = parts["train"]
@@ -145,6 +185,8 @@ def train(
     trainer.history = history
     if resume_path is not None:
         trainer.load_dropout_states(checkpoint.metadata.get("dropout_rng", {}))
+    if announce is not None:
+        announce(dev)
 
     def save_epoch(trainer: Trainer, record: dict[str, Any]) -> None:
         metadata = {
@@ -207,7 +249,13 @@ def evaluate(model_path: str, dataset: str | None = None, device_spec: str | Non
     config = TrainConfig.from_dict(saved)
     spec = dataset or config.dataset
     x_test, y_test = raw_splits(spec, config.seed)["test"]
-    scaler = data.Standardizer.from_state(checkpoint.metadata["scaler"])
+    state = checkpoint.metadata.get("scaler")
+    try:
+        scaler = data.Standardizer.from_state(state)
+    except (TypeError, ValueError, KeyError) as exc:
+        raise CheckpointError(
+            f"{model_path}: not a checkpoint written by gpunn train (no usable standardization statistics: {exc})"
+        ) from exc
     trainer = Trainer(checkpoint.model, SoftmaxWithLoss(), create("sgd", lr=0.0), device=dev)
     metrics = trainer.evaluate(scaler.transform(x_test), y_test)
     return {"device": str(dev), "dataset": spec, "checkpoint": str(Path(model_path).resolve()), **metrics}

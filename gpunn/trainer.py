@@ -108,7 +108,8 @@ class Trainer:
             patience = check_int("patience", patience, low=1)
         x, y, dev = self._prepare(x, y, validation_data, validation_split, seed)
         classify = _accuracy_kind(self.loss, y)
-        show = sys.stderr.isatty() if verbose is None else bool(verbose)
+        stream = progress_file or sys.stderr
+        show = bool(getattr(stream, "isatty", lambda: False)()) if verbose is None else bool(verbose)
         bar = _progress(show, initial_epoch, epochs, progress_file)
         best = (np.inf, None)
         waited = 0
@@ -260,6 +261,7 @@ class Trainer:
 
     def predict_output(self, x: Any, batch_size: int = 1024) -> Any:
         """The model's raw output (logits) for x, on the host for host input."""
+        batch_size = check_int("batch_size", batch_size, low=1)
         x = self._checked_x(x, "x")
         was_training = self.model.training
         self.model.eval()
@@ -285,7 +287,8 @@ class Trainer:
         if isinstance(self.loss, SoftmaxWithLoss):
             return logits.argmax(axis=1)
         if isinstance(self.loss, SigmoidBCELoss):
-            return (logits > 0).astype(np.int64)
+            labels = (logits > 0).astype(np.int64)
+            return labels[:, 0] if labels.ndim == 2 and labels.shape[1] == 1 else labels
         return logits
 
     # ----------------------------------------------------------------- helpers
@@ -299,6 +302,8 @@ class Trainer:
             raise ValueError(f"{name} must have shape (N, features), got shape {tuple(x.shape)}")
         if x.dtype.kind not in "biuf":
             raise TypeError(f"{name} must hold numbers, got dtype {x.dtype}")
+        if x.shape[0] == 0:
+            raise ValueError(f"{name} holds no samples (shape {tuple(x.shape)})")
         first = self.model.layers[0] if len(self.model) else None
         if isinstance(first, Linear) and x.shape[1] != first.n_in:
             raise ValueError(
@@ -328,6 +333,10 @@ class Trainer:
                     f"{y_name} holds labels outside [0, {n_classes}) for a model with {n_classes} outputs: "
                     f"min {int(y.min())}, max {int(y.max())}"
                 )
+        if isinstance(self.loss, SigmoidBCELoss):
+            low, high = float(y.min()), float(y.max())
+            if low < 0.0 or high > 1.0:
+                raise ValueError(f"{y_name} must lie in [0, 1] for SigmoidBCELoss, got min {low}, max {high}")
         return x, y
 
     def _n_outputs(self) -> int:
