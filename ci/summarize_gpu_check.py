@@ -1,6 +1,6 @@
 """Merge what ci/gpu-check wrote into one JSON document on stdout.
 
-usage: python3 ci/summarize_gpu_check.py OUTDIR INFO_RC TESTS_RC
+usage: python3 ci/summarize_gpu_check.py OUTDIR INFO_RC TESTS_RC BENCH_RC
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def test_counts(path: Path) -> dict[str, object]:
 
 
 def main() -> None:
-    out, info_rc, tests_rc = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+    out, info_rc, tests_rc, bench_rc = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
     info = load(out / "info.json")
     gpus = info.get("gpus", []) if isinstance(info, dict) else []
     summary = {
@@ -47,10 +47,10 @@ def main() -> None:
         "gpu": gpus[0]["name"] if gpus else None,
         "info_exit_code": info_rc,
         "tests_exit_code": tests_rc,
+        "bench_exit_code": bench_rc,
         "info": info,
         "tests": test_counts(out / "tests.xml"),
-        "bench_gpu": load(out / "bench-gpu.json"),
-        "bench_cpu": load(out / "bench-cpu.json"),
+        "bench": load(out / "bench.json"),
     }
     json.dump(summary, sys.stdout, indent=2)
     print()

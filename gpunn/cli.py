@@ -3,6 +3,7 @@
     gpunn info                       devices, why the CPU was chosen, versions, BLAS, GPUs
     gpunn train [--dataset digits]   train an MLP on the best device present
     gpunn evaluate --model PATH      test accuracy of a saved model
+    gpunn bench                      throughput per device, against NumPy and PyTorch
 
 Errors in the user's input (a missing file, a bad flag value, an unknown dataset) print one
 line and exit with status 2, without a traceback.
@@ -102,6 +103,64 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _csv(kind: type) -> Any:
+    def parse(text: str) -> list[Any]:
+        try:
+            values = [kind(part.strip()) for part in text.split(",") if part.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {text!r}") from None
+        if not values:
+            raise argparse.ArgumentTypeError("the list is empty")
+        return values
+
+    return parse
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from . import bench  # noqa: PLC0415
+    from .backend import available_devices, device  # noqa: PLC0415
+
+    devices = [device(spec) for spec in args.devices] if args.devices else available_devices()
+    for batch in args.batch_sizes or []:
+        if batch < 1:
+            raise ValueError(f"--batch-sizes must be positive, got {batch}")
+    if args.repeat < 3:
+        raise ValueError(f"--repeat must be at least 3 windows, got {args.repeat}")
+    against = tuple(args.against)
+    for name in against:
+        if name not in ("numpy", "torch", "none"):
+            raise ValueError(f"--against takes numpy, torch or none, got {name!r}")
+    if args.plot:
+        from .plots import require_matplotlib  # noqa: PLC0415
+
+        require_matplotlib()
+    quiet = args.json == "-"
+    if not quiet:
+        print(bench.HEADER)
+    result = bench.run(
+        devices,
+        args.models,
+        args.batch_sizes,
+        args.optimizer,
+        against,
+        args.repeat,
+        report=None if quiet else lambda row: print(bench.format_row(row), flush=True),
+    )
+    result["environment"] = system_info()
+    if not quiet and result["crossover"]:
+        print("GPU beats CPU from batch: " + ", ".join(f"{m}: {b}" for m, b in result["crossover"].items()))
+    if args.json:
+        text = json.dumps(result, indent=2)
+        if quiet:
+            print(text)
+        else:
+            with open(args.json, "w") as f:
+                f.write(text + "\n")
+    if args.plot:
+        bench.plot(result, args.plot)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="gpunn", description="Neural networks on the GPU (CuPy) or the CPU (NumPy).")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=OneLineParser)
@@ -140,6 +199,34 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--json", action="store_true", help="print one JSON object with the results")
     train.add_argument("--quiet", action="store_true", help="print nothing but errors")
     train.set_defaults(run=_train)
+
+    bench = commands.add_parser("bench", help="training-step throughput per device, against NumPy and PyTorch")
+    bench.add_argument("--devices", type=_csv(str), default=None, help="e.g. cpu,cuda:0 (default: every usable one)")
+    bench.add_argument(
+        "--models",
+        type=_csv(str),
+        default=["T1", "T2", "W1"],
+        help="T1 = 784-100-10, T2 = 784-1024-1024-10, W1 = 1024-4096-4096-1024 (default: all)",
+    )
+    bench.add_argument(
+        "--batch-sizes",
+        type=_csv(int),
+        default=None,
+        help="batch sizes for every model (default: per model and device)",
+    )
+    bench.add_argument(
+        "--optimizer", default="adam", choices=["sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw"]
+    )
+    bench.add_argument(
+        "--against",
+        type=_csv(str),
+        default=["numpy", "torch"],
+        help="baselines: numpy (hand-written loop, CPU), torch (if installed), or none",
+    )
+    bench.add_argument("--repeat", type=int, default=10, help="timed windows per framework (default: 10)")
+    bench.add_argument("--json", default=None, metavar="PATH", help="write every figure as JSON ('-' for stdout)")
+    bench.add_argument("--plot", default=None, metavar="PNG", help="bar chart of samples/s")
+    bench.set_defaults(run=_bench)
 
     evaluate = commands.add_parser("evaluate", help="loss and accuracy of a saved model on its test set")
     evaluate.add_argument("--model", required=True, metavar="PATH", help="a checkpoint written by gpunn train --save")

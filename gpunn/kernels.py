@@ -3,8 +3,9 @@
 Every update here works in place on whole flat buffers (see :mod:`gpunn.parameter`). On a
 GPU one call is one kernel launch: a CuPy ``RawModule`` compiled by NVRTC once per device
 and cached (CuPy also caches the binary on disk). On the CPU the ``*_reference`` twin runs:
-the same formula as a short sequence of in-place NumPy operations that reuse one scratch
-buffer, so a step allocates nothing. The twins accept CuPy arrays too, which is how the
+the same formula as a short sequence of in-place NumPy operations that reuse a small scratch
+buffer, so a step allocates nothing; :func:`run_on_cpu` feeds it the buffers in cache-sized
+pieces, split between threads for big models. The twins accept CuPy arrays too, which is how the
 tests check each kernel against its reference on a GPU.
 
 Hyperparameters reach the kernels as float64 and are rounded once to the buffer's dtype,
@@ -15,6 +16,9 @@ with the same constants.
 from __future__ import annotations
 
 import math
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -131,6 +135,61 @@ def _flat_args(*buffers: Any) -> None:
             raise ValueError("fused updates need contiguous 1-D buffers")
 
 
+# ----------------------------------------------------------------------------- the CPU runner
+
+CHUNK = 65_536  # elements per piece: the five float32 pieces of an Adam update fit a 512 KiB L2
+PARALLEL_MIN = 1 << 20  # below this many elements a second thread costs more than it saves
+_pool: ThreadPoolExecutor | None = None
+
+
+def cpu_workers() -> int:
+    """Threads for the CPU twins of big updates (the cores this process may use, at most 4)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(4, cores))
+
+
+def scratch(size: int, dtype: Any) -> np.ndarray:
+    """The scratch rows a CPU update of ``size`` elements needs: one row of at most CHUNK
+    elements per worker thread (so the scratch never grows with the model)."""
+    workers = cpu_workers() if size >= PARALLEL_MIN else 1
+    return np.empty((workers, min(size, CHUNK)), dtype=dtype)
+
+
+def run_on_cpu(reference: Callable[..., None], p: Any, buffers: tuple[Any, ...], tmp: Any, **hyper: Any) -> None:
+    """Run ``reference(p, *buffers, tmp, **hyper)`` piece by piece, so that every pass of the
+    update works on data in cache instead of streaming whole buffers from memory 10+ times;
+    big updates are split between threads (NumPy releases the GIL inside its loops).
+
+    ``tmp`` is one scratch row, or one row per thread ((workers, piece) as :func:`scratch`
+    makes). Adam's ``n_decay`` prefix is translated to each piece.
+    """
+    rows = tmp if tmp.ndim == 2 else tmp.reshape(1, -1)
+    piece = rows.shape[1]
+    n = p.size
+
+    def run(lo: int, hi: int, row: Any) -> None:
+        for a in range(lo, hi, piece):
+            b = min(a + piece, hi)
+            local = hyper if "n_decay" not in hyper else {**hyper, "n_decay": min(max(hyper["n_decay"] - a, 0), b - a)}
+            reference(p[a:b], *(buf[a:b] for buf in buffers), row[: b - a], **local)
+
+    workers = rows.shape[0] if n >= PARALLEL_MIN else 1
+    if workers == 1:
+        run(0, n, rows[0])
+        return
+    global _pool  # noqa: PLW0603 — one pool for the process, made on first use
+    if _pool is None:
+        _pool = ThreadPoolExecutor(max_workers=cpu_workers(), thread_name_prefix="gpunn-update")
+    share = -(-n // workers // piece) * piece  # contiguous shares, aligned to whole pieces
+    futures = [_pool.submit(run, k * share, min((k + 1) * share, n), rows[k]) for k in range(1, workers)]
+    run(0, min(share, n), rows[0])
+    for future in futures:
+        future.result()
+
+
 # ----------------------------------------------------------------------------- SGD
 
 
@@ -146,7 +205,7 @@ def sgd_update(p: Any, g: Any, tmp: Any, *, lr: float) -> None:
         _flat_args(p, g)
         _launch("sgd_update", p, g, np.int64(p.size), np.float64(lr))
     else:
-        sgd_reference(p, g, tmp, lr=lr)
+        run_on_cpu(sgd_reference, p, (g,), tmp, lr=lr)
 
 
 # ----------------------------------------------------------------------------- Momentum / Nesterov
@@ -181,7 +240,7 @@ def momentum_update(p: Any, g: Any, v: Any, tmp: Any, *, lr: float, momentum: fl
             np.int32(1 if nesterov else 0),
         )
     else:
-        momentum_reference(p, g, v, tmp, lr=lr, momentum=momentum, nesterov=nesterov)
+        run_on_cpu(momentum_reference, p, (g, v), tmp, lr=lr, momentum=momentum, nesterov=nesterov)
 
 
 # ----------------------------------------------------------------------------- AdaGrad
@@ -205,7 +264,7 @@ def adagrad_update(p: Any, g: Any, h: Any, tmp: Any, *, lr: float, eps: float) -
         _flat_args(p, g, h)
         _launch("adagrad_update", p, g, h, np.int64(p.size), np.float64(lr), np.float64(eps))
     else:
-        adagrad_reference(p, g, h, tmp, lr=lr, eps=eps)
+        run_on_cpu(adagrad_reference, p, (g, h), tmp, lr=lr, eps=eps)
 
 
 # ----------------------------------------------------------------------------- RMSprop
@@ -231,7 +290,7 @@ def rmsprop_update(p: Any, g: Any, s: Any, tmp: Any, *, lr: float, alpha: float,
         _flat_args(p, g, s)
         _launch("rmsprop_update", p, g, s, np.int64(p.size), np.float64(lr), np.float64(alpha), np.float64(eps))
     else:
-        rmsprop_reference(p, g, s, tmp, lr=lr, alpha=alpha, eps=eps)
+        run_on_cpu(rmsprop_reference, p, (g, s), tmp, lr=lr, alpha=alpha, eps=eps)
 
 
 # ----------------------------------------------------------------------------- Adam / AdamW
@@ -318,11 +377,10 @@ def adam_update(
             np.float64(decay_factor),
         )
     else:
-        adam_reference(
+        run_on_cpu(
+            adam_reference,
             p,
-            g,
-            m,
-            v,
+            (g, m, v),
             tmp,
             n_decay=n_decay,
             step_size=step_size,

@@ -78,7 +78,12 @@ class SoftmaxWithLoss(Loss):
             raise ValueError(f"logits must have shape (N, C), got {tuple(logits.shape)}")
         xp = array_module(logits)
         n, n_classes = logits.shape
-        logp = log_softmax(logits, axis=1)
+        # log softmax(z) = (z − c) − lse with c the row max and lse = log Σ exp(z − c); the
+        # exponentials are kept, since backward's softmax is exp / Σ exp.
+        shifted = logits - logits.max(axis=1, keepdims=True)
+        exp = xp.exp(shifted)
+        sums = exp.sum(axis=1, keepdims=True)
+        lse = xp.log(sums)
         if t.ndim == 1:
             if t.dtype.kind not in "iu":
                 raise TypeError(
@@ -90,24 +95,31 @@ class SoftmaxWithLoss(Loss):
                     f"t holds labels outside [0, {n_classes}) for {n_classes} classes: "
                     f"min {int(t.min())}, max {int(t.max())}"
                 )
-            rows = xp.arange(n)
-            loss = -logp[rows, t].mean()
-            self._rows = rows
+            rows = self._row_indices(logits)
+            loss = (lse.sum() - shifted[rows, t].sum()) * (1.0 / n)  # −(1/N) Σ_n log softmax(z_n)[t_n]
         elif t.shape == logits.shape:
             t = t.astype(logits.dtype, copy=False)
-            loss = -(t * logp).sum() / n
+            loss = ((t.sum(axis=1, keepdims=True) * lse).sum() - (t * shifted).sum()) * (1.0 / n)
         else:
             raise ValueError(
                 f"t must be labels of shape ({n},) or one-hot targets of shape {tuple(logits.shape)}, "
                 f"got {tuple(t.shape)}"
             )
-        self._logp, self._t = logp, t
+        self._exp, self._sums, self._t = exp, sums, t
         return xp.asarray(loss)
+
+    def _row_indices(self, logits: Any) -> Any:
+        """0..N−1 on the logits' device, kept between calls (a step should not rebuild it)."""
+        rows = getattr(self, "_rows", None)
+        n = logits.shape[0]
+        if rows is None or rows.shape[0] != n or type(rows) is not type(logits) or rows.device != logits.device:
+            rows = array_module(logits).arange(n)
+            self._rows = rows
+        return rows
 
     def backward(self) -> Any:
         """∂L/∂z = (softmax(z) − t) / N, shape (N, C)."""
-        xp = array_module(self._logp)
-        y = xp.exp(self._logp)
+        y = self._exp / self._sums
         t = self._t
         if t.ndim == 1:
             y[self._rows, t] -= 1.0

@@ -42,6 +42,7 @@ class Sequential(Layer):
             p.name = name
         self._plan_inplace()
         params = self.parameters()
+        self._first = params[0] if params else None  # the forward pass checks x against it
         if params:
             pack(params)
 
@@ -117,9 +118,17 @@ class Sequential(Layer):
 
     def forward(self, x: Any) -> Any:
         """x (N, n_features) on the model's device → output of the last layer (N, n_out)."""
-        params = self.parameters()
-        if params:
-            check_input(x, params[0].data, "x", f"the model ({self.device}, {self.dtype})")
+        if self._first is not None:
+            like = self._first.data
+            # The cheap comparisons run every step; the full check (and its message) only
+            # when one of them fails. ``.device`` tells two GPUs apart ("cpu" for NumPy).
+            if (
+                type(x) is not type(like)
+                or getattr(x, "ndim", 0) != 2
+                or x.dtype != like.dtype
+                or x.device != like.device
+            ):
+                check_input(x, like, "x", f"the model ({self.device}, {self.dtype})")
             first = self.layers[0]
             if isinstance(first, Linear) and x.shape[1] != first.n_in:
                 raise ValueError(

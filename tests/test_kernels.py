@@ -387,3 +387,37 @@ def test_nvcc_check_catches_broken_source(tmp_path):
     wrong_type = kernels.CUDA_SOURCE + "\ntemplate __global__ void sgd_update<float>(float*, const float*, int, int);\n"
     result, _ = nvcc_compile(wrong_type, tmp_path)
     assert result.returncode != 0
+
+
+# ----------------------------------------------------------------------------- the CPU runner
+
+
+@pytest.mark.parametrize("size", [1, kernels.CHUNK - 1, 3 * kernels.CHUNK + 5, kernels.PARALLEL_MIN + 12_345])
+def test_cpu_runner_in_pieces_and_threads_equals_one_pass(size: int) -> None:
+    """Cutting an update into cache-sized pieces (and threads) must not change one bit."""
+    rng = np.random.default_rng(size)
+    p, g = rng.standard_normal(size, dtype=np.float32), rng.standard_normal(size, dtype=np.float32)
+    m, v = rng.standard_normal(size, dtype=np.float32), rng.random(size, dtype=np.float32)
+    n_decay = (2 * size) // 3 + 1  # a prefix that ends inside some piece
+    hyper = {
+        "n_decay": min(n_decay, size),
+        "step_size": 1e-3,
+        "beta1": 0.9,
+        "beta2": 0.999,
+        "eps": 1e-8,
+        "inv_sqrt_bc2": 1.3,
+        "decay_factor": 0.99,
+    }
+    expected = [a.copy() for a in (p, m, v)]
+    kernels.adam_reference(*expected[:1], g, *expected[1:], np.empty(size, np.float32), **hyper)
+    rows = kernels.scratch(size, np.float32)
+    assert rows.shape[1] <= kernels.CHUNK
+    kernels.adam_update(p, g, m, v, rows, **hyper)
+    for got, want in zip((p, m, v), expected, strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_cpu_scratch_does_not_grow_with_the_model() -> None:
+    assert kernels.scratch(100, np.float32).shape == (1, 100)
+    big = kernels.scratch(50_000_000, np.float32)
+    assert big.shape == (kernels.cpu_workers(), kernels.CHUNK)

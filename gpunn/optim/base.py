@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from .. import kernels
 from ..parameter import FlatParameters, Parameter, pack
 from ..validation import check_float
 from .clip import clip_flat_grad
@@ -57,9 +58,9 @@ class Optimizer:
         xp = flat.device.xp
         with flat.device:
             self._state = {name: xp.zeros(flat.size, dtype=flat.dtype) for name in self.state_names}
-            # The CPU twins reuse one scratch buffer so that a step allocates nothing;
+            # The CPU twins reuse a small scratch buffer so that a step allocates nothing;
             # the fused GPU kernels need none.
-            self._scratch = xp.empty(flat.size, dtype=flat.dtype) if flat.device.kind == "cpu" else None
+            self._scratch = kernels.scratch(flat.size, flat.dtype) if flat.device.kind == "cpu" else None
         return self
 
     @property

@@ -1,0 +1,451 @@
+"""``gpunn bench``: training-step throughput per device, measured honestly.
+
+For each device, model and batch size, one training step (forward, softmax-with-loss,
+backward, optimizer update) of gpunn is timed against the same step written by hand in
+NumPy (the CPU's reference, :mod:`gpunn.handwritten`) and in PyTorch eager (when torch is
+installed), all starting from the same weights. The frameworks run interleaved, window by
+window (A/B/C/A/B/C ...), so that drift on a shared machine cancels; the device is
+synchronized before every clock read; results are the median milliseconds per step with
+p10/p90 over the windows. Beside them: the exact matrix-product FLOPs of a step, achieved
+GFLOP/s as a share of the device's matrix-product ceiling measured in the same run, the
+memory a step really uses against the minimum it must, kernel launches per step on a GPU,
+and, per model, the smallest batch at which the GPU beats the CPU.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+import tracemalloc
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .backend import Device, to_numpy
+from .handwritten import HandwrittenMLP
+from .losses import SoftmaxWithLoss
+from .optim import OPTIMIZERS, create
+from .sequential import mlp
+from .validation import check_choice
+
+MODELS: dict[str, tuple[int, ...]] = {
+    "T1": (784, 100, 10),  # launch- and overhead-bound
+    "T2": (784, 1024, 1024, 10),
+    "W1": (1024, 4096, 4096, 1024),  # matrix-product-bound
+}
+DEFAULT_BATCHES: dict[str, dict[str, tuple[int, ...]]] = {
+    "T1": {"cpu": (32, 128, 1024), "cuda": (32, 128, 1024)},
+    "T2": {"cpu": (128, 1024), "cuda": (128, 1024)},
+    "W1": {"cpu": (512,), "cuda": (4096,)},
+}
+FRAMEWORKS = ("gpunn", "numpy", "torch")
+WINDOW_SECONDS = 0.05  # aim for windows long enough to swamp timer noise
+# Between windows, so that the worker threads the previous framework left spinning (OpenBLAS
+# and OpenMP spin-wait for up to ~0.1 s) are asleep and do not steal the next one's cores.
+PAUSE_SECONDS = {"cpu": 0.25, "cuda": 0.02}
+
+
+@dataclass(frozen=True)
+class Case:
+    device: Device
+    model: str
+    batch: int
+
+
+Step = Callable[[], Any]
+
+
+def flops_per_step(sizes: tuple[int, ...], batch: int) -> int:
+    """Matrix-product FLOPs of one step: forward 2·N·in·out per Linear, backward 4·N·in·out,
+    minus the first layer's input gradient (2·N·in·out), which training never needs."""
+    pairs = list(itertools.pairwise(sizes))
+    total = sum(6 * batch * i * o for i, o in pairs)
+    return total - 2 * batch * pairs[0][0] * pairs[0][1]
+
+
+def minimum_bytes(sizes: tuple[int, ...], batch: int, optimizer: str, itemsize: int = 4) -> int:
+    """The memory a step cannot do without: parameters, gradients, optimizer state, one
+    activation per layer output, and the batch (inputs and int64 labels)."""
+    n_params = sum(i * o + o for i, o in itertools.pairwise(sizes))
+    state = len(OPTIMIZERS[optimizer].state_names)
+    activations = batch * sum(sizes[1:])
+    return itemsize * (n_params * (2 + state) + activations + batch * sizes[0]) + 8 * batch
+
+
+# ----------------------------------------------------------------------------- the three steps
+
+
+def _data(case: Case, sizes: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((case.batch, sizes[0])).astype(np.float32)
+    t = rng.integers(0, sizes[-1], case.batch)
+    return x, t
+
+
+def gpunn_step(case: Case, optimizer: str) -> tuple[Step, Any]:
+    """A gpunn training step on the case's device; returns it and the model."""
+    sizes = MODELS[case.model]
+    x, t = _data(case, sizes)
+    dev = case.device
+    with dev:
+        model = mlp(list(sizes), seed=0).to(dev)
+        xd, td = dev.send(x), dev.send(t)
+        criterion = SoftmaxWithLoss(validate=False)  # labels are valid by construction
+        opt = create(optimizer, model.parameters())
+
+    def step() -> Any:
+        loss = criterion.forward(model.forward(xd), td)
+        model.backward(criterion.backward(), input_grad=False)
+        opt.step()
+        return loss
+
+    return step, model
+
+
+def numpy_step(case: Case, optimizer: str, model: Any) -> Step | None:
+    """The hand-written NumPy step (CPU, Adam only) from the same initial weights."""
+    if case.device.kind != "cpu" or optimizer != "adam":
+        return None
+    sizes = MODELS[case.model]
+    x, t = _data(case, sizes)
+    linears = [layer for layer in model if hasattr(layer, "W")]
+    net = HandwrittenMLP([to_numpy(lin.W.data) for lin in linears], [to_numpy(lin.b.data) for lin in linears])
+    return lambda: net.train_step(x, t)
+
+
+def torch_step(case: Case, optimizer: str, model: Any) -> Step | None:
+    """PyTorch eager with the same shapes, weights, loss and optimizer, or None without torch."""
+    try:
+        import torch  # noqa: PLC0415 — an optional baseline
+    except ImportError:
+        return None
+    target = "cpu" if case.device.kind == "cpu" else f"cuda:{case.device.index}"
+    sizes = MODELS[case.model]
+    x, t = _data(case, sizes)
+    layers: list[Any] = []
+    linears = [layer for layer in model if hasattr(layer, "W")]
+    for i, lin in enumerate(linears):
+        module = torch.nn.Linear(lin.n_in, lin.n_out)
+        with torch.no_grad():
+            module.weight.copy_(torch.from_numpy(to_numpy(lin.W.data).T.copy()))
+            module.bias.copy_(torch.from_numpy(to_numpy(lin.b.data)))
+        layers.append(module)
+        if i < len(linears) - 1:
+            layers.append(torch.nn.ReLU())
+    net = torch.nn.Sequential(*layers).to(target)
+    params = net.parameters()
+    opt = {
+        "sgd": lambda: torch.optim.SGD(params, lr=0.01),
+        "momentum": lambda: torch.optim.SGD(params, lr=0.01, momentum=0.9),
+        "nesterov": lambda: torch.optim.SGD(params, lr=0.01, momentum=0.9, nesterov=True),
+        "adagrad": lambda: torch.optim.Adagrad(params, lr=0.01),
+        "rmsprop": lambda: torch.optim.RMSprop(params, lr=0.01),
+        "adam": lambda: torch.optim.Adam(params, lr=1e-3),
+        "adamw": lambda: torch.optim.AdamW(params, lr=1e-3),
+    }[optimizer]()
+    xt, tt = torch.from_numpy(x).to(target), torch.from_numpy(t).to(target)
+    criterion = torch.nn.CrossEntropyLoss()
+
+    def step() -> Any:
+        opt.zero_grad(set_to_none=True)
+        loss = criterion(net(xt), tt)
+        loss.backward()
+        opt.step()
+        return loss
+
+    return step
+
+
+def synchronizer(dev: Device) -> Callable[[], None]:
+    """Wait for every queued kernel, CuPy's and torch's, before a clock is read."""
+    if dev.kind == "cpu":
+        return lambda: None
+    try:
+        import torch  # noqa: PLC0415
+
+        if torch.cuda.is_available():
+            return lambda: (dev.synchronize(), torch.cuda.synchronize(dev.index))
+    except ImportError:
+        pass
+    return dev.synchronize
+
+
+# ----------------------------------------------------------------------------- measuring
+
+
+def time_interleaved(
+    steps: dict[str, Step], sync: Callable[[], None], windows: int, pause: float = 0.25
+) -> dict[str, list[float]]:
+    """Milliseconds per step of every window, the frameworks taking turns window by window."""
+    per_window = {}
+    for name, step in steps.items():
+        for _ in range(3):  # warm-up: compilation, allocation pools, BLAS threads
+            step()
+        sync()
+        start = time.perf_counter()
+        step()
+        sync()
+        one = max(time.perf_counter() - start, 1e-6)
+        per_window[name] = max(1, min(200, round(WINDOW_SECONDS / one)))
+        for _ in range(min(50, per_window[name] * 2)):
+            step()
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    names = list(steps)
+    for window in range(windows):
+        # Rotate who goes first: a framework's idle worker threads (OpenMP's spin-wait in
+        # torch, BLAS pools) can slow whoever runs right after it, so each takes every place
+        # in turn; the pause lets those threads go to sleep before the next window.
+        for name in names[window % len(names) :] + names[: window % len(names)]:
+            step = steps[name]
+            time.sleep(pause)
+            sync()
+            start = time.perf_counter()
+            for _ in range(per_window[name]):
+                step()
+            sync()
+            times[name].append((time.perf_counter() - start) * 1e3 / per_window[name])
+    return times
+
+
+def ceiling_size(dev: Device) -> int:
+    """Side of the square matrices whose product defines the ceiling (big enough to be
+    compute-bound: 2048 on a CPU, 8192 on a GPU)."""
+    return 2048 if dev.kind == "cpu" else 8192
+
+
+def matmul_step(dev: Device, n: int | None = None) -> Step:
+    """One n×n·n×n float32 matrix product into a preallocated output: the ceiling's step."""
+    n = n or ceiling_size(dev)
+    xp = dev.xp
+    with dev:
+        rng = np.random.default_rng(0)
+        a = dev.send(rng.standard_normal((n, n), dtype=np.float32))
+        b = dev.send(rng.standard_normal((n, n), dtype=np.float32))
+        out = xp.empty((n, n), dtype=np.float32)
+    return lambda: xp.matmul(a, b, out=out)
+
+
+def peak_step_bytes(case: Case, optimizer: str, steps: int = 3) -> int | None:
+    """Peak bytes held while training with the gpunn step (model, state and batch included):
+    NumPy's allocations as tracemalloc sees them on the CPU; on a GPU, the blocks CuPy's
+    memory pool holds after a few steps, which is its high-water mark since it frees nothing."""
+    if case.device.kind == "cpu":
+        tiny, _ = gpunn_step(Case(case.device, "T1", 2), optimizer)
+        tiny()  # one-time allocations of a first step (lazy imports, caches) are not the model's
+        del tiny
+        tracemalloc.start()
+        try:
+            step, _ = gpunn_step(case, optimizer)
+            step()
+            # The high-water mark of training, not of building the model (weights are drawn
+            # in float64 on the host before rounding); what the model holds stays counted.
+            tracemalloc.reset_peak()
+            for _ in range(steps):
+                step()
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    pool = case.device.xp.get_default_memory_pool()
+    with case.device:
+        step, model = gpunn_step(case, optimizer)
+        step()
+        case.device.synchronize()
+        pool.free_all_blocks()  # drop the cached blocks that building the model left behind
+        for _ in range(steps):
+            step()
+        case.device.synchronize()
+        peak = pool.total_bytes()  # blocks held by the pool: what the step needed at its peak
+        del step, model
+        pool.free_all_blocks()
+    return int(peak)
+
+
+def launches_per_step(case: Case, step: Step, steps: int = 5) -> float | None:
+    """CUDA kernel launches (and copies) per gpunn step, counted by PyTorch's CUPTI-based
+    profiler, which sees every kernel in the process; None on the CPU or without torch."""
+    if case.device.kind != "cuda":
+        return None
+    try:
+        from torch.profiler import ProfilerActivity, profile  # noqa: PLC0415
+    except ImportError:
+        return None
+    step()
+    case.device.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            step()
+        case.device.synchronize()
+    return _gpu_activities(prof) / steps or None
+
+
+def _gpu_activities(prof: Any) -> int:
+    """Kernels, copies and memsets the profiler saw on the GPU (the raw Kineto events when
+    this torch exposes them, else the CUDA-side function events)."""
+    from torch.autograd import DeviceType  # noqa: PLC0415
+
+    try:
+        return sum(1 for e in prof.profiler.kineto_results.events() if e.device_type() == DeviceType.CUDA)
+    except AttributeError:
+        return sum(1 for e in prof.events() if getattr(e, "device_type", None) == DeviceType.CUDA)
+
+
+def summarize(ms: list[float], batch: int, flops: int, ceiling: float) -> dict[str, float]:
+    median = float(np.median(ms))
+    gflops = flops / (median / 1e3) / 1e9
+    return {
+        "ms_per_step": median,
+        "ms_p10": float(np.percentile(ms, 10)),
+        "ms_p90": float(np.percentile(ms, 90)),
+        "samples_per_s": batch / median * 1e3,
+        "gflop_per_s": gflops,
+        "share_of_ceiling": gflops / ceiling,
+        "windows": len(ms),
+    }
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+def run(
+    devices: list[Device],
+    models: list[str],
+    batch_sizes: list[int] | None = None,
+    optimizer: str = "adam",
+    against: tuple[str, ...] = ("numpy", "torch"),
+    repeat: int = 10,
+    report: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Measure every (device, model, batch) case; returns the JSON-ready result."""
+    optimizer = check_choice("optimizer", optimizer, OPTIMIZERS)
+    for model in models:
+        if model not in MODELS:
+            raise ValueError(f"unknown model {model!r}; expected one of {', '.join(MODELS)}")
+    rows = []
+    for dev in devices:
+        for model in models:
+            for batch in batch_sizes or DEFAULT_BATCHES[model][dev.kind]:
+                row = _measure_case(Case(dev, model, batch), optimizer, against, repeat)
+                rows.append(row)
+                if report is not None:
+                    report(row)
+    return {
+        "optimizer": optimizer,
+        "dtype": "float32",
+        "results": rows,
+        "crossover": crossover(rows),
+    }
+
+
+def _measure_case(case: Case, optimizer: str, against: tuple[str, ...], repeat: int) -> dict[str, Any]:
+    sizes = MODELS[case.model]
+    step, model = gpunn_step(case, optimizer)
+    # The ceiling is timed in the same interleaved windows, so that drift on a shared
+    # machine moves it and the steps alike and their ratio stays honest.
+    steps: dict[str, Step] = {"gpunn": step, "ceiling": matmul_step(case.device)}
+    skipped = {}
+    for name, build in (("numpy", numpy_step), ("torch", torch_step)):
+        if name in against:
+            other = build(case, optimizer, model)
+            if other is None:
+                skipped[name] = _why_skipped(name, case, optimizer)
+            else:
+                steps[name] = other
+    sync = synchronizer(case.device)
+    with case.device:
+        times = time_interleaved(steps, sync, repeat, PAUSE_SECONDS[case.device.kind])
+        launches = launches_per_step(case, step)
+    flops = flops_per_step(sizes, case.batch)
+    n = ceiling_size(case.device)
+    ceiling = 2.0 * n**3 / (float(np.median(times.pop("ceiling"))) / 1e3) / 1e9
+    row: dict[str, Any] = {
+        "device": str(case.device),
+        "model": case.model,
+        "sizes": list(sizes),
+        "batch": case.batch,
+        "flops_per_step": flops,
+        "matmul_ceiling_gflop_per_s": ceiling,
+        "launches_per_step": launches,
+    }
+    for name, ms in times.items():
+        row[name] = summarize(ms, case.batch, flops, ceiling)
+    for name in times:
+        if name != "gpunn":
+            row[f"gpunn_over_{name}"] = row["gpunn"]["samples_per_s"] / row[name]["samples_per_s"]
+    del steps, step, model
+    peak = peak_step_bytes(case, optimizer)
+    minimum = minimum_bytes(sizes, case.batch, optimizer)
+    row["memory"] = {"peak_bytes": peak, "minimum_bytes": minimum, "ratio": None if peak is None else peak / minimum}
+    if skipped:
+        row["skipped"] = skipped
+    return row
+
+
+def _why_skipped(name: str, case: Case, optimizer: str) -> str:
+    if name == "numpy":
+        return "the hand-written NumPy loop runs on the CPU with Adam only"
+    return "torch is not installed"
+
+
+def crossover(rows: list[dict[str, Any]]) -> dict[str, int | None]:
+    """Per model, the smallest measured batch at which a GPU's gpunn beats the CPU's."""
+    result: dict[str, int | None] = {}
+    for model in sorted({r["model"] for r in rows}):
+        cpu = {r["batch"]: r["gpunn"]["samples_per_s"] for r in rows if r["model"] == model and r["device"] == "cpu"}
+        gpu = {r["batch"]: r["gpunn"]["samples_per_s"] for r in rows if r["model"] == model and r["device"] != "cpu"}
+        common = sorted(set(cpu) & set(gpu))
+        if common:
+            result[model] = next((b for b in common if gpu[b] > cpu[b]), None)
+    return result
+
+
+def format_row(row: dict[str, Any]) -> str:
+    """One line per framework for the terminal table."""
+    lines = []
+    for name in FRAMEWORKS:
+        if name not in row:
+            continue
+        r = row[name]
+        ratio = "" if name == "gpunn" else f"  gpunn ×{row[f'gpunn_over_{name}']:.2f}"
+        lines.append(
+            f"{row['device']:<7} {row['model']:<3} {row['batch']:>5} {name:<6} "
+            f"{r['ms_per_step']:9.3f} ms ({r['ms_p10']:.3f}–{r['ms_p90']:.3f}) "
+            f"{r['samples_per_s']:>12,.0f}/s {r['gflop_per_s']:8.1f} GFLOP/s {100 * r['share_of_ceiling']:5.1f}%{ratio}"
+        )
+    memory = row["memory"]
+    extra = f"  memory ×{memory['ratio']:.2f} of minimum" if memory["ratio"] is not None else ""
+    launches = f", {row['launches_per_step']:.0f} launches/step" if row["launches_per_step"] else ""
+    return "\n".join(lines) + extra + launches
+
+
+HEADER = "device  mdl batch framework  ms/step (p10–p90)          samples/s      GFLOP/s  %ceil"
+
+
+def plot(result: dict[str, Any], path: str) -> None:
+    """Samples/s per case and framework, as a bar chart (matplotlib)."""
+    from .plots import require_matplotlib  # noqa: PLC0415
+
+    require_matplotlib()
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: PLC0415
+    from matplotlib.figure import Figure  # noqa: PLC0415
+
+    rows = result["results"]
+    labels = [f"{r['device']}\n{r['model']} b{r['batch']}" for r in rows]
+    figure = Figure(figsize=(max(6, 1.2 * len(rows)), 4), layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.subplots()
+    width = 0.8 / len(FRAMEWORKS)
+    for k, name in enumerate(FRAMEWORKS):
+        values = [r[name]["samples_per_s"] if name in r else 0.0 for r in rows]
+        if any(values):
+            axes.bar([i + k * width for i in range(len(rows))], values, width, label=name)
+    axes.set_xticks([i + width for i in range(len(rows))], labels, fontsize=7)
+    axes.set(ylabel="samples/s", yscale="log", title=f"training-step throughput ({result['optimizer']}, float32)")
+    axes.legend()
+    figure.savefig(path, dpi=100)
+
+
+def finite_positive(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value) and value > 0

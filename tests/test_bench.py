@@ -1,0 +1,109 @@
+"""`gpunn bench` runs and reports sane numbers (no timing assertions: speed is not tested)."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gpunn import bench
+
+
+def test_flops_of_a_step_are_exact() -> None:
+    # forward 2·N·in·out per layer, backward 4·N·in·out, minus the first layer's dX.
+    n = 7
+    expected = 2 * n * (784 * 100 + 100 * 10) + 4 * n * (784 * 100 + 100 * 10) - 2 * n * 784 * 100
+    assert bench.flops_per_step((784, 100, 10), n) == expected
+
+
+def test_minimum_memory_counts_parameters_state_activations_and_batch() -> None:
+    params = 3 * 4 + 4 + 4 * 2 + 2
+    # Adam: data + grad + 2 state buffers; activations N·(4 + 2); batch N·3 floats + N int64 labels
+    assert bench.minimum_bytes((3, 4, 2), 5, "adam") == 4 * (params * 4 + 5 * 6 + 5 * 3) + 8 * 5
+    assert bench.minimum_bytes((3, 4, 2), 5, "sgd") == 4 * (params * 2 + 5 * 6 + 5 * 3) + 8 * 5
+
+
+def test_crossover_is_the_smallest_batch_where_the_gpu_wins() -> None:
+    def row(device: str, batch: int, rate: float) -> dict:
+        return {"model": "T1", "device": device, "batch": batch, "gpunn": {"samples_per_s": rate}}
+
+    rows = [row("cpu", 32, 100), row("cpu", 128, 200), row("cpu", 1024, 300)]
+    rows += [row("cuda:0", 32, 50), row("cuda:0", 128, 250), row("cuda:0", 1024, 3000)]
+    assert bench.crossover(rows) == {"T1": 128}
+    assert bench.crossover(rows[:3]) == {}  # no GPU measured: no crossover to report
+    assert bench.crossover([*rows[:3], row("cuda:0", 32, 1)]) == {"T1": None}  # the GPU never wins
+
+
+def _positive_finite(value: object) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
+def test_bench_command_writes_sane_json_and_a_plot(tmp_path: Path) -> None:
+    out, png = tmp_path / "bench.json", tmp_path / "bench.png"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gpunn",
+            "bench",
+            "--devices",
+            "cpu",
+            "--models",
+            "T1",
+            "--batch-sizes",
+            "8",
+            "--repeat",
+            "3",
+            "--against",
+            "numpy",
+            "--json",
+            str(out),
+            "--plot",
+            str(png),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "gpunn ×" in result.stdout  # the ratio against the hand-written loop is printed
+    report = json.loads(out.read_text())
+    assert report["optimizer"] == "adam" and report["environment"]["numpy"]
+    (row,) = report["results"]
+    assert (row["device"], row["model"], row["batch"]) == ("cpu", "T1", 8)
+    assert row["flops_per_step"] == bench.flops_per_step((784, 100, 10), 8)
+    assert _positive_finite(row["matmul_ceiling_gflop_per_s"])
+    for framework in ("gpunn", "numpy"):
+        figures = row[framework]
+        for key in ("ms_per_step", "ms_p10", "ms_p90", "samples_per_s", "gflop_per_s", "share_of_ceiling"):
+            assert _positive_finite(figures[key]), (framework, key, figures[key])
+        assert figures["ms_p10"] <= figures["ms_per_step"] <= figures["ms_p90"]
+        assert figures["windows"] == 3
+    assert _positive_finite(row["gpunn_over_numpy"])
+    assert _positive_finite(row["memory"]["peak_bytes"]) and row["memory"]["ratio"] >= 1.0
+    assert row["launches_per_step"] is None  # launches are counted on a GPU only
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--models", "T9"], "unknown model 'T9'"),
+        (["--batch-sizes", "0"], "--batch-sizes must be positive"),
+        (["--repeat", "1"], "--repeat must be at least 3"),
+        (["--against", "jax"], "--against takes numpy, torch or none"),
+        (["--devices", "tpu"], "device must be"),
+    ],
+)
+def test_bench_rejects_bad_flags_in_one_line(args: list[str], message: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "gpunn", "bench", *args], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
