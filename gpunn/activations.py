@@ -14,6 +14,7 @@ from typing import Any
 
 from .backend import array_module
 from .functional import sigmoid, softmax
+from .layer_kernels import activation_backward
 from .layers import Layer
 from .validation import check_choice, check_float
 
@@ -34,57 +35,73 @@ class Identity(Layer):
         return "Identity()"
 
 
-class ReLU(Layer):
-    """a = max(z, 0);  dz = da · [z > 0]."""
+class ElementwiseActivation(Layer):
+    """Base of the elementwise activations a = g(z); backward is dz = da · g'(z), computed
+    from the saved output a (one fused kernel on a GPU, see :mod:`gpunn.layer_kernels`).
 
-    symbol = "relu"
+    ``fused`` is set by :class:`~gpunn.Sequential` when the Linear layer before this one
+    already applied g together with its bias (one kernel instead of two); forward then only
+    records its input as the output.
+    """
+
+    name = "identity"  # the activation's code in gpunn.layer_kernels.ACTIVATIONS
+    symbol = "g"
+    fused = False
 
     def __init__(self, inplace: bool = False) -> None:
         self.inplace = bool(inplace)
         self._y: Any = None
 
+    @property
+    def alpha(self) -> float:
+        """The slope for z < 0 (LeakyReLU only)."""
+        return 0.0
+
     def forward(self, x: Any) -> Any:
-        self._y = array_module(x).maximum(x, 0.0, out=x if self.inplace else None)
+        if self.fused:
+            self._y = x
+        else:
+            self._y = self._apply(x, x if self.inplace else None)
         return self._y
 
+    def _apply(self, x: Any, out: Any) -> Any:
+        raise NotImplementedError
+
     def backward(self, dy: Any) -> Any:
-        positive = self._y > 0
-        if self.inplace_grad:
-            dy *= positive
-            return dy
-        return dy * positive
+        return activation_backward(dy, self._y, self.name, self.alpha, out=dy if self.inplace_grad else None)
 
     def formula(self, layer: int) -> str:
         return f"a^[{layer}] = {self.symbol}(z^[{layer}])"
 
     def __repr__(self) -> str:
-        return "ReLU()"
+        return f"{type(self).__name__}()"
 
 
-class LeakyReLU(ReLU):
+class ReLU(ElementwiseActivation):
+    """a = max(z, 0);  dz = da · [z > 0]."""
+
+    name = symbol = "relu"
+
+    def _apply(self, x: Any, out: Any) -> Any:
+        return array_module(x).maximum(x, 0.0, out=out)
+
+
+class LeakyReLU(ElementwiseActivation):
     """a = z for z > 0, else α·z;  dz = da · (1 if z > 0 else α)."""
 
-    symbol = "leaky_relu"
+    name = symbol = "leaky_relu"
 
     def __init__(self, negative_slope: float = 0.01, inplace: bool = False) -> None:
         super().__init__(inplace)
         self.negative_slope = check_float("negative_slope", negative_slope, low=0.0)
-        self._slope: Any = None
 
-    def forward(self, x: Any) -> Any:
-        xp = array_module(x)
-        one, alpha = x.dtype.type(1.0), x.dtype.type(self.negative_slope)
-        self._slope = xp.where(x > 0, one, alpha)
-        if self.inplace:
-            x *= self._slope
-            return x
-        return x * self._slope
+    @property
+    def alpha(self) -> float:
+        return self.negative_slope
 
-    def backward(self, dy: Any) -> Any:
-        if self.inplace_grad:
-            dy *= self._slope
-            return dy
-        return dy * self._slope
+    def _apply(self, x: Any, out: Any) -> Any:
+        slope = array_module(x).where(x > 0, x.dtype.type(1.0), x.dtype.type(self.negative_slope))
+        return array_module(x).multiply(x, slope, out=out)
 
     def config(self) -> dict[str, Any]:
         return {"type": "LeakyReLU", "negative_slope": self.negative_slope}
@@ -93,57 +110,23 @@ class LeakyReLU(ReLU):
         return f"LeakyReLU(negative_slope={self.negative_slope:g})"
 
 
-class Sigmoid(Layer):
+class Sigmoid(ElementwiseActivation):
     """a = σ(z) = 1 / (1 + e^−z);  dz = da · a(1 − a)."""
 
-    def __init__(self, inplace: bool = False) -> None:
-        self.inplace = bool(inplace)
-        self._y: Any = None
+    name = "sigmoid"
+    symbol = "σ"
 
-    def forward(self, x: Any) -> Any:
-        self._y = sigmoid(x, out=x if self.inplace else None)
-        return self._y
-
-    def backward(self, dy: Any) -> Any:
-        y = self._y
-        dx = dy if self.inplace_grad else dy.copy()
-        dx *= y
-        dx *= 1.0 - y
-        return dx
-
-    def formula(self, layer: int) -> str:
-        return f"a^[{layer}] = σ(z^[{layer}])"
-
-    def __repr__(self) -> str:
-        return "Sigmoid()"
+    def _apply(self, x: Any, out: Any) -> Any:
+        return sigmoid(x, out=out)
 
 
-class Tanh(Layer):
+class Tanh(ElementwiseActivation):
     """a = tanh(z);  dz = da · (1 − a²)."""
 
-    def __init__(self, inplace: bool = False) -> None:
-        self.inplace = bool(inplace)
-        self._y: Any = None
+    name = symbol = "tanh"
 
-    def forward(self, x: Any) -> Any:
-        self._y = array_module(x).tanh(x, out=x if self.inplace else None)
-        return self._y
-
-    def backward(self, dy: Any) -> Any:
-        y = self._y
-        factor = y * y
-        array_module(y).subtract(1.0, factor, out=factor)
-        if self.inplace_grad:
-            dy *= factor
-            return dy
-        factor *= dy
-        return factor
-
-    def formula(self, layer: int) -> str:
-        return f"a^[{layer}] = tanh(z^[{layer}])"
-
-    def __repr__(self) -> str:
-        return "Tanh()"
+    def _apply(self, x: Any, out: Any) -> Any:
+        return array_module(x).tanh(x, out=out)
 
 
 class Softmax(Layer):

@@ -102,27 +102,35 @@ __global__ void adam_update(T* __restrict__ p, const T* __restrict__ g, T* __res
 
 KERNEL_NAMES = ("sgd_update", "momentum_update", "adagrad_update", "rmsprop_update", "adam_update")
 _CTYPES = {np.dtype("float32"): "float", np.dtype("float64"): "double"}
-_modules: dict[int, Any] = {}
+_modules: dict[tuple[int, str], Any] = {}
 
 
-def _module(xp: Any) -> Any:
-    """The compiled RawModule for the current GPU (compiled once per device)."""
-    device_id = xp.cuda.Device().id
-    module = _modules.get(device_id)
+def compiled(xp: Any, source: str, names: tuple[str, ...]) -> Any:
+    """The RawModule of ``source`` for the current GPU, with every kernel in ``names``
+    instantiated for float and double; compiled by NVRTC once per device and source."""
+    key = (xp.cuda.Device().id, source)
+    module = _modules.get(key)
     if module is None:
-        names = [f"{k}<{c}>" for k in KERNEL_NAMES for c in _CTYPES.values()]
-        module = xp.RawModule(code=CUDA_SOURCE, options=("--std=c++17",), name_expressions=names)
-        _modules[device_id] = module
+        expressions = [f"{k}<{c}>" for k in names for c in _CTYPES.values()]
+        module = xp.RawModule(code=source, options=("--std=c++17",), name_expressions=expressions)
+        _modules[key] = module
     return module
 
 
+def kernel(xp: Any, source: str, names: tuple[str, ...], name: str, dtype: Any) -> Any:
+    """Kernel ``name`` of ``source`` for elements of ``dtype`` (float32 or float64)."""
+    return compiled(xp, source, names).get_function(f"{name}<{_CTYPES[np.dtype(dtype)]}>")
+
+
+def grid(n: int) -> tuple[int]:
+    """Blocks for a grid-stride loop over n elements."""
+    return (max(1, min(MAX_BLOCKS, -(-n // THREADS_PER_BLOCK))),)
+
+
 def _launch(name: str, first: Any, *args: Any) -> None:
-    """Launch kernel ``name`` over the flat buffer ``first`` (and the buffers in ``args``)."""
+    """Launch optimizer kernel ``name`` over the flat buffer ``first`` (and ``args``)."""
     xp = array_module(first)
-    n = first.size
-    kernel = _module(xp).get_function(f"{name}<{_CTYPES[first.dtype]}>")
-    blocks = max(1, min(MAX_BLOCKS, -(-n // THREADS_PER_BLOCK)))
-    kernel((blocks,), (THREADS_PER_BLOCK,), (first, *args))
+    kernel(xp, CUDA_SOURCE, KERNEL_NAMES, name, first.dtype)(grid(first.size), (THREADS_PER_BLOCK,), (first, *args))
 
 
 def _is_gpu(x: Any) -> bool:

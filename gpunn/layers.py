@@ -14,6 +14,7 @@ import numpy as np
 
 from .backend import CPU, Device, DeviceMismatchError, array_module, device, device_of
 from .init import INITS, init_weight, make_rng
+from .layer_kernels import bias_activation
 from .parameter import Parameter, pack
 from .validation import check_choice, check_dtype, check_float, check_int
 
@@ -118,6 +119,8 @@ class Linear(Layer):
         self.W = Parameter(init_weight(self.n_in, self.n_out, self.init, make_rng(seed), dt), "W", decay=True)
         self.b = Parameter(np.zeros(self.n_out, dtype=dt), "b", decay=False)
         self._x: Any = None
+        # (name, alpha) of an activation applied together with the bias (Sequential sets it)
+        self.activation: tuple[str, float] | None = None
 
     def named_parameters(self) -> list[tuple[str, Parameter]]:
         return [("W", self.W), ("b", self.b)]
@@ -130,7 +133,10 @@ class Linear(Layer):
                 raise ValueError(f"{self!r} expects x with {self.n_in} features, got x.shape == {tuple(x.shape)}")
         self._x = x
         y = x @ W
-        y += self.b.data
+        if self.activation is None:
+            y += self.b.data
+        else:
+            bias_activation(y, self.b.data, *self.activation)
         return y
 
     def backward(self, dy: Any, input_grad: bool = True) -> Any:

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from .backend import array_module, check_device, device_of
 from .functional import log_softmax, sigmoid, softmax
+from .layer_kernels import softmax_cross_entropy
 
 __all__ = ["Loss", "MSELoss", "SigmoidBCELoss", "SoftmaxWithLoss", "log_softmax", "softmax"]
 
@@ -78,6 +81,12 @@ class SoftmaxWithLoss(Loss):
             raise ValueError(f"logits must have shape (N, C), got {tuple(logits.shape)}")
         xp = array_module(logits)
         n, n_classes = logits.shape
+        self._grad = None
+        if xp is not np and t.ndim == 1 and t.dtype.kind in "iu":
+            # On a GPU: loss and gradient of every row in one fused kernel (plus one sum).
+            self._check_labels(t, n_classes)
+            loss, self._grad = softmax_cross_entropy(logits, t)
+            return loss
         # log softmax(z) = (z − c) − lse with c the row max and lse = log Σ exp(z − c); the
         # exponentials are kept, since backward's softmax is exp / Σ exp.
         shifted = logits - logits.max(axis=1, keepdims=True)
@@ -85,16 +94,7 @@ class SoftmaxWithLoss(Loss):
         sums = exp.sum(axis=1, keepdims=True)
         lse = xp.log(sums)
         if t.ndim == 1:
-            if t.dtype.kind not in "iu":
-                raise TypeError(
-                    f"t must hold integer class labels, got dtype {t.dtype}; convert with t.astype(int), "
-                    f"or pass one-hot targets of shape {tuple(logits.shape)}"
-                )
-            if self.validate and n and (int(t.min()) < 0 or int(t.max()) >= n_classes):
-                raise ValueError(
-                    f"t holds labels outside [0, {n_classes}) for {n_classes} classes: "
-                    f"min {int(t.min())}, max {int(t.max())}"
-                )
+            self._check_labels(t, n_classes)
             rows = self._row_indices(logits)
             loss = (lse.sum() - shifted[rows, t].sum()) * (1.0 / n)  # −(1/N) Σ_n log softmax(z_n)[t_n]
         elif t.shape == logits.shape:
@@ -108,6 +108,19 @@ class SoftmaxWithLoss(Loss):
         self._exp, self._sums, self._t = exp, sums, t
         return xp.asarray(loss)
 
+    def _check_labels(self, t: Any, n_classes: int) -> None:
+        """Integer labels in [0, C) (reads two values back to the host: skipped without validate)."""
+        if t.dtype.kind not in "iu":
+            raise TypeError(
+                f"t must hold integer class labels, got dtype {t.dtype}; convert with t.astype(int), "
+                f"or pass one-hot targets of shape (N, {n_classes})"
+            )
+        if self.validate and t.size and (int(t.min()) < 0 or int(t.max()) >= n_classes):
+            raise ValueError(
+                f"t holds labels outside [0, {n_classes}) for {n_classes} classes: "
+                f"min {int(t.min())}, max {int(t.max())}"
+            )
+
     def _row_indices(self, logits: Any) -> Any:
         """0..N−1 on the logits' device, kept between calls (a step should not rebuild it)."""
         rows = getattr(self, "_rows", None)
@@ -119,6 +132,8 @@ class SoftmaxWithLoss(Loss):
 
     def backward(self) -> Any:
         """∂L/∂z = (softmax(z) − t) / N, shape (N, C)."""
+        if self._grad is not None:
+            return self._grad  # the fused kernel computed it with the loss
         y = self._exp / self._sums
         t = self._t
         if t.ndim == 1:

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from .activations import ACTIVATIONS, Identity, LeakyReLU, ReLU, Sigmoid, Softmax, Tanh
+from .activations import ACTIVATIONS, ElementwiseActivation, Identity, LeakyReLU, ReLU, Sigmoid, Softmax, Tanh
 from .activations import activation as make_activation
 from .backend import CPU, Device, device
 from .init import make_rng
@@ -23,7 +23,7 @@ from .parameter import Parameter, pack
 from .validation import check_choice, check_dtype, check_float, check_int
 
 # Layers that act elementwise and may overwrite their input or incoming gradient.
-_ELEMENTWISE = (ReLU, Sigmoid, Tanh, Dropout)
+_ELEMENTWISE = (ElementwiseActivation, Dropout)
 
 
 class Sequential(Layer):
@@ -41,6 +41,7 @@ class Sequential(Layer):
         for name, p in self.named_parameters():
             p.name = name
         self._plan_inplace()
+        self._plan_fusion()
         params = self.parameters()
         self._first = params[0] if params else None  # the forward pass checks x against it
         if params:
@@ -66,7 +67,7 @@ class Sequential(Layer):
 
         Forward, the array flowing between layers is *owned* once some layer of this model
         allocated it (a Linear always does; the caller's x never is), and *kept* when the
-        layer that produced it saves it (ReLU, Sigmoid, Tanh and Softmax save their output).
+        layer that produced it saves it (the activations and Softmax save their output).
         Layers that may hand their input straight on (Identity, Dropout in eval mode, nested
         models) pass the status through or, when unknown, revoke ownership. Backward, only
         the gradients this model allocated are overwritten, never the caller's dlogits.
@@ -77,9 +78,9 @@ class Sequential(Layer):
                 layer.inplace = owned and not kept
             if isinstance(layer, (Identity, Dropout)):
                 continue  # may return its input itself: the status passes through
-            if isinstance(layer, (Linear, LeakyReLU)):
-                owned, kept = True, False  # a new array (LeakyReLU keeps its slopes, not its output)
-            elif isinstance(layer, (ReLU, Sigmoid, Tanh, Softmax)):
+            if isinstance(layer, Linear):
+                owned, kept = True, False  # a new array, which it does not keep
+            elif isinstance(layer, (ElementwiseActivation, Softmax)):
                 owned, kept = True, True  # its output is saved for backward
             else:
                 owned, kept = False, True  # unknown (a nested model may return its input)
@@ -90,6 +91,20 @@ class Sequential(Layer):
             if isinstance(layer, (Identity, Dropout)):
                 continue  # may return dy itself
             grad_owned = isinstance(layer, (Linear, *_ELEMENTWISE, Softmax))
+
+    def _plan_fusion(self) -> None:
+        """A Linear directly followed by an elementwise activation computes g(x·W + b) in one
+        pass over its output (one kernel on a GPU); the activation then only passes it on.
+        Its output is a fresh array nobody keeps, so applying g in place there is safe."""
+        for layer in self.layers:
+            if isinstance(layer, Linear):
+                layer.activation = None
+            elif isinstance(layer, ElementwiseActivation):
+                layer.fused = False
+        for first, second in itertools.pairwise(self.layers):
+            if isinstance(first, Linear) and isinstance(second, ElementwiseActivation):
+                first.activation = (second.name, second.alpha)
+                second.fused = True
 
     @property
     def device(self) -> Device:

@@ -1,0 +1,262 @@
+"""gpunn.layer_kernels: the twins against plain formulas, the fused CUDA kernels against their
+twins (GPU only), the launch arguments against the kernel signatures, the CUDA source through
+nvcc, and the fusion a Sequential plans."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+import gpunn as gn
+from gpunn import layer_kernels as lk
+
+ACTIVATIONS = tuple(lk.ACTIVATIONS)
+SHAPES = ((1, 1), (7, 3), (33, 257))
+DTYPES = ("float32", "float64")
+ALPHA = 0.07
+
+
+def formula(z: np.ndarray, activation: str, alpha: float = ALPHA) -> tuple[np.ndarray, np.ndarray]:
+    """g(z) and g'(z) in float64, written out plainly."""
+    z = z.astype(np.float64)
+    if activation == "relu":
+        return np.maximum(z, 0), (z > 0).astype(float)
+    if activation == "leaky_relu":
+        return np.where(z > 0, z, alpha * z), np.where(z > 0, 1.0, alpha)
+    if activation == "sigmoid":
+        a = 1 / (1 + np.exp(-z))
+        return a, a * (1 - a)
+    if activation == "tanh":
+        return np.tanh(z), 1 - np.tanh(z) ** 2
+    return z, np.ones_like(z)
+
+
+def tolerance(dtype: str) -> dict[str, float]:
+    return {"rtol": 2e-6, "atol": 2e-7} if dtype == "float32" else {"rtol": 1e-12, "atol": 1e-14}
+
+
+def data(shape: tuple[int, int], dtype: str, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    z = (rng.standard_normal(shape) * 3).astype(dtype)
+    b = rng.standard_normal(shape[1]).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    return z, b, dy
+
+
+# ----------------------------------------------------------------------------- twins
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_bias_activation_twin_is_the_formula(activation: str, shape: tuple[int, int], dtype: str) -> None:
+    z, b, _ = data(shape, dtype)
+    y = z.copy()
+    out = lk.bias_activation_reference(y, b, activation, ALPHA)
+    assert out is y and y.dtype == np.dtype(dtype)  # in place, dtype kept
+    expected, _ = formula(z.astype(np.float64) + b, activation)
+    np.testing.assert_allclose(y, expected, **tolerance(dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_activation_backward_twin_is_the_formula(activation: str, shape: tuple[int, int], dtype: str) -> None:
+    z, _, dy = data(shape, dtype)
+    a = formula(z, activation)[0].astype(dtype)
+    dz = lk.activation_backward_reference(dy, a, activation, ALPHA)
+    # the formula's derivative, evaluated from the same rounded output a the twin sees
+    _, expected_derivative = formula(z, activation)
+    if activation == "sigmoid":
+        expected_derivative = a.astype(np.float64) * (1 - a.astype(np.float64))
+    if activation == "tanh":
+        expected_derivative = 1 - a.astype(np.float64) ** 2
+    np.testing.assert_allclose(dz, dy * expected_derivative, **tolerance(dtype))
+    # in place into dy gives the same values
+    dy_copy = dy.copy()
+    again = lk.activation_backward_reference(dy_copy, a, activation, ALPHA, out=dy_copy)
+    assert again is dy_copy
+    np.testing.assert_array_equal(again, dz)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(1, 2), (7, 3), (65, 1000)])
+def test_softmax_cross_entropy_twin_is_the_formula(shape: tuple[int, int], dtype: str) -> None:
+    rng = np.random.default_rng(1)
+    z = (rng.standard_normal(shape) * 5).astype(dtype)
+    t = rng.integers(0, shape[1], shape[0])
+    loss, grad = lk.softmax_cross_entropy_reference(z, t)
+    z64 = z.astype(np.float64)
+    p = np.exp(z64 - z64.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    expected_loss = -np.log(p[np.arange(shape[0]), t]).mean()
+    onehot = np.eye(shape[1])[t]
+    np.testing.assert_allclose(float(loss), expected_loss, rtol=1e-5 if dtype == "float32" else 1e-12)
+    np.testing.assert_allclose(grad, (p - onehot) / shape[0], **tolerance(dtype))
+    assert grad.dtype == np.dtype(dtype)
+
+
+def test_unknown_activation_is_named() -> None:
+    with pytest.raises(ValueError, match="unknown activation 'swish'"):
+        lk.bias_activation_reference(np.zeros((2, 2)), np.zeros(2), "swish")
+
+
+# ----------------------------------------------------------------------------- fused (GPU)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_fused_bias_activation_equals_twin(gpu: gn.Device, activation: str, shape: tuple[int, int], dtype: str) -> None:
+    z, b, _ = data(shape, dtype)
+    expected = lk.bias_activation_reference(z.copy(), b, activation, ALPHA)
+    y = gpu.send(z)
+    assert lk.bias_activation(y, gpu.send(b), activation, ALPHA) is y
+    np.testing.assert_allclose(gn.to_numpy(y), expected, **tolerance(dtype))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_fused_activation_backward_equals_twin(
+    gpu: gn.Device, activation: str, shape: tuple[int, int], dtype: str
+) -> None:
+    z, _, dy = data(shape, dtype)
+    a = formula(z, activation)[0].astype(dtype)
+    expected = lk.activation_backward_reference(dy, a, activation, ALPHA)
+    got = lk.activation_backward(gpu.send(dy), gpu.send(a), activation, ALPHA)
+    np.testing.assert_allclose(gn.to_numpy(got), expected, **tolerance(dtype))
+    dy_gpu = gpu.send(dy)
+    assert lk.activation_backward(dy_gpu, gpu.send(a), activation, ALPHA, out=dy_gpu) is dy_gpu
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(1, 2), (7, 3), (129, 10), (33, 1000), (5, 70_000)])
+def test_fused_softmax_cross_entropy_equals_twin(gpu: gn.Device, shape: tuple[int, int], dtype: str) -> None:
+    rng = np.random.default_rng(2)
+    z = (rng.standard_normal(shape) * 5).astype(dtype)
+    t = rng.integers(0, shape[1], shape[0])
+    loss, grad = lk.softmax_cross_entropy_reference(z, t)
+    fused_loss, fused_grad = lk.softmax_cross_entropy(gpu.send(z), gpu.send(t))
+    assert gn.device_of(fused_grad) == gpu and fused_loss.shape == ()
+    np.testing.assert_allclose(float(fused_loss), float(loss), rtol=1e-5 if dtype == "float32" else 1e-12)
+    np.testing.assert_allclose(gn.to_numpy(fused_grad), grad, **tolerance(dtype))
+
+
+# ----------------------------------------------------------------------------- launch arguments
+
+SIGNATURES = {
+    "bias_activation_forward": ("T*", "const T*", "const long long", "const long long", "const int", "const double"),
+    "activation_backward": ("T*", "const T*", "const T*", "const long long", "const int", "const double"),
+    "softmax_cross_entropy_rows": (
+        "const T*",
+        "const long long*",
+        "T*",
+        "T*",
+        "const long long",
+        "const long long",
+        "const double",
+    ),
+}
+SCALARS = {"const long long": np.int64, "const double": np.float64, "const int": np.int32}
+
+
+def test_signature_table_covers_every_kernel() -> None:
+    assert set(SIGNATURES) == set(lk.KERNEL_NAMES)
+    for name in lk.KERNEL_NAMES:
+        assert re.search(rf"__global__\s+void\s+{name}\s*\(", lk.CUDA_SOURCE), name
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_launch_arguments_match_the_signatures(monkeypatch: pytest.MonkeyPatch, dtype: str) -> None:
+    """A RawKernel passes NumPy scalars by their own type: a mismatch would read garbage."""
+    launches: list[tuple[str, tuple, dict]] = []
+
+    def fake_kernel(x: np.ndarray, name: str):
+        return lambda grid, block, args, **kw: launches.append((name, args, kw))
+
+    monkeypatch.setattr(lk, "_is_gpu", lambda x: True)
+    monkeypatch.setattr(lk, "_kernel", fake_kernel)
+    z, b, dy = data((5, 3), dtype)
+    lk.bias_activation(z, b, "leaky_relu", ALPHA)
+    lk.activation_backward(dy, z, "tanh")
+    lk.softmax_cross_entropy(z, np.array([0, 2, 1, 1, 0], dtype=np.int32))
+    assert [name for name, _, _ in launches] == list(lk.KERNEL_NAMES)
+    for name, args, _ in launches:
+        signature = SIGNATURES[name]
+        assert len(args) == len(signature), name
+        for arg, ctype in zip(args, signature, strict=True):
+            if ctype == "const long long*":
+                assert isinstance(arg, np.ndarray) and arg.dtype == np.int64  # labels widened to int64
+            elif ctype.endswith("T*"):
+                assert isinstance(arg, np.ndarray) and arg.dtype == np.dtype(dtype) and arg.flags.c_contiguous
+            else:
+                assert type(arg) is SCALARS[ctype], (name, ctype, type(arg))
+    (_, forward_args, _), _, (_, softmax_args, softmax_kw) = launches
+    assert forward_args[3] == 3 and forward_args[4] == lk.ACTIVATIONS["leaky_relu"]
+    assert softmax_args[4] == 5 and softmax_args[5] == 3 and softmax_args[6] == pytest.approx(1 / 5)
+    assert softmax_kw["shared_mem"] == 32 * 8  # one double per thread of a 32-thread block
+
+
+NVCC = shutil.which("nvcc")
+
+
+@pytest.mark.skipif(NVCC is None, reason="nvcc is not on PATH")
+def test_cuda_source_compiles_for_sm90(tmp_path) -> None:
+    lines = []
+    for name, signature in SIGNATURES.items():
+        for ctype in ("float", "double"):
+            params = ", ".join(re.sub(r"\bT\b", ctype, t) for t in signature)
+            lines.append(f"template __global__ void {name}<{ctype}>({params});")
+    source = tmp_path / "k.cu"
+    source.write_text(lk.CUDA_SOURCE + "\n" + "\n".join(lines) + "\n")
+    cubin = tmp_path / "k.cubin"
+    result = subprocess.run(
+        [NVCC, "-arch=sm_90", "-cubin", "-std=c++17", "-o", str(cubin), str(source)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    for name in lk.KERNEL_NAMES:
+        for code in "fd":
+            assert f"_Z{len(name)}{name}I{code}E".encode() in cubin.read_bytes(), (name, code)
+
+
+# ----------------------------------------------------------------------------- fusion in a model
+
+
+@pytest.mark.parametrize("activation", ["relu", "leaky_relu", "sigmoid", "tanh"])
+def test_sequential_fuses_linear_and_activation_without_changing_results(activation: str) -> None:
+    model = gn.mlp([6, 5, 4, 3], activation=activation, seed=0, dtype="float64")
+    linears = [layer for layer in model if isinstance(layer, gn.Linear)]
+    acts = [layer for layer in model if not isinstance(layer, gn.Linear)]
+    assert [lin.activation is not None for lin in linears] == [True, True, False]
+    assert all(act.fused for act in acts)
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((9, 6))
+    for lin in linears:  # non-zero biases: a sample with no active hidden unit must not sit on ReLU's kink
+        lin.b.data[...] = rng.uniform(0.1, 0.5, lin.b.shape)
+    # the same network computed layer by layer, by hand
+    a = x
+    for i, lin in enumerate(linears):
+        z = a @ lin.W.data + lin.b.data
+        a = formula(z, activation, alpha=0.01)[0] if i < 2 else z  # LeakyReLU's default slope
+    np.testing.assert_allclose(model.forward(x), a, rtol=1e-12, atol=1e-12)
+    assert gn.gradcheck(model, x) < 1e-6
+
+
+def test_a_lone_activation_is_not_fused() -> None:
+    relu = gn.ReLU()
+    model = gn.Sequential(relu, gn.Linear(3, 2, seed=0))
+    assert not relu.fused and model[1].activation is None
+    x = np.array([[-1.0, 2.0, -3.0]], dtype=np.float32)
+    np.testing.assert_array_equal(relu.forward(x), [[0.0, 2.0, 0.0]])
