@@ -51,6 +51,7 @@ def main() -> None:
         "info": info,
         "tests": test_counts(out / "tests.xml"),
         "bench": load(out / "bench.json"),
+        "bench_tf32": load(out / "bench-tf32.json"),
     }
     json.dump(summary, sys.stdout, indent=2)
     print()

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from .backend import Device, to_numpy
+from .backend import Device, matmul_precision, to_numpy
 from .handwritten import HandwrittenMLP
 from .losses import SoftmaxWithLoss
 from .optim import OPTIMIZERS, create
@@ -123,6 +123,8 @@ def torch_step(case: Case, optimizer: str, model: Any) -> Step | None:
     except ImportError:
         return None
     target = "cpu" if case.device.kind == "cpu" else f"cuda:{case.device.index}"
+    # the same float32 precision on both sides: strict FP32 unless TF32 was asked for
+    torch.backends.cuda.matmul.allow_tf32 = matmul_precision() == "tf32"
     sizes = MODELS[case.model]
     x, t = _data(case, sizes)
     layers: list[Any] = []
@@ -334,6 +336,7 @@ def run(
     return {
         "optimizer": optimizer,
         "dtype": "float32",
+        "matmul_precision": matmul_precision(),
         "results": rows,
         "crossover": crossover(rows),
     }

@@ -116,24 +116,30 @@ def _csv(kind: type) -> Any:
     return parse
 
 
-def _bench(args: argparse.Namespace) -> int:
-    from . import bench  # noqa: PLC0415
-    from .backend import available_devices, device  # noqa: PLC0415
-
-    devices = [device(spec) for spec in args.devices] if args.devices else available_devices()
+def _check_bench_flags(args: argparse.Namespace) -> None:
     for batch in args.batch_sizes or []:
         if batch < 1:
             raise ValueError(f"--batch-sizes must be positive, got {batch}")
     if args.repeat < 3:
         raise ValueError(f"--repeat must be at least 3 windows, got {args.repeat}")
-    against = tuple(args.against)
-    for name in against:
+    for name in args.against:
         if name not in ("numpy", "torch", "none"):
             raise ValueError(f"--against takes numpy, torch or none, got {name!r}")
     if args.plot:
         from .plots import require_matplotlib  # noqa: PLC0415
 
         require_matplotlib()
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from . import bench  # noqa: PLC0415
+    from .backend import available_devices, device, set_matmul_precision  # noqa: PLC0415
+
+    _check_bench_flags(args)
+    if args.tf32:
+        set_matmul_precision("tf32")
+    devices = [device(spec) for spec in args.devices] if args.devices else available_devices()
+    against = tuple(args.against)
     quiet = args.json == "-"
     if not quiet:
         print(bench.HEADER)
@@ -224,6 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="baselines: numpy (hand-written loop, CPU), torch (if installed), or none",
     )
     bench.add_argument("--repeat", type=int, default=10, help="timed windows per framework (default: 10)")
+    bench.add_argument("--tf32", action="store_true", help="TF32 matrix products on the GPU, for gpunn and torch")
     bench.add_argument("--json", default=None, metavar="PATH", help="write every figure as JSON ('-' for stdout)")
     bench.add_argument("--plot", default=None, metavar="PNG", help="bar chart of samples/s")
     bench.set_defaults(run=_bench)

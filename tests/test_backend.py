@@ -187,3 +187,14 @@ def test_gpu_selected_automatically_when_usable(monkeypatch: pytest.MonkeyPatch)
     assert gn.device() == gn.Device("cuda", 0)
     assert gn.why_cpu() is None
     assert gn.Device("cuda", 0) in gn.available_devices()
+
+
+def test_matmul_precision_switch(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CUPY_TF32", raising=False)
+    assert gn.matmul_precision() == "highest"
+    gn.set_matmul_precision("tf32")
+    assert gn.matmul_precision() == "tf32" and os.environ["CUPY_TF32"] == "1"
+    gn.set_matmul_precision("highest")
+    assert gn.matmul_precision() == "highest" and os.environ["CUPY_TF32"] == "0"
+    with pytest.raises(ValueError, match="precision must be 'highest' or 'tf32'"):
+        gn.set_matmul_precision("fast")
