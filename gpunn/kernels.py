@@ -98,9 +98,16 @@ __global__ void adam_update(T* __restrict__ p, const T* __restrict__ g, T* __res
     p[i] = pi - lr_ * mi / (sqrt(vi) * c2 + eps_);
   }
 }
+
+// y <- y + a * x (the L2 penalty's gradient, lambda * W, added to the weights' gradient)
+template <typename T>
+__global__ void axpy_update(T* __restrict__ y, const T* __restrict__ x, const long long n, const double a) {
+  const T a_ = (T)a;
+  GRID_STRIDE_LOOP(i, n) { y[i] += a_ * x[i]; }
+}
 """
 
-KERNEL_NAMES = ("sgd_update", "momentum_update", "adagrad_update", "rmsprop_update", "adam_update")
+KERNEL_NAMES = ("sgd_update", "momentum_update", "adagrad_update", "rmsprop_update", "adam_update", "axpy_update")
 _CTYPES = {np.dtype("float32"): "float", np.dtype("float64"): "double"}
 _modules: dict[tuple[int, str], Any] = {}
 
@@ -299,6 +306,25 @@ def rmsprop_update(p: Any, g: Any, s: Any, tmp: Any, *, lr: float, alpha: float,
         _launch("rmsprop_update", p, g, s, np.int64(p.size), np.float64(lr), np.float64(alpha), np.float64(eps))
     else:
         run_on_cpu(rmsprop_reference, p, (g, s), tmp, lr=lr, alpha=alpha, eps=eps)
+
+
+# ----------------------------------------------------------------------------- y += a·x
+
+
+def axpy_reference(y: Any, x: Any, tmp: Any, *, a: float) -> None:
+    """y ← y + a·x"""
+    array_module(y).multiply(x, a, out=tmp)
+    y += tmp
+
+
+def axpy_update(y: Any, x: Any, tmp: Any, *, a: float) -> None:
+    """y ← y + a·x over flat buffers: one kernel on a GPU; on the CPU in cache-sized pieces
+    with a small scratch (``tmp``, see :func:`scratch`), so no temporary of y's size."""
+    if _is_gpu(y):
+        _flat_args(y, x)
+        _launch("axpy_update", y, x, np.int64(y.size), np.float64(a))
+    else:
+        run_on_cpu(axpy_reference, y, (x,), tmp, a=a)
 
 
 # ----------------------------------------------------------------------------- Adam / AdamW

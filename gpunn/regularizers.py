@@ -10,6 +10,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+import numpy as np
+
+from . import kernels
 from .backend import array_module
 from .parameter import Parameter
 from .validation import check_float
@@ -77,7 +80,20 @@ class L2(Regularizer):
 
     def backward(self, params: Any) -> None:
         for w, g in decayed_arrays(parameter_list(params)):
-            g += self.lam * w
+            if w.ndim == 1 and w.flags.c_contiguous and g.flags.c_contiguous:  # a flat buffer: one pass
+                kernels.axpy_update(g, w, self._scratch_for(w), a=self.lam)
+            else:
+                g += self.lam * w
+
+    def _scratch_for(self, w: Any) -> Any:
+        """A small scratch for the CPU's piecewise update (kept; None on a GPU)."""
+        if array_module(w) is not np:
+            return None
+        scratch = getattr(self, "_scratch", None)
+        if scratch is None or scratch.dtype != w.dtype or scratch.shape[1] < min(w.size, kernels.CHUNK):
+            scratch = kernels.scratch(w.size, w.dtype)
+            self._scratch = scratch
+        return scratch
 
 
 class L1(Regularizer):

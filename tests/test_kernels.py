@@ -286,6 +286,7 @@ SIGNATURES = {
         "const double",
     ),
 }
+SIGNATURES["axpy_update"] = ("T*", "const T*", "const long long", "const double")
 SCALAR_TYPES = {"const long long": np.int64, "const double": np.float64, "const int": np.int32}
 
 
@@ -421,3 +422,26 @@ def test_cpu_scratch_does_not_grow_with_the_model() -> None:
     assert kernels.scratch(100, np.float32).shape == (1, 100)
     big = kernels.scratch(50_000_000, np.float32)
     assert big.shape == (kernels.cpu_workers(), kernels.CHUNK)
+
+
+@pytest.mark.parametrize("size", [1, 7, kernels.CHUNK + 3])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_axpy_twin_is_the_formula(size: int, dtype: str) -> None:
+    rng = np.random.default_rng(size)
+    y, x = rng.standard_normal(size).astype(dtype), rng.standard_normal(size).astype(dtype)
+    expected = y.astype(np.float64) + 0.3 * x.astype(np.float64)
+    kernels.axpy_update(y, x, kernels.scratch(size, dtype), a=0.3)
+    # absolute: y + 0.3·x cancels, so the error is relative to |y| + 0.3·|x|, not to the result
+    np.testing.assert_allclose(y, expected, rtol=0, atol=4e-7 if dtype == "float32" else 1e-15)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_fused_axpy_equals_twin(gpu, dtype: str) -> None:
+    rng = np.random.default_rng(5)
+    y, x = rng.standard_normal(1001).astype(dtype), rng.standard_normal(1001).astype(dtype)
+    expected = y.copy()
+    kernels.axpy_reference(expected, x, np.empty_like(x), a=0.3)
+    y_gpu = gpu.send(y)
+    kernels.axpy_update(y_gpu, gpu.send(x), None, a=0.3)
+    np.testing.assert_allclose(gn.to_numpy(y_gpu), expected, rtol=1e-6 if dtype == "float32" else 1e-14)
