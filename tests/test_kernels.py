@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import math
 import re
-import shutil
-import subprocess
 
+import cuda_source
 import numpy as np
 import pytest
+from cuda_source import needs_nvcc, nvcc_compile
 
 import gpunn as gn
 from gpunn import kernels
@@ -340,30 +340,8 @@ def test_fused_path_refuses_non_contiguous_buffers(monkeypatch):
         kernels.sgd_update(p[::2], np.zeros(5), None, lr=0.1)
 
 
-NVCC = shutil.which("nvcc")
-needs_nvcc = pytest.mark.skipif(NVCC is None, reason="nvcc is not on PATH")
-
-
 def instantiations() -> str:
-    lines = []
-    for name in kernels.KERNEL_NAMES:
-        for ctype in ("float", "double"):
-            params = ", ".join(re.sub(r"\bT\b", ctype, t) for t in SIGNATURES[name])
-            lines.append(f"template __global__ void {name}<{ctype}>({params});")
-    return "\n".join(lines) + "\n"
-
-
-def nvcc_compile(source: str, tmp_path) -> tuple[subprocess.CompletedProcess, bytes]:
-    src, out = tmp_path / "k.cu", tmp_path / "out.cubin"
-    src.write_text(source)
-    result = subprocess.run(
-        [NVCC, "-arch=sm_90", "-cubin", "-std=c++17", "-o", str(out), str(src)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    return result, out.read_bytes() if out.exists() else b""
+    return cuda_source.instantiations({name: SIGNATURES[name] for name in kernels.KERNEL_NAMES})
 
 
 @needs_nvcc
@@ -373,7 +351,7 @@ def test_cuda_source_compiles_for_sm90(tmp_path):
     # every kernel was emitted for both element types (Itanium-mangled names: _Z<len><name>I<f|d>E)
     for name in kernels.KERNEL_NAMES:
         for code in "fd":
-            assert f"_Z{len(name)}{name}I{code}E".encode() in cubin, (name, code)
+            assert cuda_source.mangled(name, code) in cubin, (name, code)
 
 
 @needs_nvcc

@@ -5,11 +5,11 @@ nvcc, and the fusion a Sequential plans."""
 from __future__ import annotations
 
 import re
-import shutil
-import subprocess
 
+import cuda_source
 import numpy as np
 import pytest
+from cuda_source import needs_nvcc, nvcc_compile
 
 import gpunn as gn
 from gpunn import layer_kernels as lk
@@ -205,30 +205,13 @@ def test_launch_arguments_match_the_signatures(monkeypatch: pytest.MonkeyPatch, 
     assert softmax_kw["shared_mem"] == 32 * 8  # one double per thread of a 32-thread block
 
 
-NVCC = shutil.which("nvcc")
-
-
-@pytest.mark.skipif(NVCC is None, reason="nvcc is not on PATH")
+@needs_nvcc
 def test_cuda_source_compiles_for_sm90(tmp_path) -> None:
-    lines = []
-    for name, signature in SIGNATURES.items():
-        for ctype in ("float", "double"):
-            params = ", ".join(re.sub(r"\bT\b", ctype, t) for t in signature)
-            lines.append(f"template __global__ void {name}<{ctype}>({params});")
-    source = tmp_path / "k.cu"
-    source.write_text(lk.CUDA_SOURCE + "\n" + "\n".join(lines) + "\n")
-    cubin = tmp_path / "k.cubin"
-    result = subprocess.run(
-        [NVCC, "-arch=sm_90", "-cubin", "-std=c++17", "-o", str(cubin), str(source)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    result, cubin = nvcc_compile(lk.CUDA_SOURCE + "\n" + cuda_source.instantiations(SIGNATURES), tmp_path)
     assert result.returncode == 0, result.stderr
     for name in lk.KERNEL_NAMES:
         for code in "fd":
-            assert f"_Z{len(name)}{name}I{code}E".encode() in cubin.read_bytes(), (name, code)
+            assert cuda_source.mangled(name, code) in cubin, (name, code)
 
 
 # ----------------------------------------------------------------------------- fusion in a model
