@@ -1,6 +1,6 @@
 """gpunn: a small, fast neural-network library; one code path on NumPy (CPU) and CuPy (GPU)."""
 
-from . import checkpoint, data, optim
+from . import checkpoint, data, distributed, optim
 from .activations import Identity, LeakyReLU, ReLU, Sigmoid, Softmax, Tanh
 from .backend import (
     Device,
@@ -66,6 +66,7 @@ __all__ = [
     "device",
     "device_of",
     "diagnose",
+    "distributed",
     "gpu_available",
     "gradcheck",
     "gradient_errors",

@@ -7,16 +7,25 @@
 
 Errors in the user's input (a missing file, a bad flag value, an unknown dataset) print one
 line and exit with status 2, without a traceback.
+
+Under an MPI launcher (``mpiexec -n K gpunn train ...``) every rank runs the command and trains
+its share (see :mod:`gpunn.distributed`); only rank 0 prints results. An error on one rank
+prints "gpunn train: error on rank R of K: ..." and aborts the whole job (MPI_Abort), so no rank
+is left waiting; an error that every rank meets alike (ranks that disagree, a diverged loss) is
+printed once, by rank 0, and every rank exits with status 2.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import platform
 import sys
+import traceback
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
+from . import distributed
 from .backend import DeviceUnavailableError
 from .sysinfo import format_info, system_info
 
@@ -42,10 +51,33 @@ def _hidden(text: str) -> tuple[int, ...]:
     return sizes
 
 
+def _is_root() -> bool:
+    """False on ranks other than 0 of an MPI job: they print nothing but errors."""
+    layout = distributed.env_layout()
+    return layout is None or layout.rank == 0
+
+
 def _info(args: argparse.Namespace) -> int:
     info = system_info()
-    print(json.dumps(info, indent=2) if args.json else format_info(info))
+    if distributed.is_launched():  # one row per rank, gathered on rank 0
+        info["ranks"] = _rank_table()
+        from mpi4py import MPI  # noqa: PLC0415 — world() imported it
+
+        info["mpi"]["library"] = " ".join(MPI.Get_library_version().splitlines()[0].split())
+    if _is_root():
+        print(json.dumps(info, indent=2) if args.json else format_info(info))
     return 1 if info["device_error"] else 0
+
+
+def _rank_table() -> list[dict[str, Any]]:
+    comm = distributed.world()
+    try:
+        dev = distributed.rank_device(None, comm)
+        where, transport = str(dev), comm.planned_transport(dev)
+    except (ValueError, DeviceUnavailableError) as exc:
+        where, transport = f"error: {exc}", "-"
+    row = {"rank": comm.rank, "local_rank": comm.local_rank, "host": platform.node(), "device": where}
+    return comm.allgather_json({**row, "transport": transport})
 
 
 SETTINGS = ("dataset", "hidden", "activation", "optimizer", "lr", "l2", "dropout", "epochs", "batch_size", "seed")
@@ -58,6 +90,8 @@ def _train(args: argparse.Namespace) -> int:
     verbose = False if (args.quiet or args.json) else None
     announce = None if (args.json or args.quiet) else _announce_device
     result = train(settings, args.device, args.save, args.resume, args.plot, verbose=verbose, announce=announce)
+    if not _is_root():
+        return 0
     if args.json:
         print(json.dumps({k: v for k, v in result.items() if k != "model"}))
     elif not args.quiet:
@@ -70,6 +104,13 @@ def _announce_device(dev: Any) -> None:
 
     reason = why_cpu() if dev.kind == "cpu" else None
     print(f"device: {dev}" + (f" (the CPU, because {reason})" if reason else ""), flush=True)
+    if distributed.is_launched():
+        comm = distributed.world()
+        print(
+            f"ranks: {comm.size}, data-parallel; each trains on its slice of every batch "
+            f"(--batch-size is the global batch); gradients summed by {comm.planned_transport(dev).upper()}",
+            flush=True,
+        )
 
 
 def _print_result(result: dict[str, Any]) -> None:
@@ -93,6 +134,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     from .job import evaluate  # noqa: PLC0415
 
     result = evaluate(args.model, args.dataset, args.device)
+    if not _is_root():
+        return 0
     if args.json:
         print(json.dumps(result))
     else:
@@ -140,7 +183,7 @@ def _bench(args: argparse.Namespace) -> int:
         set_matmul_precision("tf32")
     devices = [device(spec) for spec in args.devices] if args.devices else available_devices()
     against = tuple(args.against)
-    quiet = args.json == "-"
+    quiet = args.json == "-" or not _is_root()
     if not quiet:
         print(bench.HEADER)
     result = bench.run(
@@ -155,14 +198,14 @@ def _bench(args: argparse.Namespace) -> int:
     result["environment"] = system_info()
     if not quiet and result["crossover"]:
         print("GPU beats CPU from batch: " + ", ".join(f"{m}: {b}" for m, b in result["crossover"].items()))
-    if args.json:
+    if args.json and _is_root():
         text = json.dumps(result, indent=2)
         if quiet:
             print(text)
         else:
             with open(args.json, "w") as f:
                 f.write(text + "\n")
-    if args.plot:
+    if args.plot and _is_root():
         bench.plot(result, args.plot)
     return 0
 
@@ -250,11 +293,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.run(args)
     except (ValueError, TypeError, DeviceUnavailableError, OSError, ImportError, FloatingPointError) as exc:
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        print(f"gpunn {args.command}: error: {message}", file=sys.stderr)
-        return EXIT_USAGE
+        return _fail(args.command, "error", message, EXIT_USAGE, collective=getattr(exc, "collective", False))
     except KeyboardInterrupt:
-        print(f"gpunn {args.command}: interrupted", file=sys.stderr)
-        return 130
+        return _fail(args.command, "interrupted", None, 130)
+    except Exception as exc:
+        if not distributed.is_launched():
+            raise  # a bug: the traceback says where
+        traceback.print_exc()
+        return _fail(args.command, "error", f"{type(exc).__name__}: {exc}", 1)
+
+
+def _fail(command: str, what: str, message: str | None, code: int, collective: bool = False) -> int:
+    """Print "gpunn COMMAND: WHAT: MESSAGE" and return ``code``. Under MPI with several ranks,
+    a rank's own error names the rank and aborts the whole job (the others may be waiting for
+    it in a collective); an error every rank met alike (``collective``) is printed by rank 0
+    alone and every rank returns ``code``."""
+    layout = distributed.env_layout()
+    alone = layout is None or layout.size == 1
+    where = "" if alone or collective else f" on rank {layout.rank} of {layout.size}"
+    if alone or not collective or layout.rank == 0:
+        print(f"gpunn {command}: {what}{where}" + (f": {message}" if message else ""), file=sys.stderr, flush=True)
+    if alone or collective:
+        return code
+    try:
+        comm = distributed.world()
+    except ImportError:  # mpi4py is missing, so MPI never started and no rank can be waiting
+        return code
+    comm.abort(code)
+    return code
 
 
 if __name__ == "__main__":

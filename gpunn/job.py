@@ -1,6 +1,11 @@
 """The main job behind ``gpunn train`` and ``gpunn evaluate``: data → split → standardize →
 model → Trainer → test accuracy → diagnosis → checkpoint, as plain functions that return
-JSON-ready results (the CLI only parses flags and prints)."""
+JSON-ready results (the CLI only parses flags and prints).
+
+Under ``mpiexec -n K`` every rank runs :func:`train` on the whole data set and the Trainer
+trains data-parallel (``batch_size`` is the global batch); only rank 0 announces, shows
+progress, writes checkpoints and plots, so a checkpoint holds exactly what a single process
+writes and resumes in either mode."""
 
 from __future__ import annotations
 
@@ -12,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from . import data
+from . import data, distributed
 from .backend import device, why_cpu
 from .checkpoint import CheckpointError, read, save
 from .history import History, diagnose
@@ -116,6 +121,16 @@ def _check_folder(path: str | None, flag: str) -> None:
         raise IsADirectoryError(f"{flag}: {path} is a folder; give a file name")
 
 
+def _check_outputs(plot_path: str | None, save_path: str | None) -> None:
+    """Fail before training, not after, when the plot or the checkpoint cannot be written."""
+    if plot_path:
+        from .plots import require_matplotlib  # noqa: PLC0415 — matplotlib is optional
+
+        require_matplotlib()
+    _check_folder(plot_path, "--plot")
+    _check_folder(save_path, "--save")
+
+
 def _resumed_config(checkpoint: Any, path: str, settings: dict[str, Any]) -> TrainConfig:
     """The saved run's config, with ``epochs`` from ``settings``; any other explicit setting
     that differs from the saved one is an error (a resume continues the same run)."""
@@ -150,18 +165,17 @@ def train(
 
     ``settings`` holds the explicitly chosen TrainConfig fields (the rest take defaults);
     when resuming they may only repeat the saved ones, except ``epochs``. ``announce(device)``
-    is called once everything is checked, just before training starts.
+    is called once everything is checked, just before training starts (on rank 0 only when
+    distributed, like the checkpoint and the plot).
     """
     if isinstance(settings, TrainConfig):
         settings = asdict(settings)
     settings = {k: v for k, v in (settings or {}).items() if v is not None}
-    dev = device(device_spec)
-    if plot_path:
-        from .plots import require_matplotlib  # noqa: PLC0415 — matplotlib is optional
-
-        require_matplotlib()  # fail before training, not after
-    _check_folder(plot_path, "--plot")
-    _check_folder(save_path, "--save")
+    comm = distributed.resolve(None)  # the MPI world when launched with several ranks
+    root = comm is None or comm.is_root
+    dev = device(device_spec) if comm is None else distributed.rank_device(device_spec, comm)
+    plot_path = plot_path if root else None
+    _check_outputs(plot_path, save_path if root else None)
     history = History()
     initial_epoch = 0
     if resume_path is not None:
@@ -173,6 +187,7 @@ def train(
         save_path = save_path or resume_path
     else:
         config = TrainConfig.from_dict(settings)
+    save_target = save_path if root else None  # only rank 0 writes
     config.validated()
     parts = load_splits(config.dataset, config.seed)
     x_train, y_train = parts["train"]
@@ -181,11 +196,13 @@ def train(
         sizes = [x_train.shape[1], *config.hidden, n_classes]
         model = mlp(sizes, activation=config.activation, seed=config.seed, dropout=config.dropout)
         optimizer = create(config.optimizer, lr=config.lr)
-    trainer = Trainer(model, SoftmaxWithLoss(), optimizer, regularizer=L2(config.l2) if config.l2 else None, device=dev)
+    regularizer = L2(config.l2) if config.l2 else None
+    trainer = Trainer(model, SoftmaxWithLoss(), optimizer, regularizer, device=dev, distributed=comm or False)
     trainer.history = history
     if resume_path is not None:
         trainer.load_dropout_states(checkpoint.metadata.get("dropout_rng", {}))
-    if announce is not None:
+    ranks = None if comm is None else {"size": comm.size, "devices": comm.allgather_json(str(dev))}
+    if announce is not None and root:
         announce(dev)
 
     def save_epoch(trainer: Trainer, record: dict[str, Any]) -> None:
@@ -196,7 +213,7 @@ def train(
             "scaler": parts["scaler"].state_dict(),
             "dropout_rng": trainer.dropout_states(),
         }
-        save(save_path, trainer.model, trainer.optimizer, metadata=metadata)
+        save(save_target, trainer.model, trainer.optimizer, metadata=metadata)
 
     start = time.perf_counter()
     trainer.fit(
@@ -207,14 +224,14 @@ def train(
         validation_data=parts["dev"],
         seed=config.seed,
         initial_epoch=initial_epoch,
-        callbacks=[save_epoch] if save_path else [],
-        verbose=verbose,
+        callbacks=[save_epoch] if save_target else [],
+        verbose=verbose if root else False,
     )
     seconds = time.perf_counter() - start
     test = trainer.evaluate(*parts["test"])
     train_metrics = trainer.evaluate(x_train, y_train)
     diagnosis = diagnose(trainer.history)
-    if plot_path:
+    if plot_path:  # rank 0 only
         from .plots import plot_history  # noqa: PLC0415 — matplotlib is optional
 
         plot_history(trainer.history, plot_path, title=f"gpunn on {config.dataset} ({dev})")
@@ -236,6 +253,7 @@ def train(
         "plot": str(Path(plot_path).resolve()) if plot_path else None,
         "config": asdict(config),
         "model": trainer.model.summary(),
+        "ranks": ranks,
     }
 
 

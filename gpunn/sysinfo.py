@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import os
 import platform
+import shutil
+import sys
+from importlib import metadata
 from typing import Any
 
 import numpy as np
 
-from . import backend
+from . import backend, distributed
 
 
 def blas_info() -> list[dict[str, Any]]:
@@ -27,6 +30,23 @@ def blas_info() -> list[dict[str, Any]]:
         for lib in threadpool_info()
         if lib.get("user_api") == "blas"
     ]
+
+
+def mpi_info() -> dict[str, Any]:
+    """mpi4py's version, where ``mpiexec`` is, and this process's place when an MPI launcher
+    started it (from the launcher's environment: MPI itself is not started)."""
+    try:
+        mpi4py = metadata.version("mpi4py")
+    except metadata.PackageNotFoundError:
+        mpi4py = None
+    # A virtual environment's own mpiexec (the mpich wheel) comes first, as `python -m` would.
+    path = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
+    layout = distributed.env_layout()
+    return {
+        "mpi4py": mpi4py,
+        "mpiexec": shutil.which("mpiexec", path=path),
+        "launched": None if layout is None else vars(layout),
+    }
 
 
 def system_info() -> dict[str, Any]:
@@ -55,6 +75,7 @@ def system_info() -> dict[str, Any]:
         "device_env": os.environ.get(backend.ENV_VAR),
         "why_cpu": backend.why_cpu() if selected == "cpu" else None,
         "gpus": gpus,
+        "mpi": mpi_info(),
     }
 
 
@@ -82,4 +103,24 @@ def format_info(info: dict[str, Any]) -> str:
         lines.append(f"error: {info['device_error']}")
     if info["why_cpu"]:
         lines.append(f"why the CPU: {info['why_cpu']}")
+    lines.extend(_format_mpi(info))
     return "\n".join(lines)
+
+
+def _format_mpi(info: dict[str, Any]) -> list[str]:
+    mpi = info.get("mpi") or {}
+    if not mpi.get("mpi4py"):
+        return ['MPI: mpi4py not installed (pip install "gpunn[mpi]" for mpiexec -n K gpunn train)']
+    lines = [f"MPI: mpi4py {mpi['mpi4py']}, mpiexec {mpi['mpiexec'] or 'not found'}"]
+    ranks = info.get("ranks")
+    if ranks:
+        library = f" ({mpi['library']})" if mpi.get("library") else ""
+        lines.append(f"ranks: {len(ranks)}{library}")
+        rows = [("rank", "local rank", "host", "device", "transport")]
+        rows += [(str(r["rank"]), str(r["local_rank"]), r["host"], r["device"], r["transport"]) for r in ranks]
+        widths = [max(len(row[k]) for row in rows) for k in range(5)]
+        lines += ["  " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    elif mpi.get("launched"):
+        launched = mpi["launched"]
+        lines.append(f"this process: rank {launched['rank']} of {launched['size']}")
+    return lines

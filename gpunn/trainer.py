@@ -5,6 +5,10 @@ The data go to the device once per fit. Each step runs forward, loss, backward, 
 and one optimizer update; the step's loss and correct-prediction count are written into
 small device arrays, which are read once per epoch — that read is also where a NaN or inf
 loss is caught, naming the epoch and the step where it first appeared.
+
+Under an MPI launcher (``mpiexec -n K``) the same Trainer trains one model on K processes
+(see :mod:`gpunn.distributed`): ``batch_size`` is the global batch, each rank computes the
+gradient of its slice, and one allreduce of the flat gradient buffer averages them.
 """
 
 from __future__ import annotations
@@ -17,11 +21,13 @@ from typing import Any, TextIO
 import numpy as np
 
 from . import data as datasets
+from . import distributed as dist
 from .backend import Device, array_module, device, device_of, to_numpy
 from .history import History
 from .layers import Dropout, Linear
 from .losses import Loss, MSELoss, SigmoidBCELoss, SoftmaxWithLoss
 from .optim import Optimizer
+from .parameter import pack
 from .regularizers import Regularizer
 from .sequential import Sequential
 from .validation import check_float, check_int
@@ -39,6 +45,13 @@ class Trainer:
     ``device`` None picks the best device present (``gn.device()``: GPUNN_DEVICE, else
     cuda:0 when usable, else the CPU) and moves the model there. An optimizer built without
     parameters (``gn.optim.Adam(lr=1e-3)``) is bound to the model here.
+
+    ``distributed``: None trains data-parallel over all ranks when an MPI launcher started
+    several (``mpiexec -n K``), else in this process alone; False never; True always (over
+    ``gn.distributed.world()``, which is a lone process without a launcher); or a
+    ``gn.distributed.Communicator``. Distributed, "auto" and "cuda" mean cuda:<local rank>,
+    ``trainer.comm`` is the communicator (None otherwise), and ``fit`` interprets
+    ``batch_size`` as the global batch summed over ranks.
     """
 
     def __init__(
@@ -48,6 +61,7 @@ class Trainer:
         optimizer: Optimizer,
         regularizer: Regularizer | None = None,
         device: str | Device | None = None,
+        distributed: bool | dist.Communicator | None = None,
     ) -> None:
         if not isinstance(model, Sequential):
             raise TypeError(f"model must be a gpunn Sequential (gn.mlp or gn.Sequential), got {type(model).__name__}")
@@ -59,7 +73,9 @@ class Trainer:
             )
         if regularizer is not None and not isinstance(regularizer, Regularizer):
             raise TypeError(f"regularizer must be gn.L2(...), gn.L1(...) or None, got {type(regularizer).__name__}")
-        self.device = _device_spec(device)
+        self.comm = dist.resolve(distributed)
+        self._parallel = None if self.comm is None else dist.DataParallel(self.comm)
+        self.device = _device_spec(device) if self.comm is None else dist.rank_device(device, self.comm)
         self.model = model.to(self.device)
         self.loss = loss
         self.regularizer = regularizer
@@ -70,6 +86,8 @@ class Trainer:
             optimizer.bind(params)
         self.history = History()
         self.stop_training = False
+        if self.comm is not None and self.comm.rank > 0:
+            self._decorrelate_dropout()
 
     # ----------------------------------------------------------------- fit
 
@@ -99,6 +117,15 @@ class Trainer:
         called as ``callback(trainer, record)`` after every epoch and may set
         ``trainer.stop_training``. ``verbose`` None shows a progress bar only on a terminal.
         Returns the History (also ``trainer.history``), extended across calls.
+
+        Distributed (``trainer.comm`` set), every rank calls fit with the same data and
+        arguments — checked at the start, as are the model and optimizer, with a
+        ``gn.distributed.DistributedMismatchError`` on every rank — and rank 0's weights and
+        optimizer state are broadcast. ``batch_size`` is the global batch (at least the number
+        of ranks): each step, rank r trains on its slice of the batch a single process would
+        use. Records, early stopping and ``stop_training`` agree on every rank; callbacks run
+        on every rank (write files from ``trainer.comm.is_root`` only); only rank 0 shows
+        progress.
         """
         epochs = check_int("epochs", epochs, low=0)
         batch_size = check_int("batch_size", batch_size, low=1)
@@ -107,9 +134,13 @@ class Trainer:
         if patience is not None:
             patience = check_int("patience", patience, low=1)
         x, y, dev = self._prepare(x, y, validation_data, validation_split, seed)
+        if self._parallel is not None:  # the same fit on every rank, then rank 0's state everywhere
+            fit_args = {"epochs": epochs, "batch_size": batch_size, "initial_epoch": initial_epoch}
+            self._parallel.start(self, x, y, dev, **fit_args, shuffle=shuffle, seed=seed, patience=patience)
         classify = _accuracy_kind(self.loss, y)
         stream = progress_file or sys.stderr
         show = bool(getattr(stream, "isatty", lambda: False)()) if verbose is None else bool(verbose)
+        show = show and self.is_root
         bar = _progress(show, initial_epoch, epochs, progress_file)
         best = (np.inf, None)
         waited = 0
@@ -132,6 +163,7 @@ class Trainer:
                     callback(self, record)
                 if patience is not None and waited >= patience:
                     self.stop_training = True
+                self.stop_training = self._agreed_stop()
                 if self.stop_training:
                     break
         finally:
@@ -180,31 +212,39 @@ class Trainer:
         xp = array_module(x)
         n = x.shape[0]
         n_steps = -(-n // batch_size)
+        parallel = self._parallel
         start = time.perf_counter()
         model.train()
         with self.device:
             step_loss = xp.zeros(n_steps, dtype=model.dtype)
             step_correct = xp.zeros(n_steps, dtype=np.int64)
-            for step, (xb, yb) in enumerate(
-                datasets.batches(x, y, batch_size, shuffle=shuffle, seed=seed, epoch=epoch)
-            ):
-                logits = model.forward(xb)
-                step_loss[step] = loss.forward(logits, yb)
-                model.backward(loss.backward(), input_grad=False)
-                if regularizer is not None:
-                    regularizer.backward(params)
-                optimizer.step()
-                if classify is not None:
-                    step_correct[step] = _correct(logits, yb, classify)
+            if parallel is None:
+                for step, (xb, yb) in enumerate(
+                    datasets.batches(x, y, batch_size, shuffle=shuffle, seed=seed, epoch=epoch)
+                ):
+                    logits = model.forward(xb)
+                    step_loss[step] = loss.forward(logits, yb)
+                    model.backward(loss.backward(), input_grad=False)
+                    if regularizer is not None:
+                        regularizer.backward(params)
+                    optimizer.step()
+                    if classify is not None:
+                        step_correct[step] = _correct(logits, yb, classify)
+            else:
+                self._parallel_steps(x, y, (batch_size, shuffle, seed, epoch), step_loss, step_correct, classify)
             losses = to_numpy(step_loss)  # the one read of the epoch (it also waits for the device)
             train_seconds = time.perf_counter() - start
             correct = int(to_numpy(step_correct).sum()) if classify is not None else None
+        if parallel is not None:
+            losses, correct = parallel.reduce_epoch(losses, correct)  # global per-step means
         bad = np.flatnonzero(~np.isfinite(losses))
         if bad.size:
-            raise TrainingDivergedError(
+            error = TrainingDivergedError(
                 f"the loss became {losses[bad[0]]} at epoch {epoch + 1}, step {bad[0] + 1} of {n_steps}; "
                 "lower the learning rate, check the inputs for NaN, or clip gradients (max_grad_norm=...)"
             )
+            error.collective = parallel is not None  # every rank read the same global losses
+            raise error
         sizes = np.full(n_steps, batch_size, dtype=np.float64)
         sizes[-1] = n - batch_size * (n_steps - 1)
         cost = float(losses.astype(np.float64) @ sizes / n)
@@ -220,10 +260,29 @@ class Trainer:
             "samples_per_s": n / train_seconds,
         }
         if dev is not None:
-            metrics = self._evaluate_on_device(*dev, classify=classify)
+            metrics = self._evaluate_on_device(*dev, classify=classify, shard=parallel is not None)
             record["dev_loss"], record["dev_accuracy"] = metrics["loss"], metrics.get("accuracy")
         record["seconds"] = time.perf_counter() - start
         return record
+
+    def _parallel_steps(
+        self, x: Any, y: Any, order: tuple[int, bool, int, int], step_loss: Any, step_correct: Any, classify: str | None
+    ) -> None:
+        """One epoch's steps on this rank's slices; ``order`` = (batch_size, shuffle, seed, epoch)."""
+        model, loss, regularizer, parallel = self.model, self.loss, self.regularizer, self._parallel
+        params = model.parameters()
+        grad = pack(params).grad
+        for step, (xb, yb) in enumerate(parallel.batches(x, y, *order)):
+            if xb.shape[0]:  # the last batch may leave a rank without rows
+                logits = model.forward(xb)
+                step_loss[step] = loss.forward(logits, yb)
+                model.backward(loss.backward(), input_grad=False)
+                if classify is not None:
+                    step_correct[step] = _correct(logits, yb, classify)
+            parallel.reduce_gradients(grad, step)  # the batch mean, on every rank
+            if regularizer is not None:
+                regularizer.backward(params)  # after the sum: λ·W counted once
+            self.optimizer.step()
 
     # ----------------------------------------------------------------- evaluate / predict
 
@@ -234,8 +293,35 @@ class Trainer:
         x, y = self._send(x, y)
         return self._evaluate_on_device(x, y, _accuracy_kind(self.loss, y), batch_size)
 
-    def _evaluate_on_device(self, x: Any, y: Any, classify: str | None, batch_size: int = 1024) -> dict[str, float]:
+    @property
+    def is_root(self) -> bool:
+        """True in a single process, and on rank 0 of a distributed one (the rank that prints
+        and writes files)."""
+        return self.comm is None or self.comm.is_root
+
+    def _agreed_stop(self) -> bool:
+        """``stop_training``, True on every rank when any rank's callback asked to stop."""
+        return self.stop_training if self.comm is None else self.comm.any(self.stop_training)
+
+    def _decorrelate_dropout(self) -> None:
+        """Give each Dropout layer of rank r > 0 its own mask stream (seeded from (seed, r)),
+        so that ranks do not draw the same masks for different rows."""
+        for layer in self.model.layers:
+            if isinstance(layer, Dropout) and layer.seed is not None:
+                seed = int(np.random.SeedSequence([layer.seed, self.comm.rank]).generate_state(1)[0])
+                with self.device:
+                    layer._generators[self.device] = self.device.xp.random.default_rng(seed)
+
+    def _evaluate_on_device(
+        self, x: Any, y: Any, classify: str | None, batch_size: int = 1024, shard: bool = False
+    ) -> dict[str, float]:
+        """Mean loss (and accuracy) over (x, y). ``shard``: every rank evaluates its share of
+        the rows and the sums are reduced, so every rank gets the same figures (collective)."""
         model, loss = self.model, self.loss
+        n = x.shape[0]
+        if shard:
+            rows = self._parallel.rows(n)
+            x, y = x[rows], y[rows]
         was_training = model.training
         model.eval()
         xp = array_module(x)
@@ -250,10 +336,12 @@ class Trainer:
                     total += loss.forward(logits, yb) * xb.shape[0]
                     if classify is not None:
                         correct += _correct(logits, yb, classify)
-                n = x.shape[0]
-                result = {"loss": float(total) / n}
+                sums = [float(total), int(correct)]
+                if shard:
+                    sums = self._parallel.reduce_sums(sums)
+                result = {"loss": sums[0] / n}
                 if classify is not None:
-                    result["accuracy"] = int(correct) / n
+                    result["accuracy"] = round(sums[1]) / n
         finally:
             loss.validate = validate
             model.train(was_training)
@@ -367,6 +455,8 @@ class Trainer:
         return states
 
     def load_dropout_states(self, states: dict[str, Any]) -> None:
+        if self.comm is not None and self.comm.rank > 0:
+            return  # the saved states are rank 0's; other ranks keep their own streams
         for key, state in states.items():
             layer = self.model.layers[int(key)]
             if isinstance(layer, Dropout) and self.device.kind == "cpu":
