@@ -34,6 +34,14 @@ class Parameter:
         self.decay = bool(decay)
         self._flat: FlatParameters | None = None
 
+    def __getstate__(self) -> dict[str, Any]:
+        # data and grad are copied as plain arrays; the link to a flat buffer is not kept
+        return {"name": self.name, "data": self.data, "grad": self.grad, "decay": self.decay}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.name, self.data, self.grad, self.decay = state["name"], state["data"], state["grad"], state["decay"]
+        self._flat = None
+
     @property
     def shape(self) -> tuple[int, ...]:
         return tuple(self.data.shape)
@@ -74,7 +82,8 @@ class FlatParameters:
         with device:
             self.data = xp.empty(self.size, dtype=self.dtype)
             self.grad = xp.zeros(self.size, dtype=self.dtype)
-        self._offsets: dict[int, tuple[int, int]] = {}
+        self._spans: list[tuple[int, int]] = [(0, 0)] * len(self.params)  # by position in params
+        position = {id(p): i for i, p in enumerate(self.params)}
         start = 0
         for p in layout:
             stop = start + p.size
@@ -86,7 +95,7 @@ class FlatParameters:
             if p._flat is not None and p._flat is not self:
                 p._flat.valid = False  # its buffer no longer holds this parameter
             p.data, p.grad, p._flat = data_view, grad_view, self
-            self._offsets[id(p)] = (start, stop)
+            self._spans[position[id(p)]] = (start, stop)
             start = stop
         self.valid = True
 
@@ -100,8 +109,16 @@ class FlatParameters:
 
     def view(self, buffer: Any, param: Parameter) -> Any:
         """The part of a flat buffer laid out like ``data`` that belongs to ``param``."""
-        start, stop = self._offsets[id(param)]
+        index = next(i for i, p in enumerate(self.params) if p is param)
+        start, stop = self._spans[index]
         return buffer[start:stop].reshape(param.shape)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # A copy (pickle, deepcopy) restores the parameters as separate arrays, no longer
+        # views of this buffer: it may still be read (an optimizer's old state) but is not
+        # current, so whoever uses it packs the parameters anew.
+        self.__dict__.update(state)
+        self.valid = False
 
     def decayed(self, buffer: Any) -> Any:
         """The prefix of a flat buffer that belongs to decayed parameters (weights)."""

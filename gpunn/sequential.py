@@ -47,6 +47,14 @@ class Sequential(Layer):
         if params:
             pack(params)
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # After pickle or deepcopy the parameters are separate arrays: gather them into one
+        # flat buffer again, so that optimizers and the layers share it as before.
+        self.__dict__.update(state)
+        params = self.parameters()
+        if params:
+            pack(params)
+
     # --------------------------------------------------------------- structure
 
     def __len__(self) -> int:

@@ -3,7 +3,9 @@ backward bookkeeping, data safety of in-place activations, parameters and initia
 
 from __future__ import annotations
 
+import copy
 import math
+import pickle
 
 import numpy as np
 import pytest
@@ -500,3 +502,27 @@ def test_linear_init_methods(init, expected_std):
 def test_mlp_explicit_init_overrides_default():
     W = gn.mlp([1000, 400, 2], activation="relu", init="normal", seed=0)[0].W.data
     assert abs(W.std() - 0.01) < 1e-4
+
+
+@pytest.mark.parametrize("how", ["deepcopy", "pickle"])
+def test_a_copied_model_and_optimizer_still_train_together(how: str) -> None:
+    model = gn.mlp([4, 8, 3], seed=0)
+    optimizer = gn.optim.Adam(model.parameters(), lr=0.1)
+    x = np.random.default_rng(0).standard_normal((16, 4)).astype(np.float32)
+    t = np.arange(16) % 3
+    criterion = gn.SoftmaxWithLoss()
+    for _ in range(2):
+        criterion.forward(model.forward(x), t)
+        model.backward(criterion.backward())
+        optimizer.step()
+    pair = copy.deepcopy((model, optimizer)) if how == "deepcopy" else pickle.loads(pickle.dumps((model, optimizer)))
+    copied_model, copied_optimizer = pair
+    flat = copied_model.parameters()[0]._flat
+    assert all(np.shares_memory(p.data, flat.data) for p in copied_model.parameters())
+    for m, opt in ((model, optimizer), (copied_model, copied_optimizer)):
+        criterion.forward(m.forward(x), t)
+        m.backward(criterion.backward())
+        opt.step()  # the copy's optimizer updates the copy's weights, with the copied Adam state
+    for a, b in zip(model.parameters(), copied_model.parameters(), strict=True):
+        np.testing.assert_array_equal(a.data, b.data)
+        assert not np.shares_memory(a.data, b.data)
