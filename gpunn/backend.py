@@ -127,7 +127,16 @@ def _cuda_context(index: int) -> Any:
 
 @functools.cache
 def _probe() -> _Probe:
-    """Find out once whether CUDA works: CuPy imports, a GPU is counted, a kernel runs."""
+    """Find out once whether cuda:0 works: CuPy imports, a GPU is counted, a kernel runs."""
+    runtime = _runtime()
+    if runtime.reason is not None:
+        return runtime
+    return _Probe(runtime.count, _kernel_failure(0))
+
+
+@functools.cache
+def _runtime() -> _Probe:
+    """CuPy imports and CUDA counts the GPUs (no kernel runs, so no GPU gets a context)."""
     try:
         cupy = _import_cupy()
     except ImportError as exc:
@@ -147,7 +156,7 @@ def _probe() -> _Probe:
         visible = os.environ.get("CUDA_VISIBLE_DEVICES")
         hint = f" (CUDA_VISIBLE_DEVICES={visible!r})" if visible is not None else ""
         return _Probe(0, f"CUDA reports no GPU{hint}")
-    return _Probe(count, _kernel_failure(0))
+    return _Probe(count, None)
 
 
 @functools.cache
@@ -167,6 +176,11 @@ def _kernel_failure(index: int) -> str | None:
 def _short(exc: BaseException) -> str:
     text = f"{type(exc).__name__}: {exc}".strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def gpu_count() -> int:
+    """GPUs CUDA reports (0 without CuPy or a driver); runs no kernel, creates no context."""
+    return _runtime().count
 
 
 def gpu_available() -> bool:
@@ -215,9 +229,11 @@ def device(spec: str | Device | None = None) -> Device:
     kind, index = match.group(1), int(match.group(2) or 0)
     if kind == "cpu":
         return CPU
-    probe = _probe()
     if kind == "auto":
-        return Device("cuda", 0) if probe.reason is None else CPU
+        return Device("cuda", 0) if _probe().reason is None else CPU
+    # cuda:N runs its test kernel on GPU N alone: a process that uses GPU 1 (one MPI rank
+    # per GPU) must not also create a context, hundreds of MB, on GPU 0.
+    probe = _probe() if index == 0 else _runtime()
     asked = f"device {spec!r}" if source == "spec" else f"{ENV_VAR}={spec!r}"
     if probe.count == 0 or (index == 0 and probe.reason is not None):
         raise DeviceUnavailableError(f"{asked} asks for a GPU, but {probe.reason}")

@@ -430,10 +430,7 @@ def rank_device(spec: str | Device | None, comm: Communicator) -> Device:
 
 def _gpu_count() -> int:
     """GPUs CUDA reports, without creating a context on any (0 without CuPy or a driver)."""
-    try:
-        return int(backend._import_cupy().cuda.runtime.getDeviceCount())
-    except Exception:
-        return 0
+    return backend.gpu_count()
 
 
 # ----------------------------------------------------------------------------- data parallelism

@@ -20,6 +20,7 @@ def no_gpu(monkeypatch: pytest.MonkeyPatch) -> str:
     """Pretend CUDA is unusable, with a known reason."""
     reason = "CUDA is not usable (simulated for this test)"
     monkeypatch.setattr(backend, "_probe", lambda: backend._Probe(0, reason))
+    monkeypatch.setattr(backend, "_runtime", lambda: backend._Probe(0, reason))
     monkeypatch.delenv(backend.ENV_VAR, raising=False)
     return reason
 
@@ -114,6 +115,7 @@ def test_gpu_that_fails_its_test_kernel_is_not_used(monkeypatch: pytest.MonkeyPa
 
 def test_gpu_index_beyond_count(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(backend, "_probe", lambda: backend._Probe(2, None))
+    monkeypatch.setattr(backend, "_runtime", lambda: backend._Probe(2, None))
     with pytest.raises(gn.DeviceUnavailableError, match="reports 2 GPU"):
         gn.device("cuda:5")
 
@@ -123,7 +125,7 @@ def test_missing_cupy_reason_tells_how_to_install(monkeypatch: pytest.MonkeyPatc
         raise ImportError("No module named 'cupy'")
 
     monkeypatch.setattr(backend, "_import_cupy", no_cupy)
-    probe = backend._probe.__wrapped__()
+    probe = backend._runtime.__wrapped__()
     assert probe.count == 0
     assert 'pip install "gpunn[cuda12]"' in probe.reason
 
@@ -198,3 +200,13 @@ def test_matmul_precision_switch(monkeypatch: pytest.MonkeyPatch) -> None:
     assert gn.matmul_precision() == "highest" and os.environ["CUPY_TF32"] == "0"
     with pytest.raises(ValueError, match="precision must be 'highest' or 'tf32'"):
         gn.set_matmul_precision("fast")
+
+
+def test_a_named_gpu_is_probed_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """cuda:1 must not run a kernel (and create a context) on cuda:0."""
+    probed: list[int] = []
+    monkeypatch.setattr(backend, "_runtime", lambda: backend._Probe(2, None))
+    monkeypatch.setattr(backend, "_probe", lambda: pytest.fail("cuda:0 was probed"))
+    monkeypatch.setattr(backend, "_kernel_failure", probed.append)
+    assert gn.device("cuda:1") == gn.Device("cuda", 1)
+    assert probed == [1]
