@@ -1,6 +1,6 @@
 """Merge what ci/gpu-check wrote into one JSON document on stdout.
 
-usage: python3 ci/summarize_gpu_check.py OUTDIR INFO_RC TESTS_RC BENCH_RC
+usage: python3 ci/summarize_gpu_check.py OUTDIR INFO_RC TESTS_RC BENCH_RC NCCL_RC SKLEARN_RC
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ def test_counts(path: Path) -> dict[str, object]:
     except (OSError, ET.ParseError) as exc:
         return {"missing": f"{path.name}: {exc}"}
     suite = root if root.tag == "testsuite" else root.find("testsuite")
-    counts = {k: int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")}
+    counts: dict[str, object] = {k: int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")}
     counts["passed"] = counts["tests"] - counts["failures"] - counts["errors"] - counts["skipped"]
     counts["gpu_tests_run"] = sum(
         1 for case in suite.iter("testcase") if "cuda" in case.get("name", "") and case.find("skipped") is None
@@ -38,20 +38,30 @@ def test_counts(path: Path) -> dict[str, object]:
     return counts
 
 
+def log_result(path: Path) -> dict[str, object]:
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as exc:
+        return {"missing": f"{path.name}: {exc}"}
+    return {"result": lines[-1] if lines else "", "skipped": [line for line in lines if "SKIPPED" in line]}
+
+
 def main() -> None:
-    out, info_rc, tests_rc, bench_rc = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+    out = Path(sys.argv[1])
+    info_rc, tests_rc, bench_rc, nccl_rc, sklearn_rc = (int(a) for a in sys.argv[2:7])
     info = load(out / "info.json")
     gpus = info.get("gpus", []) if isinstance(info, dict) else []
     summary = {
         "date": datetime.date.today().isoformat(),
         "gpu": gpus[0]["name"] if gpus else None,
-        "info_exit_code": info_rc,
-        "tests_exit_code": tests_rc,
-        "bench_exit_code": bench_rc,
+        "exit_codes": {"info": info_rc, "tests": tests_rc, "bench": bench_rc, "nccl": nccl_rc, "sklearn": sklearn_rc},
         "info": info,
         "tests": test_counts(out / "tests.xml"),
         "bench": load(out / "bench.json"),
+        "bench_w1": load(out / "bench-w1.json"),
         "bench_tf32": load(out / "bench-tf32.json"),
+        "nccl": log_result(out / "nccl.txt"),
+        "sklearn_digits": load(out / "sklearn-digits.json"),
     }
     json.dump(summary, sys.stdout, indent=2)
     print()
