@@ -230,6 +230,31 @@ def matmul_step(dev: Device, n: int | None = None) -> Step:
     return lambda: xp.matmul(a, b, out=out)
 
 
+def products_step(case: Case) -> Step:
+    """The matrix products of one training step alone, with the step's shapes, into
+    preallocated outputs: forward x·W per layer, backward xᵀ·dz for every layer and dz·Wᵀ for
+    all but the first. The step's time over this is what everything else costs."""
+    sizes = MODELS[case.model]
+    dev, n = case.device, case.batch
+    xp = dev.xp
+    rng = np.random.default_rng(0)
+    with dev:
+        weights = [dev.send(rng.standard_normal((i, o), dtype=np.float32)) for i, o in itertools.pairwise(sizes)]
+        acts = [dev.send(rng.standard_normal((n, width), dtype=np.float32)) for width in sizes]
+        grads = [xp.empty_like(w) for w in weights]
+        outs = [xp.empty((n, width), dtype=np.float32) for width in sizes]
+
+    def step() -> None:
+        for i, w in enumerate(weights):
+            xp.matmul(acts[i], w, out=outs[i + 1])
+        for i in range(len(weights) - 1, -1, -1):
+            xp.matmul(acts[i].T, acts[i + 1], out=grads[i])
+            if i > 0:
+                xp.matmul(acts[i + 1], weights[i].T, out=outs[i])
+
+    return step
+
+
 def peak_step_bytes(case: Case, optimizer: str, steps: int = 3) -> int | None:
     """Peak bytes held while training with the gpunn step (model, state and batch included):
     NumPy's allocations as tracemalloc sees them on the CPU; on a GPU, the blocks CuPy's
@@ -347,7 +372,7 @@ def _measure_case(case: Case, optimizer: str, against: tuple[str, ...], repeat: 
     step, model = gpunn_step(case, optimizer)
     # The ceiling is timed in the same interleaved windows, so that drift on a shared
     # machine moves it and the steps alike and their ratio stays honest.
-    steps: dict[str, Step] = {"gpunn": step, "ceiling": matmul_step(case.device)}
+    steps: dict[str, Step] = {"gpunn": step, "ceiling": matmul_step(case.device), "products": products_step(case)}
     skipped = {}
     for name, build in (("numpy", numpy_step), ("torch", torch_step)):
         if name in against:
@@ -363,6 +388,7 @@ def _measure_case(case: Case, optimizer: str, against: tuple[str, ...], repeat: 
     flops = flops_per_step(sizes, case.batch)
     n = ceiling_size(case.device)
     ceiling = 2.0 * n**3 / (float(np.median(times.pop("ceiling"))) / 1e3) / 1e9
+    products_ms = float(np.median(times.pop("products")))
     row: dict[str, Any] = {
         "device": str(case.device),
         "model": case.model,
@@ -370,10 +396,14 @@ def _measure_case(case: Case, optimizer: str, against: tuple[str, ...], repeat: 
         "batch": case.batch,
         "flops_per_step": flops,
         "matmul_ceiling_gflop_per_s": ceiling,
+        # the step's matrix products alone, and the step's time over theirs (1.0: nothing else costs)
+        "products_ms_per_step": products_ms,
+        "products_share_of_ceiling": flops / (products_ms / 1e3) / 1e9 / ceiling,
         "launches_per_step": launches,
     }
     for name, ms in times.items():
         row[name] = summarize(ms, case.batch, flops, ceiling)
+    row["gpunn"]["over_products"] = row["gpunn"]["ms_per_step"] / products_ms
     for name in times:
         if name != "gpunn":
             row[f"gpunn_over_{name}"] = row["gpunn"]["samples_per_s"] / row[name]["samples_per_s"]
@@ -418,7 +448,11 @@ def format_row(row: dict[str, Any]) -> str:
             f"{r['samples_per_s']:>12,.0f}/s {r['gflop_per_s']:8.1f} GFLOP/s {100 * r['share_of_ceiling']:5.1f}%{ratio}"
         )
     memory = row["memory"]
-    extra = f"  memory ×{memory['ratio']:.2f} of minimum" if memory["ratio"] is not None else ""
+    extra = (
+        f"  step ×{row['gpunn']['over_products']:.2f} its matrix products"
+        f" ({100 * row['products_share_of_ceiling']:.0f}% of ceiling)"
+    )
+    extra += f"  memory ×{memory['ratio']:.2f} of minimum" if memory["ratio"] is not None else ""
     launches = f", {row['launches_per_step']:.0f} launches/step" if row["launches_per_step"] else ""
     return "\n".join(lines) + extra + launches
 

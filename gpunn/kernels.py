@@ -184,6 +184,9 @@ def run_on_cpu(reference: Callable[..., None], p: Any, buffers: tuple[Any, ...],
     rows = tmp if tmp.ndim == 2 else tmp.reshape(1, -1)
     piece = rows.shape[1]
     n = p.size
+    if n <= piece:  # one piece: no loop, no per-piece bookkeeping (small models, every step)
+        reference(p, *buffers, rows[0, :n], **hyper)
+        return
 
     def run(lo: int, hi: int, row: Any) -> None:
         for a in range(lo, hi, piece):

@@ -78,6 +78,8 @@ def test_bench_command_writes_sane_json_and_a_plot(tmp_path: Path) -> None:
     assert (row["device"], row["model"], row["batch"]) == ("cpu", "T1", 8)
     assert row["flops_per_step"] == bench.flops_per_step((784, 100, 10), 8)
     assert _positive_finite(row["matmul_ceiling_gflop_per_s"])
+    assert _positive_finite(row["products_ms_per_step"]) and _positive_finite(row["products_share_of_ceiling"])
+    assert _positive_finite(row["gpunn"]["over_products"])
     for framework in ("gpunn", "numpy"):
         figures = row[framework]
         for key in ("ms_per_step", "ms_p10", "ms_p90", "samples_per_s", "gflop_per_s", "share_of_ceiling"):

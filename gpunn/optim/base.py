@@ -93,13 +93,19 @@ class Optimizer:
         flat = self._current_flat()
         self.step_count += 1  # the update reads t (Adam's bias correction)
         try:
-            with flat.device:  # kernels launch on the current GPU: make it the parameters' one
-                if self.max_grad_norm is not None:
-                    clip_flat_grad(flat.grad, self.max_grad_norm)
-                self._update(flat, self._state, self._scratch)
+            if flat.device.kind == "cpu":
+                self._apply(flat)
+            else:
+                with flat.device:  # kernels launch on the current GPU: make it the parameters' one
+                    self._apply(flat)
         except BaseException:
             self.step_count -= 1
             raise
+
+    def _apply(self, flat: FlatParameters) -> None:
+        if self.max_grad_norm is not None:
+            clip_flat_grad(flat.grad, self.max_grad_norm)
+        self._update(flat, self._state, self._scratch)
 
     def _update(self, flat: FlatParameters, state: dict[str, Any], scratch: Any) -> None:
         raise NotImplementedError
