@@ -15,7 +15,6 @@ and, per model, the smallest batch at which the GPU beats the CPU.
 from __future__ import annotations
 
 import itertools
-import math
 import time
 import tracemalloc
 from collections.abc import Callable
@@ -484,5 +483,10 @@ def plot(result: dict[str, Any], path: str) -> None:
     figure.savefig(path, dpi=100)
 
 
-def finite_positive(value: Any) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+def torch_version() -> str | None:
+    """The installed torch's version (the baseline), or None."""
+    try:
+        import torch  # noqa: PLC0415
+    except ImportError:
+        return None
+    return str(torch.__version__)

@@ -196,6 +196,7 @@ def _bench(args: argparse.Namespace) -> int:
         report=None if quiet else lambda row: print(bench.format_row(row), flush=True),
     )
     result["environment"] = system_info()
+    result["environment"]["torch"] = bench.torch_version()
     if not quiet and result["crossover"]:
         print("GPU beats CPU from batch: " + ", ".join(f"{m}: {b}" for m, b in result["crossover"].items()))
     if args.json and _is_root():

@@ -5,12 +5,16 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
+import gpunn as gn
+
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 
 
 def test_readme_python_example_runs(capsys) -> None:
     blocks = re.findall(r"```python\n(.*?)```", README, re.DOTALL)
-    assert len(blocks) == 2, "README.md lost a Python example"
+    assert len(blocks) == 3, "README.md lost a Python example"
     namespace: dict = {}
     exec(compile(blocks[1], "README.md", "exec"), namespace)
     assert float(namespace["objective"]) < 0.9  # log(3) ≈ 1.10 at the start; it must have learned
@@ -32,3 +36,13 @@ def test_readme_starts_with_the_two_commands() -> None:
     commands = re.findall(r"```bash\n(.*?)\n```", README, re.DOTALL)[:2]
     assert commands[0] == 'pip install ".[cuda12]" && gpunn train'
     assert commands[1] == 'pip install -e ".[test]" && python -m pytest'
+
+
+def test_readme_sklearn_example_runs() -> None:
+    pytest.importorskip("sklearn")
+    block = re.findall(r"```python\n(.*?)```", README, re.DOTALL)[2]
+    x, y = gn.data.load_digits()
+    (x_train, y_train), (x_test, y_test) = gn.data.split(x / 16.0, y, fractions=(0.75, 0.25), seed=0)
+    namespace: dict = {"X_train": x_train, "y_train": y_train, "X_test": x_test, "y_test": y_test}
+    exec(compile(block, "README.md", "exec"), namespace)
+    assert namespace["clf"].score(x_test, y_test) >= 0.95
