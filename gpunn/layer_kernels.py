@@ -154,10 +154,8 @@ def bias_activation_reference(y: Any, b: Any, activation: str, alpha: float = 0.
 
 def bias_activation(y: Any, b: Any, activation: str, alpha: float = 0.0) -> Any:
     """y ← g(y + b) in place: one kernel on a GPU, the twin on the CPU; returns y."""
-    if not _is_gpu(y):
-        return bias_activation_reference(y, b, activation, alpha)
-    if not (y.flags.c_contiguous and b.flags.c_contiguous and y.ndim == 2 and b.shape == y.shape[1:]):
-        raise ValueError("bias_activation needs a C-contiguous (N, C) output and a (C,) bias")
+    if not _is_gpu(y) or not (y.flags.c_contiguous and b.flags.c_contiguous and y.ndim == 2):
+        return bias_activation_reference(y, b, activation, alpha)  # the twin handles any layout
     _kernel(y, "bias_activation_forward")(
         grid(y.size),
         (THREADS_PER_BLOCK,),
@@ -193,12 +191,11 @@ def activation_backward_reference(dy: Any, a: Any, activation: str, alpha: float
 
 def activation_backward(dy: Any, a: Any, activation: str, alpha: float = 0.0, out: Any = None) -> Any:
     """dz = dy · g'(z): one kernel on a GPU, the twin on the CPU. ``out`` may be dy."""
-    if not _is_gpu(dy):
-        return activation_backward_reference(dy, a, activation, alpha, out)
+    contiguous = dy.flags.c_contiguous and a.flags.c_contiguous and (out is None or out.flags.c_contiguous)
+    if not _is_gpu(dy) or not contiguous or dy.shape != a.shape:
+        return activation_backward_reference(dy, a, activation, alpha, out)  # the twin handles any layout
     if out is None:
         out = array_module(dy).empty_like(dy)
-    if not (dy.flags.c_contiguous and a.flags.c_contiguous and out.flags.c_contiguous and dy.shape == a.shape):
-        raise ValueError("activation_backward needs C-contiguous arrays of one shape")
     _kernel(dy, "activation_backward")(
         grid(dy.size),
         (THREADS_PER_BLOCK,),

@@ -243,3 +243,18 @@ def test_a_lone_activation_is_not_fused() -> None:
     assert not relu.fused and model[1].activation is None
     x = np.array([[-1.0, 2.0, -3.0]], dtype=np.float32)
     np.testing.assert_array_equal(relu.forward(x), [[0.0, 2.0, 0.0]])
+
+
+def test_strided_arrays_take_the_twin_instead_of_the_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A caller's non-contiguous gradient (e.g. a column slice) must not reach a kernel
+    that assumes row-major layout: the twin handles it."""
+    monkeypatch.setattr(lk, "_is_gpu", lambda x: True)
+    monkeypatch.setattr(lk, "_kernel", lambda *a: pytest.fail("a kernel was launched on a strided array"))
+    z, b, dy = data((6, 8), "float64")
+    a = formula(z, "tanh")[0]
+    strided_dy = dy[:, ::2]
+    got = lk.activation_backward(strided_dy, a[:, ::2], "tanh")
+    np.testing.assert_allclose(got, strided_dy * (1 - a[:, ::2] ** 2), rtol=1e-12)
+    y = z.T.copy().T  # Fortran order
+    lk.bias_activation(y, b, "relu")
+    np.testing.assert_allclose(y, np.maximum(z + b, 0), rtol=1e-12)
