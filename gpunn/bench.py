@@ -124,6 +124,9 @@ def torch_step(case: Case, optimizer: str, model: Any) -> Step | None:
     target = "cpu" if case.device.kind == "cpu" else f"cuda:{case.device.index}"
     # the same float32 precision on both sides: strict FP32 unless TF32 was asked for
     torch.backends.cuda.matmul.allow_tf32 = matmul_precision() == "tf32"
+    threads = blas_threads()
+    if threads:
+        torch.set_num_threads(threads)  # as many CPU threads as NumPy's BLAS uses
     sizes = MODELS[case.model]
     x, t = _data(case, sizes)
     layers: list[Any] = []
@@ -481,6 +484,14 @@ def plot(result: dict[str, Any], path: str) -> None:
     axes.set(ylabel="samples/s", yscale="log", title=f"training-step throughput ({result['optimizer']}, float32)")
     axes.legend()
     figure.savefig(path, dpi=100)
+
+
+def blas_threads() -> int | None:
+    """Threads of the BLAS NumPy uses (None when threadpoolctl cannot tell)."""
+    from .sysinfo import blas_info  # noqa: PLC0415
+
+    counts = [lib["threads"] for lib in blas_info() if lib.get("threads")]
+    return counts[0] if counts else None
 
 
 def torch_version() -> str | None:

@@ -197,6 +197,7 @@ def _bench(args: argparse.Namespace) -> int:
     )
     result["environment"] = system_info()
     result["environment"]["torch"] = bench.torch_version()
+    result["environment"]["blas_threads"] = bench.blas_threads()
     if not quiet and result["crossover"]:
         print("GPU beats CPU from batch: " + ", ".join(f"{m}: {b}" for m, b in result["crossover"].items()))
     if args.json and _is_root():
