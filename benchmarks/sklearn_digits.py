@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         "sklearn": lambda: SklearnMLP(hidden_layer_sizes=(100,), random_state=0),
         "gpunn": lambda: GpunnMLP(hidden_layer_sizes=(100,), random_state=0, device=args.device),
         # A reference, not the comparison: scikit-learn with its BLAS held to one thread, as
-        # gpunn holds it for layers this small (see gpunn.sklearn._blas_threads).
+        # gpunn holds it for layers this small (see gpunn._sklearn_network._blas_threads).
         "sklearn_blas_1_thread": lambda: _OneThread(SklearnMLP(hidden_layer_sizes=(100,), random_state=0)),
     }
     data = (x_train, y_train, x_test, y_test)
