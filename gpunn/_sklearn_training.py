@@ -178,7 +178,8 @@ class _TrainingLoops:
         alpha, n = self.alpha, X.shape[0]
         adam = isinstance(opt, optim.Adam)
         beta2, beta2_t = self.beta_2, self.beta_2**opt.step_count
-        small = dev.kind == "cpu" and flat.n_decay <= kernels.CHUNK
+        on_cpu = dev.kind == "cpu"
+        small = on_cpu and flat.n_decay <= kernels.CHUNK
         with dev:
             record = dev.xp.zeros((2, n_steps), dtype=net.dtype)
             for step in range(n_steps):
@@ -186,6 +187,11 @@ class _TrainingLoops:
                 stop = min(start + batch_size, n)
                 if order is None:
                     xb, tb = X[start:stop], T[start:stop]
+                elif on_cpu:
+                    # NumPy's take copies whole rows; X[idx] goes through the general fancy-index
+                    # machinery, 2–3× slower for a 200-row batch (same rows, same result)
+                    idx = order[start:stop]
+                    xb, tb = X.take(idx, axis=0), T.take(idx, axis=0)
                 else:
                     idx = order[start:stop]
                     xb, tb = X[idx], T[idx]
