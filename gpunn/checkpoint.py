@@ -45,14 +45,13 @@ from .backend import device as resolve_device
 from .layers import Layer
 from .optim.base import Optimizer
 from .parameter import Parameter
-from .sequential import layer_from_config
+from .sequential import INIT_ONLY_KEYS, architecture, layer_from_config
 
 FORMAT_VERSION = 1
 METADATA_KEY = "gpunn"
 MODEL_PREFIX = "model/"
 OPTIMIZER_PREFIX = "optimizer/"
 # Config keys that only decide how fresh weights are drawn; loaded weights override them.
-_INIT_ONLY_KEYS = frozenset({"init", "seed"})
 
 
 class CheckpointError(ValueError):
@@ -340,7 +339,7 @@ def load_weights(model: Layer, path: str | os.PathLike[str]) -> Checkpoint:
     source = _check_path(path)
     header, tensors = _read_file(source)
     saved = header["architecture"]
-    if _comparable(saved) != _comparable(model.config()):
+    if architecture(saved) != architecture(model.config()):  # init and seed: replaced by the weights
         raise CheckpointError(
             f"{source} holds a checkpoint of {describe(saved)}, but the model is {describe(model.config())}; "
             f"gn.load({str(source)!r}) rebuilds the saved model"
@@ -363,20 +362,11 @@ def describe(config: Any) -> str:
         if kind == "Linear":
             dtypes.append(str(c.get("dtype")))
             return f"Linear({c.get('n_in')} → {c.get('n_out')})"
-        args = ", ".join(f"{k}={v!r}" for k, v in c.items() if k != "type" and k not in _INIT_ONLY_KEYS)
+        args = ", ".join(f"{k}={v!r}" for k, v in c.items() if k != "type" and k not in INIT_ONLY_KEYS)
         return f"{kind}({args})" if args else kind
 
     text = one(config)
     return f"{text}, {', '.join(sorted(set(dtypes)))}" if dtypes else text
-
-
-def _comparable(config: Any) -> Any:
-    # init and seed only decide the fresh draw, which loaded weights replace.
-    if isinstance(config, dict):
-        return {k: _comparable(v) for k, v in config.items() if k not in _INIT_ONLY_KEYS}
-    if isinstance(config, list):
-        return [_comparable(v) for v in config]
-    return config
 
 
 def _optimizer_part(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -22,8 +22,7 @@ from . import data as datasets
 from .backend import device_of, to_numpy
 from .distributed import Communicator, DistributedMismatchError
 from .parameter import pack
-
-_INIT_ONLY_KEYS = frozenset({"init", "seed"})  # how fresh weights are drawn; rank 0's win anyway
+from .sequential import architecture
 
 
 def batch_slice(m: int, rank: int, size: int) -> tuple[int, int]:
@@ -161,15 +160,6 @@ def fingerprint(x: Any, samples: int = 256) -> str:
     digest = hashlib.sha256(f"{tuple(x.shape)} {x.dtype}".encode())
     digest.update(part.tobytes())
     return digest.hexdigest()[:16]
-
-
-def architecture(config: Any) -> Any:
-    """``model.config()`` without the keys that only decide fresh weights (init, seed)."""
-    if isinstance(config, dict):
-        return {k: architecture(v) for k, v in config.items() if k not in _INIT_ONLY_KEYS}
-    if isinstance(config, list):
-        return [architecture(v) for v in config]
-    return config
 
 
 def _plain(value: Any) -> Any:

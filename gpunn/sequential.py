@@ -244,6 +244,19 @@ def mlp(
     return Sequential(layers)
 
 
+INIT_ONLY_KEYS = frozenset({"init", "seed"})  # they decide how fresh weights are drawn, nothing else
+
+
+def architecture(config: Any) -> Any:
+    """``model.config()`` without the keys that only decide fresh weights (init, seed): what
+    two models must share for one's weights to fit the other."""
+    if isinstance(config, dict):
+        return {k: architecture(v) for k, v in config.items() if k not in INIT_ONLY_KEYS}
+    if isinstance(config, list):
+        return [architecture(v) for v in config]
+    return config
+
+
 LAYER_TYPES: dict[str, type[Layer]] = {
     cls.__name__: cls for cls in (Linear, Dropout, Identity, ReLU, LeakyReLU, Sigmoid, Tanh, Softmax, Sequential)
 }
