@@ -380,7 +380,7 @@ def _measure_case(case: Case, optimizer: str, against: tuple[str, ...], repeat: 
         if name in against:
             other = build(case, optimizer, model)
             if other is None:
-                skipped[name] = _why_skipped(name, case, optimizer)
+                skipped[name] = SKIP_REASONS[name]
             else:
                 steps[name] = other
     sync = synchronizer(case.device)
@@ -418,10 +418,10 @@ def _measure_case(case: Case, optimizer: str, against: tuple[str, ...], repeat: 
     return row
 
 
-def _why_skipped(name: str, case: Case, optimizer: str) -> str:
-    if name == "numpy":
-        return "the hand-written NumPy loop runs on the CPU with Adam only"
-    return "torch is not installed"
+SKIP_REASONS = {
+    "numpy": "the hand-written NumPy loop runs on the CPU with Adam only",
+    "torch": "torch is not installed",
+}
 
 
 def crossover(rows: list[dict[str, Any]]) -> dict[str, int | None]:

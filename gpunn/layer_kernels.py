@@ -21,7 +21,7 @@ import numpy as np
 
 from .backend import array_module
 from .functional import sigmoid
-from .kernels import THREADS_PER_BLOCK, grid, kernel
+from .kernels import THREADS_PER_BLOCK, _is_gpu, grid, kernel
 
 ACTIVATIONS = {"identity": 0, "relu": 1, "leaky_relu": 2, "sigmoid": 3, "tanh": 4}
 MAX_ROWS_PER_GRID = 65_535
@@ -116,10 +116,6 @@ __global__ void softmax_cross_entropy_rows(const T* __restrict__ z, const long l
 """
 
 KERNEL_NAMES = ("bias_activation_forward", "activation_backward", "softmax_cross_entropy_rows")
-
-
-def _is_gpu(x: Any) -> bool:
-    return array_module(x) is not np
 
 
 def _code(activation: str) -> int:

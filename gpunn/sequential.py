@@ -16,7 +16,6 @@ import numpy as np
 
 from .activations import ACTIVATIONS, ElementwiseActivation, Identity, LeakyReLU, ReLU, Sigmoid, Softmax, Tanh
 from .activations import activation as make_activation
-from .backend import CPU, Device, device
 from .init import make_rng
 from .layers import Dropout, Layer, Linear, check_input
 from .parameter import Parameter, pack
@@ -115,21 +114,9 @@ class Sequential(Layer):
                 second.fused = True
 
     @property
-    def device(self) -> Device:
-        params = self.parameters()
-        return params[0].device if params else CPU
-
-    @property
     def dtype(self) -> np.dtype:
         params = self.parameters()
         return params[0].data.dtype if params else np.dtype("float32")
-
-    def to(self, dev: str | Device) -> Sequential:
-        """Move every parameter to ``dev`` ("cpu", "cuda:0" or a Device); returns self."""
-        params = self.parameters()
-        if params:
-            pack(params, device(dev))
-        return self
 
     def train(self, mode: bool = True) -> Sequential:
         self.training = bool(mode)

@@ -22,10 +22,11 @@ import numpy as np
 
 from . import data as datasets
 from . import distributed as dist
-from .backend import Device, array_module, device, device_of, to_numpy
+from .backend import Device, array_module, device_of, to_numpy
+from .backend import device as select_device  # the constructor's `device` argument shadows the name
 from .history import History
 from .layers import Dropout, Linear
-from .losses import Loss, MSELoss, SigmoidBCELoss, SoftmaxWithLoss
+from .losses import Loss, SigmoidBCELoss, SoftmaxWithLoss
 from .optim import Optimizer
 from .parameter import pack
 from .regularizers import Regularizer
@@ -75,7 +76,7 @@ class Trainer:
             raise TypeError(f"regularizer must be gn.L2(...), gn.L1(...) or None, got {type(regularizer).__name__}")
         self.comm = dist.resolve(distributed)
         self._parallel = None if self.comm is None else dist.DataParallel(self.comm)
-        self.device = _device_spec(device) if self.comm is None else dist.rank_device(device, self.comm)
+        self.device = select_device(device) if self.comm is None else dist.rank_device(device, self.comm)
         self.model = model.to(self.device)
         self.loss = loss
         self.regularizer = regularizer
@@ -465,19 +466,13 @@ class Trainer:
                 layer._generators[self.device] = gen
 
 
-def _device_spec(spec: str | Device | None) -> Device:
-    return device(spec)
-
-
 def _accuracy_kind(loss: Loss, y: Any) -> str | None:
     """How to count correct predictions: argmax for softmax, threshold for sigmoid, none for MSE."""
     if isinstance(loss, SoftmaxWithLoss):
         return "labels" if y.ndim == 1 else "onehot"
     if isinstance(loss, SigmoidBCELoss):
         return "binary"
-    if isinstance(loss, MSELoss):
-        return None
-    return None
+    return None  # regression (MSELoss): no accuracy
 
 
 def _correct(logits: Any, yb: Any, kind: str) -> Any:
