@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from .backend import CPU, Device, DeviceMismatchError, array_module, device, device_of
+from .gemm import matmul
 from .init import INITS, init_weight, make_rng
 from .layer_kernels import bias_activation
 from .parameter import Parameter, pack
@@ -132,7 +133,7 @@ class Linear(Layer):
             if x.shape[1] != self.n_in:
                 raise ValueError(f"{self!r} expects x with {self.n_in} features, got x.shape == {tuple(x.shape)}")
         self._x = x
-        y = x @ W
+        y = matmul(x, W)  # plain x @ W, unless a CUDA graph is being captured
         if self.activation is None:
             y += self.b.data
         else:
@@ -149,10 +150,9 @@ class Linear(Layer):
             raise ValueError(
                 f"{self!r}.backward expects dy of shape {(x.shape[0], self.n_out)}, got {getattr(dy, 'shape', dy)}"
             )
-        xp = array_module(dy)
-        xp.matmul(x.T, dy, out=self.W.grad)
+        matmul(x.T, dy, out=self.W.grad)
         dy.sum(axis=0, out=self.b.grad)
-        return dy @ self.W.data.T if input_grad else None
+        return matmul(dy, self.W.data.T) if input_grad else None
 
     def formula(self, layer: int) -> str:
         return f"z^[{layer}] = a^[{layer - 1}]·W^[{layer}] + b^[{layer}]"

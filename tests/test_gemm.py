@@ -1,0 +1,88 @@
+"""The row-major → cuBLAS column-major translation of gpunn.gemm, checked on the CPU by
+running each planned call through a NumPy emulation of column-major GEMM on the operands'
+raw memory (the same pointers, leading dimensions and operations cuBLAS would get)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from numpy.lib.stride_tricks import as_strided
+
+from gpunn.gemm import OP_N, OP_T, GemmPlan, gemm_plan, matmul
+
+
+def _column_major(base: np.ndarray, rows: int, cols: int, ld: int) -> np.ndarray:
+    """The column-major (rows, cols) matrix with leading dimension ld starting at base[0, 0]."""
+    size = base.itemsize
+    return as_strided(base, shape=(rows, cols), strides=(size, ld * size), writeable=True)
+
+
+def emulate(plan: GemmPlan, a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
+    """C = op(A)·op(B) in column-major terms with A = b's memory and B = a's memory."""
+    def op(x: np.ndarray, operand, rows: int, cols: int) -> np.ndarray:
+        if operand.op == OP_N:
+            return _column_major(x, rows, cols, operand.ld)
+        assert operand.op == OP_T
+        return _column_major(x, cols, rows, operand.ld).T
+
+    first = op(b, plan.first, plan.m, plan.k)  # op(A): m x k
+    second = op(a, plan.second, plan.k, plan.n)  # op(B): k x n
+    c = _column_major(out, plan.m, plan.n, plan.ldc)
+    c[...] = first @ second
+
+
+def _layouts(rng: np.random.Generator, rows: int, cols: int) -> dict[str, np.ndarray]:
+    """The same matrix values in the layouts gpunn's layers hand to matmul."""
+    values = rng.standard_normal((rows, cols))
+    padded = np.zeros((rows, cols + 3))
+    padded[:, :cols] = values
+    padded_t = np.zeros((cols + 2, rows))
+    padded_t[:cols] = values.T
+    return {
+        "C": np.ascontiguousarray(values),
+        "F": np.asfortranarray(values),  # what x.T of a C-contiguous x is
+        "C-padded": padded[:, :cols],  # row stride larger than the row
+        "F-padded": padded_t[:cols].T,  # a transposed view of a padded block
+    }
+
+
+@pytest.mark.parametrize("shape", [(5, 7, 3), (1, 4, 6), (6, 1, 4), (4, 5, 1), (1, 1, 1), (33, 17, 9)])
+def test_every_layout_pair_gives_the_row_major_product(shape: tuple[int, int, int]) -> None:
+    rows, inner, cols = shape
+    rng = np.random.default_rng(sum(shape))
+    for a_name, a in _layouts(rng, rows, inner).items():
+        for b_name, b in _layouts(rng, inner, cols).items():
+            out = np.full((rows, cols), np.nan)
+            plan = gemm_plan(a, b, out)
+            assert plan is not None, (a_name, b_name)
+            emulate(plan, a, b, out)
+            np.testing.assert_allclose(out, a @ b, rtol=1e-12, atol=1e-12, err_msg=f"{a_name} @ {b_name}")
+
+
+def test_transposed_views_are_read_with_op_t_and_no_copy() -> None:
+    x = np.ones((8, 3))
+    dy = np.ones((8, 4))
+    plan = gemm_plan(x.T, dy, np.empty((3, 4)))  # the weight gradient xᵀ·dy
+    assert plan.second.op == OP_T and plan.second.ld == 3
+    assert plan.first.op == OP_N and plan.first.ld == 4
+    assert (plan.m, plan.n, plan.k, plan.ldc) == (4, 3, 8, 4)
+
+
+def test_unsupported_layouts_are_refused_so_the_caller_copies() -> None:
+    a = np.ones((6, 6))[::2, ::2]  # neither row- nor column-major
+    assert gemm_plan(a, np.ones((3, 2)), np.empty((3, 2))) is None
+    assert gemm_plan(np.ones((3, 3)), np.ones((3, 2)), np.empty((2, 3)).T) is None  # out not row-major
+
+
+def test_mismatched_shapes_name_them() -> None:
+    with pytest.raises(ValueError, match=r"\(2, 3\) @ \(4, 5\)"):
+        gemm_plan(np.ones((2, 3)), np.ones((4, 5)), np.empty((2, 5)))
+
+
+def test_matmul_on_the_cpu_is_numpy_matmul_into_out() -> None:
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((4, 3)).astype(np.float32), rng.standard_normal((3, 5)).astype(np.float32)
+    out = np.empty((4, 5), dtype=np.float32)
+    assert matmul(a, b, out=out) is out
+    np.testing.assert_array_equal(out, a @ b)
+    np.testing.assert_array_equal(matmul(a.T.T, b), a @ b)
