@@ -256,21 +256,44 @@ def test_fused_kernel_matches_its_twin(gpu, monkeypatch, rule, n, dtype):
 
 # Each kernel's parameter list, written from the arguments kernels.py passes at launch:
 # device pointers of the buffer's type T, then np.int64 (long long), np.float64 (double),
-# np.int32 (int). Explicit instantiations with these types fail to compile if the source
+# np.int32 (int); the optional device scalars (sq_norm, live) are float64 arrays or kernels.NULL
+# (np.uint64(0)). Explicit instantiations with these types fail to compile if the source
 # disagrees.
+FUSED = ("const double", "const double", "const double", "const double*", "const double*")  # l2 l1 max_norm sq live
 SIGNATURES = {
-    "sgd_update": ("T*", "const T*", "const long long", "const double"),
+    "sgd_update": ("T*", "const T*", "const long long", "const long long", "const double", *FUSED),
     "momentum_update": (
         "T*",
         "const T*",
         "T*",
         "const long long",
+        "const long long",
         "const double",
         "const double",
         "const int",
+        *FUSED,
     ),
-    "adagrad_update": ("T*", "const T*", "T*", "const long long", "const double", "const double"),
-    "rmsprop_update": ("T*", "const T*", "T*", "const long long", "const double", "const double", "const double"),
+    "adagrad_update": (
+        "T*",
+        "const T*",
+        "T*",
+        "const long long",
+        "const long long",
+        "const double",
+        "const double",
+        *FUSED,
+    ),
+    "rmsprop_update": (
+        "T*",
+        "const T*",
+        "T*",
+        "const long long",
+        "const long long",
+        "const double",
+        "const double",
+        "const double",
+        *FUSED,
+    ),
     "adam_update": (
         "T*",
         "const T*",
@@ -278,53 +301,104 @@ SIGNATURES = {
         "T*",
         "const long long",
         "const long long",
-        "const double",
-        "const double",
-        "const double",
-        "const double",
-        "const double",
-        "const double",
+        "const double",  # step_size
+        "const double",  # beta1
+        "const double",  # beta2
+        "const double",  # eps
+        "const double",  # inv_sqrt_bc2
+        "const double",  # decay_factor
+        "const double",  # weight_decay
+        *FUSED,
     ),
+    "axpy_update": ("T*", "const T*", "const long long", "const double"),
+    "sum_of_squares": ("const T*", "const long long", "double*"),
 }
-SIGNATURES["axpy_update"] = ("T*", "const T*", "const long long", "const double")
+# extern "C" kernels (not templates): a redeclaration with other parameter types fails to compile
+PLAIN_SIGNATURES = {"zero_sum": ("double*",), "advance_step": ("double*",)}
 SCALAR_TYPES = {"const long long": np.int64, "const double": np.float64, "const int": np.int32}
 
 
 def test_signature_table_covers_every_kernel():
     assert set(SIGNATURES) == set(kernels.KERNEL_NAMES)
+    assert set(PLAIN_SIGNATURES) == set(kernels.PLAIN_KERNEL_NAMES)
     for name in kernels.KERNEL_NAMES:
-        assert re.search(rf"__global__\s+void\s+{name}\s*\(", kernels.CUDA_SOURCE), name
+        assert re.search(rf"template <typename T>\s+__global__\s+void\s+{name}\s*\(", kernels.CUDA_SOURCE), name
+    for name in kernels.PLAIN_KERNEL_NAMES:
+        assert re.search(rf'extern "C" __global__\s+void\s+{name}\s*\(', kernels.CUDA_SOURCE), name
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("rule", RULES)
-def test_launch_arguments_match_kernel_signatures(monkeypatch, rule, dtype):
-    """What the Python side passes to each kernel has exactly the C parameter types (a CuPy
-    RawKernel passes NumPy scalars by their own type, so a mismatch would read garbage)."""
-    launches = []
+def record_launches(monkeypatch) -> list[tuple[str, object, tuple, tuple, tuple]]:
+    """Make every launch of gpunn.kernels (on NumPy arrays taken for device arrays) a record
+    (name, dtype, blocks, threads, args) instead."""
+    launches: list = []
     monkeypatch.setattr(kernels, "_is_gpu", lambda x: True)
-    monkeypatch.setattr(kernels, "_launch", lambda name, *args: launches.append((name, args)))
-    n = 7
-    b = buffers(n, dtype, rule)
-    call(rule, "update", b, None)
-    assert len(launches) == 1
-    name, args = launches[0]
-    assert name == f"{KERNEL_OF[rule]}_update"
+    monkeypatch.setattr(
+        kernels,
+        "_run",
+        lambda xp, name, dtype, blocks, threads, args: launches.append((name, dtype, blocks, threads, args)),
+    )
+    return launches
+
+
+def check_argument_types(name: str, args: tuple, dtype: str) -> None:
     signature = SIGNATURES[name]
-    assert len(args) == len(signature)
+    assert len(args) == len(signature), (name, len(args), len(signature))
     for i, (arg, ctype) in enumerate(zip(args, signature, strict=True)):
         if ctype.endswith("T*"):
             assert isinstance(arg, np.ndarray), (name, i)
             assert arg.dtype == np.dtype(dtype)
             assert arg.ndim == 1
+        elif ctype.endswith("double*"):  # an optional device scalar: a float64 array or NULL
+            if isinstance(arg, np.ndarray):
+                assert arg.dtype == np.float64, (name, i)
+            else:
+                assert type(arg) is np.uint64, (name, i, type(arg))
+                assert arg == 0
         else:
             assert type(arg) is SCALAR_TYPES[ctype], (name, i, type(arg), ctype)
-    n_arg = args[signature.index("const long long")]
-    assert n_arg == n
-    if rule == "nesterov":
-        assert args[-1] == 1
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["plain", "fused"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rule", RULES)
+def test_launch_arguments_match_kernel_signatures(monkeypatch, rule, dtype, fused):
+    """What the Python side passes to each kernel has exactly the C parameter types (a CuPy
+    RawKernel passes NumPy scalars by their own type, so a mismatch would read garbage), with
+    and without the penalty / clipping / live-scalar arguments."""
+    launches = record_launches(monkeypatch)
+    n = 7
+    b = buffers(n, dtype, rule)
+    sq_norm, live = np.array([4.0]), np.array([0.01, 3.0])
+    options = {"l2": 0.25, "l1": 0.125, "max_norm": 1.5, "sq_norm": sq_norm, "live": live} if fused else {}
+    fn = getattr(kernels, f"{KERNEL_OF[rule]}_update")
+    hyper = {**HYPER[rule], **extra(rule, n)}
+    if rule not in ("adam", "adamw"):
+        hyper["n_decay"] = 5
     if rule == "adamw":
-        assert args[5] == extra(rule, n)["n_decay"]
+        hyper["weight_decay"] = 0.7
+    fn(b["p"], b["g"], *[b[name] for name, _ in STATE[rule]], None, **hyper, **options)
+    assert len(launches) == 1  # one launch per update, whatever is fused into it
+    name, dtype_arg, blocks, threads, args = launches[0]
+    assert name == f"{KERNEL_OF[rule]}_update"
+    assert np.dtype(dtype_arg) == np.dtype(dtype)
+    assert blocks == kernels.grid(n) and threads == (kernels.THREADS_PER_BLOCK,)
+    check_argument_types(name, args, dtype)
+    signature = SIGNATURES[name]
+    first_int = signature.index("const long long")
+    assert args[first_int] == n
+    assert args[first_int + 1] == hyper["n_decay"]
+    if rule == "nesterov":
+        assert args[signature.index("const int")] == 1
+    if rule == "adamw":
+        assert args[-6] == 0.7  # weight_decay, for the kernel's own decay factor in live mode
+    l2, l1, max_norm, sq_arg, live_arg = args[-5:]
+    if fused:
+        assert (l2, l1, max_norm) == (0.25, 0.125, 1.5)
+        assert sq_arg is sq_norm
+        assert live_arg is live
+    else:
+        assert (l2, l1) == (0.0, 0.0)
+        assert sq_arg is kernels.NULL and live_arg is kernels.NULL
     # the buffers passed are the caller's own (updated in place), in order p, g, state...
     assert args[0] is b["p"]
     assert args[1] is b["g"]
@@ -332,16 +406,60 @@ def test_launch_arguments_match_kernel_signatures(monkeypatch, rule, dtype):
         assert args[2 + k] is b[state_name]
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_sum_of_squares_and_advance_step_launches(monkeypatch, dtype):
+    """Clipping's reduction is two launches (zero the output, then add every block's sum);
+    the step counter one single-thread launch; their arguments match the signatures."""
+    launches = record_launches(monkeypatch)
+    n = 3 * kernels.REDUCE_BLOCKS * kernels.THREADS_PER_BLOCK  # more blocks than the reduction uses
+    x, out, live = np.ones(n, dtype=dtype), np.zeros(1), np.zeros(2)
+    kernels.sum_of_squares(x, out)
+    kernels.advance_step(live)
+    assert [launch[0] for launch in launches] == ["zero_sum", "sum_of_squares", "advance_step"]
+    (_, zero_dtype, zero_blocks, zero_threads, zero_args) = launches[0]
+    assert zero_dtype is None and zero_blocks == (1,) and zero_threads == (1,)
+    assert len(zero_args) == 1 and zero_args[0] is out
+    _, sum_dtype, blocks, threads, args = launches[1]
+    assert np.dtype(sum_dtype) == np.dtype(dtype)
+    assert blocks == (kernels.REDUCE_BLOCKS,) and threads == (kernels.THREADS_PER_BLOCK,)
+    assert kernels.THREADS_PER_BLOCK % 32 == 0  # the block reduction works in whole warps
+    check_argument_types("sum_of_squares", args, dtype)
+    assert args[0] is x and args[1] == n and args[2] is out
+    _, step_dtype, step_blocks, step_threads, step_args = launches[2]
+    assert step_dtype is None and step_blocks == (1,) and step_threads == (1,)
+    assert len(step_args) == 1 and step_args[0] is live
+
+
+def test_device_scalars_are_checked_before_launch(monkeypatch):
+    """A wrongly typed sq_norm / live / out would be read as garbage by the kernel: refused."""
+    launches = record_launches(monkeypatch)
+    p, g = np.zeros(4), np.zeros(4)
+    with pytest.raises(ValueError, match="sq_norm"):
+        kernels.sgd_update(p, g, None, lr=0.1, max_norm=1.0, sq_norm=np.zeros(1, dtype=np.float32))
+    with pytest.raises(ValueError, match="live"):
+        kernels.sgd_update(p, g, None, lr=0.1, live=np.zeros(1))  # [lr, t] needs two elements
+    with pytest.raises(ValueError, match="max_norm"):
+        kernels.sgd_update(p, g, None, lr=0.1, sq_norm=np.zeros(1))
+    with pytest.raises(ValueError, match="out"):
+        kernels.sum_of_squares(g, np.zeros(1, dtype=np.float32))
+    assert launches == []
+
+
 def test_fused_path_refuses_non_contiguous_buffers(monkeypatch):
     monkeypatch.setattr(kernels, "_is_gpu", lambda x: True)
-    monkeypatch.setattr(kernels, "_launch", lambda *a: pytest.fail("launched on a strided buffer"))
+    monkeypatch.setattr(kernels, "_run", lambda *a: pytest.fail("launched on a strided buffer"))
     p = np.zeros(10)
     with pytest.raises(ValueError, match="contiguous"):
         kernels.sgd_update(p[::2], np.zeros(5), None, lr=0.1)
+    with pytest.raises(ValueError, match="contiguous"):
+        kernels.sum_of_squares(p[::2], np.zeros(1))
 
 
 def instantiations() -> str:
-    return cuda_source.instantiations({name: SIGNATURES[name] for name in kernels.KERNEL_NAMES})
+    plain = "".join(
+        f'extern "C" __global__ void {name}({", ".join(params)});\n' for name, params in PLAIN_SIGNATURES.items()
+    )
+    return cuda_source.instantiations({name: SIGNATURES[name] for name in kernels.KERNEL_NAMES}) + plain
 
 
 @needs_nvcc
@@ -352,19 +470,31 @@ def test_cuda_source_compiles_for_sm90(tmp_path):
     for name in kernels.KERNEL_NAMES:
         for code in "fd":
             assert cuda_source.mangled(name, code) in cubin, (name, code)
+    for name in kernels.PLAIN_KERNEL_NAMES:  # extern "C": the plain name, which get_function looks up
+        assert name.encode() + b"\0" in cubin, name
 
 
 @needs_nvcc
 def test_nvcc_check_catches_broken_source(tmp_path):
     """The compile check above is not vacuous: a syntax error and a type mismatch both fail."""
-    statement = "p[i] -= lr_ * g[i];"
+    statement = "p[i] = pi - lr_ * grad(i, g[i], pi);"
     assert statement in kernels.CUDA_SOURCE
-    broken = kernels.CUDA_SOURCE.replace(statement, "p[i] -= lr_ * g[i]") + "\n" + instantiations()
+    broken = kernels.CUDA_SOURCE.replace(statement, statement[:-1]) + "\n" + instantiations()
     result, _ = nvcc_compile(broken, tmp_path)
     assert result.returncode != 0
     assert "error" in result.stderr + result.stdout
     wrong_type = kernels.CUDA_SOURCE + "\ntemplate __global__ void sgd_update<float>(float*, const float*, int, int);\n"
     result, _ = nvcc_compile(wrong_type, tmp_path)
+    assert result.returncode != 0
+    # a live pointer declared as float* instead of const double*: the fused tail is checked too
+    tail = ", ".join(["float*", "const float*", "long long", "long long", "double", "double", "double", "double"])
+    wrong_pointer = (
+        kernels.CUDA_SOURCE + f"\ntemplate __global__ void sgd_update<float>({tail}, const double*, float*);\n"
+    )
+    result, _ = nvcc_compile(wrong_pointer, tmp_path)
+    assert result.returncode != 0
+    wrong_plain = kernels.CUDA_SOURCE + '\nextern "C" __global__ void advance_step(float*);\n'
+    result, _ = nvcc_compile(wrong_plain, tmp_path)
     assert result.returncode != 0
 
 
