@@ -362,30 +362,55 @@ def scratch(size: int, dtype: Any, lanes: int = 1) -> np.ndarray:
     """The scratch rows a CPU update of ``size`` elements needs: one row per worker thread of
     ``lanes`` pieces of at most CHUNK elements (so the scratch never grows with the model).
     An update that adds penalties or clips needs two lanes (the effective gradient and the
-    rule's scratch); with one it runs in pieces half as long."""
+    rule's scratch); given one it runs in pieces half as long, given two for a plain update
+    in pieces twice as long."""
     workers = cpu_workers() if size >= PARALLEL_MIN else 1
     return np.empty((workers, lanes * min(size, CHUNK)), dtype=dtype)
 
 
-def run_on_cpu(
-    reference: Callable[..., None], p: Any, buffers: tuple[Any, ...], tmp: Any, *, lanes: int = 1, **hyper: Any
-) -> None:
+def run_on_cpu(reference: Callable[..., None], p: Any, buffers: tuple[Any, ...], tmp: Any, **hyper: Any) -> None:
     """Run ``reference(p, *buffers, tmp, **hyper)`` piece by piece, so that every pass of the
     update works on data in cache instead of streaming whole buffers from memory 10+ times;
     big updates are split between threads (NumPy releases the GIL inside its loops).
 
-    ``tmp`` is one scratch row, or one row per thread ((workers, width) as :func:`scratch`
-    makes); a piece is at most CHUNK elements, and ``reference`` gets ``lanes`` × the piece's
-    length of its row. ``n_decay`` (the weights prefix) is translated to each piece.
+    ``tmp`` is one scratch row, or one row per thread ((workers, piece) as :func:`scratch`
+    makes). ``n_decay`` (the weights prefix) is translated to each piece.
     """
     rows = tmp if tmp.ndim == 2 else tmp.reshape(1, -1)
-    piece = min(rows.shape[1] // lanes, CHUNK)
+    n = p.size
+    if n <= rows.shape[1]:  # one piece: no loop, no per-piece bookkeeping (small models, every step)
+        reference(p, *buffers, rows[0, :n], **hyper)
+        return
+    _run_in_pieces(reference, p, buffers, rows, rows.shape[1], 1, hyper)
+
+
+def run_on_cpu_in_lanes(
+    reference: Callable[..., None], p: Any, buffers: tuple[Any, ...], tmp: Any, lanes: int, **hyper: Any
+) -> None:
+    """:func:`run_on_cpu` for a ``reference`` that needs ``lanes`` scratch vectors as long as
+    its piece (the effective gradient and the rule's scratch): a piece is width / lanes
+    elements, and ``reference`` gets lanes × the piece's length of its row."""
+    rows = tmp if tmp.ndim == 2 else tmp.reshape(1, -1)
+    piece = rows.shape[1] // lanes
     if piece < 1:
         raise ValueError(f"the scratch rows hold {rows.shape[1]} elements; this update needs at least {lanes}")
     n = p.size
-    if n <= piece:  # one piece: no loop, no per-piece bookkeeping (small models, every step)
+    if n <= piece:
         reference(p, *buffers, rows[0, : lanes * n], **hyper)
         return
+    _run_in_pieces(reference, p, buffers, rows, piece, lanes, hyper)
+
+
+def _run_in_pieces(
+    reference: Callable[..., None],
+    p: Any,
+    buffers: tuple[Any, ...],
+    rows: Any,
+    piece: int,
+    lanes: int,
+    hyper: dict[str, Any],
+) -> None:
+    n = p.size
 
     def run(lo: int, hi: int, row: Any) -> None:
         for a in range(lo, hi, piece):
@@ -493,13 +518,13 @@ def sgd_update(
         fused = _fused_args(l2, l1, max_norm, sq_norm, live)
         _launch("sgd_update", p, g, np.int64(p.size), np.int64(n_decay), np.float64(lr), *fused)
         return
-    extras = _penalties(n_decay, l2, l1, max_norm, sq_norm)
     if live is not None:
         lr = float(live[0])
+    extras = None if sq_norm is None and l2 == 0.0 and l1 == 0.0 else _penalties(n_decay, l2, l1, max_norm, sq_norm)
     if extras is None:
         run_on_cpu(_sgd, p, (g,), tmp, lr=lr)
     else:
-        run_on_cpu(sgd_reference, p, (g,), tmp, lanes=2, lr=lr, **extras)
+        run_on_cpu_in_lanes(sgd_reference, p, (g,), tmp, 2, lr=lr, **extras)
 
 
 # ----------------------------------------------------------------------------- Momentum / Nesterov
@@ -570,13 +595,15 @@ def momentum_update(
             *_fused_args(l2, l1, max_norm, sq_norm, live),
         )
         return
-    extras = _penalties(n_decay, l2, l1, max_norm, sq_norm)
     if live is not None:
         lr = float(live[0])
+    extras = None if sq_norm is None and l2 == 0.0 and l1 == 0.0 else _penalties(n_decay, l2, l1, max_norm, sq_norm)
     if extras is None:
         run_on_cpu(_momentum, p, (g, v), tmp, lr=lr, momentum=momentum, nesterov=nesterov)
     else:
-        run_on_cpu(momentum_reference, p, (g, v), tmp, lanes=2, lr=lr, momentum=momentum, nesterov=nesterov, **extras)
+        run_on_cpu_in_lanes(
+            momentum_reference, p, (g, v), tmp, 2, lr=lr, momentum=momentum, nesterov=nesterov, **extras
+        )
 
 
 # ----------------------------------------------------------------------------- AdaGrad
@@ -632,13 +659,13 @@ def adagrad_update(
         fused = _fused_args(l2, l1, max_norm, sq_norm, live)
         _launch("adagrad_update", p, g, h, np.int64(p.size), np.int64(n_decay), np.float64(lr), np.float64(eps), *fused)
         return
-    extras = _penalties(n_decay, l2, l1, max_norm, sq_norm)
     if live is not None:
         lr = float(live[0])
+    extras = None if sq_norm is None and l2 == 0.0 and l1 == 0.0 else _penalties(n_decay, l2, l1, max_norm, sq_norm)
     if extras is None:
         run_on_cpu(_adagrad, p, (g, h), tmp, lr=lr, eps=eps)
     else:
-        run_on_cpu(adagrad_reference, p, (g, h), tmp, lanes=2, lr=lr, eps=eps, **extras)
+        run_on_cpu_in_lanes(adagrad_reference, p, (g, h), tmp, 2, lr=lr, eps=eps, **extras)
 
 
 # ----------------------------------------------------------------------------- RMSprop
@@ -708,13 +735,13 @@ def rmsprop_update(
             *_fused_args(l2, l1, max_norm, sq_norm, live),
         )
         return
-    extras = _penalties(n_decay, l2, l1, max_norm, sq_norm)
     if live is not None:
         lr = float(live[0])
+    extras = None if sq_norm is None and l2 == 0.0 and l1 == 0.0 else _penalties(n_decay, l2, l1, max_norm, sq_norm)
     if extras is None:
         run_on_cpu(_rmsprop, p, (g, s), tmp, lr=lr, alpha=alpha, eps=eps)
     else:
-        run_on_cpu(rmsprop_reference, p, (g, s), tmp, lanes=2, lr=lr, alpha=alpha, eps=eps, **extras)
+        run_on_cpu_in_lanes(rmsprop_reference, p, (g, s), tmp, 2, lr=lr, alpha=alpha, eps=eps, **extras)
 
 
 # ----------------------------------------------------------------------------- y += a·x
@@ -869,7 +896,6 @@ def adam_update(
             *_fused_args(l2, l1, max_norm, sq_norm, live),
         )
         return
-    extras = _penalties(n_decay, l2, l1, max_norm, sq_norm)
     if live is not None:
         constants = adam_constants(float(live[0]), beta1, beta2, int(live[1]), weight_decay)
         step_size, inv_sqrt_bc2, decay_factor = (
@@ -877,16 +903,33 @@ def adam_update(
             constants["inv_sqrt_bc2"],
             constants["decay_factor"],
         )
-    hyper = {
-        "n_decay": n_decay,
-        "step_size": step_size,
-        "beta1": beta1,
-        "beta2": beta2,
-        "eps": eps,
-        "inv_sqrt_bc2": inv_sqrt_bc2,
-        "decay_factor": decay_factor,
-    }
+    extras = None if sq_norm is None and l2 == 0.0 and l1 == 0.0 else _penalties(n_decay, l2, l1, max_norm, sq_norm)
     if extras is None:
-        run_on_cpu(_adam, p, (g, m, v), tmp, **hyper)
+        run_on_cpu(
+            _adam,
+            p,
+            (g, m, v),
+            tmp,
+            n_decay=n_decay,
+            step_size=step_size,
+            beta1=beta1,
+            beta2=beta2,
+            eps=eps,
+            inv_sqrt_bc2=inv_sqrt_bc2,
+            decay_factor=decay_factor,
+        )
     else:
-        run_on_cpu(adam_reference, p, (g, m, v), tmp, lanes=2, **{**hyper, **extras})
+        run_on_cpu_in_lanes(
+            adam_reference,
+            p,
+            (g, m, v),
+            tmp,
+            2,
+            step_size=step_size,
+            beta1=beta1,
+            beta2=beta2,
+            eps=eps,
+            inv_sqrt_bc2=inv_sqrt_bc2,
+            decay_factor=decay_factor,
+            **extras,  # n_decay, scale, l2, l1
+        )
