@@ -58,6 +58,38 @@ def tests_named(path: Path, word: str) -> dict[str, str]:
     return outcomes
 
 
+def _row(bench: object, model: str, batch: int | None = None) -> dict | None:
+    """The GPU row of ``model`` (at ``batch``) in a gpunn bench result, or None."""
+    rows = bench.get("results", []) if isinstance(bench, dict) else []
+    for row in rows:
+        if row["device"] != "cpu" and row["model"] == model and (batch is None or row["batch"] == batch):
+            return row
+    return None
+
+
+def targets(summary: dict) -> dict[str, object]:
+    """The GPU targets of the fast-path issue, each as {"value", "target", "met"}."""
+    checks: dict[str, object] = {}
+
+    def check(name: str, row: dict | None, key: str, target: float, at_most: bool = False) -> None:
+        value = None if row is None else row.get(key)
+        if isinstance(value, dict):  # a framework's figures: its samples/s
+            value = value.get("samples_per_s")
+        met = None if value is None else (value <= target if at_most else value >= target)
+        checks[name] = {"value": value, "target": f"{'<=' if at_most else '>='} {target}", "met": met}
+
+    t1 = _row(summary["bench"], "T1", 128)
+    w1 = _row(summary["bench_w1"], "W1")
+    w1_tf32 = _row(summary["bench_tf32"], "W1")
+    check("T1@128 gpunn / torch eager", t1, "gpunn_over_torch", 1.5)
+    check("T1@128 graph replay / torch eager", t1, "graph_over_torch", 3.0)
+    check("T1@128 launches per step (3 per Linear + 4)", t1, "launches_per_step", 10, at_most=True)
+    check("W1 step / its matrix products", None if w1 is None else w1["gpunn"], "over_products", 1.10, at_most=True)
+    check("W1 gpunn / torch eager (FP32)", w1, "gpunn_over_torch", 1.0)
+    check("W1 gpunn / torch eager (TF32 both)", w1_tf32, "gpunn_over_torch", 1.0)
+    return checks
+
+
 def main() -> None:
     out = Path(sys.argv[1])
     info_rc, tests_rc, bench_rc, sklearn_rc = (int(a) for a in sys.argv[2:6])
@@ -73,8 +105,10 @@ def main() -> None:
         "bench_w1": load(out / "bench-w1.json"),
         "bench_tf32": load(out / "bench-tf32.json"),
         "nccl": tests_named(out / "tests.xml", "nccl"),
+        "graph_replay": tests_named(out / "tests.xml", "repla"),
         "sklearn_digits": load(out / "sklearn-digits.json"),
     }
+    summary["targets"] = targets(summary)
     json.dump(summary, sys.stdout, indent=2)
     print()
 
