@@ -17,7 +17,7 @@ from sklearn.base import ClassifierMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import train_test_split
 
-from . import kernels, optim
+from . import optim
 from ._sklearn_network import _Network, _set_lr
 from .backend import to_numpy
 from .regularizers import L2
@@ -57,10 +57,6 @@ class _TrainingLoops:
         sizes = np.full(n_steps, float(batch_size))
         sizes[-1] = n - batch_size * (n_steps - 1)
         flat, dev = net.flat, net.device
-        scratch = None
-        if dev.kind == "cpu" and flat.n_decay:
-            small = flat.n_decay <= kernels.CHUNK
-            scratch = np.empty(flat.n_decay, flat.dtype) if small else kernels.scratch(flat.n_decay, flat.dtype)
         sample_idx = np.arange(n)
         try:
             self.n_iter_ = 0
@@ -73,7 +69,7 @@ class _TrainingLoops:
                     sample_idx = sample_idx[permutation]
                     with dev:
                         order = dev.send(sample_idx)
-                record = self._epoch(net, X, T, order, batch_size, scratch)
+                record = self._epoch(net, X, T, order, batch_size)
                 self._end_epoch(float(record[0] @ sizes) / n, float(record[1].sum()) / n, n)
                 self._update_no_improvement_count(net, validation)
                 if self.solver == "sgd" and self.learning_rate == "invscaling":
@@ -164,22 +160,22 @@ class _TrainingLoops:
         self._no_improvement_count = 0
         return False
 
-    def _epoch(self, net: _Network, X: Any, T: Any, order: Any, batch_size: int, scratch: Any) -> np.ndarray:
+    def _epoch(self, net: _Network, X: Any, T: Any, order: Any, batch_size: int) -> np.ndarray:
         """One pass over (X, T) in mini-batches; returns, read once, (2, n_steps): each step's
         mean cost and the ΣW² its penalty used (the weights before the step's update).
 
-        Per step: z = model(x_b); cost, ∂cost/∂z; backward writes every grad; then the L2
-        gradient (alpha / n_b)·W is added to the flat weight gradient in one pass, and the
-        optimizer updates the flat buffer in one operation."""
+        Per step: z = model(x_b); cost, ∂cost/∂z; backward writes every grad; then the
+        optimizer updates the flat buffer in one operation that also adds the L2 gradient
+        (alpha / n_b)·W to the weights' gradient (the same rounding as adding it first)."""
         model, loss, dev, opt = net.model, net.loss, net.device, net.optimizer
         flat = net.flat
         n_steps = -(-X.shape[0] // batch_size)
-        weights, weight_grads = flat.data[: flat.n_decay], flat.grad[: flat.n_decay]
+        weights = flat.data[: flat.n_decay]
         alpha, n = self.alpha, X.shape[0]
+        penalty = L2(alpha) if alpha else None  # its coefficient is set per batch: alpha / n_b
         adam = isinstance(opt, optim.Adam)
         beta2, beta2_t = self.beta_2, self.beta_2**opt.step_count
         on_cpu = dev.kind == "cpu"
-        small = on_cpu and flat.n_decay <= kernels.CHUNK
         with dev:
             record = dev.xp.zeros((2, n_steps), dtype=net.dtype)
             for step in range(n_steps):
@@ -197,18 +193,14 @@ class _TrainingLoops:
                     xb, tb = X[idx], T[idx]
                 record[0, step] = loss.forward(model.forward(xb), tb)
                 model.backward(loss.backward(), input_grad=False)
-                if alpha:
+                if penalty is not None:
                     record[1, step] = weights @ weights
-                    if small:  # two NumPy calls cost less than the piecewise runner's overhead
-                        np.multiply(weights, alpha / (stop - start), out=scratch)
-                        weight_grads += scratch
-                    else:
-                        kernels.axpy_update(weight_grads, weights, scratch, a=alpha / (stop - start))
+                    penalty.lam = alpha / (stop - start)
                 if adam:
                     # scikit-learn's Adam adds ε to √v, not to √v̂: ε' = ε / √(1 − β2^t) in gpunn's form
                     beta2_t *= beta2
                     opt.eps = self.epsilon / math.sqrt(1.0 - beta2_t)
-                opt.step()
+                opt.step(penalty)
             return to_numpy(record).astype(np.float64)
 
     def _update_no_improvement_count(self, net: _Network, validation: tuple[Any, Any] | None) -> None:

@@ -3,6 +3,10 @@
 Both act on parameters with ``decay=True`` (the weights W); biases are never penalized.
 When the parameters are a model's flat buffer the weights are one contiguous prefix of it,
 so the penalty and its gradient each take one operation over that prefix.
+
+In training, ``optimizer.step(regularizer)`` folds L2's and L1's gradient into the fused
+update instead of calling ``backward`` (see :meth:`Regularizer.fused_coefficients`): no extra
+pass over the weights, and the gradient buffer is left as the loss wrote it.
 """
 
 from __future__ import annotations
@@ -65,6 +69,12 @@ class Regularizer:
     def backward(self, params: Any) -> None:
         raise NotImplementedError
 
+    def fused_coefficients(self) -> tuple[float, float] | None:
+        """(λ₂, λ₁) such that ∂R/∂W = λ₂·W + λ₁·sign(W) on the weights, for an optimizer to
+        add inside its update; None when the gradient has another form (the optimizer then
+        calls :meth:`backward`)."""
+        return None
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.lam:g})"
 
@@ -84,6 +94,10 @@ class L2(Regularizer):
                 kernels.axpy_update(g, w, self._scratch_for(w), a=self.lam)
             else:
                 g += self.lam * w
+
+    def fused_coefficients(self) -> tuple[float, float] | None:
+        """(λ, 0): ∂R/∂W = λ·W (None for a subclass with its own backward)."""
+        return (self.lam, 0.0) if type(self).backward is L2.backward else None
 
     def _scratch_for(self, w: Any) -> Any:
         """A small scratch for the CPU's piecewise update (kept; None on a GPU)."""
@@ -108,3 +122,7 @@ class L1(Regularizer):
     def backward(self, params: Any) -> None:
         for w, g in decayed_arrays(parameter_list(params)):
             g += self.lam * array_module(w).sign(w)
+
+    def fused_coefficients(self) -> tuple[float, float] | None:
+        """(0, λ): ∂R/∂W = λ·sign(W) (None for a subclass with its own backward)."""
+        return (0.0, self.lam) if type(self).backward is L1.backward else None

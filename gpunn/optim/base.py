@@ -1,9 +1,15 @@
-"""The Optimizer base class: binding to parameters, flat state, state_dict.
+"""The Optimizer base class: binding to parameters, flat state, state_dict, live scalars.
 
 An optimizer updates the whole flat parameter buffer (see :mod:`gpunn.parameter`) in one
-operation per step: one fused kernel on a GPU, a few in-place NumPy calls on the CPU. Its
-state (momentum, squared-gradient averages, ...) lives in flat buffers of the same layout
-on the parameters' device; ``state_dict`` presents it keyed by parameter name.
+operation per step: one fused kernel on a GPU, a few in-place NumPy calls on the CPU. The
+same kernel adds an L2 / L1 penalty's gradient and applies gradient clipping, so a step with
+both is still one update launch (plus the clipping's sum of squares). Its state (momentum,
+squared-gradient averages, ...) lives in flat buffers of the same layout on the parameters'
+device; ``state_dict`` presents it keyed by parameter name.
+
+For CUDA-graph replay the learning rate and the step number can live in device memory
+(:meth:`Optimizer.use_live_scalars`): a captured step then reads the current values each
+time it is replayed.
 """
 
 from __future__ import annotations
@@ -11,18 +17,38 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+import numpy as np
+
 from .. import kernels
 from ..parameter import FlatParameters, Parameter, pack
+from ..regularizers import Regularizer
 from ..validation import check_float
-from .clip import clip_flat_grad
+
+_NO_EXTRAS: dict[str, Any] = {}  # what a plain step passes the kernels besides the rule's own arguments
 
 
 class Optimizer:
     """Base class. Subclasses name their state buffers in ``state_names``, list their
-    hyperparameters in ``hyper_names`` and implement ``_update(flat, state, scratch)``.
+    hyperparameters in ``hyper_names`` and implement ``_update(flat, state, scratch, extras)``,
+    passing ``n_decay=flat.n_decay`` and ``**extras`` (penalties, clipping, live scalars) on
+    to their :mod:`gpunn.kernels` update.
 
     ``params`` may be None: the optimizer is then bound later with :meth:`bind` (the
-    Trainer does this). ``max_grad_norm`` clips the global gradient norm before each step.
+    Trainer does this).
+
+    Each step updates with the effective gradient
+
+        ĝ = g·min(1, max_grad_norm / (‖g‖₂ + 1e-6)) + λ₂·W + λ₁·sign(W)
+
+    where g is the loss gradient in ``param.grad``, the clipping factor applies only with
+    ``max_grad_norm`` set (‖g‖₂ over all parameters together), and the penalty terms come from
+    ``step(regularizer)`` with a :class:`gpunn.L2` (λ₂) or :class:`gpunn.L1` (λ₁), on the
+    weights only (parameters with ``decay=True``; never biases). This is PyTorch's order: the
+    loss gradient is clipped, then the optimizer adds weight decay, so the penalty is not
+    clipped. Everything happens inside the one fused update; ``param.grad`` is read, never
+    modified. Any other :class:`~gpunn.regularizers.Regularizer` is applied the old way
+    (``regularizer.backward(params)`` adds its gradient to ``grad``, which is then clipped
+    together with the loss gradient).
     """
 
     state_names: tuple[str, ...] = ()
@@ -40,6 +66,12 @@ class Optimizer:
         self._flat: FlatParameters | None = None
         self._state: dict[str, Any] = {}
         self._scratch: Any = None
+        self._scratch2: Any = None  # two lanes, for steps with a penalty or clipping (CPU)
+        self._sq_norm: Any = None  # the squared gradient norm for clipping (1 float64, on the device)
+        self._live: Any = None  # [lr, t] (float64, on the device), see use_live_scalars
+        self._live_on = False
+        self._live_lr: float | None = None  # the lr last written into live[0]
+        self._live_t: int | None = None  # what live[1] holds, as far as the host knows (None: unknown)
         if params is not None:
             self.bind(params)
 
@@ -61,6 +93,11 @@ class Optimizer:
             # The CPU twins reuse a small scratch buffer so that a step allocates nothing;
             # the fused GPU kernels need none.
             self._scratch = kernels.scratch(flat.size, flat.dtype) if flat.device.kind == "cpu" else None
+        self._scratch2 = None
+        self._sq_norm = None
+        self._live = None  # a new device: the [lr, t] array is made there (and filled) when needed
+        if self._live_on:
+            self.live_scalars()
         return self
 
     @property
@@ -88,27 +125,150 @@ class Optimizer:
 
     # --------------------------------------------------------------- stepping
 
-    def step(self) -> None:
-        """Update every parameter from its ``grad`` (one operation over the flat buffer)."""
+    def step(self, regularizer: Regularizer | None = None) -> None:
+        """Update every parameter from its ``grad`` (one operation over the flat buffer).
+
+        ``regularizer``: a :class:`gpunn.L2` or :class:`gpunn.L1` is folded into the update
+        (its gradient λ·W or λ·sign(W) is added to the clipped loss gradient inside the
+        kernel); any other Regularizer runs its ``backward(params)`` first. In live-scalar
+        mode (:meth:`use_live_scalars`) the step number advances in device memory too, and
+        while a CUDA graph is being captured the step is recorded but not counted (each
+        replay is, with :meth:`count_replayed_step`).
+        """
         flat = self._current_flat()
-        self.step_count += 1  # the update reads t (Adam's bias correction)
+        if regularizer is None and self.max_grad_norm is None and not self._live_on:  # the plain step
+            self.step_count += 1  # the update reads t (Adam's bias correction)
+            try:
+                if flat.device.kind == "cpu":
+                    self._update(flat, self._state, self._scratch, _NO_EXTRAS)
+                else:
+                    with flat.device:  # kernels launch on the current GPU: make it the parameters' one
+                        self._update(flat, self._state, self._scratch, _NO_EXTRAS)
+            except BaseException:
+                self.step_count -= 1
+                raise
+            return
+        self._fused_step(flat, regularizer)
+
+    def _fused_step(self, flat: FlatParameters, regularizer: Regularizer | None) -> None:
+        """A step with a penalty, clipping or live scalars (see :meth:`step`)."""
+        extras = _NO_EXTRAS if regularizer is None else self._penalty(regularizer)
+        live = self._live if self._live_on else None
+        counted = True
+        if live is not None:
+            if kernels.is_capturing(live):
+                if self._live_stale():
+                    raise RuntimeError(
+                        "the live scalars are out of date: call optimizer.sync_live_scalars() before capturing a step"
+                    )
+                counted = False  # capture records the launches; they run (and count) at each replay
+            else:
+                self.sync_live_scalars()  # eager steps follow the host's lr and step_count
+        if counted:
+            self.step_count += 1
         try:
             if flat.device.kind == "cpu":
-                self._apply(flat)
+                self._apply(flat, extras, live, counted)
             else:
-                with flat.device:  # kernels launch on the current GPU: make it the parameters' one
-                    self._apply(flat)
+                with flat.device:
+                    self._apply(flat, extras, live, counted)
         except BaseException:
-            self.step_count -= 1
+            if counted:
+                self.step_count -= 1
+            if live is not None:
+                self._live_t = None  # live[1] may or may not have advanced: rewrite it at the next sync
             raise
 
-    def _apply(self, flat: FlatParameters) -> None:
-        if self.max_grad_norm is not None:
-            clip_flat_grad(flat.grad, self.max_grad_norm)
-        self._update(flat, self._state, self._scratch)
+    def _penalty(self, regularizer: Regularizer) -> dict[str, Any]:
+        """The kernels' penalty arguments for ``regularizer`` (running its backward instead
+        when it cannot be folded into the update)."""
+        if not isinstance(regularizer, Regularizer):
+            raise TypeError(f"regularizer must be gn.L2(...), gn.L1(...) or None, got {type(regularizer).__name__}")
+        coefficients = regularizer.fused_coefficients()
+        if coefficients is None:
+            regularizer.backward(self.params)
+            return _NO_EXTRAS
+        l2, l1 = coefficients
+        if l2 == 0.0 and l1 == 0.0:
+            return _NO_EXTRAS
+        return {"l2": l2, "l1": l1}
 
-    def _update(self, flat: FlatParameters, state: dict[str, Any], scratch: Any) -> None:
+    def _apply(self, flat: FlatParameters, extras: dict[str, Any], live: Any, counted: bool) -> None:
+        if self.max_grad_norm is not None:
+            if self._sq_norm is None:
+                with flat.device:
+                    self._sq_norm = flat.device.xp.zeros(1, dtype=np.float64)
+            kernels.sum_of_squares(flat.grad, self._sq_norm)  # no host read: the kernel takes the factor from it
+            extras = {**extras, "max_norm": self.max_grad_norm, "sq_norm": self._sq_norm}
+        scratch = self._scratch
+        if extras and scratch is not None:
+            # the CPU twin of a penalty or of clipping needs a second lane (the effective
+            # gradient); a scratch of its own keeps the plain update's pieces as they are
+            if self._scratch2 is None:
+                self._scratch2 = kernels.scratch(flat.size, flat.dtype, lanes=2)
+            scratch = self._scratch2
+        if live is not None:
+            kernels.advance_step(live)
+            if counted and self._live_t is not None:
+                self._live_t += 1
+            extras = {**extras, "live": live}
+        self._update(flat, self._state, scratch, extras)
+
+    def _update(self, flat: FlatParameters, state: dict[str, Any], scratch: Any, extras: dict[str, Any]) -> None:
         raise NotImplementedError
+
+    # --------------------------------------------------------------- live scalars (CUDA graphs)
+
+    def live_scalars(self) -> Any:
+        """The float64 array [lr, t] on the parameters' device (made once per device, filled
+        with the host's lr and step_count). In live mode the update kernels read the learning
+        rate and the step number from it instead of taking them as launch arguments."""
+        flat = self._current_flat()
+        if self._live is None:
+            with flat.device:
+                self._live = flat.device.send(np.array([self.lr, float(self.step_count)]))
+            self._live_lr, self._live_t = self.lr, self.step_count
+        return self._live
+
+    def use_live_scalars(self, enabled: bool = True) -> None:
+        """Turn live-scalar mode on or off. In live mode each :meth:`step` advances live[1]
+        on the device (one one-thread kernel on a GPU) and the update reads lr = live[0] and
+        t = live[1] when it runs, so a CUDA graph captured around a step stays right when it
+        is replayed. The host's ``lr`` and ``step_count`` stay the source of truth: eager
+        steps sync them first; before replaying a captured step call
+        :meth:`sync_live_scalars`, and after it :meth:`count_replayed_step`."""
+        if enabled:
+            self.live_scalars()  # raises if unbound, before the mode changes
+            self._live_on = True
+            self.sync_live_scalars()
+        else:
+            self._live_on = False
+
+    def sync_live_scalars(self) -> None:
+        """Write ``lr`` into live[0] if it changed since the last write, and ``step_count``
+        into live[1] if the device may hold another value (no device work when nothing
+        changed). Call it before replaying a captured step, e.g. after a schedule moved lr."""
+        live = self.live_scalars()
+        if self._live_lr != self.lr:
+            with self._flat.device:  # a small write on the array's own GPU (stream-ordered, no sync)
+                live[0] = self.lr
+            self._live_lr = self.lr
+        if self._live_t != self.step_count:
+            with self._flat.device:
+                live[1] = float(self.step_count)
+            self._live_t = self.step_count
+
+    def count_replayed_step(self) -> None:
+        """Count one replay of a captured step (which advanced live[1] on the device): the host
+        ``step_count`` moves on with it, so state_dict and checkpoints stay right."""
+        if not self._live_on:
+            raise RuntimeError("count_replayed_step() counts replays of a step captured in live-scalar mode")
+        self.step_count += 1
+        if self._live_t is not None:
+            self._live_t += 1
+
+    def _live_stale(self) -> bool:
+        return self._live_lr != self.lr or self._live_t != self.step_count
 
     # --------------------------------------------------------------- state
 
@@ -158,6 +318,8 @@ class Optimizer:
             if name in self.hyper_names:
                 setattr(self, name, _checked_hyper(f"state_dict['hyper'][{name!r}]", value))
         self.step_count = int(state_dict.get("step", 0))
+        if self._live_on:
+            self.sync_live_scalars()
 
     def __repr__(self) -> str:
         hyper = ", ".join(f"{k}={v!r}" for k, v in self.hyperparameters().items())

@@ -2,6 +2,13 @@
 
 g ← g · min(1, max_norm / (‖g‖₂ + 1e-6)), with ‖g‖₂ over every gradient together. The norm
 and the factor stay 0-d device arrays, so clipping adds no synchronization to a GPU step.
+
+:func:`clip_grad_norm` scales the gradients in place, whatever they hold: called after
+``regularizer.backward`` it clips the penalty's gradient too. An optimizer's
+``max_grad_norm`` does not use it: the step computes ‖g‖² of the loss gradient with
+:func:`gpunn.kernels.sum_of_squares` and its update kernel applies the factor, then adds an
+L2 / L1 penalty passed to ``step(regularizer)`` unclipped (PyTorch's order: clip, then the
+optimizer's weight decay); ``param.grad`` keeps the unclipped loss gradient.
 """
 
 from __future__ import annotations

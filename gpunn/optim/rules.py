@@ -1,7 +1,9 @@
 """The update rules. Signatures and defaults follow PyTorch's ``torch.optim``.
 
 Each rule updates the flat parameter buffer p from the flat gradient g in one call to
-:mod:`gpunn.kernels` (a fused kernel on a GPU, its NumPy twin on the CPU).
+:mod:`gpunn.kernels` (a fused kernel on a GPU, its NumPy twin on the CPU). The formulas below
+are written with g; with clipping or an L2 / L1 regularizer the rule sees the effective
+gradient ĝ described in :class:`~gpunn.optim.Optimizer` instead.
 """
 
 from __future__ import annotations
@@ -23,8 +25,8 @@ class SGD(Optimizer):
     def __init__(self, params: Params = None, lr: float = 0.01, *, max_grad_norm: float | None = None) -> None:
         super().__init__(params, lr=lr, max_grad_norm=max_grad_norm)
 
-    def _update(self, flat: FlatParameters, state: dict[str, Any], scratch: Any) -> None:
-        kernels.sgd_update(flat.data, flat.grad, scratch, lr=self.lr)
+    def _update(self, flat: FlatParameters, state: dict[str, Any], scratch: Any, extras: dict[str, Any]) -> None:
+        kernels.sgd_update(flat.data, flat.grad, scratch, lr=self.lr, n_decay=flat.n_decay, **extras)
 
 
 class Momentum(Optimizer):
@@ -40,9 +42,17 @@ class Momentum(Optimizer):
         self.momentum = check_float("momentum", momentum, low=0.0, high=1.0, high_open=True)
         super().__init__(params, lr=lr, max_grad_norm=max_grad_norm)
 
-    def _update(self, flat: FlatParameters, state: dict[str, Any], scratch: Any) -> None:
+    def _update(self, flat: FlatParameters, state: dict[str, Any], scratch: Any, extras: dict[str, Any]) -> None:
         kernels.momentum_update(
-            flat.data, flat.grad, state["velocity"], scratch, lr=self.lr, momentum=self.momentum, nesterov=self.nesterov
+            flat.data,
+            flat.grad,
+            state["velocity"],
+            scratch,
+            lr=self.lr,
+            momentum=self.momentum,
+            nesterov=self.nesterov,
+            n_decay=flat.n_decay,
+            **extras,
         )
 
 
@@ -64,8 +74,10 @@ class AdaGrad(Optimizer):
         self.eps = check_float("eps", eps, low=0.0, low_open=True)
         super().__init__(params, lr=lr, max_grad_norm=max_grad_norm)
 
-    def _update(self, flat: FlatParameters, state: dict[str, Any], scratch: Any) -> None:
-        kernels.adagrad_update(flat.data, flat.grad, state["sum_sq"], scratch, lr=self.lr, eps=self.eps)
+    def _update(self, flat: FlatParameters, state: dict[str, Any], scratch: Any, extras: dict[str, Any]) -> None:
+        kernels.adagrad_update(
+            flat.data, flat.grad, state["sum_sq"], scratch, lr=self.lr, eps=self.eps, n_decay=flat.n_decay, **extras
+        )
 
 
 class RMSprop(Optimizer):
@@ -87,9 +99,17 @@ class RMSprop(Optimizer):
         self.eps = check_float("eps", eps, low=0.0, low_open=True)
         super().__init__(params, lr=lr, max_grad_norm=max_grad_norm)
 
-    def _update(self, flat: FlatParameters, state: dict[str, Any], scratch: Any) -> None:
+    def _update(self, flat: FlatParameters, state: dict[str, Any], scratch: Any, extras: dict[str, Any]) -> None:
         kernels.rmsprop_update(
-            flat.data, flat.grad, state["square_avg"], scratch, lr=self.lr, alpha=self.alpha, eps=self.eps
+            flat.data,
+            flat.grad,
+            state["square_avg"],
+            scratch,
+            lr=self.lr,
+            alpha=self.alpha,
+            eps=self.eps,
+            n_decay=flat.n_decay,
+            **extras,
         )
 
 
@@ -106,7 +126,8 @@ class Adam(Optimizer):
     """Adam: m ← β1·m + (1 − β1)·g;  v ← β2·v + (1 − β2)·g²;
     W ← W − lr·m̂ / (√v̂ + ε) with m̂ = m / (1 − β1^t), v̂ = v / (1 − β2^t).
 
-    L2 regularization is a separate :class:`gpunn.L2`; decoupled weight decay is :class:`AdamW`.
+    L2 regularization is a separate :class:`gpunn.L2` (``step(gn.L2(λ))`` adds λ·W to the
+    gradient that m and v see); decoupled weight decay is :class:`AdamW`.
     """
 
     state_names = ("exp_avg", "exp_avg_sq")
@@ -126,9 +147,12 @@ class Adam(Optimizer):
         self.eps = check_float("eps", eps, low=0.0, low_open=True)
         super().__init__(params, lr=lr, max_grad_norm=max_grad_norm)
 
-    def _update(self, flat: FlatParameters, state: dict[str, Any], scratch: Any) -> None:
+    def _update(self, flat: FlatParameters, state: dict[str, Any], scratch: Any, extras: dict[str, Any]) -> None:
         beta1, beta2 = self.betas
-        constants = kernels.adam_constants(self.lr, beta1, beta2, self.step_count, self.weight_decay)
+        # With live scalars the update computes these from [lr, t] in device memory instead (and
+        # a step being captured is not counted yet, so step_count may still be 0 here).
+        step = self.step_count if "live" not in extras else max(self.step_count, 1)
+        constants = kernels.adam_constants(self.lr, beta1, beta2, step, self.weight_decay)
         kernels.adam_update(
             flat.data,
             flat.grad,
@@ -139,7 +163,9 @@ class Adam(Optimizer):
             beta1=beta1,
             beta2=beta2,
             eps=self.eps,
+            weight_decay=self.weight_decay,
             **constants,
+            **extras,
         )
 
 
