@@ -625,3 +625,20 @@ def test_max_grad_norm_option_clips_before_the_update(device, scale):
         )
     moved = _joint_norm(gn.to_numpy(p.data) - before[p.name] for p in model.parameters())
     np.testing.assert_allclose(moved, min(total, max_norm), rtol=1e-5)
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_max_grad_norm_clips_inside_the_update(device, rule):
+    """The clipping factor is applied by the update itself: param.grad keeps the unclipped
+    loss gradient, and the step equals the step on a gradient clipped by hand (to rounding)."""
+    cls, hyper = CUSTOM[rule]
+    grads = {k: 10.0 * v for k, v in gradients(1, "float64")[0].items()}
+    total = _joint_norm(grads.values())
+    clipped_model, by_hand = make_model(device=device), make_model(device=device)
+    set_grads(clipped_model, grads)
+    set_grads(by_hand, {k: v * (1.0 / (total + 1e-6)) for k, v in grads.items()})
+    cls(clipped_model.parameters(), **hyper, max_grad_norm=1.0).step()
+    cls(by_hand.parameters(), **hyper).step()
+    for p, q in zip(clipped_model.parameters(), by_hand.parameters(), strict=True):
+        np.testing.assert_array_equal(gn.to_numpy(p.grad), grads[p.name], err_msg=p.name)
+        np.testing.assert_allclose(gn.to_numpy(p.data), gn.to_numpy(q.data), rtol=1e-12, atol=1e-14, err_msg=p.name)
