@@ -11,6 +11,18 @@ tests check each kernel against its reference on a GPU.
 Hyperparameters reach the kernels as float64 and are rounded once to the buffer's dtype,
 exactly as a Python float is when it meets a float32 array in NumPy, so both paths compute
 with the same constants.
+
+Every update rule works on the effective gradient
+
+    ĝ[i] = g[i]·scale + (i < n_decay ? l2·p[i] + l1·sign(p[i]) : 0),
+    scale = min(1, max_norm / (√sq_norm + 1e-6))   (1 without clipping),
+
+so an L2 / L1 penalty and global-norm clipping cost no launch of their own: ``sq_norm`` is the
+squared norm of g in a device scalar (:func:`sum_of_squares`, two small launches, no host
+read), the penalty is added after clipping (PyTorch's order), and g is only read. Without
+penalty and clipping the CPU runs the plain formula, bit for bit as before. An optional
+``live`` device array [lr, t] replaces the learning rate and step number given at launch,
+for CUDA-graph replay (:func:`advance_step` moves t on the device).
 """
 
 from __future__ import annotations
