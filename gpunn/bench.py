@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from .backend import Device, matmul_precision, to_numpy
+from .graph import StepGraph
 from .handwritten import HandwrittenMLP
 from .losses import SoftmaxWithLoss
 from .optim import OPTIMIZERS, create
@@ -40,7 +41,7 @@ DEFAULT_BATCHES: dict[str, dict[str, tuple[int, ...]]] = {
     "T2": {"cpu": (128, 1024), "cuda": (128, 1024)},
     "W1": {"cpu": (512,), "cuda": (4096,)},
 }
-FRAMEWORKS = ("gpunn", "numpy", "torch")
+FRAMEWORKS = ("gpunn", "graph", "numpy", "torch")  # graph: gpunn with CUDA-graph replay (GPU only)
 WINDOW_SECONDS = 0.05  # aim for windows long enough to swamp timer noise
 # Between windows, so that the worker threads the previous framework left spinning (OpenBLAS
 # and OpenMP spin-wait for up to ~0.1 s) are asleep and do not steal the next one's cores.
@@ -102,6 +103,29 @@ def gpunn_step(case: Case, optimizer: str) -> tuple[Step, Any]:
         return loss
 
     return step, model
+
+
+def graph_step(case: Case, optimizer: str) -> Step | None:
+    """The gpunn step captured once as a CUDA graph and replayed (``Trainer(graph=True)``'s
+    step), from the same initial weights; None on the CPU, where there is nothing to replay."""
+    if case.device.kind == "cpu":
+        return None
+    sizes = MODELS[case.model]
+    x, t = _data(case, sizes)
+    dev = case.device
+    with dev:
+        model = mlp(list(sizes), seed=0).to(dev)
+        criterion = SoftmaxWithLoss(validate=False)
+        opt = create(optimizer, model.parameters())
+
+        def body(xb: Any, yb: Any) -> tuple[Any, Any]:
+            loss = criterion.forward(model.forward(xb), yb)
+            model.backward(criterion.backward(), input_grad=False)
+            opt.step()
+            return loss, None
+
+        replay = StepGraph(body, opt, dev.send(x), dev.send(t), case.batch, dev)
+    return replay.step
 
 
 def numpy_step(case: Case, optimizer: str, model: Any) -> Step | None:
@@ -310,6 +334,26 @@ def launches_per_step(case: Case, step: Step, steps: int = 5) -> float | None:
     return _gpu_activities(prof) / steps or None
 
 
+def host_and_device_us(case: Case, step: Step, steps: int = 50) -> tuple[float, float] | None:
+    """(host µs, device µs) per step on a GPU: the time Python takes to queue ``steps``
+    steps, and the time the device takes to run them (CUDA events around the same steps).
+    Host above device means the step is launch-bound. None on the CPU."""
+    if case.device.kind != "cuda":
+        return None
+    cuda = case.device.xp.cuda
+    step()
+    case.device.synchronize()
+    start, end = cuda.Event(), cuda.Event()
+    start.record()
+    began = time.perf_counter()
+    for _ in range(steps):
+        step()
+    host = (time.perf_counter() - began) / steps * 1e6
+    end.record()
+    end.synchronize()
+    return host, cuda.get_elapsed_time(start, end) * 1e3 / steps
+
+
 def _gpu_activities(prof: Any) -> int:
     """Kernels, copies and memsets the profiler saw on the GPU (the raw Kineto events when
     this torch exposes them, else the CUDA-side function events)."""
@@ -376,6 +420,9 @@ def _measure_case(case: Case, optimizer: str, against: tuple[str, ...], repeat: 
     # machine moves it and the steps alike and their ratio stays honest.
     steps: dict[str, Step] = {"gpunn": step, "ceiling": matmul_step(case.device), "products": products_step(case)}
     skipped = {}
+    replayed = graph_step(case, optimizer)
+    if replayed is not None:
+        steps["graph"] = replayed
     for name, build in (("numpy", numpy_step), ("torch", torch_step)):
         if name in against:
             other = build(case, optimizer, model)
@@ -387,6 +434,7 @@ def _measure_case(case: Case, optimizer: str, against: tuple[str, ...], repeat: 
     with case.device:
         times = time_interleaved(steps, sync, repeat, PAUSE_SECONDS[case.device.kind])
         launches = launches_per_step(case, step)
+        host_device = host_and_device_us(case, step)
     flops = flops_per_step(sizes, case.batch)
     n = ceiling_size(case.device)
     ceiling = 2.0 * n**3 / (float(np.median(times.pop("ceiling"))) / 1e3) / 1e9
@@ -402,6 +450,9 @@ def _measure_case(case: Case, optimizer: str, against: tuple[str, ...], repeat: 
         "products_ms_per_step": products_ms,
         "products_share_of_ceiling": flops / (products_ms / 1e3) / 1e9 / ceiling,
         "launches_per_step": launches,
+        # GPU: µs per step the host spends queueing the eager step, and the device spends running it
+        "host_us_per_step": None if host_device is None else host_device[0],
+        "device_us_per_step": None if host_device is None else host_device[1],
     }
     for name, ms in times.items():
         row[name] = summarize(ms, case.batch, flops, ceiling)
@@ -409,6 +460,8 @@ def _measure_case(case: Case, optimizer: str, against: tuple[str, ...], repeat: 
     for name in times:
         if name != "gpunn":
             row[f"gpunn_over_{name}"] = row["gpunn"]["samples_per_s"] / row[name]["samples_per_s"]
+    if "graph" in times and "torch" in times:
+        row["graph_over_torch"] = row["graph"]["samples_per_s"] / row["torch"]["samples_per_s"]
     del steps, step, model
     peak = peak_step_bytes(case, optimizer)
     minimum = minimum_bytes(sizes, case.batch, optimizer)
@@ -456,6 +509,8 @@ def format_row(row: dict[str, Any]) -> str:
     )
     extra += f"  memory ×{memory['ratio']:.2f} of minimum" if memory["ratio"] is not None else ""
     launches = f", {row['launches_per_step']:.0f} launches/step" if row["launches_per_step"] else ""
+    if row.get("host_us_per_step") is not None:
+        launches += f", host {row['host_us_per_step']:.0f} µs / device {row['device_us_per_step']:.0f} µs per step"
     return "\n".join(lines) + extra + launches
 
 

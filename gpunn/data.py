@@ -446,11 +446,15 @@ def batches(
     stop = n - n % size if drop_last else n
     if not shuffle:
         return ((x[i : i + size], y[i : i + size]) for i in range(0, stop, size))
-    epoch = check_int("epoch", epoch, low=0)
-    entropy = None if seed is None else [check_int("seed", seed, low=0), epoch]
-    rng = np.random.default_rng(entropy)
-    perm = dev.send(rng.permutation(n))
+    perm = dev.send(epoch_order(n, seed, check_int("epoch", epoch, low=0)))
     return _take(x, y, perm, size, stop)
+
+
+def epoch_order(n: int, seed: int | None, epoch: int) -> np.ndarray:
+    """The shuffled order of ``n`` rows in ``epoch``: a permutation drawn on the host from
+    ``np.random.default_rng([seed, epoch])`` (fresh entropy when seed is None)."""
+    entropy = None if seed is None else [check_int("seed", seed, low=0), epoch]
+    return np.random.default_rng(entropy).permutation(n)
 
 
 def _take(x: Any, y: Any, perm: Any, size: int, stop: int) -> Iterator[tuple[Any, Any]]:

@@ -22,6 +22,7 @@ import numpy as np
 
 from . import data as datasets
 from . import distributed as dist
+from . import graph as step_graph
 from .backend import Device, array_module, device_of, to_numpy
 from .backend import device as select_device  # the constructor's `device` argument shadows the name
 from .history import History
@@ -53,6 +54,12 @@ class Trainer:
     ``gn.distributed.Communicator``. Distributed, "auto" and "cuda" mean cuda:<local rank>,
     ``trainer.comm`` is the communicator (None otherwise), and ``fit`` interprets
     ``batch_size`` as the global batch summed over ranks.
+
+    ``graph=True`` captures one whole training step as a CUDA graph and replays it for every
+    full batch (see :mod:`gpunn.graph`): one launch per step instead of dozens, for the
+    same numbers. It suits small networks, whose GPU steps are launch-bound; on the CPU the
+    step runs through the same fixed buffers without a speed change. Not for Dropout models
+    or distributed training (a ValueError says so).
     """
 
     def __init__(
@@ -63,6 +70,7 @@ class Trainer:
         regularizer: Regularizer | None = None,
         device: str | Device | None = None,
         distributed: bool | dist.Communicator | None = None,
+        graph: bool = False,
     ) -> None:
         if not isinstance(model, Sequential):
             raise TypeError(f"model must be a gpunn Sequential (gn.mlp or gn.Sequential), got {type(model).__name__}")
@@ -81,6 +89,13 @@ class Trainer:
         self.loss = loss
         self.regularizer = regularizer
         self.optimizer = optimizer
+        if not isinstance(graph, bool):
+            raise TypeError(f"graph must be True or False, got {graph!r}")
+        reason = step_graph.unsupported_reason(model, self.comm is not None) if graph else None
+        if reason is not None:
+            raise ValueError(reason)
+        self.graph = graph
+        self._step_graph: step_graph.StepGraph | None = None
         params = self.model.parameters()
         bound = optimizer._params
         if bound is None or len(bound) != len(params) or any(a is not b for a, b in zip(bound, params, strict=False)):
@@ -148,6 +163,7 @@ class Trainer:
         self.stop_training = False
         validate = self.loss.validate
         self.loss.validate = False  # labels were checked once above: no sync per step
+        self._step_graph = self._new_step_graph(x, y, batch_size, classify) if self.graph else None
         try:
             for epoch in range(initial_epoch, epochs):
                 record = self._epoch(x, y, dev, epoch, batch_size, shuffle, seed, classify)
@@ -169,6 +185,7 @@ class Trainer:
                     break
         finally:
             self.loss.validate = validate
+            self._close_step_graph()
             if bar is not None:
                 bar.close()
         if patience is not None and restore_best and best[1] is not None:
@@ -219,16 +236,17 @@ class Trainer:
         with self.device:
             step_loss = xp.zeros(n_steps, dtype=model.dtype)
             step_correct = xp.zeros(n_steps, dtype=np.int64)
-            if parallel is None:
+            if self._step_graph is not None:
+                order = datasets.epoch_order(n, seed, epoch) if shuffle else np.arange(n)
+                step_loss, step_correct = self._step_graph.epoch(order)
+            elif parallel is None:
                 for step, (xb, yb) in enumerate(
                     datasets.batches(x, y, batch_size, shuffle=shuffle, seed=seed, epoch=epoch)
                 ):
                     logits = model.forward(xb)
                     step_loss[step] = loss.forward(logits, yb)
                     model.backward(loss.backward(), input_grad=False)
-                    if regularizer is not None:
-                        regularizer.backward(params)
-                    optimizer.step()
+                    optimizer.step(regularizer)
                     if classify is not None:
                         step_correct[step] = _correct(logits, yb, classify)
             else:
@@ -281,9 +299,26 @@ class Trainer:
                 if classify is not None:
                     step_correct[step] = _correct(logits, yb, classify)
             parallel.reduce_gradients(grad, step)  # the batch mean, on every rank
-            if regularizer is not None:
-                regularizer.backward(params)  # after the sum: λ·W counted once
-            self.optimizer.step()
+            self.optimizer.step(regularizer)  # after the sum: λ·W counted once
+
+    def _close_step_graph(self) -> None:
+        if self._step_graph is not None:
+            self._step_graph.close()
+            self._step_graph = None
+
+    def _new_step_graph(self, x: Any, y: Any, batch_size: int, classify: str | None) -> step_graph.StepGraph:
+        """The fit's replayable step: the same forward, loss, backward and update as an eager
+        step, returning the loss and correct count as device arrays."""
+        model, loss, optimizer, regularizer = self.model, self.loss, self.optimizer, self.regularizer
+
+        def body(xb: Any, yb: Any) -> tuple[Any, Any]:
+            logits = model.forward(xb)
+            value = loss.forward(logits, yb)
+            model.backward(loss.backward(), input_grad=False)
+            optimizer.step(regularizer)
+            return value, None if classify is None else _correct(logits, yb, classify)
+
+        return step_graph.StepGraph(body, optimizer, x, y, batch_size, self.device)
 
     # ----------------------------------------------------------------- evaluate / predict
 

@@ -1,0 +1,244 @@
+"""CUDA-graph replay of a whole training step: ``Trainer(..., graph=True)``.
+
+A small network on a GPU spends its step launching kernels (CuPy: 15–20 µs of host time
+each), not computing. Captured once as a CUDA graph, the step — batch gather, forward,
+loss, backward, optimizer update, accuracy count and bookkeeping — costs one launch.
+
+What makes a replay correct:
+
+- every buffer the graph touches keeps its address: the epoch's order (``perm``), the step
+  counter, the batch buffers, the per-step loss and correct counts are allocated once per
+  fit; temporaries made during capture come from a memory pool private to the graph, which
+  nothing else allocates from, so no later array can take a captured address;
+- nothing the host decides per step is frozen into the graph: the batch rows are read from
+  ``perm`` at ``counter · batch`` by a kernel, and the optimizer reads its learning rate and
+  step number from device memory (``optimizer.use_live_scalars``);
+- matrix products go through a cuBLAS handle of gpunn's own (:mod:`gpunn.gemm`), because
+  CuPy refuses cuBLAS calls during capture.
+
+The first steps of a fit run the same code eagerly (kernels compile, pools fill), then one
+step is captured and every further full batch replays it; the last, smaller batch of an
+epoch runs eagerly. If capture fails, training continues eagerly with a warning.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from .backend import Device, matmul_precision
+from .gemm import CapturableMatmul, CublasHandle
+from .layers import Dropout
+
+WARMUP_STEPS = 2  # eager steps before capture: NVRTC compiles, pools and cuBLAS warm up
+
+
+def unsupported_reason(model: Any, distributed: bool) -> str | None:
+    """Why a model cannot be trained with graph replay, or None when it can."""
+    if distributed:
+        return "graph=True is not supported for distributed training yet"
+    for layer in model.layers:
+        if isinstance(layer, Dropout) and layer.p > 0:
+            return f"graph=True cannot replay {layer!r}: its random masks are drawn per step on the host's command"
+    return None
+
+
+class StepGraph:
+    """One fit's captured training step.
+
+    ``body(xb, yb)`` runs one step on a batch and returns (loss, correct) as 0-d device
+    arrays (correct may be None); it must queue device work only (no host reads). ``x``, ``y``
+    are the training data on ``device``. ``emulate`` replays by calling the body again
+    instead of a CUDA graph: the same buffers, gathers and bookkeeping on the CPU, which is
+    how the tests check them without a GPU.
+    """
+
+    def __init__(
+        self,
+        body: Callable[[Any, Any], tuple[Any, Any]],
+        optimizer: Any,
+        x: Any,
+        y: Any,
+        batch_size: int,
+        device: Device,
+        emulate: bool = False,
+    ) -> None:
+        self.body, self.optimizer, self.x, self.y = body, optimizer, x, y
+        self.batch = batch_size
+        self.device = device
+        self.emulate = emulate or device.kind == "cpu"
+        xp = self.xp = device.xp
+        n = x.shape[0]
+        self.n_full, self.rest = divmod(n, batch_size)
+        with device:
+            self.perm = xp.arange(n, dtype=np.int64)
+            self.counter = xp.zeros(1, dtype=np.int64)
+            self.idx = xp.empty(batch_size, dtype=np.int64)
+            self.xb = xp.empty((batch_size, *x.shape[1:]), dtype=x.dtype)
+            self.yb = xp.empty((batch_size, *y.shape[1:]), dtype=y.dtype)
+            n_steps = self.n_full + (1 if self.rest else 0)
+            self.step_loss = xp.zeros(n_steps, dtype=np.float64)
+            self.step_correct = xp.zeros(n_steps, dtype=np.int64)
+        self.graph: Any = None
+        self.failed: str | None = None
+        self.steps_run = 0
+        if self.emulate:
+            self.stream = self.handle = self.pool = None
+        else:
+            self.stream = xp.cuda.Stream(non_blocking=True)
+            self.handle = CublasHandle(xp, self.stream, tf32=matmul_precision() == "tf32")
+            self.pool = xp.cuda.MemoryPool()  # the graph's temporaries live here, and only they
+            self._kernels = _device_kernels(xp)
+            device.synchronize()  # the data were sent on the default stream; ours does not wait for it
+        optimizer.use_live_scalars(True)
+
+    # ------------------------------------------------------------------ one epoch
+
+    def epoch(self, order: np.ndarray) -> tuple[Any, Any]:
+        """Train one epoch over the rows in ``order`` (a host permutation of range(N));
+        returns the per-step losses (float64) and correct counts as device arrays."""
+        if self.emulate:
+            self.perm[...] = order
+            self.counter[...] = 0
+            return self._steps()
+        with self.device, self.stream:
+            self.perm.set(order, stream=self.stream)
+            self.counter.fill(0)
+            with CapturableMatmul(self.handle):
+                result = self._steps()
+        self.stream.synchronize()  # the epoch's figures are read on the default stream next
+        return result
+
+    def step(self) -> None:
+        """One full-batch step at the current counter (which wraps around after the last
+        step of an epoch): the benchmark's steady state, replaying without per-epoch setup."""
+        if self.emulate:
+            self._next_full_step()
+            return
+        with self.device, self.stream, CapturableMatmul(self.handle):
+            self._next_full_step()
+
+    def _steps(self) -> tuple[Any, Any]:
+        self.optimizer.sync_live_scalars()  # a schedule or callback may have moved lr
+        for _ in range(self.n_full):
+            self._next_full_step()
+        if self.rest:
+            start = self.n_full * self.batch
+            rows = self.perm[start:]
+            xb, yb = self.xp.take(self.x, rows, axis=0), self.xp.take(self.y, rows, axis=0)
+            self._record(*self.body(xb, yb))
+        return self.step_loss, self.step_correct
+
+    def _next_full_step(self) -> None:
+        """Warm up, capture once, then replay."""
+        if self.graph is None and self.steps_run >= WARMUP_STEPS and self.failed is None:
+            self._capture()
+        if self.graph is not None:
+            self._replay()
+        else:
+            self._full_step()
+        self.steps_run += 1
+
+    def _full_step(self) -> None:
+        """Gather the batch at ``counter`` into the fixed buffers and train on it."""
+        xp = self.xp
+        if self.emulate:
+            start = int(self.counter[0]) * self.batch
+            self.idx[...] = self.perm[start : start + self.batch]
+        else:
+            self._kernels["batch_indices"](self.perm, self.counter, np.int64(self.batch), self.idx)
+        xp.take(self.x, self.idx, axis=0, out=self.xb)
+        xp.take(self.y, self.idx, axis=0, out=self.yb)
+        self._record(*self.body(self.xb, self.yb))
+
+    def _record(self, loss: Any, correct: Any) -> None:
+        """step_loss[counter] = loss; step_correct[counter] = correct; counter += 1, back to 0
+        after the epoch's last step (on the device)."""
+        steps = self.step_loss.size
+        if self.emulate:
+            c = int(self.counter[0])
+            self.step_loss[c] = loss
+            self.step_correct[c] = 0 if correct is None else correct
+            self.counter[0] = (c + 1) % steps
+            return
+        if correct is None:
+            correct = self.xp.zeros((), dtype=np.int64)
+        self._kernels["record_step"](
+            loss.astype(np.float64),
+            correct.astype(np.int64),
+            np.int64(steps),
+            self.step_loss,
+            self.step_correct,
+            self.counter,
+            size=1,
+        )
+
+    # ------------------------------------------------------------------ capture and replay
+
+    def _capture(self) -> None:
+        if self.emulate:
+            self.graph = self._full_step
+            return
+        xp, optimizer = self.xp, self.optimizer
+        steps = optimizer.step_count  # capturing records the step without running it
+        graph = None
+        try:
+            with xp.cuda.using_allocator(self.pool.malloc):
+                self.stream.begin_capture()  # relaxed mode: pool allocations may happen inside
+                try:
+                    self._full_step()
+                finally:
+                    graph = self.stream.end_capture()
+        except Exception as exc:
+            self.failed = f"{type(exc).__name__}: {exc}"
+            warnings.warn(
+                f"CUDA graph capture failed ({self.failed}); training continues without graph replay",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+            graph = None
+        finally:
+            optimizer.step_count = steps
+            optimizer.sync_live_scalars()
+        self.graph = graph
+
+    def _replay(self) -> None:
+        if self.emulate:
+            self._full_step()  # the body counts its optimizer step itself
+            return
+        self.graph.launch(self.stream)
+        self.optimizer.count_replayed_step()
+
+    def close(self) -> None:
+        """Leave live-scalar mode (the optimizer keeps working eagerly)."""
+        self.optimizer.use_live_scalars(False)
+        self.graph = None
+
+
+def _device_kernels(xp: Any) -> dict[str, Any]:
+    """The two bookkeeping kernels of a replayed step (CuPy ElementwiseKernels, compiled once)."""
+    cached = _KERNELS.get(id(xp))
+    if cached is None:
+        cached = {
+            "batch_indices": xp.ElementwiseKernel(
+                "raw int64 perm, raw int64 counter, int64 batch",
+                "int64 idx",
+                "idx = perm[counter[0] * batch + i]",
+                "gpunn_batch_indices",
+            ),
+            "record_step": xp.ElementwiseKernel(
+                "raw float64 loss, raw int64 correct, int64 steps",
+                "raw float64 step_loss, raw int64 step_correct, raw int64 counter",
+                "const long long c = counter[0]; step_loss[c] = loss[0]; step_correct[c] = correct[0]; "
+                "counter[0] = (c + 1) % steps;",
+                "gpunn_record_step",
+            ),
+        }
+        _KERNELS[id(xp)] = cached
+    return cached
+
+
+_KERNELS: dict[int, dict[str, Any]] = {}

@@ -1,0 +1,160 @@
+"""Trainer(graph=True): a replayed step trains exactly like an eager one.
+
+On the CPU the "replay" re-runs the step through the graph's fixed buffers, device-side batch
+gather, live optimizer scalars and step bookkeeping, so these tests check all of that
+without a GPU; on a GPU (``device`` = cuda:0) the step is really captured as a CUDA graph.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+import gpunn as gn
+from gpunn.graph import WARMUP_STEPS, StepGraph
+
+
+@pytest.fixture(scope="module")
+def digits() -> tuple[np.ndarray, np.ndarray]:
+    x, y = gn.data.load_digits()
+    return (x[:500] / 16.0).astype(np.float32), y[:500]
+
+
+def _trainer(device, graph: bool, optimizer=None, regularizer=None, loss=None, sizes=(64, 32, 10)) -> gn.Trainer:
+    model = gn.mlp(list(sizes), seed=0)
+    optimizer = optimizer if optimizer is not None else gn.optim.Adam(lr=3e-3)
+    return gn.Trainer(model, loss or gn.SoftmaxWithLoss(), optimizer, regularizer, device=device, graph=graph)
+
+
+def _weights(trainer: gn.Trainer) -> list[np.ndarray]:
+    return [gn.to_numpy(p.data).copy() for p in trainer.model.parameters()]
+
+
+def _assert_same_training(eager: gn.Trainer, replayed: gn.Trainer, device: gn.Device) -> None:
+    # The CPU runs the very same operations; a GPU's replay multiplies through gpunn's own
+    # cuBLAS handle, whose kernel choice may round differently from CuPy's.
+    tol = {} if device.kind == "cpu" else {"rtol": 2e-4, "atol": 2e-5}
+    for a, b in zip(_weights(eager), _weights(replayed), strict=True):
+        np.testing.assert_allclose(b, a, **tol) if tol else np.testing.assert_array_equal(b, a)
+    for field in ("cost", "train_accuracy", "objective"):
+        got, want = replayed.history[field], eager.history[field]
+        if None in want:  # no accuracy for this loss
+            assert got == want
+        else:
+            np.testing.assert_allclose(got, want, rtol=tol.get("rtol", 0) or 1e-12)
+    assert replayed.optimizer.step_count == eager.optimizer.step_count
+
+
+def _fit_both(device, digits, epochs=3, batch_size=64):
+    x, y = digits
+    runs = []
+    for graph in (False, True):
+        trainer = _trainer(device, graph)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", RuntimeWarning)  # a failed capture must not pass unnoticed
+            trainer.fit(x, y, epochs=epochs, batch_size=batch_size, seed=3)
+        runs.append(trainer)
+    return runs
+
+
+def test_replayed_training_equals_eager_training(device, digits):
+    # 500 rows in batches of 64: 7 full steps replayed (after the warm-up) and one of 52 eager
+    eager, replayed = _fit_both(device, digits)
+    _assert_same_training(eager, replayed, device)
+
+
+def test_replay_with_l2_clipping_and_a_changing_learning_rate(device, digits):
+    x, y = digits
+
+    def make(graph: bool) -> gn.Trainer:
+        opt = gn.optim.AdamW(lr=5e-3, weight_decay=0.05, max_grad_norm=0.5)
+        return _trainer(device, graph, optimizer=opt, regularizer=gn.L2(1e-3))
+
+    runs = []
+    for graph in (False, True):
+        trainer = make(graph)
+        schedule = gn.optim.StepLR(trainer.optimizer, step_size=1, gamma=0.5)
+        trainer.fit(x, y, epochs=3, batch_size=100, seed=1, callbacks=[lambda t, r, s=schedule: s.step()])
+        runs.append(trainer)
+    _assert_same_training(*runs, device)
+    assert runs[1].history["lr"] == runs[0].history["lr"] == [5e-3, 2.5e-3, 1.25e-3]
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "momentum", "rmsprop", "adagrad"])
+def test_every_optimizer_replays_like_it_steps(device, digits, optimizer):
+    x, y = digits
+    runs = []
+    for graph in (False, True):
+        trainer = _trainer(device, graph, optimizer=gn.optim.create(optimizer))
+        trainer.fit(x, y, epochs=2, batch_size=50, shuffle=False)
+        runs.append(trainer)
+    _assert_same_training(*runs, device)
+
+
+def test_regression_targets_without_accuracy(device, digits):
+    x, y = digits
+    targets = gn.data.one_hot(y, 10).astype(np.float32)
+    runs = []
+    for graph in (False, True):
+        trainer = _trainer(device, graph, loss=gn.MSELoss())
+        trainer.fit(x, targets, epochs=2, batch_size=64)
+        runs.append(trainer)
+    _assert_same_training(*runs, device)
+
+
+def test_a_second_fit_and_resuming_keep_replaying_correctly(device, digits):
+    x, y = digits
+    eager, replayed = _trainer(device, False), _trainer(device, True)
+    for trainer in (eager, replayed):
+        trainer.fit(x, y, epochs=1, batch_size=64)
+        trainer.fit(x[:300], y[:300], epochs=2, batch_size=32, initial_epoch=1)
+    _assert_same_training(eager, replayed, device)
+
+
+def test_the_step_graph_counts_and_records_every_step(device, digits):
+    x, y = digits
+    trainer = _trainer(device, True)
+    calls = []
+
+    def body(xb, yb):
+        calls.append(xb.shape[0])
+        logits = trainer.model.forward(xb)
+        value = trainer.loss.forward(logits, yb)
+        trainer.model.backward(trainer.loss.backward(), input_grad=False)
+        trainer.optimizer.step()
+        return value, (logits.argmax(axis=1) == yb).sum()
+
+    with device:
+        xd, yd = device.send(x), device.send(y)
+    graph = StepGraph(body, trainer.optimizer, xd, yd, 128, device)
+    losses, correct = graph.epoch(np.random.default_rng(0).permutation(500))
+    assert graph.steps_run == 3  # full batches; the 116-row rest runs eagerly
+    assert gn.to_numpy(losses).shape == (4,) and np.all(np.isfinite(gn.to_numpy(losses)))
+    assert 0 <= int(gn.to_numpy(correct).sum()) <= 500
+    assert int(gn.to_numpy(graph.counter)[0]) == 0  # wrapped after the epoch's last step
+    assert trainer.optimizer.step_count == 4
+    if device.kind == "cpu":
+        assert calls == [128] * 3 + [116]
+    graph.close()
+
+
+def test_capture_happens_after_the_warm_up(digits):
+    x, y = digits
+    trainer = _trainer("cpu", True)
+    with gn.device("cpu"):
+        graph = trainer._new_step_graph(x, y, 50, "labels")
+    graph.epoch(np.arange(500))
+    assert graph.graph is not None and graph.steps_run == 10 > WARMUP_STEPS
+    graph.close()
+    assert graph.graph is None
+
+
+def test_graph_argument_errors():
+    model = gn.mlp([4, 8, 2], seed=0, dropout=0.3)
+    with pytest.raises(ValueError, match=r"graph=True cannot replay Dropout"):
+        gn.Trainer(model, gn.SoftmaxWithLoss(), gn.optim.SGD(), device="cpu", graph=True)
+    with pytest.raises(TypeError, match="graph must be True or False"):
+        gn.Trainer(gn.mlp([4, 2], seed=0), gn.SoftmaxWithLoss(), gn.optim.SGD(), device="cpu", graph="yes")
+    gn.Trainer(model, gn.SoftmaxWithLoss(), gn.optim.SGD(), device="cpu", graph=False)  # eager is fine
