@@ -89,7 +89,9 @@ def _train(args: argparse.Namespace) -> int:
     settings = {name: getattr(args, name) for name in SETTINGS}  # None: not given on the command line
     verbose = False if (args.quiet or args.json) else None
     announce = None if (args.json or args.quiet) else _announce_device
-    result = train(settings, args.device, args.save, args.resume, args.plot, verbose=verbose, announce=announce)
+    result = train(
+        settings, args.device, args.save, args.resume, args.plot, verbose=verbose, announce=announce, graph=args.graph
+    )
     if not _is_root():
         return 0
     if args.json:
@@ -241,6 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--epochs", type=int, default=None, help="total epochs, resumed ones included (default: 40)")
     train.add_argument("--batch-size", type=int, default=None, help="mini-batch size (default: 32)")
     train.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default: GPUNN_DEVICE or auto)")
+    train.add_argument(
+        "--graph", action="store_true", help="replay each step as one CUDA graph on a GPU (no dropout; same results)"
+    )
     train.add_argument(
         "--seed", type=int, default=None, help="seed of the split, the weights and the order (default: 0)"
     )

@@ -160,13 +160,15 @@ def train(
     plot_path: str | None = None,
     verbose: bool | None = None,
     announce: Any = None,
+    graph: bool = False,
 ) -> dict[str, Any]:
     """Run one training job; returns the JSON-ready result.
 
     ``settings`` holds the explicitly chosen TrainConfig fields (the rest take defaults);
     when resuming they may only repeat the saved ones, except ``epochs``. ``announce(device)``
     is called once everything is checked, just before training starts (on rank 0 only when
-    distributed, like the checkpoint and the plot).
+    distributed, like the checkpoint and the plot). ``graph``: replay each step as a CUDA
+    graph (``Trainer(graph=True)``).
     """
     if isinstance(settings, TrainConfig):
         settings = asdict(settings)
@@ -197,7 +199,9 @@ def train(
         model = mlp(sizes, activation=config.activation, seed=config.seed, dropout=config.dropout)
         optimizer = create(config.optimizer, lr=config.lr)
     regularizer = L2(config.l2) if config.l2 else None
-    trainer = Trainer(model, SoftmaxWithLoss(), optimizer, regularizer, device=dev, distributed=comm or False)
+    trainer = Trainer(
+        model, SoftmaxWithLoss(), optimizer, regularizer, device=dev, distributed=comm or False, graph=graph
+    )
     trainer.history = history
     if resume_path is not None:
         trainer.load_dropout_states(checkpoint.metadata.get("dropout_rng", {}))

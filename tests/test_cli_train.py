@@ -533,3 +533,14 @@ def test_output_folders_are_checked_before_training(tmp_path: Path) -> None:
         assert_clean_error(result)
         assert f"{flag}: the folder" in result.stderr
         assert "device:" not in result.stdout  # nothing started
+
+
+def test_graph_flag_trains_the_same_weights_and_refuses_dropout(tmp_path: Path) -> None:
+    common = ("--dataset", "spiral", "--epochs", "3", "--device", "cpu")
+    eager = train_json(*common, "--save", "eager.st", cwd=tmp_path)
+    replayed = train_json(*common, "--graph", "--save", "graph.st", cwd=tmp_path)
+    assert replayed["test_accuracy"] == eager["test_accuracy"]
+    assert same_weights(weights(tmp_path / "graph.st"), weights(tmp_path / "eager.st"))
+    refused = run_gpunn("train", *common, "--graph", "--dropout", "0.3", cwd=tmp_path)
+    assert_clean_error(refused)
+    assert "graph" in refused.stderr and "Dropout" in refused.stderr
