@@ -107,7 +107,9 @@ def _load_cublas() -> ctypes.CDLL:
     try:
         from cuda.pathfinder import load_nvidia_dynamic_lib  # noqa: PLC0415 — comes with CuPy 14
 
-        return ctypes.CDLL(load_nvidia_dynamic_lib("cublas").abs_path)
+        path = load_nvidia_dynamic_lib("cublas").abs_path
+        if path:  # None when the system loader found it: then it answers to its name below
+            return ctypes.CDLL(path)
     except Exception as exc:
         errors.append(str(exc))
     for name in ("libcublas.so.13", "libcublas.so.12", "libcublas.so"):

@@ -105,6 +105,9 @@ class StepGraph:
             self.counter[...] = 0
             return self._steps()
         with self.device, self.stream:
+            # work queued on the default stream since the last epoch (an evaluation, a copy
+            # of the best weights) must finish before this stream changes the weights
+            self.stream.wait_event(self.xp.cuda.Stream.null.record())
             self.perm.set(order, stream=self.stream)
             self.counter.fill(0)
             with CapturableMatmul(self.handle):
