@@ -135,6 +135,7 @@ def test_the_step_graph_counts_and_records_every_step(device, digits):
     assert 0 <= int(gn.to_numpy(correct).sum()) <= 500
     assert int(gn.to_numpy(graph.counter)[0]) == 0  # wrapped after the epoch's last step
     assert trainer.optimizer.step_count == 4
+    assert graph.failed is None and graph.graph is not None  # the third full step was captured
     if device.kind == "cpu":
         assert calls == [128] * 3 + [116]
     graph.close()
