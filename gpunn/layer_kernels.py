@@ -21,7 +21,8 @@ import numpy as np
 
 from .backend import array_module
 from .functional import sigmoid
-from .kernels import THREADS_PER_BLOCK, _is_gpu, grid, kernel
+from .raw_kernels import THREADS_PER_BLOCK, grid, kernel
+from .raw_kernels import is_gpu as _is_gpu
 
 ACTIVATIONS = {"identity": 0, "relu": 1, "leaky_relu": 2, "sigmoid": 3, "tanh": 4}
 MAX_ROWS_PER_GRID = 65_535

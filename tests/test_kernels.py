@@ -12,7 +12,7 @@ import pytest
 from cuda_source import needs_nvcc, nvcc_compile
 
 import gpunn as gn
-from gpunn import kernels
+from gpunn import kernels, raw_kernels, update_source
 
 SIZES = (1, 7, 1001)
 DTYPES = ("float32", "float64")
@@ -329,12 +329,13 @@ def test_signature_table_covers_every_kernel():
 
 def record_launches(monkeypatch) -> list[tuple[str, object, tuple, tuple, tuple]]:
     """Make every launch of gpunn.kernels (on NumPy arrays taken for device arrays) a record
-    (name, dtype, blocks, threads, args) instead."""
+    (name, dtype, blocks, threads, args) instead. The update and device-scalar functions look
+    both seams up on their modules, so patching these two covers every launch."""
     launches: list = []
-    monkeypatch.setattr(kernels, "_is_gpu", lambda x: True)
+    monkeypatch.setattr(raw_kernels, "is_gpu", lambda x: True)
     monkeypatch.setattr(
-        kernels,
-        "_run",
+        update_source,
+        "launch",
         lambda xp, name, dtype, blocks, threads, args: launches.append((name, dtype, blocks, threads, args)),
     )
     return launches
@@ -446,8 +447,8 @@ def test_device_scalars_are_checked_before_launch(monkeypatch):
 
 
 def test_fused_path_refuses_non_contiguous_buffers(monkeypatch):
-    monkeypatch.setattr(kernels, "_is_gpu", lambda x: True)
-    monkeypatch.setattr(kernels, "_run", lambda *a: pytest.fail("launched on a strided buffer"))
+    monkeypatch.setattr(raw_kernels, "is_gpu", lambda x: True)
+    monkeypatch.setattr(update_source, "launch", lambda *a: pytest.fail("launched on a strided buffer"))
     p = np.zeros(10)
     with pytest.raises(ValueError, match="contiguous"):
         kernels.sgd_update(p[::2], np.zeros(5), None, lr=0.1)

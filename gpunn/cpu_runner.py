@@ -1,0 +1,106 @@
+"""The CPU runner of the update twins: flat buffers in cache-sized pieces, big ones on threads.
+
+An update streams its buffers (p, g and the rule's state, all n elements) through several
+in-place NumPy passes. Run whole, each pass reads and writes n elements from memory; run in
+pieces of at most ``CHUNK`` elements, every pass of a piece works on data in cache, with a
+scratch of (workers, lanes·CHUNK) elements (:func:`scratch`) however big the model. From
+``PARALLEL_MIN`` elements up the pieces are shared between up to 4 threads, each taking a
+contiguous run of whole pieces and a scratch row of its own (NumPy releases the GIL inside its
+loops). ``n_decay`` (the length of the weights prefix) is translated to each piece.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+CHUNK = 65_536  # elements per piece: the five float32 pieces of an Adam update fit a 512 KiB L2
+PARALLEL_MIN = 1 << 20  # below this many elements a second thread costs more than it saves
+_pool: ThreadPoolExecutor | None = None
+
+
+def cpu_workers() -> int:
+    """Threads for the CPU twins of big updates (the cores this process may use, at most 4)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(4, cores))
+
+
+def scratch(size: int, dtype: Any, lanes: int = 1) -> np.ndarray:
+    """The scratch rows a CPU update of ``size`` elements needs: one row per worker thread of
+    ``lanes`` pieces of at most CHUNK elements (so the scratch never grows with the model).
+    An update that adds penalties or clips needs two lanes (the effective gradient and the
+    rule's scratch); given one it runs in pieces half as long, given two for a plain update
+    in pieces twice as long."""
+    workers = cpu_workers() if size >= PARALLEL_MIN else 1
+    return np.empty((workers, lanes * min(size, CHUNK)), dtype=dtype)
+
+
+def run_on_cpu(reference: Callable[..., None], p: Any, buffers: tuple[Any, ...], tmp: Any, **hyper: Any) -> None:
+    """Run ``reference(p, *buffers, tmp, **hyper)`` piece by piece, so that every pass of the
+    update works on data in cache instead of streaming whole buffers from memory 10+ times;
+    big updates are split between threads (NumPy releases the GIL inside its loops).
+
+    ``tmp`` is one scratch row, or one row per thread ((workers, piece) as :func:`scratch`
+    makes). ``n_decay`` (the weights prefix) is translated to each piece.
+    """
+    rows = tmp if tmp.ndim == 2 else tmp.reshape(1, -1)
+    n = p.size
+    if n <= rows.shape[1]:  # one piece: no loop, no per-piece bookkeeping (small models, every step)
+        reference(p, *buffers, rows[0, :n], **hyper)
+        return
+    _run_in_pieces(reference, p, buffers, rows, rows.shape[1], 1, hyper)
+
+
+def run_on_cpu_in_lanes(
+    reference: Callable[..., None], p: Any, buffers: tuple[Any, ...], tmp: Any, lanes: int, **hyper: Any
+) -> None:
+    """:func:`run_on_cpu` for a ``reference`` that needs ``lanes`` scratch vectors as long as
+    its piece (the effective gradient and the rule's scratch): a piece is width / lanes
+    elements, and ``reference`` gets lanes × the piece's length of its row."""
+    rows = tmp if tmp.ndim == 2 else tmp.reshape(1, -1)
+    piece = rows.shape[1] // lanes
+    if piece < 1:
+        raise ValueError(f"the scratch rows hold {rows.shape[1]} elements; this update needs at least {lanes}")
+    n = p.size
+    if n <= piece:
+        reference(p, *buffers, rows[0, : lanes * n], **hyper)
+        return
+    _run_in_pieces(reference, p, buffers, rows, piece, lanes, hyper)
+
+
+def _run_in_pieces(
+    reference: Callable[..., None],
+    p: Any,
+    buffers: tuple[Any, ...],
+    rows: Any,
+    piece: int,
+    lanes: int,
+    hyper: dict[str, Any],
+) -> None:
+    n = p.size
+
+    def run(lo: int, hi: int, row: Any) -> None:
+        for a in range(lo, hi, piece):
+            b = min(a + piece, hi)
+            local = hyper if "n_decay" not in hyper else {**hyper, "n_decay": min(max(hyper["n_decay"] - a, 0), b - a)}
+            reference(p[a:b], *(buf[a:b] for buf in buffers), row[: lanes * (b - a)], **local)
+
+    workers = rows.shape[0] if n >= PARALLEL_MIN else 1
+    if workers == 1:
+        run(0, n, rows[0])
+        return
+    global _pool  # noqa: PLW0603 — one pool for the process, made on first use
+    if _pool is None:
+        _pool = ThreadPoolExecutor(max_workers=cpu_workers(), thread_name_prefix="gpunn-update")
+    share = -(-n // workers // piece) * piece  # contiguous shares, aligned to whole pieces
+    futures = [_pool.submit(run, k * share, min((k + 1) * share, n), rows[k]) for k in range(1, workers)]
+    run(0, min(share, n), rows[0])
+    for future in futures:
+        future.result()

@@ -1,0 +1,76 @@
+"""CuPy ``RawModule`` machinery shared by gpunn's fused kernels: compile, cache, launch.
+
+A module of CUDA C source (templated on the element type ``T``) is compiled by NVRTC once
+per device and source, with every kernel instantiated for float and double, and cached here
+(CuPy also caches the binary on disk). Kernels are grid-stride loops: :func:`grid` blocks of
+``THREADS_PER_BLOCK`` threads cover any n. Launch arguments must have exactly the C types:
+a RawKernel passes NumPy scalars by their own type, and an optional pointer is :data:`NULL`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .backend import array_module
+
+THREADS_PER_BLOCK = 256
+MAX_BLOCKS = 65_535
+NULL = np.uint64(0)  # a null device pointer as a RawKernel argument (None would not be 0)
+_CTYPES = {np.dtype("float32"): "float", np.dtype("float64"): "double"}
+_modules: dict[tuple[int, str], Any] = {}
+
+
+def compiled(xp: Any, source: str, names: tuple[str, ...]) -> Any:
+    """The RawModule of ``source`` for the current GPU, with every kernel in ``names``
+    instantiated for float and double; compiled by NVRTC once per device and source."""
+    key = (xp.cuda.Device().id, source)
+    module = _modules.get(key)
+    if module is None:
+        expressions = [f"{k}<{c}>" for k in names for c in _CTYPES.values()]
+        module = xp.RawModule(code=source, options=("--std=c++17",), name_expressions=expressions)
+        _modules[key] = module
+    return module
+
+
+def kernel(xp: Any, source: str, names: tuple[str, ...], name: str, dtype: Any) -> Any:
+    """Kernel ``name`` of ``source`` for elements of ``dtype`` (float32 or float64)."""
+    return compiled(xp, source, names).get_function(f"{name}<{_CTYPES[np.dtype(dtype)]}>")
+
+
+def grid(n: int) -> tuple[int]:
+    """Blocks for a grid-stride loop over n elements."""
+    return (max(1, min(MAX_BLOCKS, -(-n // THREADS_PER_BLOCK))),)
+
+
+def is_gpu(x: Any) -> bool:
+    """Whether ``x`` lives on a GPU (is not a NumPy array), so a kernel runs instead of a twin."""
+    return array_module(x) is not np
+
+
+def is_capturing(x: Any) -> bool:
+    """Whether the current CUDA stream of ``x``'s device is capturing a graph (False on the CPU):
+    kernels launched now are recorded, not run."""
+    if not is_gpu(x):
+        return False
+    return bool(array_module(x).cuda.get_current_stream().is_capturing())
+
+
+def check_flat(*buffers: Any) -> None:
+    """Refuse anything but contiguous 1-D buffers: a kernel indexes them as plain arrays."""
+    for b in buffers:
+        if b.ndim != 1 or not b.flags.c_contiguous:
+            raise ValueError("fused updates need contiguous 1-D buffers")
+
+
+def device_pointer(buffer: Any, size: int, what: str) -> Any:
+    """The launch argument of an optional ``const double*``: the device array, or NULL for None."""
+    if buffer is None:
+        return NULL
+    if not is_gpu(buffer) or buffer.dtype != np.float64 or buffer.size < size or not buffer.flags.c_contiguous:
+        raise ValueError(
+            f"{what} must be a contiguous float64 device array of at least {size} element(s), got "
+            f"{type(buffer).__name__} of dtype {getattr(buffer, 'dtype', None)}, size {getattr(buffer, 'size', None)}"
+        )
+    return buffer

@@ -1,0 +1,240 @@
+"""The update rules as plain array-module code: the twins of the fused CUDA kernels.
+
+Each rule comes twice, working in place on flat buffers (NumPy on the CPU; CuPy arrays work too,
+which is how the tests check each kernel against its twin on a GPU):
+
+- ``<rule>_plain(p, g, *state, tmp, **hyper)``: the formula on g as given, a short sequence of
+  in-place operations through the scratch ``tmp`` (as long as p), so a step allocates nothing;
+- ``<rule>_reference(p, g, *state, tmp, **hyper, n_decay, scale, l2, l1)``: the same on the
+  effective gradient ĝ (:func:`gpunn.effective_gradient.effective_gradient`), with ``tmp``
+  twice as long when ĝ is not g.
+
+The kernels get hyperparameters as float64 and round them once to the buffer's dtype, exactly
+as a Python float is when it meets a float32 array here, so both paths compute with the same
+constants. :mod:`gpunn.kernels` runs these in pieces (:mod:`gpunn.cpu_runner`) on the CPU.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from .backend import array_module
+from .effective_gradient import effective_gradient
+
+# ----------------------------------------------------------------------------- SGD
+
+
+def sgd_plain(p: Any, g: Any, tmp: Any, *, lr: float) -> None:
+    """p ← p − lr·g"""
+    array_module(p).multiply(g, lr, out=tmp)
+    p -= tmp
+
+
+def sgd_reference(
+    p: Any, g: Any, tmp: Any, *, lr: float, n_decay: int = 0, scale: float = 1.0, l2: float = 0.0, l1: float = 0.0
+) -> None:
+    """p ← p − lr·ĝ  (ĝ: :func:`effective_gradient`; ĝ = g without penalty or clipping)"""
+    g, tmp = effective_gradient(p, g, tmp, n_decay=n_decay, scale=scale, l2=l2, l1=l1)
+    sgd_plain(p, g, tmp, lr=lr)
+
+
+# ----------------------------------------------------------------------------- Momentum / Nesterov
+
+
+def momentum_plain(p: Any, g: Any, v: Any, tmp: Any, *, lr: float, momentum: float, nesterov: bool) -> None:
+    """v ← μ·v + g;  p ← p − lr·v  (Nesterov: p ← p − lr·(g + μ·v))"""
+    xp = array_module(p)
+    v *= momentum
+    v += g
+    if nesterov:
+        xp.multiply(v, momentum, out=tmp)
+        tmp += g
+        tmp *= lr
+    else:
+        xp.multiply(v, lr, out=tmp)
+    p -= tmp
+
+
+def momentum_reference(
+    p: Any,
+    g: Any,
+    v: Any,
+    tmp: Any,
+    *,
+    lr: float,
+    momentum: float,
+    nesterov: bool,
+    n_decay: int = 0,
+    scale: float = 1.0,
+    l2: float = 0.0,
+    l1: float = 0.0,
+) -> None:
+    """v ← μ·v + ĝ;  p ← p − lr·v  (Nesterov: p ← p − lr·(ĝ + μ·v))"""
+    g, tmp = effective_gradient(p, g, tmp, n_decay=n_decay, scale=scale, l2=l2, l1=l1)
+    momentum_plain(p, g, v, tmp, lr=lr, momentum=momentum, nesterov=nesterov)
+
+
+# ----------------------------------------------------------------------------- AdaGrad
+
+
+def adagrad_plain(p: Any, g: Any, h: Any, tmp: Any, *, lr: float, eps: float) -> None:
+    """h ← h + g²;  p ← p − lr·g / (√h + ε)"""
+    xp = array_module(p)
+    xp.multiply(g, g, out=tmp)
+    h += tmp
+    xp.sqrt(h, out=tmp)
+    tmp += eps
+    xp.divide(g, tmp, out=tmp)
+    tmp *= lr
+    p -= tmp
+
+
+def adagrad_reference(
+    p: Any,
+    g: Any,
+    h: Any,
+    tmp: Any,
+    *,
+    lr: float,
+    eps: float,
+    n_decay: int = 0,
+    scale: float = 1.0,
+    l2: float = 0.0,
+    l1: float = 0.0,
+) -> None:
+    """h ← h + ĝ²;  p ← p − lr·ĝ / (√h + ε)"""
+    g, tmp = effective_gradient(p, g, tmp, n_decay=n_decay, scale=scale, l2=l2, l1=l1)
+    adagrad_plain(p, g, h, tmp, lr=lr, eps=eps)
+
+
+# ----------------------------------------------------------------------------- RMSprop
+
+
+def rmsprop_plain(p: Any, g: Any, s: Any, tmp: Any, *, lr: float, alpha: float, eps: float) -> None:
+    """s ← α·s + (1−α)·g²;  p ← p − lr·g / (√s + ε)"""
+    xp = array_module(p)
+    xp.multiply(g, g, out=tmp)
+    tmp *= 1.0 - alpha
+    s *= alpha
+    s += tmp
+    xp.sqrt(s, out=tmp)
+    tmp += eps
+    xp.divide(g, tmp, out=tmp)
+    tmp *= lr
+    p -= tmp
+
+
+def rmsprop_reference(
+    p: Any,
+    g: Any,
+    s: Any,
+    tmp: Any,
+    *,
+    lr: float,
+    alpha: float,
+    eps: float,
+    n_decay: int = 0,
+    scale: float = 1.0,
+    l2: float = 0.0,
+    l1: float = 0.0,
+) -> None:
+    """s ← α·s + (1−α)·ĝ²;  p ← p − lr·ĝ / (√s + ε)"""
+    g, tmp = effective_gradient(p, g, tmp, n_decay=n_decay, scale=scale, l2=l2, l1=l1)
+    rmsprop_plain(p, g, s, tmp, lr=lr, alpha=alpha, eps=eps)
+
+
+# ----------------------------------------------------------------------------- y += a·x
+
+
+def axpy_reference(y: Any, x: Any, tmp: Any, *, a: float) -> None:
+    """y ← y + a·x"""
+    array_module(y).multiply(x, a, out=tmp)
+    y += tmp
+
+
+# ----------------------------------------------------------------------------- Adam / AdamW
+
+
+def adam_constants(lr: float, beta1: float, beta2: float, step: int, weight_decay: float) -> dict[str, float]:
+    """Step size, bias correction and decay factor of Adam's update number ``step`` (1-based).
+
+    step_size = lr / (1 − β1^t);  inv_sqrt_bc2 = 1 / √(1 − β2^t);  decay_factor = 1 − lr·wd
+    """
+    return {
+        "step_size": lr / (1.0 - beta1**step),
+        "inv_sqrt_bc2": 1.0 / math.sqrt(1.0 - beta2**step),
+        "decay_factor": 1.0 - lr * weight_decay,
+    }
+
+
+def adam_plain(
+    p: Any,
+    g: Any,
+    m: Any,
+    v: Any,
+    tmp: Any,
+    *,
+    n_decay: int,
+    step_size: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    inv_sqrt_bc2: float,
+    decay_factor: float,
+) -> None:
+    """:func:`adam_reference` on g itself (ĝ = g)"""
+    xp = array_module(p)
+    m *= beta1
+    xp.multiply(g, 1.0 - beta1, out=tmp)
+    m += tmp
+    v *= beta2
+    xp.multiply(g, g, out=tmp)
+    tmp *= 1.0 - beta2
+    v += tmp
+    if decay_factor != 1.0 and n_decay:
+        p[:n_decay] *= decay_factor
+    xp.sqrt(v, out=tmp)
+    tmp *= inv_sqrt_bc2
+    tmp += eps
+    xp.divide(m, tmp, out=tmp)
+    tmp *= step_size
+    p -= tmp
+
+
+def adam_reference(
+    p: Any,
+    g: Any,
+    m: Any,
+    v: Any,
+    tmp: Any,
+    *,
+    n_decay: int,
+    step_size: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    inv_sqrt_bc2: float,
+    decay_factor: float,
+    scale: float = 1.0,
+    l2: float = 0.0,
+    l1: float = 0.0,
+) -> None:
+    """m ← β1·m + (1−β1)·ĝ;  v ← β2·v + (1−β2)·ĝ²;  p[:n_decay] ← p[:n_decay]·decay_factor;
+    p ← p − step_size·m / (√v·inv_sqrt_bc2 + ε)   (PyTorch's Adam/AdamW arithmetic; ĝ from the
+    parameters before the decay)"""
+    g, tmp = effective_gradient(p, g, tmp, n_decay=n_decay, scale=scale, l2=l2, l1=l1)
+    adam_plain(
+        p,
+        g,
+        m,
+        v,
+        tmp,
+        n_decay=n_decay,
+        step_size=step_size,
+        beta1=beta1,
+        beta2=beta2,
+        eps=eps,
+        inv_sqrt_bc2=inv_sqrt_bc2,
+        decay_factor=decay_factor,
+    )
