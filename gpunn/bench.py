@@ -18,24 +18,52 @@ import itertools
 import time
 import tracemalloc
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from .backend import Device, matmul_precision, to_numpy
-from .graph import StepGraph
-from .handwritten import HandwrittenMLP
-from .losses import SoftmaxWithLoss
-from .optim import OPTIMIZERS, create
-from .sequential import mlp
+from .backend import Device, matmul_precision
+from .bench_steps import (
+    MODELS,
+    Case,
+    Step,
+    blas_threads,
+    ceiling_size,
+    gpunn_step,
+    graph_step,
+    matmul_step,
+    numpy_step,
+    products_step,
+    torch_step,
+)
+from .optim import OPTIMIZERS
 from .validation import check_choice
 
-MODELS: dict[str, tuple[int, ...]] = {
-    "T1": (784, 100, 10),  # launch- and overhead-bound
-    "T2": (784, 1024, 1024, 10),
-    "W1": (1024, 4096, 4096, 1024),  # matrix-product-bound
-}
+# The command line and the tests import everything from here; the steps themselves are built
+# in gpunn.bench_steps and re-exported.
+__all__ = [
+    "DEFAULT_BATCHES",
+    "FRAMEWORKS",
+    "HEADER",
+    "MODELS",
+    "Case",
+    "Step",
+    "blas_threads",
+    "crossover",
+    "flops_per_step",
+    "format_row",
+    "gpunn_step",
+    "graph_step",
+    "matmul_step",
+    "minimum_bytes",
+    "numpy_step",
+    "plot",
+    "products_step",
+    "run",
+    "torch_step",
+    "torch_version",
+]
+
 DEFAULT_BATCHES: dict[str, dict[str, tuple[int, ...]]] = {
     "T1": {"cpu": (32, 128, 1024), "cuda": (32, 128, 1024)},
     "T2": {"cpu": (128, 1024), "cuda": (128, 1024)},
@@ -46,16 +74,6 @@ WINDOW_SECONDS = 0.05  # aim for windows long enough to swamp timer noise
 # Between windows, so that the worker threads the previous framework left spinning (OpenBLAS
 # and OpenMP spin-wait for up to ~0.1 s) are asleep and do not steal the next one's cores.
 PAUSE_SECONDS = {"cpu": 0.25, "cuda": 0.02}
-
-
-@dataclass(frozen=True)
-class Case:
-    device: Device
-    model: str
-    batch: int
-
-
-Step = Callable[[], Any]
 
 
 def flops_per_step(sizes: tuple[int, ...], batch: int) -> int:
@@ -75,116 +93,7 @@ def minimum_bytes(sizes: tuple[int, ...], batch: int, optimizer: str, itemsize: 
     return itemsize * (n_params * (2 + state) + activations + batch * sizes[0]) + 8 * batch
 
 
-# ----------------------------------------------------------------------------- the three steps
-
-
-def _data(case: Case, sizes: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(1)
-    x = rng.standard_normal((case.batch, sizes[0])).astype(np.float32)
-    t = rng.integers(0, sizes[-1], case.batch)
-    return x, t
-
-
-def gpunn_step(case: Case, optimizer: str) -> tuple[Step, Any]:
-    """A gpunn training step on the case's device; returns it and the model."""
-    sizes = MODELS[case.model]
-    x, t = _data(case, sizes)
-    dev = case.device
-    with dev:
-        model = mlp(list(sizes), seed=0).to(dev)
-        xd, td = dev.send(x), dev.send(t)
-        criterion = SoftmaxWithLoss(validate=False)  # labels are valid by construction
-        opt = create(optimizer, model.parameters())
-
-    def step() -> Any:
-        loss = criterion.forward(model.forward(xd), td)
-        model.backward(criterion.backward(), input_grad=False)
-        opt.step()
-        return loss
-
-    return step, model
-
-
-def graph_step(case: Case, optimizer: str) -> Step | None:
-    """The gpunn step captured once as a CUDA graph and replayed (``Trainer(graph=True)``'s
-    step), from the same initial weights; None on the CPU, where there is nothing to replay."""
-    if case.device.kind == "cpu":
-        return None
-    sizes = MODELS[case.model]
-    x, t = _data(case, sizes)
-    dev = case.device
-    with dev:
-        model = mlp(list(sizes), seed=0).to(dev)
-        criterion = SoftmaxWithLoss(validate=False)
-        opt = create(optimizer, model.parameters())
-
-        def body(xb: Any, yb: Any) -> tuple[Any, Any]:
-            loss = criterion.forward(model.forward(xb), yb)
-            model.backward(criterion.backward(), input_grad=False)
-            opt.step()
-            return loss, None
-
-        replay = StepGraph(body, opt, dev.send(x), dev.send(t), case.batch, dev)
-    return replay.step
-
-
-def numpy_step(case: Case, optimizer: str, model: Any) -> Step | None:
-    """The hand-written NumPy step (CPU, Adam only) from the same initial weights."""
-    if case.device.kind != "cpu" or optimizer != "adam":
-        return None
-    sizes = MODELS[case.model]
-    x, t = _data(case, sizes)
-    linears = [layer for layer in model if hasattr(layer, "W")]
-    net = HandwrittenMLP([to_numpy(lin.W.data) for lin in linears], [to_numpy(lin.b.data) for lin in linears])
-    return lambda: net.train_step(x, t)
-
-
-def torch_step(case: Case, optimizer: str, model: Any) -> Step | None:
-    """PyTorch eager with the same shapes, weights, loss and optimizer, or None without torch."""
-    try:
-        import torch  # noqa: PLC0415 — an optional baseline
-    except ImportError:
-        return None
-    target = "cpu" if case.device.kind == "cpu" else f"cuda:{case.device.index}"
-    # the same float32 precision on both sides: strict FP32 unless TF32 was asked for
-    torch.backends.cuda.matmul.allow_tf32 = matmul_precision() == "tf32"
-    threads = blas_threads()
-    if threads:
-        torch.set_num_threads(threads)  # as many CPU threads as NumPy's BLAS uses
-    sizes = MODELS[case.model]
-    x, t = _data(case, sizes)
-    layers: list[Any] = []
-    linears = [layer for layer in model if hasattr(layer, "W")]
-    for i, lin in enumerate(linears):
-        module = torch.nn.Linear(lin.n_in, lin.n_out)
-        with torch.no_grad():
-            module.weight.copy_(torch.from_numpy(to_numpy(lin.W.data).T.copy()))
-            module.bias.copy_(torch.from_numpy(to_numpy(lin.b.data)))
-        layers.append(module)
-        if i < len(linears) - 1:
-            layers.append(torch.nn.ReLU())
-    net = torch.nn.Sequential(*layers).to(target)
-    params = net.parameters()
-    opt = {
-        "sgd": lambda: torch.optim.SGD(params, lr=0.01),
-        "momentum": lambda: torch.optim.SGD(params, lr=0.01, momentum=0.9),
-        "nesterov": lambda: torch.optim.SGD(params, lr=0.01, momentum=0.9, nesterov=True),
-        "adagrad": lambda: torch.optim.Adagrad(params, lr=0.01),
-        "rmsprop": lambda: torch.optim.RMSprop(params, lr=0.01),
-        "adam": lambda: torch.optim.Adam(params, lr=1e-3),
-        "adamw": lambda: torch.optim.AdamW(params, lr=1e-3),
-    }[optimizer]()
-    xt, tt = torch.from_numpy(x).to(target), torch.from_numpy(t).to(target)
-    criterion = torch.nn.CrossEntropyLoss()
-
-    def step() -> Any:
-        opt.zero_grad(set_to_none=True)
-        loss = criterion(net(xt), tt)
-        loss.backward()
-        opt.step()
-        return loss
-
-    return step
+# ----------------------------------------------------------------------------- measuring
 
 
 def synchronizer(dev: Device) -> Callable[[], None]:
@@ -199,9 +108,6 @@ def synchronizer(dev: Device) -> Callable[[], None]:
     except ImportError:
         pass
     return dev.synchronize
-
-
-# ----------------------------------------------------------------------------- measuring
 
 
 def time_interleaved(
@@ -236,49 +142,6 @@ def time_interleaved(
             sync()
             times[name].append((time.perf_counter() - start) * 1e3 / per_window[name])
     return times
-
-
-def ceiling_size(dev: Device) -> int:
-    """Side of the square matrices whose product defines the ceiling (big enough to be
-    compute-bound: 2048 on a CPU, 8192 on a GPU)."""
-    return 2048 if dev.kind == "cpu" else 8192
-
-
-def matmul_step(dev: Device, n: int | None = None) -> Step:
-    """One n×n·n×n float32 matrix product into a preallocated output: the ceiling's step."""
-    n = n or ceiling_size(dev)
-    xp = dev.xp
-    with dev:
-        rng = np.random.default_rng(0)
-        a = dev.send(rng.standard_normal((n, n), dtype=np.float32))
-        b = dev.send(rng.standard_normal((n, n), dtype=np.float32))
-        out = xp.empty((n, n), dtype=np.float32)
-    return lambda: xp.matmul(a, b, out=out)
-
-
-def products_step(case: Case) -> Step:
-    """The matrix products of one training step alone, with the step's shapes, into
-    preallocated outputs: forward x·W per layer, backward xᵀ·dz for every layer and dz·Wᵀ for
-    all but the first. The step's time over this is what everything else costs."""
-    sizes = MODELS[case.model]
-    dev, n = case.device, case.batch
-    xp = dev.xp
-    rng = np.random.default_rng(0)
-    with dev:
-        weights = [dev.send(rng.standard_normal((i, o), dtype=np.float32)) for i, o in itertools.pairwise(sizes)]
-        acts = [dev.send(rng.standard_normal((n, width), dtype=np.float32)) for width in sizes]
-        grads = [xp.empty_like(w) for w in weights]
-        outs = [xp.empty((n, width), dtype=np.float32) for width in sizes]
-
-    def step() -> None:
-        for i, w in enumerate(weights):
-            xp.matmul(acts[i], w, out=outs[i + 1])
-        for i in range(len(weights) - 1, -1, -1):
-            xp.matmul(acts[i].T, acts[i + 1], out=grads[i])
-            if i > 0:
-                xp.matmul(acts[i + 1], weights[i].T, out=outs[i])
-
-    return step
 
 
 def peak_step_bytes(case: Case, optimizer: str, steps: int = 3) -> int | None:
@@ -539,14 +402,6 @@ def plot(result: dict[str, Any], path: str) -> None:
     axes.set(ylabel="samples/s", yscale="log", title=f"training-step throughput ({result['optimizer']}, float32)")
     axes.legend()
     figure.savefig(path, dpi=100)
-
-
-def blas_threads() -> int | None:
-    """Threads of the BLAS NumPy uses (None when threadpoolctl cannot tell)."""
-    from .sysinfo import blas_info  # noqa: PLC0415
-
-    counts = [lib["threads"] for lib in blas_info() if lib.get("threads")]
-    return counts[0] if counts else None
 
 
 def torch_version() -> str | None:
