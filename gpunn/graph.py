@@ -88,8 +88,9 @@ class StepGraph:
         if self.emulate:
             self.stream = self.handle = self.pool = None
         else:
-            self.stream = xp.cuda.Stream(non_blocking=True)
-            self.handle = CublasHandle(xp, self.stream, tf32=matmul_precision() == "tf32")
+            with device:  # the stream and the cuBLAS handle belong to the current GPU
+                self.stream = xp.cuda.Stream(non_blocking=True)
+                self.handle = CublasHandle(xp, self.stream, tf32=matmul_precision() == "tf32")
             self.pool = xp.cuda.MemoryPool()  # the graph's temporaries live here, and only they
             self._kernels = _device_kernels(xp)
             device.synchronize()  # the data were sent on the default stream; ours does not wait for it
