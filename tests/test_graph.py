@@ -33,17 +33,25 @@ def _weights(trainer: gn.Trainer) -> list[np.ndarray]:
 
 
 def _assert_same_training(eager: gn.Trainer, replayed: gn.Trainer, device: gn.Device) -> None:
-    # The CPU runs the very same operations; a GPU's replay multiplies through gpunn's own
-    # cuBLAS handle, whose kernel choice may round differently from CuPy's.
-    tol = {} if device.kind == "cpu" else {"rtol": 2e-4, "atol": 2e-5}
+    """The same weights and history: exactly on the CPU, which runs the very same operations;
+    closely on a GPU, whose replay multiplies through gpunn's own cuBLAS handle (its kernel
+    choice may round differently from CuPy's, and Adam carries such differences along)."""
+    exact = device.kind == "cpu"
     for a, b in zip(_weights(eager), _weights(replayed), strict=True):
-        np.testing.assert_allclose(b, a, **tol) if tol else np.testing.assert_array_equal(b, a)
-    for field in ("cost", "train_accuracy", "objective"):
+        if exact:
+            np.testing.assert_array_equal(b, a)
+        else:
+            np.testing.assert_allclose(b, a, rtol=1e-3, atol=1e-4)
+    for field in ("cost", "objective", "train_accuracy"):
         got, want = replayed.history[field], eager.history[field]
         if None in want:  # no accuracy for this loss
             assert got == want
+        elif exact:
+            np.testing.assert_allclose(got, want, rtol=1e-12)
+        elif field == "train_accuracy":
+            np.testing.assert_allclose(got, want, atol=3 / 500)  # a few predictions may flip
         else:
-            np.testing.assert_allclose(got, want, rtol=tol.get("rtol", 0) or 1e-12)
+            np.testing.assert_allclose(got, want, rtol=1e-3)
     assert replayed.optimizer.step_count == eager.optimizer.step_count
 
 
