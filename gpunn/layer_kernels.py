@@ -6,11 +6,17 @@ in several:
 
 - ``bias_activation``: a = g(z + b) in place on the matrix product's output (plain: 2 calls);
 - ``activation_backward``: dz = da · g'(z), written through the saved output a (plain: 2–4);
-- ``softmax_cross_entropy``: per row max, log-sum-exp, loss and the gradient (softmax − onehot)/N
-  in one kernel, plus one sum for the loss (plain: about 12 calls).
+- ``activation_bias_backward``: the same dz and, in the same pass, the bias gradient of the
+  Linear layer before the activation, db = Σ_rows dz (plain: 3–5 calls);
+- ``softmax_cross_entropy``: per row max, log-sum-exp, loss and the gradient (softmax − onehot)/N,
+  and the sum of the rows' losses, in one kernel (plain: about 12 calls).
 
 On the CPU the twin runs; it is also what the fused kernels are tested against. Activations
 are coded as in ``ACTIVATIONS``; LeakyReLU's slope is ``alpha``.
+
+The sums are deterministic (the same bits on every run of one shape): every partial sum is
+taken in a fixed order by a fixed thread, with no floating-point atomics. None of these calls
+reads a device value back to the host, and none calls cuBLAS, so a CUDA graph can capture them.
 """
 
 from __future__ import annotations
@@ -19,15 +25,23 @@ from typing import Any
 
 import numpy as np
 
-from .backend import array_module
+from .backend import array_module, device_of
 from .functional import sigmoid
-from .raw_kernels import THREADS_PER_BLOCK, grid, kernel
+from .raw_kernels import MAX_BLOCKS, THREADS_PER_BLOCK, grid, is_capturing, kernel
 from .raw_kernels import is_gpu as _is_gpu
 
 ACTIVATIONS = {"identity": 0, "relu": 1, "leaky_relu": 2, "sigmoid": 3, "tanh": 4}
-MAX_ROWS_PER_GRID = 65_535
+# The loss kernel's grid: at most this many blocks (each loops over rows), so that the partial
+# sums, one double per block, fit a small buffer allocated once per device.
+MAX_LOSS_BLOCKS = 1024
+# The bias-gradient kernel's block: BIAS_COLUMNS adjacent columns (one warp, coalesced reads of
+# a row) × BIAS_ROW_THREADS threads that stride down the rows. Also #defined in CUDA_SOURCE.
+BIAS_COLUMNS = 32
+BIAS_ROW_THREADS = 16
 
 CUDA_SOURCE = r"""
+#define BIAS_COLUMNS 32
+#define BIAS_ROW_THREADS 16
 #define GRID_STRIDE_LOOP(i, n) \
   for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < (n); \
        i += (long long)blockDim.x * gridDim.x)
@@ -72,6 +86,40 @@ __global__ void activation_backward(T* dz, const T* dy, const T* __restrict__ a,
   GRID_STRIDE_LOOP(i, n) { dz[i] = dy[i] * derivative(a[i], act, alpha_); }
 }
 
+// dz <- dy * g'(z) as above (rows x cols, row-major; dz may be dy), and db[j] = sum_r dz[r][j]:
+// the bias gradient of the Linear layer whose output went into g, in the same pass over dz.
+// Block (BIAS_COLUMNS, BIAS_ROW_THREADS): thread (x, y) owns column tile*32 + x and the rows
+// y, y + 16, ... in order; the 16 partial sums of a column are then added by a fixed tree in
+// shared memory and stored once. So every sum has a fixed order (deterministic), needs no
+// atomics and no zeroed db. Sums are kept in double, like the loss kernel's.
+template <typename T>
+__global__ void activation_bias_backward(T* dz, const T* dy, const T* __restrict__ a, T* __restrict__ db,
+                                         const long long rows, const long long cols, const int act,
+                                         const double alpha) {
+  __shared__ double partial[BIAS_ROW_THREADS][BIAS_COLUMNS];
+  const T alpha_ = (T)alpha;
+  for (long long tile = blockIdx.x; tile * BIAS_COLUMNS < cols; tile += gridDim.x) {
+    const long long j = tile * BIAS_COLUMNS + threadIdx.x;
+    double sum = 0.0;
+    if (j < cols) {
+      for (long long r = threadIdx.y; r < rows; r += BIAS_ROW_THREADS) {
+        const long long i = r * cols + j;
+        const T g = dy[i] * derivative(a[i], act, alpha_);
+        dz[i] = g;
+        sum += (double)g;
+      }
+    }
+    partial[threadIdx.y][threadIdx.x] = sum;
+    __syncthreads();
+    for (unsigned int stride = BIAS_ROW_THREADS / 2; stride > 0; stride >>= 1) {
+      if (threadIdx.y < stride) partial[threadIdx.y][threadIdx.x] += partial[threadIdx.y + stride][threadIdx.x];
+      __syncthreads();
+    }
+    if (threadIdx.y == 0 && j < cols) db[j] = (T)partial[0][threadIdx.x];
+    __syncthreads();  // the next tile reuses the shared buffer
+  }
+}
+
 __device__ __forceinline__ double block_reduce(double v, double* shared, const bool take_max) {
   shared[threadIdx.x] = v;
   __syncthreads();
@@ -87,16 +135,27 @@ __device__ __forceinline__ double block_reduce(double v, double* shared, const b
   return result;
 }
 
-// One block per row of z (rows x cols), blockDim a power of two, blockDim doubles of shared
-// memory. With c = max_j z_j and s = sum_j exp(z_j - c):
+// Blocks loop over the rows of z (rows x cols); blockDim a power of two, blockDim doubles of
+// shared memory. With c = max_j z_j and s = sum_j exp(z_j - c) of a row:
 //   row_loss = (log s - (z_t - c)) * inv_n      grad_j = (exp(z_j - c) / s - [j == t]) * inv_n
-// Accumulated in double, so float32 logits lose nothing to the reductions.
+// and loss[0] = sum over rows of row_loss, in the same launch. Accumulated in double, so
+// float32 logits lose nothing to the reductions.
+//
+// The loss sum is deterministic without floating-point atomics: block b adds its rows
+// (b, b + gridDim, ...) in order and writes the result to partials[b]; the block that
+// finishes last (found with an integer atomic counter) adds partials[0 .. gridDim) by a fixed
+// tree, writes loss[0] and puts the counter back to 0, so the next launch -- or the replay of
+// a CUDA graph that captured this one -- starts clean. partials needs gridDim doubles.
+// Launches sharing partials and counter must not overlap (one stream per device does that).
 template <typename T>
 __global__ void softmax_cross_entropy_rows(const T* __restrict__ z, const long long* __restrict__ t,
-                                           T* __restrict__ grad, T* __restrict__ row_loss,
-                                           const long long rows, const long long cols, const double inv_n) {
+                                           T* __restrict__ grad, T* __restrict__ loss, double* partials,
+                                           unsigned int* counter, const long long rows, const long long cols,
+                                           const double inv_n) {
   extern __shared__ double shared[];
+  __shared__ bool last_block;
   const double negative_infinity = __longlong_as_double(0xfff0000000000000ULL);  // no host headers in NVRTC
+  double block_loss = 0.0;  // kept by thread 0: this block's rows, added in row order
   for (long long row = blockIdx.x; row < rows; row += gridDim.x) {
     const T* zr = z + row * cols;
     T* gr = grad + row * cols;
@@ -107,16 +166,38 @@ __global__ void softmax_cross_entropy_rows(const T* __restrict__ z, const long l
     for (long long j = threadIdx.x; j < cols; j += blockDim.x) local += exp((double)zr[j] - c);
     const double s = block_reduce(local, shared, false);
     const long long label = t[row];
-    if (threadIdx.x == 0) row_loss[row] = (T)((log(s) - ((double)zr[label] - c)) * inv_n);
+    if (threadIdx.x == 0) block_loss += (log(s) - ((double)zr[label] - c)) * inv_n;
     for (long long j = threadIdx.x; j < cols; j += blockDim.x) {
       const double p = exp((double)zr[j] - c) / s;
       gr[j] = (T)((p - (j == label ? 1.0 : 0.0)) * inv_n);
     }
   }
+  if (threadIdx.x == 0) {
+    partials[blockIdx.x] = block_loss;
+    __threadfence();  // release: the partial is visible device-wide before the ticket is taken
+    const unsigned int ticket = atomicAdd(counter, 1u);
+    last_block = ticket == gridDim.x - 1;
+    if (last_block) __threadfence();  // acquire: every other block's partial is visible below
+  }
+  __syncthreads();
+  if (!last_block) return;  // uniform per block: the block reductions below see all its threads
+  const volatile double* written = partials;  // written by other blocks: read past this SM's L1
+  double local = 0.0;
+  for (unsigned int b = threadIdx.x; b < gridDim.x; b += blockDim.x) local += written[b];
+  const double total = block_reduce(local, shared, false);
+  if (threadIdx.x == 0) {
+    loss[0] = (T)total;
+    *counter = 0u;  // every block has taken its ticket: nobody else touches it in this launch
+  }
 }
 """
 
-KERNEL_NAMES = ("bias_activation_forward", "activation_backward", "softmax_cross_entropy_rows")
+KERNEL_NAMES = (
+    "bias_activation_forward",
+    "activation_backward",
+    "activation_bias_backward",
+    "softmax_cross_entropy_rows",
+)
 
 
 def _code(activation: str) -> int:
@@ -205,6 +286,58 @@ def activation_backward(dy: Any, a: Any, activation: str, alpha: float = 0.0, ou
     return out
 
 
+# ----------------------------------------------------------------------------- activation + bias backward
+
+
+def activation_bias_backward_reference(
+    dy: Any, a: Any, db: Any, activation: str, alpha: float = 0.0, out: Any = None
+) -> Any:
+    """dz = dy · g'(z) (N, C) and db ← Σ_n dz_n (C,) written in place; returns dz.
+
+    Exactly the two operations of the unfused path (the activation's backward, then the
+    Linear layer's bias sum), so on the CPU a fused model computes the same bits as before.
+    ``out`` may be dy itself.
+    """
+    dz = activation_backward_reference(dy, a, activation, alpha, out)
+    dz.sum(axis=0, out=db)
+    return dz
+
+
+def activation_bias_backward(dy: Any, a: Any, db: Any, activation: str, alpha: float = 0.0, out: Any = None) -> Any:
+    """dz = dy · g'(z) and db ← Σ_rows dz, for dy, a: (N, C) and db: (C,); returns dz.
+
+    db is the bias gradient of the Linear layer that produced z: computing it here spares
+    that layer's separate column sum. On a GPU: one kernel, deterministic (fixed summation
+    order, no atomics); the twin elsewhere and for layouts the kernel does not take.
+    ``out`` may be dy.
+    """
+    if not _is_gpu(dy):
+        return activation_bias_backward_reference(dy, a, db, activation, alpha, out)
+    rows, cols = dy.shape if dy.ndim == 2 else (0, 0)
+    takes = (
+        dy.ndim == 2
+        and dy.shape == a.shape
+        and dy.size > 0
+        and db.shape == (cols,)
+        and db.dtype == dy.dtype == a.dtype
+        and dy.flags.c_contiguous
+        and a.flags.c_contiguous
+        and db.flags.c_contiguous
+        and (out is None or (out.flags.c_contiguous and out.shape == dy.shape and out.dtype == dy.dtype))
+    )
+    if not takes:
+        return activation_bias_backward_reference(dy, a, db, activation, alpha, out)  # any layout
+    if out is None:
+        out = array_module(dy).empty_like(dy)
+    tiles = -(-cols // BIAS_COLUMNS)
+    _kernel(dy, "activation_bias_backward")(
+        (min(tiles, MAX_BLOCKS),),
+        (BIAS_COLUMNS, BIAS_ROW_THREADS),
+        (out, dy, a, db, np.int64(rows), np.int64(cols), np.int32(_code(activation)), np.float64(alpha)),
+    )
+    return out
+
+
 # ----------------------------------------------------------------------------- softmax cross-entropy
 
 
@@ -229,8 +362,10 @@ def softmax_cross_entropy_reference(z: Any, t: Any) -> tuple[Any, Any]:
 def softmax_cross_entropy(z: Any, t: Any) -> tuple[Any, Any]:
     """Softmax-with-loss forward and backward together: (loss 0-d, gradient (N, C)).
 
-    On a GPU: one kernel for every row's loss and gradient, one sum for the loss. The labels
-    are not range-checked here (SoftmaxWithLoss does that, once).
+    z: (N, C) logits; t: (N,) integer labels. On a GPU: one kernel computes every row's
+    gradient and the loss Σ_n (log s_n − (z_n,t − c_n)) / N, summed deterministically inside
+    the kernel (see CUDA_SOURCE); the loss is a fresh 0-d array of z's dtype. The labels are not
+    range-checked here (SoftmaxWithLoss does that, once).
     """
     if not _is_gpu(z):
         return softmax_cross_entropy_reference(z, t)
@@ -239,15 +374,45 @@ def softmax_cross_entropy(z: Any, t: Any) -> tuple[Any, Any]:
         z = xp.ascontiguousarray(z)
     labels = t if (t.dtype == np.int64 and t.flags.c_contiguous) else xp.ascontiguousarray(t, dtype=np.int64)
     rows, cols = z.shape
+    partials, counter = _loss_scratch(z)
     grad = xp.empty_like(z)
-    row_loss = xp.empty(rows, dtype=z.dtype)
+    loss = xp.empty((), dtype=z.dtype)
     threads = 32
     while threads < min(cols, THREADS_PER_BLOCK):
         threads *= 2  # a power of two for the tree reduction
     _kernel(z, "softmax_cross_entropy_rows")(
-        (max(1, min(rows, MAX_ROWS_PER_GRID)),),
+        (max(1, min(rows, MAX_LOSS_BLOCKS)),),
         (threads,),
-        (z, labels, grad, row_loss, np.int64(rows), np.int64(cols), np.float64(1.0 / rows)),
+        (z, labels, grad, loss, partials, counter, np.int64(rows), np.int64(cols), np.float64(1.0 / rows)),
         shared_mem=threads * 8,
     )
-    return row_loss.sum(), grad
+    return loss, grad
+
+
+# (device, dtype) → (partials: MAX_LOSS_BLOCKS float64, counter: one uint32 at 0 between launches).
+# Kept for the life of the process: a captured CUDA graph holds their addresses.
+_LOSS_SCRATCH: dict[tuple[Any, np.dtype], tuple[Any, Any]] = {}
+
+
+def _loss_scratch(z: Any) -> tuple[Any, Any]:
+    """The loss kernel's partial-sum buffer and block counter for z's device and dtype.
+
+    Allocated at the first call on a device (sized for the largest grid, so no later shape
+    needs a new one) and reused by every later call, including calls recorded in a CUDA graph.
+    The first call must not itself be captured: the counter's zeroing would only be recorded,
+    not run, and a graph's temporary memory must not back a buffer kept forever. Graph replay
+    runs eager warm-up steps first, so this raises only if nothing ever ran eagerly.
+    """
+    key = (device_of(z), z.dtype)
+    scratch = _LOSS_SCRATCH.get(key)
+    if scratch is None:
+        if is_capturing(z):
+            raise RuntimeError(
+                "softmax_cross_entropy's first call on a device is being captured into a CUDA graph; "
+                "run one step eagerly first, so that its scratch buffers exist before capture"
+            )
+        xp = array_module(z)
+        with key[0]:
+            scratch = (xp.zeros(MAX_LOSS_BLOCKS, dtype=np.float64), xp.zeros(1, dtype=np.uint32))
+        _LOSS_SCRATCH[key] = scratch
+    return scratch

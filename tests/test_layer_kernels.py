@@ -84,6 +84,29 @@ def test_activation_backward_twin_is_the_formula(activation: str, shape: tuple[i
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_activation_bias_backward_twin_is_the_two_plain_operations(
+    activation: str, shape: tuple[int, int], dtype: str
+) -> None:
+    """The CPU twin must be bit for bit what the unfused layers compute: the activation's
+    backward, then the Linear layer's column sum."""
+    z, _, dy = data(shape, dtype)
+    a = formula(z, activation)[0].astype(dtype)
+    dz_plain = lk.activation_backward_reference(dy, a, activation, ALPHA)
+    db_plain = dz_plain.sum(axis=0)
+    db = np.full(shape[1], np.nan, dtype=dtype)  # written, not accumulated into
+    dz = lk.activation_bias_backward(dy, a, db, activation, ALPHA)
+    np.testing.assert_array_equal(dz, dz_plain)
+    np.testing.assert_array_equal(db, db_plain)
+    assert dz.dtype == db.dtype == np.dtype(dtype)
+    dy_copy = dy.copy()  # in place into dy: the same values
+    assert lk.activation_bias_backward(dy_copy, a, db, activation, ALPHA, out=dy_copy) is dy_copy
+    np.testing.assert_array_equal(dy_copy, dz_plain)
+    np.testing.assert_array_equal(db, db_plain)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", [(1, 2), (7, 3), (65, 1000)])
 def test_softmax_cross_entropy_twin_is_the_formula(shape: tuple[int, int], dtype: str) -> None:
     rng = np.random.default_rng(1)
@@ -150,22 +173,121 @@ def test_fused_softmax_cross_entropy_equals_twin(gpu: gn.Device, shape: tuple[in
     np.testing.assert_allclose(gn.to_numpy(fused_grad), grad, **tolerance(dtype))
 
 
+ROWS = (1, 7, 1000, 70_000)
+COLUMNS = (1, 3, 33, 1025)  # one warp's tile partly used, exactly one and a bit more than one
+
+
+def bias_sum_bound(dz: np.ndarray, dtype: str) -> np.ndarray:
+    """Error allowed for a column sum of dz: the kernel sums in double and rounds once, but
+    each dz element may differ from the twin's by its own tolerance (FMA contraction)."""
+    scale = np.abs(dz.astype(np.float64)).sum(axis=0) + np.finfo(dtype).tiny
+    return scale * (4e-6 if dtype == "float32" else 1e-12)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("cols", COLUMNS)
+@pytest.mark.parametrize("rows", ROWS)
+def test_fused_activation_bias_backward_equals_twin(gpu: gn.Device, rows: int, cols: int, dtype: str) -> None:
+    activation = ACTIVATIONS[(ROWS.index(rows) + COLUMNS.index(cols)) % len(ACTIVATIONS)]  # each one, spread
+    z, _, dy = data((rows, cols), dtype)
+    a = formula(z, activation)[0].astype(dtype)
+    db_twin = np.empty(cols, dtype=dtype)
+    dz_twin = lk.activation_bias_backward_reference(dy, a, db_twin, activation, ALPHA)
+    db = gpu.send(np.full(cols, np.nan, dtype=dtype))  # every column is stored, none accumulated
+    dy_gpu, a_gpu = gpu.send(dy), gpu.send(a)
+    dz = lk.activation_bias_backward(dy_gpu, a_gpu, db, activation, ALPHA)
+    np.testing.assert_allclose(gn.to_numpy(dz), dz_twin, **tolerance(dtype))
+    got = gn.to_numpy(db)
+    exact = dz_twin.astype(np.float64).sum(axis=0)
+    assert np.all(np.abs(got - exact) <= bias_sum_bound(dz_twin, dtype)), (activation, np.abs(got - exact).max())
+    # deterministic: a second launch gives the same bits; in place into dy, too
+    first = got.copy()
+    assert lk.activation_bias_backward(dy_gpu, a_gpu, db, activation, ALPHA, out=dy_gpu) is dy_gpu
+    np.testing.assert_array_equal(gn.to_numpy(db), first)
+    np.testing.assert_array_equal(gn.to_numpy(dy_gpu), gn.to_numpy(dz))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_fused_activation_bias_backward_every_activation(gpu: gn.Device, activation: str) -> None:
+    z, _, dy = data((1000, 33), "float64")
+    a = formula(z, activation)[0]
+    db_twin = np.empty(33)
+    dz_twin = lk.activation_bias_backward_reference(dy, a, db_twin, activation, ALPHA)
+    db = gpu.send(np.zeros(33))
+    dz = lk.activation_bias_backward(gpu.send(dy), gpu.send(a), db, activation, ALPHA)
+    np.testing.assert_allclose(gn.to_numpy(dz), dz_twin, **tolerance("float64"))
+    np.testing.assert_allclose(gn.to_numpy(db), db_twin, rtol=1e-11, atol=1e-11)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("cols", COLUMNS)
+@pytest.mark.parametrize("rows", ROWS)
+def test_fused_softmax_cross_entropy_sums_the_loss_in_the_kernel(
+    gpu: gn.Device, rows: int, cols: int, dtype: str
+) -> None:
+    """Grids of one block up to the cap (70 000 rows: blocks loop over rows), against the twin
+    for the gradient and against float64 for the loss (the kernel adds in double)."""
+    rng = np.random.default_rng(4)
+    z = (rng.standard_normal((rows, cols)) * 5).astype(dtype)
+    t = rng.integers(0, cols, rows)
+    _, grad = lk.softmax_cross_entropy_reference(z, t)
+    exact_loss, _ = lk.softmax_cross_entropy_reference(z.astype(np.float64), t)
+    z_gpu, t_gpu = gpu.send(z), gpu.send(t)
+    loss, fused_grad = lk.softmax_cross_entropy(z_gpu, t_gpu)
+    assert loss.shape == () and loss.dtype == np.dtype(dtype)
+    np.testing.assert_allclose(float(loss), float(exact_loss), rtol=1e-6 if dtype == "float32" else 1e-12, atol=1e-12)
+    np.testing.assert_allclose(gn.to_numpy(fused_grad), grad, **tolerance(dtype))
+    # the last block put the counter back to 0: the next launch sums the same partials again
+    again, _ = lk.softmax_cross_entropy(z_gpu, t_gpu)
+    assert gn.to_numpy(again).tobytes() == gn.to_numpy(loss).tobytes()
+    _, counter = lk._LOSS_SCRATCH[(gpu, np.dtype(dtype))]
+    assert int(counter[0]) == 0
+
+
+@pytest.mark.gpu
+def test_fused_losses_of_different_sizes_share_the_scratch(gpu: gn.Device) -> None:
+    """A small grid after a large one reads only its own partials (and the reverse)."""
+    rng = np.random.default_rng(5)
+    for rows in (70_000, 3, 2000, 1):
+        z = rng.standard_normal((rows, 10)).astype(np.float32)
+        t = rng.integers(0, 10, rows)
+        exact, _ = lk.softmax_cross_entropy_reference(z.astype(np.float64), t)
+        loss, _ = lk.softmax_cross_entropy(gpu.send(z), gpu.send(t))
+        np.testing.assert_allclose(float(loss), float(exact), rtol=1e-6)
+
+
 # ----------------------------------------------------------------------------- launch arguments
 
 SIGNATURES = {
     "bias_activation_forward": ("T*", "const T*", "const long long", "const long long", "const int", "const double"),
     "activation_backward": ("T*", "const T*", "const T*", "const long long", "const int", "const double"),
+    "activation_bias_backward": (
+        "T*",
+        "const T*",
+        "const T*",
+        "T*",
+        "const long long",
+        "const long long",
+        "const int",
+        "const double",
+    ),
     "softmax_cross_entropy_rows": (
         "const T*",
         "const long long*",
         "T*",
         "T*",
+        "double*",
+        "unsigned int*",
         "const long long",
         "const long long",
         "const double",
     ),
 }
 SCALARS = {"const long long": np.int64, "const double": np.float64, "const int": np.int32}
+POINTERS = {"const long long*": np.int64, "double*": np.float64, "unsigned int*": np.uint32}
 
 
 def test_signature_table_covers_every_kernel() -> None:
@@ -177,32 +299,95 @@ def test_signature_table_covers_every_kernel() -> None:
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_launch_arguments_match_the_signatures(monkeypatch: pytest.MonkeyPatch, dtype: str) -> None:
     """A RawKernel passes NumPy scalars by their own type: a mismatch would read garbage."""
-    launches: list[tuple[str, tuple, dict]] = []
+    launches: list[tuple[str, tuple, tuple, tuple, dict]] = []
 
     def fake_kernel(x: np.ndarray, name: str):
-        return lambda grid, block, args, **kw: launches.append((name, args, kw))
+        return lambda grid, block, args, **kw: launches.append((name, grid, block, args, kw))
 
     monkeypatch.setattr(lk, "_is_gpu", lambda x: True)
     monkeypatch.setattr(lk, "_kernel", fake_kernel)
+    monkeypatch.setattr(lk, "_LOSS_SCRATCH", {})
     z, b, dy = data((5, 3), dtype)
     lk.bias_activation(z, b, "leaky_relu", ALPHA)
     lk.activation_backward(dy, z, "tanh")
+    db = np.empty(3, dtype=dtype)
+    lk.activation_bias_backward(dy, z, db, "sigmoid")
     lk.softmax_cross_entropy(z, np.array([0, 2, 1, 1, 0], dtype=np.int32))
-    assert [name for name, _, _ in launches] == list(lk.KERNEL_NAMES)
-    for name, args, _ in launches:
+    assert [launch[0] for launch in launches] == list(lk.KERNEL_NAMES)
+    for name, _, _, args, _ in launches:
         signature = SIGNATURES[name]
         assert len(args) == len(signature), name
         for arg, ctype in zip(args, signature, strict=True):
-            if ctype == "const long long*":
-                assert isinstance(arg, np.ndarray) and arg.dtype == np.int64  # labels widened to int64
+            if ctype in POINTERS:  # labels widened to int64; the loss scratch in its own types
+                assert isinstance(arg, np.ndarray) and arg.dtype == POINTERS[ctype], (name, ctype)
             elif ctype.endswith("T*"):
                 assert isinstance(arg, np.ndarray) and arg.dtype == np.dtype(dtype) and arg.flags.c_contiguous
             else:
                 assert type(arg) is SCALARS[ctype], (name, ctype, type(arg))
-    (_, forward_args, _), _, (_, softmax_args, softmax_kw) = launches
-    assert forward_args[3] == 3 and forward_args[4] == lk.ACTIVATIONS["leaky_relu"]
-    assert softmax_args[4] == 5 and softmax_args[5] == 3 and softmax_args[6] == pytest.approx(1 / 5)
+    forward, _, bias_backward, softmax = launches
+    assert forward[3][3] == 3 and forward[3][4] == lk.ACTIVATIONS["leaky_relu"]
+    _, bias_grid, bias_block, bias_args, _ = bias_backward
+    assert bias_args[3] is db and bias_args[4] == 5 and bias_args[5] == 3
+    assert bias_args[6] == lk.ACTIVATIONS["sigmoid"]
+    assert bias_grid == (1,) and bias_block == (lk.BIAS_COLUMNS, lk.BIAS_ROW_THREADS)
+    _, softmax_grid, _, softmax_args, softmax_kw = softmax
+    assert softmax_args[3].shape == () and softmax_args[3].dtype == np.dtype(dtype)  # the 0-d loss
+    assert softmax_args[4].size >= softmax_grid[0]  # a partial per block
+    assert softmax_args[6] == 5 and softmax_args[7] == 3 and softmax_args[8] == pytest.approx(1 / 5)
     assert softmax_kw["shared_mem"] == 32 * 8  # one double per thread of a 32-thread block
+
+
+def test_the_loss_grid_is_capped_and_its_scratch_made_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """However many rows, at most MAX_LOSS_BLOCKS blocks (each loops over rows), so the partial
+    buffer made at the first call serves every later one; the counter starts at 0."""
+    launches: list[tuple[tuple, tuple]] = []
+    monkeypatch.setattr(lk, "_is_gpu", lambda x: True)
+    monkeypatch.setattr(lk, "_kernel", lambda x, name: lambda grid, block, args, **kw: launches.append((grid, args)))
+    monkeypatch.setattr(lk, "_LOSS_SCRATCH", {})
+    for rows in (1, 1000, 5000, 70_000):
+        lk.softmax_cross_entropy(np.zeros((rows, 2), np.float32), np.zeros(rows, np.int64))
+    assert [grid for grid, _ in launches] == [(1,), (1000,), (lk.MAX_LOSS_BLOCKS,), (lk.MAX_LOSS_BLOCKS,)]
+    partials = {id(args[4]) for _, args in launches}
+    counters = {id(args[5]) for _, args in launches}
+    assert len(partials) == len(counters) == 1
+    (_, args), *_ = launches
+    assert args[4].shape == (lk.MAX_LOSS_BLOCKS,) and args[5].shape == (1,) and args[5][0] == 0
+    lk.softmax_cross_entropy(np.zeros((3, 2), np.float64), np.zeros(3, np.int64))
+    assert len(lk._LOSS_SCRATCH) == 2  # per (device, dtype)
+
+
+def test_the_loss_scratch_is_not_made_during_a_capture(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Made under capture, the counter's zeroing would only be recorded: refuse clearly (graph
+    replay then falls back to eager steps) instead of summing with a garbage counter."""
+    monkeypatch.setattr(lk, "_is_gpu", lambda x: True)
+    monkeypatch.setattr(lk, "_kernel", lambda x, name: pytest.fail("launched without scratch"))
+    monkeypatch.setattr(lk, "_LOSS_SCRATCH", {})
+    monkeypatch.setattr(lk, "is_capturing", lambda x: True)
+    with pytest.raises(RuntimeError, match="run one step eagerly first"):
+        lk.softmax_cross_entropy(np.zeros((4, 3), np.float32), np.zeros(4, np.int64))
+
+
+def test_the_bias_kernel_block_matches_the_cuda_source() -> None:
+    for name in ("BIAS_COLUMNS", "BIAS_ROW_THREADS"):
+        assert re.search(rf"#define {name} {getattr(lk, name)}\b", lk.CUDA_SOURCE), name
+    rows = lk.BIAS_ROW_THREADS
+    assert rows & (rows - 1) == 0  # the tree over row-threads halves a power of two
+    assert lk.BIAS_COLUMNS == 32  # one warp per row of the tile: coalesced reads
+
+
+def test_odd_layouts_take_the_bias_backward_twin(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Strided arrays, or a db that does not fit, never reach the row-major kernel."""
+    monkeypatch.setattr(lk, "_is_gpu", lambda x: True)
+    monkeypatch.setattr(lk, "_kernel", lambda *a: pytest.fail("a kernel was launched on an odd layout"))
+    z, _, dy = data((6, 8), "float64")
+    a = formula(z, "relu")[0]
+    db = np.empty(4)
+    dz = lk.activation_bias_backward(dy[:, ::2], a[:, ::2], db, "relu")
+    np.testing.assert_array_equal(dz, dy[:, ::2] * (a[:, ::2] > 0))
+    np.testing.assert_array_equal(db, dz.sum(axis=0))
+    strided_db = np.empty(16)[::2]
+    lk.activation_bias_backward(dy, a, strided_db, "relu")
+    np.testing.assert_array_equal(strided_db, (dy * (a > 0)).sum(axis=0))
 
 
 @needs_nvcc
