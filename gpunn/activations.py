@@ -6,6 +6,8 @@ through the saved output where that is cheaper (σ' = a(1 − a), tanh' = 1 − 
 
 When :class:`~gpunn.Sequential` owns the input array it sets ``inplace`` and the activation
 overwrites it instead of allocating; ``inplace_grad`` does the same for the incoming gradient.
+When it fuses a Linear layer with the activation after it, the activation's backward also
+writes that layer's bias gradient (``bias_grad_of``), in the same kernel on a GPU.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Any
 
 from .backend import array_module
 from .functional import sigmoid, softmax
-from .layer_kernels import activation_backward
+from .layer_kernels import activation_backward, activation_bias_backward
 from .layers import Layer
 from .validation import check_choice, check_float
 
@@ -41,12 +43,15 @@ class ElementwiseActivation(Layer):
 
     ``fused`` is set by :class:`~gpunn.Sequential` when the Linear layer before this one
     already applied g together with its bias (one kernel instead of two); forward then only
-    records its input as the output.
+    records its input as the output. ``bias_grad_of`` is that Linear layer: backward then
+    also writes its bias gradient ∂L/∂b = Σ_n dz_n (C,) from the dz (N, C) it returns, and
+    hands dz to the layer as ``bias_grad_from`` so that its backward skips the same sum.
     """
 
     name = "identity"  # the activation's code in gpunn.layer_kernels.ACTIVATIONS
     symbol = "g"
     fused = False
+    bias_grad_of: Any = None  # the Linear layer whose b.grad backward writes (Sequential sets it)
 
     def __init__(self, inplace: bool = False) -> None:
         self.inplace = bool(inplace)
@@ -68,7 +73,15 @@ class ElementwiseActivation(Layer):
         raise NotImplementedError
 
     def backward(self, dy: Any) -> Any:
-        return activation_backward(dy, self._y, self.name, self.alpha, out=dy if self.inplace_grad else None)
+        """dz = dy · g'(z), shape (N, C); with ``bias_grad_of`` set, also db = Σ_n dz_n."""
+        out = dy if self.inplace_grad else None
+        linear = self.bias_grad_of
+        db = None if linear is None else linear.b.grad  # read now: packing rebinds the view
+        if db is None or getattr(dy, "ndim", 0) != 2 or db.shape != dy.shape[1:] or db.dtype != dy.dtype:
+            return activation_backward(dy, self._y, self.name, self.alpha, out=out)
+        dz = activation_bias_backward(dy, self._y, db, self.name, self.alpha, out=out)
+        linear.bias_grad_from = dz
+        return dz
 
     def formula(self, layer: int) -> str:
         return f"a^[{layer}] = {self.symbol}(z^[{layer}])"

@@ -103,7 +103,15 @@ class Linear(Layer):
     Backward: ∂L/∂W = xᵀ·dy, ∂L/∂b = Σ_n dy, ∂L/∂x = dy·Wᵀ.
     W is drawn by ``init`` ("he", "xavier" or "normal") from a host Generator seeded with
     ``seed``; b starts at zero.
+
+    Inside a :class:`~gpunn.Sequential` that fuses this layer with the activation after it,
+    the activation's backward already writes ∂L/∂b = Σ_n dy (one kernel with its own work on
+    a GPU) and leaves the dy it returned in ``bias_grad_from``; backward then skips the sum
+    for that very array and computes it for any other.
     """
+
+    # the dy whose column sums the fused activation's backward already wrote into b.grad
+    bias_grad_from: Any = None
 
     def __init__(
         self,
@@ -151,7 +159,11 @@ class Linear(Layer):
                 f"{self!r}.backward expects dy of shape {(x.shape[0], self.n_out)}, got {getattr(dy, 'shape', dy)}"
             )
         matmul(x.T, dy, out=self.W.grad)
-        dy.sum(axis=0, out=self.b.grad)
+        # An identity check, not a flag: a dy the activation did not just return (a caller
+        # driving the layers by hand) still gets its own sum. The reference is dropped at once.
+        if dy is not self.bias_grad_from:
+            dy.sum(axis=0, out=self.b.grad)
+        self.bias_grad_from = None
         return matmul(dy, self.W.data.T) if input_grad else None
 
     def formula(self, layer: int) -> str:

@@ -526,3 +526,143 @@ def test_a_copied_model_and_optimizer_still_train_together(how: str) -> None:
     for a, b in zip(model.parameters(), copied_model.parameters(), strict=True):
         np.testing.assert_array_equal(a.data, b.data)
         assert not np.shares_memory(a.data, b.data)
+
+
+# ----------------------------------------------------------------------------- bias gradient fused into the activation
+
+
+def _train(model: gn.Sequential, steps: int = 4) -> list[np.ndarray]:
+    """A few Adam steps on fixed data; the final weights."""
+    rng = np.random.default_rng(7)
+    dtype = model.dtype
+    x = rng.standard_normal((13, model[0].n_in)).astype(dtype)
+    t = rng.integers(0, 3, 13)  # every model here has 3 outputs
+    criterion, optimizer = gn.SoftmaxWithLoss(), gn.optim.Adam(model.parameters(), lr=0.05)
+    for _ in range(steps):
+        criterion.forward(model.forward(x), t)
+        model.backward(criterion.backward(), input_grad=False)
+        optimizer.step()
+    return [p.data.copy() for p in model.parameters()]
+
+
+def _unfused_copy(model: gn.Sequential) -> gn.Sequential:
+    """The same layers and weights with an Identity after every Linear: nothing is fused,
+    forward or backward (the behaviour before any fusion)."""
+    layers: list[gn.Layer] = []
+    for layer in copy.deepcopy(model.layers):
+        layers.append(layer)
+        if isinstance(layer, gn.Linear):
+            layers.append(gn.Identity())
+    return gn.Sequential(layers)
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("activation", ["relu", "leaky_relu", "sigmoid", "tanh"])
+def test_fused_bias_gradient_trains_bit_identically_on_the_cpu(activation: str, dtype: str, dropout: float) -> None:
+    fused = gn.mlp([6, 9, 7, 3], activation=activation, dtype=dtype, seed=0, dropout=dropout)
+    switched_off = copy.deepcopy(fused)
+    for layer in switched_off:
+        if isinstance(layer, gn.activations.ElementwiseActivation):
+            layer.bias_grad_of = None  # the Linear sums its own bias gradient again
+    unfused = _unfused_copy(fused)
+    acts = [layer for layer in fused if isinstance(layer, gn.activations.ElementwiseActivation)]
+    assert [act.bias_grad_of for act in acts] == [fused[0], fused[3 if dropout else 2]]
+    assert not any(getattr(layer, "bias_grad_of", None) for layer in unfused)
+    expected = _train(unfused)
+    for model in (fused, switched_off):
+        for got, want in zip(_train(model), expected, strict=True):
+            np.testing.assert_array_equal(got, want)
+
+
+def test_linear_skips_its_bias_sum_only_for_the_array_the_activation_returned(
+    monkeypatch: pytest.MonkeyPatch, rng: np.random.Generator
+) -> None:
+    """A marker in b.grad shows whose sum is there: kept when the Linear skips its own sum,
+    overwritten when it computes it (a dy the activation did not return)."""
+    original = gn.activations.activation_bias_backward
+
+    def marked(dy, a, db, *args, **kwargs):
+        dz = original(dy, a, db, *args, **kwargs)
+        db += 1000.0
+        return dz
+
+    monkeypatch.setattr(gn.activations, "activation_bias_backward", marked)
+    model = gn.mlp([4, 5, 3], dtype="float64", seed=0)
+    linear, relu = model[0], model[1]
+    x, dy = rng.standard_normal((6, 4)), rng.standard_normal((6, 5))
+    model.forward(x)
+    dz = relu.backward(dy)
+    assert linear.bias_grad_from is dz
+    true_db = dz.sum(axis=0)
+    linear.backward(dz.copy())  # equal values, another array: the Linear sums it itself
+    np.testing.assert_array_equal(linear.b.grad, true_db)
+    assert linear.bias_grad_from is None  # the hand-off is used up
+
+    dz = relu.backward(dy)
+    linear.backward(dz)  # the very array: the activation's sum stays
+    np.testing.assert_array_equal(linear.b.grad, true_db + 1000.0)
+    assert linear.bias_grad_from is None
+    linear.backward(dz)  # the same array again, but nothing was handed off this time
+    np.testing.assert_array_equal(linear.b.grad, true_db)
+
+
+def test_a_fused_model_backward_matches_the_formulas_with_every_grad_overwritten(rng: np.random.Generator) -> None:
+    model = gn.mlp([4, 6, 5, 3], activation="tanh", dtype="float64", seed=0)
+    x, dlogits = rng.standard_normal((7, 4)), rng.standard_normal((7, 3))
+    model.forward(x)
+    for p in model.parameters():
+        p.grad[...] = np.nan  # the fused bias gradients are written, not added
+    model.backward(dlogits)
+    W = {name: p.data for name, p in model.named_parameters()}
+    a1 = np.tanh(x @ W["0.W"] + W["0.b"])
+    a2 = np.tanh(a1 @ W["2.W"] + W["2.b"])
+    dz2 = (dlogits @ W["4.W"].T) * (1 - a2**2)
+    dz1 = (dz2 @ W["2.W"].T) * (1 - a1**2)
+    grads = dict(model.named_parameters())
+    np.testing.assert_allclose(grads["4.b"].grad, dlogits.sum(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(grads["2.b"].grad, dz2.sum(axis=0), rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(grads["0.b"].grad, dz1.sum(axis=0), rtol=1e-12, atol=1e-15)
+    assert all(layer.bias_grad_from is None for layer in model if isinstance(layer, gn.Linear))
+
+
+def test_fusing_the_bias_gradient_keeps_the_in_place_gradient_plan(rng: np.random.Generator) -> None:
+    """The hidden activations may still overwrite the gradient the next Linear allocated;
+    the dz they return is then that array, and the Linear before them skips its sum for it."""
+    model = gn.mlp([4, 6, 5, 3], dtype="float64", seed=0)
+    relus = [model[1], model[3]]
+    assert [relu.inplace_grad for relu in relus] == [True, True]
+    model.forward(rng.standard_normal((7, 4)))
+    dy = rng.standard_normal((7, 5))
+    assert relus[1].backward(dy) is dy
+    assert model[2].bias_grad_from is dy
+
+
+def test_a_lone_linear_and_an_unpaired_activation_do_not_hand_off(rng: np.random.Generator) -> None:
+    relu = gn.ReLU()
+    linear = gn.Linear(3, 4, dtype="float64", seed=0)
+    model = gn.Sequential(relu, linear)
+    assert relu.bias_grad_of is None
+    x = rng.standard_normal((5, 3))
+    model.forward(x)
+    dy = rng.standard_normal((5, 4))
+    model.backward(dy)
+    np.testing.assert_array_equal(linear.b.grad, dy.sum(axis=0))
+    lone = gn.Linear(3, 4, dtype="float64", seed=0)
+    lone.forward(x)
+    lone.backward(dy)
+    np.testing.assert_array_equal(lone.b.grad, dy.sum(axis=0))
+
+
+@pytest.mark.parametrize("how", ["deepcopy", "pickle"])
+def test_a_copied_model_hands_its_bias_gradient_to_its_own_linear(how: str, rng: np.random.Generator) -> None:
+    model = gn.mlp([4, 6, 3], dtype="float64", seed=0)
+    copied = copy.deepcopy(model) if how == "deepcopy" else pickle.loads(pickle.dumps(model))
+    assert copied[1].bias_grad_of is copied[0]
+    model[0].b.grad[...] = 0.0
+    x, dlogits = rng.standard_normal((5, 4)), rng.standard_normal((5, 3))
+    copied.forward(x)
+    copied.backward(dlogits)
+    assert np.all(model[0].b.grad == 0.0)  # the original's gradient is untouched
+    assert np.abs(copied[0].b.grad).sum() > 0
+    assert np.shares_memory(copied[0].b.grad, copied.parameters()[0]._flat.grad)  # the packed view
