@@ -19,6 +19,7 @@ def _column_major(base: np.ndarray, rows: int, cols: int, ld: int) -> np.ndarray
 
 def emulate(plan: GemmPlan, a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
     """C = op(A)·op(B) in column-major terms with A = b's memory and B = a's memory."""
+
     def op(x: np.ndarray, operand, rows: int, cols: int) -> np.ndarray:
         if operand.op == OP_N:
             return _column_major(x, rows, cols, operand.ld)
