@@ -77,7 +77,7 @@ def test_folded_penalty_equals_backward_then_step(rule, dtype, kind):
 def test_folded_penalty_in_pieces_equals_backward_then_step(rule, kind):
     """A model bigger than one CPU piece (CHUNK elements) whose weights end inside a piece:
     the weights prefix is translated piece by piece, still bit for bit."""
-    sizes = [300, 250, 10]  # 77_760 elements: two pieces, the weights end in the second
+    sizes = [kernels.CHUNK // 250 + 1, 250, 10]  # two pieces, the weights end in the second
     (fused_model, fused_opt), (old_model, old_opt) = pair(rule, "float32", sizes)
     flat = fused_opt._current_flat()
     assert kernels.CHUNK < flat.n_decay < flat.size < 2 * kernels.CHUNK
