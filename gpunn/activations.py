@@ -7,7 +7,8 @@ through the saved output where that is cheaper (σ' = a(1 − a), tanh' = 1 − 
 When :class:`~gpunn.Sequential` owns the input array it sets ``inplace`` and the activation
 overwrites it instead of allocating; ``inplace_grad`` does the same for the incoming gradient.
 When it fuses a Linear layer with the activation after it, the activation's backward also
-writes that layer's bias gradient (``bias_grad_of``), in the same kernel on a GPU.
+writes that layer's bias gradient (``bias_grad_of``), in the same kernel on a GPU, and, handed
+over by Sequential, that of an unfused Linear layer right after it (``also_sum``).
 """
 
 from __future__ import annotations
@@ -72,14 +73,22 @@ class ElementwiseActivation(Layer):
     def _apply(self, x: Any, out: Any) -> Any:
         raise NotImplementedError
 
-    def backward(self, dy: Any) -> Any:
-        """dz = dy · g'(z), shape (N, C); with ``bias_grad_of`` set, also db = Σ_n dz_n."""
+    def backward(self, dy: Any, also_sum: tuple[Any, Any] | None = None) -> Any:
+        """dz = dy · g'(z), shape (N, C); with ``bias_grad_of`` set, also db = Σ_n dz_n.
+
+        ``also_sum`` = (dy2, db2) also writes db2 ← Σ_n dy2_n: the bias gradient of the Linear
+        layer after this activation, which :class:`~gpunn.Sequential` hands over so that
+        it comes out of the same kernel on a GPU instead of a launch of its own.
+        """
         out = dy if self.inplace_grad else None
         linear = self.bias_grad_of
         db = None if linear is None else linear.b.grad  # read now: packing rebinds the view
         if db is None or getattr(dy, "ndim", 0) != 2 or db.shape != dy.shape[1:] or db.dtype != dy.dtype:
-            return activation_backward(dy, self._y, self.name, self.alpha, out=out)
-        dz = activation_bias_backward(dy, self._y, db, self.name, self.alpha, out=out)
+            dz = activation_backward(dy, self._y, self.name, self.alpha, out=out)
+            if also_sum is not None:
+                also_sum[0].sum(axis=0, out=also_sum[1])
+            return dz
+        dz = activation_bias_backward(dy, self._y, db, self.name, self.alpha, out=out, also_sum=also_sum)
         linear.bias_grad_from = dz
         return dz
 

@@ -7,7 +7,8 @@ in several:
 - ``bias_activation``: a = g(z + b) in place on the matrix product's output (plain: 2 calls);
 - ``activation_backward``: dz = da · g'(z), written through the saved output a (plain: 2–4);
 - ``activation_bias_backward``: the same dz and, in the same pass, the bias gradient of the
-  Linear layer before the activation, db = Σ_rows dz (plain: 3–5 calls);
+  Linear layer before the activation, db = Σ_rows dz, and on request that of the Linear layer
+  after it, Σ_rows of its dy (plain: 3–6 calls);
 - ``softmax_cross_entropy``: per row max, log-sum-exp, loss and the gradient (softmax − onehot)/N,
   and the sum of the rows' losses, in one kernel (plain: about 12 calls).
 
@@ -27,7 +28,7 @@ import numpy as np
 
 from .backend import array_module, device_of
 from .functional import sigmoid
-from .raw_kernels import MAX_BLOCKS, THREADS_PER_BLOCK, grid, is_capturing, kernel
+from .raw_kernels import MAX_BLOCKS, NULL, THREADS_PER_BLOCK, grid, is_capturing, kernel
 from .raw_kernels import is_gpu as _is_gpu
 
 ACTIVATIONS = {"identity": 0, "relu": 1, "leaky_relu": 2, "sigmoid": 3, "tanh": 4}
@@ -88,6 +89,9 @@ __global__ void activation_backward(T* dz, const T* dy, const T* __restrict__ a,
 
 // dz <- dy * g'(z) as above (rows x cols, row-major; dz may be dy), and db[j] = sum_r dz[r][j]:
 // the bias gradient of the Linear layer whose output went into g, in the same pass over dz.
+// With cols2 > 0 the same launch also writes db2[j] = sum_r dy2[r][j] (dy2: rows x cols2, the
+// gradient that reached the Linear layer after g, whose own bias sum would otherwise be a
+// launch of its own): tiles past the first matrix's are the second's.
 // Block (BIAS_COLUMNS, BIAS_ROW_THREADS): thread (x, y) owns column tile*32 + x and the rows
 // y, y + 16, ... in order; the 16 partial sums of a column are then added by a fixed tree in
 // shared memory and stored once. So every sum has a fixed order (deterministic), needs no
@@ -95,18 +99,27 @@ __global__ void activation_backward(T* dz, const T* dy, const T* __restrict__ a,
 template <typename T>
 __global__ void activation_bias_backward(T* dz, const T* dy, const T* __restrict__ a, T* __restrict__ db,
                                          const long long rows, const long long cols, const int act,
-                                         const double alpha) {
+                                         const double alpha, const T* __restrict__ dy2,
+                                         T* __restrict__ db2, const long long cols2) {
   __shared__ double partial[BIAS_ROW_THREADS][BIAS_COLUMNS];
   const T alpha_ = (T)alpha;
-  for (long long tile = blockIdx.x; tile * BIAS_COLUMNS < cols; tile += gridDim.x) {
-    const long long j = tile * BIAS_COLUMNS + threadIdx.x;
+  const long long tiles = (cols + BIAS_COLUMNS - 1) / BIAS_COLUMNS;
+  const long long tiles2 = (cols2 + BIAS_COLUMNS - 1) / BIAS_COLUMNS;
+  for (long long tile = blockIdx.x; tile < tiles + tiles2; tile += gridDim.x) {
+    const bool second = tile >= tiles;  // the same for the whole block: no divergence
+    const long long width = second ? cols2 : cols;
+    const long long j = (second ? tile - tiles : tile) * BIAS_COLUMNS + threadIdx.x;
     double sum = 0.0;
-    if (j < cols) {
-      for (long long r = threadIdx.y; r < rows; r += BIAS_ROW_THREADS) {
-        const long long i = r * cols + j;
-        const T g = dy[i] * derivative(a[i], act, alpha_);
-        dz[i] = g;
-        sum += (double)g;
+    if (j < width) {
+      if (second) {
+        for (long long r = threadIdx.y; r < rows; r += BIAS_ROW_THREADS) sum += (double)dy2[r * cols2 + j];
+      } else {
+        for (long long r = threadIdx.y; r < rows; r += BIAS_ROW_THREADS) {
+          const long long i = r * cols + j;
+          const T g = dy[i] * derivative(a[i], act, alpha_);
+          dz[i] = g;
+          sum += (double)g;
+        }
       }
     }
     partial[threadIdx.y][threadIdx.x] = sum;
@@ -115,7 +128,7 @@ __global__ void activation_bias_backward(T* dz, const T* dy, const T* __restrict
       if (threadIdx.y < stride) partial[threadIdx.y][threadIdx.x] += partial[threadIdx.y + stride][threadIdx.x];
       __syncthreads();
     }
-    if (threadIdx.y == 0 && j < cols) db[j] = (T)partial[0][threadIdx.x];
+    if (threadIdx.y == 0 && j < width) (second ? db2 : db)[j] = (T)partial[0][threadIdx.x];
     __syncthreads();  // the next tile reuses the shared buffer
   }
 }
@@ -290,29 +303,53 @@ def activation_backward(dy: Any, a: Any, activation: str, alpha: float = 0.0, ou
 
 
 def activation_bias_backward_reference(
-    dy: Any, a: Any, db: Any, activation: str, alpha: float = 0.0, out: Any = None
+    dy: Any, a: Any, db: Any, activation: str, alpha: float = 0.0, out: Any = None, also_sum: Any = None
 ) -> Any:
     """dz = dy · g'(z) (N, C) and db ← Σ_n dz_n (C,) written in place; returns dz.
+    With ``also_sum`` = (dy2, db2), dy2: (N, C2), also db2 ← Σ_n dy2_n (C2,).
 
-    Exactly the two operations of the unfused path (the activation's backward, then the
-    Linear layer's bias sum), so on the CPU a fused model computes the same bits as before.
+    Exactly the operations of the unfused path (the activation's backward, then the Linear
+    layers' bias sums), so on the CPU a fused model computes the same bits as before.
     ``out`` may be dy itself.
     """
     dz = activation_backward_reference(dy, a, activation, alpha, out)
     dz.sum(axis=0, out=db)
+    if also_sum is not None:
+        dy2, db2 = also_sum
+        dy2.sum(axis=0, out=db2)
     return dz
 
 
-def activation_bias_backward(dy: Any, a: Any, db: Any, activation: str, alpha: float = 0.0, out: Any = None) -> Any:
+def _takes_second_sum(dy: Any, also_sum: Any) -> bool:
+    """Whether the kernel can write also_sum = (dy2, db2) in its launch: same rows and dtype,
+    row-major dy2, contiguous db2 of dy2's width."""
+    dy2, db2 = also_sum
+    return (
+        getattr(dy2, "ndim", 0) == 2
+        and dy2.shape[0] == dy.shape[0]
+        and dy2.shape[1] > 0
+        and db2.shape == dy2.shape[1:]
+        and dy2.dtype == db2.dtype == dy.dtype
+        and dy2.flags.c_contiguous
+        and db2.flags.c_contiguous
+        and device_of(dy2) == device_of(dy)
+    )
+
+
+def activation_bias_backward(
+    dy: Any, a: Any, db: Any, activation: str, alpha: float = 0.0, out: Any = None, also_sum: Any = None
+) -> Any:
     """dz = dy · g'(z) and db ← Σ_rows dz, for dy, a: (N, C) and db: (C,); returns dz.
 
     db is the bias gradient of the Linear layer that produced z: computing it here spares
-    that layer's separate column sum. On a GPU: one kernel, deterministic (fixed summation
-    order, no atomics); the twin elsewhere and for layouts the kernel does not take.
-    ``out`` may be dy.
+    that layer's separate column sum. ``also_sum`` = (dy2, db2) adds db2 ← Σ_rows dy2 for a
+    dy2 of N rows: the bias gradient of the Linear layer *after* the activation, when nothing
+    else sums it (Sequential hands it over), in the same launch. On a GPU: one kernel,
+    deterministic (fixed summation order, no atomics); the twin elsewhere and for layouts the
+    kernel does not take. ``out`` may be dy.
     """
     if not _is_gpu(dy):
-        return activation_bias_backward_reference(dy, a, db, activation, alpha, out)
+        return activation_bias_backward_reference(dy, a, db, activation, alpha, out, also_sum)
     rows, cols = dy.shape if dy.ndim == 2 else (0, 0)
     takes = (
         dy.ndim == 2
@@ -326,15 +363,32 @@ def activation_bias_backward(dy: Any, a: Any, db: Any, activation: str, alpha: f
         and (out is None or (out.flags.c_contiguous and out.shape == dy.shape and out.dtype == dy.dtype))
     )
     if not takes:
-        return activation_bias_backward_reference(dy, a, db, activation, alpha, out)  # any layout
+        return activation_bias_backward_reference(dy, a, db, activation, alpha, out, also_sum)  # any layout
+    second = also_sum is not None and _takes_second_sum(dy, also_sum)
     if out is None:
         out = array_module(dy).empty_like(dy)
-    tiles = -(-cols // BIAS_COLUMNS)
+    dy2, db2 = also_sum if second else (NULL, NULL)
+    cols2 = dy2.shape[1] if second else 0
+    tiles = -(-cols // BIAS_COLUMNS) + -(-cols2 // BIAS_COLUMNS)
     _kernel(dy, "activation_bias_backward")(
         (min(tiles, MAX_BLOCKS),),
         (BIAS_COLUMNS, BIAS_ROW_THREADS),
-        (out, dy, a, db, np.int64(rows), np.int64(cols), np.int32(_code(activation)), np.float64(alpha)),
+        (
+            out,
+            dy,
+            a,
+            db,
+            np.int64(rows),
+            np.int64(cols),
+            np.int32(_code(activation)),
+            np.float64(alpha),
+            dy2,
+            db2,
+            np.int64(cols2),
+        ),
     )
+    if also_sum is not None and not second:
+        also_sum[0].sum(axis=0, out=also_sum[1])  # a layout the kernel does not take: its own sum
     return out
 
 

@@ -148,9 +148,11 @@ class Linear(Layer):
             bias_activation(y, self.b.data, *self.activation)
         return y
 
-    def backward(self, dy: Any, input_grad: bool = True) -> Any:
+    def backward(self, dy: Any, input_grad: bool = True, bias_grad: bool = True) -> Any:
         """Write ∂L/∂W and ∂L/∂b into the gradient views; return ∂L/∂x (None when
-        ``input_grad`` is False: the first layer's input gradient is never used in training)."""
+        ``input_grad`` is False: the first layer's input gradient is never used in training).
+        ``bias_grad`` False leaves ∂L/∂b = Σ_n dy to the caller (Sequential hands it to the
+        fused activation before this layer, whose kernel sums it with its own)."""
         x = self._x
         if x is None:
             raise RuntimeError(f"{self!r}.backward called before forward")
@@ -161,7 +163,7 @@ class Linear(Layer):
         matmul(x.T, dy, out=self.W.grad)
         # An identity check, not a flag: a dy the activation did not just return (a caller
         # driving the layers by hand) still gets its own sum. The reference is dropped at once.
-        if dy is not self.bias_grad_from:
+        if bias_grad and dy is not self.bias_grad_from:
             dy.sum(axis=0, out=self.b.grad)
         self.bias_grad_from = None
         return matmul(dy, self.W.data.T) if input_grad else None

@@ -106,7 +106,9 @@ class Sequential(Layer):
 
         Backward, the activation's dz is exactly the Linear's dy (they are adjacent), so the
         activation also writes the Linear's bias gradient Σ_n dz_n in its own pass over dz
-        (one kernel on a GPU instead of two); the Linear skips its sum for that array."""
+        (one kernel on a GPU instead of two); the Linear skips its sum for that array. An
+        unfused Linear right after such an activation (the output layer) hands its bias sum to
+        the same kernel in :meth:`backward`."""
         for layer in self.layers:
             if isinstance(layer, Linear):
                 layer.activation = None
@@ -159,11 +161,29 @@ class Sequential(Layer):
     def backward(self, dy: Any, input_grad: bool = True) -> Any:
         """dy = ∂L/∂output → writes every parameter's grad; returns ∂L/∂x (None when
         ``input_grad`` is False, which spares the first layer's input gradient)."""
-        for layer in reversed(self.layers[1:]):
-            dy = layer.backward(dy)
-        if not self.layers:
+        layers = self.layers
+        if not layers:
             return dy
-        first = self.layers[0]
+        k = len(layers) - 1
+        while k > 0:
+            layer = layers[k]
+            before = layers[k - 1]
+            if (
+                isinstance(layer, Linear)
+                and layer.activation is None
+                and isinstance(before, ElementwiseActivation)
+                and before.fused
+            ):
+                # A Linear layer with no activation after it (the output layer) whose input came
+                # from a fused activation: that activation's backward kernel, which sums its own
+                # Linear's bias gradient, also sums this one's: a launch fewer per step.
+                dx = layer.backward(dy, bias_grad=False)
+                dy = before.backward(dx, also_sum=(dy, layer.b.grad))
+                k -= 2
+            else:
+                dy = layer.backward(dy)
+                k -= 1
+        first = layers[0]
         if isinstance(first, (Linear, Sequential)):
             return first.backward(dy, input_grad=input_grad)
         return first.backward(dy)

@@ -107,6 +107,22 @@ def test_activation_bias_backward_twin_is_the_two_plain_operations(
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_activation_bias_backward_twin_also_sums_a_second_gradient(shape: tuple[int, int], dtype: str) -> None:
+    """also_sum = (dy2, db2): db2 is exactly the column sum the Linear layer after the
+    activation would have taken itself; dz and db are unchanged by it."""
+    z, _, dy = data(shape, dtype)
+    a = formula(z, "tanh")[0].astype(dtype)
+    dy2 = data((shape[0], 5), dtype, seed=1)[0]
+    db, db_alone = np.empty(shape[1], dtype=dtype), np.empty(shape[1], dtype=dtype)
+    db2 = np.full(5, np.nan, dtype=dtype)
+    dz = lk.activation_bias_backward(dy, a, db, "tanh", ALPHA, also_sum=(dy2, db2))
+    np.testing.assert_array_equal(dz, lk.activation_bias_backward(dy, a, db_alone, "tanh", ALPHA))
+    np.testing.assert_array_equal(db, db_alone)
+    np.testing.assert_array_equal(db2, dy2.sum(axis=0))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", [(1, 2), (7, 3), (65, 1000)])
 def test_softmax_cross_entropy_twin_is_the_formula(shape: tuple[int, int], dtype: str) -> None:
     rng = np.random.default_rng(1)
@@ -209,6 +225,39 @@ def test_fused_activation_bias_backward_equals_twin(gpu: gn.Device, rows: int, c
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(
+    ("rows", "cols", "cols2"), [(1, 1, 1), (7, 3, 10), (1000, 33, 1), (1000, 100, 10), (70_000, 1025, 33)]
+)
+def test_fused_activation_bias_backward_also_sums_a_second_gradient(
+    gpu: gn.Device, rows: int, cols: int, cols2: int, dtype: str
+) -> None:
+    """One launch writes dz, db and db2 = Σ_rows dy2 (the output layer's bias gradient):
+    the same dz and db as without the second sum, db2 within the summation bound,
+    deterministic; a strided dy2 (a layout the kernel does not take) still gets its sum."""
+    z, _, dy = data((rows, cols), dtype)
+    a = formula(z, "relu")[0].astype(dtype)
+    dy2 = data((rows, cols2), dtype, seed=2)[0]
+    dy_gpu, a_gpu, dy2_gpu = gpu.send(dy), gpu.send(a), gpu.send(dy2)
+    db_alone = gpu.send(np.empty(cols, dtype=dtype))
+    dz_alone = lk.activation_bias_backward(dy_gpu, a_gpu, db_alone, "relu")
+    db, db2 = gpu.send(np.full(cols, np.nan, dtype=dtype)), gpu.send(np.full(cols2, np.nan, dtype=dtype))
+    dz = lk.activation_bias_backward(dy_gpu, a_gpu, db, "relu", also_sum=(dy2_gpu, db2))
+    np.testing.assert_array_equal(gn.to_numpy(dz), gn.to_numpy(dz_alone))
+    np.testing.assert_array_equal(gn.to_numpy(db), gn.to_numpy(db_alone))
+    got = gn.to_numpy(db2)
+    exact = dy2.astype(np.float64).sum(axis=0)
+    assert np.all(np.abs(got - exact) <= bias_sum_bound(dy2, dtype)), np.abs(got - exact).max()
+    lk.activation_bias_backward(dy_gpu, a_gpu, db, "relu", also_sum=(dy2_gpu, db2))
+    np.testing.assert_array_equal(gn.to_numpy(db2), got)
+    wide = gpu.send(np.repeat(dy2, 2, axis=1))
+    strided = gpu.send(np.full(cols2, np.nan, dtype=dtype))
+    lk.activation_bias_backward(dy_gpu, a_gpu, db, "relu", also_sum=(wide[:, ::2], strided))
+    # CuPy's own sum (float32 accumulation for float32): a looser bound than the kernel's
+    assert np.all(np.abs(gn.to_numpy(strided) - exact) <= 4 * bias_sum_bound(dy2, dtype) + 1e-5 * (dtype == "float32"))
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 def test_fused_activation_bias_backward_every_activation(gpu: gn.Device, activation: str) -> None:
     z, _, dy = data((1000, 33), "float64")
@@ -273,6 +322,9 @@ SIGNATURES = {
         "const long long",
         "const int",
         "const double",
+        "const T*",
+        "T*",
+        "const long long",
     ),
     "softmax_cross_entropy_rows": (
         "const T*",
@@ -313,23 +365,31 @@ def test_launch_arguments_match_the_signatures(monkeypatch: pytest.MonkeyPatch, 
     db = np.empty(3, dtype=dtype)
     lk.activation_bias_backward(dy, z, db, "sigmoid")
     lk.softmax_cross_entropy(z, np.array([0, 2, 1, 1, 0], dtype=np.int32))
-    assert [launch[0] for launch in launches] == list(lk.KERNEL_NAMES)
+    dy2, db2 = data((5, 40), dtype)[0], np.empty(40, dtype=dtype)
+    lk.activation_bias_backward(dy, z, db, "relu", also_sum=(dy2, db2))
+    assert [launch[0] for launch in launches] == [*lk.KERNEL_NAMES, "activation_bias_backward"]
     for name, _, _, args, _ in launches:
         signature = SIGNATURES[name]
         assert len(args) == len(signature), name
         for arg, ctype in zip(args, signature, strict=True):
             if ctype in POINTERS:  # labels widened to int64; the loss scratch in its own types
                 assert isinstance(arg, np.ndarray) and arg.dtype == POINTERS[ctype], (name, ctype)
+            elif ctype.endswith("T*") and not isinstance(arg, np.ndarray):
+                assert arg is lk.NULL and args[-1] == 0, (name, ctype)  # no second sum: null, 0 columns
             elif ctype.endswith("T*"):
                 assert isinstance(arg, np.ndarray) and arg.dtype == np.dtype(dtype) and arg.flags.c_contiguous
             else:
                 assert type(arg) is SCALARS[ctype], (name, ctype, type(arg))
-    forward, _, bias_backward, softmax = launches
+    forward, _, bias_backward, softmax, both_sums = launches
     assert forward[3][3] == 3 and forward[3][4] == lk.ACTIVATIONS["leaky_relu"]
     _, bias_grid, bias_block, bias_args, _ = bias_backward
     assert bias_args[3] is db and bias_args[4] == 5 and bias_args[5] == 3
     assert bias_args[6] == lk.ACTIVATIONS["sigmoid"]
+    assert bias_args[8] is lk.NULL and bias_args[9] is lk.NULL and bias_args[10] == 0
     assert bias_grid == (1,) and bias_block == (lk.BIAS_COLUMNS, lk.BIAS_ROW_THREADS)
+    _, both_grid, _, both_args, _ = both_sums
+    assert both_args[8] is dy2 and both_args[9] is db2 and both_args[10] == 40
+    assert both_grid == (1 + 2,)  # a tile of 3 columns, then two of dy2's 40
     _, softmax_grid, _, softmax_args, softmax_kw = softmax
     assert softmax_args[3].shape == () and softmax_args[3].dtype == np.dtype(dtype)  # the 0-d loss
     assert softmax_args[4].size >= softmax_grid[0]  # a partial per block

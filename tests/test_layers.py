@@ -654,6 +654,51 @@ def test_a_lone_linear_and_an_unpaired_activation_do_not_hand_off(rng: np.random
     np.testing.assert_array_equal(lone.b.grad, dy.sum(axis=0))
 
 
+def test_the_output_layer_hands_its_bias_sum_to_the_activation_before_it(
+    monkeypatch: pytest.MonkeyPatch, rng: np.random.Generator
+) -> None:
+    """Sequential.backward lets the fused activation's kernel also sum the output Linear's
+    dy (one launch fewer per step on a GPU); that Linear then skips its own sum. Driven by
+    hand, the Linear still sums it."""
+    calls = []
+    original = gn.activations.activation_bias_backward
+
+    def recording(dy, a, db, *args, also_sum=None, **kwargs):
+        calls.append(also_sum)
+        return original(dy, a, db, *args, also_sum=also_sum, **kwargs)
+
+    monkeypatch.setattr(gn.activations, "activation_bias_backward", recording)
+    model = gn.mlp([4, 6, 5, 3], dtype="float64", seed=0)
+    x, dlogits = rng.standard_normal((7, 4)), rng.standard_normal((7, 3))
+    model.forward(x)
+    model[4].b.grad[...] = np.nan
+    model.backward(dlogits)
+    assert len(calls) == 2 and calls[1] is None  # the first activation has no unfused Linear after it
+    handed_dy, handed_db = calls[0]
+    assert handed_dy is dlogits and handed_db is model[4].b.grad
+    np.testing.assert_array_equal(model[4].b.grad, dlogits.sum(axis=0))
+
+    output = model[4]
+    output.b.grad[...] = np.nan
+    output.backward(dlogits, bias_grad=False)  # the caller promised to sum it
+    assert np.isnan(output.b.grad).all()
+    output.backward(dlogits)
+    np.testing.assert_array_equal(output.b.grad, dlogits.sum(axis=0))
+
+
+def test_an_unfused_activation_still_sums_the_handed_over_bias_gradient(rng: np.random.Generator) -> None:
+    """The plain path (bias_grad_of switched off) writes the handed-over sum too."""
+    model = gn.mlp([4, 6, 3], dtype="float64", seed=0)
+    model[1].bias_grad_of = None
+    x, dlogits = rng.standard_normal((5, 4)), rng.standard_normal((5, 3))
+    model.forward(x)
+    for p in model.parameters():
+        p.grad[...] = np.nan
+    model.backward(dlogits)
+    np.testing.assert_array_equal(model[2].b.grad, dlogits.sum(axis=0))
+    assert not any(np.isnan(p.grad).any() for p in model.parameters())
+
+
 @pytest.mark.parametrize("how", ["deepcopy", "pickle"])
 def test_a_copied_model_hands_its_bias_gradient_to_its_own_linear(how: str, rng: np.random.Generator) -> None:
     model = gn.mlp([4, 6, 3], dtype="float64", seed=0)
