@@ -19,42 +19,59 @@ def load(path: Path) -> object:
         return {"missing": f"{path.name}: {exc}"}
 
 
-def test_counts(path: Path) -> dict[str, object]:
-    try:
-        root = ET.parse(path).getroot()
-    except (OSError, ET.ParseError) as exc:
-        return {"missing": f"{path.name}: {exc}"}
-    suite = root if root.tag == "testsuite" else root.find("testsuite")
-    counts: dict[str, object] = {k: int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")}
+def _suites(path: Path) -> list[ET.Element]:
+    root = ET.parse(path).getroot()
+    return [root] if root.tag == "testsuite" else list(root.iter("testsuite"))
+
+
+def test_counts(paths: list[Path]) -> dict[str, object]:
+    """Tests, failures, errors, skipped and passed summed over the JUnit files (one per pytest
+    phase), GPU tests run, the failed tests' ids, and each file that could not be read."""
+    counts: dict[str, object] = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0, "gpu_tests_run": 0}
+    failed: list[str] = []
+    missing: list[str] = []
+    for path in paths:
+        try:
+            suites = _suites(path)
+        except (OSError, ET.ParseError) as exc:
+            missing.append(f"{path.name}: {exc}")
+            continue
+        for suite in suites:
+            for key in ("tests", "failures", "errors", "skipped"):
+                counts[key] += int(suite.get(key, 0))
+            for case in suite.iter("testcase"):
+                if "cuda:" in case.get("name", "") and case.find("skipped") is None:  # a [cuda:0] test id
+                    counts["gpu_tests_run"] += 1
+                if case.find("failure") is not None or case.find("error") is not None:
+                    failed.append(f"{case.get('classname')}::{case.get('name')}")
     counts["passed"] = counts["tests"] - counts["failures"] - counts["errors"] - counts["skipped"]
-    counts["gpu_tests_run"] = sum(
-        1 for case in suite.iter("testcase") if "cuda" in case.get("name", "") and case.find("skipped") is None
-    )
-    counts["failed"] = [
-        f"{case.get('classname')}::{case.get('name')}"
-        for case in suite.iter("testcase")
-        if case.find("failure") is not None or case.find("error") is not None
-    ]
+    counts["failed"] = failed
+    if missing:
+        counts["missing"] = missing  # a phase killed by its timeout writes no file
     return counts
 
 
-def tests_named(path: Path, word: str) -> dict[str, str]:
+def tests_named(paths: list[Path], word: str) -> dict[str, str]:
     """Outcome of every test whose name holds ``word``: passed, failed, or skipped and why."""
-    try:
-        root = ET.parse(path).getroot()
-    except (OSError, ET.ParseError) as exc:
-        return {"missing": f"{path.name}: {exc}"}
     outcomes = {}
-    for case in root.iter("testcase"):
-        if word in case.get("name", ""):
-            skipped = case.find("skipped")
-            failed = case.find("failure") if case.find("failure") is not None else case.find("error")
-            outcome = "passed"
-            if skipped is not None:
-                outcome = f"skipped: {skipped.get('message', '')}"
-            elif failed is not None:
-                outcome = f"failed: {failed.get('message', '')[:300]}"
-            outcomes[f"{case.get('classname')}::{case.get('name')}"] = outcome
+    for path in paths:
+        try:
+            suites = _suites(path)
+        except (OSError, ET.ParseError) as exc:
+            outcomes[f"missing {path.name}"] = str(exc)
+            continue
+        for suite in suites:
+            for case in suite.iter("testcase"):
+                if word not in case.get("name", ""):
+                    continue
+                skipped = case.find("skipped")
+                failed = case.find("failure") if case.find("failure") is not None else case.find("error")
+                outcome = "passed"
+                if skipped is not None:
+                    outcome = f"skipped: {skipped.get('message', '')}"
+                elif failed is not None:
+                    outcome = f"failed: {failed.get('message', '')[:300]}"
+                outcomes[f"{case.get('classname')}::{case.get('name')}"] = outcome
     return outcomes
 
 
@@ -94,18 +111,20 @@ def main() -> None:
     out = Path(sys.argv[1])
     info_rc, tests_rc, bench_rc, sklearn_rc = (int(a) for a in sys.argv[2:6])
     info = load(out / "info.json")
+    # ci/gpu-check runs pytest in two phases (GPU tests first, then the rest), one file each
+    junit = [out / "tests-gpu.xml", out / "tests-rest.xml"]
     gpus = info.get("gpus", []) if isinstance(info, dict) else []
     summary = {
         "date": datetime.date.today().isoformat(),
         "gpu": gpus[0]["name"] if gpus else None,
         "exit_codes": {"info": info_rc, "tests": tests_rc, "bench": bench_rc, "sklearn": sklearn_rc},
         "info": info,
-        "tests": test_counts(out / "tests.xml"),
+        "tests": test_counts(junit),
         "bench": load(out / "bench.json"),
         "bench_w1": load(out / "bench-w1.json"),
         "bench_tf32": load(out / "bench-tf32.json"),
-        "nccl": tests_named(out / "tests.xml", "nccl"),
-        "graph_replay": tests_named(out / "tests.xml", "repla"),
+        "nccl": tests_named(junit, "nccl"),
+        "graph_replay": tests_named(junit, "repla"),
         "sklearn_digits": load(out / "sklearn-digits.json"),
     }
     summary["targets"] = targets(summary)

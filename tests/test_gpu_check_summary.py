@@ -36,3 +36,35 @@ def test_targets_read_the_gpu_rows_and_judge_each_bound(summarize):
     assert checks["W1 step / its matrix products"] == {"value": 1.08, "target": "<= 1.1", "met": True}
     assert checks["W1 gpunn / torch eager (FP32)"]["met"] is False
     assert checks["W1 gpunn / torch eager (TF32 both)"] == {"value": None, "target": ">= 1.0", "met": None}
+
+
+JUNIT = """<?xml version="1.0" encoding="utf-8"?><testsuites><testsuite name="pytest" errors="0" failures="{f}"
+skipped="{s}" tests="{t}">{cases}</testsuite></testsuites>"""
+
+
+def test_test_counts_add_up_the_phases_and_name_a_missing_one(summarize, tmp_path):
+    """ci/gpu-check runs the GPU tests first and the rest after; a phase its timeout killed
+    leaves no file, which the summary must say instead of passing over it."""
+    gpu_cases = (
+        '<testcase classname="tests.test_graph" name="test_replay_equals_eager[cuda:0]"/>'
+        '<testcase classname="tests.test_graph" name="test_replay_equals_eager[cpu]"/>'
+        '<testcase classname="tests.test_backend" name="test_cuda_env_is_read"/>'
+        '<testcase classname="tests.test_kernels" name="test_adam[cuda:0]"><failure message="bad"/></testcase>'
+    )
+    rest_cases = '<testcase classname="tests.test_cli" name="test_help"><skipped message="why"/></testcase>'
+    (tmp_path / "tests-gpu.xml").write_text(JUNIT.format(f=1, s=0, t=4, cases=gpu_cases))
+    (tmp_path / "tests-rest.xml").write_text(JUNIT.format(f=0, s=1, t=1, cases=rest_cases))
+    phases = [tmp_path / "tests-gpu.xml", tmp_path / "tests-rest.xml"]
+    counts = summarize.test_counts(phases)
+    assert (counts["tests"], counts["failures"], counts["skipped"], counts["passed"]) == (5, 1, 1, 3)
+    assert counts["gpu_tests_run"] == 2  # the [cuda:0] ids, not every name that says cuda
+    assert counts["failed"] == ["tests.test_kernels::test_adam[cuda:0]"]
+    assert "missing" not in counts
+    replay = summarize.tests_named(phases, "repla")
+    assert replay == {
+        "tests.test_graph::test_replay_equals_eager[cuda:0]": "passed",
+        "tests.test_graph::test_replay_equals_eager[cpu]": "passed",
+    }
+    (tmp_path / "tests-rest.xml").unlink()
+    counts = summarize.test_counts(phases)
+    assert counts["tests"] == 4 and counts["missing"][0].startswith("tests-rest.xml")
