@@ -17,7 +17,7 @@ from typing import Any
 
 from .backend import array_module
 from .functional import sigmoid, softmax
-from .layer_kernels import activation_backward, activation_bias_backward
+from .layer_kernels import activation_backward, activation_bias_backward, column_sums
 from .layers import Layer
 from .validation import check_choice, check_float
 
@@ -86,7 +86,7 @@ class ElementwiseActivation(Layer):
         if db is None or getattr(dy, "ndim", 0) != 2 or db.shape != dy.shape[1:] or db.dtype != dy.dtype:
             dz = activation_backward(dy, self._y, self.name, self.alpha, out=out)
             if also_sum is not None:
-                also_sum[0].sum(axis=0, out=also_sum[1])
+                column_sums(*also_sum)
             return dz
         dz = activation_bias_backward(dy, self._y, db, self.name, self.alpha, out=out, also_sum=also_sum)
         linear.bias_grad_from = dz

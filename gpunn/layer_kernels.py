@@ -224,6 +224,34 @@ def _kernel(x: Any, name: str) -> Any:
     return kernel(array_module(x), CUDA_SOURCE, KERNEL_NAMES, name, x.dtype)
 
 
+# ----------------------------------------------------------------------------- bias gradient
+
+_ONES: dict[np.dtype, np.ndarray] = {}  # one ones vector per dtype, grown to the longest batch
+
+
+def column_sums(x: Any, out: Any) -> Any:
+    """out ← Σ_rows x for x: (N, C) and out: (C,) — a bias gradient; returns out.
+
+    On the CPU it is the product 1ᵀ·x (a BLAS matrix-vector product), 1.5–3× faster than
+    NumPy's row-by-row sum from 32×100 up to 512×4096; it rounds differently, by float
+    rounding of the same size. Every CPU path (fused or not) sums bias gradients here, so
+    they agree bit for bit. On a GPU, and for layouts BLAS does not take, x.sum(axis=0).
+    """
+    if (
+        type(x) is np.ndarray
+        and x.ndim == 2
+        and x.dtype in (np.float32, np.float64)
+        and out.dtype == x.dtype
+        and out.shape == x.shape[1:]
+        and out.flags.c_contiguous
+    ):
+        ones = _ONES.get(x.dtype)
+        if ones is None or ones.shape[0] < x.shape[0]:
+            ones = _ONES[x.dtype] = np.ones(max(x.shape[0], 256), dtype=x.dtype)
+        return np.matmul(ones[: x.shape[0]], x, out=out)
+    return x.sum(axis=0, out=out)
+
+
 # ----------------------------------------------------------------------------- bias + activation
 
 
@@ -309,14 +337,14 @@ def activation_bias_backward_reference(
     With ``also_sum`` = (dy2, db2), dy2: (N, C2), also db2 ← Σ_n dy2_n (C2,).
 
     Exactly the operations of the unfused path (the activation's backward, then the Linear
-    layers' bias sums), so on the CPU a fused model computes the same bits as before.
+    layers' bias sums by :func:`column_sums`), so on the CPU a fused model computes the
+    same bits as an unfused one.
     ``out`` may be dy itself.
     """
     dz = activation_backward_reference(dy, a, activation, alpha, out)
-    dz.sum(axis=0, out=db)
+    column_sums(dz, db)
     if also_sum is not None:
-        dy2, db2 = also_sum
-        dy2.sum(axis=0, out=db2)
+        column_sums(*also_sum)
     return dz
 
 
@@ -388,7 +416,7 @@ def activation_bias_backward(
         ),
     )
     if also_sum is not None and not second:
-        also_sum[0].sum(axis=0, out=also_sum[1])  # a layout the kernel does not take: its own sum
+        column_sums(*also_sum)  # a layout the kernel does not take: its own sum
     return out
 
 

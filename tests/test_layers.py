@@ -11,6 +11,13 @@ import numpy as np
 import pytest
 
 import gpunn as gn
+from gpunn.layer_kernels import column_sums
+
+
+def colsum(x: np.ndarray) -> np.ndarray:
+    """The CPU's bias-gradient sum (1ᵀ·x, what every CPU path uses), into a fresh array."""
+    return column_sums(x, np.empty(x.shape[1], dtype=x.dtype))
+
 
 # ----------------------------------------------------------------------------- Linear
 
@@ -594,7 +601,7 @@ def test_linear_skips_its_bias_sum_only_for_the_array_the_activation_returned(
     model.forward(x)
     dz = relu.backward(dy)
     assert linear.bias_grad_from is dz
-    true_db = dz.sum(axis=0)
+    true_db = colsum(dz)
     linear.backward(dz.copy())  # equal values, another array: the Linear sums it itself
     np.testing.assert_array_equal(linear.b.grad, true_db)
     assert linear.bias_grad_from is None  # the hand-off is used up
@@ -647,11 +654,11 @@ def test_a_lone_linear_and_an_unpaired_activation_do_not_hand_off(rng: np.random
     model.forward(x)
     dy = rng.standard_normal((5, 4))
     model.backward(dy)
-    np.testing.assert_array_equal(linear.b.grad, dy.sum(axis=0))
+    np.testing.assert_array_equal(linear.b.grad, colsum(dy))
     lone = gn.Linear(3, 4, dtype="float64", seed=0)
     lone.forward(x)
     lone.backward(dy)
-    np.testing.assert_array_equal(lone.b.grad, dy.sum(axis=0))
+    np.testing.assert_array_equal(lone.b.grad, colsum(dy))
 
 
 def test_the_output_layer_hands_its_bias_sum_to_the_activation_before_it(
@@ -676,14 +683,14 @@ def test_the_output_layer_hands_its_bias_sum_to_the_activation_before_it(
     assert len(calls) == 2 and calls[1] is None  # the first activation has no unfused Linear after it
     handed_dy, handed_db = calls[0]
     assert handed_dy is dlogits and handed_db is model[4].b.grad
-    np.testing.assert_array_equal(model[4].b.grad, dlogits.sum(axis=0))
+    np.testing.assert_array_equal(model[4].b.grad, colsum(dlogits))
 
     output = model[4]
     output.b.grad[...] = np.nan
     output.backward(dlogits, bias_grad=False)  # the caller promised to sum it
     assert np.isnan(output.b.grad).all()
     output.backward(dlogits)
-    np.testing.assert_array_equal(output.b.grad, dlogits.sum(axis=0))
+    np.testing.assert_array_equal(output.b.grad, colsum(dlogits))
 
 
 def test_an_unfused_activation_still_sums_the_handed_over_bias_gradient(rng: np.random.Generator) -> None:
@@ -695,7 +702,7 @@ def test_an_unfused_activation_still_sums_the_handed_over_bias_gradient(rng: np.
     for p in model.parameters():
         p.grad[...] = np.nan
     model.backward(dlogits)
-    np.testing.assert_array_equal(model[2].b.grad, dlogits.sum(axis=0))
+    np.testing.assert_array_equal(model[2].b.grad, colsum(dlogits))
     assert not any(np.isnan(p.grad).any() for p in model.parameters())
 
 
