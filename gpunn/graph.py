@@ -93,8 +93,9 @@ class StepGraph:
                 self.handle = CublasHandle(xp, self.stream, tf32=matmul_precision() == "tf32")
             self.pool = xp.cuda.MemoryPool()  # the graph's temporaries live here, and only they
             self._kernels = _device_kernels(xp)
-            device.synchronize()  # the data were sent on the default stream; ours does not wait for it
-        optimizer.use_live_scalars(True)
+        optimizer.use_live_scalars(True)  # may fill [lr, t] on the default stream
+        if not self.emulate:
+            device.synchronize()  # data and live scalars came on the default stream; ours does not wait
 
     # ------------------------------------------------------------------ one epoch
 
@@ -119,6 +120,13 @@ class StepGraph:
     def step(self) -> None:
         """One full-batch step at the current counter (which wraps around after the last
         step of an epoch): the benchmark's steady state, replaying without per-epoch setup."""
+        if self.rest:
+            # after the full batches the counter points at the short one, whose full-size
+            # gather would read past the end of perm
+            raise ValueError(
+                f"step() replays full batches only: len(x) = {self.x.shape[0]} is not a multiple "
+                f"of batch_size = {self.batch}"
+            )
         if self.emulate:
             self._next_full_step()
             return

@@ -275,7 +275,8 @@ def bias_activation_reference(y: Any, b: Any, activation: str, alpha: float = 0.
 
 def bias_activation(y: Any, b: Any, activation: str, alpha: float = 0.0) -> Any:
     """y ← g(y + b) in place: one kernel on a GPU, the twin on the CPU; returns y."""
-    if not _is_gpu(y) or not (y.flags.c_contiguous and b.flags.c_contiguous and y.ndim == 2):
+    takes = y.ndim == 2 and y.flags.c_contiguous and b.flags.c_contiguous
+    if not _is_gpu(y) or not (takes and b.dtype == y.dtype and b.shape == (y.shape[1],)):
         return bias_activation_reference(y, b, activation, alpha)  # the twin handles any layout
     _kernel(y, "bias_activation_forward")(
         grid(y.size),
@@ -315,7 +316,9 @@ def activation_backward(dy: Any, a: Any, activation: str, alpha: float = 0.0, ou
     if not _is_gpu(dy):
         return activation_backward_reference(dy, a, activation, alpha, out)
     contiguous = dy.flags.c_contiguous and a.flags.c_contiguous and (out is None or out.flags.c_contiguous)
-    if not contiguous or dy.shape != a.shape:
+    # one dtype and one shape for all three, or the kernel would read and write past their ends
+    same = a.dtype == dy.dtype and (out is None or (out.dtype == dy.dtype and out.shape == dy.shape))
+    if not (contiguous and same) or dy.shape != a.shape:
         return activation_backward_reference(dy, a, activation, alpha, out)  # the twin handles any layout
     if out is None:
         out = array_module(dy).empty_like(dy)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
@@ -163,8 +164,9 @@ class Trainer:
         self.stop_training = False
         validate = self.loss.validate
         self.loss.validate = False  # labels were checked once above: no sync per step
-        self._step_graph = self._new_step_graph(x, y, batch_size, classify) if self.graph else None
+        self._step_graph = None
         try:
+            self._step_graph = self._start_step_graph(x, y, batch_size, classify) if self.graph else None
             for epoch in range(initial_epoch, epochs):
                 record = self._epoch(x, y, dev, epoch, batch_size, shuffle, seed, classify)
                 self.history.append(record)
@@ -305,6 +307,15 @@ class Trainer:
         if self._step_graph is not None:
             self._step_graph.close()
             self._step_graph = None
+
+    def _start_step_graph(self, x: Any, y: Any, batch_size: int, classify: str | None) -> step_graph.StepGraph | None:
+        """The fit's step graph, or None (and a warning) when the GPU cannot give it a cuBLAS
+        handle, a stream or memory: training then goes on eagerly, as after a failed capture."""
+        try:
+            return self._new_step_graph(x, y, batch_size, classify)
+        except (RuntimeError, OSError, MemoryError) as exc:
+            warnings.warn(f"graph replay is unavailable ({exc}); training eagerly", RuntimeWarning, stacklevel=3)
+            return None
 
     def _new_step_graph(self, x: Any, y: Any, batch_size: int, classify: str | None) -> step_graph.StepGraph:
         """The fit's replayable step: the same forward, loss, backward and update as an eager

@@ -167,3 +167,34 @@ def test_graph_argument_errors():
     with pytest.raises(TypeError, match="graph must be True or False"):
         gn.Trainer(gn.mlp([4, 2], seed=0), gn.SoftmaxWithLoss(), gn.optim.SGD(), device="cpu", graph="yes")
     gn.Trainer(model, gn.SoftmaxWithLoss(), gn.optim.SGD(), device="cpu", graph=False)  # eager is fine
+
+
+def test_step_refuses_data_that_end_in_a_short_batch(digits):
+    """step() replays full batches: with a short last batch its full-size gather would read
+    past the end of the epoch's order on a GPU, so it says why instead."""
+    x, y = digits
+    trainer = _trainer("cpu", True)
+    with gn.device("cpu"):
+        graph = trainer._new_step_graph(x, y, 128, "labels")  # 500 rows: 3 full batches and 116
+    with pytest.raises(ValueError, match="multiple of batch_size = 128"):
+        graph.step()
+    graph.close()
+
+
+def test_a_step_graph_that_cannot_be_built_leaves_training_eager(monkeypatch, digits):
+    """No cuBLAS handle, stream or memory for the graph: a warning, then the same training
+    as eager, and the loss validates its labels again afterwards."""
+    x, y = digits
+
+    def unavailable(*args, **kwargs):
+        raise RuntimeError("libcublas not found")
+
+    eager = _trainer("cpu", False)
+    eager.fit(x, y, epochs=2, batch_size=100, seed=0, verbose=False)
+    replayed = _trainer("cpu", True)
+    monkeypatch.setattr(replayed, "_new_step_graph", unavailable)
+    with pytest.warns(RuntimeWarning, match="graph replay is unavailable .libcublas not found"):
+        replayed.fit(x, y, epochs=2, batch_size=100, seed=0, verbose=False)
+    for a, b in zip(_weights(eager), _weights(replayed), strict=True):
+        np.testing.assert_array_equal(b, a)
+    assert replayed.loss.validate is True
