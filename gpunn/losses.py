@@ -109,6 +109,7 @@ class SoftmaxWithLoss(Loss):
         exp = xp.exp(shifted)
         sums = exp.sum(axis=1, keepdims=True)
         lse = xp.log(sums)
+        target_at = None  # flat indices of the labelled logits (labels only), for backward
         if t.ndim == 1:
             self._check_labels(t, n_classes)
             # z[n, t_n] as a gather from the flat array at n·C + t_n: the same elements as
@@ -124,7 +125,7 @@ class SoftmaxWithLoss(Loss):
                 f"got {tuple(t.shape)}"
             )
         self._exp, self._sums, self._t = exp, sums, t
-        self._target_at = target_at if t.ndim == 1 else None
+        self._target_at = target_at
         return xp.asarray(loss)
 
     def _check_labels(self, t: Any, n_classes: int) -> None:
