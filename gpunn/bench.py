@@ -6,10 +6,14 @@ NumPy (the CPU's reference, :mod:`gpunn.handwritten`) and in PyTorch eager (when
 installed), all starting from the same weights. The frameworks run interleaved, window by
 window (A/B/C/A/B/C ...), so that drift on a shared machine cancels; the device is
 synchronized before every clock read; results are the median milliseconds per step with
-p10/p90 over the windows. Beside them: the exact matrix-product FLOPs of a step, achieved
-GFLOP/s as a share of the device's matrix-product ceiling measured in the same run, the
-memory a step really uses against the minimum it must, kernel launches per step on a GPU,
-and, per model, the smallest batch at which the GPU beats the CPU.
+p10/p90 over the windows. Every ratio (gpunn over a baseline, a step's share of the ceiling,
+a step over its matrix products) is paired: taken window by window between windows of the
+same round, which ran seconds apart, then the median of those — so a load that comes and goes
+on a shared machine moves both sides of each ratio alike. Beside them: the exact
+matrix-product FLOPs of a step, achieved GFLOP/s as a share of the device's matrix-product
+ceiling measured in the same run, the memory a step really uses against the minimum it must,
+kernel launches per step on a GPU, and, per model, the smallest batch at which the GPU beats
+the CPU.
 """
 
 from __future__ import annotations
@@ -228,7 +232,12 @@ def _gpu_activities(prof: Any) -> int:
         return sum(1 for e in prof.events() if getattr(e, "device_type", None) == DeviceType.CUDA)
 
 
-def summarize(ms: list[float], batch: int, flops: int, ceiling: float) -> dict[str, float]:
+def summarize(
+    ms: list[float], batch: int, flops: int, ceiling_ms: list[float], ceiling_flops: float
+) -> dict[str, float]:
+    """A framework's windows: median ms per step with p10/p90, samples/s and GFLOP/s of the
+    median, and its share of the matrix-product ceiling paired window by window (the step's
+    GFLOP/s over the ceiling's in the same round)."""
     median = float(np.median(ms))
     gflops = flops / (median / 1e3) / 1e9
     return {
@@ -237,9 +246,18 @@ def summarize(ms: list[float], batch: int, flops: int, ceiling: float) -> dict[s
         "ms_p90": float(np.percentile(ms, 90)),
         "samples_per_s": batch / median * 1e3,
         "gflop_per_s": gflops,
-        "share_of_ceiling": gflops / ceiling,
+        "share_of_ceiling": paired_ratio(ceiling_ms, ms)[0] * flops / ceiling_flops,
         "windows": len(ms),
     }
+
+
+def paired_ratio(numerator_ms: list[float], denominator_ms: list[float]) -> tuple[float, float, float]:
+    """Median, p10 and p90 of numerator[k] / denominator[k] over the rounds k: with ms per step
+    on both sides, how many times faster the denominator's framework ran than the numerator's,
+    judged between windows of the same round (seconds apart), so that drift cancels pair by
+    pair instead of only in the long run."""
+    ratios = np.asarray(numerator_ms, dtype=np.float64) / np.asarray(denominator_ms, dtype=np.float64)
+    return float(np.median(ratios)), float(np.percentile(ratios, 10)), float(np.percentile(ratios, 90))
 
 
 # ----------------------------------------------------------------------------- the run
@@ -299,9 +317,11 @@ def _measure_case(case: Case, optimizer: str, against: tuple[str, ...], repeat: 
         launches = launches_per_step(case, step)
         host_device = host_and_device_us(case, step)
     flops = flops_per_step(sizes, case.batch)
-    n = ceiling_size(case.device)
-    ceiling = 2.0 * n**3 / (float(np.median(times.pop("ceiling"))) / 1e3) / 1e9
-    products_ms = float(np.median(times.pop("products")))
+    ceiling_flops = 2.0 * ceiling_size(case.device) ** 3
+    ceiling_ms = times.pop("ceiling")
+    ceiling = ceiling_flops / (float(np.median(ceiling_ms)) / 1e3) / 1e9
+    products = times.pop("products")
+    products_ms = float(np.median(products))
     row: dict[str, Any] = {
         "device": str(case.device),
         "model": case.model,
@@ -311,20 +331,24 @@ def _measure_case(case: Case, optimizer: str, against: tuple[str, ...], repeat: 
         "matmul_ceiling_gflop_per_s": ceiling,
         # the step's matrix products alone, and the step's time over theirs (1.0: nothing else costs)
         "products_ms_per_step": products_ms,
-        "products_share_of_ceiling": flops / (products_ms / 1e3) / 1e9 / ceiling,
+        "products_share_of_ceiling": paired_ratio(ceiling_ms, products)[0] * flops / ceiling_flops,
         "launches_per_step": launches,
         # GPU: µs per step the host spends queueing the eager step, and the device spends running it
         "host_us_per_step": None if host_device is None else host_device[0],
         "device_us_per_step": None if host_device is None else host_device[1],
     }
     for name, ms in times.items():
-        row[name] = summarize(ms, case.batch, flops, ceiling)
-    row["gpunn"]["over_products"] = row["gpunn"]["ms_per_step"] / products_ms
-    for name in times:
-        if name != "gpunn":
-            row[f"gpunn_over_{name}"] = row["gpunn"]["samples_per_s"] / row[name]["samples_per_s"]
-    if "graph" in times and "torch" in times:
-        row["graph_over_torch"] = row["graph"]["samples_per_s"] / row["torch"]["samples_per_s"]
+        row[name] = summarize(ms, case.batch, flops, ceiling_ms, ceiling_flops)
+    row["gpunn"]["over_products"] = paired_ratio(times["gpunn"], products)[0]
+    # gpunn_over_X: X's ms over gpunn's in the same round (> 1: gpunn faster), median of the
+    # rounds, with the p10–p90 of those per-round ratios beside it
+    row["ratio_p10_p90"] = {}
+    pairs = [("gpunn", name) for name in times if name != "gpunn"]
+    pairs += [("graph", "torch")] if "graph" in times and "torch" in times else []
+    for mine, other in pairs:
+        median, p10, p90 = paired_ratio(times[other], times[mine])
+        row[f"{mine}_over_{other}"] = median
+        row["ratio_p10_p90"][f"{mine}_over_{other}"] = [p10, p90]
     del steps, step, model
     peak = peak_step_bytes(case, optimizer)
     minimum = minimum_bytes(sizes, case.batch, optimizer)
@@ -359,7 +383,10 @@ def format_row(row: dict[str, Any]) -> str:
         if name not in row:
             continue
         r = row[name]
-        ratio = "" if name == "gpunn" else f"  gpunn ×{row[f'gpunn_over_{name}']:.2f}"
+        ratio = ""
+        if name != "gpunn":
+            p10, p90 = row["ratio_p10_p90"][f"gpunn_over_{name}"]
+            ratio = f"  gpunn ×{row[f'gpunn_over_{name}']:.2f} ({p10:.2f}–{p90:.2f})"
         lines.append(
             f"{row['device']:<7} {row['model']:<3} {row['batch']:>5} {name:<6} "
             f"{r['ms_per_step']:9.3f} ms ({r['ms_p10']:.3f}–{r['ms_p90']:.3f}) "

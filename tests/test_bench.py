@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from gpunn import bench
@@ -87,6 +88,8 @@ def test_bench_command_writes_sane_json_and_a_plot(tmp_path: Path) -> None:
         assert figures["ms_p10"] <= figures["ms_per_step"] <= figures["ms_p90"]
         assert figures["windows"] == 3
     assert _positive_finite(row["gpunn_over_numpy"])
+    p10, p90 = row["ratio_p10_p90"]["gpunn_over_numpy"]
+    assert 0 < p10 <= row["gpunn_over_numpy"] <= p90
     assert _positive_finite(row["memory"]["peak_bytes"]) and row["memory"]["ratio"] >= 1.0
     assert row["launches_per_step"] is None  # launches are counted on a GPU only
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -109,3 +112,17 @@ def test_bench_rejects_bad_flags_in_one_line(args: list[str], message: str) -> N
     assert result.returncode == 2
     assert message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+
+
+def test_paired_ratio_cancels_drift_that_medians_do_not() -> None:
+    # The machine's load rises round after round (1x .. 5x); gpunn runs 1.25x faster than the
+    # NumPy loop in every round except the middle one, where its window caught a 10 % hiccup.
+    # The unpaired medians land on that very window; the paired ratio does not.
+    load = [1.0, 2.0, 3.0, 4.0, 5.0]
+    gpunn_ms = [x * (1.1 if k == 2 else 1.0) for k, x in enumerate(load)]
+    numpy_ms = [1.25 * x for x in load]
+    median, p10, p90 = bench.paired_ratio(numpy_ms, gpunn_ms)
+    unpaired = float(np.median(numpy_ms)) / float(np.median(gpunn_ms))
+    assert math.isclose(unpaired, 3.75 / 3.3)  # 1.14x: the hiccup taken for the typical round
+    assert math.isclose(median, 1.25) and math.isclose(p90, 1.25)
+    assert p10 < 1.25  # the hiccup shows in the spread
