@@ -305,6 +305,8 @@ def cupy_version() -> str | None:
 
 def array_module(x: Any) -> ModuleType:
     """``cupy`` for a CuPy array, ``numpy`` for anything else."""
+    if type(x) is np.ndarray:  # every CPU call, several per layer and step: skip the probe
+        return np
     return sys.modules["cupy"] if _is_cupy_array(x) else np
 
 

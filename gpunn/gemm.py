@@ -228,8 +228,10 @@ def matmul(a: Any, b: Any, out: Any = None) -> Any:
     inside one, CuPy products go through its cuBLAS handle so that a stream capture records
     them.
     """
+    if type(a) is np.ndarray:
+        return a @ b if out is None else np.matmul(a, b, out=out)
     handle = _active
-    if handle is None or type(a) is np.ndarray:
+    if handle is None:
         return a @ b if out is None else array_module(a).matmul(a, b, out=out)
     if out is None:
         out = array_module(a).empty((a.shape[0], b.shape[1]), dtype=a.dtype)
