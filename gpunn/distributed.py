@@ -29,6 +29,7 @@ import json
 import os
 import platform
 import sys
+import time
 import traceback
 import warnings
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ from . import backend
 from .backend import CPU, Device, DeviceUnavailableError, device_of
 
 NCCL_UNIQUE_ID_BYTES = 128
+ABORT_GRACE_SECONDS = 0.3  # before MPI_Abort, for the launcher to forward the last words
 
 # (rank, size, local rank) variables set by the launchers: MPICH/Intel MPI (Hydra), Open MPI,
 # MVAPICH2, and PMIx/Slurm.
@@ -209,6 +211,12 @@ class Communicator:
         sys.stdout.flush()
         sys.stderr.flush()
         if self._mpi is not None:
+            if self.size > 1:
+                # The launcher forwards each rank's output through a pipe and, once told of the
+                # abort, kills every rank and may exit without draining it: the message that
+                # says why the job ended was lost that way (seen once in ci/gpu-check's run of
+                # the suite). A moment's grace lets it reach the user first.
+                time.sleep(ABORT_GRACE_SECONDS)
             self._mpi.Abort(code)
         os._exit(code)
 
