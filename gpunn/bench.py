@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from . import raw_kernels
 from .backend import Device, matmul_precision
 from .bench_steps import (
     MODELS,
@@ -202,23 +203,32 @@ def launches_per_step(case: Case, step: Step, steps: int = 5) -> float | None:
 
 
 def host_and_device_us(case: Case, step: Step, steps: int = 50) -> tuple[float, float] | None:
-    """(host µs, device µs) per step on a GPU: the time Python takes to queue ``steps``
-    steps, and the time the device takes to run them (CUDA events around the same steps).
-    Host above device means the step is launch-bound. None on the CPU."""
+    """(host µs, device µs) per step on a GPU. None on the CPU.
+
+    Host: the time Python takes to queue ``steps`` steps (the device runs behind). Device: the
+    time the GPU takes to run the same steps when they are already queued — a spin kernel holds
+    the GPU for twice the host's queueing time while the host queues them behind it, so the
+    CUDA events around them see the kernels back to back, not the gaps where the GPU waited for
+    the next launch. Host above device means the step is launch-bound (and graph replay pays).
+    """
     if case.device.kind != "cuda":
         return None
     cuda = case.device.xp.cuda
     step()
     case.device.synchronize()
-    start, end = cuda.Event(), cuda.Event()
-    start.record()
     began = time.perf_counter()
     for _ in range(steps):
         step()
-    host = (time.perf_counter() - began) / steps * 1e6
+    host = time.perf_counter() - began
+    case.device.synchronize()
+    start, end = cuda.Event(), cuda.Event()
+    raw_kernels.spin(case.device.xp, 2.0 * host + 0.01)
+    start.record()
+    for _ in range(steps):
+        step()
     end.record()
     end.synchronize()
-    return host, cuda.get_elapsed_time(start, end) * 1e3 / steps
+    return host / steps * 1e6, cuda.get_elapsed_time(start, end) * 1e3 / steps
 
 
 def _gpu_activities(prof: Any) -> int:

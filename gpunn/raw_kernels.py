@@ -74,3 +74,30 @@ def device_pointer(buffer: Any, size: int, what: str) -> Any:
             f"{type(buffer).__name__} of dtype {getattr(buffer, 'dtype', None)}, size {getattr(buffer, 'size', None)}"
         )
     return buffer
+
+
+# ----------------------------------------------------------------------------- holding the device
+
+# One thread that polls the GPU's nanosecond global timer until ``ns`` have passed (sm_70+):
+# work queued behind it starts back to back once it ends, however slowly the host queued it.
+SPIN_SOURCE = r"""
+extern "C" __global__ void gpunn_spin(unsigned long long ns) {
+    unsigned long long start, now;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(start));
+    do {
+        asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(now));
+    } while (now - start < ns);
+}
+"""
+_spin_kernels: dict[int, Any] = {}
+
+
+def spin(xp: Any, seconds: float) -> None:
+    """Keep the current GPU busy for ``seconds`` on the current stream, without the host
+    waiting: what the host queues meanwhile runs afterwards with no gaps between launches, so
+    CUDA events around it time the device's work alone (see ``gpunn.bench.host_and_device_us``)."""
+    index = xp.cuda.Device().id
+    kernel = _spin_kernels.get(index)
+    if kernel is None:
+        kernel = _spin_kernels[index] = xp.RawKernel(SPIN_SOURCE, "gpunn_spin")
+    kernel((1,), (1,), (np.uint64(max(0.0, seconds) * 1e9),))

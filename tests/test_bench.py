@@ -6,6 +6,8 @@ import json
 import math
 import subprocess
 import sys
+import time
+import types
 from pathlib import Path
 
 import numpy as np
@@ -126,3 +128,34 @@ def test_paired_ratio_cancels_drift_that_medians_do_not() -> None:
     assert math.isclose(unpaired, 3.75 / 3.3)  # 1.14x: the hiccup taken for the typical round
     assert math.isclose(median, 1.25) and math.isclose(p90, 1.25)
     assert p10 < 1.25  # the hiccup shows in the spread
+
+
+def test_device_time_is_taken_behind_a_spin_so_launch_gaps_do_not_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A stand-in GPU that logs what happens in order: the device's time must be bracketed by
+    # events recorded after a spin long enough to cover the host queueing the same steps.
+    log: list[tuple[str, float]] = []
+
+    class Event:
+        def record(self) -> None:
+            log.append(("record", 0.0))
+
+        def synchronize(self) -> None:
+            log.append(("event sync", 0.0))
+
+    cuda = types.SimpleNamespace(Event=Event, get_elapsed_time=lambda a, b: 7.0)  # ms
+    device = types.SimpleNamespace(kind="cuda", xp=types.SimpleNamespace(cuda=cuda))
+    device.synchronize = lambda: log.append(("sync", 0.0))
+    monkeypatch.setattr(bench.raw_kernels, "spin", lambda xp, seconds: log.append(("spin", seconds)))
+
+    def step() -> None:
+        time.sleep(0.001)
+        log.append(("step", 0.0))
+
+    host_us, device_us = bench.host_and_device_us(types.SimpleNamespace(device=device), step, steps=5)
+    events = [name for name, _ in log]
+    assert events == ["step", "sync", *["step"] * 5, "sync", "spin", "record", *["step"] * 5, "record", "event sync"]
+    assert host_us >= 1000  # each step sleeps 1 ms on the host
+    (spun,) = [seconds for name, seconds in log if name == "spin"]
+    assert spun >= 2 * 5 * host_us / 1e6  # the spin outlasts twice the host's queueing of the 5 steps
+    assert device_us == pytest.approx(7.0 * 1e3 / 5)  # the events' ms over the steps, in µs
+    assert bench.host_and_device_us(types.SimpleNamespace(device=types.SimpleNamespace(kind="cpu")), step) is None

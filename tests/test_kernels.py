@@ -554,3 +554,10 @@ def test_fused_axpy_equals_twin(gpu, dtype: str) -> None:
     y_gpu = gpu.send(y)
     kernels.axpy_update(y_gpu, gpu.send(x), None, a=0.3)
     np.testing.assert_allclose(gn.to_numpy(y_gpu), expected, rtol=1e-6 if dtype == "float32" else 1e-14)
+
+
+@needs_nvcc
+def test_spin_kernel_compiles_for_sm90(tmp_path):
+    result, cubin = nvcc_compile(raw_kernels.SPIN_SOURCE, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert b"gpunn_spin\0" in cubin  # extern "C": the name RawKernel looks up
