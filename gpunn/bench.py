@@ -21,6 +21,7 @@ from __future__ import annotations
 import itertools
 import time
 import tracemalloc
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -310,8 +311,9 @@ def _measure_case(case: Case, optimizer: str, against: tuple[str, ...], repeat: 
     # The ceiling is timed in the same interleaved windows, so that drift on a shared
     # machine moves it and the steps alike and their ratio stays honest.
     steps: dict[str, Step] = {"gpunn": step, "ceiling": matmul_step(case.device), "products": products_step(case)}
-    skipped = {}
-    replayed = graph_step(case, optimizer)
+    skipped: dict[str, str] = {}
+    errors: dict[str, str] = {}  # auxiliary GPU measurements that failed: reported, not fatal
+    replayed = _optional("graph replay", errors, graph_step, case, optimizer)
     if replayed is not None:
         steps["graph"] = replayed
     for name, build in (("numpy", numpy_step), ("torch", torch_step)):
@@ -324,8 +326,12 @@ def _measure_case(case: Case, optimizer: str, against: tuple[str, ...], repeat: 
     sync = synchronizer(case.device)
     with case.device:
         times = time_interleaved(steps, sync, repeat, PAUSE_SECONDS[case.device.kind])
-        launches = launches_per_step(case, step)
-        host_device = host_and_device_us(case, step)
+        launches = _optional("launches per step", errors, launches_per_step, case, step)
+        host_device = _optional("host and device µs", errors, host_and_device_us, case, step)
+    failed = getattr(getattr(replayed, "__self__", None), "failed", None)
+    if failed is not None:  # the capture failed and StepGraph trained eagerly: not a replay figure
+        del times["graph"]
+        errors["graph replay"] = f"CUDA graph capture failed: {failed}"
     flops = flops_per_step(sizes, case.batch)
     ceiling_flops = 2.0 * ceiling_size(case.device) ** 3
     ceiling_ms = times.pop("ceiling")
@@ -365,7 +371,21 @@ def _measure_case(case: Case, optimizer: str, against: tuple[str, ...], repeat: 
     row["memory"] = {"peak_bytes": peak, "minimum_bytes": minimum, "ratio": None if peak is None else peak / minimum}
     if skipped:
         row["skipped"] = skipped
+    if errors:
+        row["errors"] = errors
     return row
+
+
+def _optional(what: str, errors: dict[str, str], measure: Callable[..., Any], *args: Any) -> Any:
+    """``measure(*args)``, or None when it raises: a GPU-only extra (graph replay, launch counting,
+    host/device timing) that fails is reported in the row's ``errors`` and warned about, so
+    that it does not cost the rest of the run's figures."""
+    try:
+        return measure(*args)
+    except Exception as exc:  # any failure of an extra is reported, none is fatal
+        errors[what] = f"{type(exc).__name__}: {exc}"
+        warnings.warn(f"gpunn bench: {what} failed ({errors[what]}); reported as null", RuntimeWarning, stacklevel=2)
+        return None
 
 
 SKIP_REASONS = {

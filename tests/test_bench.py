@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import gpunn as gn
 from gpunn import bench
 
 
@@ -159,3 +160,30 @@ def test_device_time_is_taken_behind_a_spin_so_launch_gaps_do_not_count(monkeypa
     assert spun >= 2 * 5 * host_us / 1e6  # the spin outlasts twice the host's queueing of the 5 steps
     assert device_us == pytest.approx(7.0 * 1e3 / 5)  # the events' ms over the steps, in µs
     assert bench.host_and_device_us(types.SimpleNamespace(device=types.SimpleNamespace(kind="cpu")), step) is None
+
+
+def test_a_failing_gpu_extra_is_reported_and_costs_no_other_figure(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The first run on a real GPU must not lose the table to an auxiliary measurement: a graph
+    # whose capture failed (StepGraph then trains eagerly) and a launch counter that raises are
+    # both reported in the row's errors, and the failed "replay" is not timed as one.
+    class FailedReplay:
+        failed = "CUDARuntimeError: capture refused on purpose"
+
+        def step(self) -> None:
+            pass
+
+    monkeypatch.setattr(bench, "graph_step", lambda case, optimizer: FailedReplay().step)
+
+    def broken_counter(case: object, step: object) -> None:
+        raise RuntimeError("no profiler here")
+
+    monkeypatch.setattr(bench, "launches_per_step", broken_counter)
+    with pytest.warns(RuntimeWarning, match="launches per step failed"):
+        result = bench.run([gn.Device("cpu")], ["T1"], [4], against=(), repeat=3)
+    (row,) = result["results"]
+    assert "graph" not in row and "gpunn_over_graph" not in row
+    assert row["errors"] == {
+        "launches per step": "RuntimeError: no profiler here",
+        "graph replay": "CUDA graph capture failed: CUDARuntimeError: capture refused on purpose",
+    }
+    assert row["launches_per_step"] is None and _positive_finite(row["gpunn"]["samples_per_s"])
