@@ -117,14 +117,29 @@ def synchronizer(dev: Device) -> Callable[[], None]:
 
 
 def time_interleaved(
-    steps: dict[str, Step], sync: Callable[[], None], windows: int, pause: float = 0.25
+    steps: dict[str, Step],
+    sync: Callable[[], None],
+    windows: int,
+    pause: float = 0.25,
+    errors: dict[str, str] | None = None,
 ) -> dict[str, list[float]]:
-    """Milliseconds per step of every window, the frameworks taking turns window by window."""
+    """Milliseconds per step of every window, the frameworks taking turns window by window.
+
+    With ``errors`` given, a step other than gpunn's that raises while warming up (a baseline
+    out of memory, a graph that cannot replay) is left out and its error recorded there."""
     per_window = {}
-    for name, step in steps.items():
-        for _ in range(3):  # warm-up: compilation, allocation pools, BLAS threads
-            step()
-        sync()
+    for name, step in list(steps.items()):
+        try:
+            for _ in range(3):  # warm-up: compilation, allocation pools, BLAS threads
+                step()
+            sync()
+        except Exception as exc:
+            if errors is None or name == "gpunn":
+                raise
+            errors[f"{name} step"] = f"{type(exc).__name__}: {exc}"
+            warnings.warn(f"gpunn bench: the {name} step failed ({exc}); left out", RuntimeWarning, stacklevel=3)
+            del steps[name]
+            continue
         start = time.perf_counter()
         step()
         sync()
@@ -318,19 +333,19 @@ def _measure_case(case: Case, optimizer: str, against: tuple[str, ...], repeat: 
         steps["graph"] = replayed
     for name, build in (("numpy", numpy_step), ("torch", torch_step)):
         if name in against:
-            other = build(case, optimizer, model)
-            if other is None:
-                skipped[name] = SKIP_REASONS[name]
-            else:
+            other = _optional(f"{name} baseline", errors, build, case, optimizer, model)
+            if other is not None:
                 steps[name] = other
+            elif f"{name} baseline" not in errors:
+                skipped[name] = SKIP_REASONS[name]
     sync = synchronizer(case.device)
     with case.device:
-        times = time_interleaved(steps, sync, repeat, PAUSE_SECONDS[case.device.kind])
+        times = time_interleaved(steps, sync, repeat, PAUSE_SECONDS[case.device.kind], errors)
         launches = _optional("launches per step", errors, launches_per_step, case, step)
         host_device = _optional("host and device µs", errors, host_and_device_us, case, step)
     failed = getattr(getattr(replayed, "__self__", None), "failed", None)
     if failed is not None:  # the capture failed and StepGraph trained eagerly: not a replay figure
-        del times["graph"]
+        times.pop("graph", None)
         errors["graph replay"] = f"CUDA graph capture failed: {failed}"
     flops = flops_per_step(sizes, case.batch)
     ceiling_flops = 2.0 * ceiling_size(case.device) ** 3

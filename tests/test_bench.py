@@ -187,3 +187,28 @@ def test_a_failing_gpu_extra_is_reported_and_costs_no_other_figure(monkeypatch: 
         "graph replay": "CUDA graph capture failed: CUDARuntimeError: capture refused on purpose",
     }
     assert row["launches_per_step"] is None and _positive_finite(row["gpunn"]["samples_per_s"])
+
+
+def test_a_baseline_that_fails_is_left_out_not_fatal(monkeypatch: pytest.MonkeyPatch) -> None:
+    # e.g. PyTorch out of memory at W1's batch on a GPU: gpunn's figures must survive it
+    def failing_baseline(case: object, optimizer: str, model: object):
+        def step() -> None:
+            raise MemoryError("the baseline ran out of memory on purpose")
+
+        return step
+
+    monkeypatch.setattr(bench, "numpy_step", failing_baseline)
+    with pytest.warns(RuntimeWarning, match="the numpy step failed"):
+        result = bench.run([gn.Device("cpu")], ["T1"], [4], against=("numpy",), repeat=3)
+    (row,) = result["results"]
+    assert "numpy" not in row and "gpunn_over_numpy" not in row
+    assert row["errors"] == {"numpy step": "MemoryError: the baseline ran out of memory on purpose"}
+    assert _positive_finite(row["gpunn"]["samples_per_s"])
+
+
+def test_gpunn_failing_is_never_hidden() -> None:
+    def broken() -> None:
+        raise ValueError("gpunn itself broke")
+
+    with pytest.raises(ValueError, match="gpunn itself broke"):
+        bench.time_interleaved({"gpunn": broken}, lambda: None, windows=3, pause=0.0, errors={})
