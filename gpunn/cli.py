@@ -200,6 +200,12 @@ def _bench(args: argparse.Namespace) -> int:
     result["environment"] = system_info()
     result["environment"]["torch"] = bench.torch_version()
     result["environment"]["blas_threads"] = bench.blas_threads()
+    counted = [r for r in result["results"] if r["launches_per_step"] is not None]
+    if not quiet and counted:  # counted after every case was timed (see bench.run)
+        print(
+            "kernel launches per gpunn step: "
+            + ", ".join(f"{r['device']} {r['model']}@{r['batch']}: {r['launches_per_step']:.0f}" for r in counted)
+        )
     if not quiet and result["crossover"]:
         print("GPU beats CPU from batch: " + ", ".join(f"{m}: {b}" for m, b in result["crossover"].items()))
     if args.json and _is_root():

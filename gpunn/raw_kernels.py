@@ -81,23 +81,29 @@ def device_pointer(buffer: Any, size: int, what: str) -> Any:
 # One thread that polls the GPU's nanosecond global timer until ``ns`` have passed (sm_70+):
 # work queued behind it starts back to back once it ends, however slowly the host queued it.
 SPIN_SOURCE = r"""
-extern "C" __global__ void gpunn_spin(unsigned long long ns) {
+extern "C" __global__ void gpunn_spin(unsigned long long ns, unsigned long long max_polls) {
     unsigned long long start, now;
     asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(start));
-    do {
+    for (unsigned long long polls = 0; polls < max_polls; ++polls) {  // a stalled timer cannot hang the GPU
         asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(now));
-    } while (now - start < ns);
+        if (now - start >= ns) break;
+    }
 }
 """
 _spin_kernels: dict[int, Any] = {}
+MAX_SPIN_SECONDS = 2.0
 
 
 def spin(xp: Any, seconds: float) -> None:
     """Keep the current GPU busy for ``seconds`` on the current stream, without the host
     waiting: what the host queues meanwhile runs afterwards with no gaps between launches, so
-    CUDA events around it time the device's work alone (see ``gpunn.bench.host_and_device_us``)."""
+    CUDA events around it time the device's work alone (see ``gpunn.bench.host_and_device_us``).
+    At most ``MAX_SPIN_SECONDS``, and at most one poll of the GPU's timer per nanosecond asked
+    for, so a timer that does not advance cannot hold the GPU for ever."""
     index = xp.cuda.Device().id
     kernel = _spin_kernels.get(index)
     if kernel is None:
         kernel = _spin_kernels[index] = xp.RawKernel(SPIN_SOURCE, "gpunn_spin")
-    kernel((1,), (1,), (np.uint64(max(0.0, seconds) * 1e9),))
+    seconds = min(max(0.0, seconds), MAX_SPIN_SECONDS)
+    # a poll takes well over 1 ns, so this many polls outlast the wanted time on any GPU
+    kernel((1,), (1,), (np.uint64(seconds * 1e9), np.uint64(seconds * 1e9 + 1)))

@@ -174,19 +174,52 @@ def test_a_failing_gpu_extra_is_reported_and_costs_no_other_figure(monkeypatch: 
 
     monkeypatch.setattr(bench, "graph_step", lambda case, optimizer: FailedReplay().step)
 
-    def broken_counter(case: object, step: object) -> None:
-        raise RuntimeError("no profiler here")
+    def broken_timer(case: object, step: object) -> None:
+        raise RuntimeError("no events here")
 
-    monkeypatch.setattr(bench, "launches_per_step", broken_counter)
-    with pytest.warns(RuntimeWarning, match="launches per step failed"):
+    monkeypatch.setattr(bench, "host_and_device_us", broken_timer)
+    with pytest.warns(RuntimeWarning, match="host and device µs failed"):
         result = bench.run([gn.Device("cpu")], ["T1"], [4], against=(), repeat=3)
     (row,) = result["results"]
     assert "graph" not in row and "gpunn_over_graph" not in row
     assert row["errors"] == {
-        "launches per step": "RuntimeError: no profiler here",
+        "host and device µs": "RuntimeError: no events here",
         "graph replay": "CUDA graph capture failed: CUDARuntimeError: capture refused on purpose",
     }
-    assert row["launches_per_step"] is None and _positive_finite(row["gpunn"]["samples_per_s"])
+    assert row["host_us_per_step"] is None and _positive_finite(row["gpunn"]["samples_per_s"])
+
+
+def test_launches_are_counted_after_every_case_is_timed(monkeypatch: pytest.MonkeyPatch) -> None:
+    # torch's profiler leaves CUPTI attached to the process and slows later launches, so no
+    # case may be timed after one was profiled; a counter that fails is an error, not a crash
+    order: list[str] = []
+    gpu = types.SimpleNamespace(kind="cuda")
+
+    def measure(case: bench.Case, optimizer: str, against: tuple, repeat: int) -> dict:
+        order.append(f"time {case.device.kind} {case.batch}")
+        figures = {"samples_per_s": 1.0}
+        return {
+            "device": case.device.kind,
+            "model": case.model,
+            "batch": case.batch,
+            "gpunn": figures,
+            "launches_per_step": None,
+        }
+
+    def count(case: bench.Case, optimizer: str) -> float:
+        order.append(f"count {case.device.kind} {case.batch}")
+        if case.batch == 64:
+            raise RuntimeError("CUPTI is busy")
+        return 10.0
+
+    monkeypatch.setattr(bench, "_measure_case", measure)
+    monkeypatch.setattr(bench, "count_launches", count)
+    with pytest.warns(RuntimeWarning, match="CUPTI is busy"):
+        result = bench.run([gn.Device("cpu"), gpu], ["T1"], [32, 64], against=(), repeat=3)
+    assert order == ["time cpu 32", "time cpu 64", "time cuda 32", "time cuda 64", "count cuda 32", "count cuda 64"]
+    rows = result["results"]
+    assert [r["launches_per_step"] for r in rows] == [None, None, 10.0, None]
+    assert "errors" not in rows[2] and rows[3]["errors"] == {"launches per step": "RuntimeError: CUPTI is busy"}
 
 
 def test_a_baseline_that_fails_is_left_out_not_fatal(monkeypatch: pytest.MonkeyPatch) -> None:
