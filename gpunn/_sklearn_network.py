@@ -137,7 +137,7 @@ class _Network:
                     f"{self.units}; refit the estimator"
                 )
             for a, p in zip(arrays, params, strict=True):
-                p.data[...] = self.device.send(np.asarray(a), dtype=self.dtype)
+                p.data[...] = self.device.send(a, dtype=self.dtype)  # NumPy, lists or CuPy
             self.exported = arrays
         if dev is not None and dev != self.device:
             self.model.to(dev)  # the optimizer follows on its next step
@@ -178,7 +178,10 @@ class _Network:
             if self.best is not None:
                 host["best"] = to_numpy(self.best)
             state["host_state"] = host
-        state.update(model=None, optimizer=None, exported=None, best=None, cache={})
+        # the loss keeps the last step's arrays (CuPy after a GPU fit): a fresh one pickles as nothing
+        state.update(
+            model=None, optimizer=None, exported=None, best=None, cache={}, loss=type(self.loss)(validate=False)
+        )
         return state
 
     def _restore_host_state(self) -> None:

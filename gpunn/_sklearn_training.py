@@ -19,7 +19,7 @@ from sklearn.model_selection import train_test_split
 
 from . import optim
 from ._sklearn_network import _Network, _set_lr
-from .backend import to_numpy
+from .backend import device_of, to_numpy
 from .regularizers import L2
 
 
@@ -109,7 +109,7 @@ class _TrainingLoops:
                 "The validation set is too small. Increase 'validation_fraction' or the size of your dataset."
             )
         dev = net.device
-        if net.best is None:
+        if net.best is None or device_of(net.best) != dev:  # a warm start may have moved the model
             net.best = net.flat.data.copy()
         with dev:
             train_idx, val_idx = dev.send(train_idx), dev.send(val_idx)

@@ -51,7 +51,7 @@ CUDA_SOURCE = r"""
 template <typename T>
 __device__ __forceinline__ T activate(const T z, const int act, const T alpha) {
   switch (act) {
-    case 1: return z > T(0) ? z : T(0);
+    case 1: return (z > T(0) || z != z) ? z : T(0);  // NaN passes, as NumPy's maximum lets it
     case 2: return z > T(0) ? z : alpha * z;
     case 3: return T(1) / (T(1) + exp(-z));  // exp(-z) = inf gives exactly 0, never NaN
     case 4: return tanh(z);

@@ -119,6 +119,7 @@ class MLPClassifier(ClassifierMixin, BaseMultilayerPerceptron):
         """One epoch over (X, y). ``classes`` (every label of the whole data) is required on
         the first call. Returns self."""
         self._check_params()
+        classes = None if classes is None else to_numpy(classes)  # scikit-learn's checks need host arrays
         if _check_partial_fit_first_call(self, classes):
             self._label_binarizer = LabelBinarizer()
             if type_of_target(to_numpy(y)).startswith("multilabel"):

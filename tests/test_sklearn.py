@@ -358,6 +358,20 @@ def test_assigned_coefs_are_used_and_pickling_keeps_predictions():
     np.testing.assert_allclose(clf.predict_proba(x), 1.0 / 3.0, rtol=1e-6)
 
 
+def test_a_pickle_holds_no_array_of_the_last_training_step():
+    # The loss kept the last batch's arrays (CuPy ones after a GPU fit, which would then need
+    # a GPU to unpickle); a pickle must hold the fitted state only.
+    x, y = _multiclass()
+    clf = MLPClassifier(max_iter=5, random_state=0).fit(x, y)
+    assert any(isinstance(a, np.ndarray) for a in vars(clf._net.loss).values())  # what the fit left there
+    restored = pickle.loads(pickle.dumps(clf))
+    assert not any(isinstance(a, np.ndarray) for a in vars(restored._net.loss).values())
+    np.testing.assert_array_equal(restored.predict(x), clf.predict(x))
+    before = [w.copy() for w in restored.coefs_]
+    restored.partial_fit(x, y)  # and it trains on from there
+    assert all(not np.array_equal(w, b) for w, b in zip(restored.coefs_, before, strict=True))
+
+
 # ----------------------------------------------------------------------------- GPU
 
 
