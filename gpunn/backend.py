@@ -270,7 +270,11 @@ def set_matmul_precision(precision: str) -> None:
 
 def matmul_precision() -> str:
     """The current GPU float32 matrix-product precision: "highest" or "tf32"."""
-    return "tf32" if os.environ.get("CUPY_TF32") == "1" else "highest"
+    # CuPy's own reading of the variable: any integer above 0 switches its products to TF32
+    try:
+        return "tf32" if int(os.environ.get("CUPY_TF32", "0")) > 0 else "highest"
+    except ValueError:
+        return "highest"
 
 
 def gpu_properties(index: int = 0) -> dict[str, Any]:

@@ -200,6 +200,10 @@ def test_matmul_precision_switch(monkeypatch: pytest.MonkeyPatch) -> None:
     assert gn.matmul_precision() == "highest" and os.environ["CUPY_TF32"] == "0"
     with pytest.raises(ValueError, match="precision must be 'highest' or 'tf32'"):
         gn.set_matmul_precision("fast")
+    # read as CuPy reads it (any integer above 0 is TF32), so the report matches what runs
+    for value, expected in (("2", "tf32"), ("0", "highest"), ("yes", "highest"), ("", "highest")):
+        monkeypatch.setenv("CUPY_TF32", value)
+        assert gn.matmul_precision() == expected, value
 
 
 def test_a_named_gpu_is_probed_alone(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -182,9 +182,12 @@ def worker(scenario: str, out: Path) -> None:
 # ----------------------------------------------------------------------------- running mpiexec
 
 
-def mpirun(*args: str, n: int = 2, cwd: Path | None = None) -> subprocess.CompletedProcess:
+def mpirun(
+    *args: str, n: int = 2, cwd: Path | None = None, env_extra: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     """``mpiexec -n N ARGS`` (ARGS after the python executable), with a timeout that kills the
-    whole process group, so a hang fails the test instead of blocking the suite."""
+    whole process group, so a hang fails the test instead of blocking the suite; ``env_extra``
+    is added to the ranks' environment."""
     if MPIEXEC is None:
         pytest.fail("mpiexec is missing but GPUNN_EXPECT_MPI=1: install the test extra (mpi4py, mpich)")
     env = {k: v for k, v in os.environ.items() if k != "GPUNN_DEVICE" and k not in LAUNCHER_VARS}
@@ -195,6 +198,7 @@ def mpirun(*args: str, n: int = 2, cwd: Path | None = None) -> subprocess.Comple
         OMPI_ALLOW_RUN_AS_ROOT="1",  # in case the mpiexec found is Open MPI's
         OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
     )
+    env.update(env_extra or {})
     command = [MPIEXEC, "-n", str(n), sys.executable, *args]
     proc = subprocess.Popen(
         command,
@@ -343,11 +347,14 @@ def test_an_error_every_rank_meets_is_printed_once(tmp_path: Path) -> None:
 
 @needs_mpi
 def test_gpunn_info_under_mpiexec_shows_every_rank(tmp_path: Path) -> None:
-    result = ok(mpirun("-m", "gpunn", "info", "--json", cwd=tmp_path))
+    # pinned to the CPU: on a machine with one GPU, two ranks would (rightly) be told they
+    # cannot share it, which is not what this test is about
+    cpu = {"GPUNN_DEVICE": "cpu"}
+    result = ok(mpirun("-m", "gpunn", "info", "--json", cwd=tmp_path, env_extra=cpu))
     info = json.loads(result.stdout)  # one object: rank 0 alone prints
     assert [(r["rank"], r["local_rank"], r["device"]) for r in info["ranks"]] == [(0, 0, "cpu"), (1, 1, "cpu")]
     assert info["mpi"]["launched"]["size"] == 2
-    text = ok(mpirun("-m", "gpunn", "info", cwd=tmp_path)).stdout
+    text = ok(mpirun("-m", "gpunn", "info", cwd=tmp_path, env_extra=cpu)).stdout
     assert "ranks: 2" in text and text.count("gpunn 0") == 1
 
 
