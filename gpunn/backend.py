@@ -262,7 +262,10 @@ def set_matmul_precision(precision: str) -> None:
         raise ValueError(f"precision must be 'highest' or 'tf32', got {precision!r}")
     tf32 = precision == "tf32"
     os.environ["CUPY_TF32"] = "1" if tf32 else "0"  # read by CuPy when it first multiplies
-    if _probe().reason is None:  # CuPy is in use already: switch it now as well
+    # CuPy reads the variable at its first product; if it is already imported and CUDA works,
+    # switch it now as well. No kernel runs here (not _probe): a rank bound to cuda:N must not
+    # make a context on cuda:0 just to set a precision.
+    if "cupy" in sys.modules and _runtime().reason is None:
         from cupy._core import _routines_linalg as linalg  # noqa: PLC0415
 
         linalg.set_compute_type(np.float32, linalg.COMPUTE_TYPE_TF32 if tf32 else linalg.COMPUTE_TYPE_DEFAULT)

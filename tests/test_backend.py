@@ -206,6 +206,20 @@ def test_matmul_precision_switch(monkeypatch: pytest.MonkeyPatch) -> None:
         assert gn.matmul_precision() == expected, value
 
 
+def test_setting_the_precision_runs_no_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A rank bound to cuda:N must not make a context on cuda:0 to set the precision: with CuPy
+    imported and CUDA counting GPUs, CuPy's compute type is switched without a probe."""
+    linalg = pytest.importorskip("cupy._core._routines_linalg")
+    switched: list[object] = []
+    monkeypatch.setattr(backend, "_runtime", lambda: backend._Probe(1, None))
+    monkeypatch.setattr(backend, "_probe", lambda: pytest.fail("cuda:0 was probed"))
+    monkeypatch.setattr(linalg, "set_compute_type", lambda dtype, kind: switched.append(kind))
+    monkeypatch.setenv("CUPY_TF32", "0")
+    gn.set_matmul_precision("tf32")
+    gn.set_matmul_precision("highest")
+    assert switched == [linalg.COMPUTE_TYPE_TF32, linalg.COMPUTE_TYPE_DEFAULT]
+
+
 def test_a_named_gpu_is_probed_alone(monkeypatch: pytest.MonkeyPatch) -> None:
     """cuda:1 must not run a kernel (and create a context) on cuda:0."""
     probed: list[int] = []
