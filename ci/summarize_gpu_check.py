@@ -19,59 +19,63 @@ def load(path: Path) -> object:
         return {"missing": f"{path.name}: {exc}"}
 
 
-def _suites(path: Path) -> list[ET.Element]:
-    root = ET.parse(path).getroot()
-    return [root] if root.tag == "testsuite" else list(root.iter("testsuite"))
+def _read(paths: list[Path]) -> tuple[list[ET.Element], list[tuple[str, str]]]:
+    """The test suites of every JUnit file (one per pytest phase), and (file name, why) for
+    each file that could not be read (a phase killed by its timeout writes none)."""
+    suites: list[ET.Element] = []
+    missing: list[tuple[str, str]] = []
+    for path in paths:
+        try:
+            root = ET.parse(path).getroot()
+        except (OSError, ET.ParseError) as exc:
+            missing.append((path.name, str(exc)))
+            continue
+        suites += [root] if root.tag == "testsuite" else list(root.iter("testsuite"))
+    return suites, missing
+
+
+def _problem(case: ET.Element) -> ET.Element | None:
+    """The <failure> or <error> of a test case, or None when it has neither."""
+    failure = case.find("failure")
+    return failure if failure is not None else case.find("error")
 
 
 def test_counts(paths: list[Path]) -> dict[str, object]:
     """Tests, failures, errors, skipped and passed summed over the JUnit files (one per pytest
     phase), GPU tests run, the failed tests' ids, and each file that could not be read."""
+    suites, missing = _read(paths)
     counts: dict[str, object] = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0, "gpu_tests_run": 0}
     failed: list[str] = []
-    missing: list[str] = []
-    for path in paths:
-        try:
-            suites = _suites(path)
-        except (OSError, ET.ParseError) as exc:
-            missing.append(f"{path.name}: {exc}")
-            continue
-        for suite in suites:
-            for key in ("tests", "failures", "errors", "skipped"):
-                counts[key] += int(suite.get(key, 0))
-            for case in suite.iter("testcase"):
-                if "cuda:" in case.get("name", "") and case.find("skipped") is None:  # a [cuda:0] test id
-                    counts["gpu_tests_run"] += 1
-                if case.find("failure") is not None or case.find("error") is not None:
-                    failed.append(f"{case.get('classname')}::{case.get('name')}")
+    for suite in suites:
+        for key in ("tests", "failures", "errors", "skipped"):
+            counts[key] += int(suite.get(key, 0))
+        for case in suite.iter("testcase"):
+            if "cuda:" in case.get("name", "") and case.find("skipped") is None:  # a [cuda:0] test id
+                counts["gpu_tests_run"] += 1
+            if _problem(case) is not None:
+                failed.append(f"{case.get('classname')}::{case.get('name')}")
     counts["passed"] = counts["tests"] - counts["failures"] - counts["errors"] - counts["skipped"]
     counts["failed"] = failed
     if missing:
-        counts["missing"] = missing  # a phase killed by its timeout writes no file
+        counts["missing"] = [f"{name}: {why}" for name, why in missing]
     return counts
 
 
 def tests_named(paths: list[Path], word: str) -> dict[str, str]:
     """Outcome of every test whose name holds ``word``: passed, failed, or skipped and why."""
-    outcomes = {}
-    for path in paths:
-        try:
-            suites = _suites(path)
-        except (OSError, ET.ParseError) as exc:
-            outcomes[f"missing {path.name}"] = str(exc)
-            continue
-        for suite in suites:
-            for case in suite.iter("testcase"):
-                if word not in case.get("name", ""):
-                    continue
-                skipped = case.find("skipped")
-                failed = case.find("failure") if case.find("failure") is not None else case.find("error")
-                outcome = "passed"
-                if skipped is not None:
-                    outcome = f"skipped: {skipped.get('message', '')}"
-                elif failed is not None:
-                    outcome = f"failed: {failed.get('message', '')[:300]}"
-                outcomes[f"{case.get('classname')}::{case.get('name')}"] = outcome
+    suites, missing = _read(paths)
+    outcomes = {f"missing {name}": why for name, why in missing}
+    for suite in suites:
+        for case in suite.iter("testcase"):
+            if word not in case.get("name", ""):
+                continue
+            skipped, failed = case.find("skipped"), _problem(case)
+            outcome = "passed"
+            if skipped is not None:
+                outcome = f"skipped: {skipped.get('message', '')}"
+            elif failed is not None:
+                outcome = f"failed: {failed.get('message', '')[:300]}"
+            outcomes[f"{case.get('classname')}::{case.get('name')}"] = outcome
     return outcomes
 
 

@@ -329,10 +329,10 @@ def run(
     # would tax the many-launch eager steps more than a replayed graph.
     for case, row in zip(cases, rows, strict=True):
         if case.device.kind == "cuda":
-            errors = row.setdefault("errors", {})
+            errors: dict[str, str] = {}
             row["launches_per_step"] = _optional("launches per step", errors, count_launches, case, optimizer)
-            if not errors:
-                del row["errors"]
+            if errors:
+                row.setdefault("errors", {}).update(errors)
     return {
         "optimizer": optimizer,
         "dtype": "float32",
