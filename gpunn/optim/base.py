@@ -136,22 +136,34 @@ class Optimizer:
         replay is, with :meth:`count_replayed_step`).
         """
         flat = self._current_flat()
-        if regularizer is None and self.max_grad_norm is None and not self._live_on:  # the plain step
+        if self.max_grad_norm is None and not self._live_on:  # the common step, in few calls
+            extras = _NO_EXTRAS if regularizer is None else self._penalty(regularizer)
+            scratch = self._scratch
+            if extras and scratch is not None:
+                scratch = self._penalty_scratch(flat)
             self.step_count += 1  # the update reads t (Adam's bias correction)
             try:
                 if flat.device.kind == "cpu":
-                    self._update(flat, self._state, self._scratch, _NO_EXTRAS)
+                    self._update(flat, self._state, scratch, extras)
                 else:
                     with flat.device:  # kernels launch on the current GPU: make it the parameters' one
-                        self._update(flat, self._state, self._scratch, _NO_EXTRAS)
+                        self._update(flat, self._state, scratch, extras)
             except BaseException:
                 self.step_count -= 1
                 raise
             return
         self._fused_step(flat, regularizer)
 
+    def _penalty_scratch(self, flat: FlatParameters) -> Any:
+        """The CPU twins' scratch for an update with a penalty or clipping: a second lane for
+        the effective gradient, in a scratch of its own so that the plain update's pieces stay
+        as they are."""
+        if self._scratch2 is None:
+            self._scratch2 = kernels.scratch(flat.size, flat.dtype, lanes=2)
+        return self._scratch2
+
     def _fused_step(self, flat: FlatParameters, regularizer: Regularizer | None) -> None:
-        """A step with a penalty, clipping or live scalars (see :meth:`step`)."""
+        """A step with clipping or live scalars, and any penalty (see :meth:`step`)."""
         extras = _NO_EXTRAS if regularizer is None else self._penalty(regularizer)
         live = self._live if self._live_on else None
         counted = True
@@ -202,11 +214,7 @@ class Optimizer:
             extras = {**extras, "max_norm": self.max_grad_norm, "sq_norm": self._sq_norm}
         scratch = self._scratch
         if extras and scratch is not None:
-            # the CPU twin of a penalty or of clipping needs a second lane (the effective
-            # gradient); a scratch of its own keeps the plain update's pieces as they are
-            if self._scratch2 is None:
-                self._scratch2 = kernels.scratch(flat.size, flat.dtype, lanes=2)
-            scratch = self._scratch2
+            scratch = self._penalty_scratch(flat)
         if live is not None:
             kernels.advance_step(live)
             if counted and self._live_t is not None:
