@@ -19,7 +19,7 @@ from sklearn.model_selection import train_test_split
 
 from . import optim
 from ._sklearn_network import _Network, _set_lr
-from .backend import device_of, to_numpy
+from .backend import Device, device_of, to_numpy
 from .regularizers import L2
 
 
@@ -56,7 +56,9 @@ class _TrainingLoops:
         n_steps = -(-n // batch_size)
         sizes = np.full(n_steps, float(batch_size))
         sizes[-1] = n - batch_size * (n_steps - 1)
-        flat, dev = net.flat, net.device
+        flat, dev = net.flat, net.device  # looked up once: each is a walk over the model's parameters
+        # its coefficient is set per batch (alpha / n_b); one object for the fit
+        penalty = L2(self.alpha) if self.alpha else None
         sample_idx = np.arange(n)
         try:
             self.n_iter_ = 0
@@ -69,7 +71,7 @@ class _TrainingLoops:
                     sample_idx = sample_idx[permutation]
                     with dev:
                         order = dev.send(sample_idx)
-                record = self._epoch(net, X, T, order, batch_size)
+                record = self._epoch(net, flat, dev, penalty, X, T, order, batch_size)
                 self._end_epoch(float(record[0] @ sizes) / n, float(record[1].sum()) / n, n)
                 self._update_no_improvement_count(net, validation)
                 if self.solver == "sgd" and self.learning_rate == "invscaling":
@@ -160,19 +162,28 @@ class _TrainingLoops:
         self._no_improvement_count = 0
         return False
 
-    def _epoch(self, net: _Network, X: Any, T: Any, order: Any, batch_size: int) -> np.ndarray:
-        """One pass over (X, T) in mini-batches; returns, read once, (2, n_steps): each step's
-        mean cost and the ΣW² its penalty used (the weights before the step's update).
+    def _epoch(
+        self,
+        net: _Network,
+        flat: Any,
+        dev: Device,
+        penalty: L2 | None,
+        X: Any,
+        T: Any,
+        order: Any,
+        batch_size: int,
+    ) -> np.ndarray:
+        """One pass over (X, T) in mini-batches on ``dev``; returns, read once, (2, n_steps):
+        each step's mean cost and the ΣW² its penalty used (the weights before the step's
+        update). ``flat`` is the model's flat buffer, ``penalty`` the fit's L2 (None without alpha).
 
         Per step: z = model(x_b); cost, ∂cost/∂z; backward writes every grad; then the
         optimizer updates the flat buffer in one operation that also adds the L2 gradient
         (alpha / n_b)·W to the weights' gradient (the same rounding as adding it first)."""
-        model, loss, dev, opt = net.model, net.loss, net.device, net.optimizer
-        flat = net.flat
+        model, loss, opt = net.model, net.loss, net.optimizer
         n_steps = -(-X.shape[0] // batch_size)
         weights = flat.data[: flat.n_decay]
         alpha, n = self.alpha, X.shape[0]
-        penalty = L2(alpha) if alpha else None  # its coefficient is set per batch: alpha / n_b
         adam = isinstance(opt, optim.Adam)
         beta2, beta2_t = self.beta_2, self.beta_2**opt.step_count
         on_cpu = dev.kind == "cpu"
