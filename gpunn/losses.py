@@ -83,6 +83,25 @@ def _row_max(z: Any, xp: Any) -> Any:
     return z.max(axis=1, keepdims=True)
 
 
+_ONES: dict[tuple[int, np.dtype], np.ndarray] = {}  # ones(C) per (C, dtype), for _row_sums
+
+
+def _row_sums(x: Any, xp: Any) -> Any:
+    """Σ over each row of x (N, C), shaped (N, 1).
+
+    NumPy reduces a short last axis one row at a time; for few columns the product x·1 (one
+    BLAS matrix-vector product) is 2–3× faster for a 200×10 batch. It sums in BLAS's order
+    instead of NumPy's pairwise one: the same value up to float rounding.
+    """
+    n_classes = x.shape[1]
+    if xp is np and n_classes <= 32 and x.dtype in (np.float32, np.float64):
+        ones = _ONES.get((n_classes, x.dtype))
+        if ones is None:
+            ones = _ONES[(n_classes, x.dtype)] = np.ones(n_classes, dtype=x.dtype)
+        return np.matmul(x, ones)[:, None]
+    return x.sum(axis=1, keepdims=True)
+
+
 class SoftmaxWithLoss(Loss):
     """Softmax followed by cross-entropy, fused: L = −(1/N) Σ_n log softmax(z_n)[t_n].
 
@@ -107,7 +126,7 @@ class SoftmaxWithLoss(Loss):
         # exponentials are kept, since backward's softmax is exp / Σ exp.
         shifted = logits - _row_max(logits, xp)
         exp = xp.exp(shifted)
-        sums = exp.sum(axis=1, keepdims=True)
+        sums = _row_sums(exp, xp)
         lse = xp.log(sums)
         target_at = None  # flat indices of the labelled logits (labels only), for backward
         if t.ndim == 1:
