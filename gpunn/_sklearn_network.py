@@ -16,9 +16,11 @@ import numpy as np
 
 from . import optim
 from .backend import Device, array_module, to_numpy
+from .cpu_step import CompiledStep, compile_step
 from .functional import sigmoid, softmax
 from .layers import Linear
 from .losses import Loss, MSELoss, SigmoidBCELoss, SoftmaxWithLoss
+from .regularizers import Regularizer
 from .sequential import Sequential, mlp
 
 if TYPE_CHECKING:
@@ -88,6 +90,7 @@ class _Network:
         self.best: Any = None  # flat weights of the best validation score (early stopping)
         self.host_state: dict[str, Any] = {}  # optimizer state and best weights while pickled
         self.cache: dict[Any, Any] = {}  # per-device copies of classes_ for CuPy predictions
+        self.compiled: CompiledStep | None = None  # the CPU training step, kept between epochs
         self.loss: Loss = {
             "softmax": SoftmaxWithLoss,
             "logistic": SigmoidBCELoss,
@@ -180,9 +183,22 @@ class _Network:
             state["host_state"] = host
         # the loss keeps the last step's arrays (CuPy after a GPU fit): a fresh one pickles as nothing
         state.update(
-            model=None, optimizer=None, exported=None, best=None, cache={}, loss=type(self.loss)(validate=False)
+            model=None,
+            optimizer=None,
+            exported=None,
+            best=None,
+            cache={},
+            compiled=None,
+            loss=type(self.loss)(validate=False),
         )
         return state
+
+    def compiled_step(self, penalty: Regularizer | None) -> CompiledStep | None:
+        """The CPU training step of this model, loss and optimizer with ``penalty`` (see
+        :mod:`gpunn.cpu_step`), or None where the layers step one by one (on a GPU)."""
+        previous = getattr(self, "compiled", None)  # absent from a network pickled before it existed
+        self.compiled = compile_step(self.model, self.loss, self.optimizer, penalty, previous)
+        return self.compiled
 
     def _restore_host_state(self) -> None:
         host, self.host_state = self.host_state, {}

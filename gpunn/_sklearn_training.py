@@ -187,6 +187,7 @@ class _TrainingLoops:
         adam = isinstance(opt, optim.Adam)
         beta2, beta2_t = self.beta_2, self.beta_2**opt.step_count
         on_cpu = dev.kind == "cpu"
+        compiled = net.compiled_step(penalty) if on_cpu else None  # the CPU's step: gpunn.cpu_step
         with dev:
             record = dev.xp.zeros((2, n_steps), dtype=net.dtype)
             for step in range(n_steps):
@@ -202,16 +203,19 @@ class _TrainingLoops:
                 else:
                     idx = order[start:stop]
                     xb, tb = X[idx], T[idx]
-                record[0, step] = loss.forward(model.forward(xb), tb)
-                model.backward(loss.backward(), input_grad=False)
                 if penalty is not None:
-                    record[1, step] = weights @ weights
+                    record[1, step] = weights @ weights  # before the step's update
                     penalty.lam = alpha / (stop - start)
                 if adam:
                     # scikit-learn's Adam adds ε to √v, not to √v̂: ε' = ε / √(1 − β2^t) in gpunn's form
                     beta2_t *= beta2
                     opt.eps = self.epsilon / math.sqrt(1.0 - beta2_t)
-                opt.step(penalty)
+                if compiled is not None:
+                    record[0, step] = compiled(xb, tb)
+                else:
+                    record[0, step] = loss.forward(model.forward(xb), tb)
+                    model.backward(loss.backward(), input_grad=False)
+                    opt.step(penalty)
             return to_numpy(record).astype(np.float64)
 
     def _update_no_improvement_count(self, net: _Network, validation: tuple[Any, Any] | None) -> None:

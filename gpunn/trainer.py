@@ -21,6 +21,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
+from . import cpu_step
 from . import data as datasets
 from . import distributed as dist
 from . import graph as step_graph
@@ -61,6 +62,10 @@ class Trainer:
     same numbers. It suits small networks, whose GPU steps are launch-bound; on the CPU the
     step runs through the same fixed buffers without a speed change. Not for Dropout models
     or distributed training (a ValueError says so).
+
+    On the CPU every step (with or without ``graph``) runs compiled when the model allows it
+    (:mod:`gpunn.cpu_step`: the layered step's NumPy calls and bits, with the layers' decisions
+    and output buffers fixed once per batch size).
     """
 
     def __init__(
@@ -97,6 +102,7 @@ class Trainer:
             raise ValueError(reason)
         self.graph = graph
         self._step_graph: step_graph.StepGraph | None = None
+        self._compiled: cpu_step.CompiledStep | None = None  # the CPU step of the current fit
         params = self.model.parameters()
         bound = optimizer._params
         if bound is None or len(bound) != len(params) or any(a is not b for a, b in zip(bound, params, strict=False)):
@@ -165,6 +171,7 @@ class Trainer:
         validate = self.loss.validate
         self.loss.validate = False  # labels were checked once above: no sync per step
         self._step_graph = None
+        self._compiled = None
         try:
             self._step_graph = self._start_step_graph(x, y, batch_size, classify) if self.graph else None
             for epoch in range(initial_epoch, epochs):
@@ -188,6 +195,7 @@ class Trainer:
         finally:
             self.loss.validate = validate
             self._close_step_graph()
+            self._compiled = None  # its buffers are the fit's; a Trainer between fits holds none
             if bar is not None:
                 bar.close()
         if patience is not None and restore_best and best[1] is not None:
@@ -242,13 +250,23 @@ class Trainer:
                 order = datasets.epoch_order(n, seed, epoch) if shuffle else np.arange(n)
                 step_loss, step_correct = self._step_graph.epoch(order)
             elif parallel is None:
+                # on the CPU the step runs compiled (gpunn.cpu_step: the same calls and bits)
+                compiled = self._compiled = (
+                    cpu_step.compile_step(model, loss, optimizer, regularizer, self._compiled)
+                    if self.device.kind == "cpu"
+                    else None
+                )
                 for step, (xb, yb) in enumerate(
                     datasets.batches(x, y, batch_size, shuffle=shuffle, seed=seed, epoch=epoch)
                 ):
-                    logits = model.forward(xb)
-                    step_loss[step] = loss.forward(logits, yb)
-                    model.backward(loss.backward(), input_grad=False)
-                    optimizer.step(regularizer)
+                    if compiled is not None:
+                        step_loss[step] = compiled(xb, yb)
+                        logits = compiled.logits  # read before the next step overwrites it
+                    else:
+                        logits = model.forward(xb)
+                        step_loss[step] = loss.forward(logits, yb)
+                        model.backward(loss.backward(), input_grad=False)
+                        optimizer.step(regularizer)
                     if classify is not None:
                         step_correct[step] = _correct(logits, yb, classify)
             else:
@@ -319,14 +337,20 @@ class Trainer:
 
     def _new_step_graph(self, x: Any, y: Any, batch_size: int, classify: str | None) -> step_graph.StepGraph:
         """The fit's replayable step: the same forward, loss, backward and update as an eager
-        step, returning the loss and correct count as device arrays."""
+        step (compiled on the CPU, as eager steps are there), returning the loss and correct
+        count as device arrays."""
         model, loss, optimizer, regularizer = self.model, self.loss, self.optimizer, self.regularizer
+        compiled = cpu_step.compile_step(model, loss, optimizer, regularizer) if self.device.kind == "cpu" else None
 
         def body(xb: Any, yb: Any) -> tuple[Any, Any]:
-            logits = model.forward(xb)
-            value = loss.forward(logits, yb)
-            model.backward(loss.backward(), input_grad=False)
-            optimizer.step(regularizer)
+            if compiled is not None:
+                value = compiled(xb, yb)
+                logits = compiled.logits
+            else:
+                logits = model.forward(xb)
+                value = loss.forward(logits, yb)
+                model.backward(loss.backward(), input_grad=False)
+                optimizer.step(regularizer)
             return value, None if classify is None else _correct(logits, yb, classify)
 
         return step_graph.StepGraph(body, optimizer, x, y, batch_size, self.device)
