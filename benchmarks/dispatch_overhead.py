@@ -1,14 +1,16 @@
 """What gpunn's own dispatch costs a small CPU training step, against the same NumPy calls inlined.
 
 For a two-layer ReLU network with softmax-with-loss, an L2 penalty folded into Adam and labels
-as integers, this times one gpunn training step (``model.forward``, ``loss.forward``,
-``loss.backward``, ``model.backward``, ``optimizer.step(L2)``) and one step written as a single
-function that makes the same NumPy calls on the same shapes (the products, bias adds and ReLU,
-the softmax-with-loss of gpunn's CPU path, the bias sums as 1ᵀ·dy, the effective gradient and
-Adam's twelve passes over one flat buffer). The difference is what layers, losses and the
-optimizer spend in Python: checks, dispatch between the CPU twin and a GPU kernel, keyword
-arguments handed down a chain of calls. The two take turns, round by round; the median of the
-per-round ratios is printed.
+as integers, this times one gpunn training step as a user's loop writes it (``model.forward``,
+``loss.forward``, ``loss.backward``, ``model.backward``, ``optimizer.step(L2)``: "layered"), the
+same step compiled (:class:`gpunn.cpu_step.CompiledStep`, what Trainer.fit and gpunn.sklearn run
+on the CPU) and one step written as a single function that makes the same NumPy calls on the
+same shapes (the products, bias adds and ReLU, the softmax-with-loss of gpunn's CPU path,
+the bias sums as 1ᵀ·dy, the effective gradient and Adam's twelve passes over one flat buffer).
+The difference is what layers, losses and the optimizer spend in Python: checks, dispatch
+between the CPU twin and a GPU kernel, keyword arguments handed down a chain of calls. The
+three take turns, round by round; the median of the per-round ratios to the inline step is
+printed.
 
     python benchmarks/dispatch_overhead.py                       # the digits network, batch 200
     python benchmarks/dispatch_overhead.py --sizes 4,4,3 --batch 2  # dispatch alone
@@ -24,10 +26,12 @@ from collections.abc import Callable
 import numpy as np
 
 import gpunn as gn
+from gpunn.cpu_step import CompiledStep
 from gpunn.optim import create
 
 
 def gpunn_step(sizes: list[int], x: np.ndarray, t: np.ndarray, l2: float) -> Callable[[], None]:
+    """gpunn's layered step, as a user's own training loop writes it."""
     model = gn.mlp(sizes, seed=0)
     loss = gn.SoftmaxWithLoss(validate=False)
     opt = create("adam", model.parameters())
@@ -39,6 +43,14 @@ def gpunn_step(sizes: list[int], x: np.ndarray, t: np.ndarray, l2: float) -> Cal
         opt.step(penalty)
 
     return step
+
+
+def compiled_step(sizes: list[int], x: np.ndarray, t: np.ndarray, l2: float) -> Callable[[], None]:
+    """The same step compiled (gpunn.cpu_step), as Trainer.fit and gpunn.sklearn run it on the CPU."""
+    model = gn.mlp(sizes, seed=0)
+    loss = gn.SoftmaxWithLoss(validate=False)
+    step = CompiledStep(model, loss, create("adam", model.parameters()), gn.L2(l2))
+    return lambda: step(x, t)
 
 
 def inline_step(sizes: list[int], x: np.ndarray, t: np.ndarray, l2: float) -> Callable[[], None]:
@@ -55,7 +67,7 @@ def inline_step(sizes: list[int], x: np.ndarray, t: np.ndarray, l2: float) -> Ca
     b1, b2 = p[n_w : n_w + n_hidden], p[n_w + n_hidden :]
     gw1, gw2 = g[: n_in * n_hidden].reshape(n_in, n_hidden), g[n_in * n_hidden : n_w].reshape(n_hidden, n_out)
     gb1, gb2 = g[n_w : n_w + n_hidden], g[n_w + n_hidden :]
-    zero_row, ones = np.zeros(n_hidden, np.float32), np.ones(batch, np.float32)
+    zero_row, ones, ones_c = np.zeros(n_hidden, np.float32), np.ones(batch, np.float32), np.ones(n_out, np.float32)
     offsets = np.arange(0, batch * n_out, n_out)
     update = inline_adam_with_l2(p, g, n_w, l2)
 
@@ -67,7 +79,7 @@ def inline_step(sizes: list[int], x: np.ndarray, t: np.ndarray, l2: float) -> Ca
         z += b2
         shifted = z - z.T.copy().max(axis=0)[:, None]
         exp = np.exp(shifted)
-        sums = exp.sum(axis=1, keepdims=True)
+        sums = (exp @ ones_c)[:, None]
         at = offsets + t
         (np.log(sums).sum() - shifted.ravel().take(at).sum()) * (1.0 / batch)
         y = exp / sums
@@ -132,18 +144,21 @@ def main(argv: list[str] | None = None) -> int:
     x = rng.standard_normal((args.batch, sizes[0])).astype(np.float32)
     t = rng.integers(0, sizes[2], args.batch)
     l2 = 1e-4 / args.batch  # scikit-learn's alpha / n_batch
-    steps = {"gpunn": gpunn_step(sizes, x, t, l2), "inline": inline_step(sizes, x, t, l2)}
+    steps = {
+        "layered": gpunn_step(sizes, x, t, l2),
+        "compiled": compiled_step(sizes, x, t, l2),
+        "inline": inline_step(sizes, x, t, l2),
+    }
     one = max(per_step_us(s, 20) for s in steps.values())
     per_round = max(20, int(50_000 / one))  # rounds of about 50 ms
     times: dict[str, list[float]] = {name: [] for name in steps}
     for _ in range(args.rounds):
         for name, step in steps.items():
             times[name].append(per_step_us(step, per_round))
-    ratio = statistics.median(a / b for a, b in zip(times["gpunn"], times["inline"], strict=True))
-    print(
-        f"{args.sizes} at batch {args.batch}: gpunn {statistics.median(times['gpunn']):.1f} µs/step, "
-        f"inline {statistics.median(times['inline']):.1f} µs/step, gpunn ÷ inline {ratio:.2f} (median of rounds)"
-    )
+    print(f"{args.sizes} at batch {args.batch}: µs per step (median of {args.rounds} rounds), ÷ inline (median ratio)")
+    for name, per_round in times.items():
+        ratio = statistics.median(a / b for a, b in zip(per_round, times["inline"], strict=True))
+        print(f"  {name:9s} {statistics.median(per_round):7.1f}  {ratio:.2f}×")
     return 0
 
 
