@@ -2,7 +2,7 @@
 
 For a :class:`Case` (device, model in ``MODELS``, batch), one float32 training step (forward,
 softmax-with-loss, backward, optimizer update) of every framework from the same initial
-weights and data: gpunn eager (:func:`gpunn_step`), gpunn replayed as a CUDA graph
+weights and data: gpunn as Trainer.fit steps (:func:`gpunn_step`), gpunn replayed as a CUDA graph
 (:func:`graph_step`), the hand-written NumPy loop (:func:`numpy_step`) and PyTorch eager
 (:func:`torch_step`). Beside them the two references the figures are taken against: the
 device's matrix-product ceiling, an n×n·n×n product (:func:`matmul_step`), and the step's
@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from .backend import Device, matmul_precision, to_numpy
+from .cpu_step import compile_step
 from .graph import StepGraph
 from .handwritten import HandwrittenMLP
 from .losses import SoftmaxWithLoss
@@ -56,7 +57,8 @@ def _data(case: Case, sizes: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def gpunn_step(case: Case, optimizer: str) -> tuple[Step, Any]:
-    """A gpunn training step on the case's device; returns it and the model."""
+    """A gpunn training step on the case's device, as Trainer.fit runs it (compiled on the
+    CPU, :mod:`gpunn.cpu_step`; layer by layer on a GPU); returns it and the model."""
     sizes = MODELS[case.model]
     x, t = _data(case, sizes)
     dev = case.device
@@ -65,6 +67,9 @@ def gpunn_step(case: Case, optimizer: str) -> tuple[Step, Any]:
         xd, td = dev.send(x), dev.send(t)
         criterion = SoftmaxWithLoss(validate=False)  # labels are valid by construction
         opt = create(optimizer, model.parameters())
+    compiled = compile_step(model, criterion, opt, None) if dev.kind == "cpu" else None
+    if compiled is not None:
+        return (lambda: compiled(xd, td)), model
 
     def step() -> Any:
         loss = criterion.forward(model.forward(xd), td)
