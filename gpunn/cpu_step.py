@@ -107,25 +107,27 @@ class CompiledStep:
             raise ValueError(reason)
         self.model, self.loss, self.optimizer, self.regularizer = model, loss, optimizer, regularizer
         self._layers = tuple(model.layers)
-        self._modes = tuple(layer.training for layer in self._layers)
+        self._signature = _signature(self._layers)
         params = model.parameters()
         self._flat = pack(params)
         self._bound = tuple(p.data for p in params)
-        self._first = next(layer for layer in self._layers if isinstance(layer, (Linear, ElementwiseActivation)))
-        self._n_in = self._first.n_in if isinstance(self._first, Linear) else None
+        # activations keep the width, so x must have the first Linear layer's n_in features
+        self._first = next(layer for layer in self._layers if isinstance(layer, Linear))
+        self._n_in = self._first.n_in
         self._dtype = params[0].data.dtype
         self._programs: dict[int, tuple[list[Forward], list[Backward]]] = {}
         self.logits: np.ndarray | None = None
 
     def current(self) -> bool:
-        """True while the model is the one compiled: same layers in the same modes, parameters
-        still views of the same flat buffer."""
+        """True while the model is the one compiled: the same layers with the same settings
+        (mode, dropout rate, activation slope, fusion and in-place plan), its parameters still
+        views of the same flat buffer."""
         model = self.model
         return (
             self._flat.valid
             and len(model.layers) == len(self._layers)
             and all(a is b for a, b in zip(model.layers, self._layers, strict=True))
-            and all(layer.training == mode for layer, mode in zip(self._layers, self._modes, strict=True))
+            and _signature(self._layers) == self._signature
             and all(p.data is d for p, d in zip(self._flat.params, self._bound, strict=True))
         )
 
@@ -153,8 +155,10 @@ class CompiledStep:
     def _check_x(self, x: Any) -> None:
         like = self._flat.params[0].data
         check_input(x, like, "x", f"the model ({self._flat.device}, {self._dtype})")
-        if self._n_in is not None and x.shape[1] != self._n_in:
-            raise ValueError(f"x has {x.shape[1]} features but the first layer, {self._first!r}, expects {self._n_in}")
+        if x.shape[1] != self._n_in:
+            raise ValueError(
+                f"x has {x.shape[1]} features but the first Linear layer, {self._first!r}, expects {self._n_in}"
+            )
 
     # ------------------------------------------------------------------ compiling
 
@@ -193,6 +197,24 @@ class CompiledStep:
                 backward.append(_activation_backward(layer, cell, linear))
             k -= 1
         return forward, backward
+
+
+def _signature(layers: tuple[Any, ...]) -> tuple[Any, ...]:
+    """What a compiled program depends on besides the layers' identity and parameters: each
+    layer's mode and the settings its closures took when they were made."""
+    return tuple(
+        (
+            layer.training,
+            getattr(layer, "p", None),  # Dropout's rate
+            getattr(layer, "alpha", None),  # an activation's slope (LeakyReLU)
+            getattr(layer, "activation", None),  # a Linear's fused activation
+            getattr(layer, "fused", None),
+            getattr(layer, "bias_grad_of", None),
+            layer.inplace,
+            layer.inplace_grad,
+        )
+        for layer in layers
+    )
 
 
 # ---------------------------------------------------------------------- the closures

@@ -91,7 +91,10 @@ def _row_sums(x: Any, xp: Any) -> Any:
 
     NumPy reduces a short last axis one row at a time; for few columns the product x·1 (one
     BLAS matrix-vector product) is 2–3× faster for a 200×10 batch. It sums in BLAS's order
-    instead of NumPy's pairwise one: the same value up to float rounding.
+    instead of NumPy's pairwise one: the same value up to float rounding, and, as with the
+    bias gradients' 1ᵀ·dy, that order may depend on where the row sits in the batch (BLAS
+    blocks rows together), so a sample's last bit can differ between two batches holding it.
+    Every call with the same batch gives the same bits.
     """
     n_classes = x.shape[1]
     if xp is np and n_classes <= 32 and x.dtype in (np.float32, np.float64):

@@ -112,6 +112,13 @@ class Trainer:
         if self.comm is not None and self.comm.rank > 0:
             self._decorrelate_dropout()
 
+    def __getstate__(self) -> dict[str, Any]:
+        # A copy taken during a fit (a callback pickling the trainer) leaves out the fit's
+        # compiled step and step graph: closures and device buffers, rebuilt by the next fit.
+        state = self.__dict__.copy()
+        state.update(_compiled=None, _step_graph=None)
+        return state
+
     # ----------------------------------------------------------------- fit
 
     def fit(
@@ -243,19 +250,20 @@ class Trainer:
         parallel = self._parallel
         start = time.perf_counter()
         model.train()
+        # On the CPU the step runs compiled (gpunn.cpu_step: the same calls and bits), checked
+        # against the model once per epoch: a callback may have changed a layer since.
+        compiled = self._compiled = (
+            cpu_step.compile_step(model, loss, optimizer, regularizer, self._compiled)
+            if self.device.kind == "cpu" and parallel is None
+            else None
+        )
         with self.device:
             step_loss = xp.zeros(n_steps, dtype=model.dtype)
             step_correct = xp.zeros(n_steps, dtype=np.int64)
             if self._step_graph is not None:
                 order = datasets.epoch_order(n, seed, epoch) if shuffle else np.arange(n)
-                step_loss, step_correct = self._step_graph.epoch(order)
+                step_loss, step_correct = self._step_graph.epoch(order)  # its body steps self._compiled
             elif parallel is None:
-                # on the CPU the step runs compiled (gpunn.cpu_step: the same calls and bits)
-                compiled = self._compiled = (
-                    cpu_step.compile_step(model, loss, optimizer, regularizer, self._compiled)
-                    if self.device.kind == "cpu"
-                    else None
-                )
                 for step, (xb, yb) in enumerate(
                     datasets.batches(x, y, batch_size, shuffle=shuffle, seed=seed, epoch=epoch)
                 ):
@@ -337,12 +345,12 @@ class Trainer:
 
     def _new_step_graph(self, x: Any, y: Any, batch_size: int, classify: str | None) -> step_graph.StepGraph:
         """The fit's replayable step: the same forward, loss, backward and update as an eager
-        step (compiled on the CPU, as eager steps are there), returning the loss and correct
-        count as device arrays."""
+        step (on the CPU the epoch's compiled step, as eager steps are there), returning the
+        loss and correct count as device arrays."""
         model, loss, optimizer, regularizer = self.model, self.loss, self.optimizer, self.regularizer
-        compiled = cpu_step.compile_step(model, loss, optimizer, regularizer) if self.device.kind == "cpu" else None
 
         def body(xb: Any, yb: Any) -> tuple[Any, Any]:
+            compiled = self._compiled  # set by _epoch (None on a GPU or where it cannot compile)
             if compiled is not None:
                 value = compiled(xb, yb)
                 logits = compiled.logits

@@ -182,6 +182,75 @@ def test_a_compiled_step_is_reused_while_current_and_rebuilt_when_the_model_chan
     assert not step.current()
 
 
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda model: setattr(model.layers[2], "p", 0.5),  # a Dropout that starts drawing masks
+        lambda model: setattr(model.layers[1], "negative_slope", 0.3),  # another LeakyReLU slope
+        lambda model: model.layers[2].train(False),  # a mode (Dropout p = 0 draws nothing either way)
+    ],
+    ids=["dropout-rate", "leaky-slope", "mode"],
+)
+def test_a_changed_layer_setting_makes_the_step_stale(change):
+    model = gn.Sequential([gn.Linear(6, 8, seed=0), gn.LeakyReLU(0.1), gn.Dropout(0.0), gn.Linear(8, 3, seed=1)])
+    loss, opt = gn.SoftmaxWithLoss(), create("adam", model.parameters())
+    step = compile_step(model, loss, opt, None)
+    assert step is not None and step.current()
+    change(model)
+    assert not step.current()
+    again = compile_step(model, loss, opt, None, previous=step)
+    assert again is not step
+    if again is not None:  # recompiled with the new setting: still the layered step's bits
+        _assert_trains_alike(model, loss, "adam")
+
+
+def test_a_trainer_follows_a_model_changed_by_a_callback_between_epochs(monkeypatch):
+    """A callback that swaps a layer or changes a slope between epochs: the next epoch
+    recompiles (with or without graph=True), so the fit trains as the layered one does."""
+    x, y = gn.data.load_digits()
+    x, y = (x[:256] / 16.0).astype(np.float32), y[:256]
+
+    def change(trainer: gn.Trainer, record: dict[str, Any]) -> None:
+        if record["epoch"] == 1:
+            trainer.model.layers[2] = gn.Tanh()  # was an Identity
+            trainer.model.layers[1].negative_slope = 0.3
+
+    def fit(compiled: bool, graph: bool) -> gn.Trainer:
+        monkeypatch.setattr(cpu_step, "compile_step", compile_step if compiled else lambda *a, **k: None)
+        model = gn.Sequential([gn.Linear(64, 16, seed=0), gn.LeakyReLU(0.1), gn.Identity(), gn.Linear(16, 10, seed=1)])
+        trainer = gn.Trainer(model, gn.SoftmaxWithLoss(), gn.optim.Adam(lr=3e-3), device="cpu", graph=graph)
+        trainer.fit(x, y, epochs=3, batch_size=64, verbose=False, callbacks=[change])
+        return trainer
+
+    layered = fit(compiled=False, graph=False)
+    for graph in (False, True):
+        compiled = fit(compiled=True, graph=graph)
+        for a, b in zip(layered.model.parameters(), compiled.model.parameters(), strict=True):
+            np.testing.assert_array_equal(b.data, a.data)
+        assert compiled.history["cost"] == layered.history["cost"]
+
+
+def test_a_trainer_can_be_pickled_by_a_callback_during_a_fit():
+    import pickle  # noqa: PLC0415
+
+    x, y = gn.data.load_digits()
+    copies: list[bytes] = []
+    model = gn.mlp([64, 16, 10], seed=0)
+    trainer = gn.Trainer(model, gn.SoftmaxWithLoss(), gn.optim.Adam(), device="cpu")
+    trainer.fit(
+        x[:128] / 16.0,
+        y[:128],
+        epochs=2,
+        batch_size=64,
+        verbose=False,
+        callbacks=[lambda t, r: copies.append(pickle.dumps(t))],
+    )
+    assert len(copies) == 2
+    restored = pickle.loads(copies[-1])
+    assert restored._compiled is None and restored._step_graph is None
+    restored.fit(x[:128] / 16.0, y[:128], epochs=1, batch_size=64, verbose=False)  # it trains on
+
+
 def test_batch_sizes_beyond_the_kept_programs_evict_the_oldest():
     model = gn.mlp([5, 6, 3], seed=0)
     step = CompiledStep(model, gn.SoftmaxWithLoss(), create("sgd", model.parameters()), None)
@@ -198,7 +267,11 @@ def test_bad_inputs_get_the_layered_paths_errors():
     t = np.zeros(4, dtype=np.int64)
     with pytest.raises(TypeError, match="x has dtype float64"):
         step(np.zeros((4, 5)), t)
-    with pytest.raises(ValueError, match="x has 4 features but the first layer"):
+    with pytest.raises(ValueError, match="x has 4 features but the first Linear layer"):
+        step(np.zeros((4, 4), np.float32), t)
+    starts_with_relu = gn.Sequential([gn.ReLU(), gn.Linear(5, 3, seed=0)])
+    step = CompiledStep(starts_with_relu, gn.SoftmaxWithLoss(), create("sgd", starts_with_relu.parameters()), None)
+    with pytest.raises(ValueError, match=r"x has 4 features but the first Linear layer, Linear\(5 → 3\), expects 5"):
         step(np.zeros((4, 4), np.float32), t)
     with pytest.raises(TypeError, match="x must be a NumPy or CuPy array"):
         step([[0.0] * 5] * 4, t)
@@ -245,6 +318,7 @@ def test_trainer_and_estimator_fits_on_the_cpu_step_through_it_with_the_same_res
         with pytest.warns(Warning):  # 3 epochs do not converge
             clf.fit(x, y)
         assert calls["n"] == (3 * 2 if compiled_step else 0)  # batches of 200: 2 steps an epoch
+        assert clf._net.compiled is None  # the fit's buffers (and its last batch) are let go
         estimators.append(clf)
     for a, b in zip(estimators[0].coefs_, estimators[1].coefs_, strict=True):
         np.testing.assert_array_equal(a, b)

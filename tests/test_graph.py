@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import gpunn as gn
+from gpunn import cpu_step
 from gpunn.graph import WARMUP_STEPS, StepGraph
 
 
@@ -71,6 +72,17 @@ def test_replayed_training_equals_eager_training(device, digits):
     # 500 rows in batches of 64: 7 full steps replayed (after the warm-up) and one of 52 eager
     eager, replayed = _fit_both(device, digits)
     _assert_same_training(eager, replayed, device)
+
+
+def test_on_the_cpu_the_layered_body_trains_like_the_compiled_one(monkeypatch, digits):
+    """On the CPU eager and replayed steps both run compiled (gpunn.cpu_step); the layered
+    body, the one a GPU replays, must train the same: all four runs give the same bits."""
+    cpu = gn.device("cpu")
+    runs = _fit_both(cpu, digits)
+    monkeypatch.setattr(cpu_step, "compile_step", lambda *args, **kwargs: None)
+    runs += _fit_both(cpu, digits)
+    for other in runs[1:]:
+        _assert_same_training(runs[0], other, cpu)
 
 
 def test_replay_with_l2_clipping_and_a_changing_learning_rate(device, digits):
