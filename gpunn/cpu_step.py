@@ -207,7 +207,7 @@ def _signature(layers: tuple[Any, ...]) -> tuple[Any, ...]:
             layer.training,
             getattr(layer, "p", None),  # Dropout's rate
             getattr(layer, "alpha", None),  # an activation's slope (LeakyReLU)
-            getattr(layer, "activation", None),  # a Linear's fused activation
+            getattr(layer, "activation", None),  # a Linear's fused activation layer
             getattr(layer, "fused", None),
             getattr(layer, "bias_grad_of", None),
             layer.inplace,
@@ -232,7 +232,7 @@ def _record(cell: list[Any]) -> Forward:
 def _linear_forward(layer: Linear, out: np.ndarray, cell: list[Any]) -> Forward:
     """y = x·W + b, or g(x·W + b) when fused with the activation after it (Linear.forward)."""
     W, b = layer.W.data, layer.b.data
-    activation = layer.activation
+    activation = layer.activation  # the fused activation layer; its slope is in the signature
 
     if activation is None:
 
@@ -242,7 +242,7 @@ def _linear_forward(layer: Linear, out: np.ndarray, cell: list[Any]) -> Forward:
             return np.add(out, b, out=out)
 
     else:
-        name, alpha = activation
+        name, alpha = activation.name, activation.alpha
 
         def forward(x: np.ndarray) -> np.ndarray:
             cell[0] = x

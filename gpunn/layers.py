@@ -128,8 +128,9 @@ class Linear(Layer):
         self.W = Parameter(init_weight(self.n_in, self.n_out, self.init, make_rng(seed), dt), "W", decay=True)
         self.b = Parameter(np.zeros(self.n_out, dtype=dt), "b", decay=False)
         self._x: Any = None
-        # (name, alpha) of an activation applied together with the bias (Sequential sets it)
-        self.activation: tuple[str, float] | None = None
+        # the activation layer applied together with the bias (Sequential sets it); its name
+        # and slope are read at every forward, so a changed LeakyReLU slope takes effect at once
+        self.activation: Layer | None = None
 
     def named_parameters(self) -> list[tuple[str, Parameter]]:
         return [("W", self.W), ("b", self.b)]
@@ -142,10 +143,11 @@ class Linear(Layer):
                 raise ValueError(f"{self!r} expects x with {self.n_in} features, got x.shape == {tuple(x.shape)}")
         self._x = x
         y = matmul(x, W)  # plain x @ W, unless a CUDA graph is being captured
-        if self.activation is None:
+        act = self.activation
+        if act is None:
             y += self.b.data
         else:
-            bias_activation(y, self.b.data, *self.activation)
+            bias_activation(y, self.b.data, act.name, act.alpha)
         return y
 
     def backward(self, dy: Any, input_grad: bool = True, bias_grad: bool = True) -> Any:

@@ -50,6 +50,7 @@ class Sequential(Layer):
         # After pickle or deepcopy the parameters are separate arrays: gather them into one
         # flat buffer again, so that optimizers and the layers share it as before.
         self.__dict__.update(state)
+        self._plan_fusion()  # a model pickled by an older gpunn kept (name, slope) pairs here
         params = self.parameters()
         if params:
             pack(params)
@@ -118,7 +119,7 @@ class Sequential(Layer):
                 layer.bias_grad_of = None
         for first, second in itertools.pairwise(self.layers):
             if isinstance(first, Linear) and isinstance(second, ElementwiseActivation):
-                first.activation = (second.name, second.alpha)
+                first.activation = second
                 second.fused = True
                 second.bias_grad_of = first
 
