@@ -112,12 +112,22 @@ class Trainer:
         if self.comm is not None and self.comm.rank > 0:
             self._decorrelate_dropout()
 
+    _validate_outside_fit: bool | None = None  # loss.validate as the caller set it, during a fit
+
     def __getstate__(self) -> dict[str, Any]:
         # A copy taken during a fit (a callback pickling the trainer) leaves out the fit's
         # compiled step and step graph: closures and device buffers, rebuilt by the next fit.
         state = self.__dict__.copy()
         state.update(_compiled=None, _step_graph=None)
         return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        if self._validate_outside_fit is not None:
+            # a copy taken during a fit: undo what the fit switched for its own duration
+            self.loss.validate = self._validate_outside_fit
+            self.optimizer.use_live_scalars(False)
+            self._validate_outside_fit = None
 
     # ----------------------------------------------------------------- fit
 
@@ -175,7 +185,7 @@ class Trainer:
         best = (np.inf, None)
         waited = 0
         self.stop_training = False
-        validate = self.loss.validate
+        validate = self._validate_outside_fit = self.loss.validate
         self.loss.validate = False  # labels were checked once above: no sync per step
         self._step_graph = None
         self._compiled = None
@@ -200,7 +210,7 @@ class Trainer:
                 if self.stop_training:
                     break
         finally:
-            self.loss.validate = validate
+            self.loss.validate, self._validate_outside_fit = validate, None
             self._close_step_graph()
             self._compiled = None  # its buffers are the fit's; a Trainer between fits holds none
             if bar is not None:

@@ -182,6 +182,20 @@ def test_a_compiled_step_is_reused_while_current_and_rebuilt_when_the_model_chan
     assert not step.current()
 
 
+def test_a_changed_leaky_slope_reaches_the_fused_forward_and_the_backward_alike():
+    """The fused Linear reads its activation's slope at every forward (it used to keep the
+    slope of the day the model was built, while backward read the new one)."""
+    model = gn.Sequential([gn.Linear(3, 4, seed=0), gn.LeakyReLU(0.1)])
+    assert model.layers[0].activation is model.layers[1]  # fused
+    x = np.random.default_rng(0).standard_normal((16, 3)).astype(np.float32)
+    model.layers[1].negative_slope = 0.3
+    z = x @ model.layers[0].W.data  # b is 0
+    assert (z < 0).any() and (z > 0).any()
+    np.testing.assert_allclose(model.forward(x), np.where(z > 0, z, 0.3 * z), rtol=1e-5)
+    dx = model.backward(np.ones((16, 4), np.float32))
+    np.testing.assert_allclose(dx, np.where(z > 0, 1.0, 0.3) @ model.layers[0].W.data.T, rtol=1e-5)
+
+
 @pytest.mark.parametrize(
     "change",
     [
@@ -248,7 +262,23 @@ def test_a_trainer_can_be_pickled_by_a_callback_during_a_fit():
     assert len(copies) == 2
     restored = pickle.loads(copies[-1])
     assert restored._compiled is None and restored._step_graph is None
+    assert restored.loss.validate  # the fit's own switch is undone in the copy
     restored.fit(x[:128] / 16.0, y[:128], epochs=1, batch_size=64, verbose=False)  # it trains on
+    with pytest.raises(ValueError, match="labels outside"):
+        restored.loss.forward(np.zeros((2, 10), np.float32), np.array([0, 99]))
+
+    copies.clear()
+    graphed = gn.Trainer(gn.mlp([64, 16, 10], seed=0), gn.SoftmaxWithLoss(), gn.optim.Adam(), device="cpu", graph=True)
+    graphed.fit(
+        x[:128] / 16.0,
+        y[:128],
+        epochs=1,
+        batch_size=64,
+        verbose=False,
+        callbacks=[lambda t, r: copies.append(pickle.dumps(t))],
+    )
+    restored = pickle.loads(copies[0])
+    assert restored.loss.validate and not restored.optimizer._live_on  # live scalars were the fit's
 
 
 def test_batch_sizes_beyond_the_kept_programs_evict_the_oldest():
