@@ -177,17 +177,14 @@ class CompiledStep:
                 forward.append(_activation_forward(layer, cell))
             else:
                 forward.append(_record(cell))  # the Linear before it applied g: its output is a
+        # Layer by layer, in reverse. Sequential hands an output layer's bias sum to the fused
+        # activation before it, to save a GPU launch; on the CPU that kernel's twin makes the
+        # same separate sums, so each Linear sums its own bias here unless a fused activation
+        # after it already did, and the bits are the same.
         backward: list[Backward] = []
-        k = len(layers) - 1
-        while k >= 0:
+        for k in range(len(layers) - 1, -1, -1):
             layer, cell = layers[k], saved[k]
-            before = layers[k - 1] if k > 0 else None
             if isinstance(layer, Linear):
-                if isinstance(before, ElementwiseActivation) and before.fused and layer.activation is None:
-                    # Sequential's hand-over: the fused activation before sums this layer's bias too
-                    backward.append(_linear_then_activation_backward(layer, cell, before, saved[k - 1], n))
-                    k -= 2
-                    continue
                 after = layers[k + 1] if k + 1 < len(layers) else None
                 summed = isinstance(after, ElementwiseActivation) and after.fused  # its backward sums our bias
                 grad = np.empty((n, layer.n_in), self._dtype) if k > 0 else None
@@ -195,7 +192,6 @@ class CompiledStep:
             else:
                 linear = layer.bias_grad_of if layer.fused else None
                 backward.append(_activation_backward(layer, cell, linear))
-            k -= 1
         return forward, backward
 
 
@@ -289,28 +285,6 @@ def _activation_backward(layer: ElementwiseActivation, cell: list[Any], linear: 
         dz = activation_backward_reference(dy, cell[0], name, alpha, out=dy if inplace else None)
         if gb is not None:
             column_sums(dz, gb)
-        return dz
-
-    return backward
-
-
-def _linear_then_activation_backward(
-    layer: Linear, cell: list[Any], activation: ElementwiseActivation, activation_cell: list[Any], n: int
-) -> Backward:
-    """An unfused Linear (the output layer) after a fused activation, as Sequential.backward
-    runs them: ∂W = aᵀ·dy, da = dy·Wᵀ, dz = da·g'(z), then the two bias sums, Σ_n dz into the
-    activation's Linear and Σ_n dy into this one."""
-    W, gW, gb = layer.W.data, layer.W.grad, layer.b.grad
-    gb_before = activation.bias_grad_of.b.grad
-    name, alpha = activation.name, activation.alpha
-    da = np.empty((n, layer.n_in), W.dtype)
-
-    def backward(dy: np.ndarray) -> np.ndarray:
-        np.matmul(cell[0].T, dy, out=gW)
-        np.matmul(dy, W.T, out=da)
-        dz = activation_backward_reference(da, activation_cell[0], name, alpha, out=da)
-        column_sums(dz, gb_before)
-        column_sums(dy, gb)
         return dz
 
     return backward
