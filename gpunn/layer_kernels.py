@@ -226,7 +226,17 @@ def _kernel(x: Any, name: str) -> Any:
 
 # ----------------------------------------------------------------------------- bias gradient
 
-_ONES: dict[np.dtype, np.ndarray] = {}  # one ones vector per dtype, grown to the longest batch
+_ONES: dict[np.dtype, np.ndarray] = {}  # one ones vector per dtype, grown to the longest asked for
+
+
+def ones_vector(n: int, dtype: np.dtype) -> np.ndarray:
+    """n ones of ``dtype`` (NumPy), a view of one kept vector per dtype: the 1 of the
+    sums-as-products 1ᵀ·x (bias gradients) and x·1 (the loss's row sums). Read only."""
+    ones = _ONES.get(dtype)
+    if ones is None or ones.shape[0] < n:
+        ones = _ONES[dtype] = np.ones(max(n, 256), dtype=dtype)
+        ones.flags.writeable = False  # shared by every caller
+    return ones[:n]
 
 
 def column_sums(x: Any, out: Any) -> Any:
@@ -245,10 +255,7 @@ def column_sums(x: Any, out: Any) -> Any:
         and out.shape == x.shape[1:]
         and out.flags.c_contiguous
     ):
-        ones = _ONES.get(x.dtype)
-        if ones is None or ones.shape[0] < x.shape[0]:
-            ones = _ONES[x.dtype] = np.ones(max(x.shape[0], 256), dtype=x.dtype)
-        return np.matmul(ones[: x.shape[0]], x, out=out)
+        return np.matmul(ones_vector(x.shape[0], x.dtype), x, out=out)
     return x.sum(axis=0, out=out)
 
 

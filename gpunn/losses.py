@@ -13,7 +13,7 @@ import numpy as np
 
 from .backend import array_module, check_device, device_of
 from .functional import log_softmax, sigmoid, softmax
-from .layer_kernels import softmax_cross_entropy
+from .layer_kernels import ones_vector, softmax_cross_entropy
 
 __all__ = ["Loss", "MSELoss", "SigmoidBCELoss", "SoftmaxWithLoss", "log_softmax", "softmax"]
 
@@ -83,9 +83,6 @@ def _row_max(z: Any, xp: Any) -> Any:
     return z.max(axis=1, keepdims=True)
 
 
-_ONES: dict[tuple[int, np.dtype], np.ndarray] = {}  # ones(C) per (C, dtype), for _row_sums
-
-
 def _row_sums(x: Any, xp: Any) -> Any:
     """Σ over each row of x (N, C), shaped (N, 1).
 
@@ -98,10 +95,7 @@ def _row_sums(x: Any, xp: Any) -> Any:
     """
     n_classes = x.shape[1]
     if xp is np and n_classes <= 32 and x.dtype in (np.float32, np.float64):
-        ones = _ONES.get((n_classes, x.dtype))
-        if ones is None:
-            ones = _ONES[(n_classes, x.dtype)] = np.ones(n_classes, dtype=x.dtype)
-        return np.matmul(x, ones)[:, None]
+        return np.matmul(x, ones_vector(n_classes, x.dtype))[:, None]
     return x.sum(axis=1, keepdims=True)
 
 
