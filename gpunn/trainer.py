@@ -262,7 +262,7 @@ class Trainer:
         model.train()
         # On the CPU the step runs compiled (gpunn.cpu_step: the same calls and bits), checked
         # against the model once per epoch: a callback may have changed a layer since.
-        compiled = self._compiled = (
+        self._compiled = (
             cpu_step.compile_step(model, loss, optimizer, regularizer, self._compiled)
             if self.device.kind == "cpu" and parallel is None
             else None
@@ -277,14 +277,7 @@ class Trainer:
                 for step, (xb, yb) in enumerate(
                     datasets.batches(x, y, batch_size, shuffle=shuffle, seed=seed, epoch=epoch)
                 ):
-                    if compiled is not None:
-                        step_loss[step] = compiled(xb, yb)
-                        logits = compiled.logits  # read before the next step overwrites it
-                    else:
-                        logits = model.forward(xb)
-                        step_loss[step] = loss.forward(logits, yb)
-                        model.backward(loss.backward(), input_grad=False)
-                        optimizer.step(regularizer)
+                    step_loss[step], logits = self._train_step(xb, yb, regularizer)
                     if classify is not None:
                         step_correct[step] = _correct(logits, yb, classify)
             else:
@@ -339,6 +332,20 @@ class Trainer:
             parallel.reduce_gradients(grad, step)  # the batch mean, on every rank
             self.optimizer.step(regularizer)  # after the sum: λ·W counted once
 
+    def _train_step(self, xb: Any, yb: Any, regularizer: Regularizer | None) -> tuple[Any, Any]:
+        """One training step on a batch: (loss as a 0-d device array, logits). Through the
+        epoch's compiled step where _epoch made one (the CPU), else layer by layer; read the
+        logits before the next step, which may overwrite them."""
+        compiled = self._compiled
+        if compiled is not None:
+            return compiled(xb, yb), compiled.logits
+        model, loss = self.model, self.loss
+        logits = model.forward(xb)
+        value = loss.forward(logits, yb)
+        model.backward(loss.backward(), input_grad=False)
+        self.optimizer.step(regularizer)
+        return value, logits
+
     def _close_step_graph(self) -> None:
         if self._step_graph is not None:
             self._step_graph.close()
@@ -357,18 +364,10 @@ class Trainer:
         """The fit's replayable step: the same forward, loss, backward and update as an eager
         step (on the CPU the epoch's compiled step, as eager steps are there), returning the
         loss and correct count as device arrays."""
-        model, loss, optimizer, regularizer = self.model, self.loss, self.optimizer, self.regularizer
+        optimizer, regularizer = self.optimizer, self.regularizer
 
         def body(xb: Any, yb: Any) -> tuple[Any, Any]:
-            compiled = self._compiled  # set by _epoch (None on a GPU or where it cannot compile)
-            if compiled is not None:
-                value = compiled(xb, yb)
-                logits = compiled.logits
-            else:
-                logits = model.forward(xb)
-                value = loss.forward(logits, yb)
-                model.backward(loss.backward(), input_grad=False)
-                optimizer.step(regularizer)
+            value, logits = self._train_step(xb, yb, regularizer)
             return value, None if classify is None else _correct(logits, yb, classify)
 
         return step_graph.StepGraph(body, optimizer, x, y, batch_size, self.device)
