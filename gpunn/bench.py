@@ -328,10 +328,11 @@ def run(
     # the process (Kineto tears it down only on request), which slows every later launch and
     # would tax the many-launch eager steps more than a replayed graph.
     for case, row in zip(cases, rows, strict=True):
-        errors: dict[str, str] = {}  # count_launches answers None on the CPU
-        row["launches_per_step"] = _optional("launches per step", errors, count_launches, case, optimizer)
-        if errors:
-            row.setdefault("errors", {}).update(errors)
+        if case.device.kind == "cuda":
+            errors: dict[str, str] = {}
+            row["launches_per_step"] = _optional("launches per step", errors, count_launches, case, optimizer)
+            if errors:
+                row.setdefault("errors", {}).update(errors)
     return {
         "optimizer": optimizer,
         "dtype": "float32",
