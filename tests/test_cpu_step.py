@@ -248,35 +248,28 @@ def test_a_trainer_can_be_pickled_by_a_callback_during_a_fit():
     import pickle  # noqa: PLC0415
 
     x, y = gn.data.load_digits()
-    copies: list[bytes] = []
-    model = gn.mlp([64, 16, 10], seed=0)
-    trainer = gn.Trainer(model, gn.SoftmaxWithLoss(), gn.optim.Adam(), device="cpu")
-    trainer.fit(
-        x[:128] / 16.0,
-        y[:128],
-        epochs=2,
-        batch_size=64,
-        verbose=False,
-        callbacks=[lambda t, r: copies.append(pickle.dumps(t))],
-    )
+    x, y = x[:128] / 16.0, y[:128]
+
+    def pickled_at_each_epoch(graph: bool, epochs: int) -> list[bytes]:
+        copies: list[bytes] = []
+        trainer = gn.Trainer(
+            gn.mlp([64, 16, 10], seed=0), gn.SoftmaxWithLoss(), gn.optim.Adam(), device="cpu", graph=graph
+        )
+        trainer.fit(
+            x, y, epochs=epochs, batch_size=64, verbose=False, callbacks=[lambda t, r: copies.append(pickle.dumps(t))]
+        )
+        return copies
+
+    copies = pickled_at_each_epoch(graph=False, epochs=2)
     assert len(copies) == 2
     restored = pickle.loads(copies[-1])
     assert restored._compiled is None and restored._step_graph is None
     assert restored.loss.validate  # the fit's own switch is undone in the copy
-    restored.fit(x[:128] / 16.0, y[:128], epochs=1, batch_size=64, verbose=False)  # it trains on
+    restored.fit(x, y, epochs=1, batch_size=64, verbose=False)  # it trains on
     with pytest.raises(ValueError, match="labels outside"):
         restored.loss.forward(np.zeros((2, 10), np.float32), np.array([0, 99]))
 
-    copies.clear()
-    graphed = gn.Trainer(gn.mlp([64, 16, 10], seed=0), gn.SoftmaxWithLoss(), gn.optim.Adam(), device="cpu", graph=True)
-    graphed.fit(
-        x[:128] / 16.0,
-        y[:128],
-        epochs=1,
-        batch_size=64,
-        verbose=False,
-        callbacks=[lambda t, r: copies.append(pickle.dumps(t))],
-    )
+    copies = pickled_at_each_epoch(graph=True, epochs=1)
     restored = pickle.loads(copies[0])
     assert restored.loss.validate and not restored.optimizer._live_on  # live scalars were the fit's
 
