@@ -11,7 +11,7 @@ batch size (the layered step allocates them anew), so that a step is the plain l
     forward   a^[l] = g(a^[l−1]·W^[l] + b^[l])           (a product into a kept buffer, bias_activation)
     loss      the model's loss, forward and backward      (its own code)
     backward  ∂W = aᵀ·dz, dz = g'(·)⊙(dy·Wᵀ), ∂b = Σ_n dz  (the twins Layer.backward calls)
-    update    optimizer.step(regularizer)
+    update    optimizer.step(regularizer)                  (a small Adam: :mod:`gpunn.cpu_update`)
 
 Every call is one the layered path makes on the CPU, on the same operands, so a compiled step
 gives the layered step's bits exactly (``tests/test_cpu_step.py`` checks every activation, loss
@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from .activations import ElementwiseActivation, Identity, LeakyReLU, ReLU, Sigmoid, Tanh
+from .cpu_update import compile_update
 from .layer_kernels import activation_backward_reference, bias_activation_reference, column_sums
 from .layers import Dropout, Linear, check_input
 from .losses import Loss
@@ -116,6 +117,7 @@ class CompiledStep:
         self._n_in = self._first.n_in
         self._dtype = params[0].data.dtype
         self._programs: dict[int, tuple[list[Forward], list[Backward]]] = {}
+        self._update = compile_update(optimizer)  # optimizer.step, with its Python done once where it can be
         self.logits: np.ndarray | None = None
 
     def current(self) -> bool:
@@ -149,7 +151,7 @@ class CompiledStep:
         dy = loss.backward()
         for b in backward:
             dy = b(dy)
-        self.optimizer.step(self.regularizer)
+        self._update(self.regularizer)
         return value
 
     def _check_x(self, x: Any) -> None:

@@ -184,22 +184,49 @@ def adam_plain(
     decay_factor: float,
 ) -> None:
     """:func:`adam_reference` on g itself (ĝ = g)"""
+    decayed = p[:n_decay] if decay_factor != 1.0 and n_decay else None
+    adam_passes(
+        p, g, m, v, tmp, beta1, 1.0 - beta1, beta2, 1.0 - beta2, inv_sqrt_bc2, eps, step_size, decayed, decay_factor
+    )
+
+
+def adam_passes(
+    p: Any,
+    g: Any,
+    m: Any,
+    v: Any,
+    tmp: Any,
+    beta1: Any,
+    one_minus_beta1: Any,
+    beta2: Any,
+    one_minus_beta2: Any,
+    inv_sqrt_bc2: Any,
+    eps: Any,
+    step_size: Any,
+    decayed: Any = None,
+    decay_factor: Any = 1.0,
+) -> None:
+    """The in-place passes of :func:`adam_plain`, every scalar operand given: Python floats, or
+    0-d arrays of p's dtype holding them (rounded to that dtype, which is what NumPy does with
+    a Python float operand, so the bits are the same; a 0-d operand costs ~1 µs less per call,
+    which is what :mod:`gpunn.cpu_update` holds them for). ``decayed``: the weights prefix
+    AdamW scales by ``decay_factor`` (None: no decay)."""
     xp = array_module(p)
-    m *= beta1
-    xp.multiply(g, 1.0 - beta1, out=tmp)
-    m += tmp
-    v *= beta2
+    xp.multiply(m, beta1, out=m)
+    xp.multiply(g, one_minus_beta1, out=tmp)
+    xp.add(m, tmp, out=m)
+    xp.multiply(v, beta2, out=v)
     xp.multiply(g, g, out=tmp)
-    tmp *= 1.0 - beta2
-    v += tmp
-    if decay_factor != 1.0 and n_decay:
-        p[:n_decay] *= decay_factor
+    xp.multiply(tmp, one_minus_beta2, out=tmp)
+    xp.add(v, tmp, out=v)
+    if decayed is not None:
+        xp.multiply(decayed, decay_factor, out=decayed)
     xp.sqrt(v, out=tmp)
-    tmp *= inv_sqrt_bc2
-    tmp += eps
+    xp.multiply(tmp, inv_sqrt_bc2, out=tmp)
+    xp.add(tmp, eps, out=tmp)
     xp.divide(m, tmp, out=tmp)
-    tmp *= step_size
-    p -= tmp
+    xp.multiply(tmp, step_size, out=tmp)
+    xp.subtract(p, tmp, out=p)
 
 
 def adam_reference(

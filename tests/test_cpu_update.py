@@ -1,0 +1,152 @@
+"""A small model's CPU Adam step (gpunn.cpu_update) is optimizer.step's, bit for bit.
+
+Two copies of one set of parameters are stepped from the same gradients, one through
+``optimizer.step(regularizer)`` and one through :class:`SmallAdamUpdate`, with the
+hyperparameters and the penalty changing between steps as scikit-learn's loops change them;
+parameters, moments and step counts must be equal at every step. What it does not do (clipping,
+live scalars, L1, another rule, a big buffer, a rebound optimizer) must reach optimizer.step.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+import gpunn as gn
+import gpunn.cpu_step
+from gpunn import optim
+from gpunn.cpu_update import SmallAdamUpdate, compile_update
+from gpunn.kernels import CHUNK
+from gpunn.parameter import Parameter
+
+
+def _params(dtype: Any, bias: bool = True, seed: int = 0) -> list[Parameter]:
+    rng = np.random.default_rng(seed)
+    params = [
+        Parameter(rng.standard_normal((13, 7)).astype(dtype), "W0"),
+        Parameter(rng.standard_normal((7, 3)).astype(dtype), "W1"),
+    ]
+    if bias:
+        params += [Parameter(rng.standard_normal(7).astype(dtype), "b0", decay=False)]
+        params += [Parameter(rng.standard_normal(3).astype(dtype), "b1", decay=False)]
+    return params
+
+
+def _pair(cls: type, dtype: Any = np.float32, bias: bool = True, **hyper: Any) -> tuple[Any, Any, Any]:
+    """(reference optimizer, optimizer driven by the fast update, the fast update)."""
+    reference = cls(_params(dtype, bias), **hyper)
+    fast = cls(_params(dtype, bias), **hyper)
+    update = compile_update(fast)
+    assert isinstance(update, SmallAdamUpdate)
+    return reference, fast, update
+
+
+def _set_grads(opts: tuple[Any, ...], rng: np.random.Generator) -> None:
+    grad = rng.standard_normal(opts[0]._flat.size)
+    for opt in opts:
+        opt._flat.grad[...] = grad.astype(opt._flat.dtype)
+
+
+def _assert_same(reference: Any, fast: Any) -> None:
+    assert fast.step_count == reference.step_count
+    assert np.array_equal(fast._flat.data, reference._flat.data)
+    for name in reference.state_names:
+        assert np.array_equal(fast._state[name], reference._state[name]), name
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("cls", [optim.Adam, optim.AdamW])
+@pytest.mark.parametrize("bias", [True, False])
+def test_matches_optimizer_step_bit_for_bit(cls, dtype, bias):
+    reference, fast, update = _pair(cls, dtype, bias, lr=3e-3)
+    rng = np.random.default_rng(1)
+    penalty_ref, penalty_fast = gn.L2(1e-2), gn.L2(1e-2)
+    # no penalty, an L2 whose coefficient changes per batch (as scikit-learn's loop sets it),
+    # a zero L2, and hyperparameters changed between steps (a schedule, scikit-learn's ε)
+    plan = [None, "l2", "l2", None, "zero", "l2", None, "l2"]
+    for i, kind in enumerate(plan):
+        _set_grads((reference, fast), rng)
+        for opt in (reference, fast):
+            opt.lr = 3e-3 / (1 + i)
+            opt.eps = 1e-8 * (i + 1)
+            if i == 5:
+                opt.betas = (0.8, 0.99)
+        if kind is None:
+            reference.step()
+            update(None)
+        else:
+            lam = 0.0 if kind == "zero" else 1e-2 / (i + 1)
+            penalty_ref.lam = penalty_fast.lam = lam
+            reference.step(penalty_ref)
+            update(penalty_fast)
+        _assert_same(reference, fast)
+
+
+def test_the_compiled_step_updates_through_it():
+    """CompiledStep (Trainer.fit's and the estimators' CPU step) takes it for a small Adam;
+    tests/test_cpu_step.py checks those steps against the layered ones bit for bit."""
+    model = gn.mlp([6, 8, 3], seed=0)
+    step = gn.cpu_step.CompiledStep(model, gn.SoftmaxWithLoss(), optim.Adam(model.parameters()), gn.L2(1e-3))
+    assert isinstance(step._update, SmallAdamUpdate)
+    sgd = gn.cpu_step.CompiledStep(model, gn.SoftmaxWithLoss(), optim.SGD(model.parameters()), None)
+    assert sgd._update == sgd.optimizer.step
+
+
+@pytest.mark.parametrize(
+    "setup",
+    [
+        pytest.param(lambda opt: setattr(opt, "max_grad_norm", 0.5), id="clipping"),
+        pytest.param(lambda opt: opt.use_live_scalars(), id="live-scalars"),
+        pytest.param(lambda opt: opt.bind(opt.params), id="rebound"),
+    ],
+)
+def test_what_it_does_not_do_goes_to_optimizer_step(setup):
+    reference, fast, update = _pair(optim.Adam, lr=1e-2)
+    for opt in (reference, fast):
+        setup(opt)
+    rng = np.random.default_rng(3)
+    for _ in range(3):
+        _set_grads((reference, fast), rng)
+        reference.step(gn.L2(1e-3))
+        update(gn.L2(1e-3))
+        _assert_same(reference, fast)
+
+
+def test_an_l1_penalty_goes_to_optimizer_step():
+    reference, fast, update = _pair(optim.Adam)
+    rng = np.random.default_rng(4)
+    for _ in range(3):
+        _set_grads((reference, fast), rng)
+        reference.step(gn.L1(1e-2))
+        update(gn.L1(1e-2))
+        _assert_same(reference, fast)
+
+
+def test_a_wrong_regularizer_raises_as_optimizer_step_does():
+    _, fast, update = _pair(optim.Adam)
+    with pytest.raises(TypeError, match="regularizer must be"):
+        update(0.01)
+    assert fast.step_count == 0
+
+
+def test_a_failed_update_is_not_counted():
+    _, fast, update = _pair(optim.Adam)
+    fast._flat.data.flags.writeable = False
+    with pytest.raises(ValueError, match="read-only"):
+        update(None)
+    assert fast.step_count == 0
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        pytest.param(lambda: optim.SGD(_params(np.float32)), id="another-rule"),
+        pytest.param(optim.Adam, id="unbound"),
+        pytest.param(lambda: optim.Adam([Parameter(np.zeros(CHUNK + 1, np.float32))]), id="more-than-one-piece"),
+    ],
+)
+def test_compile_update_leaves_the_rest_to_optimizer_step(make):
+    opt = make()
+    assert compile_update(opt) == opt.step
