@@ -20,6 +20,7 @@ from sklearn.model_selection import train_test_split
 from . import optim
 from ._sklearn_network import _Network, _set_lr
 from .backend import Device, device_of, to_numpy
+from .cpu_step import CompiledStep
 from .regularizers import L2
 
 
@@ -61,6 +62,8 @@ class _TrainingLoops:
         penalty = L2(self.alpha) if self.alpha else None
         sample_idx = np.arange(n)
         try:
+            # the CPU's step (gpunn.cpu_step), compiled once: nothing between two epochs changes the model
+            compiled = net.compiled_step(penalty) if dev.kind == "cpu" else None
             self.n_iter_ = 0
             for _ in range(self.max_iter):
                 order = None
@@ -71,7 +74,7 @@ class _TrainingLoops:
                     sample_idx = sample_idx[permutation]
                     with dev:
                         order = dev.send(sample_idx)
-                record = self._epoch(net, flat, dev, penalty, X, T, order, batch_size)
+                record = self._epoch(net, flat, dev, penalty, compiled, X, T, order, batch_size)
                 self._end_epoch(float(record[0] @ sizes) / n, float(record[1].sum()) / n, n)
                 self._update_no_improvement_count(net, validation)
                 if self.solver == "sgd" and self.learning_rate == "invscaling":
@@ -170,6 +173,7 @@ class _TrainingLoops:
         flat: Any,
         dev: Device,
         penalty: L2 | None,
+        compiled: CompiledStep | None,
         X: Any,
         T: Any,
         order: Any,
@@ -177,7 +181,8 @@ class _TrainingLoops:
     ) -> np.ndarray:
         """One pass over (X, T) in mini-batches on ``dev``; returns, read once, (2, n_steps):
         each step's mean cost and the ΣW² its penalty used (the weights before the step's
-        update). ``flat`` is the model's flat buffer, ``penalty`` the fit's L2 (None without alpha).
+        update). ``flat`` is the model's flat buffer, ``penalty`` the fit's L2 (None without alpha),
+        ``compiled`` the fit's compiled CPU step (None: layer by layer).
 
         Per step: z = model(x_b); cost, ∂cost/∂z; backward writes every grad; then the
         optimizer updates the flat buffer in one operation that also adds the L2 gradient
@@ -189,7 +194,6 @@ class _TrainingLoops:
         adam = isinstance(opt, optim.Adam)
         beta2, beta2_t = self.beta_2, self.beta_2**opt.step_count
         on_cpu = dev.kind == "cpu"
-        compiled = net.compiled_step(penalty) if on_cpu else None  # the CPU's step: gpunn.cpu_step
         with dev:
             record = dev.xp.zeros((2, n_steps), dtype=net.dtype)
             for step in range(n_steps):
