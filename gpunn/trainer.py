@@ -103,10 +103,7 @@ class Trainer:
         self.graph = graph
         self._step_graph: step_graph.StepGraph | None = None
         self._compiled: cpu_step.CompiledStep | None = None  # the CPU step of the current fit
-        params = self.model.parameters()
-        bound = optimizer._params
-        if bound is None or len(bound) != len(params) or any(a is not b for a, b in zip(bound, params, strict=False)):
-            optimizer.bind(params)
+        optimizer.follow(self.model)  # bound to the model's parameters (state kept for those it had)
         self.history = History()
         self.stop_training = False
         if self.comm is not None and self.comm.rank > 0:
@@ -254,6 +251,10 @@ class Trainer:
     ) -> dict[str, Any]:
         model, loss, optimizer, regularizer = self.model, self.loss, self.optimizer, self.regularizer
         params = model.parameters()
+        if optimizer.follow(params) and self._step_graph is not None:
+            # a callback replaced a layer's Parameter: the captured step writes the old buffers
+            self._close_step_graph()
+            self._step_graph = self._start_step_graph(x, y, batch_size, classify)
         xp = array_module(x)
         n = x.shape[0]
         n_steps = -(-n // batch_size)
@@ -355,6 +356,7 @@ class Trainer:
         """The fit's step graph, or None (and a warning) when the GPU cannot give it a cuBLAS
         handle, a stream or memory: training then goes on eagerly, as after a failed capture."""
         try:
+            self.optimizer.follow(self.model)  # the graph captures its buffers: the model's current ones
             return self._new_step_graph(x, y, batch_size, classify)
         except (RuntimeError, OSError, MemoryError) as exc:
             warnings.warn(f"graph replay is unavailable ({exc}); training eagerly", RuntimeWarning, stacklevel=3)

@@ -426,6 +426,41 @@ def test_optimizer_follows_repacked_parameters(rule):
     np.testing.assert_array_equal(model.forward(x), still.forward(x))
 
 
+def test_follow_keeps_the_state_of_the_parameters_that_stay():
+    """A layer's Parameter replaced: follow rebinds, the others keep their moments bit for
+    bit, the new one starts from zero state, and every parameter trains from then on."""
+    model = make_model()
+    opt = gn.optim.Adam(model.parameters(), lr=1e-2)
+    set_grads(model, gradients(1, "float64", seed=2)[0])
+    opt.step()
+    before = opt.state_dict()["state"]
+    assert opt.follow(model) is False  # the same parameters: nothing to do
+    old = model.layers[0].W
+    new = gn.Parameter(np.full(old.shape, 0.25), name=old.name)
+    model.layers[0].W = new
+    assert opt.follow(model) is True
+    assert any(p is new for p in opt.params) and not any(p is old for p in opt.params)
+    after = opt.state_dict()["state"]
+    for key, state in after.items():
+        for name, value in state.items():
+            if key == new.name:
+                assert not value.any(), (key, name)
+            else:
+                np.testing.assert_array_equal(value, before[key][name], err_msg=f"{key} {name}")
+    assert opt.step_count == 1
+    set_grads(model, gradients(1, "float64", seed=3)[0])
+    start = [p.data.copy() for p in model.parameters()]
+    opt.step()
+    assert all(not np.array_equal(a, p.data) for a, p in zip(start, model.parameters(), strict=True))
+
+
+def test_follow_binds_an_unbound_optimizer():
+    model = make_model()
+    opt = gn.optim.Momentum(lr=0.1)
+    assert opt.follow(model.parameters()) is True
+    assert all(a is b for a, b in zip(opt.params, model.parameters(), strict=True))
+
+
 # ----------------------------------------------------------------------------- validation
 
 

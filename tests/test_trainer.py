@@ -299,6 +299,44 @@ def test_patience_is_checked(spiral, patience, error):
         classifier().fit(x, y, epochs=1, patience=patience, verbose=False)
 
 
+@pytest.mark.parametrize("graph", [False, True])
+def test_a_replaced_parameter_is_trained(spiral, graph):
+    """layer.W = Parameter(...) after the Trainer was made, or by a callback during a fit:
+    the optimizer follows the model (else it would update the old arrays, and the model
+    would silently not train), and the fit equals one that had the new weights from the start."""
+    x, y = spiral
+
+    def replaced(trainer: gn.Trainer) -> gn.Parameter:
+        layer = trainer.model.layers[0]
+        layer.W = gn.Parameter(np.full(layer.W.shape, 0.1, np.float32), name=layer.W.name)
+        return layer.W
+
+    before = classifier()
+    new = replaced(before)
+    before.graph = graph
+    before.fit(x, y, epochs=2, batch_size=64, verbose=False)
+    assert before.model.layers[0].W is new and not np.all(new.data == np.float32(0.1))
+    from_start = classifier()
+    layer = from_start.model.layers[0]
+    layer.W.data[...] = 0.1
+    from_start.fit(x, y, epochs=2, batch_size=64, verbose=False)
+    assert same_weights(weights(before), weights(from_start))
+
+    during = classifier()
+    during.graph = graph
+    swapped = []
+    during.fit(
+        x,
+        y,
+        epochs=3,
+        batch_size=64,
+        callbacks=[lambda t, r: r["epoch"] == 1 and swapped.append(replaced(t))],
+        verbose=False,
+    )
+    trained = during.model.layers[0].W
+    assert trained is swapped[0] and not np.all(trained.data == np.float32(0.1))
+
+
 # ----------------------------------------------------------------------------- callbacks, resuming
 
 

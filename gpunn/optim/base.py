@@ -100,6 +100,36 @@ class Optimizer:
             self.live_scalars()
         return self
 
+    def follow(self, params: Iterable[Parameter] | Any) -> bool:
+        """Bind to ``params`` (a list or a model) unless they are the parameters bound, in
+        order, keeping the state of every parameter that was bound (the same object) and
+        starting new ones from zero state, as :meth:`bind` does. Returns whether it rebound.
+
+        This is how a Trainer notices a layer whose Parameter was replaced
+        (``layer.W = Parameter(...)``): without it the optimizer would go on updating the old
+        arrays, and the model, reading the new ones, would silently not train.
+        """
+        if hasattr(params, "parameters"):
+            params = params.parameters()
+        params = list(params)
+        bound, flat = self._params, self._flat
+        if bound is not None and len(bound) == len(params) and all(a is b for a, b in zip(bound, params, strict=True)):
+            return False
+        kept: dict[int, dict[str, Any]] = {}
+        if bound is not None and flat is not None:
+            staying = {id(p) for p in params}
+            kept = {
+                id(p): {name: flat.view(self._state[name], p).copy() for name in self.state_names}
+                for p in bound
+                if id(p) in staying
+            }
+        self.bind(params)
+        flat = self._flat
+        for p in params:
+            for name, value in kept.get(id(p), {}).items():
+                flat.view(self._state[name], p)[...] = flat.device.send(value)
+        return True
+
     @property
     def params(self) -> list[Parameter]:
         if self._params is None:
