@@ -350,9 +350,9 @@ def _measure_case(case: Case, optimizer: str, against: tuple[str, ...], repeat: 
     steps: dict[str, Step] = {"gpunn": step, "ceiling": matmul_step(case.device), "products": products_step(case)}
     skipped: dict[str, str] = {}
     errors: dict[str, str] = {}  # auxiliary GPU measurements that failed: reported, not fatal
-    replayed = _optional("graph replay", errors, graph_step, case, optimizer)
-    if replayed is not None:
-        steps["graph"] = replayed
+    replay = _optional("graph replay", errors, graph_step, case, optimizer)
+    if replay is not None:
+        steps["graph"] = replay.step
     for name, build in (("numpy", numpy_step), ("torch", torch_step)):
         if name in against:
             other = _optional(f"{name} baseline", errors, build, case, optimizer, model)
@@ -364,7 +364,7 @@ def _measure_case(case: Case, optimizer: str, against: tuple[str, ...], repeat: 
     with case.device:
         times = time_interleaved(steps, sync, repeat, PAUSE_SECONDS[case.device.kind], errors)
         host_device = _optional("host and device µs", errors, host_and_device_us, case, step)
-    failed = getattr(getattr(replayed, "__self__", None), "failed", None)
+    failed = None if replay is None else replay.failed
     if failed is not None:  # the capture failed and StepGraph trained eagerly: not a replay figure
         times.pop("graph", None)
         errors["graph replay"] = f"CUDA graph capture failed: {failed}"
@@ -401,7 +401,7 @@ def _measure_case(case: Case, optimizer: str, against: tuple[str, ...], repeat: 
         median, p10, p90 = paired_ratio(times[other], times[mine])
         row[f"{mine}_over_{other}"] = median
         row["ratio_p10_p90"][f"{mine}_over_{other}"] = [p10, p90]
-    del steps, step, model, replayed  # the replay holds a second model: not the step's memory
+    del steps, step, model, replay  # the replay holds a second model: not the step's memory
     peak = peak_step_bytes(case, optimizer)
     minimum = minimum_bytes(sizes, case.batch, optimizer)
     row["memory"] = {"peak_bytes": peak, "minimum_bytes": minimum, "ratio": None if peak is None else peak / minimum}

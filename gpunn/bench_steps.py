@@ -80,9 +80,11 @@ def gpunn_step(case: Case, optimizer: str) -> tuple[Step, Any]:
     return step, model
 
 
-def graph_step(case: Case, optimizer: str) -> Step | None:
-    """The gpunn step captured once as a CUDA graph and replayed (``Trainer(graph=True)``'s
-    step), from the same initial weights; None on the CPU, where there is nothing to replay."""
+def graph_step(case: Case, optimizer: str) -> StepGraph | None:
+    """The gpunn step captured once as a CUDA graph (``Trainer(graph=True)``'s step), from the
+    same initial weights: ``.step()`` replays one step, and ``.failed`` holds why the capture
+    failed when it did (it then trains eagerly, which is no replay figure). None on the CPU,
+    where there is nothing to replay."""
     if case.device.kind == "cpu":
         return None
     sizes = MODELS[case.model]
@@ -99,8 +101,7 @@ def graph_step(case: Case, optimizer: str) -> Step | None:
             opt.step()
             return loss, None
 
-        replay = StepGraph(body, opt, dev.send(x), dev.send(t), case.batch, dev)
-    return replay.step
+        return StepGraph(body, opt, dev.send(x), dev.send(t), case.batch, dev)
 
 
 def numpy_step(case: Case, optimizer: str, model: Any) -> Step | None:

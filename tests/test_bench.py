@@ -172,7 +172,7 @@ def test_a_failing_gpu_extra_is_reported_and_costs_no_other_figure(monkeypatch: 
         def step(self) -> None:
             pass
 
-    monkeypatch.setattr(bench, "graph_step", lambda case, optimizer: FailedReplay().step)
+    monkeypatch.setattr(bench, "graph_step", lambda case, optimizer: FailedReplay())
 
     def broken_timer(case: object, step: object) -> None:
         raise RuntimeError("no events here")
