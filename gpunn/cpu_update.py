@@ -1,4 +1,4 @@
-"""A small model's Adam step on the CPU, with its Python done once.
+"""A small model's optimizer step on the CPU, with its Python done once.
 
 ``optimizer.step(regularizer)`` walks a chain of a dozen Python calls (the penalty's
 coefficients, the kernels' dispatch, the piece runner, the effective gradient, the twin) and
@@ -7,11 +7,11 @@ per call than a 0-d array of the buffer's dtype). For a model of a few thousand 
 that Python is most of the update: on the digits network (7 510 parameters, Adam + L2) the
 chain costs ~60 µs and the same NumPy calls made directly on 0-d operands ~40 µs.
 
-:class:`SmallAdamUpdate` makes those calls directly: it keeps views of the flat buffers and
-the optimizer's own scratch, and one 0-d array per scalar operand, rewritten each step from
-the optimizer's current hyperparameters (a write costs ~0.06 µs). Its passes are the twin's
-own (:func:`gpunn.update_twins.adam_passes`) on the same operands in the same order, and a
-0-d operand holds the value NumPy would round the Python float to, so the bits equal
+:class:`SmallUpdate` makes those calls directly: it keeps views of the flat buffers and the
+optimizer's own scratch, and one 0-d array per scalar operand, rewritten each step from the
+optimizer's current hyperparameters (a write costs ~0.06 µs). Its passes are the twins' own
+(``<rule>_passes`` in :mod:`gpunn.update_twins`) on the same operands in the same order, and
+a 0-d operand holds the value NumPy would round the Python float to, so the bits equal
 ``optimizer.step(regularizer)``'s (``tests/test_cpu_update.py``). When a step needs what it
 does not do — clipping, live scalars, an L1 or unfoldable regularizer, a rebound or moved
 optimizer — it calls ``optimizer.step(regularizer)`` instead.
@@ -20,25 +20,73 @@ optimizer — it calls ``optimizer.step(regularizer)`` instead.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from .kernels import CHUNK
-from .optim import Adam, AdamW, Optimizer
+from .optim import SGD, AdaGrad, Adam, AdamW, Momentum, Nesterov, Optimizer, RMSprop
 from .regularizers import Regularizer
-from .update_twins import adam_constants, adam_passes
+from .update_twins import (
+    adagrad_passes,
+    adam_constants,
+    adam_passes,
+    momentum_passes,
+    rmsprop_passes,
+    sgd_passes,
+)
 
 Update = Callable[[Regularizer | None], None]
 
 
+def _adam_operands(opt: Adam) -> tuple[float, ...]:
+    beta1, beta2 = opt.betas
+    c = adam_constants(opt.lr, beta1, beta2, opt.step_count, opt.weight_decay)
+    return (
+        beta1,
+        1.0 - beta1,
+        beta2,
+        1.0 - beta2,
+        c["inv_sqrt_bc2"],
+        opt.eps,
+        c["step_size"],
+        c["decay_factor"],
+    )
+
+
+@dataclass(frozen=True)
+class _Rule:
+    """How a rule's passes are called: its state buffers, in order; its scalar operands,
+    as Python floats from the optimizer, in the passes' order; keyword constants; and whether
+    the last operand is a decay factor for the weights prefix (AdamW)."""
+
+    state: tuple[str, ...]
+    passes: Callable[..., None]
+    operands: Callable[[Any], tuple[float, ...]]
+    constants: dict[str, Any] = field(default_factory=dict)
+    decays: bool = False
+
+
+# by exact type: a subclass may override _update
+_RULES: dict[type, _Rule] = {
+    SGD: _Rule((), sgd_passes, lambda o: (o.lr,)),
+    Momentum: _Rule(("velocity",), momentum_passes, lambda o: (o.momentum, o.lr), {"nesterov": False}),
+    Nesterov: _Rule(("velocity",), momentum_passes, lambda o: (o.momentum, o.lr), {"nesterov": True}),
+    AdaGrad: _Rule(("sum_sq",), adagrad_passes, lambda o: (o.eps, o.lr)),
+    RMSprop: _Rule(("square_avg",), rmsprop_passes, lambda o: (1.0 - o.alpha, o.alpha, o.eps, o.lr)),
+    Adam: _Rule(("exp_avg", "exp_avg_sq"), adam_passes, _adam_operands, decays=True),
+    AdamW: _Rule(("exp_avg", "exp_avg_sq"), adam_passes, _adam_operands, decays=True),
+}
+
+
 def compile_update(optimizer: Optimizer) -> Update:
-    """``update(regularizer)`` ≡ ``optimizer.step(regularizer)``: a :class:`SmallAdamUpdate`
-    for an Adam or AdamW over one piece of CPU buffer (≤ CHUNK parameters: beyond that the
+    """``update(regularizer)`` ≡ ``optimizer.step(regularizer)``: a :class:`SmallUpdate` for
+    one of gpunn's rules over one piece of CPU buffer (≤ CHUNK parameters: beyond that the
     passes' arithmetic dwarfs the Python), else the optimizer's own step."""
     flat = optimizer._flat
     if (
-        type(optimizer) in (Adam, AdamW)
+        type(optimizer) in _RULES
         and flat is not None
         and flat.valid
         and flat.device.kind == "cpu"
@@ -46,35 +94,28 @@ def compile_update(optimizer: Optimizer) -> Update:
         and optimizer._scratch is not None
         and optimizer._scratch.shape == (1, flat.size)
     ):
-        return SmallAdamUpdate(optimizer)
+        return SmallUpdate(optimizer)
     return optimizer.step
 
 
-class SmallAdamUpdate:
-    """``update(regularizer)``: one Adam / AdamW step of ``optimizer`` (bound to a CPU flat
-    buffer of one piece), with ``regularizer`` None or an L2 folded in as
-    ``optimizer.step`` folds it:
+class SmallUpdate:
+    """``update(regularizer)``: one step of ``optimizer`` (one of gpunn's rules, bound to a CPU
+    flat buffer of one piece), with ``regularizer`` None or an L2 folded in as
+    ``optimizer.step`` folds it: the rule sees ĝ = g + λ·W on the weights, g on the biases."""
 
-        ĝ = g + λ·W (weights only);  m ← β1·m + (1 − β1)·ĝ;  v ← β2·v + (1 − β2)·ĝ²;
-        W ← W·(1 − lr·wd) (AdamW);   p ← p − step_size·m / (√v·inv_sqrt_bc2 + ε)
-    """
-
-    def __init__(self, optimizer: Adam) -> None:
+    def __init__(self, optimizer: Optimizer) -> None:
         flat = optimizer._flat
         self.optimizer, self._flat, self._state = optimizer, flat, optimizer._state
+        self._rule = rule = _RULES[type(optimizer)]
         n, k = flat.size, flat.n_decay
-        dtype = flat.dtype
         self._p, self._g = flat.data, flat.grad
-        self._m, self._v = self._state["exp_avg"], self._state["exp_avg_sq"]
+        self._buffers = tuple(self._state[name] for name in rule.state)
         self._plain_tmp = optimizer._scratch[0, :n]
         self._k, self._n = k, n
         self._decayed = self._p[:k]
         self._lanes: tuple[Any, ...] | None = None  # the penalty's views, made on first use
-        # the 0-d operands, in adam_passes' order after the buffers
-        self._scalars = tuple(np.zeros((), dtype) for _ in range(7))
-        self._l2 = np.zeros((), dtype)
-        self._decay_factor = np.zeros((), dtype)
-        self._betas: tuple[float, float] | None = None
+        self._operands: tuple[np.ndarray, ...] = ()  # one 0-d operand per scalar, made at the first step
+        self._l2 = np.zeros((), flat.dtype)
 
     def _still_bound(self) -> bool:
         opt = self.optimizer
@@ -102,28 +143,21 @@ class SmallAdamUpdate:
                 opt.step(regularizer)  # L1, a regularizer of another form, or a wrong argument
                 return
             l2 = coefficients[0]
-        opt.step_count += 1
+        opt.step_count += 1  # before the operands: Adam's bias corrections read it
         try:
             self._run(opt, l2)
         except BaseException:
             opt.step_count -= 1
             raise
 
-    def _run(self, opt: Adam, l2: float) -> None:
-        betas = opt.betas
-        b1, c1, b2, c2, inv_sqrt_bc2, eps, step_size = self._scalars
-        if betas != self._betas:
-            beta1, beta2 = betas
-            b1[()], c1[()], b2[()], c2[()] = beta1, 1.0 - beta1, beta2, 1.0 - beta2
-            self._betas = betas
-        constants = adam_constants(opt.lr, betas[0], betas[1], opt.step_count, opt.weight_decay)
-        inv_sqrt_bc2[()] = constants["inv_sqrt_bc2"]
-        eps[()] = opt.eps
-        step_size[()] = constants["step_size"]
-        decayed = None
-        if constants["decay_factor"] != 1.0 and self._k:
-            self._decay_factor[()] = constants["decay_factor"]
-            decayed = self._decayed
+    def _run(self, opt: Optimizer, l2: float) -> None:
+        rule = self._rule
+        values = rule.operands(opt)  # (Adam's need step_count ≥ 1: not before the first step)
+        if len(self._operands) != len(values):
+            self._operands = tuple(np.zeros((), self._flat.dtype) for _ in values)
+        operands = self._operands
+        for operand, value in zip(operands, values, strict=True):
+            operand[()] = value
         g, tmp = self._g, self._plain_tmp
         if l2 != 0.0 and self._k:
             # effective_gradient's L2 case: ĝ_k = fl(g_k + fl(λ·W_k)), the biases' ĝ = g
@@ -133,4 +167,8 @@ class SmallAdamUpdate:
                 np.copyto(e_rest, g_rest)
             np.multiply(w_k, self._l2, out=e_k)
             np.add(e_k, g_k, out=e_k)
-        adam_passes(self._p, g, self._m, self._v, tmp, *self._scalars, decayed, self._decay_factor)
+        if rule.decays:  # the last operand is the weights' decay factor (AdamW; 1 for Adam)
+            decayed = self._decayed if values[-1] != 1.0 and self._k else None
+            rule.passes(self._p, g, *self._buffers, tmp, *operands[:-1], decayed, operands[-1])
+        else:
+            rule.passes(self._p, g, *self._buffers, tmp, *operands, **rule.constants)

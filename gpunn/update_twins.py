@@ -27,8 +27,14 @@ from .effective_gradient import effective_gradient
 
 def sgd_plain(p: Any, g: Any, tmp: Any, *, lr: float) -> None:
     """p ← p − lr·g"""
-    array_module(p).multiply(g, lr, out=tmp)
-    p -= tmp
+    sgd_passes(p, g, tmp, lr)
+
+
+def sgd_passes(p: Any, g: Any, tmp: Any, lr: Any) -> None:
+    """The in-place passes of :func:`sgd_plain`, its scalar operand given (see :func:`adam_passes`)."""
+    xp = array_module(p)
+    xp.multiply(g, lr, out=tmp)
+    xp.subtract(p, tmp, out=p)
 
 
 def sgd_reference(
@@ -44,16 +50,21 @@ def sgd_reference(
 
 def momentum_plain(p: Any, g: Any, v: Any, tmp: Any, *, lr: float, momentum: float, nesterov: bool) -> None:
     """v ← μ·v + g;  p ← p − lr·v  (Nesterov: p ← p − lr·(g + μ·v))"""
+    momentum_passes(p, g, v, tmp, momentum, lr, nesterov=nesterov)
+
+
+def momentum_passes(p: Any, g: Any, v: Any, tmp: Any, momentum: Any, lr: Any, *, nesterov: bool) -> None:
+    """The in-place passes of :func:`momentum_plain`, its scalar operands given (see :func:`adam_passes`)."""
     xp = array_module(p)
-    v *= momentum
-    v += g
+    xp.multiply(v, momentum, out=v)
+    xp.add(v, g, out=v)
     if nesterov:
         xp.multiply(v, momentum, out=tmp)
-        tmp += g
-        tmp *= lr
+        xp.add(tmp, g, out=tmp)
+        xp.multiply(tmp, lr, out=tmp)
     else:
         xp.multiply(v, lr, out=tmp)
-    p -= tmp
+    xp.subtract(p, tmp, out=p)
 
 
 def momentum_reference(
@@ -80,14 +91,19 @@ def momentum_reference(
 
 def adagrad_plain(p: Any, g: Any, h: Any, tmp: Any, *, lr: float, eps: float) -> None:
     """h ← h + g²;  p ← p − lr·g / (√h + ε)"""
+    adagrad_passes(p, g, h, tmp, eps, lr)
+
+
+def adagrad_passes(p: Any, g: Any, h: Any, tmp: Any, eps: Any, lr: Any) -> None:
+    """The in-place passes of :func:`adagrad_plain`, its scalar operands given (see :func:`adam_passes`)."""
     xp = array_module(p)
     xp.multiply(g, g, out=tmp)
-    h += tmp
+    xp.add(h, tmp, out=h)
     xp.sqrt(h, out=tmp)
-    tmp += eps
+    xp.add(tmp, eps, out=tmp)
     xp.divide(g, tmp, out=tmp)
-    tmp *= lr
-    p -= tmp
+    xp.multiply(tmp, lr, out=tmp)
+    xp.subtract(p, tmp, out=p)
 
 
 def adagrad_reference(
@@ -113,16 +129,21 @@ def adagrad_reference(
 
 def rmsprop_plain(p: Any, g: Any, s: Any, tmp: Any, *, lr: float, alpha: float, eps: float) -> None:
     """s ← α·s + (1−α)·g²;  p ← p − lr·g / (√s + ε)"""
+    rmsprop_passes(p, g, s, tmp, 1.0 - alpha, alpha, eps, lr)
+
+
+def rmsprop_passes(p: Any, g: Any, s: Any, tmp: Any, one_minus_alpha: Any, alpha: Any, eps: Any, lr: Any) -> None:
+    """The in-place passes of :func:`rmsprop_plain`, its scalar operands given (see :func:`adam_passes`)."""
     xp = array_module(p)
     xp.multiply(g, g, out=tmp)
-    tmp *= 1.0 - alpha
-    s *= alpha
-    s += tmp
+    xp.multiply(tmp, one_minus_alpha, out=tmp)
+    xp.multiply(s, alpha, out=s)
+    xp.add(s, tmp, out=s)
     xp.sqrt(s, out=tmp)
-    tmp += eps
+    xp.add(tmp, eps, out=tmp)
     xp.divide(g, tmp, out=tmp)
-    tmp *= lr
-    p -= tmp
+    xp.multiply(tmp, lr, out=tmp)
+    xp.subtract(p, tmp, out=p)
 
 
 def rmsprop_reference(

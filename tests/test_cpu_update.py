@@ -1,10 +1,10 @@
-"""A small model's CPU Adam step (gpunn.cpu_update) is optimizer.step's, bit for bit.
+"""A small model's CPU update (gpunn.cpu_update) is optimizer.step's, bit for bit.
 
 Two copies of one set of parameters are stepped from the same gradients, one through
-``optimizer.step(regularizer)`` and one through :class:`SmallAdamUpdate`, with the
+``optimizer.step(regularizer)`` and one through :class:`SmallUpdate`, for every rule, with the
 hyperparameters and the penalty changing between steps as scikit-learn's loops change them;
 parameters, moments and step counts must be equal at every step. What it does not do (clipping,
-live scalars, L1, another rule, a big buffer, a rebound optimizer) must reach optimizer.step.
+live scalars, L1, a subclass, a big buffer, a rebound optimizer) must reach optimizer.step.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import pytest
 import gpunn as gn
 import gpunn.cpu_step
 from gpunn import optim
-from gpunn.cpu_update import SmallAdamUpdate, compile_update
+from gpunn.cpu_update import SmallUpdate, compile_update
 from gpunn.kernels import CHUNK
 from gpunn.parameter import Parameter
 
@@ -39,7 +39,7 @@ def _pair(cls: type, dtype: Any = np.float32, bias: bool = True, **hyper: Any) -
     reference = cls(_params(dtype, bias), **hyper)
     fast = cls(_params(dtype, bias), **hyper)
     update = compile_update(fast)
-    assert isinstance(update, SmallAdamUpdate)
+    assert isinstance(update, SmallUpdate)
     return reference, fast, update
 
 
@@ -56,23 +56,46 @@ def _assert_same(reference: Any, fast: Any) -> None:
         assert np.array_equal(fast._state[name], reference._state[name]), name
 
 
+# each rule, and the hyperparameters a schedule or scikit-learn's loops change between steps
+RULES = {
+    optim.SGD: {"lr": 0.05},
+    optim.Momentum: {"lr": 0.05, "momentum": 0.9},
+    optim.Nesterov: {"lr": 0.05, "momentum": 0.9},
+    optim.AdaGrad: {"lr": 0.05, "eps": 1e-10},
+    optim.RMSprop: {"lr": 0.01, "alpha": 0.99, "eps": 1e-8},
+    optim.Adam: {"lr": 3e-3, "betas": (0.9, 0.999), "eps": 1e-8},
+    optim.AdamW: {"lr": 3e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.05},
+}
+
+
+def _changed(hyper: dict[str, Any], i: int) -> dict[str, Any]:
+    """Every hyperparameter of ``hyper`` moved for step i (lr decays, the others drift)."""
+    moved = {}
+    for name, value in hyper.items():
+        if name == "betas":
+            moved[name] = (0.9 - 0.01 * i, 0.999 - 0.001 * i)
+        elif name in ("momentum", "alpha"):
+            moved[name] = value - 0.01 * i
+        else:
+            moved[name] = value / (1 + i)
+    return moved
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("cls", [optim.Adam, optim.AdamW])
+@pytest.mark.parametrize("cls", list(RULES), ids=lambda c: c.__name__)
 @pytest.mark.parametrize("bias", [True, False])
 def test_matches_optimizer_step_bit_for_bit(cls, dtype, bias):
-    reference, fast, update = _pair(cls, dtype, bias, lr=3e-3)
+    reference, fast, update = _pair(cls, dtype, bias, **RULES[cls])
     rng = np.random.default_rng(1)
     penalty_ref, penalty_fast = gn.L2(1e-2), gn.L2(1e-2)
     # no penalty, an L2 whose coefficient changes per batch (as scikit-learn's loop sets it),
-    # a zero L2, and hyperparameters changed between steps (a schedule, scikit-learn's ε)
+    # a zero L2, and hyperparameters changed between steps
     plan = [None, "l2", "l2", None, "zero", "l2", None, "l2"]
     for i, kind in enumerate(plan):
         _set_grads((reference, fast), rng)
         for opt in (reference, fast):
-            opt.lr = 3e-3 / (1 + i)
-            opt.eps = 1e-8 * (i + 1)
-            if i == 5:
-                opt.betas = (0.8, 0.99)
+            for name, value in _changed(RULES[cls], i).items():
+                setattr(opt, name, value)
         if kind is None:
             reference.step()
             update(None)
@@ -85,13 +108,11 @@ def test_matches_optimizer_step_bit_for_bit(cls, dtype, bias):
 
 
 def test_the_compiled_step_updates_through_it():
-    """CompiledStep (Trainer.fit's and the estimators' CPU step) takes it for a small Adam;
+    """CompiledStep (Trainer.fit's and the estimators' CPU step) takes it for a small model;
     tests/test_cpu_step.py checks those steps against the layered ones bit for bit."""
     model = gn.mlp([6, 8, 3], seed=0)
     step = gn.cpu_step.CompiledStep(model, gn.SoftmaxWithLoss(), optim.Adam(model.parameters()), gn.L2(1e-3))
-    assert isinstance(step._update, SmallAdamUpdate)
-    sgd = gn.cpu_step.CompiledStep(model, gn.SoftmaxWithLoss(), optim.SGD(model.parameters()), None)
-    assert sgd._update == sgd.optimizer.step
+    assert isinstance(step._update, SmallUpdate)
 
 
 @pytest.mark.parametrize(
@@ -142,7 +163,7 @@ def test_a_failed_update_is_not_counted():
 @pytest.mark.parametrize(
     "make",
     [
-        pytest.param(lambda: optim.SGD(_params(np.float32)), id="another-rule"),
+        pytest.param(lambda: type("MyAdam", (optim.Adam,), {})(_params(np.float32)), id="a-subclass"),
         pytest.param(optim.Adam, id="unbound"),
         pytest.param(lambda: optim.Adam([Parameter(np.zeros(CHUNK + 1, np.float32))]), id="more-than-one-piece"),
     ],
