@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -201,24 +202,31 @@ class CublasHandle:
 
 # ----------------------------------------------------------------------------- routing
 
-_active: CublasHandle | None = None
+
+class _Routing(threading.local):
+    """The handle :func:`matmul` routes GPU products through, per thread: a capture on one
+    thread must not pull another thread's products onto its stream."""
+
+    handle: CublasHandle | None = None
+
+
+_routing = _Routing()
 
 
 class CapturableMatmul:
-    """While active, :func:`matmul` on GPU arrays goes through ``handle`` (capturable)."""
+    """While active (on this thread), :func:`matmul` on GPU arrays goes through ``handle``
+    (capturable)."""
 
     def __init__(self, handle: CublasHandle) -> None:
         self.handle = handle
         self._previous: CublasHandle | None = None
 
     def __enter__(self) -> CublasHandle:
-        global _active
-        self._previous, _active = _active, self.handle
+        self._previous, _routing.handle = _routing.handle, self.handle
         return self.handle
 
     def __exit__(self, *exc: object) -> None:
-        global _active  # noqa: PLW0603
-        _active = self._previous
+        _routing.handle = self._previous
 
 
 def matmul(a: Any, b: Any, out: Any = None) -> Any:
@@ -230,7 +238,7 @@ def matmul(a: Any, b: Any, out: Any = None) -> Any:
     """
     if type(a) is np.ndarray:
         return a @ b if out is None else np.matmul(a, b, out=out)
-    handle = _active
+    handle = _routing.handle
     if handle is None:
         return a @ b if out is None else array_module(a).matmul(a, b, out=out)
     if out is None:

@@ -87,3 +87,50 @@ def test_matmul_on_the_cpu_is_numpy_matmul_into_out() -> None:
     assert matmul(a, b, out=out) is out
     np.testing.assert_array_equal(out, a @ b)
     np.testing.assert_array_equal(matmul(a.T.T, b), a @ b)
+
+
+def test_a_capturable_matmul_routes_only_its_own_threads_products() -> None:
+    # A capture on one thread must not pull another thread's products onto its handle (and
+    # stream). A stand-in handle records what it was asked; an ndarray subclass stands in for a
+    # GPU array (anything that is not exactly np.ndarray takes the routed path).
+    import threading  # noqa: PLC0415
+
+    from gpunn.gemm import CapturableMatmul  # noqa: PLC0415
+
+    class Handle:
+        def __init__(self) -> None:
+            self.calls = 0
+
+        def gemm(self, a, b, out):
+            self.calls += 1
+            return out
+
+    class Device(np.ndarray):
+        pass
+
+    a = np.ones((2, 3)).view(Device)
+    b = np.ones((3, 2)).view(Device)
+    out = np.empty((2, 2)).view(Device)
+    mine, other = Handle(), Handle()
+    entered, done = threading.Event(), threading.Event()
+
+    def capture_on_another_thread() -> None:
+        with CapturableMatmul(other):
+            entered.set()
+            done.wait(10)
+
+    thread = threading.Thread(target=capture_on_another_thread)
+    thread.start()
+    try:
+        assert entered.wait(10)
+        matmul(a, b, out)  # no capture on this thread: the plain product
+        assert np.array_equal(out, np.full((2, 2), 3.0))
+        with CapturableMatmul(mine):
+            matmul(a, b, out)
+            with CapturableMatmul(Handle()):  # nested: the inner handle, then back to mine
+                pass
+            matmul(a, b, out)
+    finally:
+        done.set()
+        thread.join()
+    assert (mine.calls, other.calls) == (2, 0)
