@@ -20,7 +20,7 @@ optimizer — it calls ``optimizer.step(regularizer)`` instead.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -58,21 +58,22 @@ def _adam_operands(opt: Adam) -> tuple[float, ...]:
 @dataclass(frozen=True)
 class _Rule:
     """How a rule's passes are called: its state buffers, in order; its scalar operands,
-    as Python floats from the optimizer, in the passes' order; keyword constants; and whether
-    the last operand is a decay factor for the weights prefix (AdamW)."""
+    as Python floats from the optimizer, in the passes' order; its other keyword arguments,
+    read from the optimizer each step as ``_update`` reads them; and whether the last operand
+    is a decay factor for the weights prefix (AdamW)."""
 
     state: tuple[str, ...]
     passes: Callable[..., None]
     operands: Callable[[Any], tuple[float, ...]]
-    constants: dict[str, Any] = field(default_factory=dict)
+    keywords: Callable[[Any], dict[str, Any]] = lambda _: {}
     decays: bool = False
 
 
 # by exact type: a subclass may override _update
 _RULES: dict[type, _Rule] = {
     SGD: _Rule((), sgd_passes, lambda o: (o.lr,)),
-    Momentum: _Rule(("velocity",), momentum_passes, lambda o: (o.momentum, o.lr), {"nesterov": False}),
-    Nesterov: _Rule(("velocity",), momentum_passes, lambda o: (o.momentum, o.lr), {"nesterov": True}),
+    Momentum: _Rule(("velocity",), momentum_passes, lambda o: (o.momentum, o.lr), lambda o: {"nesterov": o.nesterov}),
+    Nesterov: _Rule(("velocity",), momentum_passes, lambda o: (o.momentum, o.lr), lambda o: {"nesterov": o.nesterov}),
     AdaGrad: _Rule(("sum_sq",), adagrad_passes, lambda o: (o.eps, o.lr)),
     RMSprop: _Rule(("square_avg",), rmsprop_passes, lambda o: (1.0 - o.alpha, o.alpha, o.eps, o.lr)),
     Adam: _Rule(("exp_avg", "exp_avg_sq"), adam_passes, _adam_operands, decays=True),
@@ -171,4 +172,4 @@ class SmallUpdate:
             decayed = self._decayed if values[-1] != 1.0 and self._k else None
             rule.passes(self._p, g, *self._buffers, tmp, *operands[:-1], decayed, operands[-1])
         else:
-            rule.passes(self._p, g, *self._buffers, tmp, *operands, **rule.constants)
+            rule.passes(self._p, g, *self._buffers, tmp, *operands, **rule.keywords(opt))

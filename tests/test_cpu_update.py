@@ -107,6 +107,19 @@ def test_matches_optimizer_step_bit_for_bit(cls, dtype, bias):
         _assert_same(reference, fast)
 
 
+@pytest.mark.parametrize("cls", [optim.Momentum, optim.Nesterov])
+def test_nesterov_is_read_from_the_optimizer_as_its_update_reads_it(cls):
+    reference, fast, update = _pair(cls, lr=0.05)
+    rng = np.random.default_rng(6)
+    for flip in (True, False, True):
+        for opt in (reference, fast):
+            opt.nesterov = flip if cls is optim.Momentum else not flip
+        _set_grads((reference, fast), rng)
+        reference.step()
+        update(None)
+        _assert_same(reference, fast)
+
+
 def test_the_compiled_step_updates_through_it():
     """CompiledStep (Trainer.fit's and the estimators' CPU step) takes it for a small model;
     tests/test_cpu_step.py checks those steps against the layered ones bit for bit."""
