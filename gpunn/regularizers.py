@@ -97,7 +97,7 @@ class L2(Regularizer):
 
     def fused_coefficients(self) -> tuple[float, float] | None:
         """(λ, 0): ∂R/∂W = λ·W (None for a subclass with its own backward)."""
-        return (self.lam, 0.0) if type(self).backward is L2.backward else None
+        return (float(self.lam), 0.0) if type(self).backward is L2.backward else None
 
     def _scratch_for(self, w: Any) -> Any:
         """A small scratch for the CPU's piecewise update (kept; None on a GPU)."""
@@ -125,4 +125,4 @@ class L1(Regularizer):
 
     def fused_coefficients(self) -> tuple[float, float] | None:
         """(0, λ): ∂R/∂W = λ·sign(W) (None for a subclass with its own backward)."""
-        return (0.0, self.lam) if type(self).backward is L1.backward else None
+        return (0.0, float(self.lam)) if type(self).backward is L1.backward else None

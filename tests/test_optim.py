@@ -191,6 +191,34 @@ def test_hyperparameters_become_python_floats():
     assert all(type(b) is float for b in opt.betas)
     assert type(opt.eps) is float
     assert type(gn.optim.Momentum(momentum=np.float32(0.5)).momentum) is float
+    # and so do values set later (a schedule, scikit-learn's per-step eps)
+    opt.lr, opt.betas, opt.eps = np.float64(0.02), [np.float64(0.8), np.float32(0.99)], np.float64(1e-7)
+    assert type(opt.lr) is float and opt.lr == 0.02
+    assert type(opt.betas) is tuple and all(type(b) is float for b in opt.betas)
+    assert type(opt.eps) is float
+    assert type(gn.L2(1e-3).fused_coefficients()[0]) is float
+
+
+@pytest.mark.parametrize("rule", ["sgd", "adam"])
+def test_a_numpy_float64_hyperparameter_rounds_like_a_python_float(rule):
+    """np.float64 lr / eps / L2 coefficient give a float32 update the bits of the same Python
+    floats (rounded once to float32, as the fused kernels do), not a float64 computation."""
+    rng = np.random.default_rng(8)
+    start = rng.standard_normal(64).astype(np.float32)
+    grads = rng.standard_normal((3, 64)).astype(np.float32)
+    results = []
+    for make in (float, np.float64):
+        params = [gn.Parameter(start.copy(), name="w")]
+        opt = gn.optim.create(rule, params, lr=0.1)
+        penalty = gn.L2(0.0)
+        for i, g in enumerate(grads):
+            params[0].grad[...] = g
+            opt.lr, penalty.lam = make(0.1 / 3 / (i + 1)), make(1e-3 / 7)
+            if rule == "adam":
+                opt.eps = make(1e-3 / 7)
+            opt.step(penalty)
+        results.append(params[0].data.copy())
+    np.testing.assert_array_equal(results[0], results[1])
 
 
 # ----------------------------------------------------------------------------- convergence

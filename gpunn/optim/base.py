@@ -54,6 +54,15 @@ class Optimizer:
     state_names: tuple[str, ...] = ()
     hyper_names: tuple[str, ...] = ("lr",)
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        # A hyperparameter set later (a schedule, scikit-learn's loops) becomes a Python float
+        # too, as the constructors make it: a NumPy float64 would make NEP 50 compute a float32
+        # update in float64, unlike the kernels, which round every hyperparameter once to the
+        # buffer's dtype (and unlike gpunn.cpu_update's 0-d operands, which do the same).
+        if name in self.hyper_names and value is not None:
+            value = tuple(map(float, value)) if isinstance(value, (tuple, list)) else float(value)
+        object.__setattr__(self, name, value)
+
     def __init__(
         self, params: Iterable[Parameter] | Any = None, *, lr: float, max_grad_norm: float | None = None
     ) -> None:
