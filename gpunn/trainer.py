@@ -48,7 +48,10 @@ class Trainer:
 
     ``device`` None picks the best device present (``gn.device()``: GPUNN_DEVICE, else
     cuda:0 when usable, else the CPU) and moves the model there. An optimizer built without
-    parameters (``gn.optim.Adam(lr=1e-3)``) is bound to the model here.
+    parameters (``gn.optim.Adam(lr=1e-3)``) is bound to the model here; one bound to some of
+    the model's parameters trains only those (the others stay frozen). A layer's Parameter
+    replaced later (``layer.W = Parameter(...)``) is followed at the next epoch
+    (:meth:`Optimizer.follow`).
 
     ``distributed``: None trains data-parallel over all ranks when an MPI launcher started
     several (``mpiexec -n K``), else in this process alone; False never; True always (over
@@ -103,7 +106,7 @@ class Trainer:
         self.graph = graph
         self._step_graph: step_graph.StepGraph | None = None
         self._compiled: cpu_step.CompiledStep | None = None  # the CPU step of the current fit
-        optimizer.follow(self.model)  # bound to the model's parameters (state kept for those it had)
+        self._follow_model()
         self.history = History()
         self.stop_training = False
         if self.comm is not None and self.comm.rank > 0:
@@ -251,7 +254,7 @@ class Trainer:
     ) -> dict[str, Any]:
         model, loss, optimizer, regularizer = self.model, self.loss, self.optimizer, self.regularizer
         params = model.parameters()
-        if optimizer.follow(params) and self._step_graph is not None:
+        if self._follow_model() and self._step_graph is not None:
             # a callback replaced a layer's Parameter: the captured step writes the old buffers
             self._close_step_graph()
             self._step_graph = self._start_step_graph(x, y, batch_size, classify)
@@ -356,7 +359,7 @@ class Trainer:
         """The fit's step graph, or None (and a warning) when the GPU cannot give it a cuBLAS
         handle, a stream or memory: training then goes on eagerly, as after a failed capture."""
         try:
-            self.optimizer.follow(self.model)  # the graph captures its buffers: the model's current ones
+            self._follow_model()  # the graph captures the optimizer's buffers: the model's current ones
             return self._new_step_graph(x, y, batch_size, classify)
         except (RuntimeError, OSError, MemoryError) as exc:
             warnings.warn(f"graph replay is unavailable ({exc}); training eagerly", RuntimeWarning, stacklevel=3)
@@ -527,12 +530,34 @@ class Trainer:
             yd = self.device.send(y) if y.dtype.kind in "iu" else self.device.send(y, dtype=self.model.dtype)
         return xd, yd
 
-    def _weights_copy(self) -> Any:
-        flat = self.model.parameters()[0]._flat
-        return flat.data.copy()
+    def _follow_model(self) -> bool:
+        """Bind the optimizer to the model's parameters where a layer's Parameter was replaced
+        (:meth:`Optimizer.follow`), naming the newcomer after its place ("0.W") as Sequential
+        names its parameters, so that state dicts and checkpoints keep their keys. Returns
+        whether the optimizer rebound."""
+        if not self.optimizer.follow(self.model):
+            return False
+        for name, p in self.model.named_parameters():
+            p.name = name
+        return True
 
-    def _restore_weights(self, saved: Any) -> None:
-        self.model.parameters()[0]._flat.data[...] = saved
+    def _weights_copy(self) -> list[Any]:
+        """A copy of each of the model's parameters (one per parameter, not of the flat buffer:
+        a callback may replace a parameter, and so change the buffer's layout, before the copy
+        is restored)."""
+        return [p.data.copy() for p in self.model.parameters()]
+
+    def _restore_weights(self, saved: list[Any]) -> None:
+        params = self.model.parameters()
+        if len(params) != len(saved) or any(p.shape != tuple(a.shape) for p, a in zip(params, saved, strict=True)):
+            warnings.warn(
+                "the model's parameters changed shape since its best epoch: keeping the last weights",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            return
+        for p, a in zip(params, saved, strict=True):
+            p.data[...] = a
 
     def dropout_states(self) -> dict[str, Any]:
         """The NumPy generator state of each Dropout layer (for bit-exact resume on the CPU)."""

@@ -337,6 +337,86 @@ def test_a_replaced_parameter_is_trained(spiral, graph):
     assert trained is swapped[0] and not np.all(trained.data == np.float32(0.1))
 
 
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_an_optimizer_bound_to_some_parameters_trains_only_those(spiral, when):
+    """Freezing layers: bound to the last layer's parameters (before the Trainer or after
+    it), the optimizer keeps them, and the first layer does not move."""
+    x, y = spiral
+    model = gn.mlp([2, 16, 3], seed=0)
+    last = model.layers[-1]
+    optimizer = gn.optim.Adam([last.W, last.b], lr=1e-2) if when == "before" else gn.optim.Adam(lr=1e-2)
+    trainer = gn.Trainer(model, gn.SoftmaxWithLoss(), optimizer, device="cpu")
+    if when == "after":
+        optimizer.bind([last.W, last.b])
+    first = [model.layers[0].W.data.copy(), model.layers[0].b.data.copy()]
+    before_last = last.W.data.copy()
+    trainer.fit(x, y, epochs=2, batch_size=64, verbose=False)
+    assert len(optimizer.params) == 2
+    assert np.array_equal(model.layers[0].W.data, first[0]) and np.array_equal(model.layers[0].b.data, first[1])
+    assert not np.array_equal(last.W.data, before_last)
+
+
+def test_replacing_a_parameter_of_a_partly_bound_optimizer_asks_which_to_train(spiral):
+    x, y = spiral
+    model = gn.mlp([2, 16, 3], seed=0)
+    last = model.layers[-1]
+    trainer = gn.Trainer(model, gn.SoftmaxWithLoss(), gn.optim.Adam([last.W, last.b]), device="cpu")
+    last.W = gn.Parameter(np.zeros(last.W.shape, np.float32))
+    with pytest.raises(ValueError, match=r"bound to 2 of the model's 4 parameters.*optimizer.bind"):
+        trainer.fit(x, y, epochs=1, batch_size=64, verbose=False)
+
+
+def test_an_unnamed_replacement_takes_its_place_s_name_and_checkpoints_resume(spiral, tmp_path):
+    x, y = spiral
+    trainer = classifier()
+    trainer.fit(x, y, epochs=1, batch_size=64, verbose=False)
+    layer = trainer.model.layers[0]
+    layer.W = gn.Parameter(np.full(layer.W.shape, 0.1, np.float32))  # no name
+    trainer.fit(x, y, epochs=2, initial_epoch=1, batch_size=64, verbose=False)
+    assert layer.W.name == "0.W"
+    assert sorted(trainer.optimizer.state_dict()["state"]) == ["0.W", "0.b", "2.W", "2.b"]
+    gn.save(tmp_path / "m.safetensors", trainer.model, trainer.optimizer)
+    ckpt = gn.checkpoint.read(tmp_path / "m.safetensors")
+    restored = ckpt.optimizer()
+    assert restored.step_count == trainer.optimizer.step_count
+    for key, state in trainer.optimizer.state_dict()["state"].items():
+        for name, value in state.items():
+            np.testing.assert_array_equal(restored.state_dict()["state"][key][name], value)
+
+
+def test_best_weights_are_restored_by_parameter_after_a_replacement_changed_the_layout(digits):
+    """After each new best epoch, the next epoch's callback replaces a bias with a Parameter
+    that flips its ``decay``, which moves it in the flat buffer: the best epoch's weights,
+    copied before the move, must still go back where they came from."""
+    trainer, (x, y), dev = overfitting_setup(digits, "cpu")
+    snapshots, seen, replaced_at = {}, {"best": np.inf, "armed": False}, []
+
+    def snapshot_and_replace(t, record):
+        snapshots[record["epoch"]] = weights(t)
+        if record["dev_loss"] < seen["best"]:
+            seen.update(best=record["dev_loss"], armed=True)
+        elif seen["armed"]:
+            seen["armed"] = False
+            replaced_at.append(record["epoch"])
+            layer = t.model.layers[0]
+            layer.b = gn.Parameter(layer.b.data.copy(), name=layer.b.name, decay=not layer.b.decay)
+
+    history = trainer.fit(
+        x,
+        y,
+        epochs=200,
+        batch_size=32,
+        validation_data=dev,
+        patience=3,
+        callbacks=[snapshot_and_replace],
+        verbose=False,
+    )
+    best_epoch = int(np.argmin(history["dev_loss"])) + 1
+    assert len(history) == best_epoch + 3
+    assert best_epoch + 1 in replaced_at  # the layout changed after the best epoch's copy
+    assert same_weights(weights(trainer), snapshots[best_epoch])
+
+
 # ----------------------------------------------------------------------------- callbacks, resuming
 
 

@@ -110,28 +110,38 @@ class Optimizer:
         return self
 
     def follow(self, params: Iterable[Parameter] | Any) -> bool:
-        """Bind to ``params`` (a list or a model) unless they are the parameters bound, in
-        order, keeping the state of every parameter that was bound (the same object) and
-        starting new ones from zero state, as :meth:`bind` does. Returns whether it rebound.
+        """Follow a model whose parameters changed: ``params`` (a list or a model) are its
+        parameters now. Returns whether the optimizer rebound.
 
-        This is how a Trainer notices a layer whose Parameter was replaced
-        (``layer.W = Parameter(...)``): without it the optimizer would go on updating the old
-        arrays, and the model, reading the new ones, would silently not train.
+        - Every parameter bound is still among them: nothing changes (the same parameters, or
+          some of them bound on purpose, the others frozen).
+        - Some bound parameter is gone (a layer's Parameter was replaced,
+          ``layer.W = Parameter(...)``): bind to all of ``params``, keeping the state of every
+          parameter that stays and starting new ones from zero state, as :meth:`bind` does.
+          Without this the optimizer would go on updating the old arrays, and the model,
+          reading the new ones, would silently not train that layer.
+        - Unbound, or none of them is among ``params`` (another model): :meth:`bind`.
+
+        An optimizer bound to some of the parameters, one of which was replaced, raises a
+        ValueError: which of the others it should train is the caller's choice.
         """
         if hasattr(params, "parameters"):
             params = params.parameters()
         params = list(params)
         bound, flat = self._params, self._flat
-        if bound is not None and len(bound) == len(params) and all(a is b for a, b in zip(bound, params, strict=True)):
+        present = {id(p) for p in params}
+        staying = [] if bound is None else [p for p in bound if id(p) in present]
+        if bound is not None and len(staying) == len(bound):
             return False
-        kept: dict[int, dict[str, Any]] = {}
-        if bound is not None and flat is not None:
-            staying = {id(p) for p in params}
-            kept = {
-                id(p): {name: flat.view(self._state[name], p).copy() for name in self.state_names}
-                for p in bound
-                if id(p) in staying
-            }
+        if staying and len(bound) != len(params):
+            raise ValueError(
+                f"the optimizer is bound to {len(bound)} of the model's {len(params)} parameters and "
+                f"{len(bound) - len(staying)} of them are no longer in the model (was a layer's Parameter "
+                "replaced?); bind it to the parameters to train: optimizer.bind([...])"
+            )
+        kept = {}
+        if flat is not None:
+            kept = {id(p): {name: flat.view(self._state[name], p).copy() for name in self.state_names} for p in staying}
         self.bind(params)
         flat = self._flat
         for p in params:
