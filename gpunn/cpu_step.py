@@ -82,9 +82,20 @@ def compile_step(
     ):
         previous.regularizer = regularizer
         return previous
-    if unsupported_reason(model) is not None:
+    if unsupported_reason(model) is not None or _optimizer_reason(model, optimizer) is not None:
         return None
     return CompiledStep(model, loss, optimizer, regularizer)
+
+
+def _optimizer_reason(model: Any, optimizer: Optimizer) -> str | None:
+    """Why ``optimizer`` cannot drive a compiled step of ``model``, or None: the step keeps
+    views of the model's flat buffer, so the optimizer must update that very buffer. One
+    bound to some of the parameters (the others frozen) has a buffer of its own, and packing
+    the whole model for the step would move its parameters away from it."""
+    flat = optimizer._flat
+    if flat is None or not flat.owns(model.parameters()):
+        return "the optimizer is not bound to all of the model's parameters in their flat buffer"
+    return None
 
 
 class CompiledStep:
@@ -103,7 +114,7 @@ class CompiledStep:
     """
 
     def __init__(self, model: Sequential, loss: Loss, optimizer: Optimizer, regularizer: Regularizer | None) -> None:
-        reason = unsupported_reason(model)
+        reason = unsupported_reason(model) or _optimizer_reason(model, optimizer)
         if reason is not None:
             raise ValueError(reason)
         self.model, self.loss, self.optimizer, self.regularizer = model, loss, optimizer, regularizer
@@ -123,10 +134,11 @@ class CompiledStep:
     def current(self) -> bool:
         """True while the model is the one compiled: the same layers with the same settings
         (mode, dropout rate, activation slope, fusion and in-place plan), its parameters still
-        views of the same flat buffer."""
+        views of the same flat buffer, the one the optimizer updates."""
         model = self.model
         return (
             self._flat.valid
+            and self.optimizer._flat is self._flat
             and len(model.layers) == len(self._layers)
             and all(a is b for a, b in zip(model.layers, self._layers, strict=True))
             and _signature(self._layers) == self._signature

@@ -161,6 +161,23 @@ def test_what_cannot_be_compiled_is_refused_with_a_reason(model, words):
         CompiledStep(m, gn.SoftmaxWithLoss(), create("sgd"), None)
 
 
+def test_an_optimizer_of_part_of_the_model_is_refused():
+    """Bound to some parameters (the others frozen), the optimizer has a buffer of its own: a
+    compiled step, which keeps views of the whole model's buffer, would repack the model away
+    from it and train on stale weights; the caller steps layer by layer instead."""
+    model = gn.mlp([4, 5, 3], seed=0)
+    last = model.layers[-1]
+    partial = create("adam", [last.W, last.b])
+    assert compile_step(model, gn.SoftmaxWithLoss(), partial, None) is None
+    with pytest.raises(ValueError, match="not bound to all of the model's parameters"):
+        CompiledStep(model, gn.SoftmaxWithLoss(), partial, None)
+    whole = create("adam", model.parameters())  # now the model's buffer again: compiled
+    step = compile_step(model, gn.SoftmaxWithLoss(), whole, None)
+    assert step is not None and step.current()
+    partial.bind([last.W, last.b])  # moves them to a buffer of its own: the step is stale
+    assert not step.current()
+
+
 def test_a_compiled_step_is_reused_while_current_and_rebuilt_when_the_model_changes():
     model = gn.Sequential([gn.Linear(6, 8, seed=0), gn.ReLU(), gn.Dropout(0.5), gn.Linear(8, 3, seed=1)]).eval()
     loss, opt = gn.SoftmaxWithLoss(), create("adam", model.parameters())
