@@ -67,7 +67,17 @@ class DataParallel:
                 f"{self.comm.size}, got {batch_size}"
             )
         model, optimizer = trainer.model, trainer.optimizer
-        flat = pack(model.parameters())
+        params = model.parameters()
+        if len(optimizer.params) != len(params) or any(
+            a is not b for a, b in zip(optimizer.params, params, strict=True)
+        ):
+            # the same on every rank (each builds the same trainer), so every rank raises
+            raise ValueError(
+                f"distributed training averages every parameter's gradient: bind the optimizer to all "
+                f"{len(params)} of the model's parameters (it has {len(optimizer.params)}); freezing "
+                "layers through a partial optimizer works in a single process only"
+            )
+        flat = pack(params)
         self.agree(
             architecture=architecture(model.config()),
             parameters=flat.size,

@@ -445,6 +445,15 @@ def test_global_batch_smaller_than_the_ranks_is_refused() -> None:
         trainer.fit(*digits_with_index()[:2], epochs=1, batch_size=1)
 
 
+def test_a_partial_optimizer_is_refused_distributed() -> None:
+    # one rank's view of a check every rank makes alike: its gradient sum covers the whole model
+    trainer = make_trainer("float32", distributed=dist.Communicator())
+    last = trainer.model.layers[-1]
+    trainer.optimizer.bind([last.W, last.b])
+    with pytest.raises(ValueError, match="bind the optimizer to all 4 of the model's parameters"):
+        trainer.fit(*digits_with_index()[:2], epochs=1, batch_size=8)
+
+
 def test_agreement_names_the_first_difference() -> None:
     class Gathered(dist.Communicator):
         def allgather_json(self, value: Any) -> list[Any]:
