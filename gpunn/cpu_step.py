@@ -93,6 +93,8 @@ def _optimizer_reason(model: Any, optimizer: Optimizer) -> str | None:
     bound to some of the parameters (the others frozen) has a buffer of its own, and packing
     the whole model for the step would move its parameters away from it."""
     flat = optimizer._flat
+    if flat is not None and not flat.valid:
+        flat = optimizer._current_flat()  # the model moved or was repacked: what its next step does first
     if flat is None or not flat.owns(model.parameters()):
         return "the optimizer is not bound to all of the model's parameters in their flat buffer"
     return None
@@ -142,6 +144,9 @@ class CompiledStep:
             and len(model.layers) == len(self._layers)
             and all(a is b for a, b in zip(model.layers, self._layers, strict=True))
             and _signature(self._layers) == self._signature
+            # the layers still hold the parameters compiled, in their places (two layers may
+            # have swapped theirs: the same buffer, other weights for each closure)
+            and self._flat.owns(model.parameters())
             and all(p.data is d for p, d in zip(self._flat.params, self._bound, strict=True))
         )
 

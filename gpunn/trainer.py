@@ -48,10 +48,10 @@ class Trainer:
 
     ``device`` None picks the best device present (``gn.device()``: GPUNN_DEVICE, else
     cuda:0 when usable, else the CPU) and moves the model there. An optimizer built without
-    parameters (``gn.optim.Adam(lr=1e-3)``) is bound to the model here; one bound to some of
-    the model's parameters trains only those (the others stay frozen). A layer's Parameter
-    replaced later (``layer.W = Parameter(...)``) is followed at the next epoch
-    (:meth:`Optimizer.follow`).
+    parameters (``gn.optim.Adam(lr=1e-3)``), or to other parameters than the model's, is bound
+    to the model here. Bound afterwards to some of them (``optimizer.bind([...])``), it trains
+    only those, the others frozen (in a single process). A layer's Parameter replaced later
+    (``layer.W = Parameter(...)``) is followed at the next fit or epoch (:meth:`Optimizer.follow`).
 
     ``distributed``: None trains data-parallel over all ranks when an MPI launcher started
     several (``mpiexec -n K``), else in this process alone; False never; True always (over
@@ -106,7 +106,10 @@ class Trainer:
         self.graph = graph
         self._step_graph: step_graph.StepGraph | None = None
         self._compiled: cpu_step.CompiledStep | None = None  # the CPU step of the current fit
-        self._follow_model()
+        params = self.model.parameters()
+        bound = optimizer._params
+        if bound is None or len(bound) != len(params) or any(a is not b for a, b in zip(bound, params, strict=False)):
+            optimizer.bind(params)  # whatever it was bound to: the Trainer trains the model
         self.history = History()
         self.stop_training = False
         if self.comm is not None and self.comm.rank > 0:
@@ -222,7 +225,10 @@ class Trainer:
     def _prepare(
         self, x: Any, y: Any, validation_data: tuple[Any, Any] | None, validation_split: float | None, seed: int
     ) -> tuple[Any, Any, tuple[Any, Any] | None]:
-        """Check the data once, split off the dev set, and send everything to the device once."""
+        """Check the data once, split off the dev set, and send everything to the device once;
+        bind the optimizer to a layer's Parameter replaced since the last fit (before anything,
+        distributed checks included, reads the binding)."""
+        self._follow_model()
         x, y = self._checked_data(x, y, "x", "y")
         if validation_data is not None and validation_split is not None:
             raise ValueError("give validation_data or validation_split, not both")
@@ -359,7 +365,6 @@ class Trainer:
         """The fit's step graph, or None (and a warning) when the GPU cannot give it a cuBLAS
         handle, a stream or memory: training then goes on eagerly, as after a failed capture."""
         try:
-            self._follow_model()  # the graph captures the optimizer's buffers: the model's current ones
             return self._new_step_graph(x, y, batch_size, classify)
         except (RuntimeError, OSError, MemoryError) as exc:
             warnings.warn(f"graph replay is unavailable ({exc}); training eagerly", RuntimeWarning, stacklevel=3)

@@ -178,6 +178,26 @@ def test_an_optimizer_of_part_of_the_model_is_refused():
     assert not step.current()
 
 
+def test_a_repacked_model_is_compiled_at_once():
+    # what model.to(another device) does: the optimizer follows at its next step, and the
+    # compiled step does that first instead of leaving the first epoch to the layered path
+    model = gn.mlp([4, 5, 3], seed=0)
+    opt = create("adam", model.parameters())
+    FlatParameters(model.parameters(), model.device)
+    step = compile_step(model, gn.SoftmaxWithLoss(), opt, None)
+    assert step is not None and step.current() and opt._flat is step._flat
+
+
+def test_a_step_is_stale_once_two_layers_swapped_their_parameters():
+    # the same buffer and the same Parameter objects, but each closure holds the other's weights
+    model = gn.mlp([4, 4, 4, 3], seed=0)
+    step = CompiledStep(model, gn.SoftmaxWithLoss(), create("adam", model.parameters()), None)
+    assert step.current()
+    a, b = model.layers[0], model.layers[2]
+    a.b, b.b = b.b, a.b
+    assert not step.current()
+
+
 def test_a_compiled_step_is_reused_while_current_and_rebuilt_when_the_model_changes():
     model = gn.Sequential([gn.Linear(6, 8, seed=0), gn.ReLU(), gn.Dropout(0.5), gn.Linear(8, 3, seed=1)]).eval()
     loss, opt = gn.SoftmaxWithLoss(), create("adam", model.parameters())

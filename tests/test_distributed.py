@@ -454,6 +454,16 @@ def test_a_partial_optimizer_is_refused_distributed() -> None:
         trainer.fit(*digits_with_index()[:2], epochs=1, batch_size=8)
 
 
+def test_a_parameter_replaced_between_distributed_fits_is_trained() -> None:
+    trainer = make_trainer("float32", distributed=dist.Communicator())
+    x, y = digits_with_index()[:2]
+    trainer.fit(x, y, epochs=1, batch_size=8)
+    layer = trainer.model.layers[0]
+    layer.W = gn.Parameter(np.full(layer.W.shape, 0.01, layer.W.data.dtype))
+    trainer.fit(x, y, epochs=1, batch_size=8)
+    assert layer.W.name == "0.W" and not np.all(layer.W.data == np.float32(0.01))
+
+
 def test_agreement_names_the_first_difference() -> None:
     class Gathered(dist.Communicator):
         def allgather_json(self, value: Any) -> list[Any]:

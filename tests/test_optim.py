@@ -192,7 +192,7 @@ def test_hyperparameters_become_python_floats():
     assert type(opt.eps) is float
     assert type(gn.optim.Momentum(momentum=np.float32(0.5)).momentum) is float
     # and so do values set later (a schedule, scikit-learn's per-step eps)
-    opt.lr, opt.betas, opt.eps = np.float64(0.02), [np.float64(0.8), np.float32(0.99)], np.float64(1e-7)
+    opt.lr, opt.betas, opt.eps = np.float64(0.02), (np.float64(0.8), np.float32(0.99)), np.float64(1e-7)
     assert type(opt.lr) is float and opt.lr == 0.02
     assert type(opt.betas) is tuple and all(type(b) is float for b in opt.betas)
     assert type(opt.eps) is float
@@ -487,6 +487,35 @@ def test_follow_binds_an_unbound_optimizer():
     opt = gn.optim.Momentum(lr=0.1)
     assert opt.follow(model.parameters()) is True
     assert all(a is b for a, b in zip(opt.params, model.parameters(), strict=True))
+
+
+def test_follow_rebinds_all_the_parameters_in_another_order_keeping_their_state():
+    model = make_model()
+    params = model.parameters()
+    opt = gn.optim.Adam(params[::-1], lr=1e-2)
+    set_grads(model, gradients(1, "float64", seed=4)[0])
+    opt.step()
+    before = opt.state_dict()["state"]
+    assert opt.follow(model) is True
+    assert all(a is b for a, b in zip(opt.params, params, strict=True))
+    after = opt.state_dict()["state"]
+    for key in before:
+        for name in before[key]:
+            np.testing.assert_array_equal(after[key][name], before[key][name])
+    assert opt.follow(model) is False
+
+
+def test_a_subclass_keeps_hyperparameters_that_are_not_numbers():
+    class Tuned(gn.optim.SGD):
+        hyper_names = ("lr", "mode", "warm")
+
+        def __init__(self, params=None, lr=0.1) -> None:
+            self.mode, self.warm = "fast", True
+            super().__init__(params, lr=lr)
+
+    opt = Tuned(lr=np.float32(0.5))
+    assert opt.mode == "fast" and opt.warm is True and type(opt.lr) is float
+    assert opt.hyperparameters() == {"lr": 0.5, "mode": "fast", "warm": True}
 
 
 # ----------------------------------------------------------------------------- validation

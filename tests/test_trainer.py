@@ -337,17 +337,15 @@ def test_a_replaced_parameter_is_trained(spiral, graph):
     assert trained is swapped[0] and not np.all(trained.data == np.float32(0.1))
 
 
-@pytest.mark.parametrize("when", ["before", "after"])
-def test_an_optimizer_bound_to_some_parameters_trains_only_those(spiral, when):
-    """Freezing layers: bound to the last layer's parameters (before the Trainer or after
-    it), the optimizer keeps them, and the first layer does not move."""
+def test_an_optimizer_bound_to_some_parameters_trains_only_those(spiral):
+    """Freezing layers: bound to the last layer's parameters after the Trainer was made, the
+    optimizer keeps them, and the first layer does not move."""
     x, y = spiral
     model = gn.mlp([2, 16, 3], seed=0)
     last = model.layers[-1]
-    optimizer = gn.optim.Adam([last.W, last.b], lr=1e-2) if when == "before" else gn.optim.Adam(lr=1e-2)
+    optimizer = gn.optim.Adam(lr=1e-2)
     trainer = gn.Trainer(model, gn.SoftmaxWithLoss(), optimizer, device="cpu")
-    if when == "after":
-        optimizer.bind([last.W, last.b])
+    optimizer.bind([last.W, last.b])
     first = [model.layers[0].W.data.copy(), model.layers[0].b.data.copy()]
     before_last = last.W.data.copy()
     trainer.fit(x, y, epochs=2, batch_size=64, verbose=False)
@@ -368,14 +366,65 @@ def test_an_optimizer_bound_to_some_parameters_trains_only_those(spiral, when):
     assert same_weights(weights(trainer), [gn.to_numpy(p.data) for p in twin.parameters()])
 
 
-def test_replacing_a_parameter_of_a_partly_bound_optimizer_asks_which_to_train(spiral):
+@pytest.mark.parametrize("replaced", [("W",), ("W", "b")])
+def test_replacing_a_parameter_of_a_partly_bound_optimizer_asks_which_to_train(spiral, replaced):
     x, y = spiral
     model = gn.mlp([2, 16, 3], seed=0)
     last = model.layers[-1]
-    trainer = gn.Trainer(model, gn.SoftmaxWithLoss(), gn.optim.Adam([last.W, last.b]), device="cpu")
-    last.W = gn.Parameter(np.zeros(last.W.shape, np.float32))
+    optimizer = gn.optim.Adam()
+    trainer = gn.Trainer(model, gn.SoftmaxWithLoss(), optimizer, device="cpu")
+    optimizer.bind([last.W, last.b])
+    frozen = model.layers[0].W.data.copy()
+    for name in replaced:  # one of the two, or both: never a licence to train the frozen layer
+        setattr(last, name, gn.Parameter(np.zeros(getattr(last, name).shape, np.float32)))
     with pytest.raises(ValueError, match=r"bound to 2 of the model's 4 parameters.*optimizer.bind"):
         trainer.fit(x, y, epochs=1, batch_size=64, verbose=False)
+    assert np.array_equal(model.layers[0].W.data, frozen)
+
+
+def test_a_trainer_trains_its_whole_model_whatever_the_optimizer_was_bound_to(spiral):
+    """Bound to another model sharing some layers, or to part of this one, at construction:
+    the Trainer binds the optimizer to its model (as it always has)."""
+    x, y = spiral
+    base = gn.mlp([2, 16, 3], seed=0)
+    optimizer = gn.optim.Adam(base.parameters(), lr=1e-2)
+    model = gn.Sequential([base.layers[0], base.layers[1], gn.Linear(16, 3, seed=1)])
+    trainer = gn.Trainer(model, gn.SoftmaxWithLoss(), optimizer, device="cpu")
+    assert all(a is b for a, b in zip(optimizer.params, model.parameters(), strict=True))
+    before = weights(trainer)
+    trainer.fit(x, y, epochs=1, batch_size=64, verbose=False)
+    assert all(not np.array_equal(a, b) for a, b in zip(before, weights(trainer), strict=True))
+
+
+def test_swapped_parameters_recompile_the_cpu_step(spiral):
+    """A callback swaps two layers' weights (same shapes): the compiled step, whose closures
+    hold each layer's weights, must not go on with the old assignment."""
+    x, y = spiral
+
+    def swap(t, record):
+        if record["epoch"] == 1:
+            a, b = t.model.layers[2], t.model.layers[4]
+            a.W, b.W = b.W, a.W
+
+    runs = []
+    for layered in (False, True):
+        trainer = classifier(sizes=(2, 8, 8, 8, 3))
+        if layered:
+            trainer._train_step = _layered_step(trainer)
+        trainer.fit(x, y, epochs=3, batch_size=64, callbacks=[swap], verbose=False)
+        runs.append(weights(trainer))
+    assert same_weights(*runs)
+
+
+def _layered_step(trainer):
+    def step(xb, yb, regularizer):
+        logits = trainer.model.forward(xb)
+        value = trainer.loss.forward(logits, yb)
+        trainer.model.backward(trainer.loss.backward(), input_grad=False)
+        trainer.optimizer.step(regularizer)
+        return value, logits
+
+    return step
 
 
 def test_an_unnamed_replacement_takes_its_place_s_name_and_checkpoints_resume(spiral, tmp_path):

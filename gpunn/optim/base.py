@@ -55,12 +55,13 @@ class Optimizer:
     hyper_names: tuple[str, ...] = ("lr",)
 
     def __setattr__(self, name: str, value: Any) -> None:
-        # A hyperparameter set later (a schedule, scikit-learn's loops) becomes a Python float
-        # too, as the constructors make it: a NumPy float64 would make NEP 50 compute a float32
-        # update in float64, unlike the kernels, which round every hyperparameter once to the
-        # buffer's dtype (and unlike gpunn.cpu_update's 0-d operands, which do the same).
-        if name in self.hyper_names and value is not None:
-            value = tuple(map(float, value)) if isinstance(value, (tuple, list)) else float(value)
+        # A NumPy number set later as a hyperparameter (a schedule, scikit-learn's loops)
+        # becomes a Python float, as the constructors make it: a NumPy float64 would make NEP 50
+        # compute a float32 update in float64, unlike the kernels, which round every
+        # hyperparameter once to the buffer's dtype (and unlike gpunn.cpu_update's 0-d
+        # operands, which do the same). Anything else (a subclass's own settings) is kept.
+        if name in self.hyper_names:
+            value = type(value)(map(_plain, value)) if isinstance(value, (tuple, list)) else _plain(value)
         object.__setattr__(self, name, value)
 
     def __init__(
@@ -110,35 +111,47 @@ class Optimizer:
         return self
 
     def follow(self, params: Iterable[Parameter] | Any) -> bool:
-        """Follow a model whose parameters changed: ``params`` (a list or a model) are its
-        parameters now. Returns whether the optimizer rebound.
+        """Follow a model whose parameters changed since the optimizer was bound to them:
+        ``params`` (a list or a model) are its parameters now. Returns whether it rebound.
 
-        - Every parameter bound is still among them: nothing changes (the same parameters, or
-          some of them bound on purpose, the others frozen).
+        - Every parameter bound is still among them: nothing changes when it is bound to all
+          of them in their order, or to some of them (on purpose: the others stay frozen); all
+          of them in another order are rebound in ``params``' order, their state kept.
         - Some bound parameter is gone (a layer's Parameter was replaced,
-          ``layer.W = Parameter(...)``): bind to all of ``params``, keeping the state of every
-          parameter that stays and starting new ones from zero state, as :meth:`bind` does.
-          Without this the optimizer would go on updating the old arrays, and the model,
-          reading the new ones, would silently not train that layer.
-        - Unbound, or none of them is among ``params`` (another model): :meth:`bind`.
-
-        An optimizer bound to some of the parameters, one of which was replaced, raises a
-        ValueError: which of the others it should train is the caller's choice.
+          ``layer.W = Parameter(...)``) and the optimizer was bound to as many parameters as
+          ``params`` holds (the whole model): it binds to ``params``, keeping the state of
+          every parameter that stays and starting new ones from zero state, as :meth:`bind`
+          does. Without this it would go on updating the old arrays, and the model, reading
+          the new ones, would silently not train that layer.
+        - Some bound parameter is gone from a partial binding: ValueError, since which of the
+          others to train is the caller's choice (``optimizer.bind([...])``).
+        - Unbound: :meth:`bind`.
         """
         if hasattr(params, "parameters"):
             params = params.parameters()
         params = list(params)
-        bound, flat = self._params, self._flat
+        bound = self._params
+        if bound is None:
+            self.bind(params)
+            return True
         present = {id(p) for p in params}
-        staying = [] if bound is None else [p for p in bound if id(p) in present]
-        if bound is not None and len(staying) == len(bound):
-            return False
-        if staying and len(bound) != len(params):
+        staying = [p for p in bound if id(p) in present]
+        if len(staying) == len(bound):
+            if len(bound) != len(params) or all(a is b for a, b in zip(bound, params, strict=True)):
+                return False
+        elif len(bound) != len(params):
             raise ValueError(
                 f"the optimizer is bound to {len(bound)} of the model's {len(params)} parameters and "
                 f"{len(bound) - len(staying)} of them are no longer in the model (was a layer's Parameter "
                 "replaced?); bind it to the parameters to train: optimizer.bind([...])"
             )
+        self._rebind_keeping_state(params, staying)
+        return True
+
+    def _rebind_keeping_state(self, params: list[Parameter], staying: list[Parameter]) -> None:
+        """bind(params), then put back the state of each parameter of ``staying`` (bound
+        before and still among ``params``)."""
+        flat = self._flat
         kept = {}
         if flat is not None:
             kept = {id(p): {name: flat.view(self._state[name], p).copy() for name in self.state_names} for p in staying}
@@ -147,7 +160,6 @@ class Optimizer:
         for p in params:
             for name, value in kept.get(id(p), {}).items():
                 flat.view(self._state[name], p)[...] = flat.device.send(value)
-        return True
 
     @property
     def params(self) -> list[Parameter]:
@@ -381,6 +393,13 @@ class Optimizer:
     def __repr__(self) -> str:
         hyper = ", ".join(f"{k}={v!r}" for k, v in self.hyperparameters().items())
         return f"{type(self).__name__}({hyper})"
+
+
+def _plain(value: Any) -> Any:
+    """A NumPy real number as a Python float; any other value as it is."""
+    if isinstance(value, (np.floating, np.integer)):
+        return float(value)
+    return value
 
 
 def _checked_hyper(name: str, value: Any) -> Any:
