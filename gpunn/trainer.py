@@ -106,22 +106,23 @@ class Trainer:
         self.graph = graph
         self._step_graph: step_graph.StepGraph | None = None
         self._compiled: cpu_step.CompiledStep | None = None  # the CPU step of the current fit
-        params = self.model.parameters()
-        bound = optimizer._params
-        if bound is None or len(bound) != len(params) or any(a is not b for a, b in zip(bound, params, strict=False)):
-            optimizer.bind(params)  # whatever it was bound to: the Trainer trains the model
+        self._follow_model()
         self.history = History()
         self.stop_training = False
         if self.comm is not None and self.comm.rank > 0:
             self._decorrelate_dropout()
 
     _validate_outside_fit: bool | None = None  # loss.validate as the caller set it, during a fit
+    _binding: tuple[int, ...] | None = None  # ids of the parameters the Trainer bound the optimizer to
+    _graph_flat: Any = None  # the optimizer's flat buffer when the step graph was captured
 
     def __getstate__(self) -> dict[str, Any]:
         # A copy taken during a fit (a callback pickling the trainer) leaves out the fit's
         # compiled step and step graph: closures and device buffers, rebuilt by the next fit.
         state = self.__dict__.copy()
-        state.update(_compiled=None, _step_graph=None)
+        # _binding holds ids, which a copy does not keep: the copy judges the binding afresh,
+        # as at construction
+        state.update(_compiled=None, _step_graph=None, _binding=None)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -260,8 +261,10 @@ class Trainer:
     ) -> dict[str, Any]:
         model, loss, optimizer, regularizer = self.model, self.loss, self.optimizer, self.regularizer
         params = model.parameters()
-        if self._follow_model() and self._step_graph is not None:
-            # a callback replaced a layer's Parameter: the captured step writes the old buffers
+        rebound = self._follow_model()
+        if self._step_graph is not None and (rebound or optimizer._flat is not self._graph_flat):
+            # a callback replaced a layer's Parameter or rebound the optimizer: the captured
+            # step writes the old buffers
             self._close_step_graph()
             self._step_graph = self._start_step_graph(x, y, batch_size, classify)
         xp = array_module(x)
@@ -365,7 +368,9 @@ class Trainer:
         """The fit's step graph, or None (and a warning) when the GPU cannot give it a cuBLAS
         handle, a stream or memory: training then goes on eagerly, as after a failed capture."""
         try:
-            return self._new_step_graph(x, y, batch_size, classify)
+            graph = self._new_step_graph(x, y, batch_size, classify)
+            self._graph_flat = self.optimizer._flat
+            return graph
         except (RuntimeError, OSError, MemoryError) as exc:
             warnings.warn(f"graph replay is unavailable ({exc}); training eagerly", RuntimeWarning, stacklevel=3)
             return None
@@ -536,12 +541,41 @@ class Trainer:
         return xd, yd
 
     def _follow_model(self) -> bool:
-        """Bind the optimizer to the model's parameters where a layer's Parameter was replaced
-        (:meth:`Optimizer.follow`), naming the newcomer after its place ("0.W") as Sequential
-        names its parameters, so that state dicts and checkpoints keep their keys. Returns
-        whether the optimizer rebound."""
-        if not self.optimizer.follow(self.model):
+        """Keep the optimizer bound to what this Trainer trains (at construction, at the start
+        of each fit and of each epoch); returns whether it rebound.
+
+        - Bound by the Trainer (to the whole model as it was), or unbound: the whole model as
+          it is now (:meth:`Optimizer.follow`: a layer's Parameter replaced, a layer added or
+          removed, another model assigned; state kept for the parameters that stay).
+        - Bound by the caller to some of the model's parameters (``optimizer.bind([...])``):
+          those, the others frozen, as long as they are all in the model; one of them gone
+          (replaced) is a ValueError, since which to train is the caller's choice. Bound to all
+          of them in another order: the model's order.
+        - Bound to parameters not all in the model (another model, one sharing layers): the
+          whole model, with the state of the parameters it shares.
+
+        A rebound optimizer's parameters are named after their places ("0.W"), as Sequential
+        names them, so that state dicts and checkpoints keep their keys."""
+        params = self.model.parameters()
+        now = tuple(id(p) for p in params)
+        bound = self.optimizer._params
+        ids = None if bound is None else tuple(id(p) for p in bound)
+        if ids == now:
+            self._binding = now
             return False
+        if ids is not None and ids != self._binding:  # the caller's binding
+            present = set(now)
+            missing = sum(i not in present for i in ids)
+            if not missing and len(ids) < len(now):
+                return False  # some of the model's parameters, on purpose: the others stay frozen
+            if missing and self._binding is not None:  # at construction: another model, below
+                raise ValueError(
+                    f"the optimizer was bound to {len(ids)} of the model's parameters and {missing} of them "
+                    "are no longer in the model (was a layer's Parameter replaced?); bind it again to the "
+                    "parameters to train: optimizer.bind([...])"
+                )
+        self.optimizer.follow(params)
+        self._binding = now
         for name, p in self.model.named_parameters():
             p.name = name
         return True

@@ -516,6 +516,16 @@ def test_a_subclass_keeps_hyperparameters_that_are_not_numbers():
     opt = Tuned(lr=np.float32(0.5))
     assert opt.mode == "fast" and opt.warm is True and type(opt.lr) is float
     assert opt.hyperparameters() == {"lr": 0.5, "mode": "fast", "warm": True}
+    opt.warm = np.int64(3)  # a NumPy integer setting: a Python int, not a float
+    assert type(opt.warm) is int and opt.warm == 3
+
+
+def test_array_hyperparameters_become_python_numbers():
+    opt = gn.optim.Adam(lr=1e-3)
+    opt.lr, opt.betas = np.array(0.02), np.array([0.8, 0.99])
+    assert type(opt.lr) is float and opt.betas == (0.8, 0.99) and type(opt.betas) is tuple
+    opt.betas = [0.7, np.float32(0.9)]
+    assert type(opt.betas) is tuple and all(type(b) is float for b in opt.betas)
 
 
 # ----------------------------------------------------------------------------- validation

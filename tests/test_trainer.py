@@ -377,23 +377,101 @@ def test_replacing_a_parameter_of_a_partly_bound_optimizer_asks_which_to_train(s
     frozen = model.layers[0].W.data.copy()
     for name in replaced:  # one of the two, or both: never a licence to train the frozen layer
         setattr(last, name, gn.Parameter(np.zeros(getattr(last, name).shape, np.float32)))
-    with pytest.raises(ValueError, match=r"bound to 2 of the model's 4 parameters.*optimizer.bind"):
+    with pytest.raises(ValueError, match=r"bound to 2 of the model's parameters and \d of them are no longer.*bind"):
         trainer.fit(x, y, epochs=1, batch_size=64, verbose=False)
     assert np.array_equal(model.layers[0].W.data, frozen)
 
 
-def test_a_trainer_trains_its_whole_model_whatever_the_optimizer_was_bound_to(spiral):
-    """Bound to another model sharing some layers, or to part of this one, at construction:
-    the Trainer binds the optimizer to its model (as it always has)."""
+def test_a_trainer_trains_its_whole_model_whatever_other_model_the_optimizer_was_bound_to(spiral):
+    """Bound at construction to another model sharing some layers (6 parameters, 4 here):
+    the Trainer binds the optimizer to its model, keeping the shared layers' state."""
     x, y = spiral
-    base = gn.mlp([2, 16, 3], seed=0)
+    base = gn.mlp([2, 16, 16, 3], seed=0)
     optimizer = gn.optim.Adam(base.parameters(), lr=1e-2)
+    base.layers[0].W.grad[...] = 1.0
+    optimizer.step()
+    moments = optimizer.state_dict()["state"]["0.W"]["exp_avg"].copy()
     model = gn.Sequential([base.layers[0], base.layers[1], gn.Linear(16, 3, seed=1)])
     trainer = gn.Trainer(model, gn.SoftmaxWithLoss(), optimizer, device="cpu")
     assert all(a is b for a, b in zip(optimizer.params, model.parameters(), strict=True))
+    np.testing.assert_array_equal(optimizer.state_dict()["state"]["0.W"]["exp_avg"], moments)
     before = weights(trainer)
     trainer.fit(x, y, epochs=1, batch_size=64, verbose=False)
     assert all(not np.array_equal(a, b) for a, b in zip(before, weights(trainer), strict=True))
+
+
+@pytest.mark.parametrize("change", ["new model", "deeper head", "layer removed", "layer appended"])
+def test_a_changed_model_is_trained_whole(spiral, change):
+    """The Trainer bound the optimizer to its whole model: whatever the model becomes between
+    fits, the next fit trains all of it (state kept for the parameters that stay)."""
+    x, y = spiral
+    trainer = classifier(sizes=(2, 16, 3))
+    trainer.fit(x, y, epochs=1, batch_size=64, verbose=False)
+    layers = trainer.model.layers
+    if change == "new model":
+        trainer.model = gn.mlp([2, 16, 16, 3], seed=3)
+    elif change == "deeper head":
+        layers[2:] = [gn.Linear(16, 8, seed=3), gn.ReLU(), gn.Linear(8, 3, seed=4)]
+    elif change == "layer removed":
+        layers[:] = [gn.Linear(2, 3, seed=3)]
+    else:
+        layers += [gn.ReLU(), gn.Linear(3, 3, seed=3)]
+    if change != "new model":
+        trainer.model = gn.Sequential(layers)
+    before = weights(trainer)
+    trainer.fit(x, y, epochs=2, initial_epoch=1, batch_size=64, verbose=False)
+    assert len(trainer.optimizer.params) == len(trainer.model.parameters())
+    assert all(not np.array_equal(a, b) for a, b in zip(before, weights(trainer), strict=True))
+    assert [p.name for p in trainer.model.parameters()] == [n for n, _ in trainer.model.named_parameters()]
+
+
+def test_a_parameter_replaced_before_the_trainer_keeps_its_place_s_name_and_the_others_state(spiral, tmp_path):
+    x, y = spiral
+    model = gn.mlp([2, 16, 3], seed=0)
+    optimizer = gn.optim.Adam(model.parameters(), lr=1e-2)
+    model.layers[2].W.grad[...] = 1.0
+    optimizer.step()
+    moments = optimizer.state_dict()["state"]["2.W"]["exp_avg"].copy()
+    model.layers[0].W = gn.Parameter(np.full((2, 16), 0.1, np.float32))  # unnamed
+    trainer = gn.Trainer(model, gn.SoftmaxWithLoss(), optimizer, device="cpu")
+    assert model.layers[0].W.name == "0.W"
+    np.testing.assert_array_equal(optimizer.state_dict()["state"]["2.W"]["exp_avg"], moments)
+    trainer.fit(x, y, epochs=1, batch_size=64, verbose=False)
+    gn.save(tmp_path / "m.safetensors", model, optimizer)
+    assert gn.checkpoint.read(tmp_path / "m.safetensors").optimizer().step_count == optimizer.step_count
+
+
+def test_an_optimizer_bound_to_part_of_the_model_at_construction_keeps_it(spiral):
+    """Freezing when the Trainer is made (e.g. resuming a frozen fit from a checkpoint)."""
+    x, y = spiral
+    model = gn.mlp([2, 16, 3], seed=0)
+    last = model.layers[-1]
+    optimizer = gn.optim.Adam([last.W, last.b], lr=1e-2)
+    trainer = gn.Trainer(model, gn.SoftmaxWithLoss(), optimizer, device="cpu")
+    frozen = model.layers[0].W.data.copy()
+    trainer.fit(x, y, epochs=1, batch_size=64, verbose=False)
+    assert len(optimizer.params) == 2 and np.array_equal(model.layers[0].W.data, frozen)
+
+
+def test_a_callback_rebinding_the_optimizer_recaptures_the_step_graph(spiral):
+    """With graph=True the captured step holds the optimizer's buffers: a callback that binds
+    the optimizer to part of the model (freezing the rest mid-fit) gets a new capture, and
+    the frozen layer stays put from then on."""
+    x, y = spiral
+    trainer = classifier()
+    trainer.graph = True
+    graphs, frozen = [], []
+
+    def freeze_first(t, record):
+        graphs.append(t._step_graph)
+        if record["epoch"] == 1:
+            last = t.model.layers[-1]
+            t.optimizer.bind([last.W, last.b])
+            frozen.append(t.model.layers[0].W.data.copy())
+
+    trainer.fit(x, y, epochs=3, batch_size=64, callbacks=[freeze_first], verbose=False)
+    assert graphs[0] is not graphs[1] and graphs[1] is graphs[2]
+    assert np.array_equal(trainer.model.layers[0].W.data, frozen[0])
 
 
 def test_swapped_parameters_recompile_the_cpu_step(spiral):

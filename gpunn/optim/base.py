@@ -55,13 +55,14 @@ class Optimizer:
     hyper_names: tuple[str, ...] = ("lr",)
 
     def __setattr__(self, name: str, value: Any) -> None:
-        # A NumPy number set later as a hyperparameter (a schedule, scikit-learn's loops)
-        # becomes a Python float, as the constructors make it: a NumPy float64 would make NEP 50
-        # compute a float32 update in float64, unlike the kernels, which round every
-        # hyperparameter once to the buffer's dtype (and unlike gpunn.cpu_update's 0-d
-        # operands, which do the same). Anything else (a subclass's own settings) is kept.
+        # A NumPy number (or 0-d array) set later as a hyperparameter (a schedule, scikit-learn's
+        # loops) becomes a Python number, and betas a tuple, as the constructors make them: a
+        # NumPy float64 would make NEP 50 compute a float32 update in float64, unlike the
+        # kernels, which round every hyperparameter once to the buffer's dtype (and unlike
+        # gpunn.cpu_update's 0-d operands, which do the same). Anything else (a subclass's own
+        # settings, a string, a bool) is kept.
         if name in self.hyper_names:
-            value = type(value)(map(_plain, value)) if isinstance(value, (tuple, list)) else _plain(value)
+            value = _plain(value)
         object.__setattr__(self, name, value)
 
     def __init__(
@@ -111,55 +112,37 @@ class Optimizer:
         return self
 
     def follow(self, params: Iterable[Parameter] | Any) -> bool:
-        """Follow a model whose parameters changed since the optimizer was bound to them:
-        ``params`` (a list or a model) are its parameters now. Returns whether it rebound.
+        """Bind to ``params`` (a list or a model), keeping the state of every parameter bound
+        before that is among them and starting the others from zero state, as :meth:`bind`
+        does; nothing happens when they are the parameters bound, in order. Returns whether
+        it rebound.
 
-        - Every parameter bound is still among them: nothing changes when it is bound to all
-          of them in their order, or to some of them (on purpose: the others stay frozen); all
-          of them in another order are rebound in ``params``' order, their state kept.
-        - Some bound parameter is gone (a layer's Parameter was replaced,
-          ``layer.W = Parameter(...)``) and the optimizer was bound to as many parameters as
-          ``params`` holds (the whole model): it binds to ``params``, keeping the state of
-          every parameter that stays and starting new ones from zero state, as :meth:`bind`
-          does. Without this it would go on updating the old arrays, and the model, reading
-          the new ones, would silently not train that layer.
-        - Some bound parameter is gone from a partial binding: ValueError, since which of the
-          others to train is the caller's choice (``optimizer.bind([...])``).
-        - Unbound: :meth:`bind`.
+        This is how a model whose parameters changed is followed (a layer's Parameter replaced,
+        ``layer.W = Parameter(...)``, a layer added): without it the optimizer would go on
+        updating the old arrays, and the model, reading the new ones, would silently not train
+        them. :class:`gpunn.Trainer` decides when to follow (not a partial binding made on
+        purpose to freeze layers).
         """
         if hasattr(params, "parameters"):
             params = params.parameters()
         params = list(params)
-        bound = self._params
-        if bound is None:
-            self.bind(params)
-            return True
-        present = {id(p) for p in params}
-        staying = [p for p in bound if id(p) in present]
-        if len(staying) == len(bound):
-            if len(bound) != len(params) or all(a is b for a, b in zip(bound, params, strict=True)):
-                return False
-        elif len(bound) != len(params):
-            raise ValueError(
-                f"the optimizer is bound to {len(bound)} of the model's {len(params)} parameters and "
-                f"{len(bound) - len(staying)} of them are no longer in the model (was a layer's Parameter "
-                "replaced?); bind it to the parameters to train: optimizer.bind([...])"
-            )
-        self._rebind_keeping_state(params, staying)
-        return True
-
-    def _rebind_keeping_state(self, params: list[Parameter], staying: list[Parameter]) -> None:
-        """bind(params), then put back the state of each parameter of ``staying`` (bound
-        before and still among ``params``)."""
-        flat = self._flat
+        bound, flat = self._params, self._flat
+        if bound is not None and len(bound) == len(params) and all(a is b for a, b in zip(bound, params, strict=True)):
+            return False
         kept = {}
-        if flat is not None:
-            kept = {id(p): {name: flat.view(self._state[name], p).copy() for name in self.state_names} for p in staying}
+        if bound is not None and flat is not None:
+            present = {id(p) for p in params}
+            kept = {
+                id(p): {name: flat.view(self._state[name], p).copy() for name in self.state_names}
+                for p in bound
+                if id(p) in present
+            }
         self.bind(params)
         flat = self._flat
         for p in params:
             for name, value in kept.get(id(p), {}).items():
                 flat.view(self._state[name], p)[...] = flat.device.send(value)
+        return True
 
     @property
     def params(self) -> list[Parameter]:
@@ -396,9 +379,14 @@ class Optimizer:
 
 
 def _plain(value: Any) -> Any:
-    """A NumPy real number as a Python float; any other value as it is."""
-    if isinstance(value, (np.floating, np.integer)):
-        return float(value)
+    """A NumPy real number or 0-d array as a Python float (int for an integer), a sequence or
+    1-d array of them as a tuple (betas); any other value as it is."""
+    if isinstance(value, np.ndarray) and value.dtype.kind in "fiu" and value.ndim <= 1:
+        value = value.tolist()
+    elif isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if isinstance(value, (tuple, list)):
+        return tuple(_plain(v) for v in value)
     return value
 
 
