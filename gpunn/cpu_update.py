@@ -146,14 +146,21 @@ class SmallUpdate:
             l2 = coefficients[0]
         opt.step_count += 1  # before the operands: Adam's bias corrections read it
         try:
-            self._run(opt, l2)
+            done = self._run(opt, l2)
         except BaseException:
             opt.step_count -= 1
             raise
+        if not done:  # a hyperparameter that is not a Python number: the rule's own arithmetic
+            opt.step_count -= 1
+            opt.step(regularizer)
 
-    def _run(self, opt: Optimizer, l2: float) -> None:
+    def _run(self, opt: Optimizer, l2: float) -> bool:
+        """The step; False (nothing done) when an operand is not a Python number (an array
+        set as lr, say), whose arithmetic a 0-d operand of the buffer's dtype would not mirror."""
         rule = self._rule
         values = rule.operands(opt)  # (Adam's need step_count ≥ 1: not before the first step)
+        if not all(type(v) is float or type(v) is int for v in values):
+            return False
         if len(self._operands) != len(values):
             self._operands = tuple(np.zeros((), self._flat.dtype) for _ in values)
         operands = self._operands
@@ -173,3 +180,4 @@ class SmallUpdate:
             rule.passes(self._p, g, *self._buffers, tmp, *operands[:-1], decayed, operands[-1])
         else:
             rule.passes(self._p, g, *self._buffers, tmp, *operands, **rule.keywords(opt))
+        return True

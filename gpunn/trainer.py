@@ -48,10 +48,10 @@ class Trainer:
 
     ``device`` None picks the best device present (``gn.device()``: GPUNN_DEVICE, else
     cuda:0 when usable, else the CPU) and moves the model there. An optimizer built without
-    parameters (``gn.optim.Adam(lr=1e-3)``), or to other parameters than the model's, is bound
-    to the model here. Bound afterwards to some of them (``optimizer.bind([...])``), it trains
-    only those, the others frozen (in a single process). A layer's Parameter replaced later
-    (``layer.W = Parameter(...)``) is followed at the next fit or epoch (:meth:`Optimizer.follow`).
+    parameters (``gn.optim.Adam(lr=1e-3)``), or to other parameters, is bound to the model
+    here, and follows it at every fit and epoch: a layer's Parameter replaced
+    (``layer.W = Parameter(...)``), a layer added, another model assigned (state kept for the
+    parameters that stay; :meth:`Optimizer.follow`). The Trainer trains the whole model.
 
     ``distributed``: None trains data-parallel over all ranks when an MPI launcher started
     several (``mpiexec -n K``), else in this process alone; False never; True always (over
@@ -113,16 +113,16 @@ class Trainer:
             self._decorrelate_dropout()
 
     _validate_outside_fit: bool | None = None  # loss.validate as the caller set it, during a fit
-    _binding: tuple[int, ...] | None = None  # ids of the parameters the Trainer bound the optimizer to
-    _graph_flat: Any = None  # the optimizer's flat buffer when the step graph was captured
+    _graph_key: tuple[Any, ...] | None = None  # the optimizer and its buffers a step graph was captured with
+    # ids of the parameters this Trainer bound the optimizer to, to warn only about a partial binding it
+    # did not make (a layer added since is not the caller freezing the rest; a copy forgets them)
+    _bound_ids: tuple[int, ...] | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         # A copy taken during a fit (a callback pickling the trainer) leaves out the fit's
         # compiled step and step graph: closures and device buffers, rebuilt by the next fit.
         state = self.__dict__.copy()
-        # _binding holds ids, which a copy does not keep: the copy judges the binding afresh,
-        # as at construction
-        state.update(_compiled=None, _step_graph=None, _binding=None)
+        state.update(_compiled=None, _step_graph=None, _graph_key=None, _bound_ids=None)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -261,9 +261,11 @@ class Trainer:
     ) -> dict[str, Any]:
         model, loss, optimizer, regularizer = self.model, self.loss, self.optimizer, self.regularizer
         params = model.parameters()
-        rebound = self._follow_model()
-        if self._step_graph is not None and (rebound or optimizer._flat is not self._graph_flat):
-            # a callback replaced a layer's Parameter or rebound the optimizer: the captured
+        self._follow_model()
+        if self._step_graph is not None and optimizer._flat is not None and not optimizer._flat.valid:
+            optimizer._current_flat()  # a callback moved or repacked the model: what its next step does first
+        if self._step_graph is not None and self._graph_is_stale():
+            # a callback replaced a parameter, rebound or replaced the optimizer: the captured
             # step writes the old buffers
             self._close_step_graph()
             self._step_graph = self._start_step_graph(x, y, batch_size, classify)
@@ -363,13 +365,15 @@ class Trainer:
         if self._step_graph is not None:
             self._step_graph.close()
             self._step_graph = None
+        self._graph_key = None  # nor the buffers it was captured with
 
     def _start_step_graph(self, x: Any, y: Any, batch_size: int, classify: str | None) -> step_graph.StepGraph | None:
         """The fit's step graph, or None (and a warning) when the GPU cannot give it a cuBLAS
         handle, a stream or memory: training then goes on eagerly, as after a failed capture."""
         try:
             graph = self._new_step_graph(x, y, batch_size, classify)
-            self._graph_flat = self.optimizer._flat
+            opt = self.optimizer
+            self._graph_key = (opt, opt._flat, opt._state, opt._live)
             return graph
         except (RuntimeError, OSError, MemoryError) as exc:
             warnings.warn(f"graph replay is unavailable ({exc}); training eagerly", RuntimeWarning, stacklevel=3)
@@ -541,44 +545,42 @@ class Trainer:
         return xd, yd
 
     def _follow_model(self) -> bool:
-        """Keep the optimizer bound to what this Trainer trains (at construction, at the start
-        of each fit and of each epoch); returns whether it rebound.
+        """Keep the optimizer bound to all of the model's parameters, in order (at
+        construction, at the start of each fit and of each epoch); returns whether it rebound.
 
-        - Bound by the Trainer (to the whole model as it was), or unbound: the whole model as
-          it is now (:meth:`Optimizer.follow`: a layer's Parameter replaced, a layer added or
-          removed, another model assigned; state kept for the parameters that stay).
-        - Bound by the caller to some of the model's parameters (``optimizer.bind([...])``):
-          those, the others frozen, as long as they are all in the model; one of them gone
-          (replaced) is a ValueError, since which to train is the caller's choice. Bound to all
-          of them in another order: the model's order.
-        - Bound to parameters not all in the model (another model, one sharing layers): the
-          whole model, with the state of the parameters it shares.
-
-        A rebound optimizer's parameters are named after their places ("0.W"), as Sequential
-        names them, so that state dicts and checkpoints keep their keys."""
+        Whatever changed — a layer's Parameter replaced or added, a layer removed, another
+        model or optimizer assigned, the optimizer bound elsewhere — the optimizer follows the
+        model (:meth:`Optimizer.follow`: state kept for the parameters that stay, new ones from
+        zero state), and the parameters are named after their places ("0.W"), as Sequential
+        names them, so that state dicts and checkpoints keep their keys. A binding to part of
+        the model is widened to all of it with a warning: freezing layers through the optimizer
+        is not a Trainer feature (its compiled CPU step, step graph and distributed gradient sum
+        all work on the whole model's buffer)."""
         params = self.model.parameters()
-        now = tuple(id(p) for p in params)
         bound = self.optimizer._params
-        ids = None if bound is None else tuple(id(p) for p in bound)
-        if ids == now:
-            self._binding = now
+        if bound is not None and len(bound) == len(params) and all(a is b for a, b in zip(bound, params, strict=True)):
+            self._bound_ids = tuple(map(id, params))
             return False
-        if ids is not None and ids != self._binding:  # the caller's binding
-            present = set(now)
-            missing = sum(i not in present for i in ids)
-            if not missing and len(ids) < len(now):
-                return False  # some of the model's parameters, on purpose: the others stay frozen
-            if missing and self._binding is not None:  # at construction: another model, below
-                raise ValueError(
-                    f"the optimizer was bound to {len(ids)} of the model's parameters and {missing} of them "
-                    "are no longer in the model (was a layer's Parameter replaced?); bind it again to the "
-                    "parameters to train: optimizer.bind([...])"
+        if bound is not None and tuple(map(id, bound)) != self._bound_ids:  # not what this Trainer bound
+            present = {id(p) for p in params}
+            if len(bound) < len(params) and all(id(p) in present for p in bound):
+                warnings.warn(
+                    f"the optimizer was bound to {len(bound)} of the model's {len(params)} parameters; the "
+                    "Trainer trains all of them (freezing layers through a partial optimizer is not supported)",
+                    RuntimeWarning,
+                    stacklevel=3,
                 )
         self.optimizer.follow(params)
-        self._binding = now
+        self._bound_ids = tuple(map(id, params))
         for name, p in self.model.named_parameters():
             p.name = name
         return True
+
+    def _graph_is_stale(self) -> bool:
+        """Whether the captured step graph writes buffers the optimizer no longer uses: another
+        optimizer, another flat buffer (rebound, repacked), other state or live-scalar arrays."""
+        opt, key = self.optimizer, self._graph_key
+        return key is None or any(a is not b for a, b in zip(key, (opt, opt._flat, opt._state, opt._live), strict=True))
 
     def _weights_copy(self) -> list[Any]:
         """A copy of each of the model's parameters (one per parameter, not of the flat buffer:

@@ -120,6 +120,19 @@ def test_nesterov_is_read_from_the_optimizer_as_its_update_reads_it(cls):
         _assert_same(reference, fast)
 
 
+def test_a_hyperparameter_that_is_not_a_number_goes_to_optimizer_step():
+    # an array set as lr: NumPy's own arithmetic with it, which a 0-d operand would not mirror
+    reference, fast, update = _pair(optim.Adam, lr=1e-2)
+    rng = np.random.default_rng(7)
+    for i in range(3):
+        for opt in (reference, fast):
+            opt.lr = np.array([0.01 / (i + 1)])
+        _set_grads((reference, fast), rng)
+        reference.step()
+        update(None)
+        _assert_same(reference, fast)
+
+
 def test_the_compiled_step_updates_through_it():
     """CompiledStep (Trainer.fit's and the estimators' CPU step) takes it for a small model;
     tests/test_cpu_step.py checks those steps against the layered ones bit for bit."""

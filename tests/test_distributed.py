@@ -446,12 +446,14 @@ def test_global_batch_smaller_than_the_ranks_is_refused() -> None:
 
 
 def test_a_partial_optimizer_is_refused_distributed() -> None:
-    # one rank's view of a check every rank makes alike: its gradient sum covers the whole model
+    # a Trainer widens a partial binding before this check; a direct caller meets it on every
+    # rank alike: the gradient sum covers the whole model
     trainer = make_trainer("float32", distributed=dist.Communicator())
     last = trainer.model.layers[-1]
     trainer.optimizer.bind([last.W, last.b])
+    x, y = digits_with_index()[:2]
     with pytest.raises(ValueError, match="bind the optimizer to all 4 of the model's parameters"):
-        trainer.fit(*digits_with_index()[:2], epochs=1, batch_size=8)
+        trainer._parallel.start(trainer, x, y, None, epochs=1, batch_size=8)
 
 
 def test_a_parameter_replaced_between_distributed_fits_is_trained() -> None:

@@ -56,7 +56,7 @@ class Optimizer:
 
     def __setattr__(self, name: str, value: Any) -> None:
         # A NumPy number (or 0-d array) set later as a hyperparameter (a schedule, scikit-learn's
-        # loops) becomes a Python number, and betas a tuple, as the constructors make them: a
+        # loops) becomes a Python number, as the constructors make it (so do betas' items): a
         # NumPy float64 would make NEP 50 compute a float32 update in float64, unlike the
         # kernels, which round every hyperparameter once to the buffer's dtype (and unlike
         # gpunn.cpu_update's 0-d operands, which do the same). Anything else (a subclass's own
@@ -379,14 +379,16 @@ class Optimizer:
 
 
 def _plain(value: Any) -> Any:
-    """A NumPy real number or 0-d array as a Python float (int for an integer), a sequence or
-    1-d array of them as a tuple (betas); any other value as it is."""
-    if isinstance(value, np.ndarray) and value.dtype.kind in "fiu" and value.ndim <= 1:
-        value = value.tolist()
-    elif isinstance(value, (np.floating, np.integer)):
-        return value.item()
+    """A NumPy real number or 0-d array as a Python float (int for an integer), and so each
+    element of a tuple or list (betas); any other value as it is."""
+    if isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "fiu":
+        value = value[()]
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.floating):
+        return float(value)
     if isinstance(value, (tuple, list)):
-        return tuple(_plain(v) for v in value)
+        return type(value)(_plain(v) for v in value)
     return value
 
 
