@@ -122,11 +122,17 @@ class Trainer:
         # A copy taken during a fit (a callback pickling the trainer) leaves out the fit's
         # compiled step and step graph: closures and device buffers, rebuilt by the next fit.
         state = self.__dict__.copy()
-        state.update(_compiled=None, _step_graph=None, _graph_key=None, _bound_ids=None)
+        # ids do not survive a copy: keep whether the optimizer's binding was this Trainer's
+        bound = self.optimizer._params
+        mine = bound is not None and tuple(map(id, bound)) == self._bound_ids
+        state.update(_compiled=None, _step_graph=None, _graph_key=None, _bound_ids=mine)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        mine = state.get("_bound_ids") is True
         self.__dict__.update(state)
+        bound = self.optimizer._params
+        self._bound_ids = tuple(map(id, bound)) if mine and bound is not None else None
         if self._validate_outside_fit is not None:
             # a copy taken during a fit: undo what the fit switched for its own duration
             self.loss.validate = self._validate_outside_fit
@@ -372,8 +378,7 @@ class Trainer:
         handle, a stream or memory: training then goes on eagerly, as after a failed capture."""
         try:
             graph = self._new_step_graph(x, y, batch_size, classify)
-            opt = self.optimizer
-            self._graph_key = (opt, opt._flat, opt._state, opt._live)
+            self._graph_key = self._graph_key_now()
             return graph
         except (RuntimeError, OSError, MemoryError) as exc:
             warnings.warn(f"graph replay is unavailable ({exc}); training eagerly", RuntimeWarning, stacklevel=3)
@@ -558,29 +563,44 @@ class Trainer:
         all work on the whole model's buffer)."""
         params = self.model.parameters()
         bound = self.optimizer._params
-        if bound is not None and len(bound) == len(params) and all(a is b for a, b in zip(bound, params, strict=True)):
-            self._bound_ids = tuple(map(id, params))
-            return False
-        if bound is not None and tuple(map(id, bound)) != self._bound_ids:  # not what this Trainer bound
-            present = {id(p) for p in params}
-            if len(bound) < len(params) and all(id(p) in present for p in bound):
-                warnings.warn(
-                    f"the optimizer was bound to {len(bound)} of the model's {len(params)} parameters; the "
-                    "Trainer trains all of them (freezing layers through a partial optimizer is not supported)",
-                    RuntimeWarning,
-                    stacklevel=3,
-                )
-        self.optimizer.follow(params)
+        rebound = False
+        if bound is None or len(bound) != len(params) or any(a is not b for a, b in zip(bound, params, strict=True)):
+            if bound is not None and tuple(map(id, bound)) != self._bound_ids:  # not this Trainer's binding
+                present = {id(p) for p in params}
+                ours = sum(id(p) in present for p in bound)
+                # as many as the model's, some replaced (or all: another model like it): silent
+                if len(bound) != len(params) and ours:
+                    warnings.warn(
+                        f"the optimizer was bound to {len(bound)} parameters, {ours} of them among the model's "
+                        f"{len(params)}; the Trainer binds it to all of the model's parameters (freezing layers "
+                        "through a partial optimizer is not supported)",
+                        RuntimeWarning,
+                        stacklevel=3,
+                    )
+            self.optimizer.follow(params)
+            rebound = True
         self._bound_ids = tuple(map(id, params))
         for name, p in self.model.named_parameters():
-            p.name = name
-        return True
+            if p.name != name:  # a replacement, or a parameter bound by hand since: its place's name
+                p.name = name
+        return rebound
+
+    def _graph_key_now(self) -> tuple[Any, ...]:
+        """What a captured step holds: the optimizer, its buffers and the regularizer (by
+        identity), and the values its kernels took as launch arguments (all but lr and the
+        step number, which it reads from live scalars), as text."""
+        opt, reg = self.optimizer, self.regularizer
+        values = {k: v for k, v in opt.hyperparameters().items() if k != "lr"}
+        values["max_grad_norm"] = opt.max_grad_norm
+        values["regularizer"] = None if reg is None else (type(reg).__name__, reg.lam)
+        return (opt, opt._flat, opt._state, opt._live, reg, repr(sorted(values.items())))
 
     def _graph_is_stale(self) -> bool:
-        """Whether the captured step graph writes buffers the optimizer no longer uses: another
-        optimizer, another flat buffer (rebound, repacked), other state or live-scalar arrays."""
-        opt, key = self.optimizer, self._graph_key
-        return key is None or any(a is not b for a, b in zip(key, (opt, opt._flat, opt._state, opt._live), strict=True))
+        """Whether the captured step graph is out of date: another optimizer or regularizer,
+        another flat buffer (rebound, repacked), other state or live-scalar arrays, or a
+        hyperparameter it took at capture (betas, eps, momentum, clipping, the penalty) changed."""
+        key, now = self._graph_key, self._graph_key_now()
+        return key is None or any(a is not b for a, b in zip(key[:5], now[:5], strict=True)) or key[5] != now[5]
 
     def _weights_copy(self) -> list[Any]:
         """A copy of each of the model's parameters (one per parameter, not of the flat buffer:

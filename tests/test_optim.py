@@ -6,6 +6,7 @@ The reference updates below are written from the formulas in the optimizers' doc
 
 from __future__ import annotations
 
+import collections
 import re
 
 import numpy as np
@@ -526,6 +527,11 @@ def test_array_hyperparameters_become_python_numbers_or_stay_arrays():
     assert type(opt.lr) is float and type(opt.betas) is list and all(type(b) is float for b in opt.betas)
     opt.lr = np.array([0.01])  # not a number: kept (and gpunn.cpu_update leaves it to optimizer.step)
     assert isinstance(opt.lr, np.ndarray)
+    betas = collections.namedtuple("Betas", "beta1 beta2")
+    opt.betas = betas(0.8, 0.99)  # nothing to convert: the caller's tuple as it is
+    assert opt.betas == (0.8, 0.99) and type(opt.betas) is betas
+    opt.betas = betas(np.float64(0.8), 0.99)
+    assert opt.betas == (0.8, 0.99) and all(type(b) is float for b in opt.betas)
 
 
 # ----------------------------------------------------------------------------- validation

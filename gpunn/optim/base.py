@@ -388,7 +388,10 @@ def _plain(value: Any) -> Any:
     if isinstance(value, np.floating):
         return float(value)
     if isinstance(value, (tuple, list)):
-        return type(value)(_plain(v) for v in value)
+        items = [_plain(v) for v in value]
+        if all(a is b for a, b in zip(items, value, strict=True)):
+            return value  # nothing to convert: the caller's sequence (a namedtuple too) as it is
+        return tuple(items) if isinstance(value, tuple) else items
     return value
 
 
