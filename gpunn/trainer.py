@@ -374,8 +374,13 @@ class Trainer:
         self._graph_key = None  # nor the buffers it was captured with
 
     def _start_step_graph(self, x: Any, y: Any, batch_size: int, classify: str | None) -> step_graph.StepGraph | None:
-        """The fit's step graph, or None (and a warning) when the GPU cannot give it a cuBLAS
-        handle, a stream or memory: training then goes on eagerly, as after a failed capture."""
+        """The fit's step graph, or None (and a warning) when the model cannot be replayed (a
+        callback added a Dropout) or the GPU cannot give it a cuBLAS handle, a stream or memory:
+        training then goes on eagerly, as after a failed capture."""
+        reason = step_graph.unsupported_reason(self.model, self.comm is not None)
+        if reason is not None:  # a callback changed the model since the Trainer was made
+            warnings.warn(f"{reason}; training eagerly", RuntimeWarning, stacklevel=3)
+            return None
         try:
             graph = self._new_step_graph(x, y, batch_size, classify)
             self._graph_key = self._graph_key_now()
@@ -587,12 +592,17 @@ class Trainer:
 
     def _graph_key_now(self) -> tuple[Any, ...]:
         """What a captured step holds: the optimizer, its buffers and the regularizer (by
-        identity), and the values its kernels took as launch arguments (all but lr and the
-        step number, which it reads from live scalars), as text."""
-        opt, reg = self.optimizer, self.regularizer
+        identity), and, as text, the values its kernels took as launch arguments (all but lr
+        and the step number, which it reads from live scalars) and the layers it ran."""
+        opt, reg, layers = self.optimizer, self.regularizer, tuple(self.model.layers)
         values = {k: v for k, v in opt.hyperparameters().items() if k != "lr"}
         values["max_grad_norm"] = opt.max_grad_norm
+        values["nesterov"] = getattr(opt, "nesterov", None)
         values["regularizer"] = None if reg is None else (type(reg).__name__, reg.lam)
+        # the layers' kernels and settings (an activation's slope, a Dropout's rate, fusion)
+        values["layers"] = [
+            (id(layer), sig) for layer, sig in zip(layers, cpu_step.layer_signature(layers), strict=True)
+        ]
         return (opt, opt._flat, opt._state, opt._live, reg, repr(sorted(values.items())))
 
     def _graph_is_stale(self) -> bool:

@@ -443,7 +443,10 @@ def test_a_parameter_replaced_before_the_trainer_keeps_its_place_s_name_and_the_
     assert gn.checkpoint.read(tmp_path / "m.safetensors").optimizer().step_count == optimizer.step_count
 
 
-@pytest.mark.parametrize("change", ["rebound", "another optimizer", "repacked", "regularizer", "penalty", "betas"])
+@pytest.mark.parametrize(
+    "change",
+    ["rebound", "another optimizer", "repacked", "regularizer", "penalty", "betas", "nesterov", "slope", "dropout"],
+)
 def test_a_callback_changing_the_optimizer_s_buffers_recaptures_the_step_graph(spiral, change):
     """With graph=True the captured step holds the optimizer and its buffers: a callback that
     rebinds it (new state arrays), puts another optimizer in, or repacks the model gets a new
@@ -451,7 +454,13 @@ def test_a_callback_changing_the_optimizer_s_buffers_recaptures_the_step_graph(s
     x, y = spiral
     runs = []
     for graph in (True, False):
-        trainer = classifier(regularizer=gn.L2(1e-3) if change == "penalty" else None)
+        trainer = classifier(
+            regularizer=gn.L2(1e-3) if change == "penalty" else None,
+            optimizer=gn.optim.Momentum(lr=0.05) if change == "nesterov" else None,
+        )
+        if change == "slope":
+            trainer.model = gn.mlp([2, 16, 3], activation="leaky_relu", seed=0)
+            trainer.optimizer.bind(trainer.model.parameters())
         trainer.graph = graph
         graphs: list = []
 
@@ -469,11 +478,23 @@ def test_a_callback_changing_the_optimizer_s_buffers_recaptures_the_step_graph(s
                 t.regularizer = gn.L2(1e-3)
             elif change == "penalty":
                 t.regularizer.lam = 2e-3
-            else:  # a launch argument of the captured update, unlike lr
+            elif change == "betas":  # a launch argument of the captured update, unlike lr
                 t.optimizer.betas = (0.8, 0.99)
+            elif change == "nesterov":
+                t.optimizer.nesterov = True
+            elif change == "slope":
+                t.model.layers[1].negative_slope = 0.3
+            else:  # a Dropout cannot be replayed: the fit goes on eagerly, with a warning
+                layers = t.model.layers
+                t.model = gn.Sequential([*layers[:2], gn.Dropout(0.5, seed=0), *layers[2:]])
 
-        trainer.fit(x, y, epochs=3, batch_size=64, callbacks=[change_it], verbose=False)
-        if graph:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            trainer.fit(x, y, epochs=3, batch_size=64, callbacks=[change_it], verbose=False)
+        eager = [w for w in caught if "training eagerly" in str(w.message)]
+        if graph and change == "dropout":
+            assert graphs[0] is not None and graphs[1] is None and len(eager) == 1
+        elif graph:
             assert graphs[0] is not graphs[1] and graphs[1] is graphs[2]
             assert graphs[1].optimizer is trainer.optimizer  # captured around the optimizer in use
         runs.append(weights(trainer))
