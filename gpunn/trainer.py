@@ -113,9 +113,9 @@ class Trainer:
             self._decorrelate_dropout()
 
     _validate_outside_fit: bool | None = None  # loss.validate as the caller set it, during a fit
-    _graph_key: tuple[Any, ...] | None = None  # the optimizer and its buffers a step graph was captured with
-    # ids of the parameters this Trainer bound the optimizer to, to warn only about a partial binding it
-    # did not make (a layer added since is not the caller freezing the rest; a copy forgets them)
+    _graph_key: tuple[Any, ...] | None = None  # what the step graph was captured with (_graph_key_now)
+    # ids of the parameters this Trainer bound the optimizer to, to warn only about a binding it did
+    # not make (its own binding of a model that grew since is no partial one); a copy rebuilds them
     _bound_ids: tuple[int, ...] | None = None
 
     def __getstate__(self) -> dict[str, Any]:
