@@ -519,6 +519,13 @@ def test_a_subclass_keeps_hyperparameters_that_are_not_numbers():
     assert opt.hyperparameters() == {"lr": 0.5, "mode": "fast", "warm": True}
     opt.warm = np.int64(3)  # a NumPy integer setting: a Python int, not a float
     assert type(opt.warm) is int and opt.warm == 3
+    opt.warm = False
+    restored = Tuned([gn.Parameter(np.zeros(2))])
+    restored.mode = "slow"
+    restored.load_state_dict(Tuned([gn.Parameter(np.zeros(2))]).state_dict() | {"hyper": opt.hyperparameters()})
+    assert restored.mode == "fast" and restored.warm is False  # saved settings that are no numbers come back
+    with pytest.raises(ValueError, match="lr"):
+        restored.load_state_dict(restored.state_dict() | {"hyper": {"lr": -1.0}})
 
 
 def test_array_hyperparameters_become_python_numbers_or_stay_arrays():

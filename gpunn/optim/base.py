@@ -396,7 +396,10 @@ def _plain(value: Any) -> Any:
 
 
 def _checked_hyper(name: str, value: Any) -> Any:
-    """A saved hyperparameter, checked like the constructors check theirs (finite, >= 0)."""
+    """A saved hyperparameter, checked like the constructors check theirs (finite, >= 0); a
+    subclass's setting that is no number (a string, a bool, None) comes back as it is."""
+    if value is None or isinstance(value, (str, bool)):
+        return value
     if isinstance(value, (list, tuple)):
         return tuple(check_float(f"{name}[{i}]", v, low=0.0) for i, v in enumerate(value))
     return check_float(name, value, low=0.0)
