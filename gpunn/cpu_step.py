@@ -121,7 +121,7 @@ class CompiledStep:
             raise ValueError(reason)
         self.model, self.loss, self.optimizer, self.regularizer = model, loss, optimizer, regularizer
         self._layers = tuple(model.layers)
-        self._signature = layer_signature(self._layers)
+        self._signature = _signature(self._layers)
         params = model.parameters()
         self._flat = pack(params)
         self._bound = tuple(p.data for p in params)
@@ -143,7 +143,7 @@ class CompiledStep:
             and self.optimizer._flat is self._flat
             and len(model.layers) == len(self._layers)
             and all(a is b for a, b in zip(model.layers, self._layers, strict=True))
-            and layer_signature(self._layers) == self._signature
+            and _signature(self._layers) == self._signature
             # the layers still hold the parameters compiled, in their places (two layers may
             # have swapped theirs: the same buffer, other weights for each closure)
             and self._flat.owns(model.parameters())
@@ -214,7 +214,7 @@ class CompiledStep:
         return forward, backward
 
 
-def layer_signature(layers: tuple[Any, ...]) -> tuple[Any, ...]:
+def _signature(layers: tuple[Any, ...]) -> tuple[Any, ...]:
     """What a compiled program depends on besides the layers' identity and parameters: each
     layer's mode and the settings its closures took when they were made."""
     return tuple(

@@ -25,6 +25,7 @@ from . import cpu_step
 from . import data as datasets
 from . import distributed as dist
 from . import graph as step_graph
+from .activations import ElementwiseActivation
 from .backend import Device, array_module, device_of, to_numpy
 from .backend import device as select_device  # the constructor's `device` argument shadows the name
 from .history import History
@@ -599,9 +600,15 @@ class Trainer:
         values["max_grad_norm"] = opt.max_grad_norm
         values["nesterov"] = getattr(opt, "nesterov", None)
         values["regularizer"] = None if reg is None else (type(reg).__name__, reg.lam)
-        # the layers' kernels and settings (an activation's slope, a Dropout's rate, fusion)
+        # the layers it ran, and the settings their kernels took: an activation's slope, a
+        # Dropout's rate (not the mode: fit sets train() after the first capture)
         values["layers"] = [
-            (id(layer), sig) for layer, sig in zip(layers, cpu_step.layer_signature(layers), strict=True)
+            (
+                id(layer),
+                layer.p if isinstance(layer, Dropout) else None,
+                layer.alpha if isinstance(layer, ElementwiseActivation) else None,
+            )
+            for layer in layers
         ]
         return (opt, opt._flat, opt._state, opt._live, reg, repr(sorted(values.items())))
 

@@ -526,6 +526,9 @@ def test_a_subclass_keeps_hyperparameters_that_are_not_numbers():
     assert restored.mode == "fast" and restored.warm is False  # saved settings that are no numbers come back
     with pytest.raises(ValueError, match="lr"):
         restored.load_state_dict(restored.state_dict() | {"hyper": {"lr": -1.0}})
+    for bad in (True, None, "0.1"):  # a numeric hyperparameter stays a number
+        with pytest.raises(TypeError, match="lr"):
+            restored.load_state_dict(restored.state_dict() | {"hyper": {"lr": bad}})
 
 
 def test_array_hyperparameters_become_python_numbers_or_stay_arrays():

@@ -515,6 +515,46 @@ def test_a_parameter_bound_by_hand_takes_its_place_s_name(spiral, tmp_path):
     assert gn.checkpoint.read(tmp_path / "m.safetensors").optimizer().step_count == trainer.optimizer.step_count
 
 
+class _RunningStat(gn.layers.Layer):
+    """A parameter-free custom layer that keeps a changing array under the name ``p``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.p = np.zeros(2)
+
+    def forward(self, x):
+        self.p = self.p + 1.0
+        return x
+
+    def backward(self, dy):
+        return dy
+
+
+@pytest.mark.parametrize("case", ["eval before fit", "custom layer"])
+def test_a_plain_graph_fit_captures_once(spiral, monkeypatch, case):
+    """Nothing that changes in a normal fit (the mode fit sets, a custom layer's own
+    attributes) may count as a change of the captured step: on a GPU each capture costs."""
+    import gpunn.graph  # noqa: PLC0415
+
+    captures = []
+
+    class Counting(gpunn.graph.StepGraph):
+        def __init__(self, *args, **kwargs) -> None:
+            captures.append(1)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(gpunn.graph, "StepGraph", Counting)
+    x, y = spiral
+    trainer = classifier()
+    if case == "custom layer":
+        layers = trainer.model.layers
+        trainer.model = gn.Sequential([*layers[:2], _RunningStat(), *layers[2:]])
+    trainer.model.eval()
+    trainer.graph = True
+    trainer.fit(x, y, epochs=3, batch_size=64, verbose=False)
+    assert len(captures) == 1
+
+
 def test_swapped_parameters_recompile_the_cpu_step(spiral):
     """A callback swaps two layers' weights (same shapes): the compiled step, whose closures
     hold each layer's weights, must not go on with the old assignment."""

@@ -368,7 +368,7 @@ class Optimizer:
                 flat.view(self._state[name], p)[...] = flat.device.send(value)
         for name, value in state_dict.get("hyper", {}).items():
             if name in self.hyper_names:
-                setattr(self, name, _checked_hyper(f"state_dict['hyper'][{name!r}]", value))
+                setattr(self, name, _checked_hyper(f"state_dict['hyper'][{name!r}]", value, getattr(self, name, 0.0)))
         self.step_count = int(state_dict.get("step", 0))
         if self._live_on:
             self.sync_live_scalars()
@@ -395,10 +395,15 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _checked_hyper(name: str, value: Any) -> Any:
+def _not_a_number(value: Any) -> bool:
+    return value is None or isinstance(value, (str, bool))
+
+
+def _checked_hyper(name: str, value: Any, current: Any) -> Any:
     """A saved hyperparameter, checked like the constructors check theirs (finite, >= 0); a
-    subclass's setting that is no number (a string, a bool, None) comes back as it is."""
-    if value is None or isinstance(value, (str, bool)):
+    subclass's setting that is no number (a string, a bool, None) comes back as it is where
+    the optimizer's ``current`` value is no number either."""
+    if _not_a_number(value) and _not_a_number(current):
         return value
     if isinstance(value, (list, tuple)):
         return tuple(check_float(f"{name}[{i}]", v, low=0.0) for i, v in enumerate(value))
