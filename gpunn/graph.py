@@ -36,11 +36,19 @@ from .layers import Dropout
 WARMUP_STEPS = 2  # eager steps before capture: NVRTC compiles, pools and cuBLAS warm up
 
 
+def leaf_layers(model: Any) -> list[Any]:
+    """The layers a model runs, in order, nested Sequentials opened up."""
+    leaves = []
+    for layer in getattr(model, "layers", ()):
+        leaves.extend(leaf_layers(layer) if hasattr(layer, "layers") else [layer])
+    return leaves
+
+
 def unsupported_reason(model: Any, distributed: bool) -> str | None:
     """Why a model cannot be trained with graph replay, or None when it can."""
     if distributed:
         return "graph=True is not supported for distributed training yet"
-    for layer in model.layers:
+    for layer in leaf_layers(model):
         if isinstance(layer, Dropout) and layer.p > 0:
             return f"graph=True cannot replay {layer!r}: its random masks are drawn per step on the host's command"
     return None

@@ -595,7 +595,7 @@ class Trainer:
         """What a captured step holds: the optimizer, its buffers and the regularizer (by
         identity), and, as text, the values its kernels took as launch arguments (all but lr
         and the step number, which it reads from live scalars) and the layers it ran."""
-        opt, reg, layers = self.optimizer, self.regularizer, tuple(self.model.layers)
+        opt, reg, layers = self.optimizer, self.regularizer, step_graph.leaf_layers(self.model)
         values = {k: v for k, v in opt.hyperparameters().items() if k != "lr"}
         values["max_grad_norm"] = opt.max_grad_norm
         values["nesterov"] = getattr(opt, "nesterov", None)

@@ -176,6 +176,9 @@ def test_graph_argument_errors():
     model = gn.mlp([4, 8, 2], seed=0, dropout=0.3)
     with pytest.raises(ValueError, match=r"graph=True cannot replay Dropout"):
         gn.Trainer(model, gn.SoftmaxWithLoss(), gn.optim.SGD(), device="cpu", graph=True)
+    nested = gn.Sequential([gn.mlp([4, 8, 8], seed=0, dropout=0.3), gn.ReLU(), gn.Linear(8, 2, seed=1)])
+    with pytest.raises(ValueError, match=r"graph=True cannot replay Dropout"):  # inside a nested Sequential
+        gn.Trainer(nested, gn.SoftmaxWithLoss(), gn.optim.SGD(), device="cpu", graph=True)
     with pytest.raises(TypeError, match="graph must be True or False"):
         gn.Trainer(gn.mlp([4, 2], seed=0), gn.SoftmaxWithLoss(), gn.optim.SGD(), device="cpu", graph="yes")
     gn.Trainer(model, gn.SoftmaxWithLoss(), gn.optim.SGD(), device="cpu", graph=False)  # eager is fine

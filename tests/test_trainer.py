@@ -445,7 +445,18 @@ def test_a_parameter_replaced_before_the_trainer_keeps_its_place_s_name_and_the_
 
 @pytest.mark.parametrize(
     "change",
-    ["rebound", "another optimizer", "repacked", "regularizer", "penalty", "betas", "nesterov", "slope", "dropout"],
+    [
+        "rebound",
+        "another optimizer",
+        "repacked",
+        "regularizer",
+        "penalty",
+        "betas",
+        "nesterov",
+        "slope",
+        "nested slope",
+        "dropout",
+    ],
 )
 def test_a_callback_changing_the_optimizer_s_buffers_recaptures_the_step_graph(spiral, change):
     """With graph=True the captured step holds the optimizer and its buffers: a callback that
@@ -460,6 +471,10 @@ def test_a_callback_changing_the_optimizer_s_buffers_recaptures_the_step_graph(s
         )
         if change == "slope":
             trainer.model = gn.mlp([2, 16, 3], activation="leaky_relu", seed=0)
+            trainer.optimizer.bind(trainer.model.parameters())
+        elif change == "nested slope":
+            inner = gn.mlp([2, 16, 16], activation="leaky_relu", seed=0)
+            trainer.model = gn.Sequential([inner, gn.LeakyReLU(), gn.Linear(16, 3, seed=1)])
             trainer.optimizer.bind(trainer.model.parameters())
         trainer.graph = graph
         graphs: list = []
@@ -484,6 +499,8 @@ def test_a_callback_changing_the_optimizer_s_buffers_recaptures_the_step_graph(s
                 t.optimizer.nesterov = True
             elif change == "slope":
                 t.model.layers[1].negative_slope = 0.3
+            elif change == "nested slope":  # inside a nested Sequential
+                t.model.layers[0].layers[1].negative_slope = 0.3
             else:  # a Dropout cannot be replayed: the fit goes on eagerly, with a warning
                 layers = t.model.layers
                 t.model = gn.Sequential([*layers[:2], gn.Dropout(0.5, seed=0), *layers[2:]])
