@@ -90,7 +90,6 @@ class _Network:
         self.best: Any = None  # flat weights of the best validation score (early stopping)
         self.host_state: dict[str, Any] = {}  # optimizer state and best weights while pickled
         self.cache: dict[Any, Any] = {}  # per-device copies of classes_ for CuPy predictions
-        self.compiled: CompiledStep | None = None  # the CPU training step, kept between epochs
         self.loss: Loss = {
             "softmax": SoftmaxWithLoss,
             "logistic": SigmoidBCELoss,
@@ -188,17 +187,15 @@ class _Network:
             exported=None,
             best=None,
             cache={},
-            compiled=None,
             loss=type(self.loss)(validate=False),
         )
         return state
 
     def compiled_step(self, penalty: Regularizer | None) -> CompiledStep | None:
         """The CPU training step of this model, loss and optimizer with ``penalty`` (see
-        :mod:`gpunn.cpu_step`), or None where the layers step one by one (on a GPU)."""
-        previous = getattr(self, "compiled", None)  # absent from a network pickled before it existed
-        self.compiled = compile_step(self.model, self.loss, self.optimizer, penalty, previous)
-        return self.compiled
+        :mod:`gpunn.cpu_step`), or None where the layers step one by one. A fit makes one and
+        lets it go when it ends: the network keeps none (nor its buffers and last batch)."""
+        return compile_step(self.model, self.loss, self.optimizer, penalty)
 
     def _restore_host_state(self) -> None:
         host, self.host_state = self.host_state, {}

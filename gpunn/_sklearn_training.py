@@ -92,8 +92,6 @@ class _TrainingLoops:
                     )
         except KeyboardInterrupt:
             warnings.warn("Training interrupted by user.", stacklevel=4)
-        finally:
-            net.compiled = None  # its buffers (and the last batch it saw) are the fit's
         if self.early_stopping:
             flat.data[...] = net.best  # restore the weights of the best validation score
 
