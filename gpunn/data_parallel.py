@@ -21,7 +21,7 @@ import numpy as np
 from . import data as datasets
 from .backend import device_of, to_numpy
 from .distributed import Communicator, DistributedMismatchError
-from .parameter import pack
+from .parameter import pack, same_parameters
 from .sequential import architecture
 
 
@@ -68,9 +68,7 @@ class DataParallel:
             )
         model, optimizer = trainer.model, trainer.optimizer
         params = model.parameters()
-        if len(optimizer.params) != len(params) or any(
-            a is not b for a, b in zip(optimizer.params, params, strict=True)
-        ):
+        if not same_parameters(optimizer.params, params):
             # the same on every rank (each builds the same trainer), so every rank raises
             raise ValueError(
                 f"distributed training averages every parameter's gradient: bind the optimizer to all "

@@ -58,6 +58,11 @@ class Parameter:
         return f"Parameter({self.name!r}, shape={self.shape}, dtype={self.data.dtype}, device={self.device})"
 
 
+def same_parameters(a: Sequence[Parameter], b: Sequence[Parameter]) -> bool:
+    """True when ``a`` and ``b`` are the same Parameter objects in the same order."""
+    return len(a) == len(b) and all(x is y for x, y in zip(a, b, strict=True))
+
+
 class FlatParameters:
     """One contiguous data buffer and one gradient buffer holding ``params`` as views.
 
@@ -101,11 +106,7 @@ class FlatParameters:
 
     def owns(self, params: Sequence[Parameter]) -> bool:
         """True when this buffer holds exactly ``params``, in this order, and is current."""
-        return (
-            self.valid
-            and len(params) == len(self.params)
-            and all(a is b for a, b in zip(params, self.params, strict=True))
-        )
+        return self.valid and same_parameters(params, self.params)
 
     def view(self, buffer: Any, param: Parameter) -> Any:
         """The part of a flat buffer laid out like ``data`` that belongs to ``param``."""

@@ -32,7 +32,7 @@ from .history import History
 from .layers import Dropout, Linear
 from .losses import Loss, SigmoidBCELoss, SoftmaxWithLoss
 from .optim import Optimizer
-from .parameter import pack
+from .parameter import pack, same_parameters
 from .regularizers import Regularizer
 from .sequential import Sequential
 from .validation import check_float, check_int
@@ -570,7 +570,7 @@ class Trainer:
         params = self.model.parameters()
         bound = self.optimizer._params
         rebound = False
-        if bound is None or len(bound) != len(params) or any(a is not b for a, b in zip(bound, params, strict=True)):
+        if bound is None or not same_parameters(bound, params):
             if bound is not None and tuple(map(id, bound)) != self._bound_ids:  # not this Trainer's binding
                 present = {id(p) for p in params}
                 ours = sum(id(p) in present for p in bound)

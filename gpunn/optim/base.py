@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from .. import kernels
-from ..parameter import FlatParameters, Parameter, pack
+from ..parameter import FlatParameters, Parameter, pack, same_parameters
 from ..regularizers import Regularizer
 from ..validation import check_float
 
@@ -127,7 +127,7 @@ class Optimizer:
             params = params.parameters()
         params = list(params)
         bound, flat = self._params, self._flat
-        if bound is not None and len(bound) == len(params) and all(a is b for a, b in zip(bound, params, strict=True)):
+        if bound is not None and same_parameters(bound, params):
             return False
         kept = {}
         if bound is not None and flat is not None:
