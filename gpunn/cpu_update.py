@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from .effective_gradient import add_l2
 from .kernels import CHUNK
 from .optim import SGD, AdaGrad, Adam, AdamW, Momentum, Nesterov, Optimizer, RMSprop
 from .regularizers import Regularizer
@@ -173,8 +174,7 @@ class SmallUpdate:
             self._l2[()] = l2
             if e_rest.size:
                 np.copyto(e_rest, g_rest)
-            np.multiply(w_k, self._l2, out=e_k)
-            np.add(e_k, g_k, out=e_k)
+            add_l2(w_k, g_k, e_k, self._l2)
         if rule.decays:  # the last operand is the weights' decay factor (AdamW; 1 for Adam)
             decayed = self._decayed if values[-1] != 1.0 and self._k else None
             rule.passes(self._p, g, *self._buffers, tmp, *operands[:-1], decayed, operands[-1])

@@ -103,6 +103,14 @@ def penalties(n_decay: int, l2: float, l1: float, max_norm: float | None, sq_nor
 # ----------------------------------------------------------------------------- the CPU twin
 
 
+def add_l2(w: Any, g: Any, out: Any, l2: Any) -> None:
+    """out ← fl(g + fl(l2·w)): the L2 term on the weights, added to their loss gradient in
+    L2.backward's rounding (``l2`` a Python float or a 0-d array of w's dtype holding it)."""
+    xp = array_module(w)
+    xp.multiply(w, l2, out=out)
+    xp.add(out, g, out=out)
+
+
 def effective_gradient(
     p: Any, g: Any, tmp: Any, *, n_decay: int = 0, scale: float = 1.0, l2: float = 0.0, l1: float = 0.0
 ) -> tuple[Any, Any]:
@@ -134,8 +142,7 @@ def effective_gradient(
             xp.multiply(pk, l2, out=rk)
             ek += rk
         else:
-            xp.multiply(pk, l2, out=ek)
-            ek += gk
+            add_l2(pk, gk, ek, l2)
             written = True
     if l1 != 0.0:
         xp.sign(pk, out=rk)
