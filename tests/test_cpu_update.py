@@ -56,6 +56,15 @@ def _assert_same(reference: Any, fast: Any) -> None:
         assert np.array_equal(fast._state[name], reference._state[name]), name
 
 
+def _step_both(reference: Any, fast: Any, update: Any, rng: np.random.Generator, regularizer: Any = None) -> None:
+    """One step from the same new gradients, by optimizer.step and by the small update; the
+    same bits after it."""
+    _set_grads((reference, fast), rng)
+    reference.step(regularizer)
+    update(regularizer)
+    _assert_same(reference, fast)
+
+
 # each rule, and the hyperparameters a schedule or scikit-learn's loops change between steps
 RULES = {
     optim.SGD: {"lr": 0.05},
@@ -114,10 +123,7 @@ def test_nesterov_is_read_from_the_optimizer_as_its_update_reads_it(cls):
     for flip in (True, False, True):
         for opt in (reference, fast):
             opt.nesterov = flip if cls is optim.Momentum else not flip
-        _set_grads((reference, fast), rng)
-        reference.step()
-        update(None)
-        _assert_same(reference, fast)
+        _step_both(reference, fast, update, rng)
 
 
 def test_a_hyperparameter_that_is_not_a_number_goes_to_optimizer_step():
@@ -127,10 +133,7 @@ def test_a_hyperparameter_that_is_not_a_number_goes_to_optimizer_step():
     for i in range(3):
         for opt in (reference, fast):
             opt.lr = np.array([0.01 / (i + 1)])
-        _set_grads((reference, fast), rng)
-        reference.step()
-        update(None)
-        _assert_same(reference, fast)
+        _step_both(reference, fast, update, rng)
 
 
 def test_the_compiled_step_updates_through_it():
@@ -155,20 +158,14 @@ def test_what_it_does_not_do_goes_to_optimizer_step(setup):
         setup(opt)
     rng = np.random.default_rng(3)
     for _ in range(3):
-        _set_grads((reference, fast), rng)
-        reference.step(gn.L2(1e-3))
-        update(gn.L2(1e-3))
-        _assert_same(reference, fast)
+        _step_both(reference, fast, update, rng, gn.L2(1e-3))
 
 
 def test_an_l1_penalty_goes_to_optimizer_step():
     reference, fast, update = _pair(optim.Adam)
     rng = np.random.default_rng(4)
     for _ in range(3):
-        _set_grads((reference, fast), rng)
-        reference.step(gn.L1(1e-2))
-        update(gn.L1(1e-2))
-        _assert_same(reference, fast)
+        _step_both(reference, fast, update, rng, gn.L1(1e-2))
 
 
 def test_a_wrong_regularizer_raises_as_optimizer_step_does():
