@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Any
 
 import numpy as np
@@ -100,11 +100,31 @@ def _run_in_pieces(
     if workers == 1:
         run(0, n, rows[0])
         return
+    share = -(-n // workers // piece) * piece  # contiguous shares, aligned to whole pieces
+    _on_threads(lambda k: run(k * share, min((k + 1) * share, n), rows[k]), workers)
+
+
+def run_split(task: Callable[[int, int], None], n: int) -> None:
+    """``task(lo, hi)`` over [0, n): in one call below ``PARALLEL_MIN`` elements, else in
+    contiguous shares (multiples of 16 elements, whole cache lines) on the update threads.
+    For a compiled loop that releases the GIL (:mod:`gpunn.cpu_fused`)."""
+    workers = cpu_workers() if n >= PARALLEL_MIN else 1
+    if workers == 1:
+        task(0, n)
+        return
+    share = -(-n // workers // 16) * 16
+    _on_threads(lambda k: task(min(k * share, n), min((k + 1) * share, n)), workers)
+
+
+def _on_threads(work: Callable[[int], None], workers: int) -> None:
+    """work(0) on this thread and work(1) … work(workers − 1) on the pool's, waiting for all."""
     global _pool  # noqa: PLW0603 — one pool for the process, made on first use
     if _pool is None:
         _pool = ThreadPoolExecutor(max_workers=cpu_workers(), thread_name_prefix="gpunn-update")
-    share = -(-n // workers // piece) * piece  # contiguous shares, aligned to whole pieces
-    futures = [_pool.submit(run, k * share, min((k + 1) * share, n), rows[k]) for k in range(1, workers)]
-    run(0, min(share, n), rows[0])
+    futures = [_pool.submit(work, k) for k in range(1, workers)]
+    try:
+        work(0)
+    finally:
+        wait(futures)  # never return while a thread still writes the buffers
     for future in futures:
         future.result()

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from . import cpu_fused
 from .effective_gradient import add_l2
 from .kernels import CHUNK
 from .optim import SGD, AdaGrad, Adam, AdamW, Momentum, Nesterov, Optimizer, RMSprop
@@ -118,6 +119,12 @@ class SmallUpdate:
         self._lanes: tuple[Any, ...] | None = None  # the penalty's views, made on first use
         self._operands: tuple[np.ndarray, ...] = ()  # one 0-d operand per scalar, made at the first step
         self._l2 = np.zeros((), flat.dtype)
+        # Adam's constants for its one-pass loop, when Numba is there to compile it
+        fused = (
+            rule.passes is adam_passes and cpu_fused.available() and cpu_fused.fits(self._p, self._g, *self._buffers)
+        )
+        self._fused = np.zeros(len(cpu_fused.ADAM_CONSTANTS), flat.dtype) if fused else None
+        self._written = (self._p, *self._buffers)
 
     def _still_bound(self) -> bool:
         opt = self.optimizer
@@ -162,6 +169,14 @@ class SmallUpdate:
         values = rule.operands(opt)  # (Adam's need step_count ≥ 1: not before the first step)
         if not all(type(v) is float or type(v) is int for v in values):
             return False
+        if self._fused is not None and all(b.flags.writeable for b in self._written):
+            # Adam's one compiled pass, penalty included (gpunn.cpu_fused); a buffer made
+            # read-only since goes to the twin, which raises NumPy's error
+            constants = self._fused
+            constants[0] = l2
+            constants[1:] = values
+            cpu_fused.adam(self._p, self._g, *self._buffers, constants, self._k)
+            return True
         if len(self._operands) != len(values):
             self._operands = tuple(np.zeros((), self._flat.dtype) for _ in values)
         operands = self._operands

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from . import backend, distributed
+from . import backend, cpu_fused, distributed
 
 
 def blas_info() -> list[dict[str, Any]]:
@@ -68,6 +68,7 @@ def system_info() -> dict[str, Any]:
         "numpy": np.__version__,
         "cupy": backend.cupy_version(),
         "blas": blas_info(),
+        "cpu_adam": cpu_fused.describe(),
         "cpu_count": os.cpu_count(),
         "devices": [str(d) for d in backend.available_devices()],
         "selected": selected,
@@ -89,6 +90,7 @@ def format_info(info: dict[str, Any]) -> str:
         lines.append(f"BLAS: {lib['library']} {lib['version']}, {lib['threads']} thread(s), {lib['architecture']}")
     if not info["blas"]:
         lines.append("BLAS: unknown (install threadpoolctl to see it)")
+    lines.append(f"CPU Adam update: {info['cpu_adam']}")
     lines.append(f"CPU cores: {info['cpu_count']}")
     for gpu in info["gpus"]:
         lines.append(

@@ -1,0 +1,54 @@
+"""The compiled loops of :mod:`gpunn.cpu_fused` (this module imports Numba; import it through
+:func:`gpunn.cpu_fused.available`, which checks that Numba is there).
+
+Module-level functions, so that Numba's on-disk cache finds them again in the next process.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+jit = numba.njit(cache=True, nogil=True, boundscheck=False, error_model="numpy")
+
+
+# Each loop runs from 0 over arrays sliced to its range: indexed from 0 up to their length,
+# Numba drops its negative-index wrap-around, and LLVM vectorizes the loop (a loop over
+# range(lo, hi) of the whole buffers ran 6× slower). No branch in a loop body, either. One
+# function, not one per case: each cached function costs its own load in a new process.
+@jit
+def adam_range(p, g, m, v, c, k, lo, hi, l2_on, decay_on):
+    """Adam over elements [lo, hi) of the flat buffers, whose weights prefix is [0, k); c holds
+    the constants in cpu_fused.ADAM_CONSTANTS' order. On the prefix ĝ = g + λ·p when l2_on, and
+    p·df before the step when decay_on or l2_on (df = 1 then: x·1 = x exactly); elsewhere ĝ = g."""
+    l2, b1, c1, b2, c2, ib, eps, ss, df = c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8]
+    mid = min(max(k, lo), hi)  # [lo, mid): weights; [mid, hi): the rest
+    if l2_on or decay_on:
+        pp, gg, mm, vv = p[lo:mid], g[lo:mid], m[lo:mid], v[lo:mid]
+        if l2_on:
+            for i in range(pp.shape[0]):
+                pi = pp[i]
+                gi = gg[i] + l2 * pi
+                mi = mm[i] * b1 + gi * c1
+                vi = vv[i] * b2 + (gi * gi) * c2
+                mm[i] = mi
+                vv[i] = vi
+                pp[i] = pi * df - (mi / (np.sqrt(vi) * ib + eps)) * ss
+        else:
+            for i in range(pp.shape[0]):
+                gi = gg[i]
+                mi = mm[i] * b1 + gi * c1
+                vi = vv[i] * b2 + (gi * gi) * c2
+                mm[i] = mi
+                vv[i] = vi
+                pp[i] = pp[i] * df - (mi / (np.sqrt(vi) * ib + eps)) * ss
+    else:
+        mid = lo
+    pp, gg, mm, vv = p[mid:hi], g[mid:hi], m[mid:hi], v[mid:hi]
+    for i in range(pp.shape[0]):
+        gi = gg[i]
+        mi = mm[i] * b1 + gi * c1
+        vi = vv[i] * b2 + (gi * gi) * c2
+        mm[i] = mi
+        vv[i] = vi
+        pp[i] = pp[i] - (mi / (np.sqrt(vi) * ib + eps)) * ss

@@ -1,0 +1,229 @@
+"""Adam's one compiled pass on the CPU (gpunn.cpu_fused) gives the NumPy twin's bits.
+
+The same buffers are stepped by the twin (``adam_update`` with the one-pass loop switched off)
+and by the loop, from the same gradients, for both dtypes, sizes from one element to a buffer
+split between threads, with and without an L2 penalty and AdamW's decay, with the weights
+prefix ending anywhere; then whole fits (Trainer and the small update of the compiled step)
+must give equal weights either way. Needs Numba (the test extra installs it).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from typing import Any
+
+import numpy as np
+import pytest
+
+pytest.importorskip("numba")
+
+import gpunn as gn
+from gpunn import cpu_fused, cpu_runner, kernels, optim
+from gpunn.cpu_update import SmallUpdate, compile_update
+from gpunn.update_twins import adam_constants
+
+
+@pytest.fixture
+def twin(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A context in which cpu_fused says it is unavailable, so that the twin runs."""
+
+    class Off:
+        def __enter__(self) -> None:
+            monkeypatch.setitem(cpu_fused._state, "checked", True)
+            monkeypatch.setitem(cpu_fused._state, "available", False)
+
+        def __exit__(self, *exc: object) -> None:
+            monkeypatch.undo()
+
+    return Off()
+
+
+def _buffers(n: int, dtype: Any, seed: int) -> list[np.ndarray]:
+    """p, g, m, v with the ranges a running Adam has (v ≥ 0)."""
+    rng = np.random.default_rng(seed)
+    p = rng.standard_normal(n).astype(dtype)
+    g = (rng.standard_normal(n) * 1e-2).astype(dtype)
+    m = (rng.standard_normal(n) * 1e-3).astype(dtype)
+    v = np.abs(rng.standard_normal(n) * 1e-5).astype(dtype)
+    return [p, g, m, v]
+
+
+def _update(buffers: list[np.ndarray], step: int, n_decay: int, l2: float, weight_decay: float) -> None:
+    p, g, m, v = buffers
+    c = adam_constants(1e-3, 0.9, 0.999, step, weight_decay)
+    kernels.adam_update(
+        p,
+        g,
+        m,
+        v,
+        kernels.scratch(p.size, p.dtype, lanes=2),
+        n_decay=n_decay,
+        step_size=c["step_size"],
+        beta1=0.9,
+        beta2=0.999,
+        eps=1e-8,
+        inv_sqrt_bc2=c["inv_sqrt_bc2"],
+        decay_factor=c["decay_factor"],
+        l2=l2,
+    )
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(("n", "n_decay"), [(1, 1), (7, 0), (7, 3), (7_510, 7_400), (99_991, 99_991)])
+@pytest.mark.parametrize(("l2", "weight_decay"), [(0.0, 0.0), (1e-3, 0.0), (0.0, 0.01), (1e-3, 0.01)])
+def test_one_pass_gives_the_twins_bits(twin, dtype, n, n_decay, l2, weight_decay):
+    assert cpu_fused.available()
+    fused = _buffers(n, dtype, seed=n)
+    plain = [b.copy() for b in fused]
+    calls = []
+    original = cpu_fused.adam
+    for step in range(1, 4):
+        fused[1][...] = plain[1][...] = _buffers(n, dtype, seed=n + step)[1]
+        with pytest.MonkeyPatch.context() as spy:
+            spy.setattr(cpu_fused, "adam", lambda *a: (calls.append(1), original(*a)))
+            _update(fused, step, n_decay, l2, weight_decay)
+        with twin:
+            _update(plain, step, n_decay, l2, weight_decay)
+        for name, a, b in zip("pgmv", fused, plain, strict=True):
+            assert np.array_equal(a, b), (name, step)
+    assert len(calls) == 3  # the loop ran, not the twin
+
+
+def test_a_buffer_split_between_threads_gives_the_twins_bits(twin):
+    n = cpu_runner.PARALLEL_MIN + 4_099  # two shares on two cores; the prefix ends in the second
+    fused = _buffers(n, np.float32, seed=1)
+    plain = [b.copy() for b in fused]
+    _update(fused, 5, n - 17, 1e-3, 0.01)
+    with twin:
+        _update(plain, 5, n - 17, 1e-3, 0.01)
+    for name, a, b in zip("pgmv", fused, plain, strict=True):
+        assert np.array_equal(a, b), name
+
+
+def test_run_split_covers_every_element_once():
+    for n in (0, 1, 15, cpu_runner.PARALLEL_MIN, cpu_runner.PARALLEL_MIN + 17):
+        seen = np.zeros(n, np.int64)
+        shares = []
+
+        def mark(lo: int, hi: int, seen: np.ndarray = seen, shares: list = shares) -> None:
+            seen[lo:hi] += 1
+            shares.append((lo, hi))
+
+        cpu_runner.run_split(mark, n)
+        assert (seen == 1).all(), n
+        assert all(lo % 16 == 0 for lo, _ in shares)
+        if n >= cpu_runner.PARALLEL_MIN and cpu_runner.cpu_workers() > 1:
+            assert len(shares) == cpu_runner.cpu_workers()
+
+
+def test_an_error_in_a_share_reaches_the_caller_after_every_share_ended():
+    n = cpu_runner.PARALLEL_MIN
+    done = []
+
+    def fail_first(lo: int, hi: int) -> None:
+        if lo == 0:
+            raise RuntimeError("share 0 failed")
+        done.append((lo, hi))
+
+    if cpu_runner.cpu_workers() == 1:
+        pytest.skip("one core: no second share")
+    with pytest.raises(RuntimeError, match="share 0 failed"):
+        cpu_runner.run_split(fail_first, n)
+    assert len(done) == cpu_runner.cpu_workers() - 1
+
+
+def _adam_zero_eps(buffers: list[np.ndarray]) -> None:
+    kernels.adam_update(
+        *buffers,
+        kernels.scratch(buffers[0].size, buffers[0].dtype),
+        n_decay=buffers[0].size,
+        step_size=1e-3,
+        beta1=0.9,
+        beta2=0.999,
+        eps=0.0,  # √0·c + 0 = 0: m / 0 is ±inf or nan, as NumPy divides
+        inv_sqrt_bc2=1.0,
+        decay_factor=1.0,
+    )
+
+
+def test_inf_nan_and_a_zero_denominator_as_numpy_gives_them(twin):
+    p, g, m, v = _buffers(6, np.float32, seed=3)
+    g[:3] = [np.inf, -np.inf, np.nan]
+    v[3:], m[3:], g[3:] = 0.0, [1.0, 0.0, -1.0], 0.0
+    fused = [p, g, m, v]
+    plain = [b.copy() for b in fused]
+    with np.errstate(all="ignore"):
+        _adam_zero_eps(fused)
+        with twin:
+            _adam_zero_eps(plain)
+    for a, b in zip(fused, plain, strict=True):
+        assert np.array_equal(a, b, equal_nan=True)
+    assert np.isnan(fused[0][:3]).all() and np.isinf(fused[0][3]) and np.isnan(fused[0][4])
+
+
+def test_clipping_l1_and_an_array_lr_run_the_twin(monkeypatch):
+    calls = []
+    monkeypatch.setattr(cpu_fused, "adam", lambda *a: calls.append(1))
+    model = gn.mlp([5, 4, 3], seed=0)
+    for p in model.parameters():
+        p.grad[...] = 0.5
+    before = model.parameters()[0].data.copy()
+    optim.Adam(model.parameters(), max_grad_norm=1.0).step()
+    optim.Adam(model.parameters()).step(gn.L1(1e-3))
+    assert calls == []
+    assert not np.array_equal(model.parameters()[0].data, before)  # the twin did update
+    array_lr = optim.Adam(model.parameters())
+    array_lr.lr = np.array([1e-3], np.float32)  # broadcasts in the twin's passes
+    array_lr.step()
+    assert calls == []
+    optim.Adam(model.parameters()).step(gn.L2(1e-3))
+    assert calls == [1]
+
+
+def test_small_update_takes_the_one_pass_and_stays_bit_equal(twin):
+    rng = np.random.default_rng(0)
+    with twin:
+        plain_model = gn.mlp([13, 7, 3], seed=0)
+        plain = optim.AdamW(plain_model.parameters(), weight_decay=0.02)
+        plain_update = compile_update(plain)
+        assert isinstance(plain_update, SmallUpdate) and plain_update._fused is None
+    model = gn.mlp([13, 7, 3], seed=0)
+    fast = optim.AdamW(model.parameters(), weight_decay=0.02)
+    update = compile_update(fast)
+    assert isinstance(update, SmallUpdate) and update._fused is not None
+    for step in range(5):
+        grad = rng.standard_normal(fast._flat.size).astype(np.float32)
+        fast._flat.grad[...] = plain._flat.grad[...] = grad
+        fast.lr = plain.lr = 1e-3 * (step + 1)  # hyperparameters may change between steps
+        penalty = gn.L2(1e-3 * step) if step % 2 else None
+        update(penalty)
+        with twin:
+            plain_update(penalty)
+        assert np.array_equal(fast._flat.data, plain._flat.data), step
+        for name in fast.state_names:
+            assert np.array_equal(fast._state[name], plain._state[name]), (name, step)
+
+
+def test_a_trainer_fit_gives_the_same_weights_either_way(twin):
+    x, y = gn.data.make_spiral(40, 3, seed=0)
+    weights = []
+    for fused in (True, False):
+        model = gn.mlp([2, 16, 3], seed=1)
+        trainer = gn.Trainer(model, gn.SoftmaxWithLoss(), optim.Adam(lr=1e-2), regularizer=gn.L2(1e-3))
+        if fused:
+            trainer.fit(x, y, epochs=3, batch_size=32, seed=0)
+        else:
+            with twin:
+                trainer.fit(x, y, epochs=3, batch_size=32, seed=0)
+        weights.append([p.data.copy() for p in model.parameters()])
+    for a, b in zip(*weights, strict=True):
+        assert np.array_equal(a, b)
+
+
+def test_gpunn_numba_0_turns_it_off():
+    code = "from gpunn import cpu_fused; print(cpu_fused.available(), cpu_fused.why_unavailable())"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env={"GPUNN_NUMBA": "0", "PATH": ""}
+    )
+    assert out.stdout.strip() == "False turned off by GPUNN_NUMBA=0"
