@@ -106,6 +106,18 @@ def _load() -> None:
     a = np.zeros(3, np.float32)
     loop(a, a.copy(), a.copy(), a.copy(), np.ones(len(ADAM_CONSTANTS), np.float32), 1, 0, 3, True, True)
     _kernels["adam"] = loop
+    _kernels["bias_relu"] = _fused_loops.bias_relu
+    _kernels["relu_backward"] = _fused_loops.relu_backward
+    _kernels["relu_backward_inplace"] = _fused_loops.relu_backward_inplace
+
+
+def loaded() -> bool:
+    """True once :func:`available` has loaded the loops in this process; never loads them.
+
+    The layers' loops below run only then: a model that only predicts never pays Numba's
+    start-up, and training, whose first Adam step loads the loops, uses them from its second
+    step on (their bits are NumPy's, so the switch changes nothing but the time)."""
+    return bool(_state["available"])
 
 
 def fits(*buffers: Any) -> bool:
@@ -129,6 +141,12 @@ def fits(*buffers: Any) -> bool:
     return len({b.ctypes.data for b in buffers}) == len(buffers)
 
 
+def adam_loop() -> Any:
+    """The compiled loop itself, ``loop(p, g, m, v, constants, k, lo, hi, l2_on, decay_on)``
+    over elements [lo, hi) (for a caller that has checked everything :func:`adam` checks)."""
+    return _kernels["adam"]
+
+
 def adam(p: np.ndarray, g: np.ndarray, m: np.ndarray, v: np.ndarray, constants: np.ndarray, n_decay: int) -> None:
     """One Adam step over the flat buffers in one pass: the arithmetic of the twin
     ``adam_passes`` with an L2 penalty folded into the weights prefix as ``effective_gradient``
@@ -139,3 +157,57 @@ def adam(p: np.ndarray, g: np.ndarray, m: np.ndarray, v: np.ndarray, constants: 
     l2_on = bool(constants[0] != 0.0) and k > 0
     decay_on = bool(constants[8] != 1.0) and k > 0
     run_split(lambda lo, hi: loop(p, g, m, v, constants, k, lo, hi, l2_on, decay_on), p.size)
+
+
+# ----------------------------------------------------------------------------- ReLU layers
+
+
+def _rows(*arrays: Any) -> bool:
+    """(N, C) NumPy arrays of one float dtype and shape, C-contiguous and writeable."""
+    first = arrays[0]
+    if type(first) is not np.ndarray or first.ndim != 2 or first.dtype not in (np.float32, np.float64):
+        return False
+    for a in arrays:
+        if (
+            type(a) is not np.ndarray
+            or a.shape != first.shape
+            or a.dtype != first.dtype
+            or not a.flags.c_contiguous
+            or not a.flags.writeable
+        ):
+            return False
+    return True
+
+
+def bias_relu(y: Any, b: Any) -> bool:
+    """y ← max(y + b, 0) in place (y: (N, C), b: (C,)) in one pass: NumPy's ``y += b`` then
+    ``maximum(y, 0)``, bit for bit (NaN kept, max(−0, 0) = +0). Returns False, doing nothing,
+    when the loops are not loaded or the arrays are not ones it takes."""
+    if not (
+        _state["available"]
+        and _rows(y)
+        and type(b) is np.ndarray
+        and b.dtype == y.dtype
+        and b.shape == y.shape[1:]
+        and b.flags.c_contiguous
+    ):
+        return False
+    _kernels["bias_relu"](y, b)
+    return True
+
+
+def relu_backward(dy: Any, a: Any, out: Any = None) -> Any:
+    """dz = dy · [a > 0] in one pass (NumPy's ``dy * (a > 0)``, bit for bit: inf·0 is NaN);
+    ``out`` may be dy. Returns dz, or None (nothing done) when the loops are not loaded or the
+    arrays are not ones it takes."""
+    if not _state["available"] or not _rows(dy, a):
+        return None
+    if out is dy:
+        _kernels["relu_backward_inplace"](dy, a)
+        return dy
+    if out is None:
+        out = np.empty_like(dy)
+    elif not _rows(dy, out):
+        return None
+    _kernels["relu_backward"](dy, a, out)
+    return out

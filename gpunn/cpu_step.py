@@ -33,7 +33,7 @@ import numpy as np
 
 from .activations import ElementwiseActivation, Identity, LeakyReLU, ReLU, Sigmoid, Tanh
 from .cpu_update import compile_update
-from .layer_kernels import activation_backward_reference, bias_activation_reference, column_sums
+from .layer_kernels import activation_backward, bias_activation, column_sums
 from .layers import Dropout, Linear, check_input
 from .losses import Loss
 from .optim import Optimizer
@@ -262,7 +262,7 @@ def _linear_forward(layer: Linear, out: np.ndarray, cell: list[Any]) -> Forward:
         def forward(x: np.ndarray) -> np.ndarray:
             cell[0] = x
             np.matmul(x, W, out=out)
-            return bias_activation_reference(out, b, name, alpha)
+            return bias_activation(out, b, name, alpha)
 
     return forward
 
@@ -301,7 +301,7 @@ def _activation_backward(layer: ElementwiseActivation, cell: list[Any], linear: 
     inplace = layer.inplace_grad
 
     def backward(dy: np.ndarray) -> np.ndarray:
-        dz = activation_backward_reference(dy, cell[0], name, alpha, out=dy if inplace else None)
+        dz = activation_backward(dy, cell[0], name, alpha, out=dy if inplace else None)
         if gb is not None:
             column_sums(dz, gb)
         return dz

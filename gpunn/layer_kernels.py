@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from . import cpu_fused
 from .backend import array_module, device_of
 from .functional import sigmoid
 from .raw_kernels import MAX_BLOCKS, NULL, THREADS_PER_BLOCK, grid, is_capturing, kernel
@@ -294,6 +295,8 @@ def bias_activation_reference(y: Any, b: Any, activation: str, alpha: float = 0.
 def bias_activation(y: Any, b: Any, activation: str, alpha: float = 0.0) -> Any:
     """y ← g(y + b) in place: one kernel on a GPU, the twin on the CPU; returns y."""
     if not _is_gpu(y):
+        if activation == "relu" and cpu_fused.bias_relu(y, b):  # one pass, the twin's bits
+            return y
         return bias_activation_reference(y, b, activation, alpha)
     takes = y.ndim == 2 and y.flags.c_contiguous and b.flags.c_contiguous
     if not (takes and b.dtype == y.dtype and b.shape == (y.shape[1],)):
@@ -331,10 +334,16 @@ def activation_backward_reference(dy: Any, a: Any, activation: str, alpha: float
     return out
 
 
+def _cpu_activation_backward(dy: Any, a: Any, activation: str, alpha: float, out: Any) -> Any:
+    """The twin, or for ReLU the one-pass loop when it is loaded (the same bits)."""
+    dz = cpu_fused.relu_backward(dy, a, out) if activation == "relu" else None
+    return activation_backward_reference(dy, a, activation, alpha, out) if dz is None else dz
+
+
 def activation_backward(dy: Any, a: Any, activation: str, alpha: float = 0.0, out: Any = None) -> Any:
     """dz = dy · g'(z): one kernel on a GPU, the twin on the CPU. ``out`` may be dy."""
     if not _is_gpu(dy):
-        return activation_backward_reference(dy, a, activation, alpha, out)
+        return _cpu_activation_backward(dy, a, activation, alpha, out)
     contiguous = dy.flags.c_contiguous and a.flags.c_contiguous and (out is None or out.flags.c_contiguous)
     # one dtype and one shape for all three, or the kernel would read and write past their ends
     same = a.dtype == dy.dtype and (out is None or (out.dtype == dy.dtype and out.shape == dy.shape))
@@ -400,8 +409,12 @@ def activation_bias_backward(
     deterministic (fixed summation order, no atomics); the twin elsewhere and for layouts the
     kernel does not take. ``out`` may be dy.
     """
-    if not _is_gpu(dy):
-        return activation_bias_backward_reference(dy, a, db, activation, alpha, out, also_sum)
+    if not _is_gpu(dy):  # the twin's operations, with ReLU's backward in one pass when it can be
+        dz = _cpu_activation_backward(dy, a, activation, alpha, out)
+        column_sums(dz, db)
+        if also_sum is not None:
+            column_sums(*also_sum)
+        return dz
     rows, cols = dy.shape if dy.ndim == 2 else (0, 0)
     takes = (
         dy.ndim == 2

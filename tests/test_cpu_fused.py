@@ -9,6 +9,7 @@ must give equal weights either way. Needs Numba (the test extra installs it).
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 from typing import Any
@@ -19,7 +20,8 @@ import pytest
 pytest.importorskip("numba")
 
 import gpunn as gn
-from gpunn import cpu_fused, cpu_runner, kernels, optim
+import gpunn.cpu_step
+from gpunn import cpu_fused, cpu_runner, kernels, layer_kernels, optim
 from gpunn.cpu_update import SmallUpdate, compile_update
 from gpunn.update_twins import adam_constants
 
@@ -227,3 +229,95 @@ def test_gpunn_numba_0_turns_it_off():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, env={"GPUNN_NUMBA": "0", "PATH": ""}
     )
     assert out.stdout.strip() == "False turned off by GPUNN_NUMBA=0"
+
+
+# ----------------------------------------------------------------------------- ReLU layers
+
+
+def _special(shape: tuple[int, int], dtype: Any, seed: int) -> np.ndarray:
+    """Random values with NaN, ±inf and ±0 sprinkled in."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(shape).astype(dtype)
+    flat = x.reshape(-1)
+    for value, step in ((np.nan, 7), (np.inf, 11), (-np.inf, 13), (0.0, 5), (-0.0, 3)):
+        flat[rng.integers(0, flat.size, max(1, flat.size // step))] = value
+    return x
+
+
+def _bits(x: np.ndarray) -> np.ndarray:
+    return x.view(np.uint32 if x.dtype == np.float32 else np.uint64)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(1, 1), (3, 7), (5, 33), (200, 100)])
+def test_bias_relu_gives_numpys_bits(dtype, shape):
+    assert cpu_fused.available()
+    y = _special(shape, dtype, seed=shape[1])
+    b = _special((1, shape[1]), dtype, seed=shape[0])[0]
+    b[: shape[1] // 2] = -0.0  # −0 + −0 = −0 reaches the maximum: NumPy's gives +0
+    y[:, : shape[1] // 2] = -0.0
+    fused, plain = y.copy(), y.copy()
+    with np.errstate(all="ignore"):
+        assert cpu_fused.bias_relu(fused, b)
+        layer_kernels.bias_activation_reference(plain, b, "relu")
+    assert np.array_equal(_bits(fused), _bits(plain))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(1, 1), (3, 7), (5, 33), (200, 100)])
+@pytest.mark.parametrize("where", ["new", "into-dy", "into-out"])
+def test_relu_backward_gives_numpys_bits(dtype, shape, where):
+    assert cpu_fused.available()
+    dy = _special(shape, dtype, seed=1)  # inf·0 is NaN, as NumPy's dy * (a > 0) makes it
+    a = np.abs(_special(shape, dtype, seed=2))
+    a[:, ::2] = 0.0
+    with np.errstate(all="ignore"):
+        expected = layer_kernels.activation_backward_reference(dy, a, "relu")
+        out = {"new": None, "into-dy": dy, "into-out": np.empty_like(dy)}[where]
+        dz = cpu_fused.relu_backward(dy, a, out)
+    assert dz is not None and (out is None or dz is out)
+    assert np.array_equal(_bits(dz), _bits(expected))
+
+
+def test_relu_loops_run_only_once_loaded_and_only_on_layouts_they_take(twin):
+    y, b = np.ones((4, 6), np.float32), np.ones(6, np.float32)
+    assert cpu_fused.available()
+    assert not cpu_fused.bias_relu(y[:, ::2], b[::2])  # not contiguous
+    assert not cpu_fused.bias_relu(y, b.astype(np.float64))  # two dtypes
+    assert not cpu_fused.bias_relu(y, b[:5])  # a bias of another width
+    frozen = y.copy()
+    frozen.flags.writeable = False
+    assert not cpu_fused.bias_relu(frozen, b)
+    assert cpu_fused.relu_backward(y, y[:, :5]) is None  # another shape
+    assert cpu_fused.relu_backward(y, y, out=np.empty((4, 6), np.float64)) is None
+    with twin:  # not loaded: the dispatchers run NumPy's passes, and say nothing failed
+        assert not cpu_fused.loaded()
+        assert not cpu_fused.bias_relu(y, b)
+        assert cpu_fused.relu_backward(y, y) is None
+        assert np.array_equal(layer_kernels.bias_activation(y, b, "relu"), np.full((4, 6), 2.0, np.float32))
+
+
+def test_relu_networks_step_the_same_bits_with_the_loops_and_without(twin):
+    """Layered and compiled steps of a ReLU network (fused and separate activations), with
+    the loops loaded and without, from the same weights and batch."""
+    assert cpu_fused.available()  # loads the loops (SGD's step would not)
+    x, y = gn.data.make_spiral(50, 3, seed=2)
+    weights = []
+    for loops in (True, False):
+        for compiled in (True, False):
+            model = gn.Sequential(
+                gn.Linear(2, 9, seed=0), gn.ReLU(), gn.Linear(9, 7, seed=1), gn.ReLU(), gn.Linear(7, 3, seed=2)
+            )
+            loss, opt = gn.SoftmaxWithLoss(), optim.SGD(model.parameters(), lr=0.1)
+            step = gpunn.cpu_step.compile_step(model, loss, opt, None) if compiled else None
+            with twin if not loops else contextlib.nullcontext():
+                for _ in range(3):
+                    if step is not None:
+                        step(x, y)
+                    else:
+                        loss.forward(model.forward(x), y)
+                        model.backward(loss.backward(), input_grad=False)
+                        opt.step()
+            weights.append(np.concatenate([p.data.ravel() for p in model.parameters()]))
+    for w in weights[1:]:
+        assert np.array_equal(_bits(w), _bits(weights[0]))
