@@ -27,6 +27,17 @@ PARALLEL_MIN = 1 << 20  # below this many elements a second thread costs more th
 _pool: ThreadPoolExecutor | None = None
 
 
+def _forget_pool() -> None:
+    """In a forked child: the parent's pool threads do not exist there, and waiting on work
+    handed to them would hang; the child makes its own pool when it needs one."""
+    global _pool  # noqa: PLW0603
+    _pool = None
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_forget_pool)
+
+
 def cpu_workers() -> int:
     """Threads for the CPU twins of big updates (the cores this process may use, at most 4)."""
     try:

@@ -125,7 +125,6 @@ class SmallUpdate:
         )
         self._fused = np.zeros(len(cpu_fused.ADAM_CONSTANTS), flat.dtype) if fused else None
         self._written = (self._p, *self._buffers)
-        self._loop = cpu_fused.adam_loop() if fused else None
 
     def _still_bound(self) -> bool:
         opt = self.optimizer
@@ -172,23 +171,16 @@ class SmallUpdate:
             return False
         if self._fused is not None and all(b.flags.writeable for b in self._written):
             # Adam's one compiled pass, penalty included (gpunn.cpu_fused); a buffer made
-            # read-only since goes to the twin, which raises NumPy's error
+            # read-only since goes to the twin, which raises NumPy's error. One piece
+            # (≤ CHUNK elements): no thread split. The flags come from the Python floats, as
+            # the twin decides on them (an L2 too small for the dtype still adds fl(0·W)).
             constants, k = self._fused, self._k
             constants[0] = l2
             constants[1:] = values
-            # one piece (≤ CHUNK elements): the loop itself, not cpu_fused.adam's thread split
-            self._loop(
-                self._p,
-                self._g,
-                *self._buffers,
-                constants,
-                k,
-                0,
-                self._n,
-                l2 != 0.0 and k > 0,
-                values[-1] != 1.0 and k > 0,
-            )
-            return True
+            if cpu_fused.adam_small(
+                self._p, self._g, *self._buffers, constants, k, l2 != 0.0 and k > 0, values[-1] != 1.0 and k > 0
+            ):
+                return True
         if len(self._operands) != len(values):
             self._operands = tuple(np.zeros((), self._flat.dtype) for _ in values)
         operands = self._operands

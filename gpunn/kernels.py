@@ -345,9 +345,8 @@ def adam_update(
         and all(type(x) is float or type(x) is int for x in values)  # an array lr broadcasts: the twin's
         and cpu_fused.available()
         and cpu_fused.fits(p, g, m, v)
+        and cpu_fused.adam(p, g, m, v, n_decay, values)  # the same arithmetic in one compiled pass
     ):
-        # the same arithmetic in one compiled pass (bit for bit the twin's)
-        cpu_fused.adam(p, g, m, v, np.array(values, dtype=p.dtype), n_decay)
         return
     extras = None if sq_norm is None and l2 == 0.0 and l1 == 0.0 else penalties(n_decay, l2, l1, max_norm, sq_norm)
     if extras is None:

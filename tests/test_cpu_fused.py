@@ -10,6 +10,8 @@ must give equal weights either way. Needs Numba (the test extra installs it).
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
+import os
 import subprocess
 import sys
 from typing import Any
@@ -321,3 +323,123 @@ def test_relu_networks_step_the_same_bits_with_the_loops_and_without(twin):
             weights.append(np.concatenate([p.data.ravel() for p in model.parameters()]))
     for w in weights[1:]:
         assert np.array_equal(_bits(w), _bits(weights[0]))
+
+
+# ----------------------------------------------------------------------------- what must run the twin
+
+
+def test_overlapping_buffers_go_to_the_twin():
+    """A loop reading one buffer while writing another that overlaps it would see its own
+    writes (NumPy guards against that); only disjoint buffers reach the loops."""
+    assert cpu_fused.available()
+    base = np.zeros(20, np.float32)
+    p, g, m, v = (np.zeros(8, np.float32) for _ in range(4))
+    assert cpu_fused.fits(p, g, m, v)
+    assert not cpu_fused.fits(p, g, base[0:8], base[1:9])  # m and v overlap, one element apart
+    assert not cpu_fused.fits(p, base[0:8], base[4:12], v)
+    y = np.zeros((3, 4), np.float32)
+    assert not cpu_fused.bias_relu(y, y[0])  # b is y's first row
+    assert cpu_fused.relu_backward(y, y, out=y) is None  # in place, reading the array it writes
+    rows = np.zeros((4, 4), np.float32)
+    assert cpu_fused.relu_backward(rows[:3], np.ones((3, 4), np.float32), out=rows[1:]) is None
+
+
+@pytest.mark.parametrize("path", ["optimizer.step", "SmallUpdate"])
+def test_an_l2_too_small_for_the_dtype_still_adds_its_rounded_zero(twin, path):
+    """The twin decides on the Python float: l2 = 1e-50 rounds to 0 in float32 but is still
+    added as fl(0·W), which turns an infinite weight's gradient into NaN. The loop must too."""
+    runs = []
+    for loops in (True, False):
+        model = gn.mlp([3, 4, 2], seed=0)
+        model.parameters()[0].data[0, 0] = np.inf
+        opt = optim.Adam(model.parameters())
+        update = compile_update(opt) if path == "SmallUpdate" else opt.step
+        for p in model.parameters():
+            p.grad[...] = 0.25
+        with contextlib.nullcontext() if loops else twin, np.errstate(all="ignore"):
+            update(gn.L2(1e-50))
+        runs.append([_bits(opt._flat.data.copy()), _bits(opt._state["exp_avg"].copy())])
+    assert np.isnan(runs[1][0].view(np.float32)[0])  # the twin's NaN
+    for a, b in zip(*runs, strict=True):
+        assert np.array_equal(a, b)
+
+
+def test_numpy_set_to_raise_raises_as_before(twin):
+    """np.errstate(all="raise") makes the twin raise FloatingPointError; the loops cannot, so
+    they step aside and the same error comes."""
+    assert cpu_fused.available()
+    model = gn.mlp([3, 4, 2], seed=0)
+    opt = optim.Adam(model.parameters())
+    for p in model.parameters():
+        p.grad[...] = 1e30  # ĝ² overflows float32
+    with np.errstate(all="raise"), pytest.raises(FloatingPointError):
+        opt.step()
+    with np.errstate(all="raise"):
+        assert not cpu_fused.bias_relu(np.ones((2, 3), np.float32), np.ones(3, np.float32))
+        assert cpu_fused.relu_backward(np.ones((2, 3), np.float32), np.ones((2, 3), np.float32)) is None
+    assert cpu_fused.bias_relu(np.ones((2, 3), np.float32), np.ones(3, np.float32))  # settings restored
+
+
+def test_a_loop_that_fails_to_compile_turns_the_loops_off_and_the_twin_steps(monkeypatch):
+    import numba  # noqa: PLC0415
+
+    def broken(*args: Any) -> None:
+        raise numba.core.errors.TypingError("no implementation for these types")
+
+    assert cpu_fused.available()
+    monkeypatch.setitem(cpu_fused._state, "available", True)  # restored after the test
+    monkeypatch.setitem(cpu_fused._state, "reason", None)
+    monkeypatch.setitem(cpu_fused._kernels, "bias_relu", broken)
+    y, b = np.ones((2, 3), np.float32), np.ones(3, np.float32)
+    with pytest.warns(RuntimeWarning, match="failed to compile bias_relu"):
+        out = layer_kernels.bias_activation(y, b, "relu")
+    assert np.array_equal(out, np.full((2, 3), 2.0, np.float32))  # the twin did it, once
+    assert not cpu_fused.loaded() and "bias_relu" in cpu_fused._state["reason"]
+
+
+def test_an_interrupt_while_loading_leaves_it_to_be_tried_again(monkeypatch):
+    monkeypatch.setitem(cpu_fused._state, "checked", False)
+    monkeypatch.setitem(cpu_fused._state, "available", False)
+    real = cpu_fused._load
+
+    def interrupted() -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cpu_fused, "_load", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        cpu_fused.available()
+    monkeypatch.setattr(cpu_fused, "_load", real)
+    assert cpu_fused.available()
+
+
+def test_describe_needs_no_package_metadata(monkeypatch):
+    def missing(name: str) -> str:
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", missing)
+    assert cpu_fused.available()
+    assert cpu_fused.describe() == "one compiled pass (numba version unknown)"
+
+
+def test_a_forked_child_makes_its_own_update_threads():
+    """The parent's pool threads do not exist in a forked child; a big update there must not
+    wait on them forever."""
+    if not hasattr(os, "fork"):
+        pytest.skip("no fork here")
+    n = cpu_runner.PARALLEL_MIN + 5
+    seen = np.zeros(n, np.int64)
+    cpu_runner.run_split(lambda lo, hi: seen.__setitem__(slice(lo, hi), seen[lo:hi] + 1), n)  # the parent's pool
+    code = (
+        "import multiprocessing as mp, numpy as np\n"
+        "from gpunn import cpu_runner\n"
+        "def big(q):\n"
+        "    n = cpu_runner.PARALLEL_MIN + 5; seen = np.zeros(n, np.int64)\n"
+        "    cpu_runner.run_split(lambda lo, hi: seen.__setitem__(slice(lo, hi), seen[lo:hi] + 1), n)\n"
+        "    q.put(int(seen.sum()))\n"
+        "if __name__ == '__main__':\n"
+        "    q = mp.Queue(); big(q); q.get()\n"
+        "    ctx = mp.get_context('fork'); q = ctx.Queue(); p = ctx.Process(target=big, args=(q,)); p.start()\n"
+        "    print(q.get(timeout=60)); p.join()\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == str(n)
