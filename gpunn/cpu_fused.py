@@ -26,10 +26,12 @@ twin's 32–50 µs; 79 510 (T1) 38 µs against 170–200 µs; 25.2 M (W1, two th
 against 60–80 ms.
 
 Numba is optional (``pip install "gpunn[fast]"``): without it, or with the environment
-variable ``GPUNN_NUMBA=0``, :func:`available` is False and the twins run. The first Adam step
-of a process loads the loops (0.5–1 s; compiled on the first use ever, ≈ 2 s, then cached on
-disk by Numba); the ReLU loops run only once that happened (:func:`loaded`), so inference
-never pays for it. A loop that fails to compile later (another dtype) turns the loops off
+variable ``GPUNN_NUMBA=0``, :func:`available` is False and the twins run. Loading the loops
+costs 0.5–1 s (compiling them on the first use ever, ≈ 2 s, then cached on disk by Numba), so
+a process loads them once it has been taking Adam steps for :data:`WARM_UP_SECONDS` (a short
+job never pays; ``GPUNN_NUMBA=1`` loads them at the first step, and benchmarks load them up
+front with :func:`available`). The ReLU loops run only once that happened (:func:`loaded`),
+so inference never pays for it either. A loop that fails to compile later (another dtype) turns the loops off
 with a warning, and the twin does that step. The loops release the GIL, so a big buffer is
 split between the CPU runner's threads (:func:`gpunn.cpu_runner.run_split`). Clipping, L1 and
 array-valued hyperparameters run the twin.
@@ -40,6 +42,7 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import os
+import time
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -67,12 +70,45 @@ ADAM_CONSTANTS = (
     "decay_factor",
 )
 
-ENV_VAR = "GPUNN_NUMBA"  # "0" turns the compiled loops off
+ENV_VAR = "GPUNN_NUMBA"  # "0": the loops are off; "1": loaded at the first Adam step
+# Unless GPUNN_NUMBA=1, the loops are loaded once the process has been taking Adam steps for
+# this long (wall time since its first one): loading costs 0.5–1 s, more than a short job's
+# whole update time, and a job that has run this long is likely to run long enough to earn it
+# back (the loops save 70–90 % of Adam's time). A digits fit (≈ 0.3 s) or `gpunn train` on
+# the digits then never pays for Numba; a grid search or a long fit does after a second.
+WARM_UP_SECONDS = 1.0
 NOT_INSTALLED = "numba is not installed (pip install 'gpunn[fast]')"
 
 _kernels: dict[str, Any] = {}  # the compiled loops by name, once Numba is imported
 _state: dict[str, Any] = {"checked": False, "available": False, "reason": None}
 _errors_seen: tuple[Any, bool] = (object(), False)  # (NumPy's error settings object, whether they raise)
+_first_step: list[float] = []  # perf_counter() of the process's first ready() call
+
+
+def installed() -> bool:
+    """Whether the loops may run in this process (Numba installed, GPUNN_NUMBA not "0"), without
+    loading them; False too once loading failed."""
+    if _state["checked"]:
+        return bool(_state["available"])
+    return os.environ.get(ENV_VAR, "").strip() != "0" and importlib.util.find_spec("numba") is not None
+
+
+def ready() -> bool:
+    """Whether an Adam step should run the loop now: True once loaded; loads the loops (see
+    :func:`available`) at the first call with ``GPUNN_NUMBA=1``, else once
+    :data:`WARM_UP_SECONDS` have passed since the first call; False before, and where the
+    loops cannot run. ≈ 0.1 µs once decided."""
+    if _state["available"]:
+        return True
+    if _state["checked"]:
+        return False
+    if os.environ.get(ENV_VAR, "").strip() != "1":
+        now = time.perf_counter()
+        if not _first_step:
+            _first_step.append(now)
+        if now - _first_step[0] < WARM_UP_SECONDS:
+            return False
+    return available()
 
 
 def available() -> bool:
@@ -80,7 +116,7 @@ def available() -> bool:
     float32 Adam loop compiled (or loaded from Numba's cache) and ran. The first call in a
     process does that: 0.5–1 s (Numba's import and start-up), ≈ 2 s the first time ever."""
     if not _state["checked"]:
-        if os.environ.get(ENV_VAR, "1").strip() == "0":
+        if os.environ.get(ENV_VAR, "").strip() == "0":
             _state["reason"] = f"turned off by {ENV_VAR}=0"
         elif importlib.util.find_spec("numba") is None:
             _state["reason"] = NOT_INSTALLED
@@ -115,7 +151,7 @@ def describe() -> str:
     """One line for ``gpunn info``, without loading Numba: which CPU Adam update runs."""
     if _state["checked"]:
         on, reason = _state["available"], _state["reason"]
-    elif os.environ.get(ENV_VAR, "1").strip() == "0":
+    elif os.environ.get(ENV_VAR, "").strip() == "0":
         on, reason = False, f"turned off by {ENV_VAR}=0"
     else:
         on = importlib.util.find_spec("numba") is not None
@@ -126,7 +162,12 @@ def describe() -> str:
         version = importlib.metadata.version("numba")
     except importlib.metadata.PackageNotFoundError:  # a Numba without package metadata
         version = "version unknown"
-    loading = "" if _state["checked"] else "; loaded at the first training step"
+    if _state["checked"]:
+        loading = ""
+    elif os.environ.get(ENV_VAR, "").strip() == "1":
+        loading = "; loaded at the first Adam step"
+    else:
+        loading = f"; loaded after {WARM_UP_SECONDS:g} s of training"
     return f"one compiled pass (numba {version}{loading})"
 
 

@@ -121,7 +121,7 @@ class SmallUpdate:
         self._l2 = np.zeros((), flat.dtype)
         # Adam's constants for its one-pass loop, when Numba is there to compile it
         fused = (
-            rule.passes is adam_passes and cpu_fused.available() and cpu_fused.fits(self._p, self._g, *self._buffers)
+            rule.passes is adam_passes and cpu_fused.installed() and cpu_fused.fits(self._p, self._g, *self._buffers)
         )
         self._fused = np.zeros(len(cpu_fused.ADAM_CONSTANTS), flat.dtype) if fused else None
         self._written = (self._p, *self._buffers)
@@ -169,7 +169,7 @@ class SmallUpdate:
         values = rule.operands(opt)  # (Adam's need step_count ≥ 1: not before the first step)
         if not all(type(v) is float or type(v) is int for v in values):
             return False
-        if self._fused is not None and all(b.flags.writeable for b in self._written):
+        if self._fused is not None and cpu_fused.ready() and all(b.flags.writeable for b in self._written):
             # Adam's one compiled pass, penalty included (gpunn.cpu_fused); a buffer made
             # read-only since goes to the twin, which raises NumPy's error. One piece
             # (≤ CHUNK elements): no thread split. The flags come from the Python floats, as

@@ -95,6 +95,7 @@ def test_one_pass_gives_the_twins_bits(twin, dtype, n, n_decay, l2, weight_decay
 
 
 def test_a_buffer_split_between_threads_gives_the_twins_bits(twin):
+    assert cpu_fused.available()
     n = cpu_runner.PARALLEL_MIN + 4_099  # two shares on two cores; the prefix ends in the second
     fused = _buffers(n, np.float32, seed=1)
     plain = [b.copy() for b in fused]
@@ -152,6 +153,7 @@ def _adam_zero_eps(buffers: list[np.ndarray]) -> None:
 
 
 def test_inf_nan_and_a_zero_denominator_as_numpy_gives_them(twin):
+    assert cpu_fused.available()
     p, g, m, v = _buffers(6, np.float32, seed=3)
     g[:3] = [np.inf, -np.inf, np.nan]
     v[3:], m[3:], g[3:] = 0.0, [1.0, 0.0, -1.0], 0.0
@@ -167,6 +169,7 @@ def test_inf_nan_and_a_zero_denominator_as_numpy_gives_them(twin):
 
 
 def test_clipping_l1_and_an_array_lr_run_the_twin(monkeypatch):
+    assert cpu_fused.available()
     calls = []
     monkeypatch.setattr(cpu_fused, "adam", lambda *a: calls.append(1))
     model = gn.mlp([5, 4, 3], seed=0)
@@ -186,6 +189,7 @@ def test_clipping_l1_and_an_array_lr_run_the_twin(monkeypatch):
 
 
 def test_small_update_takes_the_one_pass_and_stays_bit_equal(twin):
+    assert cpu_fused.available()
     rng = np.random.default_rng(0)
     with twin:
         plain_model = gn.mlp([13, 7, 3], seed=0)
@@ -210,6 +214,7 @@ def test_small_update_takes_the_one_pass_and_stays_bit_equal(twin):
 
 
 def test_a_trainer_fit_gives_the_same_weights_either_way(twin):
+    assert cpu_fused.available()
     x, y = gn.data.make_spiral(40, 3, seed=0)
     weights = []
     for fused in (True, False):
@@ -348,6 +353,7 @@ def test_overlapping_buffers_go_to_the_twin():
 def test_an_l2_too_small_for_the_dtype_still_adds_its_rounded_zero(twin, path):
     """The twin decides on the Python float: l2 = 1e-50 rounds to 0 in float32 but is still
     added as fl(0·W), which turns an infinite weight's gradient into NaN. The loop must too."""
+    assert cpu_fused.available()
     runs = []
     for loops in (True, False):
         model = gn.mlp([3, 4, 2], seed=0)
@@ -443,3 +449,50 @@ def test_a_forked_child_makes_its_own_update_threads():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.strip() == str(n)
+
+
+# ----------------------------------------------------------------------------- when the loops load
+
+
+def _fresh(monkeypatch: pytest.MonkeyPatch, env: str | None) -> None:
+    """cpu_fused as in a new process (its state restored after the test)."""
+    monkeypatch.setitem(cpu_fused._state, "checked", False)
+    monkeypatch.setitem(cpu_fused._state, "available", False)
+    monkeypatch.setattr(cpu_fused, "_first_step", [])
+    if env is None:
+        monkeypatch.delenv(cpu_fused.ENV_VAR, raising=False)
+    else:
+        monkeypatch.setenv(cpu_fused.ENV_VAR, env)
+
+
+def test_the_loops_load_after_a_second_of_adam_steps(monkeypatch):
+    _fresh(monkeypatch, None)
+    clock = [100.0]
+    monkeypatch.setattr(cpu_fused.time, "perf_counter", lambda: clock[0])
+    assert cpu_fused.installed() and not cpu_fused.ready()  # the first step starts the clock
+    clock[0] += cpu_fused.WARM_UP_SECONDS / 2
+    assert not cpu_fused.ready() and not cpu_fused.loaded()
+    assert "after" in cpu_fused.describe()
+    clock[0] += cpu_fused.WARM_UP_SECONDS
+    assert cpu_fused.ready() and cpu_fused.loaded()
+
+
+def test_gpunn_numba_1_loads_them_at_the_first_step(monkeypatch):
+    _fresh(monkeypatch, "1")
+    assert "first Adam step" in cpu_fused.describe()
+    assert cpu_fused.ready() and cpu_fused.loaded()
+
+
+def test_a_short_job_never_imports_numba():
+    """A fit shorter than the warm-up takes NumPy's passes and never pays Numba's start-up."""
+    code = (
+        "import sys, numpy as np, gpunn as gn\n"
+        "x, y = gn.data.make_spiral(30, 3, seed=0)\n"
+        "model = gn.mlp([2, 8, 3], seed=0)\n"
+        "trainer = gn.Trainer(model, gn.SoftmaxWithLoss(), gn.optim.Adam(lr=1e-2))\n"
+        "trainer.fit(x, y, epochs=3, batch_size=16, verbose=False)\n"
+        "print('numba' in sys.modules)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != cpu_fused.ENV_VAR}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    assert out.stdout.strip() == "False"
