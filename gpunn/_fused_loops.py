@@ -34,7 +34,8 @@ def adam_range(p, g, m, v, c, k, lo, hi, l2_on, decay_on):
                 mm[i] = mi
                 vv[i] = vi
                 pp[i] = pi * df - (mi / (np.sqrt(vi) * ib + eps)) * ss
-        else:
+        else:  # the rest's loop but for the factor: with df a variable the rest would pay a
+            # multiply, and df = 1 must come in the buffer's dtype (a literal 1.0 is float64)
             for i in range(pp.shape[0]):
                 gi = gg[i]
                 mi = mm[i] * b1 + gi * c1
