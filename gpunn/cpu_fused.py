@@ -28,9 +28,10 @@ against 60–80 ms.
 Numba is optional (``pip install "gpunn[fast]"``): without it, or with the environment
 variable ``GPUNN_NUMBA=0``, :func:`available` is False and the twins run. Loading the loops
 costs 0.5–1 s (compiling them on the first use ever, ≈ 2 s, then cached on disk by Numba), so
-a process loads them once it has been taking Adam steps for :data:`WARM_UP_SECONDS` (a short
-job never pays; ``GPUNN_NUMBA=1`` loads them at the first step, and benchmarks load them up
-front with :func:`available`). The ReLU loops run only once that happened (:func:`loaded`),
+a process loads them once it has been taking Adam steps for :data:`WARM_UP_SECONDS`, pauses
+between steps counted as at most :data:`GAP_SECONDS` (a short job never pays;
+``GPUNN_NUMBA=1`` loads them at the first step, and benchmarks load them up front with
+:func:`available`). The ReLU loops run only once that happened (:func:`loaded`),
 so inference never pays for it either. A loop that fails to compile later (another dtype) turns the loops off
 with a warning, and the twin does that step. The loops release the GIL, so a big buffer is
 split between the CPU runner's threads (:func:`gpunn.cpu_runner.run_split`). Clipping, L1 and
@@ -77,12 +78,17 @@ ENV_VAR = "GPUNN_NUMBA"  # "0": the loops are off; "1": loaded at the first Adam
 # back (the loops save 70–90 % of Adam's time). A digits fit (≈ 0.3 s) or `gpunn train` on
 # the digits then never pays for Numba; a grid search or a long fit does after a second.
 WARM_UP_SECONDS = 1.0
+# What one gap between two Adam steps adds to that time at most: the time between steps is
+# training, but a pause (a notebook between fits, a server between requests) is not, and a
+# short fit after a long pause must not load the loops on its first step.
+GAP_SECONDS = 0.25
 NOT_INSTALLED = "numba is not installed (pip install 'gpunn[fast]')"
 
 _kernels: dict[str, Any] = {}  # the compiled loops by name, once Numba is imported
 _state: dict[str, Any] = {"checked": False, "available": False, "reason": None}
 _errors_seen: tuple[Any, bool] = (object(), False)  # (NumPy's error settings object, whether they raise)
-_first_step: list[float] = []  # perf_counter() of the process's first ready() call
+_clock: list[float] = []  # [perf_counter() at the last ready() call, training seconds counted so far]
+_now = time.perf_counter  # the clock (a test replaces it)
 
 
 def installed() -> bool:
@@ -94,19 +100,20 @@ def installed() -> bool:
 
 
 def ready() -> bool:
-    """Whether an Adam step should run the loop now: True once loaded; loads the loops (see
-    :func:`available`) at the first call with ``GPUNN_NUMBA=1``, else once
-    :data:`WARM_UP_SECONDS` have passed since the first call; False before, and where the
-    loops cannot run. ≈ 0.1 µs once decided."""
+    """Whether an Adam step should run the loop now. True once loaded. Before that, every call
+    counts the time since the previous call, at most :data:`GAP_SECONDS` of it, as training;
+    once that sum reaches :data:`WARM_UP_SECONDS` (at the first call with ``GPUNN_NUMBA=1``)
+    it loads the loops (see :func:`available`) and says whether that worked. False where the
+    loops cannot run. ≈ 0.1 µs once decided, ≈ 0.5 µs while counting."""
     if _state["available"]:
         return True
     if _state["checked"]:
         return False
     if os.environ.get(ENV_VAR, "").strip() != "1":
-        now = time.perf_counter()
-        if not _first_step:
-            _first_step.append(now)
-        if now - _first_step[0] < WARM_UP_SECONDS:
+        now = _now()
+        counted = min(now - _clock[0], GAP_SECONDS) + _clock[1] if _clock else 0.0
+        _clock[:] = [now, counted]  # (two threads at once may count a gap twice: harmless)
+        if counted < WARM_UP_SECONDS:
             return False
     return available()
 
@@ -137,13 +144,13 @@ def loaded() -> bool:
     """True once :func:`available` has loaded the loops in this process; never loads them.
 
     The ReLU loops run only then: a model that only predicts never pays Numba's start-up, and
-    training, whose first Adam step loads the loops, uses them from its second step on (their
-    bits are NumPy's, so the switch changes nothing but the time)."""
+    training uses them from the step after :func:`ready` loaded the loops (their bits are
+    NumPy's, so the switch changes nothing but the time)."""
     return bool(_state["available"])
 
 
 def why_unavailable() -> str | None:
-    """Why :func:`available` is False (None when it is True)."""
+    """Why :func:`available` is False (None when it is True); loads the loops to find out."""
     return None if available() else _state["reason"]
 
 
@@ -186,7 +193,7 @@ def _load() -> None:
 
 def _turn_off(reason: str) -> None:
     _state["available"], _state["reason"] = False, reason
-    warnings.warn(f"gpunn: {reason}; the CPU runs NumPy's passes", RuntimeWarning, stacklevel=4)
+    warnings.warn(f"gpunn: {reason}; the CPU runs NumPy's passes", RuntimeWarning, stacklevel=2)
 
 
 def _guard(name: str, run: Callable[[], Any]) -> bool:

@@ -343,8 +343,8 @@ def adam_update(
         sq_norm is None
         and l1 == 0.0
         and all(type(x) is float or type(x) is int for x in values)  # an array lr broadcasts: the twin's
+        and cpu_fused.fits(p, g, m, v)  # before ready(): buffers the loop cannot take never load it
         and cpu_fused.ready()
-        and cpu_fused.fits(p, g, m, v)
         and cpu_fused.adam(p, g, m, v, n_decay, values)  # the same arithmetic in one compiled pass
     ):
         return

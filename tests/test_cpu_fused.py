@@ -9,6 +9,7 @@ must give equal weights either way. Needs Numba (the test extra installs it).
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import importlib.metadata
 import os
@@ -23,24 +24,52 @@ pytest.importorskip("numba")
 
 import gpunn as gn
 import gpunn.cpu_step
-from gpunn import cpu_fused, cpu_runner, kernels, layer_kernels, optim
+from gpunn import _fused_loops, cpu_fused, cpu_runner, kernels, layer_kernels, optim
 from gpunn.cpu_update import SmallUpdate, compile_update
 from gpunn.update_twins import adam_constants
 
 
 @pytest.fixture
-def twin(monkeypatch: pytest.MonkeyPatch) -> Any:
-    """A context in which cpu_fused says it is unavailable, so that the twin runs."""
+def twin() -> Any:
+    """A context in which cpu_fused says it is unavailable, so that the twin runs (with a
+    MonkeyPatch of its own: leaving it undoes only what it did)."""
 
     class Off:
         def __enter__(self) -> None:
-            monkeypatch.setitem(cpu_fused._state, "checked", True)
-            monkeypatch.setitem(cpu_fused._state, "available", False)
+            self.patch = pytest.MonkeyPatch()
+            self.patch.setitem(cpu_fused._state, "checked", True)
+            self.patch.setitem(cpu_fused._state, "available", False)
 
         def __exit__(self, *exc: object) -> None:
-            monkeypatch.undo()
+            self.patch.undo()
 
     return Off()
+
+
+@pytest.fixture
+def loop_calls(monkeypatch: pytest.MonkeyPatch) -> collections.Counter:
+    """Calls into each compiled loop during the test, by name (the loops wrapped where
+    cpu_fused keeps them and where it loads them from)."""
+    assert cpu_fused.available()  # loaded first: the load's own trial run is not counted
+    calls: collections.Counter = collections.Counter()
+
+    def counting(name: str, loop: Any) -> Any:
+        def run(*args: Any) -> Any:
+            calls[name] += 1
+            return loop(*args)
+
+        return run
+
+    for name, attr in (
+        ("adam", "adam_range"),
+        ("bias_relu", "bias_relu"),
+        ("relu_backward", "relu_backward"),
+        ("relu_backward_inplace", "relu_backward_inplace"),
+    ):
+        monkeypatch.setattr(_fused_loops, attr, counting(name, getattr(_fused_loops, attr)))
+        if name in cpu_fused._kernels:
+            monkeypatch.setitem(cpu_fused._kernels, name, counting(name, cpu_fused._kernels[name]))
+    return calls
 
 
 def _buffers(n: int, dtype: Any, seed: int) -> list[np.ndarray]:
@@ -94,7 +123,7 @@ def test_one_pass_gives_the_twins_bits(twin, dtype, n, n_decay, l2, weight_decay
     assert len(calls) == 3  # the loop ran, not the twin
 
 
-def test_a_buffer_split_between_threads_gives_the_twins_bits(twin):
+def test_a_buffer_split_between_threads_gives_the_twins_bits(twin, loop_calls):
     assert cpu_fused.available()
     n = cpu_runner.PARALLEL_MIN + 4_099  # two shares on two cores; the prefix ends in the second
     fused = _buffers(n, np.float32, seed=1)
@@ -102,6 +131,7 @@ def test_a_buffer_split_between_threads_gives_the_twins_bits(twin):
     _update(fused, 5, n - 17, 1e-3, 0.01)
     with twin:
         _update(plain, 5, n - 17, 1e-3, 0.01)
+    assert loop_calls["adam"] == cpu_runner.cpu_workers()  # one share per thread, and no twin
     for name, a, b in zip("pgmv", fused, plain, strict=True):
         assert np.array_equal(a, b), name
 
@@ -152,7 +182,7 @@ def _adam_zero_eps(buffers: list[np.ndarray]) -> None:
     )
 
 
-def test_inf_nan_and_a_zero_denominator_as_numpy_gives_them(twin):
+def test_inf_nan_and_a_zero_denominator_as_numpy_gives_them(twin, loop_calls):
     assert cpu_fused.available()
     p, g, m, v = _buffers(6, np.float32, seed=3)
     g[:3] = [np.inf, -np.inf, np.nan]
@@ -163,6 +193,7 @@ def test_inf_nan_and_a_zero_denominator_as_numpy_gives_them(twin):
         _adam_zero_eps(fused)
         with twin:
             _adam_zero_eps(plain)
+    assert loop_calls["adam"] == 1
     for a, b in zip(fused, plain, strict=True):
         assert np.array_equal(a, b, equal_nan=True)
     assert np.isnan(fused[0][:3]).all() and np.isinf(fused[0][3]) and np.isnan(fused[0][4])
@@ -188,7 +219,7 @@ def test_clipping_l1_and_an_array_lr_run_the_twin(monkeypatch):
     assert calls == [1]
 
 
-def test_small_update_takes_the_one_pass_and_stays_bit_equal(twin):
+def test_small_update_takes_the_one_pass_and_stays_bit_equal(twin, loop_calls):
     assert cpu_fused.available()
     rng = np.random.default_rng(0)
     with twin:
@@ -211,9 +242,10 @@ def test_small_update_takes_the_one_pass_and_stays_bit_equal(twin):
         assert np.array_equal(fast._flat.data, plain._flat.data), step
         for name in fast.state_names:
             assert np.array_equal(fast._state[name], plain._state[name]), (name, step)
+    assert loop_calls["adam"] == 5
 
 
-def test_a_trainer_fit_gives_the_same_weights_either_way(twin):
+def test_a_trainer_fit_gives_the_same_weights_either_way(twin, loop_calls):
     assert cpu_fused.available()
     x, y = gn.data.make_spiral(40, 3, seed=0)
     weights = []
@@ -226,6 +258,7 @@ def test_a_trainer_fit_gives_the_same_weights_either_way(twin):
             with twin:
                 trainer.fit(x, y, epochs=3, batch_size=32, seed=0)
         weights.append([p.data.copy() for p in model.parameters()])
+    assert loop_calls["adam"] > 0 and loop_calls["bias_relu"] > 0
     for a, b in zip(*weights, strict=True):
         assert np.array_equal(a, b)
 
@@ -350,7 +383,7 @@ def test_overlapping_buffers_go_to_the_twin():
 
 
 @pytest.mark.parametrize("path", ["optimizer.step", "SmallUpdate"])
-def test_an_l2_too_small_for_the_dtype_still_adds_its_rounded_zero(twin, path):
+def test_an_l2_too_small_for_the_dtype_still_adds_its_rounded_zero(twin, path, loop_calls):
     """The twin decides on the Python float: l2 = 1e-50 rounds to 0 in float32 but is still
     added as fl(0·W), which turns an infinite weight's gradient into NaN. The loop must too."""
     assert cpu_fused.available()
@@ -365,12 +398,13 @@ def test_an_l2_too_small_for_the_dtype_still_adds_its_rounded_zero(twin, path):
         with contextlib.nullcontext() if loops else twin, np.errstate(all="ignore"):
             update(gn.L2(1e-50))
         runs.append([_bits(opt._flat.data.copy()), _bits(opt._state["exp_avg"].copy())])
+    assert loop_calls["adam"] == 1  # the loop stepped once, the twin once
     assert np.isnan(runs[1][0].view(np.float32)[0])  # the twin's NaN
     for a, b in zip(*runs, strict=True):
         assert np.array_equal(a, b)
 
 
-def test_numpy_set_to_raise_raises_as_before(twin):
+def test_numpy_set_to_raise_raises_as_before(twin, loop_calls):
     """np.errstate(all="raise") makes the twin raise FloatingPointError; the loops cannot, so
     they step aside and the same error comes."""
     assert cpu_fused.available()
@@ -383,7 +417,10 @@ def test_numpy_set_to_raise_raises_as_before(twin):
     with np.errstate(all="raise"):
         assert not cpu_fused.bias_relu(np.ones((2, 3), np.float32), np.ones(3, np.float32))
         assert cpu_fused.relu_backward(np.ones((2, 3), np.float32), np.ones((2, 3), np.float32)) is None
+    assert loop_calls["adam"] == 0
     assert cpu_fused.bias_relu(np.ones((2, 3), np.float32), np.ones(3, np.float32))  # settings restored
+    opt.step()  # NumPy back to warning: the loop
+    assert loop_calls["adam"] == 1
 
 
 def test_a_loop_that_fails_to_compile_turns_the_loops_off_and_the_twin_steps(monkeypatch):
@@ -454,27 +491,44 @@ def test_a_forked_child_makes_its_own_update_threads():
 # ----------------------------------------------------------------------------- when the loops load
 
 
-def _fresh(monkeypatch: pytest.MonkeyPatch, env: str | None) -> None:
-    """cpu_fused as in a new process (its state restored after the test)."""
+def _fresh(monkeypatch: pytest.MonkeyPatch, env: str | None) -> list[float]:
+    """cpu_fused as in a new process, on a clock the test moves (all restored after the test):
+    returns the clock, a one-element list of seconds."""
     monkeypatch.setitem(cpu_fused._state, "checked", False)
     monkeypatch.setitem(cpu_fused._state, "available", False)
-    monkeypatch.setattr(cpu_fused, "_first_step", [])
+    monkeypatch.setattr(cpu_fused, "_clock", [])
+    clock = [100.0]
+    monkeypatch.setattr(cpu_fused, "_now", lambda: clock[0])
     if env is None:
         monkeypatch.delenv(cpu_fused.ENV_VAR, raising=False)
     else:
         monkeypatch.setenv(cpu_fused.ENV_VAR, env)
+    return clock
 
 
 def test_the_loops_load_after_a_second_of_adam_steps(monkeypatch):
-    _fresh(monkeypatch, None)
-    clock = [100.0]
-    monkeypatch.setattr(cpu_fused.time, "perf_counter", lambda: clock[0])
-    assert cpu_fused.installed() and not cpu_fused.ready()  # the first step starts the clock
-    clock[0] += cpu_fused.WARM_UP_SECONDS / 2
-    assert not cpu_fused.ready() and not cpu_fused.loaded()
+    clock = _fresh(monkeypatch, None)
+    assert cpu_fused.installed() and not cpu_fused.ready()  # the first step starts the count
     assert "after" in cpu_fused.describe()
-    clock[0] += cpu_fused.WARM_UP_SECONDS
+    step = 0.125  # seconds a step (a binary fraction: the sum is exact)
+    for _ in range(round(cpu_fused.WARM_UP_SECONDS / step) - 1):
+        clock[0] += step
+        assert not cpu_fused.ready() and not cpu_fused.loaded()
+    clock[0] += step
     assert cpu_fused.ready() and cpu_fused.loaded()
+
+
+def test_a_pause_between_steps_counts_as_little_training(monkeypatch):
+    """A short fit an hour after another one does not load the loops at its first step."""
+    clock = _fresh(monkeypatch, None)
+    assert not cpu_fused.ready()
+    clock[0] += 3600.0  # an hour idle
+    assert not cpu_fused.ready()
+    for _ in range(3):
+        clock[0] += 0.01
+        assert not cpu_fused.ready()
+    assert not cpu_fused.loaded()
+    assert cpu_fused._clock[1] == pytest.approx(cpu_fused.GAP_SECONDS + 0.03)
 
 
 def test_gpunn_numba_1_loads_them_at_the_first_step(monkeypatch):
@@ -496,3 +550,41 @@ def test_a_short_job_never_imports_numba():
     env = {k: v for k, v in os.environ.items() if k != cpu_fused.ENV_VAR}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
     assert out.stdout.strip() == "False"
+
+
+def test_gpunn_numba_0_or_a_failed_load_keep_ready_false(monkeypatch):
+    clock = _fresh(monkeypatch, "0")
+    clock[0] += 10.0
+    assert not cpu_fused.installed() and not cpu_fused.ready() and not cpu_fused.ready()
+    _fresh(monkeypatch, "1")
+
+    def broken() -> None:
+        raise RuntimeError("no usable cache directory")
+
+    monkeypatch.setattr(cpu_fused, "_load", broken)
+    with pytest.warns(RuntimeWarning, match="no usable cache directory"):
+        assert not cpu_fused.ready()
+    assert not cpu_fused.ready() and not cpu_fused.installed()
+    assert "no usable cache directory" in cpu_fused.describe()
+
+
+def test_training_across_the_switch_gives_the_twins_weights(monkeypatch, loop_calls):
+    """The loops come on part-way through a fit (small update and big-buffer path, L2, ReLU):
+    the weights are those of a fit that never used them."""
+    weights = []
+    for switch in (True, False):
+        clock = _fresh(monkeypatch, None if switch else "0")
+        x, y = gn.data.make_spiral(60, 3, seed=4)
+        for sizes in ([2, 32, 3], [2, 400, 400, 3]):  # 1.2 k and 162 k parameters (> CHUNK)
+            model = gn.mlp(sizes, seed=5)
+            trainer = gn.Trainer(model, gn.SoftmaxWithLoss(), optim.AdamW(lr=1e-2), regularizer=gn.L2(1e-3))
+
+            def tick(trainer: Any, logs: Any, clock: list[float] = clock) -> None:
+                clock[0] += 0.2  # each epoch counts 0.2 s: the loops load in the sixth
+
+            trainer.fit(x, y, epochs=9, batch_size=32, callbacks=[tick], verbose=False)
+            weights.append(np.concatenate([p.data.ravel() for p in model.parameters()]))
+        assert cpu_fused.loaded() == switch
+    assert loop_calls["adam"] > 10 and loop_calls["bias_relu"] > 10
+    for a, b in zip(weights[:2], weights[2:], strict=True):
+        assert np.array_equal(_bits(a), _bits(b))
