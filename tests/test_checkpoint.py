@@ -106,6 +106,27 @@ def test_restored_optimizer_continues_identically(device: gn.Device, tmp_path: P
     assert opt2.step_count == opt.step_count == 5
 
 
+def test_a_trainer_given_the_model_and_the_optimizer_from_two_reads_resumes_with_the_moments(
+    tmp_path: Path,
+) -> None:
+    """gn.load(path) for the model and read(path).optimizer() for the optimizer give two
+    model objects; the Trainer binds the optimizer to the one it trains, and the saved moments
+    go with it: training goes on exactly as from one read (nothing saved is lost)."""
+    model, opt = _trained(CPU)
+    path = gn.save(tmp_path / "m.safetensors", model, opt)
+    x, t = _batch(CPU, seed=5)
+    finished = []
+    for two_reads in (True, False):
+        ckpt = read(path)
+        resumed = gn.load(path) if two_reads else ckpt.model
+        trainer = gn.Trainer(resumed, gn.SoftmaxWithLoss(), ckpt.optimizer())
+        assert trainer.optimizer.params == resumed.parameters()
+        assert trainer.optimizer.state_dict()["state"]["0.W"]["exp_avg"].any()  # the saved moments
+        trainer.fit(x, t, epochs=2, batch_size=16, shuffle=False, verbose=False)
+        finished.append(_weights(resumed))
+    _assert_same_weights(*finished)
+
+
 @pytest.mark.parametrize("name", sorted(gn.optim.OPTIMIZERS))
 def test_every_optimizer_round_trips(name: str, tmp_path: Path) -> None:
     model = gn.mlp([8, 16, 3], seed=0)

@@ -483,6 +483,44 @@ def test_follow_keeps_the_state_of_the_parameters_that_stay():
     assert all(not np.array_equal(a, p.data) for a, p in zip(start, model.parameters(), strict=True))
 
 
+def test_follow_to_another_model_of_the_same_shapes_carries_the_state_by_place():
+    """A model sharing no Parameter but laid out alike (a copy, the same checkpoint loaded
+    twice): each parameter takes the moments of the one in its place, with the step count,
+    and the next step is the one the first model would have taken."""
+    first, second = make_model(), make_model()
+    opt = gn.optim.Adam(first.parameters(), lr=1e-2)
+    set_grads(first, gradients(1, "float64", seed=2)[0])
+    opt.step()
+    before = opt.state_dict()["state"]
+    for p, q in zip(first.parameters(), second.parameters(), strict=True):
+        q.data[...] = p.data
+    reference = gn.optim.Adam(first.parameters(), lr=1e-2)
+    reference.load_state_dict(opt.state_dict())
+    assert opt.follow(second) is True
+    assert opt.step_count == 1
+    after = opt.state_dict()["state"]
+    for key, state in before.items():
+        for name, value in state.items():
+            np.testing.assert_array_equal(after[key][name], value, err_msg=f"{key} {name}")
+    grads = gradients(1, "float64", seed=3)[0]
+    set_grads(first, grads)
+    set_grads(second, grads)
+    reference.step()
+    opt.step()
+    for p, q in zip(first.parameters(), second.parameters(), strict=True):
+        np.testing.assert_array_equal(p.data, q.data)
+
+
+def test_follow_to_a_model_of_other_shapes_starts_from_zero_state():
+    opt = gn.optim.Adam(make_model().parameters(), lr=1e-2)
+    for p in opt.params:
+        p.grad[...] = 1.0
+    opt.step()
+    other = gn.mlp([3, 5, 2], dtype="float64", seed=0)
+    assert opt.follow(other) is True
+    assert not any(value.any() for state in opt.state_dict()["state"].values() for value in state.values())
+
+
 def test_follow_binds_an_unbound_optimizer():
     model = make_model()
     opt = gn.optim.Momentum(lr=0.1)

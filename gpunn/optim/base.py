@@ -114,8 +114,10 @@ class Optimizer:
     def follow(self, params: Iterable[Parameter] | Any) -> bool:
         """Bind to ``params`` (a list or a model), keeping the state of every parameter bound
         before that is among them and starting the others from zero state, as :meth:`bind`
-        does; nothing happens when they are the parameters bound, in order. Returns whether
-        it rebound.
+        does; nothing happens when they are the parameters bound, in order. When none of them
+        was bound before but they have the bound ones' shapes and dtypes, in order (another
+        model of the same architecture), each takes the state of the one in its place. Returns
+        whether it rebound.
 
         This is how a model whose parameters changed is followed (a layer's Parameter replaced,
         ``layer.W = Parameter(...)``, a layer added): without it the optimizer would go on
@@ -137,6 +139,16 @@ class Optimizer:
                 for p in bound
                 if id(p) in present
             }
+            if not kept and _same_layout(bound, params):
+                # Another model of the same shapes, sharing no Parameter (its checkpoint read
+                # twice: gn.load(path) for the model, checkpoint.read(path).optimizer() for
+                # the optimizer; a copy): the state goes with the places, as the step count
+                # does — zero moments under a step count of thousands would be neither the
+                # saved state nor a fresh one.
+                kept = {
+                    id(new): {name: flat.view(self._state[name], old).copy() for name in self.state_names}
+                    for old, new in zip(bound, params, strict=True)
+                }
         self.bind(params)
         flat = self._flat
         for p in params:
@@ -408,3 +420,10 @@ def _checked_hyper(name: str, value: Any, current: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return tuple(check_float(f"{name}[{i}]", v, low=0.0) for i, v in enumerate(value))
     return check_float(name, value, low=0.0)
+
+
+def _same_layout(a: list[Parameter], b: list[Parameter]) -> bool:
+    """The same number of parameters, with the same shapes and dtypes, in order."""
+    return len(a) == len(b) and all(
+        p.data.shape == q.data.shape and p.data.dtype == q.data.dtype for p, q in zip(a, b, strict=True)
+    )
