@@ -52,7 +52,9 @@ class Trainer:
     parameters (``gn.optim.Adam(lr=1e-3)``), or to other parameters, is bound to the model
     here, and follows it at every fit and epoch: a layer's Parameter replaced
     (``layer.W = Parameter(...)``), a layer added, another model assigned (state kept for the
-    parameters that stay; :meth:`Optimizer.follow`). The Trainer trains the whole model.
+    parameters that stay, or by place for the same weights in other objects, such as the model
+    of ``gn.load(path)`` with the optimizer of ``checkpoint.read(path)``; :meth:`Optimizer.follow`).
+    The Trainer trains the whole model.
 
     ``distributed``: None trains data-parallel over all ranks when an MPI launcher started
     several (``mpiexec -n K``), else in this process alone; False never; True always (over
@@ -562,7 +564,8 @@ class Trainer:
         Whatever changed — a layer's Parameter replaced or added, a layer removed, another
         model or optimizer assigned, the optimizer bound elsewhere — the optimizer follows the
         model (:meth:`Optimizer.follow`: state kept for the parameters that stay, new ones from
-        zero state), and the parameters are named after their places ("0.W"), as Sequential
+        zero state; the same model in other objects takes the state by place, another model
+        starts afresh), and the parameters are named after their places ("0.W"), as Sequential
         names them, so that state dicts and checkpoints keep their keys. A binding to part of
         the model is widened to all of it with a warning: freezing layers through the optimizer
         is not a Trainer feature (its compiled CPU step, step graph and distributed gradient sum

@@ -511,14 +511,32 @@ def test_follow_to_another_model_of_the_same_shapes_carries_the_state_by_place()
         np.testing.assert_array_equal(p.data, q.data)
 
 
-def test_follow_to_a_model_of_other_shapes_starts_from_zero_state():
+@pytest.mark.parametrize(
+    "other",
+    [
+        pytest.param(lambda: gn.mlp([3, 5, 2], dtype="float64", seed=0), id="other-shapes"),
+        pytest.param(lambda: gn.mlp([3, 4, 2], dtype="float64", seed=9), id="same-shapes-fresh-weights"),
+    ],
+)
+def test_follow_to_another_model_starts_afresh(other):
+    """A model that is not this one (other shapes, or a fresh one of the same shapes: a sweep
+    reusing one optimizer) inherits no moments, and the step count starts again, as for a
+    new optimizer: the same updates as a fresh Adam."""
     opt = gn.optim.Adam(make_model().parameters(), lr=1e-2)
     for p in opt.params:
         p.grad[...] = 1.0
     opt.step()
-    other = gn.mlp([3, 5, 2], dtype="float64", seed=0)
-    assert opt.follow(other) is True
+    model, twin = other(), other()
+    assert opt.follow(model) is True
+    assert opt.step_count == 0
     assert not any(value.any() for state in opt.state_dict()["state"].values() for value in state.values())
+    fresh = gn.optim.Adam(twin.parameters(), lr=1e-2)
+    for p, q in zip(model.parameters(), twin.parameters(), strict=True):
+        p.grad[...] = q.grad[...] = 0.5
+    opt.step()
+    fresh.step()
+    for p, q in zip(model.parameters(), twin.parameters(), strict=True):
+        np.testing.assert_array_equal(p.data, q.data)
 
 
 def test_follow_binds_an_unbound_optimizer():

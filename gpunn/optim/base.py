@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from .. import kernels
+from ..backend import array_module
 from ..parameter import FlatParameters, Parameter, pack, same_parameters
 from ..regularizers import Regularizer
 from ..validation import check_float
@@ -115,9 +116,10 @@ class Optimizer:
         """Bind to ``params`` (a list or a model), keeping the state of every parameter bound
         before that is among them and starting the others from zero state, as :meth:`bind`
         does; nothing happens when they are the parameters bound, in order. When none of them
-        was bound before but they have the bound ones' shapes and dtypes, in order (another
-        model of the same architecture), each takes the state of the one in its place. Returns
-        whether it rebound.
+        was bound before but they hold the bound ones' values, in order (the same model in
+        other objects: a copy, its checkpoint read twice), each takes the state of the one in
+        its place. When no state is kept at all (another model), the step count starts again
+        from 0 too, as for a new optimizer. Returns whether it rebound.
 
         This is how a model whose parameters changed is followed (a layer's Parameter replaced,
         ``layer.W = Parameter(...)``, a layer added): without it the optimizer would go on
@@ -139,16 +141,20 @@ class Optimizer:
                 for p in bound
                 if id(p) in present
             }
-            if not kept and _same_layout(bound, params):
-                # Another model of the same shapes, sharing no Parameter (its checkpoint read
-                # twice: gn.load(path) for the model, checkpoint.read(path).optimizer() for
-                # the optimizer; a copy): the state goes with the places, as the step count
-                # does — zero moments under a step count of thousands would be neither the
-                # saved state nor a fresh one.
+            if not kept and _same_model(bound, params):
+                # The same model in other objects, sharing no Parameter (its checkpoint read
+                # twice: gn.load(path) for the model, checkpoint.read(path).optimizer() for the
+                # optimizer; a copy): the state goes with the places. Equal values are the
+                # test, not equal shapes: a fresh model of the same shapes (a sweep reusing
+                # one optimizer, a re-initialisation) must not inherit another's moments.
                 kept = {
                     id(new): {name: flat.view(self._state[name], old).copy() for name in self.state_names}
                     for old, new in zip(bound, params, strict=True)
                 }
+        if bound is not None and not kept:
+            # nothing carried over: a fresh start, step count included (zero moments under a
+            # late bias correction would be neither the old state nor a new one)
+            self.step_count = 0
         self.bind(params)
         flat = self._flat
         for p in params:
@@ -422,8 +428,15 @@ def _checked_hyper(name: str, value: Any, current: Any) -> Any:
     return check_float(name, value, low=0.0)
 
 
-def _same_layout(a: list[Parameter], b: list[Parameter]) -> bool:
-    """The same number of parameters, with the same shapes and dtypes, in order."""
-    return len(a) == len(b) and all(
-        p.data.shape == q.data.shape and p.data.dtype == q.data.dtype for p, q in zip(a, b, strict=True)
-    )
+def _same_model(a: list[Parameter], b: list[Parameter]) -> bool:
+    """The same number of parameters with the same shapes, dtypes and values, in order: one
+    model's weights in two sets of objects."""
+    if len(a) != len(b):
+        return False
+    for p, q in zip(a, b, strict=True):
+        x, y = p.data, q.data
+        if x.shape != y.shape or x.dtype != y.dtype or type(x) is not type(y):
+            return False
+        if not bool(array_module(x).array_equal(x, y, equal_nan=True)):
+            return False
+    return True
