@@ -136,21 +136,18 @@ class Optimizer:
         kept = {}
         if bound is not None and flat is not None:
             present = {id(p) for p in params}
-            kept = {
-                id(p): {name: flat.view(self._state[name], p).copy() for name in self.state_names}
-                for p in bound
-                if id(p) in present
-            }
-            if not kept and _same_model(bound, params):
+            moves = [(p, p) for p in bound if id(p) in present]  # (whose state, who takes it)
+            if not moves and _same_model(bound, params):
                 # The same model in other objects, sharing no Parameter (its checkpoint read
                 # twice: gn.load(path) for the model, checkpoint.read(path).optimizer() for the
                 # optimizer; a copy): the state goes with the places. Equal values are the
                 # test, not equal shapes: a fresh model of the same shapes (a sweep reusing
                 # one optimizer, a re-initialisation) must not inherit another's moments.
-                kept = {
-                    id(new): {name: flat.view(self._state[name], old).copy() for name in self.state_names}
-                    for old, new in zip(bound, params, strict=True)
-                }
+                moves = list(zip(bound, params, strict=True))
+            kept = {
+                id(new): {name: flat.view(self._state[name], old).copy() for name in self.state_names}
+                for old, new in moves
+            }
         if bound is not None and not kept:
             # nothing carried over: a fresh start, step count included (zero moments under a
             # late bias correction would be neither the old state nor a new one)
