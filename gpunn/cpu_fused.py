@@ -91,12 +91,26 @@ _clock: list[float] = []  # [perf_counter() at the last ready() call, training s
 _now = time.perf_counter  # the clock (a test replaces it)
 
 
+def _off_reason() -> str | None:
+    """Why the loops cannot run here before trying to load them (GPUNN_NUMBA=0, Numba
+    missing), or None."""
+    if _env() == "0":
+        return f"turned off by {ENV_VAR}=0"
+    if importlib.util.find_spec("numba") is None:
+        return NOT_INSTALLED
+    return None
+
+
+def _env() -> str:
+    return os.environ.get(ENV_VAR, "").strip()
+
+
 def installed() -> bool:
     """Whether the loops may run in this process (Numba installed, GPUNN_NUMBA not "0"), without
     loading them; False too once loading failed."""
     if _state["checked"]:
         return bool(_state["available"])
-    return os.environ.get(ENV_VAR, "").strip() != "0" and importlib.util.find_spec("numba") is not None
+    return _off_reason() is None
 
 
 def ready() -> bool:
@@ -109,7 +123,7 @@ def ready() -> bool:
         return True
     if _state["checked"]:
         return False
-    if os.environ.get(ENV_VAR, "").strip() != "1":
+    if _env() != "1":
         now = _now()
         counted = min(now - _clock[0], GAP_SECONDS) + _clock[1] if _clock else 0.0
         _clock[:] = [now, counted]  # (two threads at once may count a gap twice: harmless)
@@ -123,11 +137,8 @@ def available() -> bool:
     float32 Adam loop compiled (or loaded from Numba's cache) and ran. The first call in a
     process does that: 0.5–1 s (Numba's import and start-up), ≈ 2 s the first time ever."""
     if not _state["checked"]:
-        if os.environ.get(ENV_VAR, "").strip() == "0":
-            _state["reason"] = f"turned off by {ENV_VAR}=0"
-        elif importlib.util.find_spec("numba") is None:
-            _state["reason"] = NOT_INSTALLED
-        else:
+        _state["reason"] = _off_reason()
+        if _state["reason"] is None:
             try:
                 _load()
             except Exception as exc:  # a broken Numba or LLVM, an unusable cache: the twin still works
@@ -158,11 +169,9 @@ def describe() -> str:
     """One line for ``gpunn info``, without loading Numba: which CPU Adam update runs."""
     if _state["checked"]:
         on, reason = _state["available"], _state["reason"]
-    elif os.environ.get(ENV_VAR, "").strip() == "0":
-        on, reason = False, f"turned off by {ENV_VAR}=0"
     else:
-        on = importlib.util.find_spec("numba") is not None
-        reason = None if on else NOT_INSTALLED
+        reason = _off_reason()
+        on = reason is None
     if not on:
         return f"NumPy passes ({reason})"
     try:
@@ -171,7 +180,7 @@ def describe() -> str:
         version = "version unknown"
     if _state["checked"]:
         loading = ""
-    elif os.environ.get(ENV_VAR, "").strip() == "1":
+    elif _env() == "1":
         loading = "; loaded at the first Adam step"
     else:
         loading = f"; loaded after {WARM_UP_SECONDS:g} s of training"
@@ -236,25 +245,27 @@ def _disjoint(arrays: Sequence[np.ndarray]) -> bool:
 # ----------------------------------------------------------------------------- Adam
 
 
-def fits(*buffers: Any) -> bool:
-    """Whether the Adam loop can take these flat buffers: NumPy, 1-D, C-contiguous, writeable,
-    of one float dtype (float32 or float64) and length, and no two overlapping. (Anything else
-    runs the twin, which also raises NumPy's own errors, a read-only buffer's say.)"""
-    first = buffers[0]
-    if type(first) is not np.ndarray or first.dtype not in (np.float32, np.float64):
+def _alike(arrays: Sequence[Any], ndim: int) -> bool:
+    """NumPy arrays of ``ndim`` dimensions and one float dtype (float32 or float64) and shape,
+    C-contiguous and writeable: what the loops take."""
+    first = arrays[0]
+    if type(first) is not np.ndarray or first.ndim != ndim or first.dtype not in (np.float32, np.float64):
         return False
-    n, dtype = first.shape, first.dtype
-    for b in buffers:
-        if (
-            type(b) is not np.ndarray
-            or b.ndim != 1
-            or b.shape != n
-            or b.dtype != dtype
-            or not b.flags.c_contiguous
-            or not b.flags.writeable
-        ):
-            return False
-    return _disjoint(buffers)
+    return all(
+        type(a) is np.ndarray
+        and a.shape == first.shape
+        and a.dtype == first.dtype
+        and a.flags.c_contiguous
+        and a.flags.writeable
+        for a in arrays
+    )
+
+
+def fits(*buffers: Any) -> bool:
+    """Whether the Adam loop can take these flat buffers: 1-D, alike (:func:`_alike`), and no
+    two overlapping. (Anything else runs the twin, which also raises NumPy's own errors, a
+    read-only buffer's say.)"""
+    return _alike(buffers, 1) and _disjoint(buffers)
 
 
 def adam_small(
@@ -299,23 +310,6 @@ def adam(p: np.ndarray, g: np.ndarray, m: np.ndarray, v: np.ndarray, n_decay: in
 # ----------------------------------------------------------------------------- ReLU layers
 
 
-def _rows(*arrays: Any) -> bool:
-    """(N, C) NumPy arrays of one float dtype and shape, C-contiguous and writeable."""
-    first = arrays[0]
-    if type(first) is not np.ndarray or first.ndim != 2 or first.dtype not in (np.float32, np.float64):
-        return False
-    for a in arrays:
-        if (
-            type(a) is not np.ndarray
-            or a.shape != first.shape
-            or a.dtype != first.dtype
-            or not a.flags.c_contiguous
-            or not a.flags.writeable
-        ):
-            return False
-    return True
-
-
 def bias_relu(y: Any, b: Any) -> bool:
     """y ← max(y + b, 0) in place (y: (N, C), b: (C,)) in one pass: NumPy's ``y += b`` then
     ``maximum(y, 0)``, bit for bit (NaN kept, max(−0, 0) = +0). Returns False, doing nothing,
@@ -323,7 +317,7 @@ def bias_relu(y: Any, b: Any) -> bool:
     them), or NumPy is set to raise on floating-point errors."""
     if not (
         _state["available"]
-        and _rows(y)
+        and _alike((y,), 2)
         and type(b) is np.ndarray
         and b.dtype == y.dtype
         and b.shape == y.shape[1:]
@@ -341,7 +335,7 @@ def relu_backward(dy: Any, a: Any, out: Any = None) -> Any:
     ``out`` may be dy. Returns dz, or None (nothing done) when the loops are not loaded, the
     arrays are not ones it takes (the array written overlapping another), or NumPy is set to
     raise on floating-point errors."""
-    if not _state["available"] or not _rows(dy, a) or numpy_raises():
+    if not _state["available"] or not _alike((dy, a), 2) or numpy_raises():
         return None
     if out is dy:
         if np.may_share_memory(dy, a):
@@ -350,7 +344,7 @@ def relu_backward(dy: Any, a: Any, out: Any = None) -> Any:
         return dy if _guard("relu_backward_inplace", lambda: inplace(dy, a)) else None
     if out is None:
         out = np.empty_like(dy)
-    elif not _rows(dy, out) or not _disjoint((out, dy, a)):
+    elif not _alike((dy, out), 2) or not _disjoint((out, dy, a)):
         return None
     loop = _kernels["relu_backward"]
     return out if _guard("relu_backward", lambda: loop(dy, a, out)) else None
