@@ -132,7 +132,8 @@ class _Network:
             layers = _linears(self.model)
             params = [layer.W for layer in layers] + [layer.b for layer in layers]
             if len(arrays) != len(params) or any(
-                tuple(np.shape(a)) != p.shape for a, p in zip(arrays, params, strict=True)
+                tuple(np.shape(a)) != p.shape  # host: scikit-learn's attributes are NumPy arrays
+                for a, p in zip(arrays, params, strict=True)
             ):
                 raise ValueError(
                     "coefs_ and intercepts_ no longer match the network's layer sizes "

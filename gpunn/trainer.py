@@ -311,7 +311,7 @@ class Trainer:
             correct = int(to_numpy(step_correct).sum()) if classify is not None else None
         if parallel is not None:
             losses, correct = parallel.reduce_epoch(losses, correct)  # global per-step means
-        bad = np.flatnonzero(~np.isfinite(losses))
+        bad = np.flatnonzero(~np.isfinite(losses))  # host: read by to_numpy above
         if bad.size:
             error = TrainingDivergedError(
                 f"the loss became {losses[bad[0]]} at epoch {epoch + 1}, step {bad[0] + 1} of {n_steps}; "
@@ -503,7 +503,7 @@ class Trainer:
 
     def _checked_x(self, x: Any, name: str) -> Any:
         if isinstance(x, (list, tuple)):
-            x = np.asarray(x)
+            x = np.asarray(x)  # host: a list
         if not (hasattr(x, "ndim") and hasattr(x, "dtype")):
             raise TypeError(f"{name} must be an array of shape (N, features), got {type(x).__name__}")
         if x.ndim != 2:
@@ -525,7 +525,7 @@ class Trainer:
     def _checked_data(self, x: Any, y: Any, x_name: str, y_name: str) -> tuple[Any, Any]:
         x = self._checked_x(x, x_name)
         if isinstance(y, (list, tuple)):
-            y = np.asarray(y)
+            y = np.asarray(y)  # host: a list
         if not (hasattr(y, "ndim") and hasattr(y, "dtype")):
             raise TypeError(f"{y_name} must be an array, got {type(y).__name__}")
         if y.shape[:1] != x.shape[:1]:

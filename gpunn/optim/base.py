@@ -293,7 +293,7 @@ class Optimizer:
         flat = self._current_flat()
         if self._live is None:
             with flat.device:
-                self._live = flat.device.send(np.array([self.lr, float(self.step_count)]))
+                self._live = flat.device.send(np.array([self.lr, float(self.step_count)]))  # host: two numbers
             self._live_lr, self._live_t = self.lr, self.step_count
         return self._live
 
