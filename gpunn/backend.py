@@ -11,10 +11,13 @@ the reason for any failure is kept for :func:`why_cpu` — gpunn never falls bac
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import re
 import sys
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -34,6 +37,46 @@ class DeviceMismatchError(TypeError):
 
 class DeviceUnavailableError(RuntimeError):
     """A GPU was asked for explicitly and none is usable; the message says why."""
+
+
+class StepCaptureError(RuntimeError):
+    """Code inside a training step that is being captured as a CUDA graph tried to read a
+    device value on the host. A capture records kernels without running them, so no value
+    exists to read, and CuPy refuses every device-to-host copy while a stream captures."""
+
+
+class _Capturing(threading.local):
+    """Whether this thread is recording a training step (a CUDA graph capture, or the CPU's
+    emulation of one): a capture on one thread says nothing about another thread's work."""
+
+    active = False
+
+
+_capturing = _Capturing()
+
+
+@contextlib.contextmanager
+def capturing_step() -> Iterator[None]:
+    """Mark the code inside as a step being captured: :func:`refuse_host_read` raises in it."""
+    outer, _capturing.active = _capturing.active, True
+    try:
+        yield
+    finally:
+        _capturing.active = outer
+
+
+def refuse_host_read(what: str) -> None:
+    """Raise :class:`StepCaptureError` if a step is being captured on this thread.
+
+    Code that reads a device value back to the host (a validation's ``int(t.min())``, a
+    ``float(loss)``) calls this first, so that a capture fails with a message naming the
+    read instead of CuPy's "D2H transfers are disallowed" from deep inside.
+    """
+    if _capturing.active:
+        raise StepCaptureError(
+            f"{what}, which a captured training step cannot do: a CUDA graph records kernels "
+            "without running them and replays them with no Python in between"
+        )
 
 
 @dataclass(frozen=True)
@@ -84,7 +127,7 @@ class Device:
         if self.kind == "cpu":
             if _is_cupy_array(x):
                 x = x.get()
-            return np.asarray(x, dtype=dtype)
+            return np.asarray(x, dtype=dtype)  # host: a device array was copied to the host above
         cupy = _import_cupy()
         if isinstance(x, cupy.ndarray) and x.device.id == self.index:
             return x if dtype is None else x.astype(dtype, copy=False)

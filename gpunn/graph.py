@@ -23,14 +23,16 @@ epoch runs eagerly. If capture fails, training continues eagerly with a warning.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from .backend import Device, matmul_precision
+from .backend import Device, StepCaptureError, capturing_step, matmul_precision
 from .gemm import CapturableMatmul, CublasHandle
+from .layer_kernels import release_loss_scratch
 from .layers import Dropout
 
 WARMUP_STEPS = 2  # eager steps before capture: NVRTC compiles, pools and cuBLAS warm up
@@ -199,43 +201,73 @@ class StepGraph:
     # ------------------------------------------------------------------ capture and replay
 
     def _capture(self) -> None:
+        """Record one full step as a CUDA graph (on the CPU: mark the next steps as replays).
+
+        Whatever the step runs must queue device work only: code that would read a device value
+        on the host refuses with :class:`~gpunn.StepCaptureError` (``capturing_step``), the
+        capture is abandoned with a warning naming that cause, and training goes on eagerly.
+        """
         if self.emulate:
             self.graph = self._full_step
             return
         xp, optimizer = self.xp, self.optimizer
         steps = optimizer.step_count  # capturing records the step without running it
-        graph = None
         try:
-            with xp.cuda.using_allocator(self.pool.malloc):
-                self.stream.begin_capture()  # relaxed mode: pool allocations may happen inside
-                try:
-                    self._full_step()
-                finally:
-                    graph = self.stream.end_capture()
+            self.graph = self._record_graph(xp)
         except Exception as exc:
-            self.failed = f"{type(exc).__name__}: {exc}"
-            warnings.warn(
-                f"CUDA graph capture failed ({self.failed}); training continues without graph replay",
-                RuntimeWarning,
-                stacklevel=4,
-            )
-            graph = None
+            self._give_up(exc)
         finally:
             optimizer.step_count = steps
             optimizer.sync_live_scalars()
-        self.graph = graph
+
+    def _record_graph(self, xp: Any) -> Any:
+        """The captured graph of one full step; raises the step's own error if it fails.
+
+        An error inside the step leaves the stream capturing an invalidated graph: capture is
+        ended to leave that state, and the step's error, the cause, is what propagates (ending
+        it raises cudaErrorStreamCaptureInvalidated, which would otherwise hide the cause).
+        """
+        with xp.cuda.using_allocator(self.pool.malloc):
+            self.stream.begin_capture()  # relaxed mode: pool allocations may happen inside
+            try:
+                with capturing_step():
+                    self._full_step()
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    self.stream.end_capture()
+                raise
+            return self.stream.end_capture()
+
+    def _give_up(self, exc: BaseException) -> None:
+        self.failed = f"{type(exc).__name__}: {exc}"
+        self.graph = None
+        warnings.warn(
+            f"CUDA graph capture failed ({self.failed}); training continues without graph replay",
+            RuntimeWarning,
+            stacklevel=5,
+        )
 
     def _replay(self) -> None:
         if self.emulate:
-            self._full_step()  # the body counts its optimizer step itself
+            # The body runs again, as a graph would replay it, and refuses host reads as a
+            # capture does: a body that reads the host fails here on the CPU too.
+            try:
+                with capturing_step():
+                    self._full_step()  # the body counts its optimizer step itself
+            except StepCaptureError as exc:
+                self._give_up(exc)  # refused before anything changed: the step runs eagerly
+                self._full_step()
             return
         self.graph.launch(self.stream)
         self.optimizer.count_replayed_step()
 
     def close(self) -> None:
-        """Leave live-scalar mode (the optimizer keeps working eagerly)."""
+        """Leave live-scalar mode (the optimizer keeps working eagerly) and free what the
+        graph held: its stream's loss-kernel buffers."""
         self.optimizer.use_live_scalars(False)
         self.graph = None
+        if self.stream is not None:
+            release_loss_scratch(int(self.stream.ptr))
 
 
 def _device_kernels(xp: Any) -> dict[str, Any]:

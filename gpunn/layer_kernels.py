@@ -29,7 +29,7 @@ import numpy as np
 from . import cpu_fused
 from .backend import array_module, device_of
 from .functional import sigmoid
-from .raw_kernels import MAX_BLOCKS, NULL, THREADS_PER_BLOCK, grid, is_capturing, kernel
+from .raw_kernels import MAX_BLOCKS, NULL, THREADS_PER_BLOCK, grid, is_capturing, kernel, stream_id
 from .raw_kernels import is_gpu as _is_gpu
 
 ACTIVATIONS = {"identity": 0, "relu": 1, "leaky_relu": 2, "sigmoid": 3, "tanh": 4}
@@ -160,7 +160,7 @@ __device__ __forceinline__ double block_reduce(double v, double* shared, const b
 // finishes last (found with an integer atomic counter) adds partials[0 .. gridDim) by a fixed
 // tree, writes loss[0] and puts the counter back to 0, so the next launch -- or the replay of
 // a CUDA graph that captured this one -- starts clean. partials needs gridDim doubles.
-// Launches sharing partials and counter must not overlap (one stream per device does that).
+// Launches sharing partials and counter must not overlap: each stream has its own pair.
 template <typename T>
 __global__ void softmax_cross_entropy_rows(const T* __restrict__ z, const long long* __restrict__ t,
                                            T* __restrict__ grad, T* __restrict__ loss, double* partials,
@@ -508,26 +508,36 @@ def softmax_cross_entropy(z: Any, t: Any) -> tuple[Any, Any]:
     return loss, grad
 
 
-# (device, dtype) → (partials: MAX_LOSS_BLOCKS float64, counter: one uint32 at 0 between launches).
-# Kept for the life of the process: a captured CUDA graph holds their addresses.
-_LOSS_SCRATCH: dict[tuple[Any, np.dtype], tuple[Any, Any]] = {}
+# (device, dtype, stream) → (partials: MAX_LOSS_BLOCKS float64, counter: one uint32 at 0
+# between launches). One pair per stream: launches on one stream run in order, so they never
+# share the pair at the same time; launches on two streams may overlap, and would mix their
+# partial sums and tickets if they shared it. Kept until release_loss_scratch(stream): a
+# captured CUDA graph holds their addresses.
+_LOSS_SCRATCH: dict[tuple[Any, np.dtype, int], tuple[Any, Any]] = {}
+
+
+def release_loss_scratch(stream: int) -> None:
+    """Forget the loss kernel's buffers of a stream that is done (its graph is gone)."""
+    for key in [k for k in _LOSS_SCRATCH if k[2] == stream]:
+        del _LOSS_SCRATCH[key]
 
 
 def _loss_scratch(z: Any) -> tuple[Any, Any]:
-    """The loss kernel's partial-sum buffer and block counter for z's device and dtype.
+    """The loss kernel's partial-sum buffer and block counter for z's device, dtype and the
+    current stream.
 
-    Allocated at the first call on a device (sized for the largest grid, so no later shape
-    needs a new one) and reused by every later call, including calls recorded in a CUDA graph.
+    Allocated at the first call on a stream (sized for the largest grid, so no later shape
+    needs a new one) and reused by every later call there, including calls recorded in a CUDA graph.
     The first call must not itself be captured: the counter's zeroing would only be recorded,
     not run, and a graph's temporary memory must not back a buffer kept forever. Graph replay
     runs eager warm-up steps first, so this raises only if nothing ever ran eagerly.
     """
-    key = (device_of(z), z.dtype)
+    key = (device_of(z), z.dtype, stream_id(z))
     scratch = _LOSS_SCRATCH.get(key)
     if scratch is None:
         if is_capturing(z):
             raise RuntimeError(
-                "softmax_cross_entropy's first call on a device is being captured into a CUDA graph; "
+                "softmax_cross_entropy's first call on a stream is being captured into a CUDA graph; "
                 "run one step eagerly first, so that its scratch buffers exist before capture"
             )
         xp = array_module(z)

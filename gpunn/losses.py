@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from .backend import array_module, check_device, device_of
+from .backend import array_module, check_device, device_of, refuse_host_read
 from .functional import log_softmax, sigmoid, softmax
 from .layer_kernels import ones_vector, softmax_cross_entropy
 
@@ -23,7 +23,8 @@ class Loss:
 
     ``validate`` (default True) checks the targets on every call: label range and type.
     On a GPU the range check reads one value back to the host, so a training loop that has
-    checked its labels once (the Trainer does) may set ``validate = False``.
+    checked its labels once (the Trainer does) may set ``validate = False``. A step captured
+    as a CUDA graph must: a validating loss refuses capture (:class:`gpunn.StepCaptureError`).
     """
 
     def __init__(self, validate: bool = True) -> None:
@@ -151,7 +152,10 @@ class SoftmaxWithLoss(Loss):
                 f"t must hold integer class labels, got dtype {t.dtype}; convert with t.astype(int), "
                 f"or pass one-hot targets of shape (N, {n_classes})"
             )
-        if self.validate and t.size and (int(t.min()) < 0 or int(t.max()) >= n_classes):
+        if not (self.validate and t.size):
+            return
+        refuse_host_read(f"{type(self).__name__}(validate=True) reads the labels' range back to the host")
+        if int(t.min()) < 0 or int(t.max()) >= n_classes:
             raise ValueError(
                 f"t holds labels outside [0, {n_classes}) for {n_classes} classes: "
                 f"min {int(t.min())}, max {int(t.max())}"
@@ -218,6 +222,7 @@ class SigmoidBCELoss(Loss):
         t = _same_shape_targets(logits, t, "logits")
         xp = array_module(logits)
         if self.validate and t.size:
+            refuse_host_read(f"{type(self).__name__}(validate=True) reads the targets' range back to the host")
             low, high = float(t.min()), float(t.max())
             if low < 0.0 or high > 1.0:
                 raise ValueError(f"t must lie in [0, 1] for binary cross-entropy, got min {low}, max {high}")

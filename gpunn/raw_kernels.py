@@ -57,6 +57,14 @@ def is_capturing(x: Any) -> bool:
     return bool(array_module(x).cuda.get_current_stream().is_capturing())
 
 
+def stream_id(x: Any) -> int:
+    """The handle of the CUDA stream current for ``x``'s device (0, the null stream, on the CPU):
+    work queued on one stream runs in order, work on two streams may overlap."""
+    if not is_gpu(x):
+        return 0
+    return int(array_module(x).cuda.get_current_stream().ptr)
+
+
 def check_flat(*buffers: Any) -> None:
     """Refuse anything but contiguous 1-D buffers: a kernel indexes them as plain arrays."""
     for b in buffers:

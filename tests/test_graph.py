@@ -7,7 +7,9 @@ without a GPU; on a GPU (``device`` = cuda:0) the step is really captured as a C
 
 from __future__ import annotations
 
+import contextlib
 import warnings
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -135,7 +137,7 @@ def test_a_second_fit_and_resuming_keep_replaying_correctly(device, digits):
 
 def test_the_step_graph_counts_and_records_every_step(device, digits):
     x, y = digits
-    trainer = _trainer(device, True)
+    trainer = _trainer(device, True, loss=gn.SoftmaxWithLoss(validate=False))  # labels are checked below, once
     calls = []
 
     def body(xb, yb):
@@ -146,6 +148,7 @@ def test_the_step_graph_counts_and_records_every_step(device, digits):
         trainer.optimizer.step()
         return value, (logits.argmax(axis=1) == yb).sum()
 
+    assert y.min() >= 0 and y.max() < 10
     with device:
         xd, yd = device.send(x), device.send(y)
     graph = StepGraph(body, trainer.optimizer, xd, yd, 128, device)
@@ -163,7 +166,7 @@ def test_the_step_graph_counts_and_records_every_step(device, digits):
 
 def test_capture_happens_after_the_warm_up(digits):
     x, y = digits
-    trainer = _trainer("cpu", True)
+    trainer = _trainer("cpu", True, loss=gn.SoftmaxWithLoss(validate=False))  # as fit builds it
     with gn.device("cpu"):
         graph = trainer._new_step_graph(x, y, 50, "labels")
     graph.epoch(np.arange(500))
@@ -213,3 +216,80 @@ def test_a_step_graph_that_cannot_be_built_leaves_training_eager(monkeypatch, di
     for a, b in zip(_weights(eager), _weights(replayed), strict=True):
         np.testing.assert_array_equal(b, a)
     assert replayed.loss.validate is True
+
+
+@pytest.mark.parametrize("loss", [gn.SoftmaxWithLoss, gn.SigmoidBCELoss], ids=["softmax", "sigmoid_bce"])
+def test_a_step_that_reads_the_host_is_refused_at_capture_and_trains_eagerly(device, digits, loss):
+    """A body whose loss still validates its targets (two host reads per call) cannot be
+    captured: the capture is refused with a message naming the loss, and every step runs
+    eagerly, training as the same body with a non-validating loss does under replay."""
+    x, y = digits
+    if loss is gn.SigmoidBCELoss:
+        y = np.eye(10, dtype=np.float32)[y]  # one-hot targets in [0, 1]
+
+    def run(validate: bool) -> tuple[StepGraph, np.ndarray, list[np.ndarray]]:
+        trainer = _trainer(device, True, loss=loss(validate=validate))
+
+        def body(xb, yb):
+            logits = trainer.model.forward(xb)
+            value = trainer.loss.forward(logits, yb)
+            trainer.model.backward(trainer.loss.backward())
+            trainer.optimizer.step()
+            return value, None
+
+        with device:
+            xd, yd = device.send(x), device.send(y)
+        steps = StepGraph(body, trainer.optimizer, xd, yd, 100, device)
+        losses, _ = steps.epoch(np.random.default_rng(0).permutation(500))
+        assert steps.steps_run == 5 and trainer.optimizer.step_count == 5
+        return steps, gn.to_numpy(losses), _weights(trainer)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the non-validating body is captured without a word
+        replayed, want, weights = run(validate=False)
+    assert replayed.failed is None and replayed.graph is not None
+    with pytest.warns(RuntimeWarning, match=rf"StepCaptureError: {loss.__name__}\(validate=True\) reads the"):
+        eager, got, trained = run(validate=True)
+    assert eager.graph is None and eager.failed.startswith("StepCaptureError")
+    exact = device.kind == "cpu"  # on a GPU the replay multiplies through gpunn's own cuBLAS handle
+    np.testing.assert_allclose(got, want, rtol=0 if exact else 1e-3)
+    for a, b in zip(weights, trained, strict=True):
+        np.testing.assert_allclose(b, a, rtol=0 if exact else 1e-3, atol=0 if exact else 1e-4)
+
+
+def test_a_failed_capture_reports_the_step_error_not_the_invalidated_capture(digits):
+    """An error inside the captured step invalidates the capture, and ending it then raises
+    cudaErrorStreamCaptureInvalidated: the warning must name the step's own error, the cause.
+    The CUDA side is played by stand-ins that behave as CuPy's stream does."""
+    x, y = digits
+    trainer = _trainer("cpu", True, loss=gn.SoftmaxWithLoss(validate=False))
+
+    def body(xb, yb):
+        raise ValueError("the step's own error")
+
+    class InvalidatedStream:
+        capturing = False
+
+        def begin_capture(self):
+            self.capturing = True
+
+        def end_capture(self):
+            assert self.capturing, "end_capture without begin_capture"
+            self.capturing = False
+            raise RuntimeError("cudaErrorStreamCaptureInvalidated: operation failed due to a previous error")
+
+    class Cuda:
+        @staticmethod
+        @contextlib.contextmanager
+        def using_allocator(malloc):
+            yield
+
+    graph = StepGraph(body, trainer.optimizer, x, y, 100, gn.device("cpu"))
+    graph.emulate = False  # from here on, the capture path with the stand-ins
+    graph.xp, graph.stream = SimpleNamespace(cuda=Cuda, take=np.take), InvalidatedStream()
+    graph.pool = SimpleNamespace(malloc=None)
+    graph._kernels = {"batch_indices": lambda perm, counter, batch, idx: None}
+    with pytest.warns(RuntimeWarning, match=r"capture failed \(ValueError: the step's own error\)"):
+        graph._capture()
+    assert graph.graph is None and not graph.stream.capturing  # capture was ended, its error set aside
+    assert trainer.optimizer.step_count == 0

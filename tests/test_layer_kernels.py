@@ -13,6 +13,7 @@ from cuda_source import needs_nvcc, nvcc_compile
 
 import gpunn as gn
 from gpunn import layer_kernels as lk
+from gpunn.raw_kernels import stream_id
 
 ACTIVATIONS = tuple(lk.ACTIVATIONS)
 SHAPES = ((1, 1), (7, 3), (33, 257))
@@ -315,7 +316,7 @@ def test_fused_softmax_cross_entropy_sums_the_loss_in_the_kernel(
     # the last block put the counter back to 0: the next launch sums the same partials again
     again, _ = lk.softmax_cross_entropy(z_gpu, t_gpu)
     assert gn.to_numpy(again).tobytes() == gn.to_numpy(loss).tobytes()
-    _, counter = lk._LOSS_SCRATCH[(gpu, np.dtype(dtype))]
+    _, counter = lk._LOSS_SCRATCH[(gpu, np.dtype(dtype), stream_id(z_gpu))]
     assert int(counter[0]) == 0
 
 
@@ -436,7 +437,28 @@ def test_the_loss_grid_is_capped_and_its_scratch_made_once(monkeypatch: pytest.M
     (_, args), *_ = launches
     assert args[4].shape == (lk.MAX_LOSS_BLOCKS,) and args[5].shape == (1,) and args[5][0] == 0
     lk.softmax_cross_entropy(np.zeros((3, 2), np.float64), np.zeros(3, np.int64))
-    assert len(lk._LOSS_SCRATCH) == 2  # per (device, dtype)
+    assert len(lk._LOSS_SCRATCH) == 2  # per (device, dtype, stream)
+
+
+def test_each_stream_has_its_own_loss_scratch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Launches on two streams may overlap: they must not share the partial sums and the
+    block counter. Launches on one stream run in order and share one pair."""
+    launches: list[tuple] = []
+    stream = [11]
+    monkeypatch.setattr(lk, "_is_gpu", lambda x: True)
+    monkeypatch.setattr(lk, "stream_id", lambda x: stream[0])
+    monkeypatch.setattr(lk, "_kernel", lambda x, name: lambda grid, block, args, **kw: launches.append(args))
+    monkeypatch.setattr(lk, "_LOSS_SCRATCH", {})
+    z, t = np.zeros((4, 3), np.float32), np.zeros(4, np.int64)
+    lk.softmax_cross_entropy(z, t)
+    lk.softmax_cross_entropy(z, t)
+    stream[0] = 12
+    lk.softmax_cross_entropy(z, t)
+    first, same, other = launches
+    assert first[4] is same[4] and first[5] is same[5]
+    assert other[4] is not first[4] and other[5] is not first[5]
+    lk.release_loss_scratch(12)
+    assert [key[2] for key in lk._LOSS_SCRATCH] == [11]
 
 
 def test_the_loss_scratch_is_not_made_during_a_capture(monkeypatch: pytest.MonkeyPatch) -> None:
