@@ -102,23 +102,63 @@ def gemm_plan(a: Any, b: Any, out: Any) -> GemmPlan | None:
 # ----------------------------------------------------------------------------- the cuBLAS handle
 
 
-def _load_cublas() -> ctypes.CDLL:
-    """The cuBLAS library CuPy uses (found the way CuPy finds it, else by its usual names)."""
-    errors = []
-    try:
-        from cuda.pathfinder import load_nvidia_dynamic_lib  # noqa: PLC0415 — comes with CuPy 14
+MAJOR_VERSION = 0  # libraryPropertyType
 
-        path = load_nvidia_dynamic_lib("cublas").abs_path
-        if path:  # None when the system loader found it: then it answers to its name below
-            return ctypes.CDLL(path)
-    except Exception as exc:
-        errors.append(str(exc))
-    for name in ("libcublas.so.13", "libcublas.so.12", "libcublas.so"):
+
+def _cublas_major(lib: ctypes.CDLL) -> int:
+    """The CUDA major version a loaded cuBLAS belongs to (cublasGetProperty)."""
+    value = ctypes.c_int(-1)
+    status = lib.cublasGetProperty(MAJOR_VERSION, ctypes.byref(value))
+    if status != 0:
+        raise RuntimeError(f"cublasGetProperty failed with cuBLAS status {status}")
+    return value.value
+
+
+def _pathfinder_cublas() -> str | None:
+    """Where NVIDIA's path finder (it comes with CuPy 14) finds cuBLAS, or None."""
+    from cuda.pathfinder import load_nvidia_dynamic_lib  # noqa: PLC0415
+
+    return load_nvidia_dynamic_lib("cublas").abs_path
+
+
+def cublas_candidates(major: int, pathfinder: Any = _pathfinder_cublas) -> list[str]:
+    """Where to look for the cuBLAS of CUDA ``major``, in order.
+
+    First the library of that major by name: CuPy has usually loaded it already, and the
+    loader then hands back that very copy. Then where the path finder looks, which may be
+    another major's (a torch built for CUDA 12 beside a CuPy built for CUDA 13), so every
+    candidate's major is checked once loaded.
+    """
+    names = [f"libcublas.so.{major}"]
+    try:
+        found = pathfinder()
+    except Exception:
+        found = None
+    if found:
+        names.append(found)
+    names.append("libcublas.so")
+    return names
+
+
+def load_cublas(major: int, open_library: Any = ctypes.CDLL, pathfinder: Any = _pathfinder_cublas) -> ctypes.CDLL:
+    """The cuBLAS of CUDA ``major`` (CuPy's own), never another major's."""
+    errors = []
+    for name in cublas_candidates(major, pathfinder):
         try:
-            return ctypes.CDLL(name)
-        except OSError as exc:
-            errors.append(str(exc))
-    raise RuntimeError("cuBLAS could not be loaded for graph capture: " + "; ".join(errors))
+            lib = open_library(name)
+            found = _cublas_major(lib)
+        except (OSError, AttributeError, RuntimeError) as exc:
+            errors.append(f"{name}: {exc}")
+            continue
+        if found == major:
+            return lib
+        errors.append(f"{name} is cuBLAS of CUDA {found}")
+    raise RuntimeError(f"the cuBLAS of CUDA {major}, which CuPy uses, could not be loaded: " + "; ".join(errors))
+
+
+def _cupy_cuda_major(xp: Any) -> int:
+    """The CUDA major version CuPy runs on (13 for cupy-cuda13x)."""
+    return int(xp.cuda.runtime.runtimeGetVersion()) // 1000
 
 
 class CublasHandle:
@@ -132,7 +172,7 @@ class CublasHandle:
 
     def __init__(self, xp: Any, stream: Any, tf32: bool = False) -> None:
         if CublasHandle._lib is None:
-            CublasHandle._lib = _load_cublas()
+            CublasHandle._lib = load_cublas(_cupy_cuda_major(xp))
         lib = self._lib
         handle = ctypes.c_void_p()
         self._check(lib.cublasCreate_v2(ctypes.byref(handle)), "cublasCreate")

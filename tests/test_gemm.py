@@ -4,11 +4,13 @@ raw memory (the same pointers, leading dimensions and operations cuBLAS would ge
 
 from __future__ import annotations
 
+import ctypes
+
 import numpy as np
 import pytest
 from numpy.lib.stride_tricks import as_strided
 
-from gpunn.gemm import OP_N, OP_T, GemmPlan, gemm_plan, matmul
+from gpunn.gemm import OP_N, OP_T, GemmPlan, cublas_candidates, gemm_plan, load_cublas, matmul
 
 
 def _column_major(base: np.ndarray, rows: int, cols: int, ld: int) -> np.ndarray:
@@ -134,3 +136,52 @@ def test_a_capturable_matmul_routes_only_its_own_threads_products() -> None:
         done.set()
         thread.join()
     assert (mine.calls, other.calls) == (2, 0)
+
+
+class FakeCublas:
+    """A loaded cuBLAS as ctypes shows it: cublasGetProperty(MAJOR_VERSION, int*) -> status."""
+
+    def __init__(self, name: str, major: int) -> None:
+        self.name, self.major = name, major
+
+    def cublasGetProperty(self, prop, value):  # noqa: N802 — cuBLAS's own name
+        assert prop == 0  # MAJOR_VERSION
+        ctypes.cast(value, ctypes.POINTER(ctypes.c_int)).contents.value = self.major
+        return 0
+
+
+def _opener(available: dict[str, int], opened: list[str]):
+    def open_library(name: str) -> FakeCublas:
+        opened.append(name)
+        if name not in available:
+            raise OSError(f"{name}: cannot open shared object file")
+        return FakeCublas(name, available[name])
+
+    return open_library
+
+
+def test_cupys_own_cublas_major_is_loaded_before_what_the_path_finder_finds():
+    """torch's CUDA 12 wheels beside cupy-cuda13x: the path finder may find libcublas.so.12
+    first. The cuBLAS of CuPy's own major, by name, comes first and is the one used."""
+    torch_cublas = "/site-packages/nvidia/cublas/lib/libcublas.so.12"
+    opened: list[str] = []
+    lib = load_cublas(13, _opener({torch_cublas: 12, "libcublas.so.13": 13}, opened), lambda: torch_cublas)
+    assert lib.name == "libcublas.so.13" and opened == ["libcublas.so.13"]
+
+
+def test_a_cublas_of_another_major_is_refused_even_when_found_by_its_path():
+    opened: list[str] = []
+    wrong = "/x/libcublas.so.12"
+    with pytest.raises(RuntimeError, match=r"cuBLAS of CUDA 13.*libcublas.so.12 is cuBLAS of CUDA 12"):
+        load_cublas(13, _opener({wrong: 12, "libcublas.so": 12}, opened), lambda: wrong)
+    assert opened == ["libcublas.so.13", wrong, "libcublas.so"]
+    # the path finder's own find, when it is the right major, is taken
+    right = "/x/nvidia/cu13/lib/libcublas.so.13"
+    assert load_cublas(13, _opener({right: 13}, []), lambda: right).name == right
+
+
+def test_a_failing_path_finder_leaves_the_names():
+    def broken():
+        raise RuntimeError("no site-packages")
+
+    assert cublas_candidates(13, broken) == ["libcublas.so.13", "libcublas.so"]
