@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import math
 import re
+from fractions import Fraction
 
 import cuda_source
 import numpy as np
 import pytest
 from cuda_source import needs_nvcc, nvcc_compile
+from tolerances import assert_within_term_bound, eps, fma, ulps_of
 
 import gpunn as gn
 from gpunn import kernels, raw_kernels, update_source
@@ -131,25 +133,36 @@ def magnitudes(rule: str, b: dict[str, np.ndarray], n: int) -> dict[str, np.ndar
     return {"p": decayed + h["step_size"] * m / (xp.sqrt(v) * h["inv_sqrt_bc2"] + h["eps"]), "m": m, "v": v}
 
 
-# Rounding allowance relative to the magnitudes above: ~16 ulps in float32, far more in
-# float64 (every formula here has fewer than ten roundings per element).
-RTOL = {"float32": 1e-6, "float64": 1e-13}
+# The roundings along the longest chain from an input to each output, counted as
+# tests/tolerances.py says, for the twin (update_twins: one rounding per NumPy operation):
+# (1) with the hyperparameters rounded to the buffer's dtype, as twin and kernel both use them;
+# (2) with each rounded hyperparameter counted as one rounding more, against the float64
+# textbook. The kernel does the same operations (some in another association, with the same
+# counts), except that a fused multiply-add drops one rounding: its counts are at most these
+# whatever the compiler contracts, so fused vs twin allows twice count (1).
+ROUNDINGS = {  # (rule, buffer): (count with the dtype's constants, count against the textbook)
+    ("sgd", "p"): (2, 3),  # p − fl(lr·g)
+    ("momentum", "v"): (2, 3),  # fl(μ·v) + g
+    ("momentum", "p"): (4, 6),  # p − fl(lr·v)
+    ("nesterov", "v"): (2, 3),
+    ("nesterov", "p"): (6, 9),  # p − fl(lr·fl(g + fl(μ·v)))
+    ("adagrad", "h"): (2, 2),  # h + fl(g·g)
+    ("adagrad", "p"): (7, 8),  # p − fl(lr·fl(g / fl(fl(√h) + ε))), h counting 2
+    ("rmsprop", "s"): (3, 4),  # fl(α·s) + fl((1−α)·fl(g·g))
+    ("rmsprop", "p"): (8, 10),  # as AdaGrad's, s counting 3
+    ("adam", "m"): (2, 3),  # fl(β1·m) + fl((1−β1)·g)
+    ("adam", "v"): (3, 4),  # fl(β2·v) + fl((1−β2)·fl(g·g))
+    ("adam", "p"): (11, 15),  # fl(p·keep) − fl(step·fl(m / fl(fl(fl(√v)·c2) + ε))), m 2 and v 3
+    ("axpy", "y"): (2, 3),  # y + fl(a·x)
+    ("sgd_l2", "p"): (4, 6),  # p − fl(lr·fl(g + fl(l2·p)))
+}
 
 
-def assert_within_rounding(got, want, scale, dtype: str, what: str) -> None:
-    """|got − want| <= RTOL·scale elementwise (NumPy or CuPy arrays, checked where they live)."""
-    xp = gn.array_module(got)
-    got, want = got.astype(xp.float64), want.astype(xp.float64)
-    err = xp.abs(got - want)
-    bound = RTOL[dtype] * scale
-    bad = ~(err <= bound)  # NaN counts as bad
-    n_bad = int(bad.sum())
-    if n_bad:
-        i = int(xp.argmax(bad))
-        raise AssertionError(
-            f"{what}: {n_bad} of {bad.size} elements differ beyond rounding; first at {i}: "
-            f"got {float(got[i])!r}, want {float(want[i])!r}, |error| {float(err[i]):.3g} > bound {float(bound[i]):.3g}"
-        )
+def ulps(rule: str, name: str, against: str) -> float:
+    """The allowance of ``rule``'s output ``name`` against "twin" (kernel vs twin, or an emulated
+    kernel vs twin) or "textbook" (either of them vs the float64 formula)."""
+    same_constants, textbook = ROUNDINGS[("adam" if rule == "adamw" else rule, name)]
+    return ulps_of(2 * same_constants if against == "twin" else textbook)
 
 
 # ----------------------------------------------------------------------------- NumPy twins
@@ -181,7 +194,8 @@ def test_numpy_twin_matches_textbook(rule, n, dtype, fn_kind):
     assert set(expected) == set(scale)
     for name, want in expected.items():
         assert b[name].dtype == np.dtype(dtype)
-        assert_within_rounding(b[name], want, scale[name], dtype, f"{rule} {name}")
+        bound = ulps(rule, name, "textbook")
+        assert_within_term_bound(b[name], want, scale[name], dtype, bound, what=f"{rule} {name}")
 
 
 def test_adam_reference_decays_only_the_prefix():
@@ -247,9 +261,12 @@ def test_fused_kernel_matches_its_twin(gpu, monkeypatch, rule, n, dtype):
         assert bool((fused["g"] == original["g"]).all())
         for name in scale:
             assert fused[name].dtype == np.dtype(dtype)
-            # fused kernel and twin round differently (FMA, operation order): twice the allowance
-            assert_within_rounding(fused[name], twin[name], 2 * scale[name], dtype, f"{rule} {name}: fused vs twin")
-            assert_within_rounding(fused[name], expected[name], scale[name], dtype, f"{rule} {name}: vs textbook")
+            # the kernel's fused multiply-adds round differently from the twin: a bound in the terms
+            what = f"{rule} {name}"
+            bound = ulps(rule, name, "twin")
+            assert_within_term_bound(fused[name], twin[name], scale[name], dtype, bound, what=f"{what}: fused vs twin")
+            bound = ulps(rule, name, "textbook")
+            assert_within_term_bound(fused[name], expected[name], scale[name], dtype, bound, what=f"{what}: textbook")
 
 
 # ----------------------------------------------------------------------------- CUDA source (nvcc)
@@ -533,27 +550,221 @@ def test_cpu_scratch_does_not_grow_with_the_model() -> None:
     assert big.shape == (kernels.cpu_workers(), kernels.CHUNK)
 
 
+# ----------------------------------------------------------------------------- y ← y + a·x
+
+AXPY_A = 0.3
+
+
+def axpy_data(dtype: str, n: int = 1001) -> tuple[np.ndarray, np.ndarray]:
+    """y and x for y ← y + a·x: n normal values (under a tolerance relative to the result about
+    3 in 1,000 of them fail when the product is fused), then n more with y ≈ −a·x (cancelling)."""
+    rng = np.random.default_rng(5)
+    y, x = rng.standard_normal(n).astype(dtype), rng.standard_normal(n).astype(dtype)
+    x2 = rng.standard_normal(n).astype(dtype)
+    y2 = (-AXPY_A * x2.astype(np.float64) * (1 + 1e-6 * rng.standard_normal(n))).astype(dtype)
+    return np.concatenate([y, y2]), np.concatenate([x, x2])
+
+
+def axpy_terms(y, x, dtype: str, a: float = AXPY_A) -> np.ndarray:
+    """|y| + |a·x| in float64 (a as rounded to ``dtype``, which kernel and twin both use)."""
+    a = float(np.dtype(dtype).type(a))
+    return np.abs(y.astype(np.float64)) + np.abs(a * x.astype(np.float64))
+
+
 @pytest.mark.parametrize("size", [1, 7, kernels.CHUNK + 3])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_axpy_twin_is_the_formula(size: int, dtype: str) -> None:
     rng = np.random.default_rng(size)
     y, x = rng.standard_normal(size).astype(dtype), rng.standard_normal(size).astype(dtype)
     expected = y.astype(np.float64) + 0.3 * x.astype(np.float64)
+    terms = np.abs(y.astype(np.float64)) + 0.3 * np.abs(x.astype(np.float64))
     kernels.axpy_update(y, x, kernels.scratch(size, dtype), a=0.3)
-    # absolute: y + 0.3·x cancels, so the error is relative to |y| + 0.3·|x|, not to the result
-    np.testing.assert_allclose(y, expected, rtol=0, atol=4e-7 if dtype == "float32" else 1e-15)
+    # y + 0.3·x cancels, so the error is relative to |y| + 0.3·|x|, not to the result
+    assert_within_term_bound(y, expected, terms, dtype, ulps("axpy", "y", "textbook"), what="axpy twin")
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_fused_axpy_equals_twin(gpu, dtype: str) -> None:
-    rng = np.random.default_rng(5)
-    y, x = rng.standard_normal(1001).astype(dtype), rng.standard_normal(1001).astype(dtype)
+    """The kernel's y += a*x is one fused multiply-add, the twin rounds a·x first: within
+    2 ulps of |y| + |a·x| of each other (1.5 of the float64 formula), cancellation or not."""
+    y, x = axpy_data(dtype)
     expected = y.copy()
-    kernels.axpy_reference(expected, x, np.empty_like(x), a=0.3)
+    kernels.axpy_reference(expected, x, np.empty_like(x), a=AXPY_A)
+    exact, terms = y.astype(np.float64) + AXPY_A * x.astype(np.float64), axpy_terms(y, x, dtype)
     y_gpu = gpu.send(y)
-    kernels.axpy_update(y_gpu, gpu.send(x), None, a=0.3)
-    np.testing.assert_allclose(gn.to_numpy(y_gpu), expected, rtol=1e-6 if dtype == "float32" else 1e-14)
+    kernels.axpy_update(y_gpu, gpu.send(x), None, a=AXPY_A)
+    got = gn.to_numpy(y_gpu)
+    assert_within_term_bound(got, expected, terms, dtype, ulps("axpy", "y", "twin"), what="axpy: fused vs twin")
+    bound = ulps("axpy", "y", "textbook")
+    assert_within_term_bound(got, exact, axpy_terms(y, x, "float64"), dtype, bound, what="axpy: fused vs formula")
+
+
+# ----------------------------------------------------------------------------- contraction, emulated on the CPU
+
+# What NVRTC and ptxas make of the kernels (their SASS for sm_90, compiled with gpunn's options):
+# y += a*x is one FFMA; sgd_update's ĝ = g + l2·p and p − lr·ĝ are two (FFMA e, l2, p, g and
+# FFMA p, lr, -e, p); momentum's v = μ·v + g and p − lr·v (Nesterov: g + μ·v too) likewise.
+# The twins round every product. fma() below computes what one FFMA does, exactly, so these
+# tests show on the CPU that the term bounds the GPU tests use hold where relative ones fail.
+SGD_L2 = {"lr": 0.3, "l2": 0.1}
+
+
+def cancelling_update(rule: str, n: int = 2000, dtype: str = "float32") -> tuple[dict, int]:
+    """Buffers for ``rule`` ("sgd_l2", "momentum" or "nesterov"), and n_decay (sgd_l2 adds the
+    L2 term on the first 3/4): normal values, then the gradient chosen so that the new p
+    nearly cancels (p ≈ lr·step), where a fused multiply-add and the twin differ most."""
+    b = {k: v.astype(np.float64) for k, v in buffers(n, "float64", "sgd" if rule == "sgd_l2" else rule).items()}
+    rng = np.random.default_rng(11)
+    n_decay = (3 * n) // 4 if rule == "sgd_l2" else 0
+    half, p = slice(n // 2, n), b["p"][n // 2 :]
+    lr = SGD_L2["lr"] if rule == "sgd_l2" else HYPER[rule]["lr"]
+    if rule == "sgd_l2":
+        decayed = np.arange(n // 2, n) < n_decay
+        g = p / lr - SGD_L2["l2"] * p * decayed  # p − lr·(g + l2·p) ≈ 0
+    elif rule == "momentum":
+        g = p / lr - HYPER[rule]["momentum"] * b["v"][half]  # p − lr·(μ·v + g) ≈ 0
+    else:
+        mu = HYPER[rule]["momentum"]
+        g = (p / lr - mu * mu * b["v"][half]) / (1 + mu)  # p − lr·(g + μ·(μ·v + g)) ≈ 0
+    b["g"][half] = g * (1 + 1e-6 * rng.standard_normal(g.size))
+    return {k: v.astype(dtype) for k, v in b.items()}, n_decay
+
+
+def sgd_l2_terms(b: dict, n_decay: int, dtype: str) -> np.ndarray:
+    """|p| + lr·(|g| + l2·|p|) (the L2 term on the first n_decay elements), in float64."""
+    lr, l2 = (float(np.dtype(dtype).type(SGD_L2[k])) for k in ("lr", "l2"))
+    p, g = np.abs(b["p"].astype(np.float64)), np.abs(b["g"].astype(np.float64))
+    return p + lr * (g + l2 * p * (np.arange(p.size) < n_decay))
+
+
+def twin_update(rule: str, b: dict, n_decay: int) -> dict:
+    """The NumPy twin of ``rule`` on copies of the buffers."""
+    out = {k: v.copy() for k, v in b.items()}
+    n = out["p"].size
+    if rule == "sgd_l2":
+        kernels.sgd_reference(out["p"], out["g"], np.empty(2 * n, out["p"].dtype), n_decay=n_decay, **SGD_L2)
+    else:
+        call(rule, "reference", out, np.empty(n, out["p"].dtype))
+    return out
+
+
+def contracted_update(rule: str, b: dict, n_decay: int) -> dict:
+    """The float32 kernel of ``rule`` as its SASS computes it: every product that feeds a sum
+    fused with it (one rounding), through :func:`tolerances.fma`."""
+    f = np.float32
+    p, g = b["p"], b["g"]
+    if rule == "sgd_l2":
+        e = np.where(np.arange(p.size) < n_decay, fma(f(SGD_L2["l2"]), p, g), g)
+        return {"p": fma(-f(SGD_L2["lr"]), e, p), "g": g}
+    mu, lr = f(HYPER[rule]["momentum"]), f(HYPER[rule]["lr"])
+    v = fma(mu, b["v"], g)
+    step = fma(mu, v, g) if rule == "nesterov" else v
+    return {"p": fma(-lr, step, p), "g": g, "v": v}
+
+
+def test_fma_emulation_rounds_once() -> None:
+    """tolerances.fma is a correctly rounded float32 fused multiply-add: exact against rational
+    arithmetic, also where plain float64 arithmetic rounds twice to the wrong neighbour."""
+    a, b, c = np.float32((1 + 2**-15) * 2**-24), np.float32(1 - 2**-15), np.float32(1 + 2**-23)
+    # a·b + c = 1 + 3·2⁻²⁴ − 2⁻⁵⁴: just below the midpoint of two float32 neighbours
+    assert fma(a, b, c) == np.float32(1 + 2**-23)
+    assert np.float32(np.float64(a) * np.float64(b) + np.float64(c)) == np.float32(1 + 2**-22)  # rounded twice
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(300).astype(np.float32)
+    y = (rng.standard_normal(300) * np.exp2(rng.integers(-30, 30, 300))).astype(np.float32)
+    z = (-(x.astype(np.float64) * y) * (1 + 1e-7 * rng.standard_normal(300))).astype(np.float32)
+    z[::3] = rng.standard_normal(100).astype(np.float32)
+    for xi, yi, zi, got in zip(x, y, z, fma(x, y, z), strict=True):
+        exact = Fraction(float(xi)) * Fraction(float(yi)) + Fraction(float(zi))
+        near = np.float32(float(exact))
+        candidates = (near, np.nextafter(near, np.float32(np.inf)), np.nextafter(near, np.float32(-np.inf)))
+        want = min(candidates, key=lambda v: (abs(Fraction(float(v)) - exact), int(np.array(v).view(np.int32)) & 1))
+        assert got == want, (xi, yi, zi, got, want)
+
+
+def test_term_bound_check() -> None:
+    """assert_within_term_bound: the bound scales with the terms, not the values; 0 ulps means
+    equal; equal infinities pass, a NaN fails; the message names the count and the worst."""
+    terms = np.array([1.0, 1.0, 1e6, 2.0])
+    want = np.array([1e-9, 0.0, 1.0, np.inf])
+    got = want + np.array([1.5, 0.0, 1.6e6, 0.0]) * eps("float32")
+    assert_within_term_bound(got, want, terms, "float32", 1.6)
+    assert_within_term_bound(want, want, terms, "float32", 0)
+    with pytest.raises(AssertionError, match=r"^x: 2 of 4 element\(s\) .* 1\.4 ulps .*index \(2,\)"):
+        assert_within_term_bound(got, want, terms, "float32", 1.4, what="x")
+    got[1] = np.nan
+    with pytest.raises(AssertionError, match=r"1 of 4 .*index \(1,\): got nan"):
+        assert_within_term_bound(got, want, terms, "float32", 2)
+    assert_within_term_bound(np.float32(1.0), 1.0 + 2e-7, 1.0, "float32", 2)  # scalars too
+
+
+def test_contracted_axpy_needs_the_term_bound() -> None:
+    """The fused kernel's fl(a·x + y) against the twin's fl(y + fl(a·x)) in float32: a tolerance
+    relative to the result (the old GPU test's rtol=1e-6) fails, on normal values (elements
+    466, 477 and 959 of the old test's data) and nearly everywhere y ≈ −a·x; the bound of
+    2 ulps of |y| + |a·x| holds for every element, and fails for a kernel off by a little more."""
+    y, x = axpy_data("float32")
+    n = y.size // 2
+    twin = y.copy()
+    kernels.axpy_update(twin, x, kernels.scratch(y.size, "float32"), a=AXPY_A)
+    contracted = fma(np.float32(AXPY_A), x, y)
+    assert (contracted != twin).sum() > n // 10  # the contraction does change bits
+    relative_fails = ~np.isclose(contracted, twin, rtol=1e-6, atol=0)
+    assert list(np.flatnonzero(relative_fails[:n])) == [466, 477, 959]
+    assert relative_fails[n:].sum() > 0.9 * n
+    terms, bound = axpy_terms(y, x, "float32"), ulps("axpy", "y", "twin")
+    assert_within_term_bound(contracted, twin, terms, "float32", bound, what="emulated axpy kernel vs twin")
+    exact = y.astype(np.float64) + AXPY_A * x.astype(np.float64)
+    textbook = ulps("axpy", "y", "textbook")
+    assert_within_term_bound(contracted, exact, axpy_terms(y, x, "float64"), "float32", textbook, what="vs formula")
+    # the check can fail: a result off by 3 ulps of its terms in one element
+    off = contracted.astype(np.float64)
+    off[7] += 3 * eps("float32") * terms[7]
+    with pytest.raises(AssertionError, match=r"1 of 2002 element\(s\) differ by more than 2\.002 ulps .*index \(7,\)"):
+        assert_within_term_bound(off, twin, terms, "float32", bound)
+
+
+@pytest.mark.parametrize("rule", ["sgd_l2", "momentum", "nesterov"])
+def test_contracted_update_needs_the_term_bound(rule: str) -> None:
+    """The same for the optimizer updates whose kernels fuse their products (p ← p − lr·ĝ with
+    ĝ = g + l2·p; momentum; Nesterov): relative to the new p the twin and the emulated kernel
+    differ by far more than rtol=1e-6 where p nearly cancels, within the terms' bound everywhere."""
+    b, n_decay = cancelling_update(rule)
+    twin, contracted = twin_update(rule, b, n_decay), contracted_update(rule, b, n_decay)
+    n = b["p"].size
+    terms = {"p": sgd_l2_terms(b, n_decay, "float32")} if rule == "sgd_l2" else magnitudes(rule, b, n)
+    assert (contracted["p"] != twin["p"]).sum() > n // 10
+    assert (~np.isclose(contracted["p"][n // 2 :], twin["p"][n // 2 :], rtol=1e-6, atol=0)).sum() > n // 4
+    for name, scale in terms.items():
+        bound = ulps(rule, name, "twin")
+        assert_within_term_bound(contracted[name], twin[name], scale, "float32", bound, what=f"emulated {rule} {name}")
+    if rule == "sgd_l2":  # the twin itself against the float64 formula (its count with the constants)
+        p, g = b["p"].astype(np.float64), b["g"].astype(np.float64)
+        exact = p - SGD_L2["lr"] * (g + SGD_L2["l2"] * p * (np.arange(n) < n_decay))
+        bound = ulps(rule, "p", "textbook")
+        assert_within_term_bound(twin["p"], exact, sgd_l2_terms(b, n_decay, "float64"), "float32", bound)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rule", ["sgd_l2", "momentum", "nesterov"])
+def test_fused_update_on_cancelling_data(gpu, rule: str, dtype: str) -> None:
+    """The real kernels on the data above (L2 through EffectiveGrad for sgd_l2): within the
+    terms' bound of the twin, where p nearly cancels too."""
+    b, n_decay = cancelling_update(rule, dtype=dtype)
+    twin = twin_update(rule, b, n_decay)
+    fused = {k: gpu.send(v) for k, v in b.items()}
+    if rule == "sgd_l2":
+        kernels.sgd_update(fused["p"], fused["g"], None, n_decay=n_decay, **SGD_L2)
+    else:
+        call(rule, "update", fused, None)
+    n = b["p"].size
+    terms = {"p": sgd_l2_terms(b, n_decay, dtype)} if rule == "sgd_l2" else magnitudes(rule, b, n)
+    for name, scale in terms.items():
+        bound = ulps(rule, name, "twin")
+        got = gn.to_numpy(fused[name])
+        assert_within_term_bound(got, twin[name], scale, dtype, bound, what=f"{rule} {name}: fused vs twin")
 
 
 @needs_nvcc
