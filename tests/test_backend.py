@@ -130,7 +130,7 @@ def test_missing_cupy_reason_tells_how_to_install(monkeypatch: pytest.MonkeyPatc
     assert 'pip install "gpunn[cuda12]"' in probe.reason
 
 
-@pytest.mark.skipif(gn.gpu_available(), reason="this machine has a usable GPU")
+@pytest.mark.no_gpu  # the real fallback, so skipped where a GPU is usable (and never simulated)
 def test_laptop_case_cupy_installed_without_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
     """The real thing, no simulation: CuPy is installed, no GPU is usable, the CPU is chosen."""
     if not HAS_CUPY:
@@ -191,6 +191,9 @@ def test_gpu_selected_automatically_when_usable(monkeypatch: pytest.MonkeyPatch)
     assert gn.Device("cuda", 0) in gn.available_devices()
 
 
+# With CuPy imported and a GPU present, the switch also sets CuPy's compute type: it runs on the
+# real machine (the simulated GPU of tests/simulated_gpu.py has no CuPy behind it).
+@pytest.mark.default_device
 def test_matmul_precision_switch(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("CUPY_TF32", raising=False)
     assert gn.matmul_precision() == "highest"

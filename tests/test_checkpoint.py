@@ -117,9 +117,9 @@ def test_a_trainer_given_the_model_and_the_optimizer_from_two_reads_resumes_with
     x, t = _batch(CPU, seed=5)
     finished = []
     for two_reads in (True, False):
-        ckpt = read(path)
-        resumed = gn.load(path) if two_reads else ckpt.model
-        trainer = gn.Trainer(resumed, gn.SoftmaxWithLoss(), ckpt.optimizer())
+        ckpt = read(path, "cpu")
+        resumed = gn.load(path, device="cpu") if two_reads else ckpt.model
+        trainer = gn.Trainer(resumed, gn.SoftmaxWithLoss(), ckpt.optimizer(), device="cpu")
         assert trainer.optimizer.params == resumed.parameters()
         assert trainer.optimizer.state_dict()["state"]["0.W"]["exp_avg"].any()  # the saved moments
         trainer.fit(x, t, epochs=2, batch_size=16, shuffle=False, verbose=False)
@@ -148,13 +148,13 @@ def test_every_optimizer_round_trips(name: str, tmp_path: Path) -> None:
 def test_unbound_optimizer_and_no_optimizer(tmp_path: Path) -> None:
     model = gn.mlp([8, 16, 3], seed=0)
     gn.save(tmp_path / "unbound.safetensors", model, gn.optim.AdamW(lr=0.25, weight_decay=0.5))
-    opt = read(tmp_path / "unbound.safetensors").optimizer()
+    opt = read(tmp_path / "unbound.safetensors", "cpu").optimizer()
     assert isinstance(opt, gn.optim.AdamW)
     assert (opt.lr, opt.weight_decay, opt.step_count) == (0.25, 0.5, 0)
     assert len(opt.params) == 4
 
     gn.save(tmp_path / "bare.safetensors", model)
-    ckpt = read(tmp_path / "bare.safetensors")
+    ckpt = read(tmp_path / "bare.safetensors", "cpu")
     assert ckpt.optimizer_info is None
     assert ckpt.metadata == {}
     with pytest.raises(ValueError, match="holds no optimizer"):
@@ -384,7 +384,7 @@ def test_future_format_and_damaged_metadata(good: Path, tmp_path: Path) -> None:
         read(_bad_file(tmp_path, wider))
     no_state = _with_header(good, lambda h: {**h, "optimizer": {**h["optimizer"], "keys": ["0.W", "9.W"]}})
     with pytest.raises(CheckpointError, match=r"'optimizer/9\.W/exp_avg' is missing"):
-        read(_bad_file(tmp_path, no_state)).optimizer()
+        read(_bad_file(tmp_path, no_state), "cpu").optimizer()
 
 
 def test_missing_folder_and_wrong_path_types(good: Path, tmp_path: Path) -> None:

@@ -33,7 +33,7 @@ def test_info_reports_devices_versions_and_blas() -> None:
         assert info["gpus"] and info["gpus"][0]["total_memory"] > 0
 
 
-@pytest.mark.skipif(gn.gpu_available(), reason="this machine has a usable GPU")
+@pytest.mark.no_gpu  # about the CPU fallback: skipped where a GPU is usable
 def test_info_text_says_why_the_cpu_was_chosen() -> None:
     result = run_gpunn("info", env={"GPUNN_DEVICE": "auto"})
     assert result.returncode == 0, result.stderr
@@ -42,7 +42,7 @@ def test_info_text_says_why_the_cpu_was_chosen() -> None:
     assert gn.why_cpu() in result.stdout
 
 
-@pytest.mark.skipif(gn.gpu_available(), reason="this machine has a usable GPU")
+@pytest.mark.no_gpu  # about the CPU fallback: skipped where a GPU is usable
 def test_info_with_unavailable_gpu_requested_reports_error() -> None:
     result = run_gpunn("info", env={"GPUNN_DEVICE": "cuda"})
     assert result.returncode == 1

@@ -2,7 +2,9 @@
 
 Each run is ``python -m gpunn ...`` in a subprocess whose working folder is a temporary one;
 checkpoints are read back with ``gn.checkpoint.read`` / ``gn.load`` on the CPU. Runs are kept
-to a few epochs of the spiral data set except where a requirement needs the defaults.
+to a few epochs of the spiral data set except where a requirement needs the defaults, and ask
+for ``--device cpu`` unless gpunn's own choice of device is what the test is about (those carry
+``default_device``): under ci/gpu-check that choice is cuda:0.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import pytest
 import gpunn as gn
 
 TIMEOUT = 120
-NO_GPU = pytest.mark.skipif(gn.gpu_available(), reason="this machine has a usable GPU")
+NO_GPU = pytest.mark.no_gpu  # about the CPU fallback: skipped where a GPU is usable (tests/conftest.py)
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 SUMMARY_KEYS = {
     "device",
@@ -128,6 +130,7 @@ def baseline(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- the defaults
 
 
+@pytest.mark.default_device  # every default, the device too: cuda:0 under ci/gpu-check
 def test_defaults_reach_97_percent_on_digits(tmp_path: Path) -> None:
     result = train_json(cwd=tmp_path)
     missing = SUMMARY_KEYS - set(result)
@@ -143,20 +146,20 @@ def test_defaults_reach_97_percent_on_digits(tmp_path: Path) -> None:
     assert 0.0 <= result["train_accuracy"] <= 1.0 and 0.0 <= result["dev_accuracy"] <= 1.0
     assert result["samples_per_s"] > 0 and result["seconds"] > 0
     assert isinstance(result["diagnosis"], dict) and result["diagnosis"]["verdict"]
-    if not gn.gpu_available():
-        assert result["device"] == "cpu"
+    assert result["device"] == str(gn.device("auto"))  # gpunn's own choice (GPUNN_DEVICE is unset for the run)
 
 
-def test_text_output_without_tty_has_accuracy_and_diagnosis(tmp_path: Path) -> None:
+@pytest.mark.default_device  # the device line names gpunn's own choice, and says why when it is the CPU
+def test_text_output_without_tty_has_accuracy_and_diagnosis(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("GPUNN_DEVICE", raising=False)  # as for the run: gn.device() and gn.why_cpu() answer for it
     result = ok(run_gpunn("train", "--dataset", "spiral", "--epochs", "2", cwd=tmp_path))
     lines = result.stdout.splitlines()
     assert any(line.startswith("diagnosis:") for line in lines), result.stdout
     assert any(line.startswith("accuracy: train ") and "test " in line for line in lines), result.stdout
     assert result.stderr == "", f"no progress bar or warnings without a TTY, got:\n{result.stderr}"
     assert not result.stdout.lstrip().startswith("{")  # text, not JSON
-    if not gn.gpu_available():
-        assert "the CPU, because" in result.stdout
-        assert gn.why_cpu() in result.stdout
+    reason = gn.why_cpu()  # None where gpunn picks a GPU
+    assert f"device: {gn.device()}" + (f" (the CPU, because {reason})" if reason else "") in lines, result.stdout
 
 
 # ----------------------------------------------------------------------------- resume
@@ -197,7 +200,8 @@ def test_dataset_spiral(baseline: dict[str, Any]) -> None:
 
 
 def test_dataset_digits_explicit(tmp_path: Path) -> None:
-    result = train_json("--dataset", "digits", "--epochs", "2", "--save", "d.safetensors", cwd=tmp_path)
+    args = ("--dataset", "digits", "--epochs", "2", "--device", "cpu")
+    result = train_json(*args, "--save", "d.safetensors", cwd=tmp_path)
     assert result["dataset"] == "digits"
     assert linear_sizes(gn.checkpoint.read(tmp_path / "d.safetensors", "cpu")) == [(64, 100), (100, 10)]
 
@@ -216,7 +220,9 @@ def write_tiny_mnist(path: Path, n_train: int = 200, n_test: int = 50) -> None:
 def test_dataset_mnist_npz_trains_and_evaluates(tmp_path: Path) -> None:
     write_tiny_mnist(tmp_path / "tiny.npz")
     spec = f"mnist:{tmp_path / 'tiny.npz'}"
-    result = train_json("--dataset", spec, "--epochs", "2", "--hidden", "16", "--save", "m.safetensors", cwd=tmp_path)
+    result = train_json(
+        "--dataset", spec, "--epochs", "2", "--hidden", "16", "--device", "cpu", "--save", "m.safetensors", cwd=tmp_path
+    )
     assert result["dataset"] == spec
     assert result["epochs"] == 2
     for key in ("train_accuracy", "dev_accuracy", "test_accuracy"):
@@ -224,7 +230,8 @@ def test_dataset_mnist_npz_trains_and_evaluates(tmp_path: Path) -> None:
     assert linear_sizes(gn.checkpoint.read(tmp_path / "m.safetensors", "cpu")) == [(784, 16), (16, 10)]
     # the test part is the .npz's own 50 images: accuracy is a multiple of 1/50
     assert math.isclose(result["test_accuracy"] * 50, round(result["test_accuracy"] * 50), abs_tol=1e-9)
-    evaluated = one_json_object(ok(run_gpunn("evaluate", "--model", "m.safetensors", "--json", cwd=tmp_path)).stdout)
+    evaluated = run_gpunn("evaluate", "--model", "m.safetensors", "--device", "cpu", "--json", cwd=tmp_path)
+    evaluated = one_json_object(ok(evaluated).stdout)
     assert evaluated["dataset"] == spec
     assert abs(evaluated["accuracy"] - result["test_accuracy"]) <= 1e-9
 
@@ -233,9 +240,8 @@ def test_dataset_mnist_npz_trains_and_evaluates(tmp_path: Path) -> None:
 
 
 def test_hidden_sizes_in_summary_and_checkpoint(tmp_path: Path) -> None:
-    result = ok(
-        run_gpunn("train", "--dataset", "spiral", "--hidden", "32,16", "--epochs", "2", "--save", "h.st", cwd=tmp_path)
-    )
+    args = ("train", "--dataset", "spiral", "--hidden", "32,16", "--epochs", "2", "--device", "cpu")
+    result = ok(run_gpunn(*args, "--save", "h.st", cwd=tmp_path))
     for layer in ("Linear(2 → 32)", "Linear(32 → 16)", "Linear(16 → 3)"):
         assert layer in result.stdout, result.stdout
     checkpoint = gn.checkpoint.read(tmp_path / "h.st", "cpu")
@@ -245,7 +251,7 @@ def test_hidden_sizes_in_summary_and_checkpoint(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("activation", list(ACTIVATION_LAYERS))
 def test_each_activation_runs(tmp_path: Path, activation: str) -> None:
-    args = ("--dataset", "spiral", "--epochs", "1", "--hidden", "8,8", "--activation", activation)
+    args = ("--dataset", "spiral", "--epochs", "1", "--device", "cpu", "--hidden", "8,8", "--activation", activation)
     result = train_json(*args, "--save", "act.st", cwd=tmp_path)
     assert result["epochs"] == 1
     checkpoint = gn.checkpoint.read(tmp_path / "act.st", "cpu")
@@ -282,9 +288,8 @@ def test_dropout_adds_dropout_layers(baseline: dict[str, Any], tmp_path: Path) -
 
 @pytest.mark.parametrize("optimizer", OPTIMIZERS)
 def test_each_optimizer_runs_one_epoch_on_spiral(tmp_path: Path, optimizer: str) -> None:
-    result = train_json(
-        "--dataset", "spiral", "--epochs", "1", "--optimizer", optimizer, "--save", "o.st", cwd=tmp_path
-    )
+    args = ("--dataset", "spiral", "--epochs", "1", "--device", "cpu", "--optimizer", optimizer)
+    result = train_json(*args, "--save", "o.st", cwd=tmp_path)
     assert result["epochs"] == 1
     assert 0.0 <= result["test_accuracy"] <= 1.0
     checkpoint = gn.checkpoint.read(tmp_path / "o.st", "cpu")
@@ -325,7 +330,7 @@ def test_l2_zero_and_positive(baseline: dict[str, Any], tmp_path: Path) -> None:
 
 
 def test_epochs_sets_history_length(tmp_path: Path) -> None:
-    result = train_json("--dataset", "spiral", "--epochs", "4", "--save", "e.st", cwd=tmp_path)
+    result = train_json("--dataset", "spiral", "--epochs", "4", "--device", "cpu", "--save", "e.st", cwd=tmp_path)
     assert result["epochs"] == 4
     checkpoint = gn.checkpoint.read(tmp_path / "e.st", "cpu")
     history = gn.History.from_dict(checkpoint.metadata["history"])
@@ -337,7 +342,8 @@ def test_batch_size_sets_steps_per_epoch(tmp_path: Path) -> None:
     from gpunn.job import raw_splits  # noqa: PLC0415
 
     n_train = len(raw_splits("spiral", 0)["train"][1])
-    result = train_json("--dataset", "spiral", "--epochs", "2", "--batch-size", "50", "--save", "bs.st", cwd=tmp_path)
+    args = ("--dataset", "spiral", "--epochs", "2", "--device", "cpu", "--batch-size", "50")
+    result = train_json(*args, "--save", "bs.st", cwd=tmp_path)
     assert result["config"]["batch_size"] == 50
     checkpoint = gn.checkpoint.read(tmp_path / "bs.st", "cpu")
     assert checkpoint.optimizer_info["step"] == 2 * math.ceil(n_train / 50)
@@ -400,7 +406,7 @@ SPY = textwrap.dedent(
 def test_save_writes_a_loadable_checkpoint_every_epoch(tmp_path: Path) -> None:
     spy = tmp_path / "spy.py"
     spy.write_text(SPY)
-    args = ["train", "--dataset", "spiral", "--epochs", "3", "--save", "every.st", "--json"]
+    args = ["train", "--dataset", "spiral", "--epochs", "3", "--device", "cpu", "--save", "every.st", "--json"]
     result = ok(run_gpunn(*args, cwd=tmp_path, script=spy))
     assert result.stderr.splitlines() == [f"saved epoch {e} on disk {e}" for e in (1, 2, 3)]
     summary = one_json_object(result.stdout)
@@ -413,7 +419,7 @@ def test_save_writes_a_loadable_checkpoint_every_epoch(tmp_path: Path) -> None:
 
 def test_plot_writes_png(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
-    result = train_json("--dataset", "spiral", "--epochs", "2", "--plot", "curves.png", cwd=tmp_path)
+    result = train_json("--dataset", "spiral", "--epochs", "2", "--device", "cpu", "--plot", "curves.png", cwd=tmp_path)
     png = tmp_path / "curves.png"
     assert result["plot"] == str(png.resolve())
     assert png.read_bytes()[:8] == PNG_SIGNATURE
@@ -421,7 +427,7 @@ def test_plot_writes_png(tmp_path: Path) -> None:
 
 
 def test_json_is_exactly_one_object(baseline: dict[str, Any], tmp_path: Path) -> None:
-    result = ok(run_gpunn("train", "--dataset", "spiral", "--epochs", "2", "--json", cwd=tmp_path))
+    result = ok(run_gpunn("train", "--dataset", "spiral", "--epochs", "2", "--device", "cpu", "--json", cwd=tmp_path))
     value = one_json_object(result.stdout)
     assert len(result.stdout.strip().splitlines()) == 1
     assert set(value) >= SUMMARY_KEYS
@@ -431,7 +437,8 @@ def test_json_is_exactly_one_object(baseline: dict[str, Any], tmp_path: Path) ->
 
 
 def test_quiet_prints_nothing(tmp_path: Path) -> None:
-    result = ok(run_gpunn("train", "--dataset", "spiral", "--epochs", "2", "--quiet", "--save", "q.st", cwd=tmp_path))
+    args = ("train", "--dataset", "spiral", "--epochs", "2", "--device", "cpu", "--quiet", "--save", "q.st")
+    result = ok(run_gpunn(*args, cwd=tmp_path))
     assert result.stdout == ""
     assert result.stderr == ""
     assert (tmp_path / "q.st").is_file()  # it did train
@@ -442,13 +449,15 @@ def test_quiet_prints_nothing(tmp_path: Path) -> None:
 
 def test_evaluate_matches_train_test_accuracy(baseline: dict[str, Any]) -> None:
     folder = baseline["folder"]
-    evaluated = one_json_object(ok(run_gpunn("evaluate", "--model", "base.safetensors", "--json", cwd=folder)).stdout)
+    # on the CPU, where the baseline trained: the figures agree to rounding only on the same device
+    evaluate = ("evaluate", "--model", "base.safetensors", "--device", "cpu")
+    evaluated = one_json_object(ok(run_gpunn(*evaluate, "--json", cwd=folder)).stdout)
     assert evaluated["dataset"] == "spiral"
     assert evaluated["device"] == "cpu"
     assert abs(evaluated["accuracy"] - baseline["json"]["test_accuracy"]) <= 1e-9
     assert abs(evaluated["loss"] - baseline["json"]["test_loss"]) <= 1e-6
 
-    text = ok(run_gpunn("evaluate", "--model", "base.safetensors", "--dataset", "spiral", cwd=folder)).stdout
+    text = ok(run_gpunn(*evaluate, "--dataset", "spiral", cwd=folder)).stdout
     assert f"accuracy {baseline['json']['test_accuracy']:.4f}" in text
 
 
@@ -457,7 +466,7 @@ def test_evaluate_checkpoint_without_scaler_fails_cleanly(tmp_path: Path) -> Non
     gn.save) must be refused with one line, not a KeyError traceback."""
     model = gn.mlp([2, 4, 3])
     gn.save(tmp_path / "noscaler.st", model, metadata={"config": {"dataset": "spiral"}})
-    assert_clean_error(run_gpunn("evaluate", "--model", "noscaler.st", cwd=tmp_path))
+    assert_clean_error(run_gpunn("evaluate", "--model", "noscaler.st", "--device", "cpu", cwd=tmp_path))
 
 
 # ----------------------------------------------------------------------------- errors
@@ -511,18 +520,20 @@ def test_resume_missing_file_names_it(tmp_path: Path) -> None:
 
 
 def test_resume_refuses_settings_that_differ_from_the_saved_run(tmp_path: Path) -> None:
-    ok(run_gpunn("train", "--dataset", "spiral", "--epochs", "2", "--save", "s.st", "--quiet", cwd=tmp_path))
-    result = run_gpunn("train", "--resume", "s.st", "--epochs", "4", "--lr", "0.5", "--quiet", cwd=tmp_path)
+    cpu = ("--device", "cpu", "--quiet")
+    ok(run_gpunn("train", "--dataset", "spiral", "--epochs", "2", "--save", "s.st", *cpu, cwd=tmp_path))
+    result = run_gpunn("train", "--resume", "s.st", "--epochs", "4", "--lr", "0.5", *cpu, cwd=tmp_path)
     assert_clean_error(result)
     assert "--lr 0.5 conflicts" in result.stderr
     # repeating a saved setting is fine
-    ok(run_gpunn("train", "--resume", "s.st", "--epochs", "3", "--dataset", "spiral", "--quiet", cwd=tmp_path))
-    assert gn.checkpoint.read(tmp_path / "s.st").metadata["epoch"] == 3
+    ok(run_gpunn("train", "--resume", "s.st", "--epochs", "3", "--dataset", "spiral", *cpu, cwd=tmp_path))
+    assert gn.checkpoint.read(tmp_path / "s.st", "cpu").metadata["epoch"] == 3
 
 
 def test_resume_needs_more_epochs_than_already_trained(tmp_path: Path) -> None:
-    ok(run_gpunn("train", "--dataset", "spiral", "--epochs", "2", "--save", "s.st", "--quiet", cwd=tmp_path))
-    result = run_gpunn("train", "--resume", "s.st", "--epochs", "2", "--quiet", cwd=tmp_path)
+    cpu = ("--device", "cpu", "--quiet")
+    ok(run_gpunn("train", "--dataset", "spiral", "--epochs", "2", "--save", "s.st", *cpu, cwd=tmp_path))
+    result = run_gpunn("train", "--resume", "s.st", "--epochs", "2", *cpu, cwd=tmp_path)
     assert_clean_error(result)
     assert "must exceed the 2 epochs" in result.stderr
 

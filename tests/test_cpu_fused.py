@@ -251,7 +251,7 @@ def test_a_trainer_fit_gives_the_same_weights_either_way(twin, loop_calls):
     weights = []
     for fused in (True, False):
         model = gn.mlp([2, 16, 3], seed=1)
-        trainer = gn.Trainer(model, gn.SoftmaxWithLoss(), optim.Adam(lr=1e-2), regularizer=gn.L2(1e-3))
+        trainer = gn.Trainer(model, gn.SoftmaxWithLoss(), optim.Adam(lr=1e-2), regularizer=gn.L2(1e-3), device="cpu")
         if fused:
             trainer.fit(x, y, epochs=3, batch_size=32, seed=0)
         else:
@@ -543,7 +543,7 @@ def test_a_short_job_never_imports_numba():
         "import sys, numpy as np, gpunn as gn\n"
         "x, y = gn.data.make_spiral(30, 3, seed=0)\n"
         "model = gn.mlp([2, 8, 3], seed=0)\n"
-        "trainer = gn.Trainer(model, gn.SoftmaxWithLoss(), gn.optim.Adam(lr=1e-2))\n"
+        "trainer = gn.Trainer(model, gn.SoftmaxWithLoss(), gn.optim.Adam(lr=1e-2), device='cpu')\n"
         "trainer.fit(x, y, epochs=3, batch_size=16, verbose=False)\n"
         "print('numba' in sys.modules)\n"
     )
@@ -577,7 +577,9 @@ def test_training_across_the_switch_gives_the_twins_weights(monkeypatch, loop_ca
         x, y = gn.data.make_spiral(60, 3, seed=4)
         for sizes in ([2, 32, 3], [2, 400, 400, 3]):  # 1.2 k and 162 k parameters (> CHUNK)
             model = gn.mlp(sizes, seed=5)
-            trainer = gn.Trainer(model, gn.SoftmaxWithLoss(), optim.AdamW(lr=1e-2), regularizer=gn.L2(1e-3))
+            trainer = gn.Trainer(
+                model, gn.SoftmaxWithLoss(), optim.AdamW(lr=1e-2), regularizer=gn.L2(1e-3), device="cpu"
+            )
 
             def tick(trainer: Any, logs: Any, clock: list[float] = clock) -> None:
                 clock[0] += 0.2  # each epoch counts 0.2 s: the loops load in the sixth

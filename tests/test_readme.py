@@ -12,6 +12,8 @@ import gpunn as gn
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 
 
+# The README's examples leave the device to gpunn ("the best one present"): cuda:0 under ci/gpu-check.
+@pytest.mark.default_device
 def test_readme_python_example_runs(capsys) -> None:
     blocks = re.findall(r"```python\n(.*?)```", README, re.DOTALL)
     assert len(blocks) == 3, "README.md lost a Python example"
@@ -21,6 +23,7 @@ def test_readme_python_example_runs(capsys) -> None:
     assert "W^[1]" in capsys.readouterr().out
 
 
+@pytest.mark.default_device
 def test_readme_trainer_example_runs(tmp_path, monkeypatch, capsys) -> None:
     monkeypatch.chdir(tmp_path)
     block = re.findall(r"```python\n(.*?)```", README, re.DOTALL)[0]
@@ -38,6 +41,7 @@ def test_readme_starts_with_the_two_commands() -> None:
     assert commands[1] == 'pip install -e ".[test]" && python -m pytest'
 
 
+@pytest.mark.default_device
 def test_readme_sklearn_example_runs() -> None:
     pytest.importorskip("sklearn")
     from sklearn.exceptions import ConvergenceWarning  # noqa: PLC0415 — an optional extra

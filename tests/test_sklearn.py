@@ -31,6 +31,9 @@ from threadpoolctl import threadpool_limits
 from gpunn.sklearn import MLPClassifier, MLPRegressor
 
 # Short fits stop at max_iter on purpose; the tests that are about the warning ask for it.
+# The estimators ask for device="cpu": these tests are about scikit-learn's semantics, and left
+# to itself gpunn would train on cuda:0 under ci/gpu-check. test_multiclass_classification keeps
+# the default device on purpose; the GPU has its own tests at the end.
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 
 # ----------------------------------------------------------------------------- data
@@ -141,7 +144,7 @@ def test_digits_accuracy_within_one_point_of_sklearn():
     params = {"hidden_layer_sizes": (100,), "random_state": 0, "max_iter": 40}
     with threadpool_limits(1):  # one thread: quick on a busy machine
         theirs = sk.MLPClassifier(**params).fit(x_train, y_train).score(x_test, y_test)
-        ours = MLPClassifier(**params).fit(x_train, y_train).score(x_test, y_test)
+        ours = MLPClassifier(**params, device="cpu").fit(x_train, y_train).score(x_test, y_test)
     assert theirs > 0.95
     assert abs(ours - theirs) <= 0.01
 
@@ -151,7 +154,9 @@ def test_digits_accuracy_within_one_point_of_sklearn():
 
 def test_pipeline_and_grid_search():
     x, y = _multiclass()
-    pipe = make_pipeline(StandardScaler(), MLPClassifier(max_iter=30, learning_rate_init=0.01, random_state=0))
+    pipe = make_pipeline(
+        StandardScaler(), MLPClassifier(max_iter=30, learning_rate_init=0.01, random_state=0, device="cpu")
+    )
     search = GridSearchCV(
         pipe, {"mlpclassifier__hidden_layer_sizes": [(8,), (16,)], "mlpclassifier__alpha": [1e-4, 1e-2]}, cv=2
     )
@@ -182,7 +187,7 @@ def test_clone_get_params_set_params_round_trip():
 def test_binary_classification():
     x, y = _binary()
     labels = np.where(y == 1, "yes", "no")
-    clf = MLPClassifier(max_iter=50, learning_rate_init=0.01, random_state=0).fit(x, labels)
+    clf = MLPClassifier(max_iter=50, learning_rate_init=0.01, random_state=0, device="cpu").fit(x, labels)
     assert clf.out_activation_ == "logistic" and clf.n_outputs_ == 1
     assert list(clf.classes_) == ["no", "yes"]
     proba = clf.predict_proba(x)
@@ -193,6 +198,7 @@ def test_binary_classification():
     assert clf.score(x, labels) > 0.9
 
 
+@pytest.mark.default_device  # the estimators' own choice of device: asserts hold on either
 def test_multiclass_classification():
     x, y = _multiclass()
     clf = MLPClassifier(hidden_layer_sizes=(20, 10), max_iter=80, learning_rate_init=0.01, random_state=0)
@@ -208,7 +214,7 @@ def test_multiclass_classification():
 
 def test_multilabel_classification():
     x, y = make_multilabel_classification(200, 10, n_classes=4, random_state=0)
-    clf = MLPClassifier(max_iter=100, learning_rate_init=0.01, random_state=0).fit(x, y)
+    clf = MLPClassifier(max_iter=100, learning_rate_init=0.01, random_state=0, device="cpu").fit(x, y)
     assert clf.out_activation_ == "logistic" and clf.n_outputs_ == 4
     np.testing.assert_array_equal(clf.classes_, np.arange(4))
     predicted = clf.predict(x)
@@ -220,7 +226,7 @@ def test_multilabel_classification():
 @pytest.mark.parametrize("n_targets", [1, 3])
 def test_regression(n_targets):
     x, y = _regression(n_targets)
-    reg = MLPRegressor(max_iter=100, random_state=0).fit(x, y)
+    reg = MLPRegressor(max_iter=100, random_state=0, device="cpu").fit(x, y)
     assert reg.out_activation_ == "identity" and reg.n_outputs_ == n_targets
     assert reg.predict(x).shape == y.shape and reg.predict(x).dtype == np.float64
     assert reg.score(x, y) > 0.9
@@ -229,15 +235,15 @@ def test_regression(n_targets):
 def test_poisson_regression():
     x, y = _regression()
     y = np.exp(y)
-    reg = MLPRegressor(loss="poisson", max_iter=100, random_state=0).fit(x, y)
+    reg = MLPRegressor(loss="poisson", max_iter=100, random_state=0, device="cpu").fit(x, y)
     assert reg.out_activation_ == "exp" and (reg.predict(x) > 0).all()
     with pytest.raises(ValueError, match="negative"):
-        MLPRegressor(loss="poisson").fit(x, -y)
+        MLPRegressor(loss="poisson", device="cpu").fit(x, -y)
 
 
 def test_lbfgs():
     x, y = _multiclass()
-    clf = MLPClassifier(solver="lbfgs", max_iter=50, random_state=0).fit(x, y)
+    clf = MLPClassifier(solver="lbfgs", max_iter=50, random_state=0, device="cpu").fit(x, y)
     assert clf.score(x, y) > 0.9 and clf.n_iter_ <= 50 and not hasattr(clf, "loss_curve_")
     assert not hasattr(clf, "partial_fit")  # as in scikit-learn: only stochastic solvers have it
 
@@ -247,7 +253,7 @@ def test_lbfgs():
 
 def test_warm_start_continues():
     x, y = _multiclass()
-    clf = MLPClassifier(max_iter=5, warm_start=True, random_state=0).fit(x, y)
+    clf = MLPClassifier(max_iter=5, warm_start=True, random_state=0, device="cpu").fit(x, y)
     first = [w.copy() for w in clf.coefs_]
     clf.fit(x, y)
     assert len(clf.loss_curve_) == 10 and clf.n_iter_ == 5 and clf.t_ == 10 * len(y)
@@ -259,7 +265,7 @@ def test_warm_start_continues():
 
 def test_partial_fit_needs_classes_first():
     x, y = _multiclass()
-    clf = MLPClassifier(random_state=0)
+    clf = MLPClassifier(random_state=0, device="cpu")
     with pytest.raises(ValueError, match="classes must be passed"):
         clf.partial_fit(x, y)
     clf.partial_fit(x[y < 2], y[y < 2], classes=[0, 1, 2])  # classes absent from this batch are fine
@@ -268,16 +274,18 @@ def test_partial_fit_needs_classes_first():
     with pytest.raises(ValueError, match=r"not in `self\.classes_`"):
         clf.partial_fit(x, y + 1)
     with pytest.raises(ValueError, match="early_stopping"):
-        MLPClassifier(early_stopping=True).partial_fit(x, y, classes=[0, 1, 2])
+        MLPClassifier(early_stopping=True, device="cpu").partial_fit(x, y, classes=[0, 1, 2])
 
 
 def test_early_stopping_records_validation_scores():
     x, y = _multiclass()
-    clf = MLPClassifier(early_stopping=True, validation_fraction=0.2, n_iter_no_change=3, random_state=0).fit(x, y)
+    clf = MLPClassifier(
+        early_stopping=True, validation_fraction=0.2, n_iter_no_change=3, random_state=0, device="cpu"
+    ).fit(x, y)
     assert len(clf.validation_scores_) == clf.n_iter_ == len(clf.loss_curve_)
     assert clf.best_validation_score_ == max(clf.validation_scores_)
     assert clf.best_loss_ is None
-    plain = MLPClassifier(max_iter=3, random_state=0)
+    plain = MLPClassifier(max_iter=3, random_state=0, device="cpu")
     with pytest.warns(ConvergenceWarning, match="Maximum iterations"):
         plain.fit(x, y)
     assert plain.validation_scores_ is None and plain.best_validation_score_ is None
@@ -287,7 +295,9 @@ def test_early_stopping_records_validation_scores():
 @pytest.mark.parametrize("learning_rate", ["adaptive", "invscaling"])
 def test_learning_rate_schedules(learning_rate):
     x, y = _multiclass()
-    clf = MLPClassifier(solver="sgd", learning_rate=learning_rate, learning_rate_init=0.1, max_iter=30, random_state=0)
+    clf = MLPClassifier(
+        solver="sgd", learning_rate=learning_rate, learning_rate_init=0.1, max_iter=30, random_state=0, device="cpu"
+    )
     clf.fit(x, y)
     assert clf.loss_curve_[-1] < clf.loss_curve_[0]
     assert clf._net.optimizer.lr < 0.1 or learning_rate == "adaptive"
@@ -296,8 +306,8 @@ def test_learning_rate_schedules(learning_rate):
 def test_warnings_and_verbose(capsys):
     x, y = _multiclass()
     with pytest.warns(UserWarning, match="batch_size"):
-        MLPClassifier(batch_size=1000, max_iter=2, n_iter_no_change=np.inf).fit(x, y)
-    MLPClassifier(max_iter=2, verbose=True).fit(x, y)
+        MLPClassifier(batch_size=1000, max_iter=2, n_iter_no_change=np.inf, device="cpu").fit(x, y)
+    MLPClassifier(max_iter=2, verbose=True, device="cpu").fit(x, y)
     assert "Iteration 2, loss = " in capsys.readouterr().out
 
 
@@ -309,7 +319,7 @@ def test_pandas_lists_and_sparse_inputs():
     scipy_sparse = pytest.importorskip("scipy.sparse")
     x, y = _multiclass()
     frame = pd.DataFrame(x, columns=[f"f{i}" for i in range(x.shape[1])])
-    params = {"max_iter": 20, "random_state": 0}
+    params = {"max_iter": 20, "random_state": 0, "device": "cpu"}
     from_frame = MLPClassifier(**params).fit(frame, pd.Series(y))
     from_lists = MLPClassifier(**params).fit(x.tolist(), y.tolist())
     from_sparse = MLPClassifier(**params).fit(scipy_sparse.csr_matrix(x), y)
@@ -323,7 +333,7 @@ def test_pandas_lists_and_sparse_inputs():
 
 def test_float32_input_gives_float32_output():
     x, y = _regression()
-    reg = MLPRegressor(max_iter=5, random_state=0)
+    reg = MLPRegressor(max_iter=5, random_state=0, device="cpu")
     reg.fit(x.astype(np.float32), y)
     assert reg.predict(x.astype(np.float32)).dtype == np.float32
     assert reg.predict(x).dtype == np.float64
@@ -335,22 +345,22 @@ def test_errors():
     with pytest.raises(NotFittedError):
         MLPClassifier().predict(x)
     with pytest.raises(ValueError, match="alpha"):
-        MLPClassifier(alpha=-1.0).fit(x, y)
+        MLPClassifier(alpha=-1.0, device="cpu").fit(x, y)
     with pytest.raises(ValueError, match="solver"):
-        MLPClassifier(solver="newton").fit(x, y)
+        MLPClassifier(solver="newton", device="cpu").fit(x, y)
     with pytest.raises(ValueError, match="device"):
         MLPClassifier(device="tpu").fit(x, y)
     with pytest.raises(ValueError, match="dtype"):
-        MLPClassifier(dtype="int32").fit(x, y)
+        MLPClassifier(dtype="int32", device="cpu").fit(x, y)
     with pytest.raises(ValueError, match="hidden_layer_sizes"):
-        MLPClassifier(hidden_layer_sizes=(10, 0)).fit(x, y)
+        MLPClassifier(hidden_layer_sizes=(10, 0), device="cpu").fit(x, y)
     with pytest.raises(ValueError, match="features"):
-        MLPClassifier(max_iter=1).fit(x, y).predict(x[:, :5])
+        MLPClassifier(max_iter=1, device="cpu").fit(x, y).predict(x[:, :5])
 
 
 def test_assigned_coefs_are_used_and_pickling_keeps_predictions():
     x, y = _multiclass()
-    clf = MLPClassifier(max_iter=10, random_state=0).fit(x, y)
+    clf = MLPClassifier(max_iter=10, random_state=0, device="cpu").fit(x, y)
     restored = pickle.loads(pickle.dumps(clf))
     np.testing.assert_array_equal(restored.predict_proba(x), clf.predict_proba(x))
     clf.coefs_ = [np.zeros_like(w) for w in clf.coefs_]
@@ -362,7 +372,7 @@ def test_a_pickle_holds_no_array_of_the_last_training_step():
     # The loss kept the last batch's arrays (CuPy ones after a GPU fit, which would then need
     # a GPU to unpickle); a pickle must hold the fitted state only.
     x, y = _multiclass()
-    clf = MLPClassifier(max_iter=5, random_state=0).fit(x, y)
+    clf = MLPClassifier(max_iter=5, random_state=0, device="cpu").fit(x, y)
     assert any(isinstance(a, np.ndarray) for a in vars(clf._net.loss).values())  # what the fit left there
     restored = pickle.loads(pickle.dumps(clf))
     assert not any(isinstance(a, np.ndarray) for a in vars(restored._net.loss).values())

@@ -47,7 +47,7 @@ def test_trainer_binds_an_optimizer_built_without_parameters():
     optimizer = gn.optim.Adam(lr=1e-2)
     with pytest.raises(RuntimeError):
         optimizer.params  # noqa: B018 — unbound before the Trainer
-    gn.Trainer(model, gn.SoftmaxWithLoss(), optimizer)
+    gn.Trainer(model, gn.SoftmaxWithLoss(), optimizer, device="cpu")
     assert len(optimizer.params) == len(model.parameters())
     assert all(a is b for a, b in zip(optimizer.params, model.parameters(), strict=True))
 
@@ -60,6 +60,7 @@ def test_trainer_keeps_an_optimizer_already_bound_to_the_model():
     assert optimizer.params is bound
 
 
+@pytest.mark.default_device  # gpunn's own choice: cuda:0 under ci/gpu-check, so the asserts hold on either
 def test_device_none_picks_the_default_device_and_moves_the_model(monkeypatch):
     trainer = classifier(device=None)
     assert trainer.device == gn.device()
@@ -440,7 +441,7 @@ def test_a_parameter_replaced_before_the_trainer_keeps_its_place_s_name_and_the_
     np.testing.assert_array_equal(optimizer.state_dict()["state"]["2.W"]["exp_avg"], moments)
     trainer.fit(x, y, epochs=1, batch_size=64, verbose=False)
     gn.save(tmp_path / "m.safetensors", model, optimizer)
-    assert gn.checkpoint.read(tmp_path / "m.safetensors").optimizer().step_count == optimizer.step_count
+    assert gn.checkpoint.read(tmp_path / "m.safetensors", "cpu").optimizer().step_count == optimizer.step_count
 
 
 @pytest.mark.parametrize(
@@ -529,7 +530,7 @@ def test_a_parameter_bound_by_hand_takes_its_place_s_name(spiral, tmp_path):
     trainer.fit(x, y, epochs=1, batch_size=64, verbose=False)
     assert layer.W.name == "0.W"
     gn.save(tmp_path / "m.safetensors", trainer.model, trainer.optimizer)
-    assert gn.checkpoint.read(tmp_path / "m.safetensors").optimizer().step_count == trainer.optimizer.step_count
+    assert gn.checkpoint.read(tmp_path / "m.safetensors", "cpu").optimizer().step_count == trainer.optimizer.step_count
 
 
 class _RunningStat(gn.layers.Layer):
@@ -613,7 +614,7 @@ def test_an_unnamed_replacement_takes_its_place_s_name_and_checkpoints_resume(sp
     assert layer.W.name == "0.W"
     assert sorted(trainer.optimizer.state_dict()["state"]) == ["0.W", "0.b", "2.W", "2.b"]
     gn.save(tmp_path / "m.safetensors", trainer.model, trainer.optimizer)
-    ckpt = gn.checkpoint.read(tmp_path / "m.safetensors")
+    ckpt = gn.checkpoint.read(tmp_path / "m.safetensors", "cpu")  # its moments are compared with NumPy
     restored = ckpt.optimizer()
     assert restored.step_count == trainer.optimizer.step_count
     for key, state in trainer.optimizer.state_dict()["state"].items():
