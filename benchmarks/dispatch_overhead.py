@@ -3,7 +3,7 @@
 For a two-layer ReLU network with softmax-with-loss, an L2 penalty folded into Adam and labels
 as integers, this times one gpunn training step as a user's loop writes it (``model.forward``,
 ``loss.forward``, ``loss.backward``, ``model.backward``, ``optimizer.step(L2)``: "layered"), the
-same step compiled (:class:`gpunn.cpu_step.CompiledStep`, what Trainer.fit and gpunn.sklearn run
+same step compiled (:class:`gpunn.train.cpu_step.CompiledStep`, what Trainer.fit and gpunn.sklearn run
 on the CPU) and one step written as a single function that makes the same NumPy calls on the
 same shapes (the products, bias adds and ReLU, the softmax-with-loss of gpunn's CPU path,
 the bias sums as 1ᵀ·dy, the effective gradient and Adam's twelve passes over one flat buffer).
@@ -26,8 +26,8 @@ from collections.abc import Callable
 import numpy as np
 
 import gpunn as gn
-from gpunn.cpu_step import CompiledStep
 from gpunn.optim import create
+from gpunn.train.cpu_step import CompiledStep
 
 
 def gpunn_step(sizes: list[int], x: np.ndarray, t: np.ndarray, l2: float) -> Callable[[], None]:
@@ -46,7 +46,7 @@ def gpunn_step(sizes: list[int], x: np.ndarray, t: np.ndarray, l2: float) -> Cal
 
 
 def compiled_step(sizes: list[int], x: np.ndarray, t: np.ndarray, l2: float) -> Callable[[], None]:
-    """The same step compiled (gpunn.cpu_step), as Trainer.fit and gpunn.sklearn run it on the CPU."""
+    """The same step compiled (gpunn.train.cpu_step), as Trainer.fit and gpunn.sklearn run it on the CPU."""
     model = gn.mlp(sizes, seed=0)
     loss = gn.SoftmaxWithLoss(validate=False)
     step = CompiledStep(model, loss, create("adam", model.parameters()), gn.L2(l2))

@@ -169,7 +169,7 @@ def _summary(results: list[dict[str, Any]], cores: int) -> dict[str, Any]:
 
 def _environment(mpiexec: str) -> dict[str, Any]:
     import gpunn as gn  # noqa: PLC0415
-    from gpunn.sysinfo import blas_info, mpi_info  # noqa: PLC0415
+    from gpunn.cli.sysinfo import blas_info, mpi_info  # noqa: PLC0415
 
     version = subprocess.run([mpiexec, "--version"], capture_output=True, text=True, check=False).stdout
     return {

@@ -24,9 +24,9 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 import gpunn as gn
-from gpunn import cpu_fused
-from gpunn.bench import paired_ratio
-from gpunn.sysinfo import system_info
+from gpunn.backend import cpu_fused
+from gpunn.bench.run import paired_ratio
+from gpunn.cli.sysinfo import system_info
 
 try:
     import sklearn
@@ -96,12 +96,12 @@ def main(argv: list[str] | None = None) -> int:
         "sklearn": lambda: SklearnMLP(hidden_layer_sizes=(100,), random_state=0),
         "gpunn": lambda: GpunnMLP(hidden_layer_sizes=(100,), random_state=0, device=args.device),
         # A reference, not the comparison: scikit-learn with its BLAS held to one thread, as
-        # gpunn holds it for layers this small (see gpunn._sklearn_network._blas_threads).
+        # gpunn holds it for layers this small (see gpunn.sklearn.network._blas_threads).
         "sklearn_blas_1_thread": lambda: _OneThread(SklearnMLP(hidden_layer_sizes=(100,), random_state=0)),
     }
     data = (x_train, y_train, x_test, y_test)
     # Steady state, as for every warm-up here: with the `fast` extra the compiled CPU loops are
-    # loaded now, not a second into the timed fits (gpunn.cpu_fused.WARM_UP_SECONDS); the
+    # loaded now, not a second into the timed fits (gpunn.backend.cpu_fused.WARM_UP_SECONDS); the
     # JSON's machine.cpu_adam says whether they ran.
     cpu_fused.available()
     for make in makers.values():  # warm-up: imports, device probe, GPU kernels compiled

@@ -306,7 +306,7 @@ def _row(bench: object, model: str, batch: int | None = None) -> dict | None:
 
 def crossover(*benches: object) -> dict[str, int | None]:
     """Per model, the smallest batch measured on both at which the GPU's gpunn beats the CPU's
-    (gpunn.bench.crossover, over the GPU run and the CPU run together)."""
+    (gpunn.bench.run.crossover, over the GPU run and the CPU run together)."""
     rows = [row for bench in benches if isinstance(bench, dict) for row in bench.get("results", [])]
     result: dict[str, int | None] = {}
     for model in sorted({r["model"] for r in rows}):

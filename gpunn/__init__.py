@@ -1,8 +1,7 @@
 """gpunn: a small, fast neural-network library; one code path on NumPy (CPU) and CuPy (GPU)."""
 
-from . import checkpoint, data, distributed, optim
-from .activations import Identity, LeakyReLU, ReLU, Sigmoid, Softmax, Tanh
-from .backend import (
+from . import distributed, optim
+from .backend.device import (
     Device,
     DeviceMismatchError,
     DeviceUnavailableError,
@@ -18,17 +17,20 @@ from .backend import (
     to_numpy,
     why_cpu,
 )
-from .checkpoint import CheckpointError, load, save
-from .functional import log_softmax, sigmoid, softmax
-from .gradcheck import gradcheck, gradient_errors
-from .history import Diagnosis, History, diagnose
-from .layers import Dropout, Layer, Linear
-from .losses import Loss, MSELoss, SigmoidBCELoss, SoftmaxWithLoss
-from .parameter import Parameter
-from .plots import plot_history
-from .regularizers import L1, L2, Regularizer
-from .sequential import Sequential, mlp
-from .trainer import Trainer, TrainingDivergedError
+from .io import checkpoint
+from .io.checkpoint import CheckpointError, load, save
+from .nn.activations import Identity, LeakyReLU, ReLU, Sigmoid, Softmax, Tanh
+from .nn.functional import log_softmax, sigmoid, softmax
+from .nn.gradcheck import gradcheck, gradient_errors
+from .nn.layers import Dropout, Layer, Linear
+from .nn.losses import Loss, MSELoss, SigmoidBCELoss, SoftmaxWithLoss
+from .nn.parameter import Parameter
+from .nn.regularizers import L1, L2, Regularizer
+from .nn.sequential import Sequential, mlp
+from .train import data
+from .train.history import Diagnosis, History, diagnose
+from .train.plots import plot_history
+from .train.trainer import Trainer, TrainingDivergedError
 
 __version__ = "0.1.0"
 

@@ -16,7 +16,7 @@ import pytest
 import simulated_gpu
 
 import gpunn as gn
-from gpunn import backend
+from gpunn.backend import device as backend
 
 
 def _devices() -> list[gn.Device]:

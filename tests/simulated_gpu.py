@@ -62,7 +62,7 @@ def _like(original: Callable[..., Any], replacement: Callable[..., Any]) -> Call
 
 
 def patch(backend: ModuleType, assign: Callable[[Any, str, Any], None] = setattr) -> None:
-    """Make ``gpunn.backend`` answer as on a machine whose cuda:0 is usable (and is used by default)."""
+    """Make ``gpunn.backend.device`` answer as on a machine whose cuda:0 is usable (and is used by default)."""
     usable = backend._Probe(1, None)
 
     def no_cupy() -> ModuleType:
@@ -94,10 +94,10 @@ def patch(backend: ModuleType, assign: Callable[[Any, str, Any], None] = setattr
 
 
 class _PatchOnImport(importlib.abc.MetaPathFinder):
-    """Patches ``gpunn.backend`` as soon as a subprocess imports it."""
+    """Patches ``gpunn.backend.device`` as soon as a subprocess imports it."""
 
     def find_spec(self, name: str, path: Any, target: Any = None) -> Any:
-        if name != "gpunn.backend":
+        if name != "gpunn.backend.device":
             return None
         spec = importlib.machinery.PathFinder.find_spec(name, path)
         if spec is None or spec.loader is None:
@@ -114,8 +114,8 @@ class _PatchOnImport(importlib.abc.MetaPathFinder):
 
 def install() -> None:
     """Simulate the GPU machine in this process (called by the generated sitecustomize)."""
-    if "gpunn.backend" in sys.modules:
-        patch(sys.modules["gpunn.backend"])
+    if "gpunn.backend.device" in sys.modules:
+        patch(sys.modules["gpunn.backend.device"])
     else:
         sys.meta_path.insert(0, _PatchOnImport())
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import gpunn as gn
-from gpunn import backend
+from gpunn.backend import device as backend
 
 HAS_CUPY = importlib.util.find_spec("cupy") is not None
 

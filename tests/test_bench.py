@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import gpunn as gn
-from gpunn import bench
+from gpunn.bench import run as bench
 
 
 def test_flops_of_a_step_are_exact() -> None:

@@ -19,7 +19,7 @@ import pytest
 import safetensors.numpy
 
 import gpunn as gn
-from gpunn.checkpoint import CheckpointError, load_weights, read
+from gpunn.io.checkpoint import CheckpointError, load_weights, read
 
 CPU = gn.device("cpu")
 

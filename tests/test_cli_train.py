@@ -339,7 +339,7 @@ def test_epochs_sets_history_length(tmp_path: Path) -> None:
 
 
 def test_batch_size_sets_steps_per_epoch(tmp_path: Path) -> None:
-    from gpunn.job import raw_splits  # noqa: PLC0415
+    from gpunn.cli.job import raw_splits  # noqa: PLC0415
 
     n_train = len(raw_splits("spiral", 0)["train"][1])
     args = ("--dataset", "spiral", "--epochs", "2", "--device", "cpu", "--batch-size", "50")
@@ -385,7 +385,7 @@ SPY = textwrap.dedent(
     import sys
 
     import gpunn
-    import gpunn.checkpoint as checkpoint
+    import gpunn.io.checkpoint as checkpoint
 
     original = checkpoint.save
 
@@ -395,8 +395,8 @@ SPY = textwrap.dedent(
         print("saved epoch", metadata["epoch"], "on disk", on_disk["epoch"], file=sys.stderr)
         return written
 
-    checkpoint.save = gpunn.save = spy  # before gpunn.job imports it
-    from gpunn.cli import main
+    checkpoint.save = gpunn.save = spy  # before gpunn.cli.job imports it
+    from gpunn.cli.main import main
 
     sys.exit(main(sys.argv[1:]))
     """

@@ -1,4 +1,4 @@
-"""Adam's one compiled pass on the CPU (gpunn.cpu_fused) gives the NumPy twin's bits.
+"""Adam's one compiled pass on the CPU (gpunn.backend.cpu_fused) gives the NumPy twin's bits.
 
 The same buffers are stepped by the twin (``adam_update`` with the one-pass loop switched off)
 and by the loop, from the same gradients, for both dtypes, sizes from one element to a buffer
@@ -23,10 +23,12 @@ import pytest
 pytest.importorskip("numba")
 
 import gpunn as gn
-import gpunn.cpu_step
-from gpunn import _fused_loops, cpu_fused, cpu_runner, kernels, layer_kernels, optim
-from gpunn.cpu_update import SmallUpdate, compile_update
-from gpunn.update_twins import adam_constants
+import gpunn.train.cpu_step
+from gpunn import optim
+from gpunn.backend import _fused_loops, cpu_fused, kernels, layer_kernels
+from gpunn.backend import cpu_chunks as cpu_runner
+from gpunn.backend.update_twins import adam_constants
+from gpunn.optim.cpu_update import SmallUpdate, compile_update
 
 
 @pytest.fixture
@@ -264,7 +266,7 @@ def test_a_trainer_fit_gives_the_same_weights_either_way(twin, loop_calls):
 
 
 def test_gpunn_numba_0_turns_it_off():
-    code = "from gpunn import cpu_fused; print(cpu_fused.available(), cpu_fused.why_unavailable())"
+    code = "from gpunn.backend import cpu_fused; print(cpu_fused.available(), cpu_fused.why_unavailable())"
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, env={"GPUNN_NUMBA": "0", "PATH": ""}
     )
@@ -349,7 +351,7 @@ def test_relu_networks_step_the_same_bits_with_the_loops_and_without(twin):
                 gn.Linear(2, 9, seed=0), gn.ReLU(), gn.Linear(9, 7, seed=1), gn.ReLU(), gn.Linear(7, 3, seed=2)
             )
             loss, opt = gn.SoftmaxWithLoss(), optim.SGD(model.parameters(), lr=0.1)
-            step = gpunn.cpu_step.compile_step(model, loss, opt, None) if compiled else None
+            step = gpunn.train.cpu_step.compile_step(model, loss, opt, None) if compiled else None
             with twin if not loops else contextlib.nullcontext():
                 for _ in range(3):
                     if step is not None:
@@ -474,7 +476,7 @@ def test_a_forked_child_makes_its_own_update_threads():
     cpu_runner.run_split(lambda lo, hi: seen.__setitem__(slice(lo, hi), seen[lo:hi] + 1), n)  # the parent's pool
     code = (
         "import multiprocessing as mp, numpy as np\n"
-        "from gpunn import cpu_runner\n"
+        "from gpunn.backend import cpu_chunks as cpu_runner\n"
         "def big(q):\n"
         "    n = cpu_runner.PARALLEL_MIN + 5; seen = np.zeros(n, np.int64)\n"
         "    cpu_runner.run_split(lambda lo, hi: seen.__setitem__(slice(lo, hi), seen[lo:hi] + 1), n)\n"

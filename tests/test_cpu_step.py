@@ -1,4 +1,4 @@
-"""The compiled CPU step (gpunn.cpu_step) computes the layered step's bits exactly.
+"""The compiled CPU step (gpunn.train.cpu_step) computes the layered step's bits exactly.
 
 Each test trains two copies of one model from the same weights, one layer by layer
 (``model.forward`` … ``optimizer.step``) and one through :class:`CompiledStep`, over batches
@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 
 import gpunn as gn
-from gpunn import cpu_step
-from gpunn.cpu_step import MAX_BATCH_SIZES, CompiledStep, compile_step, unsupported_reason
+from gpunn.nn.parameter import FlatParameters
 from gpunn.optim import OPTIMIZERS, create
-from gpunn.parameter import FlatParameters
+from gpunn.train import cpu_step
+from gpunn.train.cpu_step import MAX_BATCH_SIZES, CompiledStep, compile_step, unsupported_reason
 
 BATCHES = (7, 7, 3, 7, 1, 5)  # full batches, a short last one, a single row, a new size
 
@@ -368,7 +368,7 @@ def test_trainer_and_estimator_fits_on_the_cpu_step_through_it_with_the_same_res
         assert compiled.history[field] == layered.history[field]
 
     sklearn = pytest.importorskip("gpunn.sklearn")
-    from gpunn import _sklearn_network  # noqa: PLC0415 — needs scikit-learn
+    from gpunn.sklearn import network as _sklearn_network  # noqa: PLC0415 — needs scikit-learn
 
     estimators = []
     for compiled_step in (True, False):

@@ -1,4 +1,4 @@
-"""A small model's CPU update (gpunn.cpu_update) is optimizer.step's, bit for bit.
+"""A small model's CPU update (gpunn.optim.cpu_update) is optimizer.step's, bit for bit.
 
 Two copies of one set of parameters are stepped from the same gradients, one through
 ``optimizer.step(regularizer)`` and one through :class:`SmallUpdate`, for every rule, with the
@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 
 import gpunn as gn
-import gpunn.cpu_step
+import gpunn.train.cpu_step
 from gpunn import optim
-from gpunn.cpu_update import SmallUpdate, compile_update
-from gpunn.kernels import CHUNK
-from gpunn.parameter import Parameter
+from gpunn.backend.kernels import CHUNK
+from gpunn.nn.parameter import Parameter
+from gpunn.optim.cpu_update import SmallUpdate, compile_update
 
 
 def _params(dtype: Any, bias: bool = True, seed: int = 0) -> list[Parameter]:
@@ -140,7 +140,7 @@ def test_the_compiled_step_updates_through_it():
     """CompiledStep (Trainer.fit's and the estimators' CPU step) takes it for a small model;
     tests/test_cpu_step.py checks those steps against the layered ones bit for bit."""
     model = gn.mlp([6, 8, 3], seed=0)
-    step = gn.cpu_step.CompiledStep(model, gn.SoftmaxWithLoss(), optim.Adam(model.parameters()), gn.L2(1e-3))
+    step = gpunn.train.cpu_step.CompiledStep(model, gn.SoftmaxWithLoss(), optim.Adam(model.parameters()), gn.L2(1e-3))
     assert isinstance(step._update, SmallUpdate)
 
 

@@ -29,27 +29,27 @@ PACKAGE = Path(__file__).resolve().parent.parent / "gpunn"
 # Modules whose arrays never live on a GPU: data loading and files, the CPU's own speed
 # paths, MPI's host buffers, scikit-learn's host-side checks, the CLI and the benches.
 HOST_ONLY = {
-    "_fused_loops.py",
-    "_sklearn_base.py",
-    "_sklearn_data.py",
-    "_sklearn_training.py",
-    "bench.py",
-    "bench_steps.py",
-    "checkpoint.py",
-    "cli.py",
-    "cpu_fused.py",
-    "cpu_runner.py",
-    "cpu_step.py",
-    "cpu_update.py",
-    "data.py",
-    "data_parallel.py",
-    "distributed.py",
-    "handwritten.py",
-    "history.py",
-    "job.py",
-    "plots.py",
-    "sklearn.py",
-    "sysinfo.py",
+    "backend/_fused_loops.py",
+    "backend/cpu_chunks.py",
+    "backend/cpu_fused.py",
+    "bench/handwritten.py",
+    "bench/run.py",
+    "bench/steps.py",
+    "cli/job.py",
+    "cli/main.py",
+    "cli/sysinfo.py",
+    "distributed/comm.py",
+    "distributed/data_parallel.py",
+    "io/checkpoint.py",
+    "optim/cpu_update.py",
+    "sklearn/base.py",
+    "sklearn/estimators.py",
+    "sklearn/inputs.py",
+    "sklearn/training.py",
+    "train/cpu_step.py",
+    "train/data.py",
+    "train/history.py",
+    "train/plots.py",
     "validation.py",
 }
 
@@ -68,7 +68,7 @@ HOST_SAFE = {
 
 
 def _modules() -> list[Path]:
-    return sorted(p for p in PACKAGE.rglob("*.py") if p.name not in HOST_ONLY)
+    return sorted(p for p in PACKAGE.rglob("*.py") if p.relative_to(PACKAGE).as_posix() not in HOST_ONLY)
 
 
 def _is_numpy_guard(test: ast.AST) -> bool:

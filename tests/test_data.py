@@ -1,4 +1,4 @@
-"""gpunn.data: the shipped digits, the spiral, MNIST files written by the tests, split,
+"""gpunn.train.data: the shipped digits, the spiral, MNIST files written by the tests, split,
 standardization, one-hot labels and device-side batches."""
 
 from __future__ import annotations
@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 
 import gpunn as gn
-from gpunn import data
+from gpunn.train import data
 
 # ----------------------------------------------------------------------------- digits
 
 
 def test_digits_ships_inside_the_package():
-    resource = resources.files("gpunn").joinpath("datasets").joinpath("digits.npz")
+    resource = resources.files("gpunn.train").joinpath("datasets").joinpath("digits.npz")
     assert resource.is_file()
     with resource.open("rb") as f, np.load(f, allow_pickle=False) as npz:
         assert npz["images"].dtype == np.uint8

@@ -25,7 +25,8 @@ import numpy as np
 import pytest
 
 import gpunn as gn
-from gpunn import distributed as dist
+from gpunn.distributed import comm as dist
+from gpunn.distributed.data_parallel import DataParallel, epoch_shards
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 60
@@ -144,7 +145,7 @@ def cli_raise_scenario(comm: dist.Communicator, out: Path) -> None:
         return original(self, *args)
 
     gn.Trainer._epoch = epoch
-    from gpunn import cli  # noqa: PLC0415
+    from gpunn.cli import main as cli  # noqa: PLC0415
 
     sys.exit(cli.main(["train", "--dataset", "spiral", "--epochs", "1000", "--device", "cpu", "--quiet"]))
 
@@ -400,7 +401,7 @@ def test_epoch_shards_cut_each_batch_into_contiguous_slices(shuffle: bool) -> No
     for n, batch, size in [(13, 4, 2), (10, 3, 3), (7, 7, 4), (9, 5, 1)]:
         order = np.arange(n)
         expected = [idx for idx, _ in gn.data.batches(order, order, batch, shuffle=shuffle, seed=1, epoch=2)]
-        shards = [dist.epoch_shards(n, batch, r, size, shuffle=shuffle, seed=1, epoch=2) for r in range(size)]
+        shards = [epoch_shards(n, batch, r, size, shuffle=shuffle, seed=1, epoch=2) for r in range(size)]
         for step, idx in enumerate(expected):
             assert all(shard[step][1] == len(idx) for shard in shards)
             np.testing.assert_array_equal(np.concatenate([shard[step][0] for shard in shards]), idx)
@@ -419,7 +420,7 @@ def test_distributed_with_one_process_is_the_plain_trainer(device: gn.Device) ->
 def test_each_rank_picks_the_gpu_of_its_local_rank(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(dist, "_gpu_count", lambda: 2)
     probed = []
-    monkeypatch.setattr(gn.backend, "_kernel_failure", probed.append)  # None: the GPU works
+    monkeypatch.setattr(dist.backend, "_kernel_failure", probed.append)  # None: the GPU works
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     monkeypatch.delenv("GPUNN_DEVICE", raising=False)
     comm = dist.Communicator()
@@ -473,7 +474,7 @@ def test_agreement_names_the_first_difference() -> None:
             other["optimizer"]["betas"][1] = 0.99
             return [value, other]
 
-    parallel = dist.DataParallel(Gathered())
+    parallel = DataParallel(Gathered())
     with pytest.raises(
         dist.DistributedMismatchError, match=r"optimizer\.betas\[1\]: rank 0 has 0.999, rank 1 has 0.99"
     ):

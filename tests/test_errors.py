@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import gpunn as gn
-from gpunn.backend import check_device
+from gpunn.backend.device import check_device
 
 # ----------------------------------------------------------------------------- model input
 

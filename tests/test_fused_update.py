@@ -14,8 +14,8 @@ import pytest
 from test_optim import CUSTOM, NAMES, RULES, gradients, make_model, params_numpy, set_grads, textbook_step
 
 import gpunn as gn
-from gpunn import kernels
-from gpunn.parameter import FlatParameters
+from gpunn.backend import kernels
+from gpunn.nn.parameter import FlatParameters
 
 DTYPES = ("float64", "float32")
 REGULARIZERS = {"l2": gn.L2, "l1": gn.L1}
@@ -132,7 +132,7 @@ class HalfL2(gn.L2):
                 p.grad += 0.5 * self.lam * p.data
 
 
-class Elastic(gn.regularizers.Regularizer):
+class Elastic(gn.Regularizer):
     """A user regularizer the kernel knows nothing of."""
 
     def forward(self, params):

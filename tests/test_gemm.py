@@ -1,4 +1,4 @@
-"""The row-major → cuBLAS column-major translation of gpunn.gemm, checked on the CPU by
+"""The row-major → cuBLAS column-major translation of gpunn.backend.cuda.gemm, checked on the CPU by
 running each planned call through a NumPy emulation of column-major GEMM on the operands'
 raw memory (the same pointers, leading dimensions and operations cuBLAS would get)."""
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from numpy.lib.stride_tricks import as_strided
 
-from gpunn.gemm import OP_N, OP_T, GemmPlan, cublas_candidates, gemm_plan, load_cublas, matmul
+from gpunn.backend.cuda.gemm import OP_N, OP_T, GemmPlan, cublas_candidates, gemm_plan, load_cublas, matmul
 
 
 def _column_major(base: np.ndarray, rows: int, cols: int, ld: int) -> np.ndarray:
@@ -97,7 +97,7 @@ def test_a_capturable_matmul_routes_only_its_own_threads_products() -> None:
     # GPU array (anything that is not exactly np.ndarray takes the routed path).
     import threading  # noqa: PLC0415
 
-    from gpunn.gemm import CapturableMatmul  # noqa: PLC0415
+    from gpunn.backend.cuda.gemm import CapturableMatmul  # noqa: PLC0415
 
     class Handle:
         def __init__(self) -> None:

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 import gpunn as gn
-from gpunn import cpu_step
-from gpunn.graph import WARMUP_STEPS, StepGraph
+from gpunn.train import cpu_step
+from gpunn.train.graph import WARMUP_STEPS, StepGraph
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +77,7 @@ def test_replayed_training_equals_eager_training(device, digits):
 
 
 def test_on_the_cpu_the_layered_body_trains_like_the_compiled_one(monkeypatch, digits):
-    """On the CPU eager and replayed steps both run compiled (gpunn.cpu_step); the layered
+    """On the CPU eager and replayed steps both run compiled (gpunn.train.cpu_step); the layered
     body, the one a GPU replays, must train the same: all four runs give the same bits."""
     cpu = gn.device("cpu")
     runs = _fit_both(cpu, digits)

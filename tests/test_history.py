@@ -9,7 +9,7 @@ import re
 import pytest
 
 import gpunn as gn
-from gpunn.history import FIELDS
+from gpunn.train.history import FIELDS
 
 MORE_DATA = re.compile(r"more (training )?data")
 

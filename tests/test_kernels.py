@@ -1,4 +1,4 @@
-"""gpunn.kernels: the NumPy twins against plain formulas, the fused CUDA kernels against their
+"""gpunn.backend.kernels: the NumPy twins against plain formulas, the fused CUDA kernels against their
 twins (GPU only), and the CUDA source compiled with nvcc (where nvcc is installed)."""
 
 from __future__ import annotations
@@ -14,7 +14,9 @@ from cuda_source import needs_nvcc, nvcc_compile
 from tolerances import assert_within_term_bound, eps, fma, ulps_of
 
 import gpunn as gn
-from gpunn import kernels, raw_kernels, update_source
+from gpunn.backend import kernels
+from gpunn.backend.cuda import compile as raw_kernels
+from gpunn.backend.cuda import update_source
 
 SIZES = (1, 7, 1001)
 DTYPES = ("float32", "float64")
@@ -345,7 +347,7 @@ def test_signature_table_covers_every_kernel():
 
 
 def record_launches(monkeypatch) -> list[tuple[str, object, tuple, tuple, tuple]]:
-    """Make every launch of gpunn.kernels (on NumPy arrays taken for device arrays) a record
+    """Make every launch of gpunn.backend.kernels (on NumPy arrays taken for device arrays) a record
     (name, dtype, blocks, threads, args) instead. The update and device-scalar functions look
     both seams up on their modules, so patching these two covers every launch."""
     launches: list = []

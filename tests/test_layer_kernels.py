@@ -1,4 +1,4 @@
-"""gpunn.layer_kernels: the twins against plain formulas, the fused CUDA kernels against their
+"""gpunn.backend.layer_kernels: the twins against plain formulas, the fused CUDA kernels against their
 twins (GPU only), the launch arguments against the kernel signatures, the CUDA source through
 nvcc, and the fusion a Sequential plans."""
 
@@ -13,8 +13,8 @@ from cuda_source import needs_nvcc, nvcc_compile
 from tolerances import assert_within_term_bound, eps, fma, ulps_of
 
 import gpunn as gn
-from gpunn import layer_kernels as lk
-from gpunn.raw_kernels import stream_id
+from gpunn.backend import layer_kernels as lk
+from gpunn.backend.cuda.compile import stream_id
 
 ACTIVATIONS = tuple(lk.ACTIVATIONS)
 SHAPES = ((1, 1), (7, 3), (33, 257))

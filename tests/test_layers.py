@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 import gpunn as gn
-from gpunn.layer_kernels import column_sums
+from gpunn.backend.layer_kernels import column_sums
+from gpunn.nn import activations
 
 
 def colsum(x: np.ndarray) -> np.ndarray:
@@ -570,10 +571,10 @@ def test_fused_bias_gradient_trains_bit_identically_on_the_cpu(activation: str, 
     fused = gn.mlp([6, 9, 7, 3], activation=activation, dtype=dtype, seed=0, dropout=dropout)
     switched_off = copy.deepcopy(fused)
     for layer in switched_off:
-        if isinstance(layer, gn.activations.ElementwiseActivation):
+        if isinstance(layer, activations.ElementwiseActivation):
             layer.bias_grad_of = None  # the Linear sums its own bias gradient again
     unfused = _unfused_copy(fused)
-    acts = [layer for layer in fused if isinstance(layer, gn.activations.ElementwiseActivation)]
+    acts = [layer for layer in fused if isinstance(layer, activations.ElementwiseActivation)]
     assert [act.bias_grad_of for act in acts] == [fused[0], fused[3 if dropout else 2]]
     assert not any(getattr(layer, "bias_grad_of", None) for layer in unfused)
     expected = _train(unfused)
@@ -587,14 +588,14 @@ def test_linear_skips_its_bias_sum_only_for_the_array_the_activation_returned(
 ) -> None:
     """A marker in b.grad shows whose sum is there: kept when the Linear skips its own sum,
     overwritten when it computes it (a dy the activation did not return)."""
-    original = gn.activations.activation_bias_backward
+    original = activations.activation_bias_backward
 
     def marked(dy, a, db, *args, **kwargs):
         dz = original(dy, a, db, *args, **kwargs)
         db += 1000.0
         return dz
 
-    monkeypatch.setattr(gn.activations, "activation_bias_backward", marked)
+    monkeypatch.setattr(activations, "activation_bias_backward", marked)
     model = gn.mlp([4, 5, 3], dtype="float64", seed=0)
     linear, relu = model[0], model[1]
     x, dy = rng.standard_normal((6, 4)), rng.standard_normal((6, 5))
@@ -668,13 +669,13 @@ def test_the_output_layer_hands_its_bias_sum_to_the_activation_before_it(
     dy (one launch fewer per step on a GPU); that Linear then skips its own sum. Driven by
     hand, the Linear still sums it."""
     calls = []
-    original = gn.activations.activation_bias_backward
+    original = activations.activation_bias_backward
 
     def recording(dy, a, db, *args, also_sum=None, **kwargs):
         calls.append(also_sum)
         return original(dy, a, db, *args, also_sum=also_sum, **kwargs)
 
-    monkeypatch.setattr(gn.activations, "activation_bias_backward", recording)
+    monkeypatch.setattr(activations, "activation_bias_backward", recording)
     model = gn.mlp([4, 6, 5, 3], dtype="float64", seed=0)
     x, dlogits = rng.standard_normal((7, 4)), rng.standard_normal((7, 3))
     model.forward(x)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import gpunn as gn
-from gpunn.losses import _row_sums
+from gpunn.nn.losses import _row_sums
 
 
 def _np_log_softmax(z: np.ndarray) -> np.ndarray:

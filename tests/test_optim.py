@@ -1,7 +1,7 @@
 """Optimizers: textbook updates, convergence, state_dict, validation and gradient clipping.
 
 The reference updates below are written from the formulas in the optimizers' docstrings
-(PyTorch's forms), in float64 NumPy, independently of gpunn.kernels.
+(PyTorch's forms), in float64 NumPy, independently of gpunn.backend.kernels.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import gpunn as gn
-from gpunn.parameter import FlatParameters
+from gpunn.nn.parameter import FlatParameters
 
 NAMES = ("0.W", "0.b", "2.W", "2.b")  # gn.mlp([3, 4, 2]): Linear, ReLU, Linear
 
@@ -591,7 +591,7 @@ def test_array_hyperparameters_become_python_numbers_or_stay_arrays():
     opt = gn.optim.Adam(lr=1e-3)
     opt.lr, opt.betas = np.array(0.02), [np.float64(0.8), np.float32(0.99)]
     assert type(opt.lr) is float and type(opt.betas) is list and all(type(b) is float for b in opt.betas)
-    opt.lr = np.array([0.01])  # not a number: kept (and gpunn.cpu_update leaves it to optimizer.step)
+    opt.lr = np.array([0.01])  # not a number: kept (and gpunn.optim.cpu_update leaves it to optimizer.step)
     assert isinstance(opt.lr, np.ndarray)
     betas = collections.namedtuple("Betas", "beta1 beta2")
     opt.betas = betas(0.8, 0.99)  # nothing to convert: the caller's tuple as it is

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 import gpunn as gn
-from gpunn.history import FIELDS
-from gpunn.parameter import FlatParameters
+from gpunn.nn.parameter import FlatParameters
+from gpunn.train.history import FIELDS
 
 
 @pytest.fixture(scope="module")
@@ -533,7 +533,7 @@ def test_a_parameter_bound_by_hand_takes_its_place_s_name(spiral, tmp_path):
     assert gn.checkpoint.read(tmp_path / "m.safetensors", "cpu").optimizer().step_count == trainer.optimizer.step_count
 
 
-class _RunningStat(gn.layers.Layer):
+class _RunningStat(gn.Layer):
     """A parameter-free custom layer that keeps a changing array under the name ``p``."""
 
     def __init__(self) -> None:
@@ -552,16 +552,16 @@ class _RunningStat(gn.layers.Layer):
 def test_a_plain_graph_fit_captures_once(spiral, monkeypatch, case):
     """Nothing that changes in a normal fit (the mode fit sets, a custom layer's own
     attributes) may count as a change of the captured step: on a GPU each capture costs."""
-    import gpunn.graph  # noqa: PLC0415
+    import gpunn.train.graph  # noqa: PLC0415
 
     captures = []
 
-    class Counting(gpunn.graph.StepGraph):
+    class Counting(gpunn.train.graph.StepGraph):
         def __init__(self, *args, **kwargs) -> None:
             captures.append(1)
             super().__init__(*args, **kwargs)
 
-    monkeypatch.setattr(gpunn.graph, "StepGraph", Counting)
+    monkeypatch.setattr(gpunn.train.graph, "StepGraph", Counting)
     x, y = spiral
     trainer = classifier()
     if case == "custom layer":

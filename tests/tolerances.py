@@ -1,7 +1,7 @@
 """How far a fused GPU kernel may be from its twin: a bound in the sizes of the terms.
 
 NVRTC and ptxas contract ``a*b + c`` into one fused multiply-add (gpunn compiles with their
-default contraction on, see :mod:`gpunn.raw_kernels`), and CUDA's exp/tanh are not the host
+default contraction on, see :mod:`gpunn.backend.cuda.compile`), and CUDA's exp/tanh are not the host
 libm's, so a kernel cannot promise bit-for-bit agreement with its NumPy twin. What it promises
 instead: each output element is within a few units in the last place of the *magnitude of the
 terms it was computed from* — the formula evaluated on absolute values, in float64 — not of the

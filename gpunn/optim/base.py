@@ -19,10 +19,10 @@ from typing import Any
 
 import numpy as np
 
-from .. import kernels
-from ..backend import array_module
-from ..parameter import FlatParameters, Parameter, pack, same_parameters
-from ..regularizers import Regularizer
+from ..backend import kernels
+from ..backend.device import array_module
+from ..nn.parameter import FlatParameters, Parameter, pack, same_parameters
+from ..nn.regularizers import Regularizer
 from ..validation import check_float
 
 _NO_EXTRAS: dict[str, Any] = {}  # what a plain step passes the kernels besides the rule's own arguments

@@ -16,8 +16,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from ..backend import array_module
-from ..parameter import Parameter
+from ..backend.device import array_module
+from ..nn.parameter import Parameter
 from ..validation import check_float
 
 

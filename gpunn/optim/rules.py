@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from .. import kernels
-from ..parameter import FlatParameters, Parameter
+from ..backend import kernels
+from ..nn.parameter import FlatParameters, Parameter
 from ..validation import check_float
 from .base import Optimizer
 

@@ -1,0 +1,1 @@
+"""The GPU: fused CUDA kernels, their compilation, capturable matrix products."""

@@ -1,0 +1,1 @@
+"""``gpunn bench``: device throughput against a hand-written NumPy loop and PyTorch."""

@@ -1,0 +1,1 @@
+"""The ``gpunn`` command: ``info``, ``train``, ``evaluate``, ``bench`` (also ``python -m gpunn``)."""

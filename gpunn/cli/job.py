@@ -1,0 +1,288 @@
+"""The main job behind ``gpunn train`` and ``gpunn evaluate``: data → split → standardize →
+model → Trainer → test accuracy → diagnosis → checkpoint, as plain functions that return
+JSON-ready results (the CLI only parses flags and prints).
+
+Under ``mpiexec -n K`` every rank runs :func:`train` on the whole data set and the Trainer
+trains data-parallel (``batch_size`` is the global batch); only rank 0 announces, shows
+progress, writes checkpoints and plots, so a checkpoint holds exactly what a single process
+writes and resumes in either mode."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import distributed
+from ..backend.device import device, why_cpu
+from ..io.checkpoint import CheckpointError, read, save
+from ..nn.losses import SoftmaxWithLoss
+from ..nn.regularizers import L2
+from ..nn.sequential import mlp
+from ..optim import OPTIMIZERS, create
+from ..train import data
+from ..train.history import History, diagnose
+from ..train.trainer import Trainer
+from ..validation import check_choice, check_float, check_int
+
+FRACTIONS = (0.7, 0.15, 0.15)  # train / dev / test for data sets without a fixed test part
+MNIST_DEV_FRACTION = 1.0 / 12.0  # 5,000 of MNIST's 60,000 training images for the dev set
+
+
+@dataclass
+class TrainConfig:
+    """Every hyperparameter of a run (saved in the checkpoint, so a resume needs no flags)."""
+
+    dataset: str = "digits"
+    hidden: tuple[int, ...] = (100,)
+    activation: str = "relu"
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    l2: float = 1e-4
+    dropout: float = 0.0
+    epochs: int = 40
+    batch_size: int = 32
+    seed: int = 0
+
+    def validated(self) -> TrainConfig:
+        check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        for i, h in enumerate(self.hidden):
+            check_int(f"hidden[{i}]", h, low=1)
+        check_float("lr", self.lr, low=0.0, low_open=True)
+        check_float("l2", self.l2, low=0.0)
+        check_float("dropout", self.dropout, low=0.0, high=1.0, high_open=True)
+        check_int("epochs", self.epochs, low=1)
+        check_int("batch_size", self.batch_size, low=1)
+        check_int("seed", self.seed, low=0)
+        dataset_parts(self.dataset)
+        return self
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        known = {k: v for k, v in values.items() if k in cls.__dataclass_fields__}
+        if "hidden" in known:
+            known["hidden"] = tuple(known["hidden"])
+        return cls(**known)
+
+
+def dataset_parts(spec: str) -> tuple[str, str | None]:
+    """("digits", None), ("spiral", None) or ("mnist", PATH) from a --dataset value."""
+    if not isinstance(spec, str):
+        raise TypeError(f"dataset must be a string, got {spec!r}")
+    name, _, path = spec.partition(":")
+    name = name.strip().lower()
+    if name not in ("digits", "spiral", "mnist"):
+        raise ValueError(f"unknown dataset {spec!r}; expected digits, spiral or mnist:PATH")
+    if name == "mnist" and not path:
+        raise ValueError("the mnist dataset needs a path: --dataset mnist:PATH (a folder of IDX files or an .npz)")
+    if name != "mnist" and path:
+        raise ValueError(f"dataset {name} takes no path, got {spec!r}")
+    return name, path or None
+
+
+def raw_splits(spec: str, seed: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{"train", "dev", "test"} parts of a data set as loaded (deterministic for a seed)."""
+    name, path = dataset_parts(spec)
+    if name == "mnist":
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"no such file or folder: {path}")
+        (x_train, y_train), test = data.load_mnist(path)
+        train, dev = data.split(x_train, y_train, fractions=(1 - MNIST_DEV_FRACTION, MNIST_DEV_FRACTION), seed=seed)
+    else:
+        x, y = data.load_digits() if name == "digits" else data.make_spiral(seed=seed)
+        train, dev, test = data.split(x, y, fractions=FRACTIONS, stratify=True, seed=seed)
+    return {"train": train, "dev": dev, "test": test}
+
+
+def load_splits(spec: str, seed: int) -> dict[str, Any]:
+    """:func:`raw_splits` standardized with training statistics only; the fitted scaler is
+    returned under "scaler"."""
+    parts = raw_splits(spec, seed)
+    scaler, x_train, x_dev, x_test = data.standardize(parts["train"][0], parts["dev"][0], parts["test"][0])
+    return {
+        "train": (x_train, parts["train"][1]),
+        "dev": (x_dev, parts["dev"][1]),
+        "test": (x_test, parts["test"][1]),
+        "scaler": scaler,
+    }
+
+
+def _check_folder(path: str | None, flag: str) -> None:
+    """Fail before training when an output file cannot be written where asked."""
+    if path is None:
+        return
+    folder = Path(path).resolve().parent
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{flag}: the folder {folder} does not exist")
+    if Path(path).is_dir():
+        raise IsADirectoryError(f"{flag}: {path} is a folder; give a file name")
+
+
+def _check_outputs(plot_path: str | None, save_path: str | None) -> None:
+    """Fail before training, not after, when the plot or the checkpoint cannot be written."""
+    if plot_path:
+        from ..train.plots import require_matplotlib  # noqa: PLC0415 — matplotlib is optional
+
+        require_matplotlib()
+    _check_folder(plot_path, "--plot")
+    _check_folder(save_path, "--save")
+
+
+def _resumed_config(checkpoint: Any, path: str, settings: dict[str, Any]) -> TrainConfig:
+    """The saved run's config, with ``epochs`` from ``settings``; any other explicit setting
+    that differs from the saved one is an error (a resume continues the same run)."""
+    saved = checkpoint.metadata.get("config")
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"{path}: not a checkpoint written by gpunn train (no run config inside)")
+    config = TrainConfig.from_dict(saved)
+    for name, value in settings.items():
+        if name != "epochs" and value is not None and getattr(config, name) != value:
+            raise ValueError(
+                f"--{name.replace('_', '-')} {value} conflicts with the resumed run's {getattr(config, name)}; "
+                "a resume continues the saved run with its own settings (only --epochs may change)"
+            )
+    done = int(checkpoint.metadata.get("epoch", 0))
+    epochs = settings.get("epochs") or config.epochs
+    if epochs <= done:
+        raise ValueError(f"--epochs {epochs} must exceed the {done} epochs the checkpoint has already trained")
+    config.epochs = epochs
+    return config
+
+
+def train(
+    settings: dict[str, Any] | TrainConfig | None = None,
+    device_spec: str | None = None,
+    save_path: str | None = None,
+    resume_path: str | None = None,
+    plot_path: str | None = None,
+    verbose: bool | None = None,
+    announce: Any = None,
+    graph: bool = False,
+) -> dict[str, Any]:
+    """Run one training job; returns the JSON-ready result.
+
+    ``settings`` holds the explicitly chosen TrainConfig fields (the rest take defaults);
+    when resuming they may only repeat the saved ones, except ``epochs``. ``announce(device)``
+    is called once everything is checked, just before training starts (on rank 0 only when
+    distributed, like the checkpoint and the plot). ``graph``: replay each step as a CUDA
+    graph (``Trainer(graph=True)``).
+    """
+    if isinstance(settings, TrainConfig):
+        settings = asdict(settings)
+    settings = {k: v for k, v in (settings or {}).items() if v is not None}
+    comm = distributed.resolve(None)  # the MPI world when launched with several ranks
+    root = comm is None or comm.is_root
+    dev = device(device_spec) if comm is None else distributed.rank_device(device_spec, comm)
+    plot_path = plot_path if root else None
+    _check_outputs(plot_path, save_path if root else None)
+    history = History()
+    initial_epoch = 0
+    if resume_path is not None:
+        checkpoint = read(resume_path, device=dev)
+        config = _resumed_config(checkpoint, resume_path, settings)
+        model, optimizer = checkpoint.model, checkpoint.optimizer()
+        history = History.from_dict(checkpoint.metadata.get("history", {}))
+        initial_epoch = int(checkpoint.metadata.get("epoch", len(history)))
+        save_path = save_path or resume_path
+    else:
+        config = TrainConfig.from_dict(settings)
+    save_target = save_path if root else None  # only rank 0 writes
+    config.validated()
+    parts = load_splits(config.dataset, config.seed)
+    x_train, y_train = parts["train"]
+    n_classes = int(max(y_train.max(), parts["dev"][1].max(), parts["test"][1].max())) + 1
+    if resume_path is None:
+        sizes = [x_train.shape[1], *config.hidden, n_classes]
+        model = mlp(sizes, activation=config.activation, seed=config.seed, dropout=config.dropout)
+        optimizer = create(config.optimizer, lr=config.lr)
+    regularizer = L2(config.l2) if config.l2 else None
+    trainer = Trainer(
+        model, SoftmaxWithLoss(), optimizer, regularizer, device=dev, distributed=comm or False, graph=graph
+    )
+    trainer.history = history
+    if resume_path is not None:
+        trainer.load_dropout_states(checkpoint.metadata.get("dropout_rng", {}))
+    ranks = None if comm is None else {"size": comm.size, "devices": comm.allgather_json(str(dev))}
+    if announce is not None and root:
+        announce(dev)
+
+    def save_epoch(trainer: Trainer, record: dict[str, Any]) -> None:
+        metadata = {
+            "epoch": record["epoch"],
+            "config": asdict(config),
+            "history": trainer.history.to_dict(),
+            "scaler": parts["scaler"].state_dict(),
+            "dropout_rng": trainer.dropout_states(),
+        }
+        save(save_target, trainer.model, trainer.optimizer, metadata=metadata)
+
+    start = time.perf_counter()
+    trainer.fit(
+        x_train,
+        y_train,
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        validation_data=parts["dev"],
+        seed=config.seed,
+        initial_epoch=initial_epoch,
+        callbacks=[save_epoch] if save_target else [],
+        verbose=verbose if root else False,
+    )
+    seconds = time.perf_counter() - start
+    test = trainer.evaluate(*parts["test"])
+    train_metrics = trainer.evaluate(x_train, y_train)
+    diagnosis = diagnose(trainer.history)
+    if plot_path:  # rank 0 only
+        from ..train.plots import plot_history  # noqa: PLC0415 — matplotlib is optional
+
+        plot_history(trainer.history, plot_path, title=f"gpunn on {config.dataset} ({dev})")
+    new_epochs = [r for r in trainer.history.records if r["epoch"] > initial_epoch]
+    return {
+        "device": str(dev),
+        "why_cpu": why_cpu() if dev.kind == "cpu" else None,
+        "dataset": config.dataset,
+        "epochs": len(trainer.history),
+        "train_accuracy": train_metrics["accuracy"],
+        "dev_accuracy": trainer.history.last["dev_accuracy"],
+        "test_accuracy": test["accuracy"],
+        "test_loss": test["loss"],
+        "samples_per_s": _median([r["samples_per_s"] for r in new_epochs]),
+        "seconds": seconds,
+        "diagnosis": diagnosis.to_dict(),
+        "diagnosis_text": str(diagnosis),
+        "checkpoint": str(Path(save_path).resolve()) if save_path else None,
+        "plot": str(Path(plot_path).resolve()) if plot_path else None,
+        "config": asdict(config),
+        "model": trainer.model.summary(),
+        "ranks": ranks,
+    }
+
+
+def evaluate(model_path: str, dataset: str | None = None, device_spec: str | None = None) -> dict[str, Any]:
+    """Test-set loss and accuracy of a checkpoint written by ``gpunn train``."""
+    dev = device(device_spec)
+    checkpoint = read(model_path, device=dev)
+    saved = checkpoint.metadata.get("config")
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"{model_path}: not a checkpoint written by gpunn train (no run config inside)")
+    config = TrainConfig.from_dict(saved)
+    spec = dataset or config.dataset
+    x_test, y_test = raw_splits(spec, config.seed)["test"]
+    state = checkpoint.metadata.get("scaler")
+    try:
+        scaler = data.Standardizer.from_state(state)
+    except (TypeError, ValueError, KeyError) as exc:
+        raise CheckpointError(
+            f"{model_path}: not a checkpoint written by gpunn train (no usable standardization statistics: {exc})"
+        ) from exc
+    trainer = Trainer(checkpoint.model, SoftmaxWithLoss(), create("sgd", lr=0.0), device=dev)
+    metrics = trainer.evaluate(scaler.transform(x_test), y_test)
+    return {"device": str(dev), "dataset": spec, "checkpoint": str(Path(model_path).resolve()), **metrics}
+
+
+def _median(values: list[float]) -> float:
+    return float(np.median(values)) if values else 0.0

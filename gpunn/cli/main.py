@@ -1,0 +1,340 @@
+"""The ``gpunn`` command line (also ``python -m gpunn``).
+
+    gpunn info                       devices, why the CPU was chosen, versions, BLAS, GPUs
+    gpunn train [--dataset digits]   train an MLP on the best device present
+    gpunn evaluate --model PATH      test accuracy of a saved model
+    gpunn bench                      throughput per device, against NumPy and PyTorch
+
+Errors in the user's input (a missing file, a bad flag value, an unknown dataset) print one
+line and exit with status 2, without a traceback.
+
+Under an MPI launcher (``mpiexec -n K gpunn train ...``) every rank runs the command and trains
+its share (see :mod:`gpunn.distributed`); only rank 0 prints results. An error on one rank
+prints "gpunn train: error on rank R of K: ..." and aborts the whole job (MPI_Abort), so no rank
+is left waiting; an error that every rank meets alike (ranks that disagree, a diverged loss) is
+printed once, by rank 0, and every rank exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import traceback
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+from .. import distributed
+from ..backend.device import DeviceUnavailableError
+from .sysinfo import format_info, system_info
+
+EXIT_USAGE = 2
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that reports a bad flag in one line instead of usage + error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _hidden(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated layer sizes such as 100,100, got {text!r}"
+        ) from None
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"layer sizes must be positive integers, got {text!r}")
+    return sizes
+
+
+def _is_root() -> bool:
+    """False on ranks other than 0 of an MPI job: they print nothing but errors."""
+    layout = distributed.env_layout()
+    return layout is None or layout.rank == 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    info = system_info()
+    if distributed.is_launched():  # one row per rank, gathered on rank 0
+        info["ranks"] = _rank_table()
+        from mpi4py import MPI  # noqa: PLC0415 — world() imported it
+
+        info["mpi"]["library"] = " ".join(MPI.Get_library_version().splitlines()[0].split())
+    if _is_root():
+        print(json.dumps(info, indent=2) if args.json else format_info(info))
+    return 1 if info["device_error"] else 0
+
+
+def _rank_table() -> list[dict[str, Any]]:
+    comm = distributed.world()
+    try:
+        dev = distributed.rank_device(None, comm)
+        where, transport = str(dev), comm.planned_transport(dev)
+    except (ValueError, DeviceUnavailableError) as exc:
+        where, transport = f"error: {exc}", "-"
+    row = {"rank": comm.rank, "local_rank": comm.local_rank, "host": platform.node(), "device": where}
+    return comm.allgather_json({**row, "transport": transport})
+
+
+SETTINGS = ("dataset", "hidden", "activation", "optimizer", "lr", "l2", "dropout", "epochs", "batch_size", "seed")
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .job import train  # noqa: PLC0415 — keeps `gpunn info` light
+
+    settings = {name: getattr(args, name) for name in SETTINGS}  # None: not given on the command line
+    verbose = False if (args.quiet or args.json) else None
+    announce = None if (args.json or args.quiet) else _announce_device
+    result = train(
+        settings, args.device, args.save, args.resume, args.plot, verbose=verbose, announce=announce, graph=args.graph
+    )
+    if not _is_root():
+        return 0
+    if args.json:
+        print(json.dumps({k: v for k, v in result.items() if k != "model"}))
+    elif not args.quiet:
+        _print_result(result)
+    return 0
+
+
+def _announce_device(dev: Any) -> None:
+    from ..backend.device import why_cpu  # noqa: PLC0415
+
+    reason = why_cpu() if dev.kind == "cpu" else None
+    print(f"device: {dev}" + (f" (the CPU, because {reason})" if reason else ""), flush=True)
+    if distributed.is_launched():
+        comm = distributed.world()
+        print(
+            f"ranks: {comm.size}, data-parallel; each trains on its slice of every batch "
+            f"(--batch-size is the global batch); gradients summed by {comm.planned_transport(dev).upper()}",
+            flush=True,
+        )
+
+
+def _print_result(result: dict[str, Any]) -> None:
+    print(result["model"])
+    print(
+        f"accuracy: train {result['train_accuracy']:.4f}, dev {result['dev_accuracy']:.4f}, "
+        f"test {result['test_accuracy']:.4f}"
+    )
+    print(
+        f"{result['epochs']} epochs in {result['seconds']:.1f} s on {result['device']}, "
+        f"{result['samples_per_s']:,.0f} samples/s"
+    )
+    print(result["diagnosis_text"])
+    if result["checkpoint"]:
+        print(f"saved: {result['checkpoint']}")
+    if result["plot"]:
+        print(f"learning curves: {result['plot']}")
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from .job import evaluate  # noqa: PLC0415
+
+    result = evaluate(args.model, args.dataset, args.device)
+    if not _is_root():
+        return 0
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(
+            f"{result['dataset']} test set on {result['device']}: loss {result['loss']:.4f}, "
+            f"accuracy {result['accuracy']:.4f}"
+        )
+    return 0
+
+
+def _csv(kind: type) -> Any:
+    def parse(text: str) -> list[Any]:
+        try:
+            values = [kind(part.strip()) for part in text.split(",") if part.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {text!r}") from None
+        if not values:
+            raise argparse.ArgumentTypeError("the list is empty")
+        return values
+
+    return parse
+
+
+def _check_bench_flags(args: argparse.Namespace) -> None:
+    for batch in args.batch_sizes or []:
+        if batch < 1:
+            raise ValueError(f"--batch-sizes must be positive, got {batch}")
+    if args.repeat < 3:
+        raise ValueError(f"--repeat must be at least 3 windows, got {args.repeat}")
+    for name in args.against:
+        if name not in ("numpy", "torch", "none"):
+            raise ValueError(f"--against takes numpy, torch or none, got {name!r}")
+    if args.plot:
+        from ..train.plots import require_matplotlib  # noqa: PLC0415
+
+        require_matplotlib()
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from ..backend.device import available_devices, device, set_matmul_precision  # noqa: PLC0415
+    from ..bench import run as bench  # noqa: PLC0415
+
+    _check_bench_flags(args)
+    if args.tf32:
+        set_matmul_precision("tf32")
+    devices = [device(spec) for spec in args.devices] if args.devices else available_devices()
+    against = tuple(args.against)
+    quiet = args.json == "-" or not _is_root()
+    if not quiet:
+        print(bench.HEADER)
+    result = bench.run(
+        devices,
+        args.models,
+        args.batch_sizes,
+        args.optimizer,
+        against,
+        args.repeat,
+        report=None if quiet else lambda row: print(bench.format_row(row), flush=True),
+    )
+    result["environment"] = system_info()
+    result["environment"]["torch"] = bench.torch_version()
+    result["environment"]["blas_threads"] = bench.blas_threads()
+    counted = [r for r in result["results"] if r["launches_per_step"] is not None]
+    if not quiet and counted:  # counted after every case was timed (see bench.run)
+        print(
+            "kernel launches per gpunn step: "
+            + ", ".join(f"{r['device']} {r['model']}@{r['batch']}: {r['launches_per_step']:.0f}" for r in counted)
+        )
+    if not quiet and result["crossover"]:
+        print("GPU beats CPU from batch: " + ", ".join(f"{m}: {b}" for m, b in result["crossover"].items()))
+    if args.json and _is_root():
+        text = json.dumps(result, indent=2)
+        if quiet:
+            print(text)
+        else:
+            with open(args.json, "w") as f:
+                f.write(text + "\n")
+    if args.plot and _is_root():
+        bench.plot(result, args.plot)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(prog="gpunn", description="Neural networks on the GPU (CuPy) or the CPU (NumPy).")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=OneLineParser)
+
+    info = commands.add_parser("info", help="devices, why the CPU was chosen, library versions, BLAS, GPUs")
+    info.add_argument("--json", action="store_true", help="print one JSON object")
+    info.set_defaults(run=_info)
+
+    train = commands.add_parser("train", help="train a multilayer perceptron on the best device present")
+    train.add_argument("--dataset", default=None, help="digits (built in), spiral, or mnist:PATH (default: digits)")
+    train.add_argument("--hidden", type=_hidden, default=None, help="hidden layer sizes, e.g. 100,100 (default: 100)")
+    train.add_argument(
+        "--activation",
+        default=None,
+        choices=["relu", "leaky_relu", "sigmoid", "tanh", "identity"],
+        help="hidden-layer activation (default: relu)",
+    )
+    train.add_argument(
+        "--optimizer",
+        default=None,
+        choices=["sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw"],
+        help="update rule (default: adam)",
+    )
+    train.add_argument("--lr", type=float, default=None, help="learning rate (default: 0.001)")
+    train.add_argument("--l2", type=float, default=None, help="L2 penalty λ in ½·λ·ΣW² (default: 0.0001)")
+    train.add_argument("--dropout", type=float, default=None, help="dropout after each hidden layer (default: 0)")
+    train.add_argument("--epochs", type=int, default=None, help="total epochs, resumed ones included (default: 40)")
+    train.add_argument("--batch-size", type=int, default=None, help="mini-batch size (default: 32)")
+    train.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default: GPUNN_DEVICE or auto)")
+    train.add_argument(
+        "--graph", action="store_true", help="replay each step as one CUDA graph on a GPU (no dropout; same results)"
+    )
+    train.add_argument(
+        "--seed", type=int, default=None, help="seed of the split, the weights and the order (default: 0)"
+    )
+    train.add_argument("--save", default=None, metavar="PATH", help="checkpoint written after every epoch")
+    train.add_argument("--resume", default=None, metavar="PATH", help="continue a run from its checkpoint")
+    train.add_argument("--plot", default=None, metavar="PNG", help="save the learning curves to this PNG")
+    train.add_argument("--json", action="store_true", help="print one JSON object with the results")
+    train.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    train.set_defaults(run=_train)
+
+    bench = commands.add_parser("bench", help="training-step throughput per device, against NumPy and PyTorch")
+    bench.add_argument("--devices", type=_csv(str), default=None, help="e.g. cpu,cuda:0 (default: every usable one)")
+    bench.add_argument(
+        "--models",
+        type=_csv(str),
+        default=["T1", "T2", "W1"],
+        help="T1 = 784-100-10, T2 = 784-1024-1024-10, W1 = 1024-4096-4096-1024 (default: all)",
+    )
+    bench.add_argument(
+        "--batch-sizes",
+        type=_csv(int),
+        default=None,
+        help="batch sizes for every model (default: per model and device)",
+    )
+    bench.add_argument(
+        "--optimizer", default="adam", choices=["sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw"]
+    )
+    bench.add_argument(
+        "--against",
+        type=_csv(str),
+        default=["numpy", "torch"],
+        help="baselines: numpy (hand-written loop, CPU), torch (if installed), or none",
+    )
+    bench.add_argument("--repeat", type=int, default=10, help="timed windows per framework (default: 10)")
+    bench.add_argument("--tf32", action="store_true", help="TF32 matrix products on the GPU, for gpunn and torch")
+    bench.add_argument("--json", default=None, metavar="PATH", help="write every figure as JSON ('-' for stdout)")
+    bench.add_argument("--plot", default=None, metavar="PNG", help="bar chart of samples/s")
+    bench.set_defaults(run=_bench)
+
+    evaluate = commands.add_parser("evaluate", help="loss and accuracy of a saved model on its test set")
+    evaluate.add_argument("--model", required=True, metavar="PATH", help="a checkpoint written by gpunn train --save")
+    evaluate.add_argument("--dataset", default=None, help="data set (default: the one the model was trained on)")
+    evaluate.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N")
+    evaluate.add_argument("--json", action="store_true", help="print one JSON object")
+    evaluate.set_defaults(run=_evaluate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except (ValueError, TypeError, DeviceUnavailableError, OSError, ImportError, FloatingPointError) as exc:
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return _fail(args.command, "error", message, EXIT_USAGE, collective=getattr(exc, "collective", False))
+    except KeyboardInterrupt:
+        return _fail(args.command, "interrupted", None, 130)
+    except Exception as exc:
+        if not distributed.is_launched():
+            raise  # a bug: the traceback says where
+        traceback.print_exc()
+        return _fail(args.command, "error", f"{type(exc).__name__}: {exc}", 1)
+
+
+def _fail(command: str, what: str, message: str | None, code: int, collective: bool = False) -> int:
+    """Print "gpunn COMMAND: WHAT: MESSAGE" and return ``code``. Under MPI with several ranks,
+    a rank's own error names the rank and aborts the whole job (the others may be waiting for
+    it in a collective); an error every rank met alike (``collective``) is printed by rank 0
+    alone and every rank returns ``code``."""
+    layout = distributed.env_layout()
+    alone = layout is None or layout.size == 1
+    where = "" if alone or collective else f" on rank {layout.rank} of {layout.size}"
+    if alone or not collective or layout.rank == 0:
+        print(f"gpunn {command}: {what}{where}" + (f": {message}" if message else ""), file=sys.stderr, flush=True)
+    if alone or collective:
+        return code
+    try:
+        comm = distributed.world()
+    except ImportError:  # mpi4py is missing, so MPI never started and no rank can be waiting
+        return code
+    comm.abort(code)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,130 @@
+"""What this machine offers gpunn: devices, library versions, BLAS, GPUs (``gpunn info``)."""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import sys
+from importlib import metadata
+from typing import Any
+
+import numpy as np
+
+from .. import distributed
+from ..backend import cpu_fused
+from ..backend import device as backend
+
+
+def blas_info() -> list[dict[str, Any]]:
+    """The BLAS libraries NumPy loaded, with version and thread count (via threadpoolctl)."""
+    try:
+        from threadpoolctl import threadpool_info  # noqa: PLC0415 — only `gpunn info` needs it
+    except ImportError:
+        return []
+    return [
+        {
+            "library": lib.get("internal_api"),
+            "version": lib.get("version"),
+            "threads": lib.get("num_threads"),
+            "architecture": lib.get("architecture"),
+        }
+        for lib in threadpool_info()
+        if lib.get("user_api") == "blas"
+    ]
+
+
+def mpi_info() -> dict[str, Any]:
+    """mpi4py's version, where ``mpiexec`` is, and this process's place when an MPI launcher
+    started it (from the launcher's environment: MPI itself is not started)."""
+    try:
+        mpi4py = metadata.version("mpi4py")
+    except metadata.PackageNotFoundError:
+        mpi4py = None
+    # A virtual environment's own mpiexec (the mpich wheel) comes first, as `python -m` would.
+    path = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
+    layout = distributed.env_layout()
+    return {
+        "mpi4py": mpi4py,
+        "mpiexec": shutil.which("mpiexec", path=path),
+        "launched": None if layout is None else vars(layout),
+    }
+
+
+def system_info() -> dict[str, Any]:
+    """Everything ``gpunn info`` prints, as a JSON-ready dict."""
+    from .. import __version__  # noqa: PLC0415 — avoids an import cycle at package import
+
+    try:
+        selected, device_error = str(backend.device()), None
+    except backend.DeviceUnavailableError as exc:  # info still reports, and says why
+        selected, device_error = None, str(exc)
+    gpus = []
+    for dev in backend.available_devices():
+        if dev.kind == "cuda":
+            gpus.append({"device": str(dev), **backend.gpu_properties(dev.index)})
+    return {
+        "gpunn": __version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "numpy": np.__version__,
+        "cupy": backend.cupy_version(),
+        "blas": blas_info(),
+        "cpu_adam": cpu_fused.describe(),
+        "cpu_count": os.cpu_count(),
+        "devices": [str(d) for d in backend.available_devices()],
+        "selected": selected,
+        "device_error": device_error,
+        "device_env": os.environ.get(backend.ENV_VAR),
+        "why_cpu": backend.why_cpu() if selected == "cpu" else None,
+        "gpus": gpus,
+        "mpi": mpi_info(),
+    }
+
+
+def format_info(info: dict[str, Any]) -> str:
+    """A readable report of :func:`system_info`."""
+    lines = [
+        f"gpunn {info['gpunn']}  (Python {info['python']}, {info['platform']})",
+        f"numpy {info['numpy']}, cupy {info['cupy'] or 'not installed'}",
+    ]
+    for lib in info["blas"]:
+        lines.append(f"BLAS: {lib['library']} {lib['version']}, {lib['threads']} thread(s), {lib['architecture']}")
+    if not info["blas"]:
+        lines.append("BLAS: unknown (install threadpoolctl to see it)")
+    lines.append(f"CPU Adam update: {info['cpu_adam']}")
+    lines.append(f"CPU cores: {info['cpu_count']}")
+    for gpu in info["gpus"]:
+        lines.append(
+            f"{gpu['device']}: {gpu['name']}, {gpu['total_memory'] / 2**30:.1f} GiB "
+            f"({gpu['free_memory'] / 2**30:.1f} GiB free), compute capability {gpu['compute_capability']}, "
+            f"driver {gpu['driver_version']}, runtime {gpu['runtime_version']}"
+        )
+    lines.append(f"devices: {', '.join(info['devices'])}")
+    env = f" ({backend.ENV_VAR}={info['device_env']})" if info["device_env"] else ""
+    lines.append(f"selected device: {info['selected'] or 'none'}{env}")
+    if info["device_error"]:
+        lines.append(f"error: {info['device_error']}")
+    if info["why_cpu"]:
+        lines.append(f"why the CPU: {info['why_cpu']}")
+    lines.extend(_format_mpi(info))
+    return "\n".join(lines)
+
+
+def _format_mpi(info: dict[str, Any]) -> list[str]:
+    mpi = info.get("mpi") or {}
+    if not mpi.get("mpi4py"):
+        return ['MPI: mpi4py not installed (pip install "gpunn[mpi]" for mpiexec -n K gpunn train)']
+    lines = [f"MPI: mpi4py {mpi['mpi4py']}, mpiexec {mpi['mpiexec'] or 'not found'}"]
+    ranks = info.get("ranks")
+    if ranks:
+        library = f" ({mpi['library']})" if mpi.get("library") else ""
+        lines.append(f"ranks: {len(ranks)}{library}")
+        rows = [("rank", "local rank", "host", "device", "transport")]
+        rows += [(str(r["rank"]), str(r["local_rank"]), r["host"], r["device"], r["transport"]) for r in ranks]
+        widths = [max(len(row[k]) for row in rows) for k in range(5)]
+        lines += ["  " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    elif mpi.get("launched"):
+        launched = mpi["launched"]
+        lines.append(f"this process: rank {launched['rank']} of {launched['size']}")
+    return lines

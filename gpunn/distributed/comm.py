@@ -1,0 +1,436 @@
+"""Data-parallel training over MPI (mpi4py), with NCCL for GPU arrays.
+
+``mpiexec -n K python train.py`` (or ``mpiexec -n K gpunn train``) starts K processes, the
+*ranks*. Each holds the whole model and the whole data set, and trains on its own slice of
+every mini-batch:
+
+- rank 0's parameters (and optimizer state) are broadcast to every rank when ``fit`` starts;
+- the global batch b (``batch_size``) is cut into K contiguous slices, rank r taking rows
+  ``[⌊b·r/K⌋, ⌊b·(r+1)/K⌋)`` of each batch of the same ``(seed, epoch)`` permutation that a single
+  process uses, so the data order is the single-process order with batch b;
+- each rank's loss is a mean over its n_r local rows, so its gradient g_r is scaled by n_r / b and
+  the flat gradient buffer is summed over ranks in one allreduce: Σ_r (n_r/b)·g_r = the mean
+  gradient over the whole batch, i.e. the single-process gradient up to summation order;
+- the regularizer's gradient λ·W is added after the allreduce (W is the same everywhere, so it is
+  counted once), then every rank applies the same optimizer step to the same buffer.
+
+Transports: NumPy arrays go through MPI (``Allreduce``/``Bcast`` in place); CuPy arrays through
+NCCL (``cupy.cuda.nccl``; its unique id is created on rank 0 and broadcast over MPI), one process
+per GPU, rank r on ``cuda:<local rank>``. Without NCCL, GPU arrays are staged through the host.
+
+Without a launcher, or with one process, nothing here is used and training is exactly the
+single-process code. mpi4py is imported only when a launcher is detected (its environment
+variables) or a :class:`Communicator` is built on it, so ``import gpunn`` never starts MPI.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+import traceback
+import warnings
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from ..backend import device as backend
+from ..backend.device import CPU, Device, DeviceUnavailableError, device_of
+
+NCCL_UNIQUE_ID_BYTES = 128
+ABORT_GRACE_SECONDS = 0.3  # before MPI_Abort, for the launcher to forward the last words
+
+# (rank, size, local rank) variables set by the launchers: MPICH/Intel MPI (Hydra), Open MPI,
+# MVAPICH2, and PMIx/Slurm.
+_LAUNCHER_ENV = (
+    ("PMI_RANK", "PMI_SIZE", "MPI_LOCALRANKID"),
+    ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK"),
+    ("MV2_COMM_WORLD_RANK", "MV2_COMM_WORLD_SIZE", "MV2_COMM_WORLD_LOCAL_RANK"),
+    ("PMIX_RANK", "SLURM_NTASKS", "SLURM_LOCALID"),
+)
+
+
+class DistributedMismatchError(ValueError):
+    """Ranks disagree on something that must be equal (model, batch size, data, ...).
+
+    It is raised on every rank at the same point (each sees all ranks' values), so no rank is
+    left waiting in a collective; ``collective`` is True to say so."""
+
+    collective = True
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where this process sits: ``rank`` of ``size``, and ``local_rank`` on its node."""
+
+    rank: int
+    size: int
+    local_rank: int
+
+
+def env_layout() -> Layout | None:
+    """The launcher's view of this process from its environment variables, or None when no
+    MPI launcher started it. Never imports mpi4py."""
+    env = os.environ
+    for rank_var, size_var, local_var in _LAUNCHER_ENV:
+        if rank_var in env and size_var in env:
+            try:
+                rank, size = int(env[rank_var]), int(env[size_var])
+                local = int(env.get(local_var, rank))
+            except ValueError:
+                continue
+            return Layout(rank, size, local)
+    return None
+
+
+def is_launched() -> bool:
+    """True when an MPI launcher started this process with more than one rank (then a
+    Trainer distributes itself unless told ``distributed=False``)."""
+    layout = env_layout()
+    return layout is not None and layout.size > 1
+
+
+# ----------------------------------------------------------------------------- communicator
+
+
+class Communicator:
+    """Collectives on NumPy and CuPy arrays across the ranks of one job.
+
+    ``Communicator(mpi_comm)`` wraps an mpi4py communicator; ``Communicator()`` is a lone process
+    (rank 0 of 1) that needs no MPI. ``nccl``: True uses NCCL for GPU arrays (error if absent),
+    False stages them through the host, None uses NCCL when every rank can load it. NCCL works
+    with one rank too, so ``Communicator(nccl=True)`` exercises the GPU path without mpi4py.
+
+    Attributes: ``rank``, ``size``, ``local_rank``, ``local_size`` (ranks on this node),
+    ``is_root`` (rank 0).
+    """
+
+    def __init__(self, mpi_comm: Any = None, nccl: bool | None = None) -> None:
+        self._mpi = mpi_comm
+        self._want_nccl = nccl
+        self._gpu_links: dict[int, Any] = {}  # device index -> _NcclLink, or None (host staging)
+        if mpi_comm is None:
+            self.rank, self.size, self.local_rank, self.local_size = 0, 1, 0, 1
+            return
+        from mpi4py import MPI  # noqa: PLC0415 — only a communicator on MPI needs it
+
+        self.rank, self.size = mpi_comm.Get_rank(), mpi_comm.Get_size()
+        node = mpi_comm.Split_type(MPI.COMM_TYPE_SHARED, key=self.rank)
+        self.local_rank, self.local_size = node.Get_rank(), node.Get_size()
+        node.Free()
+
+    @property
+    def is_root(self) -> bool:
+        return self.rank == 0
+
+    def __repr__(self) -> str:
+        kind = "MPI" if self._mpi is not None else "single process"
+        return f"Communicator({kind}, rank {self.rank} of {self.size}, local rank {self.local_rank})"
+
+    # ------------------------------------------------------------- arrays, in place
+
+    def allreduce(self, x: Any, op: str = "sum") -> Any:
+        """x ← op over ranks of x, element-wise and in place ("sum", "max" or "min"); returns x.
+
+        x: a contiguous NumPy or CuPy array, same shape and dtype on every rank."""
+        if backend._is_cupy_array(x):
+            link = self._gpu_link(device_of(x))
+            if link is not None:
+                link.allreduce(x, op)
+            elif self.size > 1:
+                host = x.get()
+                self._mpi_allreduce(host, op)
+                x.set(host)
+        elif self.size > 1:
+            self._mpi_allreduce(_contiguous(x), op)
+        return x
+
+    def broadcast(self, x: Any, root: int = 0) -> Any:
+        """x ← rank ``root``'s x on every rank, in place; returns x."""
+        if backend._is_cupy_array(x):
+            link = self._gpu_link(device_of(x))
+            if link is not None:
+                link.broadcast(x, root)
+            elif self.size > 1:
+                host = x.get()
+                self._mpi.Bcast(host, root=root)
+                x.set(host)
+        elif self.size > 1:
+            self._mpi.Bcast(_contiguous(x), root=root)
+        return x
+
+    def _mpi_allreduce(self, x: np.ndarray, op: str) -> None:
+        from mpi4py import MPI  # noqa: PLC0415
+
+        ops = {"sum": MPI.SUM, "max": MPI.MAX, "min": MPI.MIN}
+        if op not in ops:
+            raise ValueError(f"op must be 'sum', 'max' or 'min', got {op!r}")
+        self._mpi.Allreduce(MPI.IN_PLACE, x, op=ops[op])
+
+    # ------------------------------------------------------------- small host values
+
+    def allgather_json(self, value: Any) -> list[Any]:
+        """Every rank's ``value`` (anything ``json`` can write), in rank order, on every rank.
+        Values travel as JSON text: nothing is unpickled."""
+        text = json.dumps(value, sort_keys=True).encode()
+        if self._mpi is None:
+            return [json.loads(text)]
+        from mpi4py import MPI  # noqa: PLC0415
+
+        counts = np.zeros(self.size, dtype=np.int64)
+        self._mpi.Allgather(np.array([len(text)], dtype=np.int64), counts)
+        displs = np.concatenate(([0], np.cumsum(counts)[:-1]))
+        out = np.empty(int(counts.sum()), dtype=np.uint8)
+        self._mpi.Allgatherv(np.frombuffer(text, dtype=np.uint8), [out, counts, displs, MPI.BYTE])
+        return [json.loads(out[a : a + c].tobytes()) for a, c in zip(displs, counts, strict=True)]
+
+    def broadcast_bytes(self, payload: bytes | None, root: int = 0) -> bytes:
+        """Rank ``root``'s ``payload`` on every rank (others pass None)."""
+        if self._mpi is None:
+            assert payload is not None
+            return payload
+        size = np.array([len(payload) if self.rank == root else 0], dtype=np.int64)
+        self._mpi.Bcast(size, root=root)
+        buf = np.frombuffer(payload, dtype=np.uint8).copy() if self.rank == root else np.empty(int(size[0]), np.uint8)
+        self._mpi.Bcast(buf, root=root)
+        return buf.tobytes()
+
+    def any(self, flag: bool) -> bool:
+        """True on every rank when ``flag`` is True on at least one."""
+        return bool(self.allreduce(np.array([int(bool(flag))], dtype=np.int64), op="max")[0])
+
+    def barrier(self) -> None:
+        if self._mpi is not None:
+            self._mpi.Barrier()
+
+    def abort(self, code: int = 1) -> None:
+        """End every rank of the job now with exit status ``code`` (MPI_Abort)."""
+        sys.stdout.flush()
+        sys.stderr.flush()
+        if self._mpi is not None:
+            if self.size > 1:
+                # The launcher forwards each rank's output through a pipe and, once told of the
+                # abort, kills every rank and may exit without draining it: the message that
+                # says why the job ended was lost that way (seen once in ci/gpu-check's run of
+                # the suite). A moment's grace lets it reach the user first.
+                time.sleep(ABORT_GRACE_SECONDS)
+            self._mpi.Abort(code)
+        os._exit(code)
+
+    # ------------------------------------------------------------- GPU transport
+
+    def transport(self, dev: Device) -> str:
+        """How arrays on ``dev`` travel: "nccl", "host" (GPU staged through MPI), "mpi" or
+        "none" (a lone process). Creates the NCCL communicator on first use (collective)."""
+        if dev.kind == "cuda":
+            if self._gpu_link(dev) is not None:
+                return "nccl"
+            return "host" if self.size > 1 else "none"
+        return "mpi" if self.size > 1 else "none"
+
+    def planned_transport(self, dev: Device) -> str:
+        """What :meth:`transport` would answer, as far as this rank alone can tell (no
+        communication, no NCCL communicator made): "nccl" when NCCL loads here."""
+        if self.size == 1 and dev.kind == "cpu":
+            return "none"
+        if dev.kind == "cpu":
+            return "mpi"
+        return "nccl" if self._want_nccl is not False and _load_nccl()[0] is not None else "host"
+
+    def _gpu_link(self, dev: Device) -> Any:
+        if dev.index not in self._gpu_links:
+            self._gpu_links[dev.index] = self._connect_gpu(dev)
+        return self._gpu_links[dev.index]
+
+    def _connect_gpu(self, dev: Device) -> Any:
+        """An _NcclLink for GPU ``dev``, or None to stage through the host (decided alike on
+        every rank)."""
+        nccl, why_not = _load_nccl() if self._want_nccl is not False else (None, "nccl=False was asked for")
+        bus_id = backend._import_cupy().cuda.Device(dev.index).pci_bus_id
+        with dev:  # NCCL binds its communicator to the current GPU
+            comm = self._nccl_rendezvous(nccl, bus_id, why_not)
+        return None if comm is None else _NcclLink(nccl, comm)
+
+    def _nccl_rendezvous(self, nccl: Any, gpu_id: str, why_not: str | None = None) -> Any:
+        """Every rank says where it runs and whether NCCL loads; then, if all can, rank 0
+        makes NCCL's unique id, MPI carries it to every rank and each joins the NCCL
+        communicator as ``NcclCommunicator(size, id, rank)``. Returns it, or None (host
+        staging). Two ranks on one GPU raise DistributedMismatchError on every rank."""
+        rows = self.allgather_json({"host": platform.node(), "gpu": gpu_id, "nccl": nccl is not None})
+        seen: dict[tuple[str, str], int] = {}
+        for rank, row in enumerate(rows):
+            other = seen.setdefault((row["host"], row["gpu"]), rank)
+            if other != rank:
+                raise DistributedMismatchError(
+                    f"ranks {other} and {rank} both use the GPU {row['gpu']} on {row['host']}; run one "
+                    "process per GPU (mpiexec -n <GPUs per node> ...): each picks cuda:<local rank>"
+                )
+        if not all(row["nccl"] for row in rows):
+            if self._want_nccl:
+                missing = [r for r, row in enumerate(rows) if not row["nccl"]]
+                error = DeviceUnavailableError(f"NCCL is not usable on rank(s) {missing}: {why_not or 'see there'}")
+                error.collective = True  # every rank raises it
+                raise error
+            if self.size > 1 and self.is_root:
+                warnings.warn(
+                    "NCCL is not usable on every rank; GPU arrays are summed through the host over MPI (slower)",
+                    RuntimeWarning,
+                    stacklevel=4,
+                )
+            return None
+        uid = self.broadcast_bytes(_uid_bytes(nccl.get_unique_id()) if self.is_root else None)
+        return _nccl_communicator(nccl, self.size, uid, self.rank)
+
+
+def _contiguous(x: Any) -> np.ndarray:
+    if not isinstance(x, np.ndarray) or not x.flags.c_contiguous or not x.flags.writeable:
+        raise ValueError("collectives work in place on contiguous, writable arrays (such as the flat buffers)")
+    return x
+
+
+def _load_nccl() -> tuple[Any, str | None]:
+    """cupy.cuda.nccl when its library loads, else (None, why)."""
+    try:
+        from cupy.cuda import nccl  # noqa: PLC0415 — optional, GPU-only
+    except Exception as exc:
+        return None, f"cupy.cuda.nccl does not import ({type(exc).__name__}: {exc})"
+    if not getattr(nccl, "available", False):
+        return None, 'the NCCL library did not load (pip install "nvidia-nccl-cu12" or "nvidia-nccl-cu13")'
+    return nccl, None
+
+
+def _uid_bytes(uid: Any) -> bytes:
+    """NCCL's unique id as bytes (CuPy ≥ 14 returns bytes; older ones a tuple of signed chars)."""
+    if isinstance(uid, (bytes, bytearray)):
+        return bytes(uid)
+    return bytes(int(v) & 0xFF for v in uid)
+
+
+def _nccl_communicator(nccl: Any, size: int, uid: bytes, rank: int) -> Any:
+    try:
+        return nccl.NcclCommunicator(size, uid, rank)
+    except TypeError:  # an older CuPy wants the id as a tuple of signed chars
+        return nccl.NcclCommunicator(size, tuple(np.frombuffer(uid, dtype=np.int8).tolist()), rank)
+
+
+class _NcclLink:
+    """In-place NCCL collectives on CuPy arrays, queued on the current stream (so they are
+    ordered with the kernels around them; nothing waits on the host)."""
+
+    _DTYPES: ClassVar[dict[str, str]] = {
+        "e": "NCCL_FLOAT16",
+        "f": "NCCL_FLOAT32",
+        "d": "NCCL_FLOAT64",
+        "i": "NCCL_INT32",
+        "l": "NCCL_INT64",
+    }
+    _OPS: ClassVar[dict[str, str]] = {"sum": "NCCL_SUM", "max": "NCCL_MAX", "min": "NCCL_MIN"}
+
+    def __init__(self, nccl: Any, comm: Any, stream: Any = None) -> None:
+        self._nccl, self._comm = nccl, comm
+        self._stream = stream or (lambda: backend._import_cupy().cuda.get_current_stream().ptr)
+
+    def _args(self, x: Any) -> tuple[int, int, int]:
+        if not x.flags.c_contiguous:
+            raise ValueError("NCCL collectives need a contiguous array")
+        char = np.dtype(x.dtype).char
+        char = "l" if char == "q" else char
+        if char not in self._DTYPES:
+            raise TypeError(f"NCCL cannot reduce dtype {x.dtype}")
+        return x.data.ptr, x.size, getattr(self._nccl, self._DTYPES[char])
+
+    def allreduce(self, x: Any, op: str) -> None:
+        if op not in self._OPS:
+            raise ValueError(f"op must be 'sum', 'max' or 'min', got {op!r}")
+        ptr, count, dtype = self._args(x)
+        self._comm.allReduce(ptr, ptr, count, dtype, getattr(self._nccl, self._OPS[op]), self._stream())
+
+    def broadcast(self, x: Any, root: int) -> None:
+        ptr, count, dtype = self._args(x)
+        self._comm.broadcast(ptr, ptr, count, dtype, root, self._stream())
+
+
+# ----------------------------------------------------------------------------- the job's world
+
+_WORLD: Communicator | None = None
+
+
+def world() -> Communicator:
+    """The job's communicator, made once: MPI's COMM_WORLD when a launcher started this process
+    (importing mpi4py now, and installing :func:`install_abort_hook`), else a lone process."""
+    global _WORLD  # noqa: PLW0603 — one world per process, like MPI's own
+    if _WORLD is None:
+        if env_layout() is None:
+            _WORLD = Communicator()
+        else:
+            try:
+                from mpi4py import MPI  # noqa: PLC0415
+            except ImportError as exc:
+                raise ImportError(
+                    f"this process was started by an MPI launcher but mpi4py is missing ({exc}); "
+                    'pip install "gpunn[mpi]"'
+                ) from exc
+            _WORLD = Communicator(MPI.COMM_WORLD)
+            if _WORLD.size > 1:
+                install_abort_hook(_WORLD)
+    return _WORLD
+
+
+def resolve(distributed: bool | Communicator | None) -> Communicator | None:
+    """The communicator a Trainer uses: None (automatic) → :func:`world` when launched with
+    several ranks, else none; True → :func:`world`; False → none; or the one given."""
+    if isinstance(distributed, Communicator):
+        return distributed
+    if distributed is None:
+        return world() if is_launched() else None
+    if not isinstance(distributed, bool):
+        raise TypeError(f"distributed must be None, True, False or a gn.distributed.Communicator, got {distributed!r}")
+    return world() if distributed else None
+
+
+def install_abort_hook(comm: Communicator) -> None:
+    """Make an uncaught exception on any rank print "rank R: <error>" (with its traceback) and
+    abort the whole job, instead of leaving the other ranks waiting in a collective forever
+    (ChainerMN's global except hook)."""
+
+    def hook(kind: type[BaseException], exc: BaseException, tb: Any) -> None:
+        text = "".join(traceback.format_exception(kind, exc, tb))
+        sys.stderr.write(f"{text}rank {comm.rank}: {kind.__name__}: {exc}\n")
+        comm.abort(1)
+
+    sys.excepthook = hook
+
+
+def rank_device(spec: str | Device | None, comm: Communicator) -> Device:
+    """The device of this rank: "auto" (also GPUNN_DEVICE unset) and "cuda" mean cuda:<local
+    rank>, one process per GPU ("auto" is the CPU where no GPU is usable); "cpu" and "cuda:N"
+    are taken as given.
+
+    Only this rank's GPU is touched (a test kernel runs there): probing cuda:0 from every rank
+    would put a CUDA context, hundreds of MB, from each rank on GPU 0."""
+    if isinstance(spec, Device):
+        return spec
+    text = (spec if spec is not None else os.environ.get(backend.ENV_VAR, "auto")).strip().lower()
+    if text not in ("auto", "cuda", "gpu"):
+        return backend.device(spec)
+    count = _gpu_count()
+    if count == 0:
+        return CPU if text == "auto" else backend.device(text)  # the latter raises, saying why
+    if comm.local_size > count and "CUDA_VISIBLE_DEVICES" not in os.environ:
+        raise DeviceUnavailableError(
+            f"{comm.local_size} ranks run on this node but it has {count} GPU(s); start at most "
+            f"{count} processes per node (one per GPU), or train on the CPU (--device cpu)"
+        )
+    index = comm.local_rank % count  # a launcher giving each rank its own CUDA_VISIBLE_DEVICES: 0
+    failure = backend._kernel_failure(index)
+    if failure is not None:
+        raise DeviceUnavailableError(f"rank {comm.rank}'s GPU: {failure}")
+    return Device("cuda", index)
+
+
+def _gpu_count() -> int:
+    """GPUs CUDA reports, without creating a context on any (0 without CuPy or a driver)."""
+    return backend.gpu_count()

@@ -1,0 +1,541 @@
+"""Checkpoints: save a model (and its optimizer) to one file, load it on any device.
+
+Format. A checkpoint is a `safetensors <https://github.com/huggingface/safetensors>`_ file:
+an 8-byte little-endian header length, a JSON header, then the raw tensor bytes. Tensors:
+
+- ``model/<parameter name>`` for every parameter ("model/0.W", "model/0.b", ...);
+- ``optimizer/<state key>/<buffer name>`` for the optimizer's state ("optimizer/0.W/exp_avg").
+
+The header's ``__metadata__`` holds one key, ``"gpunn"``, whose value is a JSON string::
+
+    {"format_version": 1, "gpunn_version": "0.1.0",
+     "architecture": model.config(),                      # rebuilds the layers, no weights
+     "optimizer": {"type": "Adam", "step": 120, "hyper": {"lr": 0.001, ...},
+                   "keys": ["0.W", ...]} or null,
+     "metadata": {...}}                                   # the caller's dict: epoch, history, RNG state
+
+Tensors are stored as host (NumPy) arrays, so a model saved from a GPU loads on the CPU and
+the other way round. Reading never unpickles and never evaluates anything: the header is
+parsed with ``json`` and the architecture is rebuilt from a fixed table of layer classes.
+
+Atomicity. :func:`save` serializes the whole file in memory, writes it to a temporary file
+in the destination folder, fsyncs it, then ``os.replace``\\ s it onto ``path`` (atomic on
+POSIX and Windows within one file system) and fsyncs the folder. A process killed at any
+moment therefore leaves either the previous checkpoint or the new one, never a torn file;
+at worst a stale ``.<name>.*.tmp`` file stays behind, which loading ignores.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import safetensors
+import safetensors.numpy
+
+from .. import optim
+from ..backend.device import Device, to_numpy
+from ..backend.device import device as resolve_device
+from ..nn.layers import Layer
+from ..nn.parameter import Parameter
+from ..nn.sequential import INIT_ONLY_KEYS, architecture, layer_from_config
+from ..optim.base import Optimizer
+
+FORMAT_VERSION = 1
+METADATA_KEY = "gpunn"
+MODEL_PREFIX = "model/"
+OPTIMIZER_PREFIX = "optimizer/"
+# Config keys that only decide how fresh weights are drawn; loaded weights override them.
+
+
+class CheckpointError(ValueError):
+    """A file could not be read as a gpunn checkpoint, or does not fit the model.
+
+    The message names the file and says what is wrong with it.
+    """
+
+
+# ----------------------------------------------------------------------------- saving
+
+
+def save(
+    path: str | os.PathLike[str],
+    model: Layer,
+    optimizer: Optimizer | None = None,
+    metadata: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write ``model`` (and ``optimizer``'s state) to ``path`` atomically; return the path.
+
+    ``metadata`` is any JSON-serializable dict (str keys); it comes back as
+    :attr:`Checkpoint.metadata`. Tuples come back as lists. The model stays on its device:
+    GPU parameters are copied to the host for writing, never moved.
+
+    Raises TypeError for a wrong type of ``path``, ``model``, ``optimizer`` or ``metadata``
+    (checked before anything is written), IsADirectoryError when ``path`` is a folder and
+    FileNotFoundError when its folder does not exist.
+    """
+    target = _check_path(path)
+    if not isinstance(model, Layer):
+        raise TypeError(f"model must be a gpunn model such as gn.Sequential or gn.mlp(...), got {type(model).__name__}")
+    if optimizer is not None and not isinstance(optimizer, Optimizer):
+        raise TypeError(f"optimizer must be a gpunn optimizer such as gn.optim.Adam, got {type(optimizer).__name__}")
+    user_metadata = _check_metadata(metadata)
+    if target.is_dir():
+        raise IsADirectoryError(f"path {str(target)!r} is a folder; give a file name such as 'model.safetensors'")
+    if not target.parent.is_dir():
+        raise FileNotFoundError(f"cannot save to {str(target)!r}: the folder {str(target.parent)!r} does not exist")
+
+    tensors = {MODEL_PREFIX + key: _host(p.data) for key, p in _named_parameters(model)}
+    optimizer_info = None
+    if optimizer is not None:
+        optimizer_info, optimizer_tensors = _optimizer_payload(optimizer)
+        tensors.update(optimizer_tensors)
+    from .. import __version__  # noqa: PLC0415 (the package defines it after importing this module)
+
+    header = {
+        "format_version": FORMAT_VERSION,
+        "gpunn_version": __version__,
+        "architecture": model.config(),
+        "optimizer": optimizer_info,
+        "metadata": user_metadata,
+    }
+    data = safetensors.numpy.save(tensors, metadata={METADATA_KEY: json.dumps(header)})
+    _atomic_write(target, data)
+    return target
+
+
+def _host(x: Any) -> np.ndarray:
+    # to_numpy copies a GPU array to the host and leaves a NumPy one as it is (a view of
+    # the flat buffer, already contiguous): the model itself is not touched.
+    return np.ascontiguousarray(to_numpy(x))
+
+
+def _optimizer_payload(optimizer: Optimizer) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """The optimizer's JSON description and its state tensors, named for the file."""
+    hyper = {name: _plain(value) for name, value in optimizer.hyperparameters().items()}
+    if optimizer.max_grad_norm is not None:
+        hyper["max_grad_norm"] = float(optimizer.max_grad_norm)  # a constructor argument, not in hyper_names
+    info: dict[str, Any] = {"type": type(optimizer).__name__, "step": int(optimizer.step_count), "hyper": hyper}
+    try:
+        optimizer.params  # noqa: B018 (raises RuntimeError when the optimizer is not bound yet)
+    except RuntimeError:
+        info["keys"] = None  # unbound: no state exists yet, only type, step and hyperparameters
+        return info, {}
+    state = optimizer.state_dict()["state"]
+    info["keys"] = list(state)
+    tensors = {
+        f"{OPTIMIZER_PREFIX}{key}/{name}": _host(array)
+        for key, buffers in state.items()
+        for name, array in buffers.items()
+    }
+    return info, tensors
+
+
+def _plain(value: Any) -> Any:
+    """A hyperparameter as a JSON value (a NumPy scalar set by a schedule becomes a float)."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (tuple, list)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _check_metadata(metadata: Mapping[str, Any] | None) -> dict[str, Any]:
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, Mapping):
+        raise TypeError(f"metadata must be a dict of JSON values or None, got {type(metadata).__name__}")
+    where = _unserializable(dict(metadata), "metadata")
+    if where is not None:
+        raise TypeError(
+            f"metadata must be JSON-serializable (dicts with str keys, lists, str, int, float, bool, None), but {where}"
+        )
+    return dict(metadata)
+
+
+def _unserializable(value: Any, where: str, depth: int = 0) -> str | None:
+    """Describe the first part of ``value`` that JSON cannot round-trip, or None.
+
+    NaN and infinities pass: Python's json writes and reads them (a diverged loss history)."""
+    if depth > 100:
+        return f"{where} is nested too deeply (a circular reference?)"
+    if isinstance(value, dict):
+        bad_keys = [k for k in value if not isinstance(k, str)]
+        if bad_keys:  # json.dumps would silently turn them into strings
+            return f"{where} has the key {bad_keys[0]!r} of type {type(bad_keys[0]).__name__}, not str"
+        children = [(f"{where}[{k!r}]", v) for k, v in value.items()]
+    elif isinstance(value, (list, tuple)):
+        children = [(f"{where}[{i}]", v) for i, v in enumerate(value)]
+    elif value is None or isinstance(value, (str, bool, int, float)):
+        children = []
+    else:
+        hint = "; convert it with .item() or .tolist()" if isinstance(value, (np.generic, np.ndarray)) else ""
+        return f"{where} is a {type(value).__name__}{hint}"
+    for child_where, child in children:
+        found = _unserializable(child, child_where, depth + 1)
+        if found:
+            return found
+    return None
+
+
+def _atomic_write(target: Path, data: bytes) -> None:
+    """Write ``data`` to ``target`` so that a crash leaves the old file or the new, whole."""
+    mode = _file_mode(target)
+    # Same folder, hence same file system: os.replace is then a single atomic rename.
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())  # the bytes reach the disk before the name points at them
+        os.chmod(tmp, mode)  # mkstemp creates 0600; a checkpoint gets a normal file's mode
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_folder(target.parent)
+
+
+def _file_mode(target: Path) -> int:
+    with contextlib.suppress(OSError):
+        return target.stat().st_mode & 0o7777  # overwriting keeps the permissions the user chose
+    umask = os.umask(0o022)  # the umask can only be read by setting it: put it straight back
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def _fsync_folder(folder: Path) -> None:
+    # Makes the rename itself durable. Best effort: Windows cannot open a folder for fsync.
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+class Checkpoint:
+    """A checkpoint read back by :func:`read`.
+
+    Attributes: ``path`` (Path), ``format_version`` (int), ``gpunn_version`` (str),
+    ``architecture`` (the model's config dict), ``metadata`` (the dict given to
+    :func:`save`), ``optimizer_info`` (dict with "type", "step", "hyper", or None) and
+    ``model`` (the model, with the saved weights, on the requested device).
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        header: dict[str, Any],
+        model: Layer,
+        optimizer_tensors: dict[str, np.ndarray],
+    ) -> None:
+        self.path = path
+        self.format_version: int = header["format_version"]
+        self.gpunn_version: str = str(header.get("gpunn_version", "unknown"))
+        self.architecture: dict[str, Any] = header["architecture"]
+        self.metadata: dict[str, Any] = header["metadata"]
+        self.optimizer_info: dict[str, Any] | None = header["optimizer"]
+        self.model = model
+        self._optimizer_tensors = optimizer_tensors
+
+    def optimizer(self, params: Iterable[Parameter] | Any = None) -> Optimizer:
+        """Rebuild the saved optimizer, bound to ``params`` (default: ``self.model``'s
+        parameters, on the model's device), with its saved step count and state.
+
+        Raises ValueError when the checkpoint holds no optimizer, CheckpointError when the
+        saved state does not fit ``params``.
+        """
+        info = self.optimizer_info
+        if info is None:
+            raise ValueError(f"{self.path} holds no optimizer: it was saved without gn.save(..., optimizer=...)")
+        # JSON has no tuples: betas come back as a list.
+        hyper = {k: tuple(v) if isinstance(v, list) else v for k, v in info["hyper"].items()}
+        target = self.model.parameters() if params is None else params
+        try:
+            opt = optim.create(str(info["type"]).lower(), target, **hyper)
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(f"{self.path}: cannot rebuild the optimizer {info['type']}: {exc}") from exc
+        keys = info.get("keys")
+        if keys is None:  # saved before it was bound: there is no state to restore
+            opt.step_count = int(info["step"])
+            return opt
+        state: dict[str, dict[str, np.ndarray]] = {}
+        for key in keys:
+            state[key] = {}
+            for name in opt.state_names:
+                tensor_name = f"{OPTIMIZER_PREFIX}{key}/{name}"
+                if tensor_name not in self._optimizer_tensors:
+                    raise CheckpointError(f"{self.path}: the optimizer state tensor {tensor_name!r} is missing")
+                state[key][name] = self._optimizer_tensors[tensor_name]
+        try:
+            opt.load_state_dict({"type": type(opt).__name__, "step": info["step"], "hyper": {}, "state": state})
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(
+                f"{self.path}: the saved optimizer state does not fit these parameters: {exc}"
+            ) from exc
+        return opt
+
+    def __repr__(self) -> str:
+        info = self.optimizer_info
+        opt = "none" if info is None else f"{info['type']} at step {info['step']}"
+        return (
+            f"Checkpoint({str(self.path)!r}: {describe(self.architecture)}; optimizer: {opt}; "
+            f"metadata keys: {sorted(self.metadata)})"
+        )
+
+
+def load(path: str | os.PathLike[str], device: str | Device | None = None) -> Layer:
+    """The model saved at ``path``, rebuilt with its weights on ``device`` (None: auto).
+
+    Raises CheckpointError when the file is not a readable gpunn checkpoint.
+    """
+    return read(path, device).model
+
+
+def read(path: str | os.PathLike[str], device: str | Device | None = None) -> Checkpoint:
+    """Everything saved at ``path``: the model on ``device`` (None: ``gn.device()``, i.e.
+    ``GPUNN_DEVICE`` or auto), the metadata, and the optimizer via :meth:`Checkpoint.optimizer`.
+    """
+    source = _check_path(path)
+    dev = resolve_device(device)  # an unusable device fails before the file is read
+    header, tensors = _read_file(source)
+    try:
+        _check_size(source, header["architecture"], tensors)
+        model = layer_from_config(header["architecture"])
+    except CheckpointError:
+        raise
+    except (TypeError, ValueError, RecursionError) as exc:  # a damaged or hand-edited config
+        raise CheckpointError(f"{source}: cannot rebuild the saved architecture: {exc}") from exc
+    _copy_weights(model, source, tensors)
+    model.to(dev)
+    return Checkpoint(source, header, model, _optimizer_part(tensors))
+
+
+def load_weights(model: Layer, path: str | os.PathLike[str]) -> Checkpoint:
+    """Copy the weights saved at ``path`` into ``model`` in place, on the model's device.
+
+    The saved architecture must equal ``model.config()`` up to how fresh weights are drawn
+    (``init``, dropout ``seed``). On any mismatch nothing is copied and CheckpointError says
+    what the file holds and what the model is. Returns the :class:`Checkpoint`, whose
+    ``model`` is ``model`` (so ``.optimizer()`` and ``.metadata`` resume training).
+    """
+    if not isinstance(model, Layer):
+        raise TypeError(f"model must be a gpunn model such as gn.Sequential or gn.mlp(...), got {type(model).__name__}")
+    source = _check_path(path)
+    header, tensors = _read_file(source)
+    saved = header["architecture"]
+    if architecture(saved) != architecture(model.config()):  # init and seed: replaced by the weights
+        raise CheckpointError(
+            f"{source} holds a checkpoint of {describe(saved)}, but the model is {describe(model.config())}; "
+            f"gn.load({str(source)!r}) rebuilds the saved model"
+        )
+    _copy_weights(model, source, tensors)
+    return Checkpoint(source, header, model, _optimizer_part(tensors))
+
+
+def describe(config: Any) -> str:
+    """A one-line summary of a layer config: "Linear(64 → 100) → ReLU → Linear(100 → 10), float32"."""
+    dtypes: list[str] = []
+
+    def one(c: Any) -> str:
+        if not isinstance(c, dict):
+            return repr(c)
+        kind = str(c.get("type", "?"))
+        if kind == "Sequential":
+            layers = c.get("layers")
+            return " → ".join(one(layer) for layer in layers) if isinstance(layers, list) and layers else "Sequential()"
+        if kind == "Linear":
+            dtypes.append(str(c.get("dtype")))
+            return f"Linear({c.get('n_in')} → {c.get('n_out')})"
+        args = ", ".join(f"{k}={v!r}" for k, v in c.items() if k != "type" and k not in INIT_ONLY_KEYS)
+        return f"{kind}({args})" if args else kind
+
+    text = one(config)
+    return f"{text}, {', '.join(sorted(set(dtypes)))}" if dtypes else text
+
+
+def _optimizer_part(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {k: v for k, v in tensors.items() if k.startswith(OPTIMIZER_PREFIX)}
+
+
+def _named_parameters(model: Layer) -> list[tuple[str, Parameter]]:
+    """(key, parameter) pairs; keys are the parameter names, or positions when the names
+    are missing or clash (the same rule as the optimizer's state keys)."""
+    named = model.named_parameters()
+    names = [name for name, _ in named]
+    if all(names) and len(set(names)) == len(names):
+        return named
+    return [(str(i), p) for i, (_, p) in enumerate(named)]
+
+
+def _copy_weights(model: Layer, source: Path, tensors: dict[str, np.ndarray]) -> None:
+    """Check every saved weight against ``model``, then copy them all (all or nothing)."""
+    expected = _named_parameters(model)
+    saved = {k[len(MODEL_PREFIX) :]: v for k, v in tensors.items() if k.startswith(MODEL_PREFIX)}
+    missing = [key for key, _ in expected if key not in saved]
+    unexpected = sorted(set(saved) - {key for key, _ in expected})
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{source}: the saved weights do not match the model's parameters: "
+            f"missing {missing}, unexpected {unexpected}"
+        )
+    for key, p in expected:
+        array = saved[key]
+        if tuple(array.shape) != p.shape or array.dtype != p.data.dtype:
+            raise CheckpointError(
+                f"{source}: tensor {MODEL_PREFIX + key!r} is {array.dtype} {tuple(array.shape)}, "
+                f"but the model's parameter {key!r} is {p.data.dtype} {p.shape}"
+            )
+    for key, p in expected:
+        p.data[...] = p.device.send(saved[key])
+
+
+def _check_path(path: Any) -> Path:
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a str or os.PathLike such as 'model.safetensors', got {type(path).__name__}")
+    text = os.fspath(path)
+    if not isinstance(text, str):
+        raise TypeError(f"path must be a str or os.PathLike of str, got {type(text).__name__} {text!r}")
+    if not text:
+        raise ValueError("path must name a file such as 'model.safetensors', got ''")
+    return Path(text)
+
+
+# ----------------------------------------------------------------------------- file parsing
+
+
+def _read_file(source: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """The gpunn header and every tensor of ``source``, validated; raises CheckpointError."""
+    if source.is_dir():
+        raise CheckpointError(f"{source} is a folder, not a checkpoint file")
+    try:
+        data = source.read_bytes()  # one read: a concurrent os.replace cannot mix two files
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no checkpoint at {str(source)!r}: the file does not exist") from None
+    header = _parse_header(source, data)
+    try:
+        tensors = safetensors.numpy.load(data)
+    except (safetensors.SafetensorError, ValueError, KeyError) as exc:  # KeyError: a dtype NumPy lacks
+        raise CheckpointError(f"{source}: the tensor data is not valid safetensors: {exc}") from exc
+    return header, tensors
+
+
+def _parse_header(source: Path, data: bytes) -> dict[str, Any]:
+    bad = f"{source} is not a gpunn checkpoint"
+    if len(data) < 8:
+        raise CheckpointError(f"{bad}: it holds {len(data)} bytes, fewer than a safetensors header (truncated?)")
+    length = int.from_bytes(data[:8], "little")
+    if length > len(data) - 8:
+        raise CheckpointError(
+            f"{bad}: {_sniff(data) or f'its header claims {length} bytes but only {len(data) - 8} follow (truncated?)'}"
+        )
+    try:
+        raw = json.loads(data[8 : 8 + length])
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        raise CheckpointError(f"{bad}: {_sniff(data) or 'its safetensors header is not valid JSON'}") from None
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{bad}: its safetensors header is not a JSON object")
+    meta = raw.get("__metadata__")
+    if not isinstance(meta, dict) or not isinstance(meta.get(METADATA_KEY), str):
+        raise CheckpointError(
+            f"{bad}: it is a safetensors file without gpunn's metadata (saved by another program?); "
+            "gn.save writes the model's architecture there"
+        )
+    # The tensor bytes must all be present; a cut-off copy fails here with a clear message.
+    needed = 0
+    for name, entry in raw.items():
+        offsets = entry.get("data_offsets") if isinstance(entry, dict) and name != "__metadata__" else None
+        if isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets):
+            needed = max(needed, offsets[1])
+    if needed > len(data) - 8 - length:
+        raise CheckpointError(
+            f"{source} is truncated: its tensors need {needed} bytes but only {len(data) - 8 - length} are present "
+            "(an interrupted copy?)"
+        )
+    try:
+        header = json.loads(meta[METADATA_KEY])
+    except (ValueError, RecursionError):
+        raise CheckpointError(f"{bad}: its gpunn metadata is not valid JSON (or nests too deeply)") from None
+    return _check_header(source, header)
+
+
+def _check_header(source: Path, header: Any) -> dict[str, Any]:
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{source}: the gpunn metadata is not a JSON object")
+    version = header.get("format_version")
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise CheckpointError(f"{source}: the gpunn metadata has no valid format_version (got {version!r})")
+    if version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{source} has checkpoint format {version}, written by gpunn {header.get('gpunn_version', '?')}; "
+            f"this gpunn reads format {FORMAT_VERSION}: upgrade gpunn to load it"
+        )
+    if not isinstance(header.get("architecture"), dict):
+        raise CheckpointError(f"{source}: the gpunn metadata has no architecture")
+    opt = header.get("optimizer")
+    keys = opt.get("keys") if isinstance(opt, dict) else None
+    if opt is not None and not (
+        isinstance(opt, dict)
+        and isinstance(opt.get("type"), str)
+        and isinstance(opt.get("hyper"), dict)
+        and isinstance(opt.get("step"), int)
+        and (keys is None or (isinstance(keys, list) and all(isinstance(k, str) for k in keys)))
+    ):
+        raise CheckpointError(f"{source}: the optimizer entry of the gpunn metadata is malformed: {opt!r}")
+    header.setdefault("optimizer", None)
+    if header.get("metadata") is None:
+        header["metadata"] = {}
+    if not isinstance(header["metadata"], dict):
+        raise CheckpointError(f"{source}: the user metadata is not a JSON object")
+    return header
+
+
+def _sniff(data: bytes) -> str | None:
+    """Name the kind of file that is often mistaken for a checkpoint, or None."""
+    if data[:1] == b"\x80" and data[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return "it is a Python pickle; gpunn never unpickles, because unpickling can run arbitrary code"
+    if data[:4] == b"PK\x03\x04":
+        return "it is a zip archive (a torch.save or .npz file?)"
+    if data[:6] == b"\x93NUMPY":
+        return "it is a NumPy .npy file"
+    return None
+
+
+def _check_size(source: Path, architecture: dict[str, Any], tensors: dict[str, np.ndarray]) -> None:
+    """Refuse an architecture whose Linear layers need more weights than the file holds,
+    before building it: a damaged header must not make us allocate terabytes."""
+
+    def linear_size(c: Any) -> int:
+        if not isinstance(c, dict):
+            return 0
+        if c.get("type") == "Sequential" and isinstance(c.get("layers"), list):
+            return sum(linear_size(layer) for layer in c["layers"])
+        n_in, n_out = c.get("n_in"), c.get("n_out")
+        if c.get("type") == "Linear" and isinstance(n_in, int) and isinstance(n_out, int):
+            return n_in * n_out + n_out
+        return 0
+
+    held = sum(int(v.size) for k, v in tensors.items() if k.startswith(MODEL_PREFIX))
+    needed = linear_size(architecture)
+    if needed > held:
+        raise CheckpointError(
+            f"{source}: the architecture {describe(architecture)} needs {needed} weights but the file holds {held}"
+        )
+
+
+__all__ = ["Checkpoint", "CheckpointError", "describe", "load", "load_weights", "read", "save"]

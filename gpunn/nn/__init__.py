@@ -1,0 +1,2 @@
+"""The seed's formulas: parameters, initialization, layers, activations, Sequential, losses,
+regularizers, gradient checks."""

@@ -1,0 +1,43 @@
+"""Stateless array functions shared by layers and losses; each works on NumPy and CuPy.
+
+Shapes: ``z`` is (N, C) logits unless said otherwise; reductions run over the class axis.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..backend.device import array_module
+
+
+def log_softmax(z: Any, axis: int = -1) -> Any:
+    """log softmax(z) = (z − c) − log Σ exp(z − c), with c = max(z) along ``axis``.
+
+    Subtracting the row maximum keeps exp from overflowing (e^1000 is inf); computing the
+    log-probabilities directly avoids log(0) for confident wrong predictions.
+    """
+    xp = array_module(z)
+    shifted = z - z.max(axis=axis, keepdims=True)
+    lse = xp.log(xp.exp(shifted).sum(axis=axis, keepdims=True))
+    shifted -= lse
+    return shifted
+
+
+def softmax(z: Any, axis: int = -1) -> Any:
+    """softmax(z)_k = exp(z_k − c) / Σ_j exp(z_j − c), c = max(z) along ``axis``; rows sum to 1."""
+    xp = array_module(z)
+    y = z - z.max(axis=axis, keepdims=True)
+    xp.exp(y, out=y)
+    y /= y.sum(axis=axis, keepdims=True)
+    return y
+
+
+def sigmoid(z: Any, out: Any = None) -> Any:
+    """σ(z) = 1 / (1 + e^−z), computed as exp(−log(1 + e^−z)): no overflow for any z and full
+    relative precision in both tails. ``out`` may be ``z`` itself."""
+    xp = array_module(z)
+    y = xp.negative(z, out=out)
+    xp.logaddexp(0.0, y, out=y)
+    xp.negative(y, out=y)
+    xp.exp(y, out=y)
+    return y

@@ -1,0 +1,128 @@
+"""Weight penalties added to the cost: objective = cost + R(W).
+
+Both act on parameters with ``decay=True`` (the weights W); biases are never penalized.
+When the parameters are a model's flat buffer the weights are one contiguous prefix of it,
+so the penalty and its gradient each take one operation over that prefix.
+
+In training, ``optimizer.step(regularizer)`` folds L2's and L1's gradient into the fused
+update instead of calling ``backward`` (see :meth:`Regularizer.fused_coefficients`): no extra
+pass over the weights, and the gradient buffer is left as the loss wrote it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+
+from ..backend import kernels
+from ..backend.device import array_module
+from ..validation import check_float
+from .parameter import Parameter
+
+
+def parameter_list(params: Iterable[Parameter] | Any) -> list[Parameter]:
+    """``params`` as a list, checked; a model (anything with ``.parameters()``) gives its own."""
+    if hasattr(params, "parameters"):
+        params = params.parameters()
+    params = list(params)
+    for i, p in enumerate(params):
+        if not isinstance(p, Parameter):
+            raise TypeError(f"params[{i}] must be a gpunn Parameter, got {type(p).__name__}")
+    return params
+
+
+def decayed_arrays(params: list[Parameter]) -> list[tuple[Any, Any]]:
+    """(data, grad) pairs of the decayed parameters: one flat 1-D pair when they are packed."""
+    flat = params[0]._flat if params else None
+    if flat is not None and flat.owns(params):
+        return [(flat.decayed(flat.data), flat.decayed(flat.grad))] if flat.n_decay else []
+    return [(p.data, p.grad) for p in params if p.decay]  # as they are: reshape could copy
+
+
+def _zero(params: list[Parameter]) -> Any:
+    """A 0-d zero in the parameters' dtype, on their device (float32 stays float32)."""
+    if not params:
+        return array_module(None).zeros(())
+    return array_module(params[0].data).zeros((), dtype=params[0].data.dtype)
+
+
+def _sum_of_squares(w: Any) -> Any:
+    """Σ w² — one BLAS dot for a flat buffer."""
+    return w @ w if w.ndim == 1 else (w * w).sum()
+
+
+class Regularizer:
+    """Base class: ``forward(params)`` → R as a 0-d array; ``backward(params)`` adds ∂R/∂W to
+    each weight's ``grad`` (call it after ``model.backward``, which overwrites the grads)."""
+
+    def __init__(self, lam: float) -> None:
+        self.lam = check_float("lam", lam, low=0.0)
+
+    def __call__(self, params: Any) -> Any:
+        return self.forward(params)
+
+    def forward(self, params: Any) -> Any:
+        raise NotImplementedError
+
+    def backward(self, params: Any) -> None:
+        raise NotImplementedError
+
+    def fused_coefficients(self) -> tuple[float, float] | None:
+        """(λ₂, λ₁) such that ∂R/∂W = λ₂·W + λ₁·sign(W) on the weights, for an optimizer to
+        add inside its update; None when the gradient has another form (the optimizer then
+        calls :meth:`backward`)."""
+        return None
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.lam:g})"
+
+
+class L2(Regularizer):
+    """R = ½·λ·Σ W²;  ∂R/∂W = λ·W  (the seed's ½W² penalty with coefficient reg)."""
+
+    def forward(self, params: Any) -> Any:
+        params = parameter_list(params)
+        xp = array_module(params[0].data if params else None)
+        total = sum((_sum_of_squares(w) for w, _ in decayed_arrays(params)), start=_zero(params))
+        return xp.asarray(total * (0.5 * self.lam))
+
+    def backward(self, params: Any) -> None:
+        for w, g in decayed_arrays(parameter_list(params)):
+            if w.ndim == 1 and w.flags.c_contiguous and g.flags.c_contiguous:  # a flat buffer: one pass
+                kernels.axpy_update(g, w, self._scratch_for(w), a=self.lam)
+            else:
+                g += self.lam * w
+
+    def fused_coefficients(self) -> tuple[float, float] | None:
+        """(λ, 0): ∂R/∂W = λ·W (None for a subclass with its own backward)."""
+        return (float(self.lam), 0.0) if type(self).backward is L2.backward else None
+
+    def _scratch_for(self, w: Any) -> Any:
+        """A small scratch for the CPU's piecewise update (kept; None on a GPU)."""
+        if array_module(w) is not np:
+            return None
+        scratch = getattr(self, "_scratch", None)
+        if scratch is None or scratch.dtype != w.dtype or scratch.shape[1] < min(w.size, kernels.CHUNK):
+            scratch = kernels.scratch(w.size, w.dtype)
+            self._scratch = scratch
+        return scratch
+
+
+class L1(Regularizer):
+    """R = λ·Σ |W|;  ∂R/∂W = λ·sign(W)  (sparsity-inducing; the subgradient 0 at W = 0)."""
+
+    def forward(self, params: Any) -> Any:
+        params = parameter_list(params)
+        xp = array_module(params[0].data if params else None)
+        total = sum((xp.abs(w).sum() for w, _ in decayed_arrays(params)), start=_zero(params))
+        return xp.asarray(total * self.lam)
+
+    def backward(self, params: Any) -> None:
+        for w, g in decayed_arrays(parameter_list(params)):
+            g += self.lam * array_module(w).sign(w)
+
+    def fused_coefficients(self) -> tuple[float, float] | None:
+        """(0, λ): ∂R/∂W = λ·sign(W) (None for a subclass with its own backward)."""
+        return (0.0, float(self.lam)) if type(self).backward is L1.backward else None

@@ -1,0 +1,296 @@
+"""Sequential models and the ``mlp`` shortcut.
+
+A Sequential runs its layers in order: a^[0] = x, then each Linear computes
+z^[l] = a^[l−1]·W^[l] + b^[l] and each activation a^[l] = g(z^[l]). Backward runs them in
+reverse, each layer writing its parameters' gradients. All parameters live in one flat
+buffer (weights first, biases last), so an optimizer updates them in one operation.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+from ..validation import check_choice, check_dtype, check_float, check_int
+from .activations import ACTIVATIONS, ElementwiseActivation, Identity, LeakyReLU, ReLU, Sigmoid, Softmax, Tanh
+from .activations import activation as make_activation
+from .init import make_rng
+from .layers import Dropout, Layer, Linear, check_input
+from .parameter import Parameter, pack
+
+# Layers that act elementwise and may overwrite their input or incoming gradient.
+_ELEMENTWISE = (ElementwiseActivation, Dropout)
+
+
+class Sequential(Layer):
+    """Layers applied in order. ``forward(x)`` → logits; ``backward(dlogits)`` writes every
+    parameter's ``.grad`` and returns ∂L/∂x. Parameter names are "<index>.<name>" ("0.W").
+    """
+
+    def __init__(self, *layers: Layer | Sequence[Layer]) -> None:
+        if len(layers) == 1 and isinstance(layers[0], (list, tuple)):
+            layers = tuple(layers[0])
+        for i, layer in enumerate(layers):
+            if not (callable(getattr(layer, "forward", None)) and callable(getattr(layer, "backward", None))):
+                raise TypeError(f"layers[{i}] must be a gpunn layer with forward and backward, got {layer!r}")
+        self.layers: list[Layer] = list(layers)
+        for name, p in self.named_parameters():
+            p.name = name
+        self._plan_inplace()
+        self._plan_fusion()
+        params = self.parameters()
+        self._first = params[0] if params else None  # the forward pass checks x against it
+        if params:
+            pack(params)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # After pickle or deepcopy the parameters are separate arrays: gather them into one
+        # flat buffer again, so that optimizers and the layers share it as before.
+        self.__dict__.update(state)
+        self._plan_fusion()  # a model pickled by an older gpunn kept (name, slope) pairs here
+        params = self.parameters()
+        if params:
+            pack(params)
+
+    # --------------------------------------------------------------- structure
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def __getitem__(self, index: int) -> Layer:
+        return self.layers[index]
+
+    def __iter__(self) -> Iterator[Layer]:
+        return iter(self.layers)
+
+    def named_parameters(self) -> list[tuple[str, Parameter]]:
+        return [(f"{i}.{name}", p) for i, layer in enumerate(self.layers) for name, p in layer.named_parameters()]
+
+    def _plan_inplace(self) -> None:
+        """Let elementwise layers overwrite arrays that this model allocated and that no
+        layer keeps for its backward pass.
+
+        Forward, the array flowing between layers is *owned* once some layer of this model
+        allocated it (a Linear always does; the caller's x never is), and *kept* when the
+        layer that produced it saves it (the activations and Softmax save their output).
+        Layers that may hand their input straight on (Identity, Dropout in eval mode, nested
+        models) pass the status through or, when unknown, revoke ownership. Backward, only
+        the gradients this model allocated are overwritten, never the caller's dlogits.
+        """
+        owned = kept = False
+        for layer in self.layers:
+            if isinstance(layer, _ELEMENTWISE):
+                layer.inplace = owned and not kept
+            if isinstance(layer, (Identity, Dropout)):
+                continue  # may return its input itself: the status passes through
+            if isinstance(layer, Linear):
+                owned, kept = True, False  # a new array, which it does not keep
+            elif isinstance(layer, (ElementwiseActivation, Softmax)):
+                owned, kept = True, True  # its output is saved for backward
+            else:
+                owned, kept = False, True  # unknown (a nested model may return its input)
+        grad_owned = False  # the incoming dlogits belong to the caller
+        for layer in reversed(self.layers):
+            if isinstance(layer, _ELEMENTWISE):
+                layer.inplace_grad = grad_owned
+            if isinstance(layer, (Identity, Dropout)):
+                continue  # may return dy itself
+            grad_owned = isinstance(layer, (Linear, *_ELEMENTWISE, Softmax))
+
+    def _plan_fusion(self) -> None:
+        """A Linear directly followed by an elementwise activation computes g(x·W + b) in one
+        pass over its output (one kernel on a GPU); the activation then only passes it on.
+        Its output is a fresh array nobody keeps, so applying g in place there is safe.
+
+        Backward, the activation's dz is exactly the Linear's dy (they are adjacent), so the
+        activation also writes the Linear's bias gradient Σ_n dz_n in its own pass over dz
+        (one kernel on a GPU instead of two); the Linear skips its sum for that array. An
+        unfused Linear right after such an activation (the output layer) hands its bias sum to
+        the same kernel in :meth:`backward`."""
+        for layer in self.layers:
+            if isinstance(layer, Linear):
+                layer.activation = None
+                layer.bias_grad_from = None
+            elif isinstance(layer, ElementwiseActivation):
+                layer.fused = False
+                layer.bias_grad_of = None
+        for first, second in itertools.pairwise(self.layers):
+            if isinstance(first, Linear) and isinstance(second, ElementwiseActivation):
+                first.activation = second
+                second.fused = True
+                second.bias_grad_of = first
+
+    @property
+    def dtype(self) -> np.dtype:
+        params = self.parameters()
+        return params[0].data.dtype if params else np.dtype("float32")
+
+    def train(self, mode: bool = True) -> Sequential:
+        self.training = bool(mode)
+        for layer in self.layers:
+            layer.train(mode)
+        return self
+
+    # --------------------------------------------------------------- computation
+
+    def forward(self, x: Any) -> Any:
+        """x (N, n_features) on the model's device → output of the last layer (N, n_out)."""
+        if self._first is not None:
+            like = self._first.data
+            # The cheap comparisons run every step; the full check (and its message) only
+            # when one of them fails. ``.device`` tells two GPUs apart ("cpu" for NumPy).
+            if (
+                type(x) is not type(like)
+                or getattr(x, "ndim", 0) != 2
+                or x.dtype != like.dtype
+                or x.device != like.device
+            ):
+                check_input(x, like, "x", f"the model ({self.device}, {self.dtype})")
+            first = self.layers[0]
+            if isinstance(first, Linear) and x.shape[1] != first.n_in:
+                raise ValueError(
+                    f"x has {x.shape[1]} features but the first layer, {first!r}, expects {first.n_in} "
+                    f"(x.shape == {tuple(x.shape)})"
+                )
+        for layer in self.layers:
+            x = layer.forward(x)
+        return x
+
+    def backward(self, dy: Any, input_grad: bool = True) -> Any:
+        """dy = ∂L/∂output → writes every parameter's grad; returns ∂L/∂x (None when
+        ``input_grad`` is False, which spares the first layer's input gradient)."""
+        layers = self.layers
+        if not layers:
+            return dy
+        k = len(layers) - 1
+        while k > 0:
+            layer = layers[k]
+            before = layers[k - 1]
+            if (
+                isinstance(layer, Linear)
+                and layer.activation is None
+                and isinstance(before, ElementwiseActivation)
+                and before.fused
+            ):
+                # A Linear layer with no activation after it (the output layer) whose input came
+                # from a fused activation: that activation's backward kernel, which sums its own
+                # Linear's bias gradient, also sums this one's: a launch fewer per step.
+                dx = layer.backward(dy, bias_grad=False)
+                dy = before.backward(dx, also_sum=(dy, layer.b.grad))
+                k -= 2
+            else:
+                dy = layer.backward(dy)
+                k -= 1
+        first = layers[0]
+        if isinstance(first, (Linear, Sequential)):
+            return first.backward(dy, input_grad=input_grad)
+        return first.backward(dy)
+
+    def config(self) -> dict[str, Any]:
+        return {"type": "Sequential", "layers": [layer.config() for layer in self.layers]}
+
+    # --------------------------------------------------------------- display
+
+    def summary(self) -> str:
+        """The layers in the seed's notation, with shapes and parameter counts."""
+        rows = [("", "a^[0] = x", f"(N, {self._n_in()})", "")]
+        layer_index = 0
+        for i, layer in enumerate(self.layers):
+            if isinstance(layer, Linear):
+                layer_index += 1
+                shapes = f"W^[{layer_index}] {layer.W.shape}  b^[{layer_index}] {layer.b.shape}"
+            else:
+                shapes = ""
+            count = sum(p.size for p in layer.parameters())
+            rows.append((f"{i} {layer!r}", layer.formula(max(layer_index, 1)), shapes, f"{count:,}" if count else ""))
+        header = ("layer", "computes", "parameter shapes", "params")
+        widths = [max(len(r[k]) for r in [header, *rows]) for k in range(4)]
+        lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in [header, *rows]]
+        total = sum(p.size for p in self.parameters())
+        lines.insert(1, "-" * len(lines[0]))
+        lines.append(
+            f"total: {total:,} parameters in {layer_index} layer(s) with weights (L = {layer_index}); "
+            f"{self.dtype}, {self.device}"
+        )
+        return "\n".join(lines)
+
+    def _n_in(self) -> str:
+        first = self.layers[0] if self.layers else None
+        return str(first.n_in) if isinstance(first, Linear) else "features"
+
+    def __repr__(self) -> str:
+        inner = "".join(f"\n  ({i}): {layer!r}" for i, layer in enumerate(self.layers))
+        return f"Sequential({inner}\n)" if inner else "Sequential()"
+
+
+def mlp(
+    sizes: Sequence[int],
+    activation: str = "relu",
+    dtype: Any = "float32",
+    seed: int | np.random.Generator | None = None,
+    dropout: float = 0.0,
+    init: str | None = None,
+) -> Sequential:
+    """A multilayer perceptron: Linear(sizes[0]→sizes[1]), g, [Dropout], …, Linear(→sizes[-1]).
+
+    ``activation`` names g (relu, leaky_relu, sigmoid, tanh, identity). ``init`` defaults to
+    "he" for the ReLU family and "xavier" otherwise. ``dropout`` > 0 adds inverted dropout
+    after every hidden activation. One ``seed`` fixes every layer's initial weights.
+    """
+    if isinstance(sizes, (str, bytes)) or not isinstance(sizes, Sequence) or len(sizes) < 2:
+        raise ValueError(f"sizes must list at least an input and an output size, e.g. [784, 100, 10]; got {sizes!r}")
+    sizes = [check_int(f"sizes[{i}]", s, low=1) for i, s in enumerate(sizes)]
+    name = check_choice("activation", activation, ACTIVATIONS)
+    dropout = check_float("dropout", dropout, low=0.0, high=1.0, high_open=True)
+    if init is None:
+        init = "he" if name in ("relu", "leaky_relu") else "xavier"
+    dt = check_dtype("dtype", dtype)
+    rng = make_rng(seed)
+    layers: list[Layer] = []
+    for i, (n_in, n_out) in enumerate(itertools.pairwise(sizes)):
+        layers.append(Linear(n_in, n_out, init=init, dtype=dt, seed=rng))
+        if i < len(sizes) - 2:
+            layers.append(make_activation(name))
+            if dropout > 0.0:
+                layers.append(Dropout(dropout, seed=int(rng.integers(2**31))))
+    return Sequential(layers)
+
+
+INIT_ONLY_KEYS = frozenset({"init", "seed"})  # they decide how fresh weights are drawn, nothing else
+
+
+def architecture(config: Any) -> Any:
+    """``model.config()`` without the keys that only decide fresh weights (init, seed): what
+    two models must share for one's weights to fit the other."""
+    if isinstance(config, dict):
+        return {k: architecture(v) for k, v in config.items() if k not in INIT_ONLY_KEYS}
+    if isinstance(config, list):
+        return [architecture(v) for v in config]
+    return config
+
+
+LAYER_TYPES: dict[str, type[Layer]] = {
+    cls.__name__: cls for cls in (Linear, Dropout, Identity, ReLU, LeakyReLU, Sigmoid, Tanh, Softmax, Sequential)
+}
+
+
+def layer_from_config(config: dict[str, Any]) -> Layer:
+    """Rebuild a layer (or a whole Sequential) from what ``config()`` returned.
+
+    Weights are freshly initialized; a checkpoint loads the saved ones on top.
+    """
+    if not isinstance(config, dict) or "type" not in config:
+        raise ValueError(f"a layer config must be a dict with a 'type', got {config!r}")
+    kind = config["type"]
+    cls = LAYER_TYPES.get(kind)
+    if cls is None:
+        raise ValueError(f"unknown layer type {kind!r}; known: {', '.join(sorted(LAYER_TYPES))}")
+    arguments = {k: v for k, v in config.items() if k != "type"}
+    if cls is Sequential:
+        return Sequential([layer_from_config(c) for c in arguments.get("layers", [])])
+    if cls is Linear:
+        arguments.setdefault("seed", 0)  # the draw is overwritten by the saved weights anyway
+    return cls(**arguments)

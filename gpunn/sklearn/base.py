@@ -1,0 +1,239 @@
+"""The shared base of gpunn.sklearn's estimators: :class:`BaseMultilayerPerceptron`, with
+scikit-learn's parameters and their checks, ``fit``, the fitting entry point that sends the data to
+the device once and runs a training loop, and the forward pass behind the predictions.
+
+Private to :mod:`gpunn.sklearn` (which re-exports the class); it needs scikit-learn, and
+``import gpunn`` does not import it.
+"""
+
+from __future__ import annotations
+
+from numbers import Integral, Real
+from typing import Any
+
+import numpy as np
+from sklearn.base import BaseEstimator
+from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import Interval, Options, StrOptions
+from sklearn.utils.validation import check_is_fitted
+
+from ..backend.device import Device, device, device_of, to_numpy
+from ..validation import check_dtype
+from .inputs import _InputChecks, _is_cupy
+from .network import _blas_threads, _Network
+from .training import _TrainingLoops
+
+_STOCHASTIC = ("sgd", "adam")
+
+
+class BaseMultilayerPerceptron(_InputChecks, _TrainingLoops, BaseEstimator):
+    """Shared fit / partial_fit machinery; use :class:`MLPClassifier` or :class:`MLPRegressor`."""
+
+    _parameter_constraints: dict = {  # noqa: RUF012 — scikit-learn's convention
+        "hidden_layer_sizes": ["array-like", Interval(Integral, 1, None, closed="left")],
+        "activation": [StrOptions({"identity", "logistic", "tanh", "relu"})],
+        "solver": [StrOptions({"lbfgs", "sgd", "adam"})],
+        "alpha": [Interval(Real, 0, None, closed="left")],
+        "batch_size": [StrOptions({"auto"}), Interval(Integral, 1, None, closed="left")],
+        "learning_rate": [StrOptions({"constant", "invscaling", "adaptive"})],
+        "learning_rate_init": [Interval(Real, 0, None, closed="neither")],
+        "power_t": [Interval(Real, 0, None, closed="left")],
+        "max_iter": [Interval(Integral, 1, None, closed="left")],
+        "shuffle": ["boolean"],
+        "random_state": ["random_state"],
+        "tol": [Interval(Real, 0, None, closed="left")],
+        "verbose": ["verbose"],
+        "warm_start": ["boolean"],
+        "momentum": [Interval(Real, 0, 1, closed="both")],
+        "nesterovs_momentum": ["boolean"],
+        "early_stopping": ["boolean"],
+        "validation_fraction": [Interval(Real, 0, 1, closed="left")],
+        "beta_1": [Interval(Real, 0, 1, closed="left")],
+        "beta_2": [Interval(Real, 0, 1, closed="left")],
+        "epsilon": [Interval(Real, 0, None, closed="neither")],
+        "n_iter_no_change": [Interval(Integral, 1, None, closed="left"), Options(Real, {np.inf})],
+        "max_fun": [Interval(Integral, 1, None, closed="left")],
+        "device": [str, Device],
+        "dtype": [str, type, np.dtype],
+    }
+
+    def __init__(
+        self,
+        hidden_layer_sizes: Any = (100,),
+        activation: str = "relu",
+        *,
+        solver: str = "adam",
+        alpha: float = 0.0001,
+        batch_size: int | str = "auto",
+        learning_rate: str = "constant",
+        learning_rate_init: float = 0.001,
+        power_t: float = 0.5,
+        max_iter: int = 200,
+        shuffle: bool = True,
+        random_state: Any = None,
+        tol: float = 1e-4,
+        verbose: bool = False,
+        warm_start: bool = False,
+        momentum: float = 0.9,
+        nesterovs_momentum: bool = True,
+        early_stopping: bool = False,
+        validation_fraction: float = 0.1,
+        beta_1: float = 0.9,
+        beta_2: float = 0.999,
+        epsilon: float = 1e-8,
+        n_iter_no_change: int = 10,
+        max_fun: int = 15000,
+        device: str | Device = "auto",
+        dtype: Any = "float32",
+    ) -> None:
+        self.hidden_layer_sizes = hidden_layer_sizes
+        self.activation = activation
+        self.solver = solver
+        self.alpha = alpha
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.learning_rate_init = learning_rate_init
+        self.power_t = power_t
+        self.max_iter = max_iter
+        self.shuffle = shuffle
+        self.random_state = random_state
+        self.tol = tol
+        self.verbose = verbose
+        self.warm_start = warm_start
+        self.momentum = momentum
+        self.nesterovs_momentum = nesterovs_momentum
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.beta_1 = beta_1
+        self.beta_2 = beta_2
+        self.epsilon = epsilon
+        self.n_iter_no_change = n_iter_no_change
+        self.max_fun = max_fun
+        self.device = device
+        self.dtype = dtype
+
+    # ------------------------------------------------------------------ public API
+
+    def fit(self, X: Any, y: Any) -> BaseMultilayerPerceptron:
+        """Fit the network to X (n_samples, n_features) and y: labels (n_samples,) or a label
+        indicator matrix (n_samples, n_classes) for classifiers, targets (n_samples,) or
+        (n_samples, n_outputs) for regressors. Returns self."""
+        self._check_params()
+        return self._fit(X, y, incremental=False)
+
+    def _check_solver(self) -> bool:
+        if self.solver not in _STOCHASTIC:
+            raise AttributeError(f"partial_fit is only available for stochastic optimizers. {self.solver} is not.")
+        return True
+
+    # ------------------------------------------------------------------ checks
+
+    def _check_params(self) -> None:
+        if hasattr(self, "_validate_params"):
+            self._validate_params()  # scikit-learn's InvalidParameterError names the parameter
+        check_dtype("dtype", self.dtype)
+        if not (isinstance(self.device, str) and self.device.strip().lower() == "auto"):
+            device(self.device)  # a bad spec, or a GPU that is not usable, fails here with the reason
+
+    def _device(self, x: Any = None) -> Device:
+        """The device to train on. For "auto": a CuPy input's GPU, else ``gn.device()``
+        (GPUNN_DEVICE if set, else cuda:0 when usable, else the CPU)."""
+        if isinstance(self.device, str) and self.device.strip().lower() == "auto":
+            return device_of(x) if x is not None and _is_cupy(x) else device(None)
+        return device(self.device)
+
+    def _hidden_sizes(self) -> list[int]:
+        sizes = self.hidden_layer_sizes
+        sizes = list(sizes) if hasattr(sizes, "__iter__") else [sizes]
+        if any(not isinstance(s, Integral) or isinstance(s, bool) or s <= 0 for s in sizes):
+            raise ValueError(f"hidden_layer_sizes must be > 0, got {sizes}.")
+        return [int(s) for s in sizes]
+
+    # ------------------------------------------------------------------ fitting
+
+    def _fit(self, X: Any, y: Any, incremental: bool) -> BaseMultilayerPerceptron:
+        sizes = self._hidden_sizes()
+        dtype = check_dtype("dtype", self.dtype)
+        first_pass = not hasattr(self, "coefs_") or (not self.warm_start and not incremental)
+        X, y = self._check_x(X, y, reset=first_pass)
+        targets, stratify, n_outputs = self._encode_targets(y, incremental)
+        rng = check_random_state(self.random_state)
+        dev = self._device(X)
+        if first_pass:
+            self._initialize([X.shape[1], *sizes, n_outputs], dtype, rng, dev)
+        elif n_outputs != self.n_outputs_:
+            raise ValueError(f"y has {n_outputs} outputs but the fitted network has {self.n_outputs_}; refit it")
+        net: _Network = self._net
+        net.sync(self, dev)
+        self.device_ = str(dev)
+        with dev:
+            Xd = dev.send(X, dtype=net.dtype)
+            Td = dev.send(targets) if targets.dtype.kind in "iu" else dev.send(targets, dtype=net.dtype)
+        batch = 200 if self.batch_size == "auto" else self.batch_size
+        rows = Xd.shape[0] if self.solver == "lbfgs" else min(Xd.shape[0], batch)
+        try:
+            with _blas_threads(net.units, rows, dev):
+                if self.solver == "lbfgs":
+                    self._fit_lbfgs(net, Xd, Td)
+                else:
+                    self._fit_stochastic(net, Xd, Td, stratify, rng, incremental)
+        finally:
+            net.export(self)
+        if not bool(dev.xp.isfinite(net.flat.data).all()):
+            raise ValueError(
+                "Solver produced non-finite parameter weights. The input data may contain large values "
+                "and need to be preprocessed."
+            )
+        return self
+
+    def _initialize(self, units: list[int], dtype: np.dtype, rng: np.random.RandomState, dev: Device) -> None:
+        self.n_iter_ = 0
+        self.t_ = 0
+        self.n_outputs_ = units[-1]
+        self.n_layers_ = len(units)
+        self.out_activation_ = self._out_activation()
+        self._net = _Network(units, self.activation, self.out_activation_, dtype)
+        self._net.build(rng, dev)
+        self._net.export(self)
+        if self.solver in _STOCHASTIC:
+            self.loss_curve_ = []
+            self._no_improvement_count = 0
+            if self.early_stopping:
+                self.validation_scores_ = []
+                self.best_validation_score_ = -np.inf
+                self.best_loss_ = None
+            else:
+                self.best_loss_ = np.inf
+                self.validation_scores_ = None
+                self.best_validation_score_ = None
+
+    # ------------------------------------------------------------------ predicting
+
+    def _output(self, X: Any) -> tuple[Any, bool, Device]:
+        """Output activations for X, and whether and where X was a CuPy array.
+
+        Computed on the model's device in its dtype; returned in X's floating dtype (float64
+        for anything else, as scikit-learn's validation would make it): on X's GPU for CuPy
+        input, as a NumPy array otherwise."""
+        check_is_fitted(self)
+        X, _ = self._check_x(X, reset=False)
+        net: _Network = self._net
+        net.sync(self, net.device if net.model is not None else self._device(X))
+        with net.device:
+            out = net.output(net.device.send(X, dtype=net.dtype))
+        dtype = X.dtype if X.dtype in (np.float32, np.float64) else np.dtype(np.float64)
+        cupy_in = _is_cupy(X)
+        src = device_of(X)
+        out = src.send(out, dtype=dtype) if cupy_in else to_numpy(out).astype(dtype, copy=False)
+        return out, cupy_in, src
+
+    def _device_score(self, net: _Network, X: Any, T: Any) -> float:
+        raise NotImplementedError
+
+    def __sklearn_tags__(self) -> Any:
+        tags = super().__sklearn_tags__()
+        tags.input_tags.sparse = True
+        return tags
+
+    def _more_tags(self) -> dict[str, Any]:  # scikit-learn < 1.6
+        return {}

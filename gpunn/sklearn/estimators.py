@@ -1,0 +1,323 @@
+"""scikit-learn compatible multilayer perceptrons that train with gpunn on the best device present.
+
+``from gpunn.sklearn import MLPClassifier, MLPRegressor`` gives drop-in replacements for
+scikit-learn's estimators of the same names: the same constructor parameters with the same
+meanings and defaults, the same fitted attributes, and the same training semantics, plus
+``device`` ("auto", "cpu", "cuda:N") and ``dtype`` (float32 by default).
+
+What is matched, exactly as :mod:`sklearn.neural_network` does it:
+
+- initial weights: Glorot-uniform, W, b ~ U(−r, r) with r = √(6 / (fan_in + fan_out))
+  (√(2 / …) for "logistic"), drawn from ``check_random_state(random_state)`` in scikit-learn's
+  order, so a given ``random_state`` starts from scikit-learn's own initial weights;
+- the objective of a mini-batch of n_b samples, reported as ``loss_curve_``:
+  J = cost + ½·alpha·ΣW² / n_b, with cost the mean log-loss (softmax output for multiclass,
+  one logistic output per column for binary and multilabel), half the mean squared error
+  over samples *and* outputs, or the mean half Poisson deviance; the weight gradient is
+  (∂cost_sum + alpha·W) / n_b, biases are not penalized;
+- the optimizers: Adam with scikit-learn's bias correction (lr·√(1−β2^t)/(1−β1^t) with ε
+  outside the square root), SGD with (Nesterov) momentum, "invscaling" and "adaptive"
+  learning rates, the per-epoch ``tol`` / ``n_iter_no_change`` stopping rule, early stopping
+  on a held-out ``validation_fraction`` with the best weights restored, ``t_`` counting
+  samples, and the same warnings (ConvergenceWarning, batch_size clipping);
+- "lbfgs": scipy's L-BFGS-B over the flat parameter buffer, with the full-batch objective
+  and gradient computed on the device.
+
+In float64 the loss curves agree with scikit-learn's to rounding (tests/test_sklearn.py).
+Known differences: the reported log-loss does not clip probabilities to [ε, 1 − ε] as
+scikit-learn's does (it differs only while some probability underflows, e.g. in the first
+epochs on unscaled data); fit and partial_fit take no ``sample_weight`` (scikit-learn >= 1.7
+has one); with "lbfgs" a multi-output regressor minimizes the objective its gradient belongs
+to (scikit-learn's reported squared error is divided by the number of outputs, its gradient
+is not).
+
+The data go to the device once per fit; each epoch reads one small (2, n_steps) array back
+(the step costs and the ΣW² of each step's penalty), as scikit-learn evaluates its loss once
+per epoch too. On the CPU, networks whose matrix products are small train with the BLAS held
+to one thread: for them a second thread saves little on an idle machine and costs a lot on a
+busy one (see ``gpunn._sklearn_network._blas_threads``).
+Inputs may be NumPy arrays, lists, pandas frames, SciPy sparse matrices (densified) or CuPy
+arrays; predictions follow the input: CuPy in, CuPy out (numeric labels), NumPy otherwise.
+``coefs_`` and ``intercepts_`` are NumPy arrays (on the CPU, views of the live weights, as in
+scikit-learn; after a GPU fit, host copies — assign new arrays to change the weights).
+
+This module needs scikit-learn (``pip install "gpunn[sklearn]"``); ``import gpunn`` does not.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+try:
+    from sklearn.base import ClassifierMixin, RegressorMixin
+except ImportError as exc:  # pragma: no cover - exercised only without scikit-learn
+    raise ImportError('gpunn.sklearn needs scikit-learn: pip install "gpunn[sklearn]"') from exc
+
+from sklearn.metrics import accuracy_score, r2_score
+from sklearn.preprocessing import LabelBinarizer
+from sklearn.utils._param_validation import StrOptions
+from sklearn.utils.metaestimators import available_if
+from sklearn.utils.multiclass import _check_partial_fit_first_call, type_of_target, unique_labels
+
+from ..backend.device import Device, array_module, to_numpy
+from .base import BaseMultilayerPerceptron
+from .network import _Network  # also where pickles of earlier versions look for it
+
+__all__ = ["MLPClassifier", "MLPRegressor"]
+
+
+class MLPClassifier(ClassifierMixin, BaseMultilayerPerceptron):
+    """Multi-layer perceptron classifier: scikit-learn's MLPClassifier, trained by gpunn.
+
+    Softmax output and mean log-loss for multiclass targets; one logistic output per column
+    for binary (one column) and multilabel (label indicator matrix) targets. Parameters,
+    attributes and methods are scikit-learn's, with the same meanings and defaults (see
+    :mod:`gpunn.sklearn`), plus:
+
+    device : "auto" (default), "cpu", "cuda:N" or a gpunn Device. "auto" trains on a CuPy
+        input's GPU, else where ``gpunn.device()`` points (GPUNN_DEVICE, else cuda:0 when
+        usable, else the CPU).
+    dtype : "float32" (default) or "float64", the precision the network computes in.
+
+    Fitted attributes: classes_, loss_, best_loss_, loss_curve_, validation_scores_,
+    best_validation_score_, t_, coefs_ (list of (n_in, n_out)), intercepts_ (list of
+    (n_out,)), n_features_in_, feature_names_in_, n_iter_, n_layers_, n_outputs_,
+    out_activation_, and device_ (where the last fit ran, e.g. "cuda:0").
+    """
+
+    def _out_activation(self) -> str:
+        return "softmax" if self._label_binarizer.y_type_ == "multiclass" else "logistic"
+
+    def _encode_targets(self, y: Any, incremental: bool) -> tuple[np.ndarray, np.ndarray, int]:
+        """Labels → (integer classes (N,) for softmax, or 0/1 targets (N, K)); also the
+        binarized labels scikit-learn stratifies its early-stopping split by, and the number
+        of network outputs."""
+        if not hasattr(self, "classes_") or (not self.warm_start and not incremental):
+            self._label_binarizer = LabelBinarizer().fit(y)
+            self.classes_ = self._label_binarizer.classes_
+        else:
+            classes = unique_labels(y)
+            if self.warm_start:
+                if set(classes) != set(self.classes_):
+                    raise ValueError(
+                        "warm_start can only be used where `y` has the same classes as in the previous "
+                        f"call to fit. Previously got {self.classes_}, `y` has {classes}"
+                    )
+            elif len(np.setdiff1d(classes, self.classes_, assume_unique=True)):
+                raise ValueError(
+                    f"`y` has classes not in `self.classes_`. `self.classes_` has {self.classes_}. 'y' has {classes}."
+                )
+        binary = self._label_binarizer.transform(y).astype(bool)
+        if self._label_binarizer.y_type_ == "multiclass":
+            return binary.argmax(axis=1).astype(np.int64), binary, binary.shape[1]
+        return binary.astype(np.float32), binary, binary.shape[1]
+
+    @available_if(lambda est: est._check_solver())
+    def partial_fit(self, X: Any, y: Any, classes: Any = None) -> MLPClassifier:
+        """One epoch over (X, y). ``classes`` (every label of the whole data) is required on
+        the first call. Returns self."""
+        self._check_params()
+        classes = None if classes is None else to_numpy(classes)  # scikit-learn's checks need host arrays
+        if _check_partial_fit_first_call(self, classes):
+            self._label_binarizer = LabelBinarizer()
+            if type_of_target(to_numpy(y)).startswith("multilabel"):
+                self._label_binarizer.fit(to_numpy(y))
+            else:
+                self._label_binarizer.fit(classes)
+        return self._fit(X, y, incremental=True)
+
+    def predict_proba(self, X: Any) -> Any:
+        """Class probabilities (n_samples, n_classes), ordered as ``classes_``."""
+        out, _, src = self._output(X)
+        if self.n_outputs_ == 1:
+            with src:
+                out = array_module(out).concatenate([1.0 - out, out], axis=1)
+        return out
+
+    def predict_log_proba(self, X: Any) -> Any:
+        """log(predict_proba(X))."""
+        proba = self.predict_proba(X)
+        return array_module(proba).log(proba, out=proba)
+
+    def predict(self, X: Any) -> Any:
+        """Predicted labels (n_samples,), or a label indicator matrix for multilabel targets."""
+        out, cupy_in, src = self._output(X)
+        if not cupy_in:
+            return self._label_binarizer.inverse_transform(out.ravel() if self.n_outputs_ == 1 else out)
+        with src:
+            return self._labels_on_device(out, src)
+
+    def _codes(self, out: Any) -> Any:
+        """Class indices (softmax) or 0/1 decisions (logistic, thresholded at ½) from outputs."""
+        if self.out_activation_ == "softmax":
+            return out.argmax(axis=1)
+        decisions = (out > 0.5).astype(np.int64)
+        return decisions[:, 0] if self.n_outputs_ == 1 else decisions
+
+    def _labels_on_device(self, out: Any, src: Device) -> Any:
+        codes = self._codes(out)
+        if self._label_binarizer.y_type_.startswith("multilabel"):
+            return src.send(codes)
+        if len(self.classes_) == 1:
+            codes = codes * 0
+        if self.classes_.dtype.kind not in "biuf":
+            return self.classes_[to_numpy(codes)]  # CuPy cannot hold these labels: NumPy out
+        cache = self._net.cache
+        classes = cache.get(src)
+        if classes is None:
+            classes = cache[src] = src.send(self.classes_)
+        return classes[codes]
+
+    def _device_score(self, net: _Network, X: Any, T: Any) -> float:
+        """Accuracy on the device (subset accuracy for multilabel), as ``score``."""
+        with net.device:
+            predicted = self._codes(net.output(X))
+            if len(self.classes_) == 1:
+                return 1.0
+            if T.ndim == 2:
+                truth = (T > 0.5).astype(np.int64)
+                truth = truth[:, 0] if self.n_outputs_ == 1 else truth
+            else:
+                truth = T
+            correct = predicted == truth
+            if correct.ndim == 2:
+                correct = correct.all(axis=1)
+            return float(correct.mean())
+
+    def score(self, X: Any, y: Any, sample_weight: Any = None) -> float:
+        """Mean accuracy on (X, y) (subset accuracy for multilabel targets)."""
+        predicted = self.predict(X)
+        return float(accuracy_score(to_numpy(y), to_numpy(predicted), sample_weight=to_numpy(sample_weight)))
+
+    def __sklearn_tags__(self) -> Any:
+        tags = super().__sklearn_tags__()
+        tags.classifier_tags.multi_label = True
+        return tags
+
+    def _more_tags(self) -> dict[str, Any]:  # scikit-learn < 1.6
+        return {"multilabel": True}
+
+
+class MLPRegressor(RegressorMixin, BaseMultilayerPerceptron):
+    """Multi-layer perceptron regressor: scikit-learn's MLPRegressor, trained by gpunn.
+
+    Identity output with half the mean squared error (``loss="squared_error"``), or an
+    exponential output with the mean half Poisson deviance (``loss="poisson"``, y >= 0).
+    Parameters, attributes and methods are scikit-learn's (see :mod:`gpunn.sklearn`), plus
+    ``device`` and ``dtype`` as for :class:`MLPClassifier`. Single- and multi-output
+    targets. Fitted attributes as scikit-learn's, plus ``device_``.
+    """
+
+    _parameter_constraints: dict = {  # noqa: RUF012
+        **BaseMultilayerPerceptron._parameter_constraints,
+        "loss": [StrOptions({"squared_error", "poisson"})],
+    }
+
+    def __init__(
+        self,
+        hidden_layer_sizes: Any = (100,),
+        activation: str = "relu",
+        *,
+        loss: str = "squared_error",
+        solver: str = "adam",
+        alpha: float = 0.0001,
+        batch_size: int | str = "auto",
+        learning_rate: str = "constant",
+        learning_rate_init: float = 0.001,
+        power_t: float = 0.5,
+        max_iter: int = 200,
+        shuffle: bool = True,
+        random_state: Any = None,
+        tol: float = 1e-4,
+        verbose: bool = False,
+        warm_start: bool = False,
+        momentum: float = 0.9,
+        nesterovs_momentum: bool = True,
+        early_stopping: bool = False,
+        validation_fraction: float = 0.1,
+        beta_1: float = 0.9,
+        beta_2: float = 0.999,
+        epsilon: float = 1e-8,
+        n_iter_no_change: int = 10,
+        max_fun: int = 15000,
+        device: str | Device = "auto",
+        dtype: Any = "float32",
+    ) -> None:
+        super().__init__(
+            hidden_layer_sizes=hidden_layer_sizes,
+            activation=activation,
+            solver=solver,
+            alpha=alpha,
+            batch_size=batch_size,
+            learning_rate=learning_rate,
+            learning_rate_init=learning_rate_init,
+            power_t=power_t,
+            max_iter=max_iter,
+            shuffle=shuffle,
+            random_state=random_state,
+            tol=tol,
+            verbose=verbose,
+            warm_start=warm_start,
+            momentum=momentum,
+            nesterovs_momentum=nesterovs_momentum,
+            early_stopping=early_stopping,
+            validation_fraction=validation_fraction,
+            beta_1=beta_1,
+            beta_2=beta_2,
+            epsilon=epsilon,
+            n_iter_no_change=n_iter_no_change,
+            max_fun=max_fun,
+            device=device,
+            dtype=dtype,
+        )
+        self.loss = loss
+
+    def _out_activation(self) -> str:
+        return "exp" if self.loss == "poisson" else "identity"
+
+    def _encode_targets(self, y: Any, incremental: bool) -> tuple[np.ndarray, None, int]:
+        y = np.asarray(y, dtype=np.float64)
+        if self.loss == "poisson" and (y < 0).any():
+            raise ValueError("Some value(s) of y are negative which is not allowed for Poisson regression.")
+        y = y.reshape(-1, 1) if y.ndim == 1 else y
+        return y, None, y.shape[1]
+
+    @available_if(lambda est: est._check_solver())
+    def partial_fit(self, X: Any, y: Any) -> MLPRegressor:
+        """One epoch over (X, y). Returns self."""
+        self._check_params()
+        return self._fit(X, y, incremental=True)
+
+    def predict(self, X: Any) -> Any:
+        """Predicted targets (n_samples,) or (n_samples, n_outputs)."""
+        out, _, _ = self._output(X)
+        return out.ravel() if out.shape[1] == 1 else out
+
+    def _device_score(self, net: _Network, X: Any, T: Any) -> float:
+        """R² on the device, averaged over outputs as ``r2_score``; NaN if a prediction is not finite."""
+        with net.device:
+            xp = net.device.xp
+            predicted = net.output(X).astype(np.float64)
+            if not bool(xp.isfinite(predicted).all()):
+                return float("nan")
+            truth = T.astype(np.float64)
+            residual = ((truth - predicted) ** 2).sum(axis=0)
+            total = ((truth - truth.mean(axis=0)) ** 2).sum(axis=0)
+            safe = xp.where(total == 0, 1.0, total)
+            r2 = xp.where(total == 0, xp.where(residual == 0, 1.0, 0.0), 1.0 - residual / safe)
+            return float(r2.mean())
+
+    def score(self, X: Any, y: Any, sample_weight: Any = None) -> float:
+        """Coefficient of determination R² of the prediction (uniform average over outputs)."""
+        predicted = self.predict(X)
+        return float(r2_score(to_numpy(y), to_numpy(predicted), sample_weight=to_numpy(sample_weight)))
+
+    def __sklearn_tags__(self) -> Any:
+        tags = super().__sklearn_tags__()
+        tags.target_tags.multi_output = True
+        return tags
+
+    def _more_tags(self) -> dict[str, Any]:  # scikit-learn < 1.6
+        return {"multioutput": True}

@@ -1,0 +1,218 @@
+"""The network behind gpunn.sklearn's estimators: :class:`_Network` (a gpunn Sequential with
+scikit-learn's initialization, output activations and pickling), its half Poisson loss, the
+BLAS thread limit for small CPU networks, and scikit-learn's learning-rate change for SGD.
+
+Private to :mod:`gpunn.sklearn`, which needs scikit-learn; ``import gpunn`` does not import it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import math
+from typing import Any
+
+import numpy as np
+
+from .. import optim
+from ..backend.device import Device, array_module, to_numpy
+from ..nn.functional import sigmoid, softmax
+from ..nn.layers import Linear
+from ..nn.losses import Loss, MSELoss, SigmoidBCELoss, SoftmaxWithLoss
+from ..nn.regularizers import Regularizer
+from ..nn.sequential import Sequential, mlp
+from ..train.cpu_step import CompiledStep, compile_step
+
+_ACTIVATIONS = {"identity": "identity", "logistic": "sigmoid", "tanh": "tanh", "relu": "relu"}
+_PREDICT_CHUNK = 65_536  # rows per forward pass when predicting (bounds device memory)
+
+
+# Below this many multiply-adds per matrix product a second BLAS thread saves little and can cost
+# a lot. Measured on the 2-core development machine, float32 200×64·64×100: 35–50 µs on one
+# thread; 33 µs on two when the machine is idle, 150–390 µs when another process keeps a core
+# busy (OpenBLAS's threads then wait for each other); a whole digits fit took 0.2–0.3 s on one
+# thread against 0.9–9 s on two under such load.
+_SINGLE_THREAD_MACS = 1 << 22
+_threadpools: list[Any] = []
+
+
+def _blas_threads(units: list[int], rows: int, dev: Device) -> Any:
+    """A context that runs the CPU's BLAS on one thread while the layers' products are small."""
+    if dev.kind != "cpu" or rows * max(a * b for a, b in itertools.pairwise(units)) > _SINGLE_THREAD_MACS:
+        return contextlib.nullcontext()
+    try:
+        from threadpoolctl import ThreadpoolController  # noqa: PLC0415 — a gpunn dependency, needed here only
+    except ImportError:  # pragma: no cover
+        return contextlib.nullcontext()
+    if not _threadpools:
+        _threadpools.append(ThreadpoolController())
+    return _threadpools[0].limit(limits=1, user_api="blas")
+
+
+# ----------------------------------------------------------------------------- the network
+
+
+class _HalfPoissonLoss(Loss):
+    """Half Poisson deviance with a log link, ŷ = exp(z):
+    L = (1/N) Σ_n Σ_k [ŷ − t·z + t·log t − t];  ∂L/∂z = (ŷ − t) / N.  z, t: (N, K)."""
+
+    def forward(self, z: Any, t: Any) -> Any:
+        xp = array_module(z)
+        t = t.reshape(z.shape)
+        y = xp.exp(z)
+        t_log_t = xp.where(t > 0, t * xp.log(xp.where(t > 0, t, 1.0)), 0.0)
+        self._y, self._t = y, t
+        return xp.asarray((y - t * z + t_log_t - t).sum() / z.shape[0])
+
+    def backward(self) -> Any:
+        d = self._y - self._t
+        d *= 1.0 / d.shape[0]
+        return d
+
+
+class _Network:
+    """What an estimator fitted: a gpunn Sequential (hidden layers and the output layer's
+    logits z) on a device, the output activation applied to z, the optimizer of the last fit,
+    and the best weights seen by early stopping.
+
+    Pickling keeps the optimizer state and best weights as host arrays and drops the model;
+    the next use rebuilds it from the estimator's ``coefs_`` and ``intercepts_``, on any machine.
+    """
+
+    def __init__(self, units: list[int], activation: str, out: str, dtype: np.dtype) -> None:
+        self.units, self.activation, self.out, self.dtype = list(units), activation, out, dtype
+        self.model: Sequential | None = None
+        self.optimizer: optim.Optimizer | None = None
+        self.exported: tuple[Any, ...] | None = None  # the arrays last put in coefs_/intercepts_
+        self.best: Any = None  # flat weights of the best validation score (early stopping)
+        self.host_state: dict[str, Any] = {}  # optimizer state and best weights while pickled
+        self.cache: dict[Any, Any] = {}  # per-device copies of classes_ for CuPy predictions
+        self.loss: Loss = {
+            "softmax": SoftmaxWithLoss,
+            "logistic": SigmoidBCELoss,
+            "identity": MSELoss,
+            "exp": _HalfPoissonLoss,
+        }[out](validate=False)  # targets are checked once per fit, not per step
+
+    def build(self, rng: np.random.RandomState, dev: Device) -> None:
+        """A new model with scikit-learn's Glorot-uniform weights drawn from ``rng``."""
+        model = mlp(self.units, activation=_ACTIVATIONS[self.activation], dtype=self.dtype, seed=0)
+        factor = 2.0 if self.activation == "logistic" else 6.0
+        for layer in _linears(model):
+            bound = math.sqrt(factor / (layer.n_in + layer.n_out))
+            layer.W.data[...] = rng.uniform(-bound, bound, (layer.n_in, layer.n_out))
+            layer.b.data[...] = rng.uniform(-bound, bound, layer.n_out)
+        self.model = model.to(dev)
+        self.optimizer, self.best, self.host_state, self.exported = None, None, {}, None
+
+    @property
+    def flat(self) -> Any:
+        return self.model.parameters()[0]._flat
+
+    @property
+    def device(self) -> Device:
+        return self.model.device
+
+    def sync(self, est: Any, dev: Device | None = None) -> Sequential:
+        """Make the model hold the estimator's ``coefs_`` and ``intercepts_`` (rebuilding it
+        after unpickling, loading arrays the user assigned) and, given ``dev``, move it there."""
+        arrays = (*est.coefs_, *est.intercepts_)
+        if self.model is None:
+            self.model = mlp(self.units, activation=_ACTIVATIONS[self.activation], dtype=self.dtype, seed=0)
+            self.model.to(dev if dev is not None else est._device())
+            self.exported = None
+        if (
+            self.exported is None
+            or len(arrays) != len(self.exported)
+            or any(a is not b for a, b in zip(arrays, self.exported, strict=False))
+        ):
+            layers = _linears(self.model)
+            params = [layer.W for layer in layers] + [layer.b for layer in layers]
+            if len(arrays) != len(params) or any(
+                tuple(np.shape(a)) != p.shape  # host: scikit-learn's attributes are NumPy arrays
+                for a, p in zip(arrays, params, strict=True)
+            ):
+                raise ValueError(
+                    "coefs_ and intercepts_ no longer match the network's layer sizes "
+                    f"{self.units}; refit the estimator"
+                )
+            for a, p in zip(arrays, params, strict=True):
+                p.data[...] = self.device.send(a, dtype=self.dtype)  # NumPy, lists or CuPy
+            self.exported = arrays
+        if dev is not None and dev != self.device:
+            self.model.to(dev)  # the optimizer follows on its next step
+        if self.host_state:
+            self._restore_host_state()
+        return self.model
+
+    def export(self, est: Any) -> None:
+        """Set ``coefs_`` (n_in, n_out) and ``intercepts_`` (n_out,) per layer, as NumPy arrays."""
+        layers = _linears(self.model)
+        on_cpu = self.device.kind == "cpu"
+        est.coefs_ = [layer.W.data if on_cpu else to_numpy(layer.W.data) for layer in layers]
+        est.intercepts_ = [layer.b.data if on_cpu else to_numpy(layer.b.data) for layer in layers]
+        self.exported = (*est.coefs_, *est.intercepts_)
+
+    def output(self, x: Any) -> Any:
+        """The output layer's activation a = g(z) for x on the model's device: (N, n_outputs)."""
+        model, xp = self.model, self.device.xp
+        parts = []
+        with self.device:
+            for i in range(0, max(x.shape[0], 1), _PREDICT_CHUNK):
+                z = model.forward(x[i : i + _PREDICT_CHUNK])
+                if self.out == "softmax":
+                    z = softmax(z, axis=1)
+                elif self.out == "logistic":
+                    z = sigmoid(z, out=z)
+                elif self.out == "exp":
+                    z = xp.exp(z, out=z)
+                parts.append(z)
+            return parts[0] if len(parts) == 1 else xp.concatenate(parts)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        if self.model is not None:
+            host: dict[str, Any] = {}
+            if self.optimizer is not None:
+                host["optimizer"] = (type(self.optimizer).__name__, to_numpy(self.optimizer.state_dict()))
+            if self.best is not None:
+                host["best"] = to_numpy(self.best)
+            state["host_state"] = host
+        # the loss keeps the last step's arrays (CuPy after a GPU fit): a fresh one pickles as nothing
+        state.update(
+            model=None,
+            optimizer=None,
+            exported=None,
+            best=None,
+            cache={},
+            loss=type(self.loss)(validate=False),
+        )
+        return state
+
+    def compiled_step(self, penalty: Regularizer | None) -> CompiledStep | None:
+        """The CPU training step of this model, loss and optimizer with ``penalty`` (see
+        :mod:`gpunn.cpu_step`), or None where the layers step one by one. A fit makes one and
+        lets it go when it ends: the network keeps none (nor its buffers and last batch)."""
+        return compile_step(self.model, self.loss, self.optimizer, penalty)
+
+    def _restore_host_state(self) -> None:
+        host, self.host_state = self.host_state, {}
+        if "best" in host:
+            self.best = self.device.send(host["best"])
+        if "optimizer" in host:
+            name, state = host["optimizer"]
+            self.optimizer = getattr(optim, name)(self.model.parameters())
+            self.optimizer.load_state_dict(state)
+
+
+def _linears(model: Sequential) -> list[Linear]:
+    return [layer for layer in model.layers if isinstance(layer, Linear)]
+
+
+def _set_lr(opt: optim.Optimizer, lr: float) -> None:
+    """Change the learning rate the way scikit-learn's SGD does: its velocity holds −lr·Σ…
+    with the old rates, gpunn's holds the plain gradient sum, so gpunn's is rescaled."""
+    velocity = opt._state.get("velocity")  # gpunn's Momentum/Nesterov buffer (same package)
+    if velocity is not None and lr > 0:
+        velocity *= opt.lr / lr
+    opt.lr = float(lr)

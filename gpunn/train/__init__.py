@@ -1,0 +1,1 @@
+"""Training: the Trainer, data sets and batches, history and diagnosis, plots, CUDA-graph replay of a step."""

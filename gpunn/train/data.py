@@ -1,0 +1,463 @@
+"""Datasets and batching: the embedded digits, the spiral, MNIST files, split, scaling, batches.
+
+Shapes are batch-major: ``x`` is (N, features) and ``y`` is (N,) integer labels.
+
+The data goes to the device once per fit; :func:`batches` then cuts each mini-batch as an index
+slice of a permutation that lives on the same device, so no sample crosses the bus again.
+Everything random here is drawn on the host from a NumPy Generator, so one seed gives one
+order on the CPU and on a GPU.
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import math
+import os
+import struct
+import zipfile
+import zlib
+from collections.abc import Iterator, Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..backend.device import DeviceMismatchError, array_module, device_of, to_numpy
+from ..validation import check_float, check_int
+
+__all__ = [
+    "Standardizer",
+    "batches",
+    "load_digits",
+    "load_mnist",
+    "make_spiral",
+    "one_hot",
+    "split",
+    "standardize",
+]
+
+# ----------------------------------------------------------------------------- datasets
+
+
+@functools.cache
+def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    resource = resources.files(__package__).joinpath("datasets").joinpath("digits.npz")
+    with resource.open("rb") as f, np.load(f, allow_pickle=False) as npz:
+        images, target = npz["images"], npz["target"]
+    images.flags.writeable = False
+    target.flags.writeable = False
+    return images, target
+
+
+def load_digits() -> tuple[np.ndarray, np.ndarray]:
+    """The UCI optical handwritten digits, shipped inside gpunn (no network, no extra package).
+
+    Returns ``x`` float32 (1797, 64), each row an 8×8 image flattened row by row with pixel
+    counts 0..16, and ``y`` int64 (1797,) labels 0..9 (about 180 of each). The arrays are new
+    copies the caller may modify. Source: E. Alpaydin and C. Kaynak, UCI Machine Learning
+    Repository (1998), CC BY 4.0, as copied in scikit-learn.
+    """
+    images, target = _digits_arrays()
+    return images.astype(np.float32), target.astype(np.int64)
+
+
+def make_spiral(
+    points_per_class: int = 100, classes: int = 3, noise: float = 0.2, seed: int | None = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """The CS231n spiral: ``classes`` arms of ``points_per_class`` points in the plane.
+
+    Arm k: radius r = linspace(0, 1), angle θ = linspace(4k, 4(k+1)) + noise·N(0, 1), point
+    (r·sin θ, r·cos θ). Returns ``x`` float32 (classes·points_per_class, 2) and ``y`` int64
+    labels, grouped by class (shuffle or :func:`split` before training).
+    """
+    n = check_int("points_per_class", points_per_class, low=1)
+    k = check_int("classes", classes, low=1)
+    noise = check_float("noise", noise, low=0.0)
+    rng = np.random.default_rng(seed)
+    r = np.linspace(0.0, 1.0, n)
+    x = np.empty((n * k, 2), dtype=np.float64)
+    for c in range(k):
+        theta = np.linspace(4.0 * c, 4.0 * (c + 1), n) + noise * rng.standard_normal(n)
+        x[c * n : (c + 1) * n, 0] = r * np.sin(theta)
+        x[c * n : (c + 1) * n, 1] = r * np.cos(theta)
+    return x.astype(np.float32), np.repeat(np.arange(k, dtype=np.int64), n)
+
+
+# ----------------------------------------------------------------------------- MNIST files
+
+MNIST_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+_IDX_IMAGES, _IDX_LABELS = 0x00000803, 0x00000801  # unsigned bytes, 3 dims / 1 dim
+
+
+def _read_bytes(path: Path) -> bytes:
+    if path.suffix != ".gz":
+        return path.read_bytes()
+    try:
+        with gzip.open(path, "rb") as f:
+            return f.read()
+    except (OSError, EOFError, zlib.error) as exc:
+        raise ValueError(f"{path}: not a readable gzip file ({exc})") from exc
+
+
+def _read_idx(path: Path, magic: int) -> np.ndarray:
+    """Parse an IDX file of unsigned bytes: big-endian magic, one uint32 size per dim, data."""
+    data = _read_bytes(path)
+    ndim = magic & 0xFF
+    kind = "images" if magic == _IDX_IMAGES else "labels"
+    header = 4 + 4 * ndim
+    if len(data) < 4:
+        raise ValueError(f"{path}: file too short for an IDX header ({len(data)} bytes)")
+    (found,) = struct.unpack(">I", data[:4])
+    if found != magic:
+        raise ValueError(f"{path}: bad magic number 0x{found:08X}, expected 0x{magic:08X} (IDX {kind})")
+    if len(data) < header:
+        raise ValueError(f"{path}: truncated IDX header ({len(data)} bytes, expected at least {header})")
+    dims = struct.unpack(f">{ndim}I", data[4:header])
+    expected = math.prod(dims)
+    if len(data) - header != expected:
+        state = "truncated" if len(data) - header < expected else "has extra bytes"
+        raise ValueError(f"{path}: {state}: sizes {dims} need {expected} data bytes, found {len(data) - header}")
+    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims)
+
+
+def _find(folder: Path, name: str) -> Path | None:
+    for candidate in (folder / name, folder / f"{name}.gz"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _pixels(images: np.ndarray) -> np.ndarray:
+    x = images.reshape(images.shape[0], -1).astype(np.float32)
+    x /= 255.0
+    return x
+
+
+def _load_idx_folder(folder: Path) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    found = {name: _find(folder, name) for name in MNIST_FILES}
+    missing = [name for name, p in found.items() if p is None]
+    if missing:
+        raise FileNotFoundError(
+            f"MNIST files missing in {folder}: {', '.join(missing)} (each may also end in .gz); "
+            f"expected {', '.join(MNIST_FILES)}"
+        )
+    parts = []
+    for images_name, labels_name in (MNIST_FILES[:2], MNIST_FILES[2:]):
+        images_path, labels_path = found[images_name], found[labels_name]
+        assert images_path is not None and labels_path is not None
+        images = _read_idx(images_path, _IDX_IMAGES)
+        labels = _read_idx(labels_path, _IDX_LABELS)
+        if len(images) != len(labels):
+            raise ValueError(f"{images_path} holds {len(images)} images but {labels_path} holds {len(labels)} labels")
+        parts.append((_pixels(images), labels.astype(np.int64)))
+    return parts[0], parts[1]
+
+
+def _load_npz(path: Path) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    try:
+        npz = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise ValueError(f"{path}: not a readable .npz file ({exc})") from exc
+    with npz:
+        if not hasattr(npz, "files"):
+            raise ValueError(f"{path}: expected an .npz archive, found a single array")
+        keys = ("x_train", "y_train", "x_test", "y_test")
+        missing = [k for k in keys if k not in npz.files]
+        if missing:
+            raise ValueError(f"{path}: missing arrays {', '.join(missing)}; expected {', '.join(keys)}")
+        try:
+            arrays = {k: npz[k] for k in keys}
+        except (OSError, ValueError, zlib.error, zipfile.BadZipFile) as exc:
+            raise ValueError(f"{path}: cannot read its arrays ({exc})") from exc
+    parts = []
+    for split_name in ("train", "test"):
+        x, y = arrays[f"x_{split_name}"], arrays[f"y_{split_name}"]
+        if x.ndim < 2 or not np.issubdtype(x.dtype, np.integer):
+            raise ValueError(
+                f"{path}: x_{split_name} must be integer pixels 0..255 of shape (N, rows, cols) "
+                f"as in Keras' mnist.npz, got dtype {x.dtype} shape {x.shape}"
+            )
+        if x.size and (x.min() < 0 or x.max() > 255):
+            raise ValueError(f"{path}: x_{split_name} pixels must lie in 0..255, got {x.min()}..{x.max()}")
+        if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer) or len(y) != len(x):
+            raise ValueError(
+                f"{path}: y_{split_name} must be {len(x)} integer labels of shape (N,) to match "
+                f"x_{split_name}, got dtype {y.dtype} shape {y.shape}"
+            )
+        parts.append((_pixels(x), y.astype(np.int64)))
+    return parts[0], parts[1]
+
+
+def load_mnist(
+    path: str | os.PathLike[str],
+) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """Read MNIST (or any data set in its layout, such as Fashion-MNIST) from local files.
+
+    ``path`` is either a folder holding the four IDX files ``train-images-idx3-ubyte``,
+    ``train-labels-idx1-ubyte``, ``t10k-images-idx3-ubyte`` and ``t10k-labels-idx1-ubyte``
+    (each may be gzipped, with ``.gz`` appended), or an ``.npz`` file with arrays
+    ``x_train``, ``y_train``, ``x_test``, ``y_test`` (Keras' ``mnist.npz`` layout).
+
+    Returns ``((x_train, y_train), (x_test, y_test))``: ``x`` float32 (N, rows·cols) with
+    pixels scaled to [0, 1] (divided by 255), ``y`` int64 (N,). Raises FileNotFoundError
+    naming what is missing and ValueError naming the file that is malformed.
+    """
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
+    p = Path(path)
+    if p.is_dir():
+        return _load_idx_folder(p)
+    if p.is_file():
+        return _load_npz(p)
+    raise FileNotFoundError(
+        f"path {str(p)!r} does not exist; give a folder holding {', '.join(MNIST_FILES)} "
+        "(optionally .gz) or an .npz file with x_train, y_train, x_test, y_test"
+    )
+
+
+# ----------------------------------------------------------------------------- split
+
+
+def _check_pair_length(x: Any, y: Any) -> int:
+    if not hasattr(x, "shape") or not hasattr(y, "shape"):
+        raise TypeError(f"x and y must be arrays, got {type(x).__name__} and {type(y).__name__}")
+    if x.ndim == 0 or y.ndim == 0 or x.shape[0] != y.shape[0]:
+        raise ValueError(
+            f"x and y must hold the same number of samples along axis 0, got x.shape {tuple(x.shape)} "
+            f"and y.shape {tuple(y.shape)}"
+        )
+    return int(x.shape[0])
+
+
+def _check_fractions(fractions: Sequence[float]) -> np.ndarray:
+    if not isinstance(fractions, (tuple, list)) or len(fractions) not in (2, 3):
+        raise ValueError(f"fractions must be 2 or 3 numbers, e.g. (0.8, 0.1, 0.1), got {fractions!r}")
+    values = [check_float(f"fractions[{i}]", f, low=0.0, low_open=True) for i, f in enumerate(fractions)]
+    if abs(sum(values) - 1.0) > 1e-6:
+        raise ValueError(f"fractions must sum to 1, got {fractions!r} (sum {sum(values)!r})")
+    return np.asarray(values)
+
+
+def _cut(indices: np.ndarray, cumulative: np.ndarray) -> list[np.ndarray]:
+    """Cut ``indices`` at the rounded cumulative counts (the last cut is always the end)."""
+    n = len(indices)
+    ends = np.floor(cumulative * n + 0.5).astype(np.int64)
+    ends[-1] = n
+    starts = np.concatenate(([0], ends[:-1]))
+    return [indices[a:b] for a, b in zip(starts, ends, strict=True)]
+
+
+def split(
+    x: Any,
+    y: Any,
+    fractions: Sequence[float] = (0.8, 0.1, 0.1),
+    stratify: bool = True,
+    seed: int | None = 0,
+) -> tuple[tuple[Any, Any], ...]:
+    """Split ``(x, y)`` into disjoint parts of the given fractions, e.g. train, dev and test.
+
+    ``x`` is (N, ...) and ``y`` (N,) labels; ``fractions`` holds 2 or 3 positive numbers that
+    sum to 1. With ``stratify`` each class is cut in the same proportions (each part's count of
+    a class is within one sample of fraction × class count); without, the whole set is cut
+    once. Each part is then shuffled. Returns one ``(x_part, y_part)`` pair per fraction, on
+    x's and y's device; the same seed gives the same split. Raises ValueError when a part
+    would be empty.
+    """
+    n = _check_pair_length(x, y)
+    frac = _check_fractions(fractions)
+    cumulative = np.cumsum(frac)
+    rng = np.random.default_rng(seed)
+    if stratify:
+        labels = to_numpy(y)
+        if labels.ndim != 1:
+            raise ValueError(
+                f"stratify=True needs y of shape (N,) class labels, got y.shape {labels.shape}; "
+                "pass integer labels or stratify=False"
+            )
+        _, inverse = np.unique(labels, return_inverse=True)
+        pieces: list[list[np.ndarray]] = [[] for _ in frac]
+        for c in range(int(inverse.max()) + 1 if n else 0):
+            members = rng.permutation(np.flatnonzero(inverse == c))
+            for part, cut in zip(pieces, _cut(members, cumulative), strict=True):
+                part.append(cut)
+        parts = [np.concatenate(p) if p else np.empty(0, np.int64) for p in pieces]
+    else:
+        parts = _cut(rng.permutation(n), cumulative)
+    for i, idx in enumerate(parts):
+        if len(idx) == 0:
+            hint = "; stratify=True cuts each class on its own, so try stratify=False" if stratify else ""
+            raise ValueError(f"split of {n} samples by fractions {tuple(fractions)!r} leaves part {i} empty{hint}")
+    result = []
+    for idx in parts:
+        order = rng.permutation(idx)
+        result.append((x[device_of(x).send(order)], y[device_of(y).send(order)]))
+    return tuple(result)
+
+
+# ----------------------------------------------------------------------------- scaling
+
+
+def _float_dtype(x: Any) -> np.dtype:
+    return x.dtype if np.issubdtype(x.dtype, np.floating) else np.dtype(np.float32)
+
+
+class Standardizer:
+    """Feature scaling x' = (x − mean) / std, with mean and std from the training part only.
+
+    ``fit(x_train)`` computes per-feature statistics over axis 0 of an (N, features) array
+    (on its device); ``transform(x)`` applies them to any part. Features that are constant
+    in the training part get std 1, so they come out as zeros rather than NaN. Floating
+    inputs keep their dtype; integer inputs become float32.
+    """
+
+    def __init__(self) -> None:
+        self.mean: Any = None
+        self.std: Any = None
+
+    def fit(self, x_train: Any) -> Standardizer:
+        """Learn mean (features,) and std (features,) from ``x_train`` (N, features); returns self."""
+        if not hasattr(x_train, "shape") or x_train.ndim < 1 or x_train.shape[0] == 0:
+            shape = getattr(x_train, "shape", type(x_train).__name__)
+            raise ValueError(f"x_train must be an array of shape (N, features) with N >= 1, got {shape!r}")
+        xp = array_module(x_train)
+        dtype = _float_dtype(x_train)
+        # Statistics accumulate in float64 and are stored in x's dtype. A constant feature is
+        # found exactly (max == min): its computed std can be ~1e-17 rather than 0.
+        std = x_train.std(axis=0, dtype=np.float64)
+        constant = x_train.max(axis=0) == x_train.min(axis=0)
+        self.mean = x_train.mean(axis=0, dtype=np.float64).astype(dtype)
+        self.std = xp.where(constant | (std == 0), 1.0, std).astype(dtype)
+        return self
+
+    def transform(self, x: Any) -> Any:
+        """Return (x − mean) / std, shape of ``x``; the statistics move to x's device if needed."""
+        if self.mean is None:
+            raise RuntimeError("this Standardizer is not fitted yet; call fit(x_train) first")
+        if not hasattr(x, "shape") or tuple(x.shape[1:]) != tuple(self.mean.shape):
+            raise ValueError(
+                f"x must have shape (N, {', '.join(map(str, self.mean.shape))}) like the fitted data, "
+                f"got {getattr(x, 'shape', type(x).__name__)!r}"
+            )
+        dev = device_of(x)
+        dtype = _float_dtype(x)
+        mean, std = dev.send(self.mean, dtype), dev.send(self.std, dtype)
+        return (x.astype(dtype, copy=False) - mean) / std
+
+    def fit_transform(self, x_train: Any) -> Any:
+        """``fit(x_train).transform(x_train)``."""
+        return self.fit(x_train).transform(x_train)
+
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-ready statistics: ``{"mean": [...], "std": [...], "dtype": "float32"}``."""
+        if self.mean is None:
+            raise RuntimeError("this Standardizer is not fitted yet; call fit(x_train) first")
+        return {
+            "mean": to_numpy(self.mean).tolist(),
+            "std": to_numpy(self.std).tolist(),
+            "dtype": str(self.mean.dtype),
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> Standardizer:
+        """Rebuild a fitted Standardizer (on the host) from :meth:`state_dict`'s output."""
+        if not isinstance(state, dict) or not {"mean", "std"} <= state.keys():
+            raise ValueError(f"state must be a dict with 'mean' and 'std', got {state!r:.200}")
+        dtype = np.dtype(state.get("dtype", "float32"))
+        mean, std = np.asarray(state["mean"], dtype=dtype), np.asarray(state["std"], dtype=dtype)
+        if mean.shape != std.shape:
+            raise ValueError(f"state's mean {mean.shape} and std {std.shape} differ in shape")
+        if not np.all(std > 0):
+            raise ValueError("state's std must be positive everywhere")
+        scaler = cls()
+        scaler.mean, scaler.std = mean, std
+        return scaler
+
+    def __repr__(self) -> str:
+        shape = None if self.mean is None else tuple(self.mean.shape)
+        return f"Standardizer(features={shape})"
+
+
+def standardize(x_train: Any, *others: Any) -> tuple[Any, ...]:
+    """Fit a :class:`Standardizer` on ``x_train`` only and apply it to every array given.
+
+    ``scaler, x_train, x_dev, x_test = standardize(x_train, x_dev, x_test)``.
+    """
+    scaler = Standardizer().fit(x_train)
+    return (scaler, scaler.transform(x_train), *(scaler.transform(x) for x in others))
+
+
+# ----------------------------------------------------------------------------- labels
+
+
+def one_hot(y: Any, n_classes: int | None = None, dtype: Any = "float32") -> Any:
+    """Labels (N,) in [0, C) to a one-hot matrix (N, C) on y's device (``C = n_classes``,
+    by default ``max(y) + 1``)."""
+    if not hasattr(y, "dtype") or y.ndim != 1:
+        raise ValueError(f"y must be an array of shape (N,), got {getattr(y, 'shape', type(y).__name__)!r}")
+    if not np.issubdtype(y.dtype, np.integer):
+        raise TypeError(f"y must hold integer class labels, got dtype {y.dtype}")
+    n = int(y.shape[0])
+    if n_classes is None:
+        if n == 0:
+            raise ValueError("y is empty; give n_classes")
+        n_classes = int(y.max()) + 1
+    c = check_int("n_classes", n_classes, low=1)
+    if n and (int(y.min()) < 0 or int(y.max()) >= c):
+        raise ValueError(f"y must hold labels in [0, {c}), got min {int(y.min())}, max {int(y.max())}")
+    xp = array_module(y)
+    with device_of(y):
+        out = xp.zeros((n, c), dtype=np.dtype(dtype))
+        out[xp.arange(n), y] = 1
+    return out
+
+
+# ----------------------------------------------------------------------------- batches
+
+
+def batches(
+    x: Any,
+    y: Any,
+    batch_size: int,
+    shuffle: bool = True,
+    seed: int | None = 0,
+    epoch: int = 0,
+    drop_last: bool = False,
+) -> Iterator[tuple[Any, Any]]:
+    """Mini-batches ``(xb, yb)`` over arrays that already live on a device (NumPy or CuPy).
+
+    ``x`` is (N, ...) and ``y`` (N, ...). With ``shuffle`` the order is a permutation drawn on
+    the host from ``np.random.default_rng([seed, epoch])`` — so a resumed run sees the same
+    order for the same epoch — sent to x's device once; each batch is ``x[idx], y[idx]`` for
+    an index slice ``idx`` of it. Without shuffle, batches are plain slices (views) in order.
+    The last batch is smaller unless ``drop_last``. Arguments are checked at the call.
+    """
+    size = check_int("batch_size", batch_size, low=1)
+    n = _check_pair_length(x, y)
+    dev = device_of(x)
+    if device_of(y) != dev:
+        raise DeviceMismatchError(f"y is on {device_of(y)} but x is on {dev}; move it with gn.to_device(y, '{dev}')")
+    stop = n - n % size if drop_last else n
+    if not shuffle:
+        return ((x[i : i + size], y[i : i + size]) for i in range(0, stop, size))
+    perm = dev.send(epoch_order(n, seed, check_int("epoch", epoch, low=0)))
+    return _take(x, y, perm, size, stop)
+
+
+def epoch_order(n: int, seed: int | None, epoch: int) -> np.ndarray:
+    """The shuffled order of ``n`` rows in ``epoch``: a permutation drawn on the host from
+    ``np.random.default_rng([seed, epoch])`` (fresh entropy when seed is None)."""
+    entropy = None if seed is None else [check_int("seed", seed, low=0), epoch]
+    return np.random.default_rng(entropy).permutation(n)
+
+
+def _take(x: Any, y: Any, perm: Any, size: int, stop: int) -> Iterator[tuple[Any, Any]]:
+    for i in range(0, stop, size):
+        idx = perm[i : i + size]
+        yield x[idx], y[idx]

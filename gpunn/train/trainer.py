@@ -1,0 +1,700 @@
+"""Trainer: fit, evaluate and predict, on the best device present, with no host round trip
+inside a training step.
+
+The data go to the device once per fit. Each step runs forward, loss, backward, regularizer
+and one optimizer update; the step's loss and correct-prediction count are written into
+small device arrays, which are read once per epoch — that read is also where a NaN or inf
+loss is caught, naming the epoch and the step where it first appeared.
+
+Under an MPI launcher (``mpiexec -n K``) the same Trainer trains one model on K processes
+(see :mod:`gpunn.distributed`): ``batch_size`` is the global batch, each rank computes the
+gradient of its slice, and one allreduce of the flat gradient buffer averages them.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any, TextIO
+
+import numpy as np
+
+from .. import distributed as dist
+from ..backend.device import Device, array_module, device_of, to_numpy
+from ..backend.device import device as select_device  # the constructor's `device` argument shadows the name
+from ..nn.activations import ElementwiseActivation
+from ..nn.layers import Dropout, Linear
+from ..nn.losses import Loss, SigmoidBCELoss, SoftmaxWithLoss
+from ..nn.parameter import pack, same_parameters
+from ..nn.regularizers import Regularizer
+from ..nn.sequential import Sequential
+from ..optim import Optimizer
+from ..validation import check_float, check_int
+from . import cpu_step
+from . import data as datasets
+from . import graph as step_graph
+from .history import History
+
+Callback = Callable[["Trainer", dict[str, Any]], Any]
+
+
+class TrainingDivergedError(FloatingPointError):
+    """The loss became NaN or infinite; the message names the epoch and the step."""
+
+
+class Trainer:
+    """Train ``model`` with ``loss`` and ``optimizer`` (and an optional ``regularizer``).
+
+    ``device`` None picks the best device present (``gn.device()``: GPUNN_DEVICE, else
+    cuda:0 when usable, else the CPU) and moves the model there. An optimizer built without
+    parameters (``gn.optim.Adam(lr=1e-3)``), or to other parameters, is bound to the model
+    here, and follows it at every fit and epoch: a layer's Parameter replaced
+    (``layer.W = Parameter(...)``), a layer added, another model assigned (state kept for the
+    parameters that stay, or by place for the same weights in other objects, such as the model
+    of ``gn.load(path)`` with the optimizer of ``checkpoint.read(path)``; :meth:`Optimizer.follow`).
+    The Trainer trains the whole model.
+
+    ``distributed``: None trains data-parallel over all ranks when an MPI launcher started
+    several (``mpiexec -n K``), else in this process alone; False never; True always (over
+    ``gn.distributed.world()``, which is a lone process without a launcher); or a
+    ``gn.distributed.Communicator``. Distributed, "auto" and "cuda" mean cuda:<local rank>,
+    ``trainer.comm`` is the communicator (None otherwise), and ``fit`` interprets
+    ``batch_size`` as the global batch summed over ranks.
+
+    ``graph=True`` captures one whole training step as a CUDA graph and replays it for every
+    full batch (see :mod:`gpunn.graph`): one launch per step instead of dozens, for the
+    same numbers. It suits small networks, whose GPU steps are launch-bound; on the CPU the
+    step runs through the same fixed buffers without a speed change. Not for Dropout models
+    or distributed training (a ValueError says so).
+
+    On the CPU every step (with or without ``graph``) runs compiled when the model allows it
+    (:mod:`gpunn.cpu_step`: the layered step's NumPy calls and bits, with the layers' decisions
+    and output buffers fixed once per batch size).
+    """
+
+    def __init__(
+        self,
+        model: Sequential,
+        loss: Loss,
+        optimizer: Optimizer,
+        regularizer: Regularizer | None = None,
+        device: str | Device | None = None,
+        distributed: bool | dist.Communicator | None = None,
+        graph: bool = False,
+    ) -> None:
+        if not isinstance(model, Sequential):
+            raise TypeError(f"model must be a gpunn Sequential (gn.mlp or gn.Sequential), got {type(model).__name__}")
+        if not isinstance(loss, Loss):
+            raise TypeError(f"loss must be a gpunn loss such as gn.SoftmaxWithLoss(), got {type(loss).__name__}")
+        if not isinstance(optimizer, Optimizer):
+            raise TypeError(
+                f"optimizer must be a gpunn optimizer such as gn.optim.Adam(), got {type(optimizer).__name__}"
+            )
+        if regularizer is not None and not isinstance(regularizer, Regularizer):
+            raise TypeError(f"regularizer must be gn.L2(...), gn.L1(...) or None, got {type(regularizer).__name__}")
+        self.comm = dist.resolve(distributed)
+        self._parallel = None if self.comm is None else dist.DataParallel(self.comm)
+        self.device = select_device(device) if self.comm is None else dist.rank_device(device, self.comm)
+        self.model = model.to(self.device)
+        self.loss = loss
+        self.regularizer = regularizer
+        self.optimizer = optimizer
+        if not isinstance(graph, bool):
+            raise TypeError(f"graph must be True or False, got {graph!r}")
+        reason = step_graph.unsupported_reason(model, self.comm is not None) if graph else None
+        if reason is not None:
+            raise ValueError(reason)
+        self.graph = graph
+        self._step_graph: step_graph.StepGraph | None = None
+        self._compiled: cpu_step.CompiledStep | None = None  # the CPU step of the current fit
+        self._follow_model()
+        self.history = History()
+        self.stop_training = False
+        if self.comm is not None and self.comm.rank > 0:
+            self._decorrelate_dropout()
+
+    _validate_outside_fit: bool | None = None  # loss.validate as the caller set it, during a fit
+    _graph_key: tuple[Any, ...] | None = None  # what the step graph was captured with (_graph_key_now)
+    # ids of the parameters this Trainer bound the optimizer to, to warn only about a binding it did
+    # not make (its own binding of a model that grew since is no partial one); a copy rebuilds them
+    _bound_ids: tuple[int, ...] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        # A copy taken during a fit (a callback pickling the trainer) leaves out the fit's
+        # compiled step and step graph: closures and device buffers, rebuilt by the next fit.
+        state = self.__dict__.copy()
+        # ids do not survive a copy: keep whether the optimizer's binding was this Trainer's
+        bound = self.optimizer._params
+        mine = bound is not None and tuple(map(id, bound)) == self._bound_ids
+        state.update(_compiled=None, _step_graph=None, _graph_key=None, _bound_ids=mine)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        mine = state.get("_bound_ids") is True
+        self.__dict__.update(state)
+        bound = self.optimizer._params
+        self._bound_ids = tuple(map(id, bound)) if mine and bound is not None else None
+        if self._validate_outside_fit is not None:
+            # a copy taken during a fit: undo what the fit switched for its own duration
+            self.loss.validate = self._validate_outside_fit
+            self.optimizer.use_live_scalars(False)
+            self._validate_outside_fit = None
+
+    # ----------------------------------------------------------------- fit
+
+    def fit(
+        self,
+        x: Any,
+        y: Any,
+        epochs: int = 10,
+        batch_size: int = 128,
+        validation_data: tuple[Any, Any] | None = None,
+        validation_split: float | None = None,
+        shuffle: bool = True,
+        seed: int = 0,
+        patience: int | None = None,
+        restore_best: bool = True,
+        callbacks: Sequence[Callback] = (),
+        initial_epoch: int = 0,
+        verbose: bool | None = None,
+        progress_file: TextIO | None = None,
+    ) -> History:
+        """Train for ``epochs`` epochs (counting from ``initial_epoch`` when resuming).
+
+        x: (N, features); y: integer labels (N,) or targets (N, K). ``validation_data`` =
+        (x_dev, y_dev), or ``validation_split`` sets aside that fraction of (x, y), stratified.
+        ``patience``: stop when the dev loss (training cost without dev data) has not improved
+        for that many epochs, restoring the best weights if ``restore_best``. Each callback is
+        called as ``callback(trainer, record)`` after every epoch and may set
+        ``trainer.stop_training``. ``verbose`` None shows a progress bar only on a terminal.
+        Returns the History (also ``trainer.history``), extended across calls.
+
+        Distributed (``trainer.comm`` set), every rank calls fit with the same data and
+        arguments — checked at the start, as are the model and optimizer, with a
+        ``gn.distributed.DistributedMismatchError`` on every rank — and rank 0's weights and
+        optimizer state are broadcast. ``batch_size`` is the global batch (at least the number
+        of ranks): each step, rank r trains on its slice of the batch a single process would
+        use. Records, early stopping and ``stop_training`` agree on every rank; callbacks run
+        on every rank (write files from ``trainer.comm.is_root`` only); only rank 0 shows
+        progress.
+        """
+        epochs = check_int("epochs", epochs, low=0)
+        batch_size = check_int("batch_size", batch_size, low=1)
+        initial_epoch = check_int("initial_epoch", initial_epoch, low=0)
+        check_int("seed", seed, low=0)
+        if patience is not None:
+            patience = check_int("patience", patience, low=1)
+        x, y, dev = self._prepare(x, y, validation_data, validation_split, seed)
+        if self._parallel is not None:  # the same fit on every rank, then rank 0's state everywhere
+            fit_args = {"epochs": epochs, "batch_size": batch_size, "initial_epoch": initial_epoch}
+            self._parallel.start(self, x, y, dev, **fit_args, shuffle=shuffle, seed=seed, patience=patience)
+        classify = _accuracy_kind(self.loss, y)
+        stream = progress_file or sys.stderr
+        show = bool(getattr(stream, "isatty", lambda: False)()) if verbose is None else bool(verbose)
+        show = show and self.is_root
+        bar = _progress(show, initial_epoch, epochs, progress_file)
+        best = (np.inf, None)
+        waited = 0
+        self.stop_training = False
+        validate = self._validate_outside_fit = self.loss.validate
+        self.loss.validate = False  # labels were checked once above: no sync per step
+        self._step_graph = None
+        self._compiled = None
+        try:
+            self._step_graph = self._start_step_graph(x, y, batch_size, classify) if self.graph else None
+            for epoch in range(initial_epoch, epochs):
+                record = self._epoch(x, y, dev, epoch, batch_size, shuffle, seed, classify)
+                self.history.append(record)
+                if bar is not None:
+                    bar.set_postfix_str(_postfix(record), refresh=False)
+                    bar.update(1)
+                monitored = record["dev_loss"] if record["dev_loss"] is not None else record["cost"]
+                if monitored < best[0]:
+                    best, waited = (monitored, self._weights_copy() if patience else None), 0
+                else:
+                    waited += 1
+                for callback in callbacks:
+                    callback(self, record)
+                if patience is not None and waited >= patience:
+                    self.stop_training = True
+                self.stop_training = self._agreed_stop()
+                if self.stop_training:
+                    break
+        finally:
+            self.loss.validate, self._validate_outside_fit = validate, None
+            self._close_step_graph()
+            self._compiled = None  # its buffers are the fit's; a Trainer between fits holds none
+            if bar is not None:
+                bar.close()
+        if patience is not None and restore_best and best[1] is not None:
+            self._restore_weights(best[1])
+        return self.history
+
+    def _prepare(
+        self, x: Any, y: Any, validation_data: tuple[Any, Any] | None, validation_split: float | None, seed: int
+    ) -> tuple[Any, Any, tuple[Any, Any] | None]:
+        """Check the data once, split off the dev set, and send everything to the device once;
+        bind the optimizer to a layer's Parameter replaced since the last fit (before anything,
+        distributed checks included, reads the binding)."""
+        self._follow_model()
+        x, y = self._checked_data(x, y, "x", "y")
+        if validation_data is not None and validation_split is not None:
+            raise ValueError("give validation_data or validation_split, not both")
+        if validation_split is not None:
+            fraction = check_float(
+                "validation_split", validation_split, low=0.0, high=1.0, low_open=True, high_open=True
+            )
+            stratify = isinstance(self.loss, SoftmaxWithLoss) and y.ndim == 1
+            (x, y), validation_data = datasets.split(
+                to_numpy(x), to_numpy(y), fractions=(1.0 - fraction, fraction), stratify=stratify, seed=seed
+            )
+        dev = None
+        if validation_data is not None:
+            if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+                raise TypeError("validation_data must be a pair (x_dev, y_dev)")
+            dev = self._send(*self._checked_data(*validation_data, "x_dev", "y_dev"))
+        return (*self._send(x, y), dev)
+
+    def _epoch(
+        self,
+        x: Any,
+        y: Any,
+        dev: tuple[Any, Any] | None,
+        epoch: int,
+        batch_size: int,
+        shuffle: bool,
+        seed: int,
+        classify: str | None,
+    ) -> dict[str, Any]:
+        model, loss, optimizer, regularizer = self.model, self.loss, self.optimizer, self.regularizer
+        params = model.parameters()
+        self._follow_model()
+        if self._step_graph is not None and optimizer._flat is not None and not optimizer._flat.valid:
+            optimizer._current_flat()  # a callback moved or repacked the model: what its next step does first
+        if self._step_graph is not None and self._graph_is_stale():
+            # a callback replaced a parameter, rebound or replaced the optimizer: the captured
+            # step writes the old buffers
+            self._close_step_graph()
+            self._step_graph = self._start_step_graph(x, y, batch_size, classify)
+        xp = array_module(x)
+        n = x.shape[0]
+        n_steps = -(-n // batch_size)
+        parallel = self._parallel
+        start = time.perf_counter()
+        model.train()
+        # On the CPU the step runs compiled (gpunn.cpu_step: the same calls and bits), checked
+        # against the model once per epoch: a callback may have changed a layer since.
+        self._compiled = (
+            cpu_step.compile_step(model, loss, optimizer, regularizer, self._compiled)
+            if self.device.kind == "cpu" and parallel is None
+            else None
+        )
+        with self.device:
+            step_loss = xp.zeros(n_steps, dtype=model.dtype)
+            step_correct = xp.zeros(n_steps, dtype=np.int64)
+            if self._step_graph is not None:
+                order = datasets.epoch_order(n, seed, epoch) if shuffle else np.arange(n)
+                step_loss, step_correct = self._step_graph.epoch(order)  # its body steps self._compiled
+            elif parallel is None:
+                for step, (xb, yb) in enumerate(
+                    datasets.batches(x, y, batch_size, shuffle=shuffle, seed=seed, epoch=epoch)
+                ):
+                    step_loss[step], logits = self._train_step(xb, yb, regularizer)
+                    if classify is not None:
+                        step_correct[step] = _correct(logits, yb, classify)
+            else:
+                self._parallel_steps(x, y, (batch_size, shuffle, seed, epoch), step_loss, step_correct, classify)
+            losses = to_numpy(step_loss)  # the one read of the epoch (it also waits for the device)
+            train_seconds = time.perf_counter() - start
+            correct = int(to_numpy(step_correct).sum()) if classify is not None else None
+        if parallel is not None:
+            losses, correct = parallel.reduce_epoch(losses, correct)  # global per-step means
+        bad = np.flatnonzero(~np.isfinite(losses))  # host: read by to_numpy above
+        if bad.size:
+            error = TrainingDivergedError(
+                f"the loss became {losses[bad[0]]} at epoch {epoch + 1}, step {bad[0] + 1} of {n_steps}; "
+                "lower the learning rate, check the inputs for NaN, or clip gradients (max_grad_norm=...)"
+            )
+            error.collective = parallel is not None  # every rank read the same global losses
+            raise error
+        sizes = np.full(n_steps, batch_size, dtype=np.float64)
+        sizes[-1] = n - batch_size * (n_steps - 1)
+        cost = float(losses.astype(np.float64) @ sizes / n)
+        penalty = float(regularizer.forward(params)) if regularizer is not None else 0.0
+        record: dict[str, Any] = {
+            "epoch": epoch + 1,
+            "cost": cost,
+            "objective": cost + penalty,
+            "train_accuracy": None if correct is None else correct / n,
+            "dev_loss": None,
+            "dev_accuracy": None,
+            "lr": optimizer.lr,
+            "samples_per_s": n / train_seconds,
+        }
+        if dev is not None:
+            metrics = self._evaluate_on_device(*dev, classify=classify, shard=parallel is not None)
+            record["dev_loss"], record["dev_accuracy"] = metrics["loss"], metrics.get("accuracy")
+        record["seconds"] = time.perf_counter() - start
+        return record
+
+    def _parallel_steps(
+        self, x: Any, y: Any, order: tuple[int, bool, int, int], step_loss: Any, step_correct: Any, classify: str | None
+    ) -> None:
+        """One epoch's steps on this rank's slices; ``order`` = (batch_size, shuffle, seed, epoch)."""
+        model, loss, regularizer, parallel = self.model, self.loss, self.regularizer, self._parallel
+        params = model.parameters()
+        grad = pack(params).grad
+        for step, (xb, yb) in enumerate(parallel.batches(x, y, *order)):
+            if xb.shape[0]:  # the last batch may leave a rank without rows
+                logits = model.forward(xb)
+                step_loss[step] = loss.forward(logits, yb)
+                model.backward(loss.backward(), input_grad=False)
+                if classify is not None:
+                    step_correct[step] = _correct(logits, yb, classify)
+            parallel.reduce_gradients(grad, step)  # the batch mean, on every rank
+            self.optimizer.step(regularizer)  # after the sum: λ·W counted once
+
+    def _train_step(self, xb: Any, yb: Any, regularizer: Regularizer | None) -> tuple[Any, Any]:
+        """One training step on a batch: (loss as a 0-d device array, logits). Through the
+        epoch's compiled step where _epoch made one (the CPU), else layer by layer; read the
+        logits before the next step, which may overwrite them."""
+        compiled = self._compiled
+        if compiled is not None:
+            return compiled(xb, yb), compiled.logits
+        model, loss = self.model, self.loss
+        logits = model.forward(xb)
+        value = loss.forward(logits, yb)
+        model.backward(loss.backward(), input_grad=False)
+        self.optimizer.step(regularizer)
+        return value, logits
+
+    def _close_step_graph(self) -> None:
+        if self._step_graph is not None:
+            self._step_graph.close()
+            self._step_graph = None
+        self._graph_key = None  # nor the buffers it was captured with
+
+    def _start_step_graph(self, x: Any, y: Any, batch_size: int, classify: str | None) -> step_graph.StepGraph | None:
+        """The fit's step graph, or None (and a warning) when the model cannot be replayed (a
+        callback added a Dropout) or the GPU cannot give it a cuBLAS handle, a stream or memory:
+        training then goes on eagerly, as after a failed capture."""
+        reason = step_graph.unsupported_reason(self.model, self.comm is not None)
+        if reason is not None:  # a callback changed the model since the Trainer was made
+            warnings.warn(f"{reason}; training eagerly", RuntimeWarning, stacklevel=3)
+            return None
+        try:
+            graph = self._new_step_graph(x, y, batch_size, classify)
+            self._graph_key = self._graph_key_now()
+            return graph
+        except (RuntimeError, OSError, MemoryError) as exc:
+            warnings.warn(f"graph replay is unavailable ({exc}); training eagerly", RuntimeWarning, stacklevel=3)
+            return None
+
+    def _new_step_graph(self, x: Any, y: Any, batch_size: int, classify: str | None) -> step_graph.StepGraph:
+        """The fit's replayable step: the same forward, loss, backward and update as an eager
+        step (on the CPU the epoch's compiled step, as eager steps are there), returning the
+        loss and correct count as device arrays."""
+        optimizer, regularizer = self.optimizer, self.regularizer
+
+        def body(xb: Any, yb: Any) -> tuple[Any, Any]:
+            value, logits = self._train_step(xb, yb, regularizer)
+            return value, None if classify is None else _correct(logits, yb, classify)
+
+        return step_graph.StepGraph(body, optimizer, x, y, batch_size, self.device)
+
+    # ----------------------------------------------------------------- evaluate / predict
+
+    def evaluate(self, x: Any, y: Any, batch_size: int = 1024) -> dict[str, float]:
+        """{"loss": mean loss, "accuracy": fraction correct (classifiers only)} on (x, y)."""
+        batch_size = check_int("batch_size", batch_size, low=1)
+        x, y = self._checked_data(x, y, "x", "y")
+        x, y = self._send(x, y)
+        return self._evaluate_on_device(x, y, _accuracy_kind(self.loss, y), batch_size)
+
+    @property
+    def is_root(self) -> bool:
+        """True in a single process, and on rank 0 of a distributed one (the rank that prints
+        and writes files)."""
+        return self.comm is None or self.comm.is_root
+
+    def _agreed_stop(self) -> bool:
+        """``stop_training``, True on every rank when any rank's callback asked to stop."""
+        return self.stop_training if self.comm is None else self.comm.any(self.stop_training)
+
+    def _decorrelate_dropout(self) -> None:
+        """Give each Dropout layer of rank r > 0 its own mask stream (seeded from (seed, r)),
+        so that ranks do not draw the same masks for different rows."""
+        for layer in self.model.layers:
+            if isinstance(layer, Dropout) and layer.seed is not None:
+                seed = int(np.random.SeedSequence([layer.seed, self.comm.rank]).generate_state(1)[0])
+                with self.device:
+                    layer._generators[self.device] = self.device.xp.random.default_rng(seed)
+
+    def _evaluate_on_device(
+        self, x: Any, y: Any, classify: str | None, batch_size: int = 1024, shard: bool = False
+    ) -> dict[str, float]:
+        """Mean loss (and accuracy) over (x, y). ``shard``: every rank evaluates its share of
+        the rows and the sums are reduced, so every rank gets the same figures (collective)."""
+        model, loss = self.model, self.loss
+        n = x.shape[0]
+        if shard:
+            rows = self._parallel.rows(n)
+            x, y = x[rows], y[rows]
+        was_training = model.training
+        model.eval()
+        xp = array_module(x)
+        validate = loss.validate
+        loss.validate = False
+        try:
+            with self.device:
+                total = xp.zeros((), dtype=np.float64)
+                correct = xp.zeros((), dtype=np.int64)
+                for xb, yb in datasets.batches(x, y, batch_size, shuffle=False):
+                    logits = model.forward(xb)
+                    total += loss.forward(logits, yb) * xb.shape[0]
+                    if classify is not None:
+                        correct += _correct(logits, yb, classify)
+                sums = [float(total), int(correct)]
+                if shard:
+                    sums = self._parallel.reduce_sums(sums)
+                result = {"loss": sums[0] / n}
+                if classify is not None:
+                    result["accuracy"] = round(sums[1]) / n
+        finally:
+            loss.validate = validate
+            model.train(was_training)
+        return result
+
+    def predict_output(self, x: Any, batch_size: int = 1024) -> Any:
+        """The model's raw output (logits) for x, on the host for host input."""
+        batch_size = check_int("batch_size", batch_size, low=1)
+        x = self._checked_x(x, "x")
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with self.device:
+                xd = self.device.send(x, dtype=self.model.dtype)
+                parts = [self.model.forward(xd[i : i + batch_size]) for i in range(0, xd.shape[0], batch_size)]
+                out = array_module(xd).concatenate(parts) if parts else xd[:0]
+        finally:
+            self.model.train(was_training)
+        return out if device_of(x) == self.device else to_numpy(out)
+
+    def predict_proba(self, x: Any, batch_size: int = 1024) -> Any:
+        """Class probabilities (N, C): softmax of the logits (sigmoid for SigmoidBCELoss)."""
+        from ..nn.functional import sigmoid, softmax  # noqa: PLC0415 — only prediction needs them
+
+        logits = self.predict_output(x, batch_size)
+        return sigmoid(logits) if isinstance(self.loss, SigmoidBCELoss) else softmax(logits, axis=1)
+
+    def predict(self, x: Any, batch_size: int = 1024) -> Any:
+        """Predicted class labels (N,) for classifiers; the outputs themselves for regression."""
+        logits = self.predict_output(x, batch_size)
+        if isinstance(self.loss, SoftmaxWithLoss):
+            return logits.argmax(axis=1)
+        if isinstance(self.loss, SigmoidBCELoss):
+            labels = (logits > 0).astype(np.int64)
+            return labels[:, 0] if labels.ndim == 2 and labels.shape[1] == 1 else labels
+        return logits
+
+    # ----------------------------------------------------------------- helpers
+
+    def _checked_x(self, x: Any, name: str) -> Any:
+        if isinstance(x, (list, tuple)):
+            x = np.asarray(x)  # host: a list
+        if not (hasattr(x, "ndim") and hasattr(x, "dtype")):
+            raise TypeError(f"{name} must be an array of shape (N, features), got {type(x).__name__}")
+        if x.ndim != 2:
+            raise ValueError(f"{name} must have shape (N, features), got shape {tuple(x.shape)}")
+        if x.dtype.kind not in "biuf":
+            raise TypeError(f"{name} must hold numbers, got dtype {x.dtype}")
+        if x.shape[0] == 0:
+            raise ValueError(f"{name} holds no samples (shape {tuple(x.shape)})")
+        first = self.model.layers[0] if len(self.model) else None
+        if isinstance(first, Linear) and x.shape[1] != first.n_in:
+            raise ValueError(
+                f"{name} has {x.shape[1]} features but the model's first layer, {first!r}, expects {first.n_in}"
+            )
+        if x.dtype.kind == "f" and not bool(array_module(x).isfinite(x).all()):
+            rows = np.flatnonzero(~np.isfinite(to_numpy(x)).all(axis=1))
+            raise ValueError(f"{name} contains NaN or infinity (first in row {rows[0]}); clean the data first")
+        return x
+
+    def _checked_data(self, x: Any, y: Any, x_name: str, y_name: str) -> tuple[Any, Any]:
+        x = self._checked_x(x, x_name)
+        if isinstance(y, (list, tuple)):
+            y = np.asarray(y)  # host: a list
+        if not (hasattr(y, "ndim") and hasattr(y, "dtype")):
+            raise TypeError(f"{y_name} must be an array, got {type(y).__name__}")
+        if y.shape[:1] != x.shape[:1]:
+            raise ValueError(
+                f"{x_name} and {y_name} hold different numbers of samples: {tuple(x.shape)} and {tuple(y.shape)}"
+            )
+        if isinstance(self.loss, SoftmaxWithLoss) and y.ndim == 1:
+            n_classes = self._n_outputs()
+            if y.dtype.kind not in "iu":
+                raise TypeError(f"{y_name} must hold integer class labels, got dtype {y.dtype}")
+            if y.size and (int(y.min()) < 0 or int(y.max()) >= n_classes):
+                raise ValueError(
+                    f"{y_name} holds labels outside [0, {n_classes}) for a model with {n_classes} outputs: "
+                    f"min {int(y.min())}, max {int(y.max())}"
+                )
+        if isinstance(self.loss, SigmoidBCELoss):
+            low, high = float(y.min()), float(y.max())
+            if low < 0.0 or high > 1.0:
+                raise ValueError(f"{y_name} must lie in [0, 1] for SigmoidBCELoss, got min {low}, max {high}")
+        return x, y
+
+    def _n_outputs(self) -> int:
+        linears = [layer for layer in self.model.layers if isinstance(layer, Linear)]
+        return linears[-1].n_out if linears else 0
+
+    def _send(self, x: Any, y: Any) -> tuple[Any, Any]:
+        with self.device:
+            xd = self.device.send(x, dtype=self.model.dtype)
+            yd = self.device.send(y) if y.dtype.kind in "iu" else self.device.send(y, dtype=self.model.dtype)
+        return xd, yd
+
+    def _follow_model(self) -> bool:
+        """Keep the optimizer bound to all of the model's parameters, in order (at
+        construction, at the start of each fit and of each epoch); returns whether it rebound.
+
+        Whatever changed — a layer's Parameter replaced or added, a layer removed, another
+        model or optimizer assigned, the optimizer bound elsewhere — the optimizer follows the
+        model (:meth:`Optimizer.follow`: state kept for the parameters that stay, new ones from
+        zero state; the same model in other objects takes the state by place, another model
+        starts afresh), and the parameters are named after their places ("0.W"), as Sequential
+        names them, so that state dicts and checkpoints keep their keys. A binding to part of
+        the model is widened to all of it with a warning: freezing layers through the optimizer
+        is not a Trainer feature (its compiled CPU step, step graph and distributed gradient sum
+        all work on the whole model's buffer)."""
+        params = self.model.parameters()
+        bound = self.optimizer._params
+        rebound = False
+        if bound is None or not same_parameters(bound, params):
+            if bound is not None and tuple(map(id, bound)) != self._bound_ids:  # not this Trainer's binding
+                present = {id(p) for p in params}
+                ours = sum(id(p) in present for p in bound)
+                # as many as the model's, some replaced (or all: another model like it): silent
+                if len(bound) != len(params) and ours:
+                    warnings.warn(
+                        f"the optimizer was bound to {len(bound)} parameters, {ours} of them among the model's "
+                        f"{len(params)}; the Trainer binds it to all of the model's parameters (freezing layers "
+                        "through a partial optimizer is not supported)",
+                        RuntimeWarning,
+                        stacklevel=3,
+                    )
+            self.optimizer.follow(params)
+            rebound = True
+        self._bound_ids = tuple(map(id, params))
+        for name, p in self.model.named_parameters():
+            if p.name != name:  # a replacement, or a parameter bound by hand since: its place's name
+                p.name = name
+        return rebound
+
+    def _graph_key_now(self) -> tuple[Any, ...]:
+        """What a captured step holds: the optimizer, its buffers and the regularizer (by
+        identity), and, as text, the values its kernels took as launch arguments (all but lr
+        and the step number, which it reads from live scalars) and the layers it ran."""
+        opt, reg, layers = self.optimizer, self.regularizer, step_graph.leaf_layers(self.model)
+        values = {k: v for k, v in opt.hyperparameters().items() if k != "lr"}
+        values["max_grad_norm"] = opt.max_grad_norm
+        values["nesterov"] = getattr(opt, "nesterov", None)
+        values["regularizer"] = None if reg is None else (type(reg).__name__, reg.lam)
+        # the layers it ran, and the settings their kernels took: an activation's slope, a
+        # Dropout's rate (not the mode: fit sets train() after the first capture)
+        values["layers"] = [
+            (
+                id(layer),
+                layer.p if isinstance(layer, Dropout) else None,
+                layer.alpha if isinstance(layer, ElementwiseActivation) else None,
+            )
+            for layer in layers
+        ]
+        return (opt, opt._flat, opt._state, opt._live, reg, repr(sorted(values.items())))
+
+    def _graph_is_stale(self) -> bool:
+        """Whether the captured step graph is out of date: another optimizer or regularizer,
+        another flat buffer (rebound, repacked), other state or live-scalar arrays, or a
+        hyperparameter it took at capture (betas, eps, momentum, clipping, the penalty) changed."""
+        key, now = self._graph_key, self._graph_key_now()
+        return key is None or any(a is not b for a, b in zip(key[:5], now[:5], strict=True)) or key[5] != now[5]
+
+    def _weights_copy(self) -> list[Any]:
+        """A copy of each of the model's parameters (one per parameter, not of the flat buffer:
+        a callback may replace a parameter, and so change the buffer's layout, before the copy
+        is restored)."""
+        return [p.data.copy() for p in self.model.parameters()]
+
+    def _restore_weights(self, saved: list[Any]) -> None:
+        params = self.model.parameters()
+        if len(params) != len(saved) or any(p.shape != tuple(a.shape) for p, a in zip(params, saved, strict=True)):
+            warnings.warn(
+                "the model's parameters changed shape since its best epoch: keeping the last weights",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            return
+        for p, a in zip(params, saved, strict=True):
+            p.data[...] = a
+
+    def dropout_states(self) -> dict[str, Any]:
+        """The NumPy generator state of each Dropout layer (for bit-exact resume on the CPU)."""
+        states = {}
+        for i, layer in enumerate(self.model.layers):
+            if isinstance(layer, Dropout):
+                gen = layer._generators.get(self.device)
+                if gen is not None and isinstance(gen, np.random.Generator):
+                    states[str(i)] = gen.bit_generator.state
+        return states
+
+    def load_dropout_states(self, states: dict[str, Any]) -> None:
+        if self.comm is not None and self.comm.rank > 0:
+            return  # the saved states are rank 0's; other ranks keep their own streams
+        for key, state in states.items():
+            layer = self.model.layers[int(key)]
+            if isinstance(layer, Dropout) and self.device.kind == "cpu":
+                gen = np.random.default_rng()
+                gen.bit_generator.state = state
+                layer._generators[self.device] = gen
+
+
+def _accuracy_kind(loss: Loss, y: Any) -> str | None:
+    """How to count correct predictions: argmax for softmax, threshold for sigmoid, none for MSE."""
+    if isinstance(loss, SoftmaxWithLoss):
+        return "labels" if y.ndim == 1 else "onehot"
+    if isinstance(loss, SigmoidBCELoss):
+        return "binary"
+    return None  # regression (MSELoss): no accuracy
+
+
+def _correct(logits: Any, yb: Any, kind: str) -> Any:
+    """Number of correct predictions in a batch, as a 0-d device array (no host read)."""
+    if kind == "labels":
+        return (logits.argmax(axis=1) == yb).sum()
+    if kind == "onehot":
+        return (logits.argmax(axis=1) == yb.argmax(axis=1)).sum()
+    target = yb.reshape(logits.shape) > 0.5
+    return ((logits > 0) == target).all(axis=-1).sum() if logits.ndim == 2 else ((logits > 0) == target).sum()
+
+
+def _progress(show: bool, initial: int, total: int, file: TextIO | None) -> Any:
+    if not show:
+        return None
+    from tqdm.auto import tqdm  # noqa: PLC0415 — only needed when a bar is shown
+
+    return tqdm(total=total, initial=initial, unit="epoch", file=file or sys.stderr, dynamic_ncols=True, leave=True)
+
+
+def _postfix(record: dict[str, Any]) -> str:
+    parts = [f"loss={record['cost']:.4f}"]
+    if record["train_accuracy"] is not None:
+        parts.append(f"acc={record['train_accuracy']:.4f}")
+    if record["dev_accuracy"] is not None:
+        parts.append(f"dev_acc={record['dev_accuracy']:.4f}")
+    elif record["dev_loss"] is not None:
+        parts.append(f"dev_loss={record['dev_loss']:.4f}")
+    parts.append(f"{record['samples_per_s']:,.0f} samples/s")
+    return ", ".join(parts)
