@@ -6,7 +6,7 @@ initial weights and see the same batch order). Fits alternate — scikit-learn, 
 scikit-learn, gpunn, … — so that a busy machine slows both alike; the medians, their ratio and
 both test accuracies are printed and written as JSON with the machine's description.
 
-    python benchmarks/sklearn_digits.py --repeat 5 --json benchmarks/results/sklearn-digits-cpu-2026-11-26.json
+    python benchmarks/sklearn_digits.py --repeat 21 --json benchmarks/results/sklearn-digits-cpu-DATE.json
     python benchmarks/sklearn_digits.py --device cuda:0 --json OUT/sklearn-digits.json
 """
 
@@ -24,7 +24,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 import gpunn as gn
-from gpunn.backend import cpu_fused
+from gpunn.backend.selection import ops_for
 from gpunn.bench.run import paired_ratio
 from gpunn.cli.sysinfo import system_info
 
@@ -91,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
 
     x, y = load_digits(return_X_y=True)
     x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=0.25, random_state=0)
-    gpunn_device = str(gn.device(None if args.device == "auto" else args.device))
+    device = gn.device(None if args.device == "auto" else args.device)
+    gpunn_device = str(device)
     makers = {
         "sklearn": lambda: SklearnMLP(hidden_layer_sizes=(100,), random_state=0),
         "gpunn": lambda: GpunnMLP(hidden_layer_sizes=(100,), random_state=0, device=args.device),
@@ -100,11 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         "sklearn_blas_1_thread": lambda: _OneThread(SklearnMLP(hidden_layer_sizes=(100,), random_state=0)),
     }
     data = (x_train, y_train, x_test, y_test)
-    # Steady state, as for every warm-up here: with the `fast` extra the compiled CPU loops are
-    # loaded now, not a second into the timed fits (gpunn.backend.cpu_fused.WARM_UP_SECONDS); the
-    # JSON's machine.cpu_adam says whether they ran.
-    cpu_fused.available()
-    for make in makers.values():  # warm-up: imports, device probe, GPU kernels compiled
+    for make in makers.values():  # warm-up: imports, device probe, Numba and GPU kernels compiled
         timed_fit(make, *data)
     runs: dict[str, list[dict]] = {name: [] for name in makers}
     for i in range(args.repeat):
@@ -142,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         "n_test": int(x_test.shape[0]),
         "repeat": args.repeat,
         "gpunn_device": gpunn_device,
+        "gpunn_ops": type(ops_for(device)).__name__,  # the primitives gpunn's layers and optimizer ran
         "sklearn_version": sklearn.__version__,
         "results": summary,
         "speedup": speedup,

@@ -4,7 +4,7 @@ usage:
     python3 ci/summarize_gpu_check.py preflight OUTDIR [COMPUTE_SANITIZER]
         one line per module the check uses (and compute-sanitizer, found by ci/gpu-check);
         writes OUTDIR/preflight.json; exit 1 when one that gpunn or its tests need is missing
-    python3 ci/summarize_gpu_check.py OUTDIR [--deadline S] [--elapsed S] [--sanitize-k EXPR]
+    python3 ci/summarize_gpu_check.py OUTDIR [--deadline S] [--elapsed S] [--sanitize-selection ARGS]
         the summary on stdout and its verdict on stderr; exit 0 when the check passed, 3 when
         it did not (any other status: the summary itself failed)
 
@@ -429,9 +429,7 @@ def summarize(out: Path, args: argparse.Namespace) -> dict:
         },
         "sanitizer": {
             "compute_sanitizer": sanitizer_path,
-            "selection": f"-m gpu -k {args.sanitize_k!r} tests/test_kernels.py tests/test_layer_kernels.py"
-            if args.sanitize_k
-            else None,
+            "selection": args.sanitize_selection,
             "memcheck": sanitizer_report(out, "memcheck", steps.get("memcheck")),
             "racecheck": sanitizer_report(out, "racecheck", steps.get("racecheck")),
         },
@@ -459,7 +457,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("outdir", type=Path)
     parser.add_argument("--deadline", type=int, default=None, help="the check's deadline (s)")
     parser.add_argument("--elapsed", type=int, default=None, help="seconds the check took before its summary")
-    parser.add_argument("--sanitize-k", default=None, help="the -k expression of the sanitizer runs")
+    parser.add_argument("--sanitize-selection", default=None, help="the pytest arguments of the sanitizer runs")
     args = parser.parse_args(argv)
     summary = summarize(args.outdir, args)
     json.dump(summary, sys.stdout, indent=2)

@@ -75,27 +75,52 @@ def test_bench_command_writes_sane_json_and_a_plot(tmp_path: Path) -> None:
         check=False,
     )
     assert result.returncode == 0, result.stderr
-    assert "gpunn ×" in result.stdout  # the ratio against the hand-written loop is printed
+    # every step is labelled, and both ratios against the hand-written loop are printed
+    for text in ("gpunn, Trainer.fit", "gpunn, your own loop", "NumPy loop by hand", "× the NumPy loop's", "× this"):
+        assert text in result.stdout, text
     report = json.loads(out.read_text())
     assert report["optimizer"] == "adam" and report["environment"]["numpy"]
     (row,) = report["results"]
     assert (row["device"], row["model"], row["batch"]) == ("cpu", "T1", 8)
+    assert row["ops"] in ("NumpyOps", "NumbaOps")
     assert row["flops_per_step"] == bench.flops_per_step((784, 100, 10), 8)
     assert _positive_finite(row["matmul_ceiling_gflop_per_s"])
     assert _positive_finite(row["products_ms_per_step"]) and _positive_finite(row["products_share_of_ceiling"])
     assert _positive_finite(row["gpunn"]["over_products"])
-    for framework in ("gpunn", "numpy"):
+    for framework in ("gpunn", "user_loop", "numpy"):
         figures = row[framework]
         for key in ("ms_per_step", "ms_p10", "ms_p90", "samples_per_s", "gflop_per_s", "share_of_ceiling"):
             assert _positive_finite(figures[key]), (framework, key, figures[key])
         assert figures["ms_p10"] <= figures["ms_per_step"] <= figures["ms_p90"]
         assert figures["windows"] == 3
-    assert _positive_finite(row["gpunn_over_numpy"])
-    p10, p90 = row["ratio_p10_p90"]["gpunn_over_numpy"]
-    assert 0 < p10 <= row["gpunn_over_numpy"] <= p90
+    for ratio in ("gpunn_over_numpy", "user_loop_over_numpy"):
+        p10, p90 = row["ratio_p10_p90"][ratio]
+        assert 0 < p10 <= row[ratio] <= p90, ratio
     assert _positive_finite(row["memory"]["peak_bytes"]) and row["memory"]["ratio"] >= 1.0
     assert row["launches_per_step"] is None  # launches are counted on a GPU only
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_the_user_loop_and_the_hand_written_loop_train_alike(optimizer: str) -> None:
+    # The ratio compares like with like: from the same weights and batch, the README's loop
+    # and the hand-written NumPy loop give the same losses step after step.
+    case = bench.Case(gn.Device("cpu"), "T1", 16)
+    _, model = bench.gpunn_step(case, optimizer)
+    user_loop, by_hand = bench.user_loop_step(case, optimizer), bench.numpy_step(case, optimizer, model)
+    ours, theirs = [float(user_loop()) for _ in range(4)], [by_hand() for _ in range(4)]
+    assert ours[-1] < ours[0]  # it trains
+    np.testing.assert_allclose(ours, theirs, rtol=1e-4)  # float32 rounding, differently ordered
+
+
+def test_no_user_loop_or_hand_written_loop_where_the_baseline_does_not_run() -> None:
+    case = bench.Case(gn.Device("cpu"), "T1", 4)
+    _, model = bench.gpunn_step(case, "momentum")
+    assert bench.user_loop_step(case, "momentum") is None and bench.numpy_step(case, "momentum", model) is None
+    result = bench.run([gn.Device("cpu")], ["T1"], [4], optimizer="momentum", against=("numpy",), repeat=3)
+    (row,) = result["results"]
+    assert "user_loop" not in row and "numpy" not in row
+    assert row["skipped"] == {"numpy": bench.SKIP_REASONS["numpy"]}
 
 
 @pytest.mark.parametrize(

@@ -85,7 +85,7 @@ def test_round_trip_keeps_weights_predictions_and_metadata(device: gn.Device, tm
     assert ckpt.architecture == model.config()
     assert ckpt.optimizer_info["type"] == "Adam"
     assert ckpt.optimizer_info["step"] == 3
-    assert "Linear(8 → 16)" in repr(ckpt)
+    assert "Linear(8 → 16, relu)" in repr(ckpt)
     _assert_same_weights(_weights(gn.load(path, device=device)), _weights(model))
 
 
@@ -189,11 +189,11 @@ def test_architecture_with_dropout_and_leaky_relu_round_trips(tmp_path: Path) ->
 def test_saving_does_not_move_the_model_and_leaves_one_file(device: gn.Device, tmp_path: Path) -> None:
     model, opt = _trained(device)
     params = model.parameters()
-    arrays, flat = [p.data for p in params], params[0]._flat
+    arrays, flat = [p.data for p in params], params[0].flat
     path = tmp_path / "m.safetensors"
     gn.save(path, model, opt)
     assert model.device == device
-    assert params[0]._flat is flat and flat.valid  # no repacking: the optimizer's buffer stays live
+    assert params[0].flat is flat and flat.valid  # no repacking: the optimizer's buffer stays live
     assert all(p.data is a for p, a in zip(model.parameters(), arrays, strict=True))
     assert sorted(os.listdir(tmp_path)) == ["m.safetensors"]
 
@@ -431,20 +431,66 @@ def test_load_weights_into_an_existing_model(good: Path) -> None:
     ckpt = load_weights(model, good)
     assert ckpt.model is model
     _assert_same_weights(_weights(model), saved)
-    assert opt_before._flat.valid  # loaded in place: an optimizer bound to the model still works
+    assert opt_before.params[0].flat.valid  # loaded in place: an optimizer bound to the model still works
     assert ckpt.optimizer().step_count == 3
 
     other = gn.mlp([64, 100, 10], seed=0)
     untouched = _weights(other)
-    with pytest.raises(
-        CheckpointError, match=r"holds a checkpoint of Linear\(8 → 16\).*but the model is Linear\(64 → 100\)"
-    ):
+    mismatch = r"holds a checkpoint of Linear\(8 → 16, relu\).*but the model is Linear\(64 → 100, relu\)"
+    with pytest.raises(CheckpointError, match=mismatch):
         load_weights(other, good)
     _assert_same_weights(_weights(other), untouched)
     with pytest.raises(CheckpointError, match="float64"):
         load_weights(gn.mlp([8, 16, 3], dtype="float64"), good)
-    with pytest.raises(CheckpointError, match="Tanh"):
+    with pytest.raises(CheckpointError, match="tanh"):
         load_weights(gn.mlp([8, 16, 3], activation="tanh"), good)
+
+
+def test_a_checkpoint_with_separate_activation_layers_still_loads(tmp_path: Path) -> None:
+    """Checkpoints written before Linear took an activation hold Linear configs without one,
+    each followed by its activation layer: they load as those layers, with their names ("2.W"),
+    and compute what a model with the activation in its Linear layers computes."""
+    rng = np.random.default_rng(0)
+    tensors = {
+        "model/0.W": rng.standard_normal((4, 6)).astype(np.float32),
+        "model/0.b": rng.standard_normal(6).astype(np.float32),
+        "model/2.W": rng.standard_normal((6, 3)).astype(np.float32),
+        "model/2.b": rng.standard_normal(3).astype(np.float32),
+    }
+    linear = {"type": "Linear", "init": "he", "dtype": "float32"}
+    architecture = {
+        "type": "Sequential",
+        "layers": [
+            {**linear, "n_in": 4, "n_out": 6},
+            {"type": "LeakyReLU", "negative_slope": 0.2},
+            {**linear, "n_in": 6, "n_out": 3},
+        ],
+    }
+    header = {
+        "format_version": 1,
+        "gpunn_version": "0.1.0",
+        "architecture": architecture,
+        "optimizer": None,
+        "metadata": {},
+    }
+    path = tmp_path / "old.safetensors"
+    path.write_bytes(safetensors.numpy.save(tensors, metadata={"gpunn": json.dumps(header)}))
+    model = gn.load(path, device="cpu")
+    assert [type(layer).__name__ for layer in model] == ["Linear", "LeakyReLU", "Linear"]
+    assert model[0].activation is None and model[1].negative_slope == 0.2
+    fused = gn.mlp([4, 6, 3], activation="leaky_relu", seed=0)
+    fused[0].negative_slope = 0.2
+    for layer, i in zip(fused, (0, 2), strict=True):
+        layer.W.data[...], layer.b.data[...] = tensors[f"model/{i}.W"], tensors[f"model/{i}.b"]
+    x = rng.standard_normal((5, 4)).astype(np.float32)
+    np.testing.assert_array_equal(model.forward(x), fused.forward(x))
+    same = gn.Sequential(gn.Linear(4, 6, seed=1), gn.LeakyReLU(0.2), gn.Linear(6, 3, seed=2))
+    load_weights(same, path)  # the same architecture, built today
+    np.testing.assert_array_equal(same.forward(x), fused.forward(x))
+    with pytest.raises(
+        CheckpointError, match=r"Linear\(4 → 6\) → LeakyReLU.*but the model is Linear\(4 → 6, leaky_relu\)"
+    ):
+        load_weights(fused, path)
 
 
 # ----------------------------------------------------------------------------- across devices
@@ -463,7 +509,7 @@ def test_saved_on_gpu_loads_on_cpu_and_back(gpu: gn.Device, tmp_path: Path) -> N
         ckpt.model.eval().forward(x), gn.to_numpy(model.eval().forward(gpu.send(x))), rtol=1e-5, atol=1e-6
     )
     opt_cpu = ckpt.optimizer()
-    assert opt_cpu._flat.device == CPU
+    assert opt_cpu.params[0].device == CPU
     for key, buffers in opt.state_dict()["state"].items():
         _assert_same_weights(gn.to_numpy(opt_cpu.state_dict()["state"][key]), gn.to_numpy(buffers))
 

@@ -1,4 +1,4 @@
-"""`gpunn info` in a fresh process: devices, the CPU's reason, versions, BLAS."""
+"""`gpunn info` in a fresh process: devices, the CPU's reason, versions, BLAS; `gpunn check`."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import sys
 import pytest
 
 import gpunn as gn
+from gpunn.backend.selection import numba_installed
 
 
 def run_gpunn(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -54,3 +55,27 @@ def test_unknown_command_fails_cleanly() -> None:
     assert result.returncode == 2
     assert "invalid choice" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.default_device  # `gpunn check` as a user runs it: every device this machine really has
+def test_check_passes_with_a_row_per_override() -> None:
+    result = run_gpunn("check")
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[-1].startswith("gpunn check: pass: "), result.stdout
+    if numba_installed():
+        numba_rows = [line.split() for line in lines if line.startswith("numba ")]
+        assert ["numba", "cpu", "adam_update", "float32", "0", "0", "(bits)", "pass"] in numba_rows
+
+
+def test_check_json_names_each_row_on_the_cpu() -> None:
+    result = run_gpunn("check", "--device", "cpu", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["ok"] is True
+    assert all(r["device"] == "cpu" and r["comparison"] == "bitwise" and r["ok"] for r in report["rows"])
+    if numba_installed():
+        assert {("numba", "adam_update", "float64"), ("numba", "bias_activation", "float32")} <= {
+            (r["backend"], r["op"], r["dtype"]) for r in report["rows"]
+        }
+        assert "matmul" in report["inherits_the_reference"]["numba on cpu"]

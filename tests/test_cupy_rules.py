@@ -29,24 +29,22 @@ PACKAGE = Path(__file__).resolve().parent.parent / "gpunn"
 # Modules whose arrays never live on a GPU: data loading and files, the CPU's own speed
 # paths, MPI's host buffers, scikit-learn's host-side checks, the CLI and the benches.
 HOST_ONLY = {
-    "backend/_fused_loops.py",
-    "backend/cpu_chunks.py",
-    "backend/cpu_fused.py",
+    "backend/numba_loops.py",
+    "backend/numba_ops.py",
     "bench/handwritten.py",
     "bench/run.py",
     "bench/steps.py",
+    "cli/check.py",  # computes its bounds and errors on host copies (to_numpy) of every result
     "cli/job.py",
     "cli/main.py",
     "cli/sysinfo.py",
     "distributed/comm.py",
     "distributed/data_parallel.py",
     "io/checkpoint.py",
-    "optim/cpu_update.py",
     "sklearn/base.py",
     "sklearn/estimators.py",
     "sklearn/inputs.py",
     "sklearn/training.py",
-    "train/cpu_step.py",
     "train/data.py",
     "train/history.py",
     "train/plots.py",

@@ -1,8 +1,9 @@
 """Trainer(graph=True): a replayed step trains exactly like an eager one.
 
 On the CPU the "replay" re-runs the step through the graph's fixed buffers, device-side batch
-gather, live optimizer scalars and step bookkeeping, so these tests check all of that
-without a GPU; on a GPU (``device`` = cuda:0) the step is really captured as a CUDA graph.
+gather, the learning rate and step number read from the device ([lr, t], advanced there) and
+step bookkeeping, so these tests check all of that without a GPU; on a GPU (``device`` = cuda:0)
+the step is really captured as a CUDA graph.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import numpy as np
 import pytest
 
 import gpunn as gn
-from gpunn.train import cpu_step
+import gpunn.train.graph
 from gpunn.train.graph import WARMUP_STEPS, StepGraph
 
 
@@ -29,6 +30,19 @@ def _trainer(device, graph: bool, optimizer=None, regularizer=None, loss=None, s
     model = gn.mlp(list(sizes), seed=0)
     optimizer = optimizer if optimizer is not None else gn.optim.Adam(lr=3e-3)
     return gn.Trainer(model, loss or gn.SoftmaxWithLoss(), optimizer, regularizer, device=device, graph=graph)
+
+
+def _graph(trainer: gn.Trainer, x, y, batch_size: int) -> StepGraph:
+    """A step graph over (x, y) on the CPU whose body is the trainer's layered step."""
+
+    def body(xb, yb):
+        logits = trainer.model.forward(xb)
+        value = trainer.loss.forward(logits, yb)
+        trainer.model.backward(trainer.loss.backward())
+        trainer.optimizer.step(trainer.regularizer)
+        return value, (logits.argmax(axis=1) == yb).sum()
+
+    return StepGraph(body, trainer.optimizer, x, y, batch_size, gn.device("cpu"))
 
 
 def _weights(trainer: gn.Trainer) -> list[np.ndarray]:
@@ -74,17 +88,6 @@ def test_replayed_training_equals_eager_training(device, digits):
     # 500 rows in batches of 64: 7 full steps replayed (after the warm-up) and one of 52 eager
     eager, replayed = _fit_both(device, digits)
     _assert_same_training(eager, replayed, device)
-
-
-def test_on_the_cpu_the_layered_body_trains_like_the_compiled_one(monkeypatch, digits):
-    """On the CPU eager and replayed steps both run compiled (gpunn.train.cpu_step); the layered
-    body, the one a GPU replays, must train the same: all four runs give the same bits."""
-    cpu = gn.device("cpu")
-    runs = _fit_both(cpu, digits)
-    monkeypatch.setattr(cpu_step, "compile_step", lambda *args, **kwargs: None)
-    runs += _fit_both(cpu, digits)
-    for other in runs[1:]:
-        _assert_same_training(runs[0], other, cpu)
 
 
 def test_replay_with_l2_clipping_and_a_changing_learning_rate(device, digits):
@@ -167,8 +170,7 @@ def test_the_step_graph_counts_and_records_every_step(device, digits):
 def test_capture_happens_after_the_warm_up(digits):
     x, y = digits
     trainer = _trainer("cpu", True, loss=gn.SoftmaxWithLoss(validate=False))  # as fit builds it
-    with gn.device("cpu"):
-        graph = trainer._new_step_graph(x, y, 50, "labels")
+    graph = _graph(trainer, x, y, 50)
     graph.epoch(np.arange(500))
     assert graph.graph is not None and graph.steps_run == 10 > WARMUP_STEPS
     graph.close()
@@ -192,8 +194,7 @@ def test_step_refuses_data_that_end_in_a_short_batch(digits):
     past the end of the epoch's order on a GPU, so it says why instead."""
     x, y = digits
     trainer = _trainer("cpu", True)
-    with gn.device("cpu"):
-        graph = trainer._new_step_graph(x, y, 128, "labels")  # 500 rows: 3 full batches and 116
+    graph = _graph(trainer, x, y, 128)  # 500 rows: 3 full batches and 116
     with pytest.raises(ValueError, match="multiple of batch_size = 128"):
         graph.step()
     graph.close()
@@ -210,7 +211,7 @@ def test_a_step_graph_that_cannot_be_built_leaves_training_eager(monkeypatch, di
     eager = _trainer("cpu", False)
     eager.fit(x, y, epochs=2, batch_size=100, seed=0, verbose=False)
     replayed = _trainer("cpu", True)
-    monkeypatch.setattr(replayed, "_new_step_graph", unavailable)
+    monkeypatch.setattr(gpunn.train.graph, "StepGraph", unavailable)
     with pytest.warns(RuntimeWarning, match="graph replay is unavailable .libcublas not found"):
         replayed.fit(x, y, epochs=2, batch_size=100, seed=0, verbose=False)
     for a, b in zip(_weights(eager), _weights(replayed), strict=True):
@@ -293,3 +294,58 @@ def test_a_failed_capture_reports_the_step_error_not_the_invalidated_capture(dig
         graph._capture()
     assert graph.graph is None and not graph.stream.capturing  # capture was ended, its error set aside
     assert trainer.optimizer.step_count == 0
+
+
+def test_the_step_scalars_follow_the_optimizer(digits):
+    """[lr, t] on the device: written from the optimizer at each epoch (a schedule moved lr in
+    between), advanced by every update, equal to the host's count after the epoch."""
+    x, y = digits
+    trainer = _trainer("cpu", True, loss=gn.SoftmaxWithLoss(validate=False))
+    graph = _graph(trainer, x, y, 100)
+    np.testing.assert_array_equal(graph.step_scalars, [3e-3, 0.0])
+    graph.epoch(np.arange(500))
+    np.testing.assert_array_equal(graph.step_scalars, [3e-3, 5.0])
+    trainer.optimizer.lr = 1e-3
+    graph.epoch(np.arange(500))
+    np.testing.assert_array_equal(graph.step_scalars, [1e-3, 10.0])
+    assert trainer.optimizer.step_count == 10
+    graph.close()
+
+
+def test_a_captured_step_is_counted_once_per_replay(digits):
+    """Capturing records the step without running it: the optimizer's count is put back after
+    the capture, and each replay adds one (the device advanced t). Played on the CPU by
+    stand-ins for the CUDA stream and graph."""
+    x, y = digits
+    trainer = _trainer("cpu", True, loss=gn.SoftmaxWithLoss(validate=False))
+    launches = []
+
+    def body(xb, yb):
+        trainer.optimizer.step()  # what a capture records (the stand-in runs it once)
+        return np.zeros(()), None
+
+    class Stream:
+        def begin_capture(self):
+            pass
+
+        def end_capture(self):
+            return SimpleNamespace(launch=launches.append)
+
+    class Cuda:
+        @staticmethod
+        @contextlib.contextmanager
+        def using_allocator(malloc):
+            yield
+
+    graph = StepGraph(body, trainer.optimizer, x, y, 100, gn.device("cpu"))
+    graph.emulate = False
+    graph.xp, graph.stream = SimpleNamespace(cuda=Cuda, take=np.take, zeros=np.zeros), Stream()
+    graph.pool = SimpleNamespace(malloc=None)
+    graph._kernels = {"batch_indices": lambda *args: None, "record_step": lambda *args, size: None}
+    before = trainer.optimizer.step_count
+    graph._capture()
+    assert graph.failed is None and trainer.optimizer.step_count == before
+    for k in range(3):
+        graph._replay()
+        assert trainer.optimizer.step_count == before + k + 1
+    assert launches == [graph.stream] * 3

@@ -1,5 +1,5 @@
 """Layers, activations, Sequential and mlp: forward values against independent NumPy formulas,
-backward bookkeeping, data safety of in-place activations, parameters and initialization."""
+backward bookkeeping, caller arrays left alone, parameters and initialization."""
 
 from __future__ import annotations
 
@@ -11,13 +11,16 @@ import numpy as np
 import pytest
 
 import gpunn as gn
-from gpunn.backend.layer_kernels import column_sums
+from gpunn.backend.selection import ops_of
 from gpunn.nn import activations
 
-
-def colsum(x: np.ndarray) -> np.ndarray:
-    """The CPU's bias-gradient sum (1ᵀ·x, what every CPU path uses), into a fresh array."""
-    return column_sums(x, np.empty(x.shape[1], dtype=x.dtype))
+ACTIVATION_FORMULAS = {  # g(z) and g'(z), written out plainly in float64
+    "relu": (lambda z: np.maximum(z, 0.0), lambda z: (z > 0).astype(float)),
+    "leaky_relu": (lambda z: np.where(z > 0, z, 0.2 * z), lambda z: np.where(z > 0, 1.0, 0.2)),
+    "sigmoid": (lambda z: 1.0 / (1.0 + np.exp(-z)), lambda z: np.exp(-z) / (1.0 + np.exp(-z)) ** 2),
+    "tanh": (np.tanh, lambda z: 1.0 / np.cosh(z) ** 2),
+    "identity": (lambda z: z, np.ones_like),
+}
 
 
 # ----------------------------------------------------------------------------- Linear
@@ -44,6 +47,56 @@ def test_linear_backward_formulas(device, rng):
     np.testing.assert_allclose(gn.to_numpy(layer.W.grad), x.T @ dy, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(gn.to_numpy(layer.b.grad), dy.sum(axis=0), rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(dx, dy @ W.T, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("activation", sorted(ACTIVATION_FORMULAS))
+def test_linear_with_an_activation_is_g_of_the_affine_map(device, rng, activation):
+    """a = g(x·W + b); backward dz = dy ⊙ g'(z), ∂W = xᵀ·dz, ∂b = Σ_n dz, ∂x = dz·Wᵀ."""
+    g, g_prime = ACTIVATION_FORMULAS[activation]
+    layer = gn.Linear(4, 3, activation=activation, negative_slope=0.2, dtype="float64", seed=0).to(device)
+    b = rng.standard_normal(3)
+    layer.b.data[...] = device.send(b)
+    W = gn.to_numpy(layer.W.data)
+    x, dy = rng.standard_normal((5, 4)), rng.standard_normal((5, 3))
+    z = x @ W + b
+    np.testing.assert_allclose(gn.to_numpy(layer.forward(device.send(x))), g(z), rtol=1e-12, atol=1e-14)
+    dx = gn.to_numpy(layer.backward(device.send(dy)))
+    dz = dy * g_prime(z)
+    np.testing.assert_allclose(gn.to_numpy(layer.W.grad), x.T @ dz, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(gn.to_numpy(layer.b.grad), dz.sum(axis=0), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(dx, dz @ W.T, rtol=1e-10, atol=1e-12)
+    fresh = gn.Linear(4, 3, activation=activation, dtype="float64", seed=1).to(device)
+    assert gn.gradcheck(fresh, device.send(x)) < 1e-6
+
+
+@pytest.mark.parametrize("activation", ["relu", "leaky_relu", "sigmoid", "tanh"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_a_linear_activation_computes_the_bits_of_the_separate_layers(rng, activation, dtype):
+    """Linear(activation=g) and Linear followed by g's own layer: the same forward and
+    backward bits on the CPU (one formula, through the same Ops)."""
+    fused = gn.Linear(6, 5, activation=activation, negative_slope=0.3, dtype=dtype, seed=0)
+    plain = gn.Linear(6, 5, dtype=dtype, seed=0)
+    act = gn.LeakyReLU(0.3) if activation == "leaky_relu" else activations.ACTIVATIONS[activation]()
+    fused.b.data[...] = plain.b.data[...] = rng.standard_normal(5)
+    x, dy = rng.standard_normal((9, 6)).astype(dtype), rng.standard_normal((9, 5)).astype(dtype)
+    np.testing.assert_array_equal(fused.forward(x), act.forward(plain.forward(x)))
+    np.testing.assert_array_equal(fused.backward(dy), plain.backward(act.backward(dy)))
+    for a, b in zip(fused.parameters(), plain.parameters(), strict=True):
+        np.testing.assert_array_equal(a.grad, b.grad)
+
+
+def test_linear_activation_names_config_and_formula():
+    layer = gn.Linear(3, 2, activation="logistic", seed=0)
+    assert layer.activation == "sigmoid" and "sigmoid" in repr(layer)
+    assert layer.config()["activation"] == "sigmoid"
+    assert layer.formula(2) == "a^[2] = σ(a^[1]·W^[2] + b^[2])"
+    assert gn.Linear(3, 2, seed=0).formula(1) == "z^[1] = a^[0]·W^[1] + b^[1]"
+    leaky = gn.Linear(3, 2, activation="leaky_relu", negative_slope=0.3, seed=0)
+    assert leaky.config()["negative_slope"] == 0.3
+    with pytest.raises(ValueError, match="activation"):
+        gn.Linear(3, 2, activation="softplus")
+    with pytest.raises(ValueError, match="negative_slope"):
+        gn.Linear(3, 2, activation="leaky_relu", negative_slope=-1.0)
 
 
 def test_linear_backward_without_input_grad_still_writes_grads(rng):
@@ -265,15 +318,15 @@ def _manual_mlp_grads(x, dlogits, W1, b1, W2):
     dW2 = a1.T @ dlogits
     db2 = dlogits.sum(axis=0)
     dz1 = (dlogits @ W2.T) * (z1 > 0)
-    return {"0.W": x.T @ dz1, "0.b": dz1.sum(axis=0), "2.W": dW2, "2.b": db2}, dz1 @ W1.T
+    return {"0.W": x.T @ dz1, "0.b": dz1.sum(axis=0), "1.W": dW2, "1.b": db2}, dz1 @ W1.T
 
 
 def test_sequential_forward_backward_match_manual(device, rng):
     model = gn.mlp([4, 8, 3], dtype="float64", seed=0).to(device)
     params = dict(model.named_parameters())
     params["0.b"].data[...] = device.send(rng.standard_normal(8))
-    params["2.b"].data[...] = device.send(rng.standard_normal(3))
-    W1, b1, W2, b2 = (gn.to_numpy(params[k].data).copy() for k in ("0.W", "0.b", "2.W", "2.b"))
+    params["1.b"].data[...] = device.send(rng.standard_normal(3))
+    W1, b1, W2, b2 = (gn.to_numpy(params[k].data).copy() for k in ("0.W", "0.b", "1.W", "1.b"))
     x, dlogits = rng.standard_normal((6, 4)), rng.standard_normal((6, 3))
 
     logits = gn.to_numpy(model.forward(device.send(x)))
@@ -281,7 +334,7 @@ def test_sequential_forward_backward_match_manual(device, rng):
 
     for p in model.parameters():
         p.grad[...] = np.nan  # backward must write every grad, not add to it
-    dx = gn.to_numpy(model.backward(device.send(dlogits)))
+    dx = gn.to_numpy(model.backward(device.send(dlogits), input_grad=True))
     expected, expected_dx = _manual_mlp_grads(x, dlogits, W1, b1, W2)
     for name, p in model.named_parameters():
         np.testing.assert_allclose(gn.to_numpy(p.grad), expected[name], rtol=1e-12, atol=1e-14, err_msg=name)
@@ -301,11 +354,46 @@ def test_sequential_backward_overwrites_grads(device, rng):
         np.testing.assert_array_equal(gn.to_numpy(p.grad), g1)
 
 
-def test_sequential_backward_without_input_grad(rng):
+def test_sequential_backward_computes_the_input_gradient_only_when_asked(monkeypatch, rng):
+    """model.backward(dy) writes every grad and returns None without the first layer's dx
+    (one matrix product fewer: 3 for two Linear layers, 4 with input_grad=True)."""
     model = gn.mlp([4, 8, 3], dtype="float64", seed=0)
-    model.forward(rng.standard_normal((6, 4)))
-    assert model.backward(rng.standard_normal((6, 3)), input_grad=False) is None
-    assert all(np.abs(p.grad).sum() > 0 for p in model.parameters())
+    ops = ops_of(model[0].W.data)
+    products = []
+    original = type(ops).matmul
+
+    def counted(self, a, b, out=None):
+        products.append(1)
+        return original(self, a, b, out)
+
+    monkeypatch.setattr(type(ops), "matmul", counted)
+    x, dlogits = rng.standard_normal((6, 4)), rng.standard_normal((6, 3))
+    model.forward(x)
+    products.clear()
+    assert model.backward(dlogits) is None
+    assert len(products) == 3 and all(np.abs(p.grad).sum() > 0 for p in model.parameters())
+    grads = [p.grad.copy() for p in model.parameters()]
+    products.clear()
+    assert model.backward(dlogits, input_grad=True).shape == (6, 4) and len(products) == 4
+    for g, p in zip(grads, model.parameters(), strict=True):
+        np.testing.assert_array_equal(p.grad, g)
+    nested = gn.Sequential(gn.ReLU(), gn.Sequential(gn.Linear(4, 3, dtype="float64", seed=0), gn.Tanh()))
+    nested.forward(x)
+    assert nested.backward(dlogits) is None
+    dx = nested.backward(dlogits, input_grad=True)
+    assert dx.shape == (6, 4) and np.all(dx[x <= 0] == 0)
+
+
+def test_sequential_sets_nothing_on_its_layers():
+    """A layer computes the same inside a model as on its own: building, copying and running
+    a model leaves every layer's attributes as the layer made them."""
+    layers = [gn.Linear(4, 5, seed=0), gn.ReLU(), gn.Dropout(0.2, seed=0), gn.Linear(5, 3, activation="tanh", seed=1)]
+    before = [{k: v for k, v in vars(layer).items() if k not in ("W", "b")} for layer in layers]
+    model = gn.Sequential(layers)
+    model.forward(np.ones((2, 4), np.float32))
+    after = [{k: v for k, v in vars(layer).items() if k not in ("W", "b")} for layer in layers]
+    assert [sorted(a) for a in after] == [sorted(b) for b in before]
+    assert layers[0].activation is None and layers[3].activation == "tanh"
 
 
 SAFETY_MODELS = {
@@ -379,15 +467,15 @@ def test_summary_uses_seed_notation_and_counts():
     assert total == 67
     assert "67 parameters" in text
     assert sum(p.size for p in model.parameters()) == total
+    assert "a^[1] = relu(a^[0]·W^[1] + b^[1])" in text and "z^[2] = a^[1]·W^[2] + b^[2]" in text
 
 
 def test_sequential_indexing_and_repr():
     model = gn.mlp([4, 8, 3], seed=0)
-    assert len(model) == 3
-    assert isinstance(model[0], gn.Linear)
-    assert isinstance(model[1], gn.ReLU)
-    assert [type(layer).__name__ for layer in model] == ["Linear", "ReLU", "Linear"]
-    assert "Linear(4 → 8)" in repr(model)
+    assert len(model) == 2
+    assert isinstance(model[0], gn.Linear) and model[0].activation == "relu" and model[1].activation is None
+    assert [type(layer).__name__ for layer in model] == ["Linear", "Linear"]
+    assert "Linear(4 → 8, relu)" in repr(model) and "Linear(8 → 3)" in repr(model)
 
 
 # ----------------------------------------------------------------------------- mlp and parameters
@@ -412,24 +500,16 @@ def test_mlp_layers_get_different_weights():
 
 def test_mlp_parameter_names_and_order():
     model = gn.mlp([4, 8, 3], seed=0)
-    assert [p.name for p in model.parameters()] == ["0.W", "0.b", "2.W", "2.b"]
-    assert [n for n, _ in model.named_parameters()] == ["0.W", "0.b", "2.W", "2.b"]
+    assert [p.name for p in model.parameters()] == ["0.W", "0.b", "1.W", "1.b"]
+    assert [n for n, _ in model.named_parameters()] == ["0.W", "0.b", "1.W", "1.b"]
     assert [p.shape for p in model.parameters()] == [(4, 8), (8,), (8, 3), (3,)]
     assert [p.decay for p in model.parameters()] == [True, False, True, False]
 
 
 def test_mlp_with_dropout_names_skip_dropout_layers():
     model = gn.mlp([4, 8, 8, 3], dropout=0.2, seed=0)
-    assert [type(layer).__name__ for layer in model] == [
-        "Linear",
-        "ReLU",
-        "Dropout",
-        "Linear",
-        "ReLU",
-        "Dropout",
-        "Linear",
-    ]
-    assert [p.name for p in model.parameters()] == ["0.W", "0.b", "3.W", "3.b", "6.W", "6.b"]
+    assert [type(layer).__name__ for layer in model] == ["Linear", "Dropout", "Linear", "Dropout", "Linear"]
+    assert [p.name for p in model.parameters()] == ["0.W", "0.b", "2.W", "2.b", "4.W", "4.b"]
 
 
 def test_nested_sequential_parameter_names_are_unique():
@@ -443,12 +523,12 @@ def test_nested_sequential_parameter_names_are_unique():
 def test_parameters_are_views_of_one_flat_buffer():
     model = gn.mlp([4, 8, 3], seed=0)
     params = model.parameters()
-    flat = params[0]._flat
+    flat = params[0].flat
     assert flat is not None
     assert flat.data.ndim == 1
     assert flat.data.size == sum(p.size for p in params)
     for p in params:
-        assert p._flat is flat
+        assert p.flat is flat
         assert np.shares_memory(p.data, flat.data), p.name
         assert np.shares_memory(p.grad, flat.grad), p.name
     # a write through the flat buffer is seen by the parameter, and the other way round
@@ -460,7 +540,7 @@ def test_parameters_are_views_of_one_flat_buffer():
 
 def test_flat_buffer_puts_weights_first():
     model = gn.mlp([4, 8, 3], seed=0)
-    flat = model.parameters()[0]._flat
+    flat = model.parameters()[0].flat
     assert flat.n_decay == 4 * 8 + 8 * 3
     flat.data[...] = 0.0
     flat.decayed(flat.data)[...] = 1.0
@@ -525,7 +605,7 @@ def test_a_copied_model_and_optimizer_still_train_together(how: str) -> None:
         optimizer.step()
     pair = copy.deepcopy((model, optimizer)) if how == "deepcopy" else pickle.loads(pickle.dumps((model, optimizer)))
     copied_model, copied_optimizer = pair
-    flat = copied_model.parameters()[0]._flat
+    flat = copied_model.parameters()[0].flat
     assert all(np.shares_memory(p.data, flat.data) for p in copied_model.parameters())
     for m, opt in ((model, optimizer), (copied_model, copied_optimizer)):
         criterion.forward(m.forward(x), t)
@@ -534,188 +614,3 @@ def test_a_copied_model_and_optimizer_still_train_together(how: str) -> None:
     for a, b in zip(model.parameters(), copied_model.parameters(), strict=True):
         np.testing.assert_array_equal(a.data, b.data)
         assert not np.shares_memory(a.data, b.data)
-
-
-# ----------------------------------------------------------------------------- bias gradient fused into the activation
-
-
-def _train(model: gn.Sequential, steps: int = 4) -> list[np.ndarray]:
-    """A few Adam steps on fixed data; the final weights."""
-    rng = np.random.default_rng(7)
-    dtype = model.dtype
-    x = rng.standard_normal((13, model[0].n_in)).astype(dtype)
-    t = rng.integers(0, 3, 13)  # every model here has 3 outputs
-    criterion, optimizer = gn.SoftmaxWithLoss(), gn.optim.Adam(model.parameters(), lr=0.05)
-    for _ in range(steps):
-        criterion.forward(model.forward(x), t)
-        model.backward(criterion.backward(), input_grad=False)
-        optimizer.step()
-    return [p.data.copy() for p in model.parameters()]
-
-
-def _unfused_copy(model: gn.Sequential) -> gn.Sequential:
-    """The same layers and weights with an Identity after every Linear: nothing is fused,
-    forward or backward (the behaviour before any fusion)."""
-    layers: list[gn.Layer] = []
-    for layer in copy.deepcopy(model.layers):
-        layers.append(layer)
-        if isinstance(layer, gn.Linear):
-            layers.append(gn.Identity())
-    return gn.Sequential(layers)
-
-
-@pytest.mark.parametrize("dropout", [0.0, 0.3])
-@pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("activation", ["relu", "leaky_relu", "sigmoid", "tanh"])
-def test_fused_bias_gradient_trains_bit_identically_on_the_cpu(activation: str, dtype: str, dropout: float) -> None:
-    fused = gn.mlp([6, 9, 7, 3], activation=activation, dtype=dtype, seed=0, dropout=dropout)
-    switched_off = copy.deepcopy(fused)
-    for layer in switched_off:
-        if isinstance(layer, activations.ElementwiseActivation):
-            layer.bias_grad_of = None  # the Linear sums its own bias gradient again
-    unfused = _unfused_copy(fused)
-    acts = [layer for layer in fused if isinstance(layer, activations.ElementwiseActivation)]
-    assert [act.bias_grad_of for act in acts] == [fused[0], fused[3 if dropout else 2]]
-    assert not any(getattr(layer, "bias_grad_of", None) for layer in unfused)
-    expected = _train(unfused)
-    for model in (fused, switched_off):
-        for got, want in zip(_train(model), expected, strict=True):
-            np.testing.assert_array_equal(got, want)
-
-
-def test_linear_skips_its_bias_sum_only_for_the_array_the_activation_returned(
-    monkeypatch: pytest.MonkeyPatch, rng: np.random.Generator
-) -> None:
-    """A marker in b.grad shows whose sum is there: kept when the Linear skips its own sum,
-    overwritten when it computes it (a dy the activation did not return)."""
-    original = activations.activation_bias_backward
-
-    def marked(dy, a, db, *args, **kwargs):
-        dz = original(dy, a, db, *args, **kwargs)
-        db += 1000.0
-        return dz
-
-    monkeypatch.setattr(activations, "activation_bias_backward", marked)
-    model = gn.mlp([4, 5, 3], dtype="float64", seed=0)
-    linear, relu = model[0], model[1]
-    x, dy = rng.standard_normal((6, 4)), rng.standard_normal((6, 5))
-    model.forward(x)
-    dz = relu.backward(dy)
-    assert linear.bias_grad_from is dz
-    true_db = colsum(dz)
-    linear.backward(dz.copy())  # equal values, another array: the Linear sums it itself
-    np.testing.assert_array_equal(linear.b.grad, true_db)
-    assert linear.bias_grad_from is None  # the hand-off is used up
-
-    dz = relu.backward(dy)
-    linear.backward(dz)  # the very array: the activation's sum stays
-    np.testing.assert_array_equal(linear.b.grad, true_db + 1000.0)
-    assert linear.bias_grad_from is None
-    linear.backward(dz)  # the same array again, but nothing was handed off this time
-    np.testing.assert_array_equal(linear.b.grad, true_db)
-
-
-def test_a_fused_model_backward_matches_the_formulas_with_every_grad_overwritten(rng: np.random.Generator) -> None:
-    model = gn.mlp([4, 6, 5, 3], activation="tanh", dtype="float64", seed=0)
-    x, dlogits = rng.standard_normal((7, 4)), rng.standard_normal((7, 3))
-    model.forward(x)
-    for p in model.parameters():
-        p.grad[...] = np.nan  # the fused bias gradients are written, not added
-    model.backward(dlogits)
-    W = {name: p.data for name, p in model.named_parameters()}
-    a1 = np.tanh(x @ W["0.W"] + W["0.b"])
-    a2 = np.tanh(a1 @ W["2.W"] + W["2.b"])
-    dz2 = (dlogits @ W["4.W"].T) * (1 - a2**2)
-    dz1 = (dz2 @ W["2.W"].T) * (1 - a1**2)
-    grads = dict(model.named_parameters())
-    np.testing.assert_allclose(grads["4.b"].grad, dlogits.sum(axis=0), rtol=1e-12)
-    np.testing.assert_allclose(grads["2.b"].grad, dz2.sum(axis=0), rtol=1e-12, atol=1e-15)
-    np.testing.assert_allclose(grads["0.b"].grad, dz1.sum(axis=0), rtol=1e-12, atol=1e-15)
-    assert all(layer.bias_grad_from is None for layer in model if isinstance(layer, gn.Linear))
-
-
-def test_fusing_the_bias_gradient_keeps_the_in_place_gradient_plan(rng: np.random.Generator) -> None:
-    """The hidden activations may still overwrite the gradient the next Linear allocated;
-    the dz they return is then that array, and the Linear before them skips its sum for it."""
-    model = gn.mlp([4, 6, 5, 3], dtype="float64", seed=0)
-    relus = [model[1], model[3]]
-    assert [relu.inplace_grad for relu in relus] == [True, True]
-    model.forward(rng.standard_normal((7, 4)))
-    dy = rng.standard_normal((7, 5))
-    assert relus[1].backward(dy) is dy
-    assert model[2].bias_grad_from is dy
-
-
-def test_a_lone_linear_and_an_unpaired_activation_do_not_hand_off(rng: np.random.Generator) -> None:
-    relu = gn.ReLU()
-    linear = gn.Linear(3, 4, dtype="float64", seed=0)
-    model = gn.Sequential(relu, linear)
-    assert relu.bias_grad_of is None
-    x = rng.standard_normal((5, 3))
-    model.forward(x)
-    dy = rng.standard_normal((5, 4))
-    model.backward(dy)
-    np.testing.assert_array_equal(linear.b.grad, colsum(dy))
-    lone = gn.Linear(3, 4, dtype="float64", seed=0)
-    lone.forward(x)
-    lone.backward(dy)
-    np.testing.assert_array_equal(lone.b.grad, colsum(dy))
-
-
-def test_the_output_layer_hands_its_bias_sum_to_the_activation_before_it(
-    monkeypatch: pytest.MonkeyPatch, rng: np.random.Generator
-) -> None:
-    """Sequential.backward lets the fused activation's kernel also sum the output Linear's
-    dy (one launch fewer per step on a GPU); that Linear then skips its own sum. Driven by
-    hand, the Linear still sums it."""
-    calls = []
-    original = activations.activation_bias_backward
-
-    def recording(dy, a, db, *args, also_sum=None, **kwargs):
-        calls.append(also_sum)
-        return original(dy, a, db, *args, also_sum=also_sum, **kwargs)
-
-    monkeypatch.setattr(activations, "activation_bias_backward", recording)
-    model = gn.mlp([4, 6, 5, 3], dtype="float64", seed=0)
-    x, dlogits = rng.standard_normal((7, 4)), rng.standard_normal((7, 3))
-    model.forward(x)
-    model[4].b.grad[...] = np.nan
-    model.backward(dlogits)
-    assert len(calls) == 2 and calls[1] is None  # the first activation has no unfused Linear after it
-    handed_dy, handed_db = calls[0]
-    assert handed_dy is dlogits and handed_db is model[4].b.grad
-    np.testing.assert_array_equal(model[4].b.grad, colsum(dlogits))
-
-    output = model[4]
-    output.b.grad[...] = np.nan
-    output.backward(dlogits, bias_grad=False)  # the caller promised to sum it
-    assert np.isnan(output.b.grad).all()
-    output.backward(dlogits)
-    np.testing.assert_array_equal(output.b.grad, colsum(dlogits))
-
-
-def test_an_unfused_activation_still_sums_the_handed_over_bias_gradient(rng: np.random.Generator) -> None:
-    """The plain path (bias_grad_of switched off) writes the handed-over sum too."""
-    model = gn.mlp([4, 6, 3], dtype="float64", seed=0)
-    model[1].bias_grad_of = None
-    x, dlogits = rng.standard_normal((5, 4)), rng.standard_normal((5, 3))
-    model.forward(x)
-    for p in model.parameters():
-        p.grad[...] = np.nan
-    model.backward(dlogits)
-    np.testing.assert_array_equal(model[2].b.grad, colsum(dlogits))
-    assert not any(np.isnan(p.grad).any() for p in model.parameters())
-
-
-@pytest.mark.parametrize("how", ["deepcopy", "pickle"])
-def test_a_copied_model_hands_its_bias_gradient_to_its_own_linear(how: str, rng: np.random.Generator) -> None:
-    model = gn.mlp([4, 6, 3], dtype="float64", seed=0)
-    copied = copy.deepcopy(model) if how == "deepcopy" else pickle.loads(pickle.dumps(model))
-    assert copied[1].bias_grad_of is copied[0]
-    model[0].b.grad[...] = 0.0
-    x, dlogits = rng.standard_normal((5, 4)), rng.standard_normal((5, 3))
-    copied.forward(x)
-    copied.backward(dlogits)
-    assert np.all(model[0].b.grad == 0.0)  # the original's gradient is untouched
-    assert np.abs(copied[0].b.grad).sum() > 0
-    assert np.shares_memory(copied[0].b.grad, copied.parameters()[0]._flat.grad)  # the packed view

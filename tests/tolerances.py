@@ -16,7 +16,8 @@ plus one, a sum's the larger of its terms' plus one, a quotient by a sum of posi
 counts of both plus one, a square root's its argument's plus one (conservatively: it halves a
 relative error); where a function's argument has an error, the function's conditioning goes into
 the terms (exp: |x| times the result). The twin's and the kernel's errors add, so a comparison of
-the two allows their counts together; :func:`ulps_of` turns a count into the ``ulps`` argument.
+the two allows their counts together; :func:`ulps_of` turns a count into the ``ulps`` argument
+(it and :func:`eps` live in :mod:`gpunn.cli.check`, whose ``gpunn check`` uses the same bounds).
 A fused multiply-add has one rounding where the twin has two, so a kernel's count is never
 above its twin's. A libm-style function counts 2 per ulp of its documented
 maximum error (CUDA: 1–2 ulps; NumPy's own accuracy tests allow its loops 1–4 ulps).
@@ -32,18 +33,9 @@ from typing import Any
 import numpy as np
 
 import gpunn as gn
+from gpunn.cli.check import eps, ulps_of
 
-
-def eps(dtype: Any) -> float:
-    """The machine epsilon of ``dtype`` (2⁻²³ for float32, 2⁻⁵² for float64): one ulp of 1."""
-    return float(np.finfo(np.dtype(dtype)).eps)
-
-
-def ulps_of(roundings: float) -> float:
-    """The ``ulps`` allowance of a chain of k = ``roundings`` roundings: k/2 (each is at most
-    half an ulp of the magnitude), times 1.001 for the second-order terms (the exact factor is
-    γ_k / (k·u) = 1 / (1 − k·u), below 1.001 while k·u < 10⁻³: k < 16,000 in float32)."""
-    return roundings / 2 * 1.001
+__all__ = ["assert_within_term_bound", "eps", "fma", "ulps_of"]
 
 
 def _same_module(*arrays: Any) -> tuple[Any, list[Any]]:

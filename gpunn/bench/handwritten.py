@@ -1,11 +1,9 @@
-"""The seed's hand-rolled network in plain NumPy: the baseline ``gpunn bench`` measures against.
+"""The baseline ``gpunn bench`` measures against: a network written by hand in plain NumPy.
 
-This is how the tutorial writes a network by hand (DLfS style), generalized from two layers
-to L: explicit weight matrices, forward through x·W + b and ReLU, softmax-with-loss,
-backward by the chain rule, and Adam written per parameter as in the textbook. It is
-written the way a careful person writes it by hand — float32, in-place where it is natural —
-but without gpunn's machinery (flat buffers, fused updates, GEMMs into preallocated views).
-It lives in the package so that ``gpunn bench`` can run it from an installed wheel.
+As the textbook (DLfS) writes one, generalized from two layers to L: explicit weight matrices,
+x·W + b and ReLU, softmax-with-loss, backward by the chain rule, SGD or Adam per parameter;
+float32 and in place where that is natural, without gpunn's machinery (flat buffers, fused
+updates, products into preallocated views). In the package so that an installed wheel has it.
 """
 
 from __future__ import annotations
@@ -14,26 +12,35 @@ import math
 
 import numpy as np
 
+OPTIMIZERS = ("sgd", "adam")
+
 
 class HandwrittenMLP:
-    """An MLP with ReLU hidden layers, softmax-with-loss and Adam, in plain NumPy.
+    """An MLP with ReLU hidden layers, softmax-with-loss and SGD or Adam, in plain NumPy.
 
     ``weights`` and ``biases`` start as copies of the given arrays (W (in, out), b (out,)).
+    ``lr`` defaults to gpunn's default for the optimizer: 0.01 for SGD, 0.001 for Adam.
     """
 
     def __init__(
         self,
         weights: list[np.ndarray],
         biases: list[np.ndarray],
-        lr: float = 1e-3,
+        optimizer: str = "adam",
+        lr: float | None = None,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
     ) -> None:
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
         self.W = [w.copy() for w in weights]
         self.b = [b.copy() for b in biases]
-        self.lr, (self.beta1, self.beta2), self.eps = lr, betas, eps
-        self.m = [np.zeros_like(p) for p in self.W + self.b]
-        self.v = [np.zeros_like(p) for p in self.W + self.b]
+        self.optimizer = optimizer
+        self.lr = lr if lr is not None else (0.01 if optimizer == "sgd" else 1e-3)
+        (self.beta1, self.beta2), self.eps = betas, eps
+        state = self.W + self.b if optimizer == "adam" else []  # SGD keeps no state
+        self.m = [np.zeros_like(p) for p in state]
+        self.v = [np.zeros_like(p) for p in state]
         self.t = 0
 
     def loss_and_grads(self, x: np.ndarray, t: np.ndarray) -> tuple[float, list[np.ndarray]]:
@@ -74,7 +81,15 @@ class HandwrittenMLP:
             v += (1.0 - self.beta2) * (g**2 - v)
             p -= lr_t * m / (np.sqrt(v) + self.eps)
 
+    def sgd_step(self, grads: list[np.ndarray]) -> None:
+        """p ← p − lr·g, parameter by parameter."""
+        for p, g in zip(self.W + self.b, grads, strict=True):
+            p -= self.lr * g
+
     def train_step(self, x: np.ndarray, t: np.ndarray) -> float:
         loss, grads = self.loss_and_grads(x, t)
-        self.adam_step(grads)
+        if self.optimizer == "sgd":
+            self.sgd_step(grads)
+        else:
+            self.adam_step(grads)
         return loss

@@ -1,24 +1,17 @@
 """``gpunn bench``: training-step throughput per device, measured honestly.
 
-For each device, model and batch size, one training step (forward, softmax-with-loss,
-backward, optimizer update) of gpunn is timed against the same step written by hand in
-NumPy (the CPU's reference, :mod:`gpunn.handwritten`) and in PyTorch eager (when torch is
-installed), all starting from the same weights. The frameworks run interleaved, window by
-window (A/B/C/A/B/C ...), so that drift on a shared machine cancels; the device is
-synchronized before every clock read; results are the median milliseconds per step with
-p10/p90 over the windows. Every ratio (gpunn over a baseline, a step's share of the ceiling,
-a step over its matrix products) is paired: taken window by window between windows of the
-same round, which ran seconds apart, then the median of those — so a load that comes and goes
-on a shared machine moves both sides of each ratio alike. Beside them: the exact
-matrix-product FLOPs of a step, achieved GFLOP/s as a share of the device's matrix-product
-ceiling measured in the same run, the memory a step really uses against the minimum it must,
-kernel launches per step on a GPU, and, per model, the smallest batch at which the GPU beats
-the CPU.
+gpunn's training step as Trainer.fit runs it is timed against the same step written by hand
+in NumPy (:mod:`gpunn.bench.handwritten`, CPU) and in PyTorch eager (when installed), from the
+same weights; on the CPU the README's step-by-step loop, a user's own loop, is timed beside
+them. The steps take turns window by window, the device synchronized before each clock read.
+Every ratio is paired: taken between windows of the same round, seconds apart, then the median
+of those, so that a load that comes and goes on a shared machine moves both sides alike.
 """
 
 from __future__ import annotations
 
 import itertools
+import sys
 import time
 import tracemalloc
 import warnings
@@ -27,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from ..backend import cpu_fused
 from ..backend.cuda import compile as raw_kernels
 from ..backend.device import Device, matmul_precision
+from ..backend.selection import ops_for
 from ..optim import OPTIMIZERS
 from ..validation import check_choice
 from .steps import (
@@ -37,46 +30,35 @@ from .steps import (
     Case,
     Step,
     blas_threads,
-    ceiling_size,
     gpunn_step,
     graph_step,
     matmul_step,
     numpy_step,
     products_step,
     torch_step,
+    user_loop_step,
 )
 
-# The command line and the tests import everything from here; the steps themselves are built
-# in gpunn.bench_steps and re-exported.
-__all__ = [
-    "DEFAULT_BATCHES",
-    "FRAMEWORKS",
-    "HEADER",
-    "MODELS",
-    "Case",
-    "Step",
-    "blas_threads",
-    "crossover",
-    "flops_per_step",
-    "format_row",
-    "gpunn_step",
-    "graph_step",
-    "matmul_step",
-    "minimum_bytes",
-    "numpy_step",
-    "plot",
-    "products_step",
-    "run",
-    "torch_step",
-    "torch_version",
-]
+# what the command line uses (blas_threads is re-exported for it)
+__all__ = ["HEADER", "blas_threads", "format_row", "plot", "run", "torch_version"]
 
 DEFAULT_BATCHES: dict[str, dict[str, tuple[int, ...]]] = {
     "T1": {"cpu": (32, 128, 1024), "cuda": (32, 128, 1024)},
     "T2": {"cpu": (128, 1024), "cuda": (128, 1024)},
     "W1": {"cpu": (512,), "cuda": (4096,)},
 }
-FRAMEWORKS = ("gpunn", "graph", "numpy", "torch")  # graph: gpunn with CUDA-graph replay (GPU only)
+# what each timed step is, as the table labels it
+FRAMEWORKS = {
+    "gpunn": "gpunn, Trainer.fit",
+    "user_loop": "gpunn, your own loop",  # the README's step-by-step loop (CPU, SGD or Adam)
+    "graph": "gpunn, CUDA graph",  # Trainer(graph=True): the step replayed (GPU only)
+    "numpy": "NumPy loop by hand",
+    "torch": "PyTorch eager",
+}
+SKIP_REASONS = {
+    "numpy": "the hand-written NumPy loop runs on the CPU with SGD or Adam only",
+    "torch": "torch is not installed",
+}
 WINDOW_SECONDS = 0.05  # aim for windows long enough to swamp timer noise
 # Between windows, so that the worker threads the previous framework left spinning (OpenBLAS
 # and OpenMP spin-wait for up to ~0.1 s) are asleep and do not steal the next one's cores.
@@ -87,8 +69,7 @@ def flops_per_step(sizes: tuple[int, ...], batch: int) -> int:
     """Matrix-product FLOPs of one step: forward 2·N·in·out per Linear, backward 4·N·in·out,
     minus the first layer's input gradient (2·N·in·out), which training never needs."""
     pairs = list(itertools.pairwise(sizes))
-    total = sum(6 * batch * i * o for i, o in pairs)
-    return total - 2 * batch * pairs[0][0] * pairs[0][1]
+    return sum(6 * batch * i * o for i, o in pairs) - 2 * batch * pairs[0][0] * pairs[0][1]
 
 
 def minimum_bytes(sizes: tuple[int, ...], batch: int, optimizer: str, itemsize: int = 4) -> int:
@@ -96,24 +77,20 @@ def minimum_bytes(sizes: tuple[int, ...], batch: int, optimizer: str, itemsize: 
     activation per layer output, and the batch (inputs and int64 labels)."""
     n_params = sum(i * o + o for i, o in itertools.pairwise(sizes))
     state = len(OPTIMIZERS[optimizer].state_names)
-    activations = batch * sum(sizes[1:])
-    return itemsize * (n_params * (2 + state) + activations + batch * sizes[0]) + 8 * batch
+    return itemsize * (n_params * (2 + state) + batch * sum(sizes)) + 8 * batch
 
 
 # ----------------------------------------------------------------------------- measuring
 
 
 def synchronizer(dev: Device) -> Callable[[], None]:
-    """Wait for every queued kernel, CuPy's and torch's, before a clock is read."""
+    """Wait for every queued kernel, CuPy's and torch's (once a torch baseline is built), before
+    a clock is read."""
     if dev.kind == "cpu":
         return lambda: None
-    try:
-        import torch  # noqa: PLC0415
-
-        if torch.cuda.is_available():
-            return lambda: (dev.synchronize(), torch.cuda.synchronize(dev.index))
-    except ImportError:
-        pass
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        return lambda: (dev.synchronize(), torch.cuda.synchronize(dev.index))
     return dev.synchronize
 
 
@@ -124,7 +101,7 @@ def time_interleaved(
     pause: float = 0.25,
     errors: dict[str, str] | None = None,
 ) -> dict[str, list[float]]:
-    """Milliseconds per step of every window, the frameworks taking turns window by window.
+    """Milliseconds per step of every window, the steps taking turns window by window.
 
     With ``errors`` given, a step other than gpunn's that raises while warming up (a baseline
     out of memory, a graph that cannot replay) is left out and its error recorded there."""
@@ -144,8 +121,7 @@ def time_interleaved(
         start = time.perf_counter()
         step()
         sync()
-        one = max(time.perf_counter() - start, 1e-6)
-        per_window[name] = max(1, min(200, round(WINDOW_SECONDS / one)))
+        per_window[name] = max(1, min(200, round(WINDOW_SECONDS / max(time.perf_counter() - start, 1e-6))))
         for _ in range(min(50, per_window[name] * 2)):
             step()
     times: dict[str, list[float]] = {name: [] for name in steps}
@@ -155,12 +131,11 @@ def time_interleaved(
         # torch, BLAS pools) can slow whoever runs right after it, so each takes every place
         # in turn; the pause lets those threads go to sleep before the next window.
         for name in names[window % len(names) :] + names[: window % len(names)]:
-            step = steps[name]
             time.sleep(pause)
             sync()
             start = time.perf_counter()
             for _ in range(per_window[name]):
-                step()
+                steps[name]()
             sync()
             times[name].append((time.perf_counter() - start) * 1e3 / per_window[name])
     return times
@@ -168,8 +143,7 @@ def time_interleaved(
 
 def peak_step_bytes(case: Case, optimizer: str, steps: int = 3) -> int | None:
     """Peak bytes held while training with the gpunn step (model, state and batch included):
-    NumPy's allocations as tracemalloc sees them on the CPU; on a GPU, the blocks CuPy's
-    memory pool holds after a few steps, which is its high-water mark since it frees nothing."""
+    tracemalloc's peak on the CPU; on a GPU, the blocks CuPy's pool holds after a few steps."""
     if case.device.kind == "cpu":
         tiny, _ = gpunn_step(Case(case.device, "T1", 2), optimizer)
         tiny()  # one-time allocations of a first step (lazy imports, caches) are not the model's
@@ -178,8 +152,8 @@ def peak_step_bytes(case: Case, optimizer: str, steps: int = 3) -> int | None:
         try:
             step, _ = gpunn_step(case, optimizer)
             step()
-            # The high-water mark of training, not of building the model (weights are drawn
-            # in float64 on the host before rounding); what the model holds stays counted.
+            # the high-water mark of training, not of building the model (weights are drawn in
+            # float64 before rounding); what the model holds stays counted
             tracemalloc.reset_peak()
             for _ in range(steps):
                 step()
@@ -201,41 +175,38 @@ def peak_step_bytes(case: Case, optimizer: str, steps: int = 3) -> int | None:
     return int(peak)
 
 
-def count_launches(case: Case, optimizer: str) -> float | None:
-    """:func:`launches_per_step` of a freshly built gpunn step of ``case`` (None on the CPU)."""
-    if case.device.kind != "cuda":
-        return None
-    with case.device:
-        step, _ = gpunn_step(case, optimizer)
-        return launches_per_step(case, step)
-
-
-def launches_per_step(case: Case, step: Step, steps: int = 5) -> float | None:
+def count_launches(case: Case, optimizer: str, steps: int = 5) -> float | None:
     """CUDA kernel launches (and copies) per gpunn step, counted by PyTorch's CUPTI-based
     profiler, which sees every kernel in the process; None on the CPU or without torch."""
     if case.device.kind != "cuda":
         return None
     try:
+        from torch.autograd import DeviceType  # noqa: PLC0415
         from torch.profiler import ProfilerActivity, profile  # noqa: PLC0415
     except ImportError:
         return None
-    step()
-    case.device.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(steps):
-            step()
+    with case.device:
+        step, _ = gpunn_step(case, optimizer)
+        step()
         case.device.synchronize()
-    return _gpu_activities(prof) / steps or None
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(steps):
+                step()
+            case.device.synchronize()
+    try:  # the raw Kineto events where this torch exposes them, else the CUDA-side function events
+        count = sum(1 for e in prof.profiler.kineto_results.events() if e.device_type() == DeviceType.CUDA)
+    except AttributeError:
+        count = sum(1 for e in prof.events() if getattr(e, "device_type", None) == DeviceType.CUDA)
+    return count / steps or None
 
 
 def host_and_device_us(case: Case, step: Step, steps: int = 20) -> tuple[float, float] | None:
-    """(host µs, device µs) per step on a GPU. None on the CPU.
+    """(host µs, device µs) per step on a GPU; None on the CPU.
 
-    Host: the time Python takes to queue ``steps`` steps (the device runs behind). Device: the
-    time the GPU takes to run the same steps when they are already queued — a spin kernel holds
-    the GPU for twice the host's queueing time while the host queues them behind it, so the
-    CUDA events around them see the kernels back to back, not the gaps where the GPU waited for
-    the next launch. Host above device means the step is launch-bound (and graph replay pays).
+    Host: the time Python takes to queue ``steps`` steps. Device: the time the GPU takes to run
+    them once queued — a spin kernel holds the GPU for twice the host's queueing time while the
+    host queues them behind it, so the CUDA events around them see the kernels back to back,
+    not the gaps where the GPU waited for a launch. Host above device: the step is launch-bound.
     """
     if case.device.kind != "cuda":
         return None
@@ -259,41 +230,9 @@ def host_and_device_us(case: Case, step: Step, steps: int = 20) -> tuple[float, 
     return host / steps * 1e6, cuda.get_elapsed_time(start, end) * 1e3 / steps
 
 
-def _gpu_activities(prof: Any) -> int:
-    """Kernels, copies and memsets the profiler saw on the GPU (the raw Kineto events when
-    this torch exposes them, else the CUDA-side function events)."""
-    from torch.autograd import DeviceType  # noqa: PLC0415
-
-    try:
-        return sum(1 for e in prof.profiler.kineto_results.events() if e.device_type() == DeviceType.CUDA)
-    except AttributeError:
-        return sum(1 for e in prof.events() if getattr(e, "device_type", None) == DeviceType.CUDA)
-
-
-def summarize(
-    ms: list[float], batch: int, flops: int, ceiling_ms: list[float], ceiling_flops: float
-) -> dict[str, float]:
-    """A framework's windows: median ms per step with p10/p90, samples/s and GFLOP/s of the
-    median, and its share of the matrix-product ceiling paired window by window (the step's
-    GFLOP/s over the ceiling's in the same round)."""
-    median = float(np.median(ms))
-    gflops = flops / (median / 1e3) / 1e9
-    return {
-        "ms_per_step": median,
-        "ms_p10": float(np.percentile(ms, 10)),
-        "ms_p90": float(np.percentile(ms, 90)),
-        "samples_per_s": batch / median * 1e3,
-        "gflop_per_s": gflops,
-        "share_of_ceiling": paired_ratio(ceiling_ms, ms)[0] * flops / ceiling_flops,
-        "windows": len(ms),
-    }
-
-
 def paired_ratio(numerator_ms: list[float], denominator_ms: list[float]) -> tuple[float, float, float]:
     """Median, p10 and p90 of numerator[k] / denominator[k] over the rounds k: with ms per step
-    on both sides, how many times faster the denominator's framework ran than the numerator's,
-    judged between windows of the same round (seconds apart), so that drift cancels pair by
-    pair instead of only in the long run."""
+    on both sides, how many times faster the denominator's step ran, judged round by round."""
     ratios = np.asarray(numerator_ms, dtype=np.float64) / np.asarray(denominator_ms, dtype=np.float64)
     return float(np.median(ratios)), float(np.percentile(ratios, 10)), float(np.percentile(ratios, 90))
 
@@ -315,20 +254,12 @@ def run(
     for model in models:
         if model not in MODELS:
             raise ValueError(f"unknown model {model!r}; expected one of {', '.join(MODELS)}")
-    if any(dev.kind == "cpu" for dev in devices):
-        # steady-state throughput: the compiled CPU loops (the `fast` extra) loaded before any
-        # window, not part-way through a case (a short job would wait a second before loading)
-        cpu_fused.available()
+    cases = [Case(d, m, b) for d in devices for m in models for b in batch_sizes or DEFAULT_BATCHES[m][d.kind]]
     rows = []
-    cases = []
-    for dev in devices:
-        for model in models:
-            for batch in batch_sizes or DEFAULT_BATCHES[model][dev.kind]:
-                cases.append(Case(dev, model, batch))
-                row = _measure_case(cases[-1], optimizer, against, repeat)
-                rows.append(row)
-                if report is not None:
-                    report(row)
+    for case in cases:
+        rows.append(_measure_case(case, optimizer, against, repeat))
+        if report is not None:
+            report(rows[-1])
     # Launches are counted after every timed case: torch's profiler leaves CUPTI attached to
     # the process (Kineto tears it down only on request), which slows every later launch and
     # would tax the many-launch eager steps more than a replayed graph.
@@ -338,13 +269,8 @@ def run(
             row["launches_per_step"] = _optional("launches per step", errors, count_launches, case, optimizer)
             if errors:
                 row.setdefault("errors", {}).update(errors)
-    return {
-        "optimizer": optimizer,
-        "dtype": "float32",
-        "matmul_precision": matmul_precision(),
-        "results": rows,
-        "crossover": crossover(rows),
-    }
+    result = {"optimizer": optimizer, "dtype": "float32", "matmul_precision": matmul_precision()}
+    return {**result, "results": rows, "crossover": crossover(rows)}
 
 
 def _measure_case(case: Case, optimizer: str, against: tuple[str, ...], repeat: int) -> dict[str, Any]:
@@ -352,12 +278,17 @@ def _measure_case(case: Case, optimizer: str, against: tuple[str, ...], repeat: 
     step, model = gpunn_step(case, optimizer)
     # The ceiling is timed in the same interleaved windows, so that drift on a shared
     # machine moves it and the steps alike and their ratio stays honest.
-    steps: dict[str, Step] = {"gpunn": step, "ceiling": matmul_step(case.device), "products": products_step(case)}
+    ceiling, ceiling_flops = matmul_step(case.device)
+    steps: dict[str, Step] = {"gpunn": step, "ceiling": ceiling, "products": products_step(case)}
     skipped: dict[str, str] = {}
-    errors: dict[str, str] = {}  # auxiliary GPU measurements that failed: reported, not fatal
+    errors: dict[str, str] = {}  # auxiliary measurements that failed: reported, not fatal
     replay = _optional("graph replay", errors, graph_step, case, optimizer)
     if replay is not None:
         steps["graph"] = replay.step
+    # a user's own loop is measured where the hand-written loop it is compared with runs
+    loop = _optional("user loop", errors, user_loop_step, case, optimizer) if "numpy" in against else None
+    if loop is not None:
+        steps["user_loop"] = loop
     for name, build in (("numpy", numpy_step), ("torch", torch_step)):
         if name in against:
             other = _optional(f"{name} baseline", errors, build, case, optimizer, model)
@@ -365,50 +296,54 @@ def _measure_case(case: Case, optimizer: str, against: tuple[str, ...], repeat: 
                 steps[name] = other
             elif f"{name} baseline" not in errors:
                 skipped[name] = SKIP_REASONS[name]
-    sync = synchronizer(case.device)
     with case.device:
-        times = time_interleaved(steps, sync, repeat, PAUSE_SECONDS[case.device.kind], errors)
-        host_device = _optional("host and device µs", errors, host_and_device_us, case, step)
-    failed = None if replay is None else replay.failed
-    if failed is not None:  # the capture failed and StepGraph trained eagerly: not a replay figure
+        times = time_interleaved(steps, synchronizer(case.device), repeat, PAUSE_SECONDS[case.device.kind], errors)
+        host_device = _optional("host and device µs", errors, host_and_device_us, case, step) or (None, None)
+    if replay is not None and replay.failed is not None:  # StepGraph trained eagerly: no replay figure
         times.pop("graph", None)
-        errors["graph replay"] = f"CUDA graph capture failed: {failed}"
+        errors["graph replay"] = f"CUDA graph capture failed: {replay.failed}"
     flops = flops_per_step(sizes, case.batch)
-    ceiling_flops = 2.0 * ceiling_size(case.device) ** 3
-    ceiling_ms = times.pop("ceiling")
-    ceiling = ceiling_flops / (float(np.median(ceiling_ms)) / 1e3) / 1e9
-    products = times.pop("products")
-    products_ms = float(np.median(products))
+    ceiling_ms, products = times.pop("ceiling"), times.pop("products")
     row: dict[str, Any] = {
         "device": str(case.device),
+        "ops": type(ops_for(case.device)).__name__,  # the primitives gpunn's layers and optimizer ran
         "model": case.model,
         "sizes": list(sizes),
         "batch": case.batch,
         "flops_per_step": flops,
-        "matmul_ceiling_gflop_per_s": ceiling,
+        "matmul_ceiling_gflop_per_s": ceiling_flops / float(np.median(ceiling_ms)) / 1e6,
         # the step's matrix products alone, and the step's time over theirs (1.0: nothing else costs)
-        "products_ms_per_step": products_ms,
+        "products_ms_per_step": float(np.median(products)),
         "products_share_of_ceiling": paired_ratio(ceiling_ms, products)[0] * flops / ceiling_flops,
         "launches_per_step": None,  # counted by run() once every case is timed (GPU only)
         # GPU: µs per step the host spends queueing the eager step, and the device spends running it
-        "host_us_per_step": None if host_device is None else host_device[0],
-        "device_us_per_step": None if host_device is None else host_device[1],
+        "host_us_per_step": host_device[0],
+        "device_us_per_step": host_device[1],
     }
     for name, ms in times.items():
-        row[name] = summarize(ms, case.batch, flops, ceiling_ms, ceiling_flops)
+        median = float(np.median(ms))
+        row[name] = {
+            "ms_per_step": median,
+            "ms_p10": float(np.percentile(ms, 10)),
+            "ms_p90": float(np.percentile(ms, 90)),
+            "samples_per_s": case.batch / median * 1e3,
+            "gflop_per_s": flops / median / 1e6,
+            # the step's GFLOP/s over the ceiling's, paired window by window
+            "share_of_ceiling": paired_ratio(ceiling_ms, ms)[0] * flops / ceiling_flops,
+            "windows": len(ms),
+        }
     row["gpunn"]["over_products"] = paired_ratio(times["gpunn"], products)[0]
-    # gpunn_over_X: X's ms over gpunn's in the same round (> 1: gpunn faster), median of the
-    # rounds, with the p10–p90 of those per-round ratios beside it
+    # A_over_B: B's ms over A's in the same round (> 1: A faster), median of the rounds, with
+    # the p10–p90 of those per-round ratios beside it
     row["ratio_p10_p90"] = {}
     pairs = [("gpunn", name) for name in times if name != "gpunn"]
-    pairs += [("graph", "torch")] if "graph" in times and "torch" in times else []
+    pairs += [(a, b) for a, b in (("graph", "torch"), ("user_loop", "numpy")) if a in times and b in times]
     for mine, other in pairs:
         median, p10, p90 = paired_ratio(times[other], times[mine])
         row[f"{mine}_over_{other}"] = median
         row["ratio_p10_p90"][f"{mine}_over_{other}"] = [p10, p90]
-    del steps, step, model, replay  # the replay holds a second model: not the step's memory
-    peak = peak_step_bytes(case, optimizer)
-    minimum = minimum_bytes(sizes, case.batch, optimizer)
+    del steps, step, model, replay, loop, ceiling  # freed before the memory probe builds its own step
+    peak, minimum = peak_step_bytes(case, optimizer), minimum_bytes(sizes, case.batch, optimizer)
     row["memory"] = {"peak_bytes": peak, "minimum_bytes": minimum, "ratio": None if peak is None else peak / minimum}
     if skipped:
         row["skipped"] = skipped
@@ -418,21 +353,14 @@ def _measure_case(case: Case, optimizer: str, against: tuple[str, ...], repeat: 
 
 
 def _optional(what: str, errors: dict[str, str], measure: Callable[..., Any], *args: Any) -> Any:
-    """``measure(*args)``, or None when it raises: a GPU-only extra (graph replay, launch counting,
-    host/device timing) that fails is reported in the row's ``errors`` and warned about, so
-    that it does not cost the rest of the run's figures."""
+    """``measure(*args)``, or None when it raises: an extra that fails (a baseline, graph replay,
+    launch counting) is reported in ``errors`` and warned about; the other figures stand."""
     try:
         return measure(*args)
     except Exception as exc:  # any failure of an extra is reported, none is fatal
         errors[what] = f"{type(exc).__name__}: {exc}"
         warnings.warn(f"gpunn bench: {what} failed ({errors[what]}); reported as null", RuntimeWarning, stacklevel=2)
         return None
-
-
-SKIP_REASONS = {
-    "numpy": "the hand-written NumPy loop runs on the CPU with Adam only",
-    "torch": "torch is not installed",
-}
 
 
 def crossover(rows: list[dict[str, Any]]) -> dict[str, int | None]:
@@ -447,38 +375,50 @@ def crossover(rows: list[dict[str, Any]]) -> dict[str, int | None]:
     return result
 
 
+# ----------------------------------------------------------------------------- the report
+
+HEADER = (
+    "T1 = 784-100-10, T2 = 784-1024-1024-10, W1 = 1024-4096-4096-1024; float32. % of peak: GFLOP/s over\n"
+    "those of a large matrix product timed in the same run. A speed ratio > 1: faster; each is taken\n"
+    "between windows of the same round, and its p10–p90 over the rounds follows it.\n"
+    "device  model batch  step                   ms/step (p10–p90)              samples/s  GFLOP/s % of peak  ratio"
+)
+
+
 def format_row(row: dict[str, Any]) -> str:
-    """One line per framework for the terminal table."""
+    """One line per timed step for the terminal table, then one line on gpunn's step."""
     lines = []
-    for name in FRAMEWORKS:
+    for name, label in FRAMEWORKS.items():
         if name not in row:
             continue
         r = row[name]
-        ratio = ""
-        if name != "gpunn":
-            p10, p90 = row["ratio_p10_p90"][f"gpunn_over_{name}"]
-            ratio = f"  gpunn ×{row[f'gpunn_over_{name}']:.2f} ({p10:.2f}–{p90:.2f})"
-        lines.append(
-            f"{row['device']:<7} {row['model']:<3} {row['batch']:>5} {name:<6} "
-            f"{r['ms_per_step']:9.3f} ms ({r['ms_p10']:.3f}–{r['ms_p90']:.3f}) "
-            f"{r['samples_per_s']:>12,.0f}/s {r['gflop_per_s']:8.1f} GFLOP/s {100 * r['share_of_ceiling']:5.1f}%{ratio}"
+        spread = f"({r['ms_p10']:.3f}–{r['ms_p90']:.3f})"
+        line = (
+            f"{row['device']:<7} {row['model']:<5} {row['batch']:>5}  {label:<21} "
+            f"{r['ms_per_step']:8.3f} {spread:<21} {r['samples_per_s']:>10,.0f} "
+            f"{r['gflop_per_s']:8.1f} {100 * r['share_of_ceiling']:8.1f}%"
         )
+        key, text = f"gpunn_over_{name}", "Trainer.fit's speed = {:.2f}× this"
+        if name == "user_loop":
+            key, text = "user_loop_over_numpy", "its speed = {:.2f}× the NumPy loop's"
+        if key in row:
+            p10, p90 = row["ratio_p10_p90"][key]
+            line += "  " + text.format(row[key]) + f" ({p10:.2f}–{p90:.2f})"
+        lines.append(line)
     memory = row["memory"]
     extra = (
-        f"  step ×{row['gpunn']['over_products']:.2f} its matrix products"
-        f" ({100 * row['products_share_of_ceiling']:.0f}% of ceiling)"
+        f"{'':22}gpunn's step takes {row['gpunn']['over_products']:.2f}× the time of its matrix products"
+        f" alone (which reach {100 * row['products_share_of_ceiling']:.0f}% of peak)"
     )
-    extra += f"  memory ×{memory['ratio']:.2f} of minimum" if memory["ratio"] is not None else ""
+    extra += f"; peak memory {memory['ratio']:.2f}× the minimum" if memory["ratio"] is not None else ""
     if row.get("host_us_per_step") is not None:
-        extra += f", host {row['host_us_per_step']:.0f} µs / device {row['device_us_per_step']:.0f} µs per step"
-    return "\n".join(lines) + extra
-
-
-HEADER = "device  mdl batch framework  ms/step (p10–p90)          samples/s      GFLOP/s  %ceil"
+        extra += f"; host {row['host_us_per_step']:.0f} µs / device {row['device_us_per_step']:.0f} µs per step"
+    return "\n".join([*lines, extra])
 
 
 def plot(result: dict[str, Any], path: str) -> None:
-    """Samples/s per case and framework, as a bar chart (matplotlib)."""
+    """Samples/s per case and timed step as a bar chart (matplotlib), the p10–p90 spread of the
+    windows as error bars."""
     from ..train.plots import require_matplotlib  # noqa: PLC0415
 
     require_matplotlib()
@@ -486,18 +426,24 @@ def plot(result: dict[str, Any], path: str) -> None:
     from matplotlib.figure import Figure  # noqa: PLC0415
 
     rows = result["results"]
-    labels = [f"{r['device']}\n{r['model']} b{r['batch']}" for r in rows]
     figure = Figure(figsize=(max(6, 1.2 * len(rows)), 4), layout="constrained")
     FigureCanvasAgg(figure)
     axes = figure.subplots()
     width = 0.8 / len(FRAMEWORKS)
-    for k, name in enumerate(FRAMEWORKS):
-        values = [r[name]["samples_per_s"] if name in r else 0.0 for r in rows]
-        if any(values):
-            axes.bar([i + k * width for i in range(len(rows))], values, width, label=name)
-    axes.set_xticks([i + width for i in range(len(rows))], labels, fontsize=7)
-    axes.set(ylabel="samples/s", yscale="log", title=f"training-step throughput ({result['optimizer']}, float32)")
-    axes.legend()
+    for k, (name, label) in enumerate(FRAMEWORKS.items()):
+        where = [i for i, r in enumerate(rows) if name in r]
+        if where:
+            figures = [rows[i][name] for i in where]
+            rate = np.array([f["samples_per_s"] for f in figures])
+            # samples/s of the slowest (p90) and the fastest (p10) tenth of the windows
+            low, high = (rate * np.array([f["ms_per_step"] / f[p] for f in figures]) for p in ("ms_p90", "ms_p10"))
+            x = [i + k * width for i in where]
+            axes.bar(x, rate, width, yerr=[rate - low, high - rate], capsize=2, label=label)
+    labels = [f"{r['device']}\n{r['model']} b{r['batch']}" for r in rows]
+    axes.set_xticks([i + 0.4 - width / 2 for i in range(len(rows))], labels, fontsize=7)
+    axes.set(ylabel="samples/s (bars: p10–p90 of the windows)", yscale="log")
+    axes.set_title(f"training-step throughput ({result['optimizer']}, float32)")
+    axes.legend(fontsize=7)
     figure.savefig(path, dpi=100)
 
 

@@ -1,13 +1,9 @@
 """The steps ``gpunn bench`` times, each a no-argument callable built ready to run.
 
-For a :class:`Case` (device, model in ``MODELS``, batch), one float32 training step (forward,
-softmax-with-loss, backward, optimizer update) of every framework from the same initial
-weights and data: gpunn as Trainer.fit steps (:func:`gpunn_step`), gpunn replayed as a CUDA graph
-(:func:`graph_step`), the hand-written NumPy loop (:func:`numpy_step`) and PyTorch eager
-(:func:`torch_step`). Beside them the two references the figures are taken against: the
-device's matrix-product ceiling, an n×n·n×n product (:func:`matmul_step`), and the step's
-matrix products alone with the step's shapes (:func:`products_step`). :mod:`gpunn.bench`
-times and reports them.
+For a :class:`Case` (device, model, batch): one float32 training step (forward,
+softmax-with-loss, backward, update) of each framework from the same weights and data, and the
+two references the figures are taken against: the device's matrix-product ceiling
+(:func:`matmul_step`) and the step's own matrix products alone (:func:`products_step`).
 """
 
 from __future__ import annotations
@@ -19,13 +15,12 @@ from typing import Any
 
 import numpy as np
 
+import gpunn as gn
+
 from ..backend.device import Device, matmul_precision, to_numpy
-from ..nn.losses import SoftmaxWithLoss
-from ..nn.sequential import mlp
 from ..optim import create
-from ..train.cpu_step import compile_step
 from ..train.graph import StepGraph
-from .handwritten import HandwrittenMLP
+from . import handwritten
 
 MODELS: dict[str, tuple[int, ...]] = {
     "T1": (784, 100, 10),  # launch- and overhead-bound
@@ -46,73 +41,93 @@ class Case:
 Step = Callable[[], Any]  # one training step (or reference) per call, on prebuilt buffers
 
 
-# ----------------------------------------------------------------------------- the training steps
-
-
-def _data(case: Case, sizes: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(1)
-    x = rng.standard_normal((case.batch, sizes[0])).astype(np.float32)
-    t = rng.integers(0, sizes[-1], case.batch)
-    return x, t
-
-
-def gpunn_step(case: Case, optimizer: str) -> tuple[Step, Any]:
-    """A gpunn training step on the case's device, as Trainer.fit runs it (compiled on the
-    CPU, :mod:`gpunn.cpu_step`; layer by layer on a GPU); returns it and the model."""
+def _data(case: Case) -> tuple[np.ndarray, np.ndarray]:
+    """x (N, in) float32 and t (N,) int64 labels, the same for every framework."""
     sizes = MODELS[case.model]
-    x, t = _data(case, sizes)
-    dev = case.device
-    with dev:
-        model = mlp(list(sizes), seed=0).to(dev)
-        xd, td = dev.send(x), dev.send(t)
-        criterion = SoftmaxWithLoss(validate=False)  # labels are valid by construction
-        opt = create(optimizer, model.parameters())
-    compiled = compile_step(model, criterion, opt, None) if dev.kind == "cpu" else None
-    if compiled is not None:
-        return (lambda: compiled(xd, td)), model
+    rng = np.random.default_rng(1)
+    return rng.standard_normal((case.batch, sizes[0])).astype(np.float32), rng.integers(0, sizes[-1], case.batch)
 
-    def step() -> Any:
-        loss = criterion.forward(model.forward(xd), td)
-        model.backward(criterion.backward(), input_grad=False)
+
+def _trainer_step(case: Case, optimizer: str) -> tuple[Callable[[Any, Any], Any], Any, Any]:
+    """(step(x, t) -> loss, model, optimizer) as Trainer.fit steps: labels checked before the fit."""
+    with case.device:
+        model = gn.mlp(list(MODELS[case.model]), seed=0).to(case.device)
+        criterion = gn.SoftmaxWithLoss(validate=False)  # labels are valid by construction
+        opt = create(optimizer, model.parameters())
+
+    def step(xb: Any, yb: Any) -> Any:
+        loss = criterion.forward(model.forward(xb), yb)
+        model.backward(criterion.backward())
         opt.step()
         return loss
 
-    return step, model
+    return step, model, opt
+
+
+def gpunn_step(case: Case, optimizer: str) -> tuple[Step, Any]:
+    """gpunn's training step on the case's device as Trainer.fit runs it, and its model."""
+    step, model, _ = _trainer_step(case, optimizer)
+    x, t = (case.device.send(a) for a in _data(case))
+    return (lambda: step(x, t)), model
+
+
+def user_loop_step(case: Case, optimizer: str) -> Step | None:
+    """The README's step-by-step training loop with the public API at its defaults (labels
+    checked on every call), SGD or Adam: what a user's own loop runs at. None where the
+    hand-written loop it is compared with does not run."""
+    if case.device.kind != "cpu" or optimizer not in handwritten.OPTIMIZERS:
+        return None
+    xb, yb = _data(case)
+    model = gn.mlp(list(MODELS[case.model]), seed=0)
+    criterion = gn.SoftmaxWithLoss()
+    if optimizer == "sgd":
+        opt = gn.optim.SGD(model.parameters(), lr=0.01)
+    else:
+        opt = gn.optim.Adam(model.parameters(), lr=1e-3)
+
+    def step() -> Any:
+        logits = model.forward(xb)
+        loss = criterion.forward(logits, yb)
+        model.backward(criterion.backward())
+        opt.step()
+        return loss
+
+    return step
 
 
 def graph_step(case: Case, optimizer: str) -> StepGraph | None:
-    """The gpunn step captured once as a CUDA graph (``Trainer(graph=True)``'s step), from the
-    same initial weights: ``.step()`` replays one step, and ``.failed`` holds why the capture
-    failed when it did (it then trains eagerly, which is no replay figure). None on the CPU,
-    where there is nothing to replay."""
+    """gpunn's step captured as a CUDA graph (``Trainer(graph=True)``): ``.step()`` replays it;
+    ``.failed`` says why a capture failed (it then trains eagerly: no replay figure). None on
+    the CPU."""
     if case.device.kind == "cpu":
         return None
-    sizes = MODELS[case.model]
-    x, t = _data(case, sizes)
-    dev = case.device
-    with dev:
-        model = mlp(list(sizes), seed=0).to(dev)
-        criterion = SoftmaxWithLoss(validate=False)
-        opt = create(optimizer, model.parameters())
-
-        def body(xb: Any, yb: Any) -> tuple[Any, Any]:
-            loss = criterion.forward(model.forward(xb), yb)
-            model.backward(criterion.backward(), input_grad=False)
-            opt.step()
-            return loss, None
-
-        return StepGraph(body, opt, dev.send(x), dev.send(t), case.batch, dev)
+    step, _, opt = _trainer_step(case, optimizer)
+    x, t = (case.device.send(a) for a in _data(case))
+    with case.device:
+        return StepGraph(lambda xb, yb: (step(xb, yb), None), opt, x, t, case.batch, case.device)
 
 
 def numpy_step(case: Case, optimizer: str, model: Any) -> Step | None:
-    """The hand-written NumPy step (CPU, Adam only) from the same initial weights."""
-    if case.device.kind != "cpu" or optimizer != "adam":
+    """The hand-written NumPy step (CPU; SGD or Adam) from the same initial weights."""
+    if case.device.kind != "cpu" or optimizer not in handwritten.OPTIMIZERS:
         return None
-    sizes = MODELS[case.model]
-    x, t = _data(case, sizes)
+    x, t = _data(case)
     linears = [layer for layer in model if hasattr(layer, "W")]
-    net = HandwrittenMLP([to_numpy(lin.W.data) for lin in linears], [to_numpy(lin.b.data) for lin in linears])
+    weights, biases = [to_numpy(lin.W.data) for lin in linears], [to_numpy(lin.b.data) for lin in linears]
+    net = handwritten.HandwrittenMLP(weights, biases, optimizer)
     return lambda: net.train_step(x, t)
+
+
+# torch.optim's rule and arguments for each of gpunn's optimizers, at gpunn's defaults
+TORCH_OPTIMIZERS = {
+    "sgd": ("SGD", {"lr": 0.01}),
+    "momentum": ("SGD", {"lr": 0.01, "momentum": 0.9}),
+    "nesterov": ("SGD", {"lr": 0.01, "momentum": 0.9, "nesterov": True}),
+    "adagrad": ("Adagrad", {"lr": 0.01}),
+    "rmsprop": ("RMSprop", {"lr": 0.01}),
+    "adam": ("Adam", {"lr": 1e-3}),
+    "adamw": ("AdamW", {"lr": 1e-3}),
+}
 
 
 def torch_step(case: Case, optimizer: str, model: Any) -> Step | None:
@@ -127,30 +142,17 @@ def torch_step(case: Case, optimizer: str, model: Any) -> Step | None:
     threads = blas_threads()
     if threads:
         torch.set_num_threads(threads)  # as many CPU threads as NumPy's BLAS uses
-    sizes = MODELS[case.model]
-    x, t = _data(case, sizes)
     layers: list[Any] = []
-    linears = [layer for layer in model if hasattr(layer, "W")]
-    for i, lin in enumerate(linears):
+    for lin in (layer for layer in model if hasattr(layer, "W")):
         module = torch.nn.Linear(lin.n_in, lin.n_out)
         with torch.no_grad():
             module.weight.copy_(torch.from_numpy(to_numpy(lin.W.data).T.copy()))
             module.bias.copy_(torch.from_numpy(to_numpy(lin.b.data)))
-        layers.append(module)
-        if i < len(linears) - 1:
-            layers.append(torch.nn.ReLU())
-    net = torch.nn.Sequential(*layers).to(target)
-    params = net.parameters()
-    opt = {
-        "sgd": lambda: torch.optim.SGD(params, lr=0.01),
-        "momentum": lambda: torch.optim.SGD(params, lr=0.01, momentum=0.9),
-        "nesterov": lambda: torch.optim.SGD(params, lr=0.01, momentum=0.9, nesterov=True),
-        "adagrad": lambda: torch.optim.Adagrad(params, lr=0.01),
-        "rmsprop": lambda: torch.optim.RMSprop(params, lr=0.01),
-        "adam": lambda: torch.optim.Adam(params, lr=1e-3),
-        "adamw": lambda: torch.optim.AdamW(params, lr=1e-3),
-    }[optimizer]()
-    xt, tt = torch.from_numpy(x).to(target), torch.from_numpy(t).to(target)
+        layers += [module, torch.nn.ReLU()]
+    net = torch.nn.Sequential(*layers[:-1]).to(target)  # no ReLU after the last Linear
+    rule, arguments = TORCH_OPTIMIZERS[optimizer]
+    opt = getattr(torch.optim, rule)(net.parameters(), **arguments)
+    xt, tt = (torch.from_numpy(a).to(target) for a in _data(case))
     criterion = torch.nn.CrossEntropyLoss()
 
     def step() -> Any:
@@ -174,31 +176,22 @@ def blas_threads() -> int | None:
 # ----------------------------------------------------------------------------- the references
 
 
-def ceiling_size(dev: Device) -> int:
-    """Side of the square matrices whose product defines the ceiling (big enough to be
-    compute-bound: 2048 on a CPU, 8192 on a GPU)."""
-    return 2048 if dev.kind == "cpu" else 8192
-
-
-def matmul_step(dev: Device, n: int | None = None) -> Step:
-    """One n×n·n×n float32 matrix product into a preallocated output: the ceiling's step."""
-    n = n or ceiling_size(dev)
-    xp = dev.xp
+def matmul_step(dev: Device) -> tuple[Step, float]:
+    """The ceiling: one n×n·n×n float32 matrix product into a preallocated output, n big enough
+    to be compute-bound (2048 on a CPU, 8192 on a GPU); returns the step and its FLOPs."""
+    n = 2048 if dev.kind == "cpu" else 8192
+    rng = np.random.default_rng(0)
     with dev:
-        rng = np.random.default_rng(0)
-        a = dev.send(rng.standard_normal((n, n), dtype=np.float32))
-        b = dev.send(rng.standard_normal((n, n), dtype=np.float32))
-        out = xp.empty((n, n), dtype=np.float32)
-    return lambda: xp.matmul(a, b, out=out)
+        a, b = (dev.send(rng.standard_normal((n, n), dtype=np.float32)) for _ in range(2))
+        out = dev.xp.empty((n, n), dtype=np.float32)
+    return (lambda: dev.xp.matmul(a, b, out=out)), 2.0 * n**3
 
 
 def products_step(case: Case) -> Step:
-    """The matrix products of one training step alone, with the step's shapes, into
-    preallocated outputs: forward x·W per layer, backward xᵀ·dz for every layer and dz·Wᵀ for
-    all but the first. The step's time over this is what everything else costs."""
+    """One step's matrix products alone, into preallocated outputs: x·W per layer, xᵀ·dz for
+    every layer, dz·Wᵀ for all but the first. The step's time over theirs: what the rest costs."""
     sizes = MODELS[case.model]
-    dev, n = case.device, case.batch
-    xp = dev.xp
+    dev, n, xp = case.device, case.batch, case.device.xp
     rng = np.random.default_rng(0)
     with dev:
         weights = [dev.send(rng.standard_normal((i, o), dtype=np.float32)) for i, o in itertools.pairwise(sizes)]

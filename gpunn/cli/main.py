@@ -4,6 +4,7 @@
     gpunn train [--dataset digits]   train an MLP on the best device present
     gpunn evaluate --model PATH      test accuracy of a saved model
     gpunn bench                      throughput per device, against NumPy and PyTorch
+    gpunn check                      every accelerated op against the reference ops, on edge cases
 
 Errors in the user's input (a missing file, a bad flag value, an unknown dataset) print one
 line and exit with status 2, without a traceback.
@@ -220,6 +221,14 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check(args: argparse.Namespace) -> int:
+    from ..backend.device import available_devices, device  # noqa: PLC0415
+    from .check import command  # noqa: PLC0415 — imports every Ops
+
+    devices = [device(spec) for spec in args.device] if args.device else available_devices()
+    return command(devices, as_json=args.json)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="gpunn", description="Neural networks on the GPU (CuPy) or the CPU (NumPy).")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=OneLineParser)
@@ -297,6 +306,15 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
     evaluate.set_defaults(run=_evaluate)
+
+    check = commands.add_parser(
+        "check", help="every accelerated op against the reference ops, on small and edge-case inputs"
+    )
+    check.add_argument(
+        "--device", action="append", default=None, help="cpu or cuda:N, repeatable (default: every usable device)"
+    )
+    check.add_argument("--json", action="store_true", help="print one JSON object")
+    check.set_defaults(run=_check)
     return parser
 
 

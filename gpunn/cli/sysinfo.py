@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 
 from .. import distributed
-from ..backend import cpu_fused
 from ..backend import device as backend
+from ..backend import numba_ops, selection
 
 
 def blas_info() -> list[dict[str, Any]]:
@@ -70,7 +70,8 @@ def system_info() -> dict[str, Any]:
         "numpy": np.__version__,
         "cupy": backend.cupy_version(),
         "blas": blas_info(),
-        "cpu_adam": cpu_fused.describe(),
+        "ops": selection.choice(),
+        "cpu_compiled_ops": numba_ops.describe(),
         "cpu_count": os.cpu_count(),
         "devices": [str(d) for d in backend.available_devices()],
         "selected": selected,
@@ -92,7 +93,7 @@ def format_info(info: dict[str, Any]) -> str:
         lines.append(f"BLAS: {lib['library']} {lib['version']}, {lib['threads']} thread(s), {lib['architecture']}")
     if not info["blas"]:
         lines.append("BLAS: unknown (install threadpoolctl to see it)")
-    lines.append(f"CPU Adam update: {info['cpu_adam']}")
+    lines.append(f"ops: {info['ops']} (GPUNN_OPS); CPU compiled ops: {info['cpu_compiled_ops']}")
     lines.append(f"CPU cores: {info['cpu_count']}")
     for gpu in info["gpus"]:
         lines.append(

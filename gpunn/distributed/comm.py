@@ -136,7 +136,7 @@ class Communicator:
         """x ← op over ranks of x, element-wise and in place ("sum", "max" or "min"); returns x.
 
         x: a contiguous NumPy or CuPy array, same shape and dtype on every rank."""
-        if backend._is_cupy_array(x):
+        if device_of(x).kind == "cuda":
             link = self._gpu_link(device_of(x))
             if link is not None:
                 link.allreduce(x, op)
@@ -150,7 +150,7 @@ class Communicator:
 
     def broadcast(self, x: Any, root: int = 0) -> Any:
         """x ← rank ``root``'s x on every rank, in place; returns x."""
-        if backend._is_cupy_array(x):
+        if device_of(x).kind == "cuda":
             link = self._gpu_link(device_of(x))
             if link is not None:
                 link.broadcast(x, root)
@@ -249,7 +249,7 @@ class Communicator:
         """An _NcclLink for GPU ``dev``, or None to stage through the host (decided alike on
         every rank)."""
         nccl, why_not = _load_nccl() if self._want_nccl is not False else (None, "nccl=False was asked for")
-        bus_id = backend._import_cupy().cuda.Device(dev.index).pci_bus_id
+        bus_id = dev.xp.cuda.Device(dev.index).pci_bus_id
         with dev:  # NCCL binds its communicator to the current GPU
             comm = self._nccl_rendezvous(nccl, bus_id, why_not)
         return None if comm is None else _NcclLink(nccl, comm)
@@ -331,7 +331,7 @@ class _NcclLink:
 
     def __init__(self, nccl: Any, comm: Any, stream: Any = None) -> None:
         self._nccl, self._comm = nccl, comm
-        self._stream = stream or (lambda: backend._import_cupy().cuda.get_current_stream().ptr)
+        self._stream = stream or (lambda: Device("cuda").xp.cuda.get_current_stream().ptr)
 
     def _args(self, x: Any) -> tuple[int, int, int]:
         if not x.flags.c_contiguous:
@@ -425,10 +425,10 @@ def rank_device(spec: str | Device | None, comm: Communicator) -> Device:
             f"{count} processes per node (one per GPU), or train on the CPU (--device cpu)"
         )
     index = comm.local_rank % count  # a launcher giving each rank its own CUDA_VISIBLE_DEVICES: 0
-    failure = backend._kernel_failure(index)
-    if failure is not None:
-        raise DeviceUnavailableError(f"rank {comm.rank}'s GPU: {failure}")
-    return Device("cuda", index)
+    try:
+        return backend.device(f"cuda:{index}")  # runs its test kernel there
+    except DeviceUnavailableError as exc:
+        raise DeviceUnavailableError(f"rank {comm.rank}'s GPU: {exc}") from None
 
 
 def _gpu_count() -> int:

@@ -6,7 +6,7 @@ and optimizer state, trains on its slice ``[⌊b·r/K⌋, ⌊b·(r+1)/K⌋)`` of
 single-process order, and sums its scaled gradients with the other ranks' in one allreduce per
 step (see :mod:`gpunn.distributed` for the scheme and its transports).
 
-Used by :mod:`gpunn.trainer`; its names are re-exported by :mod:`gpunn.distributed`.
+Used by :mod:`gpunn.train.trainer`; its names are re-exported by :mod:`gpunn.distributed`.
 """
 
 from __future__ import annotations
@@ -92,8 +92,8 @@ class DataParallel:
             **fit_args,
         )
         self.comm.broadcast(flat.data)
-        for name in sorted(optimizer._state):
-            self.comm.broadcast(optimizer._state[name])
+        for name in sorted(optimizer.state):
+            self.comm.broadcast(optimizer.state[name])
 
     def agree(self, **fields: Any) -> None:
         """Raise DistributedMismatchError on every rank unless all ranks passed equal fields."""

@@ -349,7 +349,7 @@ def load_weights(model: Layer, path: str | os.PathLike[str]) -> Checkpoint:
 
 
 def describe(config: Any) -> str:
-    """A one-line summary of a layer config: "Linear(64 → 100) → ReLU → Linear(100 → 10), float32"."""
+    """A one-line summary of a layer config: "Linear(64 → 100, relu) → Linear(100 → 10), float32"."""
     dtypes: list[str] = []
 
     def one(c: Any) -> str:
@@ -361,7 +361,8 @@ def describe(config: Any) -> str:
             return " → ".join(one(layer) for layer in layers) if isinstance(layers, list) and layers else "Sequential()"
         if kind == "Linear":
             dtypes.append(str(c.get("dtype")))
-            return f"Linear({c.get('n_in')} → {c.get('n_out')})"
+            activation = f", {c['activation']}" if c.get("activation") is not None else ""
+            return f"Linear({c.get('n_in')} → {c.get('n_out')}{activation})"
         args = ", ".join(f"{k}={v!r}" for k, v in c.items() if k != "type" and k not in INIT_ONLY_KEYS)
         return f"{kind}({args})" if args else kind
 

@@ -2,27 +2,49 @@
 
 Without a nonlinear g, any depth of Linear layers collapses into one linear map, which is
 why a hidden layer needs an activation. Each backward returns dz = da · g'(z), expressed
-through the saved output where that is cheaper (σ' = a(1 − a), tanh' = 1 − a²).
-
-When :class:`~gpunn.Sequential` owns the input array it sets ``inplace`` and the activation
-overwrites it instead of allocating; ``inplace_grad`` does the same for the incoming gradient.
-When it fuses a Linear layer with the activation after it, the activation's backward also
-writes that layer's bias gradient (``bias_grad_of``), in the same kernel on a GPU, and, handed
-over by Sequential, that of an unfused Linear layer right after it (``also_sum``).
+through the saved output where that is cheaper (σ' = a(1 − a), tanh' = 1 − a²). A Linear
+layer can apply the same g itself (``gn.Linear(n_in, n_out, activation="relu")``), together
+with its bias; these layers compute the same numbers on their own.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from ..backend.device import array_module
-from ..backend.layer_kernels import activation_backward, activation_bias_backward, column_sums
+from ..backend.selection import ops_of
 from ..validation import check_choice, check_float
-from .functional import sigmoid, softmax
-from .layers import Layer
+from .functional import softmax
+from .layers import SYMBOLS, Layer
 
 
-class Identity(Layer):
+class Activation(Layer):
+    """Base of the elementwise activations a = g(z) (``ops.activation``); backward is
+    dz = da · g'(z), computed from the saved output a (``ops.activation_backward``).
+    ``name`` is g's name for the Ops, ``alpha`` the slope for z < 0 (LeakyReLU only)."""
+
+    name = "identity"
+    alpha = 0.0
+
+    def __init__(self) -> None:
+        self._a: Any = None
+        self._ops: Any = None
+
+    def forward(self, x: Any) -> Any:
+        ops = self._ops = ops_of(x)
+        self._a = ops.activation(x, self.name, self.alpha)
+        return self._a
+
+    def backward(self, dy: Any) -> Any:
+        return self._ops.activation_backward(dy, self._a, self.name, self.alpha)
+
+    def formula(self, layer: int) -> str:
+        return f"a^[{layer}] = {SYMBOLS.get(self.name, self.name)}(z^[{layer}])"
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class Identity(Activation):
     """a = z (a linear activation; backward passes the gradient through)."""
 
     def forward(self, x: Any) -> Any:
@@ -34,96 +56,25 @@ class Identity(Layer):
     def formula(self, layer: int) -> str:
         return f"a^[{layer}] = z^[{layer}]"
 
-    def __repr__(self) -> str:
-        return "Identity()"
 
-
-class ElementwiseActivation(Layer):
-    """Base of the elementwise activations a = g(z); backward is dz = da · g'(z), computed
-    from the saved output a (one fused kernel on a GPU, see :mod:`gpunn.layer_kernels`).
-
-    ``fused`` is set by :class:`~gpunn.Sequential` when the Linear layer before this one
-    already applied g together with its bias (one kernel instead of two); forward then only
-    records its input as the output. ``bias_grad_of`` is that Linear layer: backward then
-    also writes its bias gradient ∂L/∂b = Σ_n dz_n (C,) from the dz (N, C) it returns, and
-    hands dz to the layer as ``bias_grad_from`` so that its backward skips the same sum.
-    """
-
-    name = "identity"  # the activation's code in gpunn.layer_kernels.ACTIVATIONS
-    symbol = "g"
-    fused = False
-    bias_grad_of: Any = None  # the Linear layer whose b.grad backward writes (Sequential sets it)
-
-    def __init__(self, inplace: bool = False) -> None:
-        self.inplace = bool(inplace)
-        self._y: Any = None
-
-    @property
-    def alpha(self) -> float:
-        """The slope for z < 0 (LeakyReLU only)."""
-        return 0.0
-
-    def forward(self, x: Any) -> Any:
-        if self.fused:
-            self._y = x
-        else:
-            self._y = self._apply(x, x if self.inplace else None)
-        return self._y
-
-    def _apply(self, x: Any, out: Any) -> Any:
-        raise NotImplementedError
-
-    def backward(self, dy: Any, also_sum: tuple[Any, Any] | None = None) -> Any:
-        """dz = dy · g'(z), shape (N, C); with ``bias_grad_of`` set, also db = Σ_n dz_n.
-
-        ``also_sum`` = (dy2, db2) also writes db2 ← Σ_n dy2_n: the bias gradient of the Linear
-        layer after this activation, which :class:`~gpunn.Sequential` hands over so that
-        it comes out of the same kernel on a GPU instead of a launch of its own.
-        """
-        out = dy if self.inplace_grad else None
-        linear = self.bias_grad_of
-        db = None if linear is None else linear.b.grad  # read now: packing rebinds the view
-        if db is None or getattr(dy, "ndim", 0) != 2 or db.shape != dy.shape[1:] or db.dtype != dy.dtype:
-            dz = activation_backward(dy, self._y, self.name, self.alpha, out=out)
-            if also_sum is not None:
-                column_sums(*also_sum)
-            return dz
-        dz = activation_bias_backward(dy, self._y, db, self.name, self.alpha, out=out, also_sum=also_sum)
-        linear.bias_grad_from = dz
-        return dz
-
-    def formula(self, layer: int) -> str:
-        return f"a^[{layer}] = {self.symbol}(z^[{layer}])"
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}()"
-
-
-class ReLU(ElementwiseActivation):
+class ReLU(Activation):
     """a = max(z, 0);  dz = da · [z > 0]."""
 
-    name = symbol = "relu"
-
-    def _apply(self, x: Any, out: Any) -> Any:
-        return array_module(x).maximum(x, 0.0, out=out)
+    name = "relu"
 
 
-class LeakyReLU(ElementwiseActivation):
+class LeakyReLU(Activation):
     """a = z for z > 0, else α·z;  dz = da · (1 if z > 0 else α)."""
 
-    name = symbol = "leaky_relu"
+    name = "leaky_relu"
 
-    def __init__(self, negative_slope: float = 0.01, inplace: bool = False) -> None:
-        super().__init__(inplace)
+    def __init__(self, negative_slope: float = 0.01) -> None:
+        super().__init__()
         self.negative_slope = check_float("negative_slope", negative_slope, low=0.0)
 
     @property
     def alpha(self) -> float:
         return self.negative_slope
-
-    def _apply(self, x: Any, out: Any) -> Any:
-        slope = array_module(x).where(x > 0, x.dtype.type(1.0), x.dtype.type(self.negative_slope))
-        return array_module(x).multiply(x, slope, out=out)
 
     def config(self) -> dict[str, Any]:
         return {"type": "LeakyReLU", "negative_slope": self.negative_slope}
@@ -132,23 +83,16 @@ class LeakyReLU(ElementwiseActivation):
         return f"LeakyReLU(negative_slope={self.negative_slope:g})"
 
 
-class Sigmoid(ElementwiseActivation):
+class Sigmoid(Activation):
     """a = σ(z) = 1 / (1 + e^−z);  dz = da · a(1 − a)."""
 
     name = "sigmoid"
-    symbol = "σ"
-
-    def _apply(self, x: Any, out: Any) -> Any:
-        return sigmoid(x, out=out)
 
 
-class Tanh(ElementwiseActivation):
+class Tanh(Activation):
     """a = tanh(z);  dz = da · (1 − a²)."""
 
-    name = symbol = "tanh"
-
-    def _apply(self, x: Any, out: Any) -> Any:
-        return array_module(x).tanh(x, out=out)
+    name = "tanh"
 
 
 class Softmax(Layer):
@@ -159,16 +103,16 @@ class Softmax(Layer):
     """
 
     def __init__(self) -> None:
-        self._y: Any = None
+        self._a: Any = None
 
     def forward(self, x: Any) -> Any:
-        self._y = softmax(x, axis=1)
-        return self._y
+        self._a = softmax(x, axis=1)
+        return self._a
 
     def backward(self, dy: Any) -> Any:
-        y = self._y
-        dx = dy - (dy * y).sum(axis=1, keepdims=True)
-        dx *= y
+        a = self._a
+        dx = dy - (dy * a).sum(axis=1, keepdims=True)
+        dx *= a
         return dx
 
     def formula(self, layer: int) -> str:
@@ -178,7 +122,7 @@ class Softmax(Layer):
         return "Softmax()"
 
 
-ACTIVATIONS: dict[str, type[Layer]] = {
+ACTIVATIONS: dict[str, type[Activation]] = {
     "relu": ReLU,
     "leaky_relu": LeakyReLU,
     "sigmoid": Sigmoid,
@@ -189,6 +133,6 @@ ACTIVATIONS: dict[str, type[Layer]] = {
 }
 
 
-def activation(name: str) -> Layer:
+def activation(name: str) -> Activation:
     """A new activation layer by name: relu, leaky_relu, sigmoid (logistic), tanh, identity."""
     return ACTIVATIONS[check_choice("activation", name, ACTIVATIONS)]()

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..backend.device import array_module
+from ..backend.selection import ops_of
 
 
 def log_softmax(z: Any, axis: int = -1) -> Any:
@@ -35,9 +36,4 @@ def softmax(z: Any, axis: int = -1) -> Any:
 def sigmoid(z: Any, out: Any = None) -> Any:
     """σ(z) = 1 / (1 + e^−z), computed as exp(−log(1 + e^−z)): no overflow for any z and full
     relative precision in both tails. ``out`` may be ``z`` itself."""
-    xp = array_module(z)
-    y = xp.negative(z, out=out)
-    xp.logaddexp(0.0, y, out=y)
-    xp.negative(y, out=y)
-    xp.exp(y, out=y)
-    return y
+    return ops_of(z).activation(z, "sigmoid", out=out)

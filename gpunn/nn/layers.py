@@ -1,9 +1,10 @@
-"""The Layer protocol, the fully connected layer and inverted dropout.
+"""The Layer protocol, the fully connected layer (with its activation) and inverted dropout.
 
-A layer is readable as the formula on the page: ``forward(x)`` computes the layer's output
-and remembers what ``backward`` needs; ``backward(dy)`` receives ∂L/∂y, *writes* the
-gradients of the layer's parameters into ``param.grad`` (no zero_grad needed) and returns
-∂L/∂x. Shapes are batch-major: x is (N, features).
+A layer reads as the formula on the page: ``forward(x)`` computes the layer's output and
+remembers what ``backward`` needs; ``backward(dy)`` receives ∂L/∂y, *writes* the gradients of
+the layer's parameters into ``param.grad`` (no zero_grad needed) and returns ∂L/∂x. Shapes
+are batch-major: x is (N, features). The arithmetic goes through the Ops of the arrays'
+device (:func:`gpunn.backend.selection.ops_of`), the same code on a CPU and a GPU.
 """
 
 from __future__ import annotations
@@ -12,25 +13,32 @@ from typing import Any
 
 import numpy as np
 
-from ..backend.cuda.gemm import matmul
 from ..backend.device import CPU, Device, DeviceMismatchError, array_module, device, device_of
-from ..backend.layer_kernels import bias_activation, column_sums
+from ..backend.selection import ops_of
 from ..validation import check_choice, check_dtype, check_float, check_int
 from .init import INITS, init_weight, make_rng
 from .parameter import Parameter, pack
+
+# the activations a Linear layer applies with its bias, by name (and their other names)
+ACTIVATION_NAMES = {
+    "relu": "relu",
+    "leaky_relu": "leaky_relu",
+    "sigmoid": "sigmoid",
+    "logistic": "sigmoid",
+    "tanh": "tanh",
+    "identity": "identity",
+    "linear": "identity",
+}
+SYMBOLS = {"sigmoid": "σ"}  # how a formula writes g, where not by its name
 
 
 class Layer:
     """Base class of every layer: train/eval mode, parameters, device moves.
 
-    Subclasses implement ``forward(x)`` and ``backward(dy)``. ``inplace`` lets an
-    elementwise layer overwrite its input; :class:`~gpunn.Sequential` turns it on only where
-    the model owns that array, so user data is never modified.
+    Subclasses implement ``forward(x)`` and ``backward(dy)``.
     """
 
     training: bool = True
-    inplace: bool = False
-    inplace_grad: bool = False
 
     def forward(self, x: Any) -> Any:
         raise NotImplementedError
@@ -40,6 +48,14 @@ class Layer:
 
     def __call__(self, x: Any) -> Any:
         return self.forward(x)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # a layer keeps the Ops of its last forward pass for backward; they hold the array
+        # module, which does not pickle (the next forward pass looks them up again)
+        state = self.__dict__.copy()
+        if "_ops" in state:
+            state["_ops"] = None
+        return state
 
     def named_parameters(self) -> list[tuple[str, Parameter]]:
         """(name, parameter) pairs; names are local to the layer ("W", "b")."""
@@ -97,40 +113,41 @@ def check_input(x: Any, like: Any, name: str, owner: str) -> None:
 
 
 class Linear(Layer):
-    """Fully connected layer: y = x·W + b.
+    """Fully connected layer with an optional activation g: a = g(x·W + b).
 
-    Shapes: x (N, n_in), W (n_in, n_out), b (n_out,), y (N, n_out).
-    Backward: ∂L/∂W = xᵀ·dy, ∂L/∂b = Σ_n dy, ∂L/∂x = dy·Wᵀ.
+    Shapes: x (N, n_in), W (n_in, n_out), b (n_out,), a (N, n_out). ``activation``: None
+    (a = z = x·W + b), "identity", "relu", "leaky_relu" (slope ``negative_slope`` for z < 0),
+    "sigmoid" or "tanh"; g is applied together with the bias (``ops.bias_activation``: one
+    kernel on a GPU), as Keras's ``Dense(activation=...)`` does.
+    Backward, from the saved output a: dz = dy ⊙ g'(z), ∂L/∂W = xᵀ·dz, ∂L/∂b = Σ_n dz,
+    ∂L/∂x = dz·Wᵀ (only with ``input_grad``).
     W is drawn by ``init`` ("he", "xavier" or "normal") from a host Generator seeded with
     ``seed``; b starts at zero.
-
-    Inside a :class:`~gpunn.Sequential` that fuses this layer with the activation after it,
-    the activation's backward already writes ∂L/∂b = Σ_n dy (one kernel with its own work on
-    a GPU) and leaves the dy it returned in ``bias_grad_from``; backward then skips the sum
-    for that very array and computes it for any other.
     """
-
-    # the dy whose column sums the fused activation's backward already wrote into b.grad
-    bias_grad_from: Any = None
 
     def __init__(
         self,
         n_in: int,
         n_out: int,
+        activation: str | None = None,
         init: str = "he",
         dtype: Any = "float32",
         seed: int | np.random.Generator | None = None,
+        negative_slope: float = 0.01,
     ) -> None:
         self.n_in = check_int("n_in", n_in, low=1)
         self.n_out = check_int("n_out", n_out, low=1)
+        if activation is not None:
+            activation = ACTIVATION_NAMES[check_choice("activation", activation, ACTIVATION_NAMES)]
+        self.activation = activation
+        self.negative_slope = check_float("negative_slope", negative_slope, low=0.0)
         self.init = check_choice("init", init, INITS)
         dt = check_dtype("dtype", dtype)
         self.W = Parameter(init_weight(self.n_in, self.n_out, self.init, make_rng(seed), dt), "W", decay=True)
         self.b = Parameter(np.zeros(self.n_out, dtype=dt), "b", decay=False)
         self._x: Any = None
-        # the activation layer applied together with the bias (Sequential sets it); its name
-        # and slope are read at every forward, so a changed LeakyReLU slope takes effect at once
-        self.activation: Layer | None = None
+        self._a: Any = None
+        self._ops: Any = None
 
     def named_parameters(self) -> list[tuple[str, Parameter]]:
         return [("W", self.W), ("b", self.b)]
@@ -141,20 +158,16 @@ class Linear(Layer):
             check_input(x, W, "x", repr(self))
             if x.shape[1] != self.n_in:
                 raise ValueError(f"{self!r} expects x with {self.n_in} features, got x.shape == {tuple(x.shape)}")
+        ops = self._ops = ops_of(W)
         self._x = x
-        y = matmul(x, W)  # plain x @ W, unless a CUDA graph is being captured
-        act = self.activation
-        if act is None:
-            y += self.b.data
-        else:
-            bias_activation(y, self.b.data, act.name, act.alpha)
-        return y
+        a = ops.matmul(x, W)
+        ops.bias_activation(a, self.b.data, self.activation or "identity", self.negative_slope)
+        self._a = a
+        return a
 
-    def backward(self, dy: Any, input_grad: bool = True, bias_grad: bool = True) -> Any:
-        """Write ∂L/∂W and ∂L/∂b into the gradient views; return ∂L/∂x (None when
-        ``input_grad`` is False: the first layer's input gradient is never used in training).
-        ``bias_grad`` False leaves ∂L/∂b = Σ_n dy to the caller (Sequential hands it to the
-        fused activation before this layer, whose kernel sums it with its own)."""
+    def backward(self, dy: Any, input_grad: bool = True) -> Any:
+        """Write ∂L/∂W and ∂L/∂b into the gradient views; return ∂L/∂x, or None when
+        ``input_grad`` is False (a first layer's input gradient is not used in training)."""
         x = self._x
         if x is None:
             raise RuntimeError(f"{self!r}.backward called before forward")
@@ -162,28 +175,39 @@ class Linear(Layer):
             raise ValueError(
                 f"{self!r}.backward expects dy of shape {(x.shape[0], self.n_out)}, got {getattr(dy, 'shape', dy)}"
             )
-        matmul(x.T, dy, out=self.W.grad)
-        # An identity check, not a flag: a dy the activation did not just return (a caller
-        # driving the layers by hand) still gets its own sum. The reference is dropped at once.
-        if bias_grad and dy is not self.bias_grad_from:
-            column_sums(dy, self.b.grad)
-        self.bias_grad_from = None
-        return matmul(dy, self.W.data.T) if input_grad else None
+        ops = self._ops
+        if self.activation in (None, "identity"):
+            dz = dy
+            ops.column_sums(dz, self.b.grad)
+        else:
+            dz = ops.activation_backward(dy, self._a, self.activation, self.negative_slope, db=self.b.grad)
+        ops.matmul(x.T, dz, out=self.W.grad)
+        return ops.matmul(dz, self.W.data.T) if input_grad else None
 
     def formula(self, layer: int) -> str:
-        return f"z^[{layer}] = a^[{layer - 1}]·W^[{layer}] + b^[{layer}]"
+        affine = f"a^[{layer - 1}]·W^[{layer}] + b^[{layer}]"
+        if self.activation is None:
+            return f"z^[{layer}] = {affine}"
+        if self.activation == "identity":
+            return f"a^[{layer}] = {affine}"
+        return f"a^[{layer}] = {SYMBOLS.get(self.activation, self.activation)}({affine})"
 
     def config(self) -> dict[str, Any]:
-        return {
+        config = {
             "type": "Linear",
             "n_in": self.n_in,
             "n_out": self.n_out,
+            "activation": self.activation,
             "init": self.init,
             "dtype": self.W.data.dtype.name,
         }
+        if self.activation == "leaky_relu":
+            config["negative_slope"] = self.negative_slope
+        return config
 
     def __repr__(self) -> str:
-        return f"Linear({self.n_in} → {self.n_out})"
+        activation = "" if self.activation is None else f", {self.activation}"
+        return f"Linear({self.n_in} → {self.n_out}{activation})"
 
 
 class Dropout(Layer):
@@ -191,7 +215,8 @@ class Dropout(Layer):
     in evaluation y = x. Backward: dx = dy·m / (1 − p).
 
     The mask is drawn on the device that holds x (NumPy's or CuPy's generator, seeded with
-    ``seed``); CPU and GPU draw different masks for the same seed.
+    ``seed``); CPU and GPU draw different masks for the same seed. ``generators`` holds the
+    generator of each device (set one to continue a saved stream).
     """
 
     def __init__(self, p: float = 0.5, seed: int | None = None) -> None:
@@ -200,16 +225,16 @@ class Dropout(Layer):
             check_int("seed", seed, low=0)
         self.seed = seed
         self.reuse_mask = False  # gradcheck sets this so every evaluation sees one mask
-        self._generators: dict[Device, Any] = {}
+        self.generators: dict[Device, Any] = {}
         self._mask: Any = None
 
     def _generator(self, x: Any) -> Any:
         dev = device_of(x)
-        gen = self._generators.get(dev)
+        gen = self.generators.get(dev)
         if gen is None:
             with dev:
                 gen = dev.xp.random.default_rng(self.seed)
-            self._generators[dev] = gen
+            self.generators[dev] = gen
         return gen
 
     def forward(self, x: Any) -> Any:
@@ -222,18 +247,10 @@ class Dropout(Layer):
             mask = (u >= self.p).astype(x.dtype)
             mask *= 1.0 / (1.0 - self.p)
             self._mask = mask
-        if self.inplace:
-            x *= mask
-            return x
         return x * mask
 
     def backward(self, dy: Any) -> Any:
-        if self._mask is None:
-            return dy
-        if self.inplace_grad:
-            dy *= self._mask
-            return dy
-        return dy * self._mask
+        return dy if self._mask is None else dy * self._mask
 
     def formula(self, layer: int) -> str:
         return f"a^[{layer}] = dropout(a^[{layer}], p={self.p:g})"

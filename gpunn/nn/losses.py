@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from ..backend.device import array_module, check_device, device_of, refuse_host_read
-from ..backend.layer_kernels import ones_vector, softmax_cross_entropy
+from ..backend.selection import ops_of
 from .functional import log_softmax, sigmoid, softmax
 
 __all__ = ["Loss", "MSELoss", "SigmoidBCELoss", "SoftmaxWithLoss", "log_softmax", "softmax"]
@@ -71,35 +71,6 @@ def _same_shape_targets(y: Any, t: Any, y_name: str) -> Any:
     return t.astype(y.dtype, copy=False)
 
 
-def _row_max(z: Any, xp: Any) -> Any:
-    """max over each row of z (N, C), shaped (N, 1).
-
-    NumPy reduces a short last axis one row at a time; for few classes the maxima of the
-    transposed copy's rows come out of one vectorized pass instead, 2–3× faster for a 200×10
-    batch. The same values either way (a maximum does not depend on the order).
-    """
-    n, n_classes = z.shape
-    if xp is np and n_classes <= 32 and n >= 32:
-        return z.T.copy().max(axis=0)[:, None]
-    return z.max(axis=1, keepdims=True)
-
-
-def _row_sums(x: Any, xp: Any) -> Any:
-    """Σ over each row of x (N, C), shaped (N, 1).
-
-    NumPy reduces a short last axis one row at a time; for few columns the product x·1 (one
-    BLAS matrix-vector product) is 2–3× faster for a 200×10 batch. It sums in BLAS's order
-    instead of NumPy's pairwise one: the same value up to float rounding, and, as with the
-    bias gradients' 1ᵀ·dy, that order may depend on where the row sits in the batch (BLAS
-    blocks rows together), so a sample's last bit can differ between two batches holding it.
-    Every call with the same batch gives the same bits.
-    """
-    n_classes = x.shape[1]
-    if xp is np and n_classes <= 32 and x.dtype in (np.float32, np.float64):
-        return np.matmul(x, ones_vector(n_classes, x.dtype))[:, None]
-    return x.sum(axis=1, keepdims=True)
-
-
 class SoftmaxWithLoss(Loss):
     """Softmax followed by cross-entropy, fused: L = −(1/N) Σ_n log softmax(z_n)[t_n].
 
@@ -112,38 +83,17 @@ class SoftmaxWithLoss(Loss):
         logits, t = _check_pair(logits, t, "logits")
         if logits.ndim != 2:
             raise ValueError(f"logits must have shape (N, C), got {tuple(logits.shape)}")
-        xp = array_module(logits)
         n, n_classes = logits.shape
-        self._grad = None
-        if xp is not np and t.ndim == 1 and t.dtype.kind in "iu":
-            # On a GPU: loss and gradient of every row in one fused kernel (plus one sum).
-            self._check_labels(t, n_classes)
-            loss, self._grad = softmax_cross_entropy(logits, t)
-            return loss
-        # log softmax(z) = (z − c) − lse with c the row max and lse = log Σ exp(z − c); the
-        # exponentials are kept, since backward's softmax is exp / Σ exp.
-        shifted = logits - _row_max(logits, xp)
-        exp = xp.exp(shifted)
-        sums = _row_sums(exp, xp)
-        lse = xp.log(sums)
-        target_at = None  # flat indices of the labelled logits (labels only), for backward
         if t.ndim == 1:
             self._check_labels(t, n_classes)
-            # z[n, t_n] as a gather from the flat array at n·C + t_n: the same elements as
-            # z[arange(N), t] in the same order, 3× faster for a small batch; backward reuses it
-            target_at = self._row_offsets(logits) + t
-            loss = (lse.sum() - shifted.ravel().take(target_at).sum()) * (1.0 / n)  # −(1/N) Σ_n log softmax(z_n)[t_n]
-        elif t.shape == logits.shape:
-            t = t.astype(logits.dtype, copy=False)
-            loss = ((t.sum(axis=1, keepdims=True) * lse).sum() - (t * shifted).sum()) * (1.0 / n)
-        else:
+        elif t.shape != logits.shape:
             raise ValueError(
                 f"t must be labels of shape ({n},) or one-hot targets of shape {tuple(logits.shape)}, "
                 f"got {tuple(t.shape)}"
             )
-        self._exp, self._sums, self._t = exp, sums, t
-        self._target_at = target_at
-        return xp.asarray(loss)
+        # loss and gradient together (one kernel on a GPU); backward returns the gradient
+        loss, self._grad = ops_of(logits).softmax_cross_entropy(logits, t)
+        return loss
 
     def _check_labels(self, t: Any, n_classes: int) -> None:
         """Integer labels in [0, C) (reads two values back to the host: skipped without validate)."""
@@ -161,34 +111,9 @@ class SoftmaxWithLoss(Loss):
                 f"min {int(t.min())}, max {int(t.max())}"
             )
 
-    def _row_offsets(self, logits: Any) -> Any:
-        """n·C for n = 0..N−1 (int64), on the logits' device, kept between calls (a step should
-        not rebuild it): the flat index of row n's first logit."""
-        offsets = getattr(self, "_offsets", None)
-        n, n_classes = logits.shape
-        if (
-            offsets is None
-            or offsets.shape[0] != n
-            or self._offsets_step != n_classes
-            or type(offsets) is not type(logits)
-            or offsets.device != logits.device
-        ):
-            offsets = array_module(logits).arange(0, n * n_classes, n_classes, dtype=np.int64)[:n]
-            self._offsets, self._offsets_step = offsets, n_classes
-        return offsets
-
     def backward(self) -> Any:
         """∂L/∂z = (softmax(z) − t) / N, shape (N, C)."""
-        if self._grad is not None:
-            return self._grad  # the fused kernel computed it with the loss
-        y = self._exp / self._sums
-        t = self._t
-        if t.ndim == 1:
-            y.ravel()[self._target_at] -= 1.0  # y is a fresh contiguous array: ravel is a view
-        else:
-            y -= t
-        y *= 1.0 / y.shape[0]
-        return y
+        return self._grad
 
 
 class MSELoss(Loss):

@@ -43,6 +43,12 @@ class Parameter:
         self._flat = None
 
     @property
+    def flat(self) -> FlatParameters | None:
+        """The flat buffer whose views ``data`` and ``grad`` are (None before packing); check
+        ``flat.owns(params)`` before treating a list of parameters as all of it."""
+        return self._flat
+
+    @property
     def shape(self) -> tuple[int, ...]:
         return tuple(self.data.shape)
 

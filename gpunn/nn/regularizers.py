@@ -14,9 +14,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-import numpy as np
-
-from ..backend import kernels
 from ..backend.device import array_module
 from ..validation import check_float
 from .parameter import Parameter
@@ -35,7 +32,7 @@ def parameter_list(params: Iterable[Parameter] | Any) -> list[Parameter]:
 
 def decayed_arrays(params: list[Parameter]) -> list[tuple[Any, Any]]:
     """(data, grad) pairs of the decayed parameters: one flat 1-D pair when they are packed."""
-    flat = params[0]._flat if params else None
+    flat = params[0].flat if params else None
     if flat is not None and flat.owns(params):
         return [(flat.decayed(flat.data), flat.decayed(flat.grad))] if flat.n_decay else []
     return [(p.data, p.grad) for p in params if p.decay]  # as they are: reshape could copy
@@ -90,24 +87,11 @@ class L2(Regularizer):
 
     def backward(self, params: Any) -> None:
         for w, g in decayed_arrays(parameter_list(params)):
-            if w.ndim == 1 and w.flags.c_contiguous and g.flags.c_contiguous:  # a flat buffer: one pass
-                kernels.axpy_update(g, w, self._scratch_for(w), a=self.lam)
-            else:
-                g += self.lam * w
+            g += self.lam * w
 
     def fused_coefficients(self) -> tuple[float, float] | None:
         """(λ, 0): ∂R/∂W = λ·W (None for a subclass with its own backward)."""
         return (float(self.lam), 0.0) if type(self).backward is L2.backward else None
-
-    def _scratch_for(self, w: Any) -> Any:
-        """A small scratch for the CPU's piecewise update (kept; None on a GPU)."""
-        if array_module(w) is not np:
-            return None
-        scratch = getattr(self, "_scratch", None)
-        if scratch is None or scratch.dtype != w.dtype or scratch.shape[1] < min(w.size, kernels.CHUNK):
-            scratch = kernels.scratch(w.size, w.dtype)
-            self._scratch = scratch
-        return scratch
 
 
 class L1(Regularizer):

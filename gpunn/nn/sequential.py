@@ -1,9 +1,11 @@
 """Sequential models and the ``mlp`` shortcut.
 
-A Sequential runs its layers in order: a^[0] = x, then each Linear computes
-z^[l] = a^[l−1]·W^[l] + b^[l] and each activation a^[l] = g(z^[l]). Backward runs them in
-reverse, each layer writing its parameters' gradients. All parameters live in one flat
-buffer (weights first, biases last), so an optimizer updates them in one operation.
+A Sequential runs its layers in order: a^[0] = x, then each layer computes the next a^[l]
+(a Linear layer z^[l] = a^[l−1]·W^[l] + b^[l], or a^[l] = g(z^[l]) with its activation).
+Backward runs them in reverse, each layer writing its parameters' gradients. All parameters
+live in one flat buffer (weights first, biases last), so an optimizer updates them in one
+operation. The container sets nothing on its layers: a layer computes the same inside a
+model as on its own.
 """
 
 from __future__ import annotations
@@ -15,19 +17,16 @@ from typing import Any
 import numpy as np
 
 from ..validation import check_choice, check_dtype, check_float, check_int
-from .activations import ACTIVATIONS, ElementwiseActivation, Identity, LeakyReLU, ReLU, Sigmoid, Softmax, Tanh
-from .activations import activation as make_activation
+from .activations import Identity, LeakyReLU, ReLU, Sigmoid, Softmax, Tanh
 from .init import make_rng
-from .layers import Dropout, Layer, Linear, check_input
+from .layers import ACTIVATION_NAMES, Dropout, Layer, Linear, check_input
 from .parameter import Parameter, pack
-
-# Layers that act elementwise and may overwrite their input or incoming gradient.
-_ELEMENTWISE = (ElementwiseActivation, Dropout)
 
 
 class Sequential(Layer):
-    """Layers applied in order. ``forward(x)`` → logits; ``backward(dlogits)`` writes every
-    parameter's ``.grad`` and returns ∂L/∂x. Parameter names are "<index>.<name>" ("0.W").
+    """Layers applied in order. ``forward(x)`` → output of the last layer; ``backward(dy)``
+    writes every parameter's ``.grad`` and returns ∂L/∂x only when asked (``input_grad``).
+    Parameter names are "<index>.<name>" ("0.W").
     """
 
     def __init__(self, *layers: Layer | Sequence[Layer]) -> None:
@@ -39,18 +38,15 @@ class Sequential(Layer):
         self.layers: list[Layer] = list(layers)
         for name, p in self.named_parameters():
             p.name = name
-        self._plan_inplace()
-        self._plan_fusion()
         params = self.parameters()
-        self._first = params[0] if params else None  # the forward pass checks x against it
+        self._first = params[0] if params else None  # forward checks x against it
         if params:
             pack(params)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         # After pickle or deepcopy the parameters are separate arrays: gather them into one
-        # flat buffer again, so that optimizers and the layers share it as before.
+        # flat buffer again, so that optimizers and the layers share it.
         self.__dict__.update(state)
-        self._plan_fusion()  # a model pickled by an older gpunn kept (name, slope) pairs here
         params = self.parameters()
         if params:
             pack(params)
@@ -68,60 +64,6 @@ class Sequential(Layer):
 
     def named_parameters(self) -> list[tuple[str, Parameter]]:
         return [(f"{i}.{name}", p) for i, layer in enumerate(self.layers) for name, p in layer.named_parameters()]
-
-    def _plan_inplace(self) -> None:
-        """Let elementwise layers overwrite arrays that this model allocated and that no
-        layer keeps for its backward pass.
-
-        Forward, the array flowing between layers is *owned* once some layer of this model
-        allocated it (a Linear always does; the caller's x never is), and *kept* when the
-        layer that produced it saves it (the activations and Softmax save their output).
-        Layers that may hand their input straight on (Identity, Dropout in eval mode, nested
-        models) pass the status through or, when unknown, revoke ownership. Backward, only
-        the gradients this model allocated are overwritten, never the caller's dlogits.
-        """
-        owned = kept = False
-        for layer in self.layers:
-            if isinstance(layer, _ELEMENTWISE):
-                layer.inplace = owned and not kept
-            if isinstance(layer, (Identity, Dropout)):
-                continue  # may return its input itself: the status passes through
-            if isinstance(layer, Linear):
-                owned, kept = True, False  # a new array, which it does not keep
-            elif isinstance(layer, (ElementwiseActivation, Softmax)):
-                owned, kept = True, True  # its output is saved for backward
-            else:
-                owned, kept = False, True  # unknown (a nested model may return its input)
-        grad_owned = False  # the incoming dlogits belong to the caller
-        for layer in reversed(self.layers):
-            if isinstance(layer, _ELEMENTWISE):
-                layer.inplace_grad = grad_owned
-            if isinstance(layer, (Identity, Dropout)):
-                continue  # may return dy itself
-            grad_owned = isinstance(layer, (Linear, *_ELEMENTWISE, Softmax))
-
-    def _plan_fusion(self) -> None:
-        """A Linear directly followed by an elementwise activation computes g(x·W + b) in one
-        pass over its output (one kernel on a GPU); the activation then only passes it on.
-        Its output is a fresh array nobody keeps, so applying g in place there is safe.
-
-        Backward, the activation's dz is exactly the Linear's dy (they are adjacent), so the
-        activation also writes the Linear's bias gradient Σ_n dz_n in its own pass over dz
-        (one kernel on a GPU instead of two); the Linear skips its sum for that array. An
-        unfused Linear right after such an activation (the output layer) hands its bias sum to
-        the same kernel in :meth:`backward`."""
-        for layer in self.layers:
-            if isinstance(layer, Linear):
-                layer.activation = None
-                layer.bias_grad_from = None
-            elif isinstance(layer, ElementwiseActivation):
-                layer.fused = False
-                layer.bias_grad_of = None
-        for first, second in itertools.pairwise(self.layers):
-            if isinstance(first, Linear) and isinstance(second, ElementwiseActivation):
-                first.activation = second
-                second.fused = True
-                second.bias_grad_of = first
 
     @property
     def dtype(self) -> np.dtype:
@@ -159,35 +101,13 @@ class Sequential(Layer):
             x = layer.forward(x)
         return x
 
-    def backward(self, dy: Any, input_grad: bool = True) -> Any:
-        """dy = ∂L/∂output → writes every parameter's grad; returns ∂L/∂x (None when
-        ``input_grad`` is False, which spares the first layer's input gradient)."""
-        layers = self.layers
-        if not layers:
-            return dy
-        k = len(layers) - 1
-        while k > 0:
-            layer = layers[k]
-            before = layers[k - 1]
-            if (
-                isinstance(layer, Linear)
-                and layer.activation is None
-                and isinstance(before, ElementwiseActivation)
-                and before.fused
-            ):
-                # A Linear layer with no activation after it (the output layer) whose input came
-                # from a fused activation: that activation's backward kernel, which sums its own
-                # Linear's bias gradient, also sums this one's: a launch fewer per step.
-                dx = layer.backward(dy, bias_grad=False)
-                dy = before.backward(dx, also_sum=(dy, layer.b.grad))
-                k -= 2
-            else:
-                dy = layer.backward(dy)
-                k -= 1
-        first = layers[0]
-        if isinstance(first, (Linear, Sequential)):
-            return first.backward(dy, input_grad=input_grad)
-        return first.backward(dy)
+    def backward(self, dy: Any, input_grad: bool = False) -> Any:
+        """dy = ∂L/∂output → writes every parameter's grad; returns ∂L/∂x when
+        ``input_grad`` is True, else None (a training step does not use it, and for a first
+        Linear layer it is a matrix product as large as its weight gradient)."""
+        for layer in reversed(self.layers[1:]):
+            dy = _backward(layer, dy, True)
+        return _backward(self.layers[0], dy, input_grad) if self.layers else (dy if input_grad else None)
 
     def config(self) -> dict[str, Any]:
         return {"type": "Sequential", "layers": [layer.config() for layer in self.layers]}
@@ -226,6 +146,17 @@ class Sequential(Layer):
         return f"Sequential({inner}\n)" if inner else "Sequential()"
 
 
+def _backward(layer: Layer, dy: Any, input_grad: bool) -> Any:
+    """``layer``'s backward, asking a Linear layer or a model for ∂L/∂x only with ``input_grad``
+    (a layer without parameters is then not run at all)."""
+    if isinstance(layer, (Linear, Sequential)):
+        return layer.backward(dy, input_grad=input_grad)
+    if not input_grad and not layer.parameters():
+        return None
+    dx = layer.backward(dy)
+    return dx if input_grad else None
+
+
 def mlp(
     sizes: Sequence[int],
     activation: str = "relu",
@@ -234,16 +165,18 @@ def mlp(
     dropout: float = 0.0,
     init: str | None = None,
 ) -> Sequential:
-    """A multilayer perceptron: Linear(sizes[0]→sizes[1]), g, [Dropout], …, Linear(→sizes[-1]).
+    """A multilayer perceptron: Linear(sizes[0]→sizes[1], activation), [Dropout], …,
+    Linear(→sizes[-1]) (the logits: no activation).
 
-    ``activation`` names g (relu, leaky_relu, sigmoid, tanh, identity). ``init`` defaults to
-    "he" for the ReLU family and "xavier" otherwise. ``dropout`` > 0 adds inverted dropout
-    after every hidden activation. One ``seed`` fixes every layer's initial weights.
+    ``activation`` names the hidden layers' g (relu, leaky_relu, sigmoid, tanh, identity),
+    which each hidden Linear layer applies with its bias. ``init`` defaults to "he" for the
+    ReLU family and "xavier" otherwise. ``dropout`` > 0 adds inverted dropout after every
+    hidden layer. One ``seed`` fixes every layer's initial weights.
     """
     if isinstance(sizes, (str, bytes)) or not isinstance(sizes, Sequence) or len(sizes) < 2:
         raise ValueError(f"sizes must list at least an input and an output size, e.g. [784, 100, 10]; got {sizes!r}")
     sizes = [check_int(f"sizes[{i}]", s, low=1) for i, s in enumerate(sizes)]
-    name = check_choice("activation", activation, ACTIVATIONS)
+    name = ACTIVATION_NAMES[check_choice("activation", activation, ACTIVATION_NAMES)]
     dropout = check_float("dropout", dropout, low=0.0, high=1.0, high_open=True)
     if init is None:
         init = "he" if name in ("relu", "leaky_relu") else "xavier"
@@ -251,11 +184,10 @@ def mlp(
     rng = make_rng(seed)
     layers: list[Layer] = []
     for i, (n_in, n_out) in enumerate(itertools.pairwise(sizes)):
-        layers.append(Linear(n_in, n_out, init=init, dtype=dt, seed=rng))
-        if i < len(sizes) - 2:
-            layers.append(make_activation(name))
-            if dropout > 0.0:
-                layers.append(Dropout(dropout, seed=int(rng.integers(2**31))))
+        hidden = i < len(sizes) - 2
+        layers.append(Linear(n_in, n_out, activation=name if hidden else None, init=init, dtype=dt, seed=rng))
+        if hidden and dropout > 0.0:
+            layers.append(Dropout(dropout, seed=int(rng.integers(2**31))))
     return Sequential(layers)
 
 
@@ -266,6 +198,8 @@ def architecture(config: Any) -> Any:
     """``model.config()`` without the keys that only decide fresh weights (init, seed): what
     two models must share for one's weights to fit the other."""
     if isinstance(config, dict):
+        if config.get("type") == "Linear":
+            config = {"activation": None, **config}  # saved before Linear had an activation
         return {k: architecture(v) for k, v in config.items() if k not in INIT_ONLY_KEYS}
     if isinstance(config, list):
         return [architecture(v) for v in config]

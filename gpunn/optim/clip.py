@@ -6,9 +6,9 @@ and the factor stay 0-d device arrays, so clipping adds no synchronization to a 
 :func:`clip_grad_norm` scales the gradients in place, whatever they hold: called after
 ``regularizer.backward`` it clips the penalty's gradient too. An optimizer's
 ``max_grad_norm`` does not use it: the step computes ‖g‖² of the loss gradient with
-:func:`gpunn.kernels.sum_of_squares` and its update kernel applies the factor, then adds an
-L2 / L1 penalty passed to ``step(regularizer)`` unclipped (PyTorch's order: clip, then the
-optimizer's weight decay); ``param.grad`` keeps the unclipped loss gradient.
+``ops.sum_of_squares`` and its update applies the factor, then adds an L2 / L1 penalty passed
+to ``step(regularizer)`` unclipped (PyTorch's order: clip, then the optimizer's weight decay);
+``param.grad`` keeps the unclipped loss gradient.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def clip_grad_norm(params: Iterable[Parameter] | Any, max_norm: float) -> Any:
     params = list(params)
     if not params:
         raise ValueError("params is empty: there are no gradients to clip")
-    flat = params[0]._flat
+    flat = params[0].flat
     if flat is not None and flat.owns(params):
         return clip_flat_grad(flat.grad, max_norm)
     xp = array_module(params[0].grad)

@@ -1,9 +1,9 @@
 """The update rules. Signatures and defaults follow PyTorch's ``torch.optim``.
 
-Each rule updates the flat parameter buffer p from the flat gradient g in one call to
-:mod:`gpunn.kernels` (a fused kernel on a GPU, its NumPy twin on the CPU). The formulas below
-are written with g; with clipping or an L2 / L1 regularizer the rule sees the effective
-gradient ĝ described in :class:`~gpunn.optim.Optimizer` instead.
+Each rule updates the flat parameter buffer p from the flat gradient g in one call to its
+device's Ops (:mod:`gpunn.backend.ops`: a fused kernel on a GPU). The formulas below are written
+with g; with clipping or an L2 / L1 regularizer the rule sees the effective gradient g'
+described in :class:`~gpunn.optim.Optimizer` instead.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from ..backend import kernels
 from ..nn.parameter import FlatParameters, Parameter
 from ..validation import check_float
 from .base import Optimizer
@@ -25,8 +24,8 @@ class SGD(Optimizer):
     def __init__(self, params: Params = None, lr: float = 0.01, *, max_grad_norm: float | None = None) -> None:
         super().__init__(params, lr=lr, max_grad_norm=max_grad_norm)
 
-    def _update(self, flat: FlatParameters, state: dict[str, Any], scratch: Any, extras: dict[str, Any]) -> None:
-        kernels.sgd_update(flat.data, flat.grad, scratch, lr=self.lr, n_decay=flat.n_decay, **extras)
+    def _update(self, ops: Any, flat: FlatParameters, state: dict[str, Any], extras: dict[str, Any]) -> None:
+        ops.sgd_update(flat.data, flat.grad, lr=self.lr, n_decay=flat.n_decay, **extras)
 
 
 class Momentum(Optimizer):
@@ -42,12 +41,11 @@ class Momentum(Optimizer):
         self.momentum = check_float("momentum", momentum, low=0.0, high=1.0, high_open=True)
         super().__init__(params, lr=lr, max_grad_norm=max_grad_norm)
 
-    def _update(self, flat: FlatParameters, state: dict[str, Any], scratch: Any, extras: dict[str, Any]) -> None:
-        kernels.momentum_update(
+    def _update(self, ops: Any, flat: FlatParameters, state: dict[str, Any], extras: dict[str, Any]) -> None:
+        ops.momentum_update(
             flat.data,
             flat.grad,
             state["velocity"],
-            scratch,
             lr=self.lr,
             momentum=self.momentum,
             nesterov=self.nesterov,
@@ -74,9 +72,9 @@ class AdaGrad(Optimizer):
         self.eps = check_float("eps", eps, low=0.0, low_open=True)
         super().__init__(params, lr=lr, max_grad_norm=max_grad_norm)
 
-    def _update(self, flat: FlatParameters, state: dict[str, Any], scratch: Any, extras: dict[str, Any]) -> None:
-        kernels.adagrad_update(
-            flat.data, flat.grad, state["sum_sq"], scratch, lr=self.lr, eps=self.eps, n_decay=flat.n_decay, **extras
+    def _update(self, ops: Any, flat: FlatParameters, state: dict[str, Any], extras: dict[str, Any]) -> None:
+        ops.adagrad_update(
+            flat.data, flat.grad, state["sum_sq"], lr=self.lr, eps=self.eps, n_decay=flat.n_decay, **extras
         )
 
 
@@ -99,12 +97,11 @@ class RMSprop(Optimizer):
         self.eps = check_float("eps", eps, low=0.0, low_open=True)
         super().__init__(params, lr=lr, max_grad_norm=max_grad_norm)
 
-    def _update(self, flat: FlatParameters, state: dict[str, Any], scratch: Any, extras: dict[str, Any]) -> None:
-        kernels.rmsprop_update(
+    def _update(self, ops: Any, flat: FlatParameters, state: dict[str, Any], extras: dict[str, Any]) -> None:
+        ops.rmsprop_update(
             flat.data,
             flat.grad,
             state["square_avg"],
-            scratch,
             lr=self.lr,
             alpha=self.alpha,
             eps=self.eps,
@@ -147,24 +144,20 @@ class Adam(Optimizer):
         self.eps = check_float("eps", eps, low=0.0, low_open=True)
         super().__init__(params, lr=lr, max_grad_norm=max_grad_norm)
 
-    def _update(self, flat: FlatParameters, state: dict[str, Any], scratch: Any, extras: dict[str, Any]) -> None:
+    def _update(self, ops: Any, flat: FlatParameters, state: dict[str, Any], extras: dict[str, Any]) -> None:
         beta1, beta2 = self.betas
-        # With live scalars the update computes these from [lr, t] in device memory instead (and
-        # a step being captured is not counted yet, so step_count may still be 0 here).
-        step = self.step_count if "live" not in extras else max(self.step_count, 1)
-        constants = kernels.adam_constants(self.lr, beta1, beta2, step, self.weight_decay)
-        kernels.adam_update(
+        ops.adam_update(
             flat.data,
             flat.grad,
             state["exp_avg"],
             state["exp_avg_sq"],
-            scratch,
-            n_decay=flat.n_decay,
+            lr=self.lr,
             beta1=beta1,
             beta2=beta2,
             eps=self.eps,
+            step=self.step_count,
             weight_decay=self.weight_decay,
-            **constants,
+            n_decay=flat.n_decay,
             **extras,
         )
 

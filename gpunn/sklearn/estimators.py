@@ -35,7 +35,7 @@ The data go to the device once per fit; each epoch reads one small (2, n_steps) 
 (the step costs and the ΣW² of each step's penalty), as scikit-learn evaluates its loss once
 per epoch too. On the CPU, networks whose matrix products are small train with the BLAS held
 to one thread: for them a second thread saves little on an idle machine and costs a lot on a
-busy one (see ``gpunn._sklearn_network._blas_threads``).
+busy one (see ``gpunn.sklearn.network._blas_threads``).
 Inputs may be NumPy arrays, lists, pandas frames, SciPy sparse matrices (densified) or CuPy
 arrays; predictions follow the input: CuPy in, CuPy out (numeric labels), NumPy otherwise.
 ``coefs_`` and ``intercepts_`` are NumPy arrays (on the CPU, views of the live weights, as in

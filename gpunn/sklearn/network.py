@@ -19,9 +19,7 @@ from ..backend.device import Device, array_module, to_numpy
 from ..nn.functional import sigmoid, softmax
 from ..nn.layers import Linear
 from ..nn.losses import Loss, MSELoss, SigmoidBCELoss, SoftmaxWithLoss
-from ..nn.regularizers import Regularizer
 from ..nn.sequential import Sequential, mlp
-from ..train.cpu_step import CompiledStep, compile_step
 
 _ACTIVATIONS = {"identity": "identity", "logistic": "sigmoid", "tanh": "tanh", "relu": "relu"}
 _PREDICT_CHUNK = 65_536  # rows per forward pass when predicting (bounds device memory)
@@ -107,7 +105,7 @@ class _Network:
 
     @property
     def flat(self) -> Any:
-        return self.model.parameters()[0]._flat
+        return self.model.parameters()[0].flat
 
     @property
     def device(self) -> Device:
@@ -189,12 +187,6 @@ class _Network:
         )
         return state
 
-    def compiled_step(self, penalty: Regularizer | None) -> CompiledStep | None:
-        """The CPU training step of this model, loss and optimizer with ``penalty`` (see
-        :mod:`gpunn.cpu_step`), or None where the layers step one by one. A fit makes one and
-        lets it go when it ends: the network keeps none (nor its buffers and last batch)."""
-        return compile_step(self.model, self.loss, self.optimizer, penalty)
-
     def _restore_host_state(self) -> None:
         host, self.host_state = self.host_state, {}
         if "best" in host:
@@ -212,7 +204,7 @@ def _linears(model: Sequential) -> list[Linear]:
 def _set_lr(opt: optim.Optimizer, lr: float) -> None:
     """Change the learning rate the way scikit-learn's SGD does: its velocity holds −lr·Σ…
     with the old rates, gpunn's holds the plain gradient sum, so gpunn's is rescaled."""
-    velocity = opt._state.get("velocity")  # gpunn's Momentum/Nesterov buffer (same package)
+    velocity = opt.state.get("velocity")  # gpunn's Momentum/Nesterov buffer
     if velocity is not None and lr > 0:
         velocity *= opt.lr / lr
     opt.lr = float(lr)

@@ -20,7 +20,6 @@ from sklearn.model_selection import train_test_split
 from .. import optim
 from ..backend.device import Device, device_of, to_numpy
 from ..nn.regularizers import L2
-from ..train.cpu_step import CompiledStep
 from .network import _Network, _set_lr
 
 
@@ -62,8 +61,6 @@ class _TrainingLoops:
         penalty = L2(self.alpha) if self.alpha else None
         sample_idx = np.arange(n)
         try:
-            # the CPU's step (gpunn.cpu_step), compiled once: nothing between two epochs changes the model
-            compiled = net.compiled_step(penalty) if dev.kind == "cpu" else None
             self.n_iter_ = 0
             for _ in range(self.max_iter):
                 order = None
@@ -74,7 +71,7 @@ class _TrainingLoops:
                     sample_idx = sample_idx[permutation]
                     with dev:
                         order = dev.send(sample_idx)
-                record = self._epoch(net, flat, dev, penalty, compiled, X, T, order, batch_size)
+                record = self._epoch(net, flat, dev, penalty, X, T, order, batch_size)
                 self._end_epoch(float(record[0] @ sizes) / n, float(record[1].sum()) / n, n)
                 self._update_no_improvement_count(net, validation)
                 if self.solver == "sgd" and self.learning_rate == "invscaling":
@@ -171,7 +168,6 @@ class _TrainingLoops:
         flat: Any,
         dev: Device,
         penalty: L2 | None,
-        compiled: CompiledStep | None,
         X: Any,
         T: Any,
         order: Any,
@@ -179,8 +175,7 @@ class _TrainingLoops:
     ) -> np.ndarray:
         """One pass over (X, T) in mini-batches on ``dev``; returns, read once, (2, n_steps):
         each step's mean cost and the ΣW² its penalty used (the weights before the step's
-        update). ``flat`` is the model's flat buffer, ``penalty`` the fit's L2 (None without alpha),
-        ``compiled`` the fit's compiled CPU step (None: layer by layer).
+        update). ``flat`` is the model's flat buffer, ``penalty`` the fit's L2 (None without alpha).
 
         Per step: z = model(x_b); cost, ∂cost/∂z; backward writes every grad; then the
         optimizer updates the flat buffer in one operation that also adds the L2 gradient
@@ -214,12 +209,9 @@ class _TrainingLoops:
                     # scikit-learn's Adam adds ε to √v, not to √v̂: ε' = ε / √(1 − β2^t) in gpunn's form
                     beta2_t *= beta2
                     opt.eps = self.epsilon / math.sqrt(1.0 - beta2_t)
-                if compiled is not None:
-                    record[0, step] = compiled(xb, tb)
-                else:
-                    record[0, step] = loss.forward(model.forward(xb), tb)
-                    model.backward(loss.backward(), input_grad=False)
-                    opt.step(penalty)
+                record[0, step] = loss.forward(model.forward(xb), tb)
+                model.backward(loss.backward())
+                opt.step(penalty)
             return to_numpy(record).astype(np.float64)
 
     def _update_no_improvement_count(self, net: _Network, validation: tuple[Any, Any] | None) -> None:
@@ -255,7 +247,7 @@ class _TrainingLoops:
             with dev:
                 flat.data[...] = dev.send(w, dtype=flat.dtype)
                 cost = loss.forward(model.forward(X), T)
-                model.backward(loss.backward(), input_grad=False)
+                model.backward(loss.backward())
                 grad.backward(params)
                 value = float(cost) + 0.5 * self.alpha * float(weights @ weights) / n
                 return value, to_numpy(flat.grad).astype(np.float64)

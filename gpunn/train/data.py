@@ -421,6 +421,57 @@ def one_hot(y: Any, n_classes: int | None = None, dtype: Any = "float32") -> Any
 # ----------------------------------------------------------------------------- batches
 
 
+def checked_inputs(x: Any, name: str, n_in: int | None = None, first_layer: str = "") -> Any:
+    """``x`` as a 2-D numeric array of N >= 1 finite rows (a list becomes a NumPy array), with
+    ``n_in`` features when given (the model's first layer, ``first_layer``, expects them)."""
+    if isinstance(x, (list, tuple)):
+        x = np.asarray(x)  # host: a list
+    if not (hasattr(x, "ndim") and hasattr(x, "dtype")):
+        raise TypeError(f"{name} must be an array of shape (N, features), got {type(x).__name__}")
+    if x.ndim != 2:
+        raise ValueError(f"{name} must have shape (N, features), got shape {tuple(x.shape)}")
+    if x.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must hold numbers, got dtype {x.dtype}")
+    if x.shape[0] == 0:
+        raise ValueError(f"{name} holds no samples (shape {tuple(x.shape)})")
+    if n_in is not None and x.shape[1] != n_in:
+        raise ValueError(f"{name} has {x.shape[1]} features but the model's first layer, {first_layer}, expects {n_in}")
+    if x.dtype.kind == "f" and not bool(array_module(x).isfinite(x).all()):
+        rows = np.flatnonzero(~np.isfinite(to_numpy(x)).all(axis=1))
+        raise ValueError(f"{name} contains NaN or infinity (first in row {rows[0]}); clean the data first")
+    return x
+
+
+def checked_targets(
+    y: Any, x: Any, names: tuple[str, str], classes: int | None = None, unit_interval_for: str | None = None
+) -> Any:
+    """``y`` as an array of x's N rows (``names``: x's and y's); with ``classes``, (N,) labels
+    must be integers in [0, classes); with ``unit_interval_for`` (the loss that needs it),
+    every target must lie in [0, 1]."""
+    x_name, y_name = names
+    if isinstance(y, (list, tuple)):
+        y = np.asarray(y)  # host: a list
+    if not (hasattr(y, "ndim") and hasattr(y, "dtype")):
+        raise TypeError(f"{y_name} must be an array, got {type(y).__name__}")
+    if y.shape[:1] != x.shape[:1]:
+        raise ValueError(
+            f"{x_name} and {y_name} hold different numbers of samples: {tuple(x.shape)} and {tuple(y.shape)}"
+        )
+    if classes is not None and y.ndim == 1:
+        if y.dtype.kind not in "iu":
+            raise TypeError(f"{y_name} must hold integer class labels, got dtype {y.dtype}")
+        if y.size and (int(y.min()) < 0 or int(y.max()) >= classes):
+            raise ValueError(
+                f"{y_name} holds labels outside [0, {classes}) for a model with {classes} outputs: "
+                f"min {int(y.min())}, max {int(y.max())}"
+            )
+    if unit_interval_for is not None:
+        low, high = float(y.min()), float(y.max())
+        if low < 0.0 or high > 1.0:
+            raise ValueError(f"{y_name} must lie in [0, 1] for {unit_interval_for}, got min {low}, max {high}")
+    return y
+
+
 def batches(
     x: Any,
     y: Any,

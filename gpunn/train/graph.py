@@ -11,8 +11,10 @@ What makes a replay correct:
   fit; temporaries made during capture come from a memory pool private to the graph, which
   nothing else allocates from, so no later array can take a captured address;
 - nothing the host decides per step is frozen into the graph: the batch rows are read from
-  ``perm`` at ``counter · batch`` by a kernel, and the optimizer reads its learning rate and
-  step number from device memory (``optimizer.use_live_scalars``);
+  ``perm`` at ``counter · batch`` by a kernel, and the optimizer's update reads the learning
+  rate and the step number from a float64 array [lr, t] in device memory, advancing t there
+  (``NumpyOps.step_scalars``, set around the graph's steps; the host writes the optimizer's lr
+  and step count into it at the start of each epoch and counts each replay on the host);
 - matrix products go through a cuBLAS handle of gpunn's own (:mod:`gpunn.gemm`), because
   CuPy refuses cuBLAS calls during capture.
 
@@ -24,6 +26,7 @@ epoch runs eagerly. If capture fails, training continues eagerly with a warning.
 from __future__ import annotations
 
 import contextlib
+import functools
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -31,8 +34,9 @@ from typing import Any
 import numpy as np
 
 from ..backend.cuda.gemm import CapturableMatmul, CublasHandle
+from ..backend.cuda.ops import CupyOps
 from ..backend.device import Device, StepCaptureError, capturing_step, matmul_precision
-from ..backend.layer_kernels import release_loss_scratch
+from ..backend.ops import NumpyOps
 from ..nn.layers import Dropout
 
 WARMUP_STEPS = 2  # eager steps before capture: NVRTC compiles, pools and cuBLAS warm up
@@ -92,6 +96,8 @@ class StepGraph:
             n_steps = self.n_full + (1 if self.rest else 0)
             self.step_loss = xp.zeros(n_steps, dtype=np.float64)
             self.step_correct = xp.zeros(n_steps, dtype=np.int64)
+            # [lr, t] that the updates read (rewritten from the optimizer at each epoch)
+            self.step_scalars = xp.asarray(self._optimizer_scalars())
         self.graph: Any = None
         self.failed: str | None = None
         self.steps_run = 0
@@ -103,26 +109,29 @@ class StepGraph:
                 self.handle = CublasHandle(xp, self.stream, tf32=matmul_precision() == "tf32")
             self.pool = xp.cuda.MemoryPool()  # the graph's temporaries live here, and only they
             self._kernels = _device_kernels(xp)
-        optimizer.use_live_scalars(True)  # may fill [lr, t] on the default stream
         if not self.emulate:
-            device.synchronize()  # data and live scalars came on the default stream; ours does not wait
+            device.synchronize()  # the data came on the default stream; ours does not wait
 
     # ------------------------------------------------------------------ one epoch
 
     def epoch(self, order: np.ndarray) -> tuple[Any, Any]:
         """Train one epoch over the rows in ``order`` (a host permutation of range(N));
         returns the per-step losses (float64) and correct counts as device arrays."""
+        scalars = self._optimizer_scalars()
         if self.emulate:
             self.perm[...] = order
             self.counter[...] = 0
-            return self._steps()
+            self.step_scalars[...] = scalars
+            with self._reading_step_scalars():
+                return self._steps()
         with self.device, self.stream:
             # work queued on the default stream since the last epoch (an evaluation, a copy
             # of the best weights) must finish before this stream changes the weights
             self.stream.wait_event(self.xp.cuda.Stream.null.record())
             self.perm.set(order, stream=self.stream)
+            self.step_scalars.set(scalars, stream=self.stream)  # a schedule or callback may have moved lr
             self.counter.fill(0)
-            with CapturableMatmul(self.handle):
+            with CapturableMatmul(self.handle), self._reading_step_scalars():
                 result = self._steps()
         self.stream.synchronize()  # the epoch's figures are read on the default stream next
         return result
@@ -138,13 +147,26 @@ class StepGraph:
                 f"of batch_size = {self.batch}"
             )
         if self.emulate:
-            self._next_full_step()
+            with self._reading_step_scalars():
+                self._next_full_step()
             return
-        with self.device, self.stream, CapturableMatmul(self.handle):
+        with self.device, self.stream, CapturableMatmul(self.handle), self._reading_step_scalars():
             self._next_full_step()
 
+    def _optimizer_scalars(self) -> np.ndarray:
+        """[lr, t] as the optimizer holds them now (t: the updates it has made)."""
+        return np.array([self.optimizer.lr, self.optimizer.step_count], dtype=np.float64)  # host: two numbers
+
+    @contextlib.contextmanager
+    def _reading_step_scalars(self) -> Any:
+        """The optimizer's updates inside read lr and t from :attr:`step_scalars` (advancing t)."""
+        token = NumpyOps.step_scalars.set(self.step_scalars)
+        try:
+            yield
+        finally:
+            NumpyOps.step_scalars.reset(token)
+
     def _steps(self) -> tuple[Any, Any]:
-        self.optimizer.sync_live_scalars()  # a schedule or callback may have moved lr
         for _ in range(self.n_full):
             self._next_full_step()
         if self.rest:
@@ -188,14 +210,9 @@ class StepGraph:
             return
         if correct is None:
             correct = self.xp.zeros((), dtype=np.int64)
+        counts = (self.step_loss, self.step_correct, self.counter)
         self._kernels["record_step"](
-            loss.astype(np.float64),
-            correct.astype(np.int64),
-            np.int64(steps),
-            self.step_loss,
-            self.step_correct,
-            self.counter,
-            size=1,
+            loss.astype(np.float64), correct.astype(np.int64), np.int64(steps), *counts, size=1
         )
 
     # ------------------------------------------------------------------ capture and replay
@@ -210,15 +227,13 @@ class StepGraph:
         if self.emulate:
             self.graph = self._full_step
             return
-        xp, optimizer = self.xp, self.optimizer
-        steps = optimizer.step_count  # capturing records the step without running it
+        steps = self.optimizer.step_count  # capturing records the step without running it
         try:
-            self.graph = self._record_graph(xp)
+            self.graph = self._record_graph(self.xp)
         except Exception as exc:
             self._give_up(exc)
         finally:
-            optimizer.step_count = steps
-            optimizer.sync_live_scalars()
+            self.optimizer.step_count = steps
 
     def _record_graph(self, xp: Any) -> Any:
         """The captured graph of one full step; raises the step's own error if it fails.
@@ -259,38 +274,30 @@ class StepGraph:
                 self._full_step()
             return
         self.graph.launch(self.stream)
-        self.optimizer.count_replayed_step()
+        self.optimizer.step_count += 1  # the replay advanced t on the device: the host counts it
 
     def close(self) -> None:
-        """Leave live-scalar mode (the optimizer keeps working eagerly) and free what the
-        graph held: its stream's loss-kernel buffers."""
-        self.optimizer.use_live_scalars(False)
+        """Free what the graph held: the graph and its stream's loss-kernel buffers."""
         self.graph = None
         if self.stream is not None:
-            release_loss_scratch(int(self.stream.ptr))
+            CupyOps.release_loss_scratch(int(self.stream.ptr))
 
 
+@functools.cache
 def _device_kernels(xp: Any) -> dict[str, Any]:
     """The two bookkeeping kernels of a replayed step (CuPy ElementwiseKernels, compiled once)."""
-    cached = _KERNELS.get(id(xp))
-    if cached is None:
-        cached = {
-            "batch_indices": xp.ElementwiseKernel(
-                "raw int64 perm, raw int64 counter, int64 batch",
-                "int64 idx",
-                "idx = perm[counter[0] * batch + i]",
-                "gpunn_batch_indices",
-            ),
-            "record_step": xp.ElementwiseKernel(
-                "raw float64 loss, raw int64 correct, int64 steps",
-                "raw float64 step_loss, raw int64 step_correct, raw int64 counter",
-                "const long long c = counter[0]; step_loss[c] = loss[0]; step_correct[c] = correct[0]; "
-                "counter[0] = (c + 1) % steps;",
-                "gpunn_record_step",
-            ),
-        }
-        _KERNELS[id(xp)] = cached
-    return cached
-
-
-_KERNELS: dict[int, dict[str, Any]] = {}
+    return {
+        "batch_indices": xp.ElementwiseKernel(
+            "raw int64 perm, raw int64 counter, int64 batch",
+            "int64 idx",
+            "idx = perm[counter[0] * batch + i]",
+            "gpunn_batch_indices",
+        ),
+        "record_step": xp.ElementwiseKernel(
+            "raw float64 loss, raw int64 correct, int64 steps",
+            "raw float64 step_loss, raw int64 step_correct, raw int64 counter",
+            "const long long c = counter[0]; step_loss[c] = loss[0]; step_correct[c] = correct[0]; "
+            "counter[0] = (c + 1) % steps;",
+            "gpunn_record_step",
+        ),
+    }

@@ -24,7 +24,6 @@ import numpy as np
 from .. import distributed as dist
 from ..backend.device import Device, array_module, device_of, to_numpy
 from ..backend.device import device as select_device  # the constructor's `device` argument shadows the name
-from ..nn.activations import ElementwiseActivation
 from ..nn.layers import Dropout, Linear
 from ..nn.losses import Loss, SigmoidBCELoss, SoftmaxWithLoss
 from ..nn.parameter import pack, same_parameters
@@ -32,7 +31,6 @@ from ..nn.regularizers import Regularizer
 from ..nn.sequential import Sequential
 from ..optim import Optimizer
 from ..validation import check_float, check_int
-from . import cpu_step
 from . import data as datasets
 from . import graph as step_graph
 from .history import History
@@ -48,13 +46,15 @@ class Trainer:
     """Train ``model`` with ``loss`` and ``optimizer`` (and an optional ``regularizer``).
 
     ``device`` None picks the best device present (``gn.device()``: GPUNN_DEVICE, else
-    cuda:0 when usable, else the CPU) and moves the model there. An optimizer built without
-    parameters (``gn.optim.Adam(lr=1e-3)``), or to other parameters, is bound to the model
-    here, and follows it at every fit and epoch: a layer's Parameter replaced
-    (``layer.W = Parameter(...)``), a layer added, another model assigned (state kept for the
-    parameters that stay, or by place for the same weights in other objects, such as the model
-    of ``gn.load(path)`` with the optimizer of ``checkpoint.read(path)``; :meth:`Optimizer.follow`).
-    The Trainer trains the whole model.
+    cuda:0 when usable, else the CPU) and moves the model there.
+
+    The Trainer trains the whole model. Its one binding rule: at construction and at the
+    start of every fit and epoch it calls ``optimizer.bind(model.parameters())``, which binds
+    an optimizer built without parameters (``gn.optim.Adam(lr=1e-3)``) and follows every
+    change since (a layer's Parameter replaced, a layer added, another model assigned, the
+    model moved), keeping the state of the parameters that stay; each parameter is then named
+    after its place ("0.W"). An optimizer bound by its user to part of the model is widened to
+    all of it, with a warning.
 
     ``distributed``: None trains data-parallel over all ranks when an MPI launcher started
     several (``mpiexec -n K``), else in this process alone; False never; True always (over
@@ -64,14 +64,10 @@ class Trainer:
     ``batch_size`` as the global batch summed over ranks.
 
     ``graph=True`` captures one whole training step as a CUDA graph and replays it for every
-    full batch (see :mod:`gpunn.graph`): one launch per step instead of dozens, for the
+    full batch (see :mod:`gpunn.train.graph`): one launch per step instead of dozens, for the
     same numbers. It suits small networks, whose GPU steps are launch-bound; on the CPU the
-    step runs through the same fixed buffers without a speed change. Not for Dropout models
-    or distributed training (a ValueError says so).
-
-    On the CPU every step (with or without ``graph``) runs compiled when the model allows it
-    (:mod:`gpunn.cpu_step`: the layered step's NumPy calls and bits, with the layers' decisions
-    and output buffers fixed once per batch size).
+    step runs through the same fixed buffers. Not for Dropout models or distributed training
+    (a ValueError says so).
     """
 
     def __init__(
@@ -108,7 +104,7 @@ class Trainer:
             raise ValueError(reason)
         self.graph = graph
         self._step_graph: step_graph.StepGraph | None = None
-        self._compiled: cpu_step.CompiledStep | None = None  # the CPU step of the current fit
+        self._bound: list[Any] = []  # the parameters this Trainer bound the optimizer to
         self._follow_model()
         self.history = History()
         self.stop_training = False
@@ -117,29 +113,19 @@ class Trainer:
 
     _validate_outside_fit: bool | None = None  # loss.validate as the caller set it, during a fit
     _graph_key: tuple[Any, ...] | None = None  # what the step graph was captured with (_graph_key_now)
-    # ids of the parameters this Trainer bound the optimizer to, to warn only about a binding it did
-    # not make (its own binding of a model that grew since is no partial one); a copy rebuilds them
-    _bound_ids: tuple[int, ...] | None = None
 
     def __getstate__(self) -> dict[str, Any]:
-        # A copy taken during a fit (a callback pickling the trainer) leaves out the fit's
-        # compiled step and step graph: closures and device buffers, rebuilt by the next fit.
+        # A copy taken during a fit (a callback pickling the trainer) leaves out the fit's step
+        # graph (device buffers, rebuilt by the next fit).
         state = self.__dict__.copy()
-        # ids do not survive a copy: keep whether the optimizer's binding was this Trainer's
-        bound = self.optimizer._params
-        mine = bound is not None and tuple(map(id, bound)) == self._bound_ids
-        state.update(_compiled=None, _step_graph=None, _graph_key=None, _bound_ids=mine)
+        state.update(_step_graph=None, _graph_key=None)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        mine = state.get("_bound_ids") is True
         self.__dict__.update(state)
-        bound = self.optimizer._params
-        self._bound_ids = tuple(map(id, bound)) if mine and bound is not None else None
         if self._validate_outside_fit is not None:
             # a copy taken during a fit: undo what the fit switched for its own duration
             self.loss.validate = self._validate_outside_fit
-            self.optimizer.use_live_scalars(False)
             self._validate_outside_fit = None
 
     # ----------------------------------------------------------------- fit
@@ -201,7 +187,6 @@ class Trainer:
         validate = self._validate_outside_fit = self.loss.validate
         self.loss.validate = False  # labels were checked once above: no sync per step
         self._step_graph = None
-        self._compiled = None
         try:
             self._step_graph = self._start_step_graph(x, y, batch_size, classify) if self.graph else None
             for epoch in range(initial_epoch, epochs):
@@ -217,15 +202,13 @@ class Trainer:
                     waited += 1
                 for callback in callbacks:
                     callback(self, record)
-                if patience is not None and waited >= patience:
-                    self.stop_training = True
-                self.stop_training = self._agreed_stop()
+                stop = self.stop_training or (patience is not None and waited >= patience)
+                self.stop_training = stop if self.comm is None else self.comm.any(stop)  # any rank stops all
                 if self.stop_training:
                     break
         finally:
             self.loss.validate, self._validate_outside_fit = validate, None
             self._close_step_graph()
-            self._compiled = None  # its buffers are the fit's; a Trainer between fits holds none
             if bar is not None:
                 bar.close()
         if patience is not None and restore_best and best[1] is not None:
@@ -268,11 +251,9 @@ class Trainer:
         seed: int,
         classify: str | None,
     ) -> dict[str, Any]:
-        model, loss, optimizer, regularizer = self.model, self.loss, self.optimizer, self.regularizer
+        model, optimizer, regularizer = self.model, self.optimizer, self.regularizer
         params = model.parameters()
         self._follow_model()
-        if self._step_graph is not None and optimizer._flat is not None and not optimizer._flat.valid:
-            optimizer._current_flat()  # a callback moved or repacked the model: what its next step does first
         if self._step_graph is not None and self._graph_is_stale():
             # a callback replaced a parameter, rebound or replaced the optimizer: the captured
             # step writes the old buffers
@@ -284,19 +265,12 @@ class Trainer:
         parallel = self._parallel
         start = time.perf_counter()
         model.train()
-        # On the CPU the step runs compiled (gpunn.cpu_step: the same calls and bits), checked
-        # against the model once per epoch: a callback may have changed a layer since.
-        self._compiled = (
-            cpu_step.compile_step(model, loss, optimizer, regularizer, self._compiled)
-            if self.device.kind == "cpu" and parallel is None
-            else None
-        )
         with self.device:
             step_loss = xp.zeros(n_steps, dtype=model.dtype)
             step_correct = xp.zeros(n_steps, dtype=np.int64)
             if self._step_graph is not None:
                 order = datasets.epoch_order(n, seed, epoch) if shuffle else np.arange(n)
-                step_loss, step_correct = self._step_graph.epoch(order)  # its body steps self._compiled
+                step_loss, step_correct = self._step_graph.epoch(order)
             elif parallel is None:
                 for step, (xb, yb) in enumerate(
                     datasets.batches(x, y, batch_size, shuffle=shuffle, seed=seed, epoch=epoch)
@@ -350,23 +324,18 @@ class Trainer:
             if xb.shape[0]:  # the last batch may leave a rank without rows
                 logits = model.forward(xb)
                 step_loss[step] = loss.forward(logits, yb)
-                model.backward(loss.backward(), input_grad=False)
+                model.backward(loss.backward())
                 if classify is not None:
                     step_correct[step] = _correct(logits, yb, classify)
             parallel.reduce_gradients(grad, step)  # the batch mean, on every rank
             self.optimizer.step(regularizer)  # after the sum: λ·W counted once
 
     def _train_step(self, xb: Any, yb: Any, regularizer: Regularizer | None) -> tuple[Any, Any]:
-        """One training step on a batch: (loss as a 0-d device array, logits). Through the
-        epoch's compiled step where _epoch made one (the CPU), else layer by layer; read the
-        logits before the next step, which may overwrite them."""
-        compiled = self._compiled
-        if compiled is not None:
-            return compiled(xb, yb), compiled.logits
+        """One training step on a batch: (loss as a 0-d device array, logits)."""
         model, loss = self.model, self.loss
         logits = model.forward(xb)
         value = loss.forward(logits, yb)
-        model.backward(loss.backward(), input_grad=False)
+        model.backward(loss.backward())
         self.optimizer.step(regularizer)
         return value, logits
 
@@ -384,25 +353,19 @@ class Trainer:
         if reason is not None:  # a callback changed the model since the Trainer was made
             warnings.warn(f"{reason}; training eagerly", RuntimeWarning, stacklevel=3)
             return None
-        try:
-            graph = self._new_step_graph(x, y, batch_size, classify)
-            self._graph_key = self._graph_key_now()
-            return graph
-        except (RuntimeError, OSError, MemoryError) as exc:
-            warnings.warn(f"graph replay is unavailable ({exc}); training eagerly", RuntimeWarning, stacklevel=3)
-            return None
+        regularizer = self.regularizer
 
-    def _new_step_graph(self, x: Any, y: Any, batch_size: int, classify: str | None) -> step_graph.StepGraph:
-        """The fit's replayable step: the same forward, loss, backward and update as an eager
-        step (on the CPU the epoch's compiled step, as eager steps are there), returning the
-        loss and correct count as device arrays."""
-        optimizer, regularizer = self.optimizer, self.regularizer
-
-        def body(xb: Any, yb: Any) -> tuple[Any, Any]:
+        def body(xb: Any, yb: Any) -> tuple[Any, Any]:  # an eager step's work; loss and count on the device
             value, logits = self._train_step(xb, yb, regularizer)
             return value, None if classify is None else _correct(logits, yb, classify)
 
-        return step_graph.StepGraph(body, optimizer, x, y, batch_size, self.device)
+        try:
+            graph = step_graph.StepGraph(body, self.optimizer, x, y, batch_size, self.device)
+        except (RuntimeError, OSError, MemoryError) as exc:
+            warnings.warn(f"graph replay is unavailable ({exc}); training eagerly", RuntimeWarning, stacklevel=3)
+            return None
+        self._graph_key = self._graph_key_now()
+        return graph
 
     # ----------------------------------------------------------------- evaluate / predict
 
@@ -419,10 +382,6 @@ class Trainer:
         and writes files)."""
         return self.comm is None or self.comm.is_root
 
-    def _agreed_stop(self) -> bool:
-        """``stop_training``, True on every rank when any rank's callback asked to stop."""
-        return self.stop_training if self.comm is None else self.comm.any(self.stop_training)
-
     def _decorrelate_dropout(self) -> None:
         """Give each Dropout layer of rank r > 0 its own mask stream (seeded from (seed, r)),
         so that ranks do not draw the same masks for different rows."""
@@ -430,7 +389,7 @@ class Trainer:
             if isinstance(layer, Dropout) and layer.seed is not None:
                 seed = int(np.random.SeedSequence([layer.seed, self.comm.rank]).generate_state(1)[0])
                 with self.device:
-                    layer._generators[self.device] = self.device.xp.random.default_rng(seed)
+                    layer.generators[self.device] = self.device.xp.random.default_rng(seed)
 
     def _evaluate_on_device(
         self, x: Any, y: Any, classify: str | None, batch_size: int = 1024, shard: bool = False
@@ -502,54 +461,17 @@ class Trainer:
     # ----------------------------------------------------------------- helpers
 
     def _checked_x(self, x: Any, name: str) -> Any:
-        if isinstance(x, (list, tuple)):
-            x = np.asarray(x)  # host: a list
-        if not (hasattr(x, "ndim") and hasattr(x, "dtype")):
-            raise TypeError(f"{name} must be an array of shape (N, features), got {type(x).__name__}")
-        if x.ndim != 2:
-            raise ValueError(f"{name} must have shape (N, features), got shape {tuple(x.shape)}")
-        if x.dtype.kind not in "biuf":
-            raise TypeError(f"{name} must hold numbers, got dtype {x.dtype}")
-        if x.shape[0] == 0:
-            raise ValueError(f"{name} holds no samples (shape {tuple(x.shape)})")
         first = self.model.layers[0] if len(self.model) else None
-        if isinstance(first, Linear) and x.shape[1] != first.n_in:
-            raise ValueError(
-                f"{name} has {x.shape[1]} features but the model's first layer, {first!r}, expects {first.n_in}"
-            )
-        if x.dtype.kind == "f" and not bool(array_module(x).isfinite(x).all()):
-            rows = np.flatnonzero(~np.isfinite(to_numpy(x)).all(axis=1))
-            raise ValueError(f"{name} contains NaN or infinity (first in row {rows[0]}); clean the data first")
-        return x
+        return datasets.checked_inputs(x, name, first.n_in if isinstance(first, Linear) else None, repr(first))
 
     def _checked_data(self, x: Any, y: Any, x_name: str, y_name: str) -> tuple[Any, Any]:
+        """x and y checked once per fit or evaluation (labels against the model's outputs)."""
         x = self._checked_x(x, x_name)
-        if isinstance(y, (list, tuple)):
-            y = np.asarray(y)  # host: a list
-        if not (hasattr(y, "ndim") and hasattr(y, "dtype")):
-            raise TypeError(f"{y_name} must be an array, got {type(y).__name__}")
-        if y.shape[:1] != x.shape[:1]:
-            raise ValueError(
-                f"{x_name} and {y_name} hold different numbers of samples: {tuple(x.shape)} and {tuple(y.shape)}"
-            )
-        if isinstance(self.loss, SoftmaxWithLoss) and y.ndim == 1:
-            n_classes = self._n_outputs()
-            if y.dtype.kind not in "iu":
-                raise TypeError(f"{y_name} must hold integer class labels, got dtype {y.dtype}")
-            if y.size and (int(y.min()) < 0 or int(y.max()) >= n_classes):
-                raise ValueError(
-                    f"{y_name} holds labels outside [0, {n_classes}) for a model with {n_classes} outputs: "
-                    f"min {int(y.min())}, max {int(y.max())}"
-                )
-        if isinstance(self.loss, SigmoidBCELoss):
-            low, high = float(y.min()), float(y.max())
-            if low < 0.0 or high > 1.0:
-                raise ValueError(f"{y_name} must lie in [0, 1] for SigmoidBCELoss, got min {low}, max {high}")
-        return x, y
-
-    def _n_outputs(self) -> int:
         linears = [layer for layer in self.model.layers if isinstance(layer, Linear)]
-        return linears[-1].n_out if linears else 0
+        n_classes = linears[-1].n_out if linears else 0
+        classes = n_classes if isinstance(self.loss, SoftmaxWithLoss) else None
+        unit = type(self.loss).__name__ if isinstance(self.loss, SigmoidBCELoss) else None
+        return x, datasets.checked_targets(y, x, (x_name, y_name), classes=classes, unit_interval_for=unit)
 
     def _send(self, x: Any, y: Any) -> tuple[Any, Any]:
         with self.device:
@@ -557,70 +479,56 @@ class Trainer:
             yd = self.device.send(y) if y.dtype.kind in "iu" else self.device.send(y, dtype=self.model.dtype)
         return xd, yd
 
-    def _follow_model(self) -> bool:
-        """Keep the optimizer bound to all of the model's parameters, in order (at
-        construction, at the start of each fit and of each epoch); returns whether it rebound.
-
-        Whatever changed — a layer's Parameter replaced or added, a layer removed, another
-        model or optimizer assigned, the optimizer bound elsewhere — the optimizer follows the
-        model (:meth:`Optimizer.follow`: state kept for the parameters that stay, new ones from
-        zero state; the same model in other objects takes the state by place, another model
-        starts afresh), and the parameters are named after their places ("0.W"), as Sequential
-        names them, so that state dicts and checkpoints keep their keys. A binding to part of
-        the model is widened to all of it with a warning: freezing layers through the optimizer
-        is not a Trainer feature (its compiled CPU step, step graph and distributed gradient sum
-        all work on the whole model's buffer)."""
+    def _follow_model(self) -> None:
+        """The binding rule (see the class docstring): ``optimizer.bind`` all of the model's
+        parameters, in order, and name them after their places ("0.W"), so that state dicts
+        and checkpoints keep their keys. A binding the Trainer did not make that covers part
+        of the model is widened with a warning: freezing layers through the optimizer is not a
+        Trainer feature (its step graph and distributed gradient sum work on the whole buffer)."""
         params = self.model.parameters()
-        bound = self.optimizer._params
-        rebound = False
-        if bound is None or not same_parameters(bound, params):
-            if bound is not None and tuple(map(id, bound)) != self._bound_ids:  # not this Trainer's binding
-                present = {id(p) for p in params}
-                ours = sum(id(p) in present for p in bound)
-                # as many as the model's, some replaced (or all: another model like it): silent
-                if len(bound) != len(params) and ours:
-                    warnings.warn(
-                        f"the optimizer was bound to {len(bound)} parameters, {ours} of them among the model's "
-                        f"{len(params)}; the Trainer binds it to all of the model's parameters (freezing layers "
-                        "through a partial optimizer is not supported)",
-                        RuntimeWarning,
-                        stacklevel=3,
-                    )
-            self.optimizer.follow(params)
-            rebound = True
-        self._bound_ids = tuple(map(id, params))
+        bound = self.optimizer.params if self.optimizer.bound else None
+        if bound is not None and not same_parameters(bound, params) and not same_parameters(bound, self._bound):
+            present = {id(p) for p in params}
+            ours = sum(id(p) in present for p in bound)
+            if len(bound) != len(params) and ours:  # as many, some replaced (or another model like it): silent
+                warnings.warn(
+                    f"the optimizer was bound to {len(bound)} parameters, {ours} of them among the model's "
+                    f"{len(params)}; the Trainer binds it to all of the model's parameters (freezing layers "
+                    "through a partial optimizer is not supported)",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+        self.optimizer.bind(params)
+        self._bound = params
         for name, p in self.model.named_parameters():
             if p.name != name:  # a replacement, or a parameter bound by hand since: its place's name
                 p.name = name
-        return rebound
 
     def _graph_key_now(self) -> tuple[Any, ...]:
         """What a captured step holds: the optimizer, its buffers and the regularizer (by
         identity), and, as text, the values its kernels took as launch arguments (all but lr
-        and the step number, which it reads from live scalars) and the layers it ran."""
+        and the step number, which the graph reads from device memory) and the layers it ran."""
         opt, reg, layers = self.optimizer, self.regularizer, step_graph.leaf_layers(self.model)
         values = {k: v for k, v in opt.hyperparameters().items() if k != "lr"}
         values["max_grad_norm"] = opt.max_grad_norm
         values["nesterov"] = getattr(opt, "nesterov", None)
         values["regularizer"] = None if reg is None else (type(reg).__name__, reg.lam)
-        # the layers it ran, and the settings their kernels took: an activation's slope, a
-        # Dropout's rate (not the mode: fit sets train() after the first capture)
-        values["layers"] = [
-            (
-                id(layer),
-                layer.p if isinstance(layer, Dropout) else None,
-                layer.alpha if isinstance(layer, ElementwiseActivation) else None,
-            )
-            for layer in layers
-        ]
-        return (opt, opt._flat, opt._state, opt._live, reg, repr(sorted(values.items())))
+        # the layers it ran and their settings (an activation, its slope, a Dropout's rate; not
+        # the mode: fit sets train() after the first capture)
+        values["layers"] = [(id(layer), layer.config()) for layer in layers]
+        return (opt, opt.flat, *opt.state.values(), reg, repr(sorted(values.items())))
 
     def _graph_is_stale(self) -> bool:
         """Whether the captured step graph is out of date: another optimizer or regularizer,
-        another flat buffer (rebound, repacked), other state or live-scalar arrays, or a
-        hyperparameter it took at capture (betas, eps, momentum, clipping, the penalty) changed."""
+        another flat buffer (rebound, repacked), other state arrays, or a hyperparameter it
+        took at capture (betas, eps, momentum, clipping, the penalty) changed."""
         key, now = self._graph_key, self._graph_key_now()
-        return key is None or any(a is not b for a, b in zip(key[:5], now[:5], strict=True)) or key[5] != now[5]
+        return (
+            key is None
+            or len(key) != len(now)
+            or any(a is not b for a, b in zip(key[:-1], now[:-1], strict=True))
+            or key[-1] != now[-1]
+        )
 
     def _weights_copy(self) -> list[Any]:
         """A copy of each of the model's parameters (one per parameter, not of the flat buffer:
@@ -645,7 +553,7 @@ class Trainer:
         states = {}
         for i, layer in enumerate(self.model.layers):
             if isinstance(layer, Dropout):
-                gen = layer._generators.get(self.device)
+                gen = layer.generators.get(self.device)
                 if gen is not None and isinstance(gen, np.random.Generator):
                     states[str(i)] = gen.bit_generator.state
         return states
@@ -658,7 +566,7 @@ class Trainer:
             if isinstance(layer, Dropout) and self.device.kind == "cpu":
                 gen = np.random.default_rng()
                 gen.bit_generator.state = state
-                layer._generators[self.device] = gen
+                layer.generators[self.device] = gen
 
 
 def _accuracy_kind(loss: Loss, y: Any) -> str | None:

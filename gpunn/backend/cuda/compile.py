@@ -8,15 +8,14 @@ a RawKernel passes NumPy scalars by their own type, and an optional pointer is :
 
 Floating-point contraction is allowed, in every kernel: the modules compile with NVRTC's
 default (``--fmad=true``; ptxas may fuse further), so ``y += a*x`` is one fused multiply-add
-where the NumPy twin rounds ``a*x`` first. That is faster and never less accurate, and bitwise
-agreement with the twins is out of reach anyway: CUDA's exp, log, tanh… are not the host
-libm's. So what the kernels promise is a bound: each output element is within a few units in
-the last place of the *magnitude of the terms it was computed from* (for y + a·x: |y| + |a·x|),
-not of the result, which cancellation can make as small as it likes; the number of ulps
-follows from counting the roundings of the formula. ``tests/tolerances.py`` holds the check
-(``assert_within_term_bound``) and how the counts are made; each kernel's test states its
-terms and counts. Bit-for-bit agreement remains the promise between CPU paths only (the
-compiled loops of :mod:`gpunn.cpu_fused` and the NumPy twins).
+where the reference (:class:`~gpunn.backend.ops.NumpyOps`) rounds ``a*x`` first. That is
+faster and never less accurate, and bitwise agreement with the reference is out of reach
+anyway: CUDA's exp, log, tanh… are not the host libm's. So what the kernels promise is a
+bound: each output element is within a few units in the last place of the *magnitude of the
+terms it was computed from* (for y + a·x: |y| + |a·x|), not of the result, which cancellation
+can make as small as it likes; the number of ulps follows from counting the roundings of the
+formula (``tests/tolerances.py``, ``assert_within_term_bound``). Bit-for-bit agreement is the
+promise between the CPU's Ops only (NumbaOps and the reference).
 """
 
 from __future__ import annotations
@@ -57,7 +56,7 @@ def grid(n: int) -> tuple[int]:
 
 
 def is_gpu(x: Any) -> bool:
-    """Whether ``x`` lives on a GPU (is not a NumPy array), so a kernel runs instead of a twin."""
+    """Whether ``x`` lives on a GPU (is not a NumPy array)."""
     return array_module(x) is not np  # NumPy arrays answer at once (array_module's fast path)
 
 

@@ -4,9 +4,9 @@ CuPy refuses every cuBLAS call while a stream is capturing (its wrapper re-sets 
 stream first and raises ``NotImplementedError`` when that stream captures), although cuBLAS
 itself supports capture. So gpunn keeps a cuBLAS handle of its own, bound to the capture
 stream *before* capture starts, with a workspace of its own, and calls the library's C API
-(``cublasSgemm_v2`` / ``cublasDgemm_v2``) through ctypes. Layers call :func:`matmul`, which
-routes to that handle while a :class:`CapturableMatmul` is active and is plain
-``xp.matmul`` otherwise (always on the CPU).
+(``cublasSgemm_v2`` / ``cublasDgemm_v2``) through ctypes. ``CupyOps.matmul`` calls
+:func:`matmul`, which routes to that handle while a :class:`CapturableMatmul` is active and is
+plain ``xp.matmul`` otherwise.
 
 cuBLAS is column-major and gpunn row-major. A row-major (r, c) array with row stride ld is
 the column-major (c, r) matrix Xᵀ with leading dimension ld, so C = A·B is computed as

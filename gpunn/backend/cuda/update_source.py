@@ -1,36 +1,21 @@
-"""The CUDA C source of the optimizer updates (one RawModule) and its one launcher.
+"""The CUDA C source of the optimizer updates (one RawModule), launched by
+:class:`~gpunn.backend.cuda.ops.CupyOps`.
 
-One grid-stride kernel per update rule, templated on the element type, each working in
-place on whole flat buffers (see :mod:`gpunn.parameter`):
-
-    sgd_update       p ← p − lr·ĝ
-    momentum_update  v ← μ·v + ĝ;  p ← p − lr·v   (Nesterov: p ← p − lr·(ĝ + μ·v))
-    adagrad_update   h ← h + ĝ²;  p ← p − lr·ĝ / (√h + ε)
-    rmsprop_update   s ← α·s + (1−α)·ĝ²;  p ← p − lr·ĝ / (√s + ε)
-    adam_update      m ← β1·m + (1−β1)·ĝ;  v ← β2·v + (1−β2)·ĝ²;  p[:n_decay] ← p[:n_decay]·(1 − lr·wd);
-                     p ← p − lr/(1 − β1^t)·m / (√v/√(1 − β2^t) + ε)
-    axpy_update      y ← y + a·x
-
-with ĝ the effective gradient (:mod:`gpunn.effective_gradient`), plus the device-scalar
-kernels sum_of_squares (out += Σ x², after zero_sum) and advance_step (live[1] += 1).
-:mod:`gpunn.kernels` chooses between these and their NumPy twins (:mod:`gpunn.update_twins`).
+One grid-stride kernel per update rule, templated on the element type, each working in place
+on whole flat buffers and computing the formula of the reference
+(:class:`~gpunn.backend.ops.NumpyOps`) on the effective gradient g' in one pass; plus
+sum_of_squares (out += Σ x², after zero_sum) and advance_step (step_scalars[1] += 1).
 """
 
 from __future__ import annotations
 
-from typing import Any
-
-from .compile import compiled, kernel
-
-# One grid-stride loop per update rule; templated on the element type (float, double).
-#
-# Every update sees the effective gradient ĝ[i] = g[i]·scale + (i < n_decay ? l2·p[i] + l1·sign(p[i]) : 0)
-# (EffectiveGrad below): the loss gradient, clipped by the factor scale = min(1, max_norm / (√sq_norm + 1e-6))
-# when sq_norm (the squared global norm of g, a device scalar) is not null, plus the L2 / L1
-# penalties' gradients on the weights. The penalty is added after clipping (PyTorch's order). g
-# itself is only read. With ``live`` not null, the learning rate and the 1-based step number t
-# come from device memory (live[0], live[1]) instead of the launch arguments, so that a CUDA
-# graph replays the same launch with the current values.
+# Every update sees g'[i] = g[i]·scale + (i < n_decay ? l2·p[i] + l1·sign(p[i]) : 0) (EffectiveGrad
+# below): the loss gradient, clipped by scale = min(1, max_norm / (√sq_norm + 1e-6)) when sq_norm
+# (the squared global norm of g, a device scalar) is not null, plus the L2 / L1 penalties'
+# gradients on the weights, added after clipping (PyTorch's order); g itself is only read. With
+# step_scalars not null, the learning rate and the 1-based step number t come from device memory
+# (step_scalars[0], step_scalars[1]) instead of the launch arguments, so that a CUDA graph replays
+# the same launch with the current values.
 CUDA_SOURCE = r"""
 #define GRID_STRIDE_LOOP(i, n) \
   for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < (n); \
@@ -51,7 +36,7 @@ struct EffectiveGrad {
     T e = clip ? gi * scale : gi;
     if (i < n_decay) {
       if (l2 != (T)0) e += l2 * pi;
-      if (l1 != (T)0) e += l1 * (T)((pi > (T)0) - (pi < (T)0));
+      if (l1 != (T)0) e += l1 * (pi != pi ? pi : (T)((pi > (T)0) - (pi < (T)0)));  // sign, NaN kept
     }
     return e;
   }
@@ -59,12 +44,12 @@ struct EffectiveGrad {
 
 #define FUSED_PARAMS                                                                      \
   const double l2, const double l1, const double max_norm, const double* __restrict__ sq_norm, \
-      const double* __restrict__ live
+      const double* __restrict__ step_scalars
 
 template <typename T>
 __global__ void sgd_update(T* __restrict__ p, const T* __restrict__ g, const long long n, const long long n_decay,
                            const double lr, FUSED_PARAMS) {
-  const T lr_ = (T)(live ? live[0] : lr);
+  const T lr_ = (T)(step_scalars ? step_scalars[0] : lr);
   const EffectiveGrad<T> grad(n_decay, l2, l1, max_norm, sq_norm);
   GRID_STRIDE_LOOP(i, n) {
     const T pi = p[i];
@@ -76,7 +61,7 @@ template <typename T>
 __global__ void momentum_update(T* __restrict__ p, const T* __restrict__ g, T* __restrict__ v,
                                 const long long n, const long long n_decay, const double lr,
                                 const double momentum, const int nesterov, FUSED_PARAMS) {
-  const T lr_ = (T)(live ? live[0] : lr), mu = (T)momentum;
+  const T lr_ = (T)(step_scalars ? step_scalars[0] : lr), mu = (T)momentum;
   const EffectiveGrad<T> grad(n_decay, l2, l1, max_norm, sq_norm);
   GRID_STRIDE_LOOP(i, n) {
     const T pi = p[i];
@@ -91,7 +76,7 @@ template <typename T>
 __global__ void adagrad_update(T* __restrict__ p, const T* __restrict__ g, T* __restrict__ h,
                                const long long n, const long long n_decay, const double lr, const double eps,
                                FUSED_PARAMS) {
-  const T lr_ = (T)(live ? live[0] : lr), eps_ = (T)eps;
+  const T lr_ = (T)(step_scalars ? step_scalars[0] : lr), eps_ = (T)eps;
   const EffectiveGrad<T> grad(n_decay, l2, l1, max_norm, sq_norm);
   GRID_STRIDE_LOOP(i, n) {
     const T pi = p[i];
@@ -106,7 +91,7 @@ template <typename T>
 __global__ void rmsprop_update(T* __restrict__ p, const T* __restrict__ g, T* __restrict__ s,
                                const long long n, const long long n_decay, const double lr, const double alpha,
                                const double eps, FUSED_PARAMS) {
-  const T lr_ = (T)(live ? live[0] : lr), a = (T)alpha, one_minus_a = (T)(1.0 - alpha), eps_ = (T)eps;
+  const T lr_ = (T)(step_scalars ? step_scalars[0] : lr), a = (T)alpha, one_minus_a = (T)(1.0 - alpha), eps_ = (T)eps;
   const EffectiveGrad<T> grad(n_decay, l2, l1, max_norm, sq_norm);
   GRID_STRIDE_LOOP(i, n) {
     const T pi = p[i];
@@ -117,8 +102,8 @@ __global__ void rmsprop_update(T* __restrict__ p, const T* __restrict__ g, T* __
   }
 }
 
-// With live: step_size = lr / (1 − β1^t), inv_sqrt_bc2 = 1 / √(1 − β2^t), decay_factor = 1 − lr·wd
-// from lr = live[0], t = live[1], in double (kernels.adam_constants on the host otherwise).
+// With step_scalars: step_size = lr / (1 − β1^t), inv_sqrt_bc2 = 1 / √(1 − β2^t), decay_factor = 1 − lr·wd
+// from lr = step_scalars[0], t = step_scalars[1], in double (NumpyOps.adam_constants on the host otherwise).
 template <typename T>
 __global__ void adam_update(T* __restrict__ p, const T* __restrict__ g, T* __restrict__ m,
                             T* __restrict__ v, const long long n, const long long n_decay,
@@ -126,8 +111,8 @@ __global__ void adam_update(T* __restrict__ p, const T* __restrict__ g, T* __res
                             const double eps, const double inv_sqrt_bc2, const double decay_factor,
                             const double weight_decay, FUSED_PARAMS) {
   double step_size_d = step_size, inv_sqrt_bc2_d = inv_sqrt_bc2, decay_factor_d = decay_factor;
-  if (live) {
-    const double lr = live[0], t = live[1];
+  if (step_scalars) {
+    const double lr = step_scalars[0], t = step_scalars[1];
     step_size_d = lr / (1.0 - pow(beta1, t));
     inv_sqrt_bc2_d = 1.0 / sqrt(1.0 - pow(beta2, t));
     decay_factor_d = 1.0 - lr * weight_decay;
@@ -146,13 +131,6 @@ __global__ void adam_update(T* __restrict__ p, const T* __restrict__ g, T* __res
     const T pi = i < n_decay ? p0 * keep : p0;
     p[i] = pi - lr_ * mi / (sqrt(vi) * c2 + eps_);
   }
-}
-
-// y <- y + a * x (the L2 penalty's gradient, lambda * W, added to the weights' gradient)
-template <typename T>
-__global__ void axpy_update(T* __restrict__ y, const T* __restrict__ x, const long long n, const double a) {
-  const T a_ = (T)a;
-  GRID_STRIDE_LOOP(i, n) { y[i] += a_ * x[i]; }
 }
 
 // *out += Σ x² over this grid's share, accumulated in double: a block reduction (warp
@@ -180,30 +158,10 @@ __global__ void sum_of_squares(const T* __restrict__ x, const long long n, doubl
 // *out <- 0 (one thread), before sum_of_squares accumulates into it
 extern "C" __global__ void zero_sum(double* __restrict__ out) { out[0] = 0.0; }
 
-// live[1] += 1 (one thread): the step number t of the update that follows, in device memory
-extern "C" __global__ void advance_step(double* __restrict__ live) { live[1] += 1.0; }
+// step_scalars[1] += 1 (one thread): the step number t of the update that follows, in device memory
+extern "C" __global__ void advance_step(double* __restrict__ step_scalars) { step_scalars[1] += 1.0; }
 """
 
 # Templated kernels (instantiated for float and double) and plain extern "C" ones.
-KERNEL_NAMES = (
-    "sgd_update",
-    "momentum_update",
-    "adagrad_update",
-    "rmsprop_update",
-    "adam_update",
-    "axpy_update",
-    "sum_of_squares",
-)
+KERNEL_NAMES = ("sgd_update", "momentum_update", "adagrad_update", "rmsprop_update", "adam_update", "sum_of_squares")
 PLAIN_KERNEL_NAMES = ("zero_sum", "advance_step")
-UPDATE_KERNELS = KERNEL_NAMES[:5]
-
-
-def launch(xp: Any, name: str, dtype: Any, blocks: tuple[int], threads: tuple[int], args: tuple[Any, ...]) -> None:
-    """Launch kernel ``name`` of CUDA_SOURCE: the template instance for ``dtype``, or the plain
-    extern "C" kernel when ``dtype`` is None. Every launch of an update or device-scalar
-    kernel goes through here (so a test can record them all in one place)."""
-    if dtype is None:
-        function = compiled(xp, CUDA_SOURCE, KERNEL_NAMES).get_function(name)
-    else:
-        function = kernel(xp, CUDA_SOURCE, KERNEL_NAMES, name, dtype)
-    function(blocks, threads, args)

@@ -1,26 +1,39 @@
-"""The compiled loops of :mod:`gpunn.cpu_fused` (this module imports Numba; import it through
-:func:`gpunn.cpu_fused.available`, which checks that Numba is there).
+"""The compiled loops of :class:`~gpunn.backend.numba_ops.NumbaOps` (importing this module
+imports Numba; NumbaOps does so at its first compiled call).
 
 Module-level functions, so that Numba's on-disk cache finds them again in the next process.
+No fastmath: Numba then neither contracts a·b + c into a fused multiply-add nor reassociates,
+so each loop rounds exactly as the reference's NumPy passes do. ``error_model="numpy"`` lets a
+division by zero give inf as NumPy's does, and lets LLVM vectorize the loops.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import numba
 import numpy as np
 
-jit = numba.njit(cache=True, nogil=True, boundscheck=False, error_model="numpy")
+OPTIONS = {"nogil": True, "boundscheck": False, "error_model": "numpy"}
+
+
+def jit(function: Callable[..., Any]) -> Any:
+    try:
+        return numba.njit(cache=True, **OPTIONS)(function)
+    except RuntimeError:  # no writable cache directory: compiled anew in each process instead
+        return numba.njit(**OPTIONS)(function)
 
 
 # Each loop runs from 0 over arrays sliced to its range: indexed from 0 up to their length,
 # Numba drops its negative-index wrap-around, and LLVM vectorizes the loop (a loop over
-# range(lo, hi) of the whole buffers ran 6× slower). No branch in a loop body, either. One
-# function, not one per case: each cached function costs its own load in a new process.
+# range(lo, hi) of the whole buffers ran 6× slower). No branch in a loop body, either.
 @jit
 def adam_range(p, g, m, v, c, k, lo, hi, l2_on, decay_on):
-    """Adam over elements [lo, hi) of the flat buffers, whose weights prefix is [0, k); c holds
-    the constants in cpu_fused.ADAM_CONSTANTS' order. On the prefix ĝ = g + λ·p when l2_on, and
-    p·df before the step when decay_on or l2_on (df = 1 then: x·1 = x exactly); elsewhere ĝ = g."""
+    """Adam over elements [lo, hi) of the flat buffers, whose weights are [0, k); c holds
+    (l2, β1, 1−β1, β2, 1−β2, inv_sqrt_bc2, ε, step_size, decay_factor) in p's dtype. On the
+    weights g' = g + l2·p when l2_on, and p·decay_factor before the step when decay_on or
+    l2_on (decay_factor is 1 then: x·1 = x exactly); elsewhere g' = g."""
     l2, b1, c1, b2, c2, ib, eps, ss, df = c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8]
     mid = min(max(k, lo), hi)  # [lo, mid): weights; [mid, hi): the rest
     if l2_on or decay_on:
@@ -34,8 +47,7 @@ def adam_range(p, g, m, v, c, k, lo, hi, l2_on, decay_on):
                 mm[i] = mi
                 vv[i] = vi
                 pp[i] = pi * df - (mi / (np.sqrt(vi) * ib + eps)) * ss
-        else:  # the rest's loop but for the factor: with df a variable the rest would pay a
-            # multiply, and df = 1 must come in the buffer's dtype (a literal 1.0 is float64)
+        else:  # the rest's loop but for the factor, which must come in the buffer's dtype
             for i in range(pp.shape[0]):
                 gi = gg[i]
                 mi = mm[i] * b1 + gi * c1
@@ -57,18 +69,18 @@ def adam_range(p, g, m, v, c, k, lo, hi, l2_on, decay_on):
 
 @jit
 def bias_relu(y, b):
-    """y ← max(y + b, 0) in place, row by row (y: (N, C), b: (C,)); NaN stays NaN, as in
-    NumPy's maximum."""
+    """y ← max(y + b, 0) in place, row by row (y: (N, C), b: (C,)); NaN stays NaN and
+    max(−0, 0) is +0, as in NumPy's maximum."""
     for r in range(y.shape[0]):
         row = y[r]
         for j in range(row.shape[0]):
             x = row[j] + b[j]
-            row[j] = x if (x > 0.0 or np.isnan(x)) else 0.0  # max(−0, 0) is +0, as in NumPy
+            row[j] = x if (x > 0.0 or np.isnan(x)) else 0.0
 
 
 @jit
 def relu_backward(dy, a, out):
-    """out ← dy · [a > 0] (out may be dy): NumPy's dy * (a > 0), whose bool is 1.0 or 0.0."""
+    """out ← dy · [a > 0]: NumPy's dy * (a > 0), whose bool is 1 or 0 (inf·0 is NaN)."""
     for r in range(dy.shape[0]):
         d, s, o = dy[r], a[r], out[r]
         for j in range(d.shape[0]):
@@ -77,7 +89,7 @@ def relu_backward(dy, a, out):
 
 @jit
 def relu_backward_inplace(dy, a):
-    """dy ← dy · [a > 0]: :func:`relu_backward` with out = dy (a loop of its own: with out
+    """dy ← dy · [a > 0]: :func:`relu_backward` with out = dy, a loop of its own (with out
     aliasing dy, LLVM's overlap check fails and the three-array loop runs unvectorized)."""
     for r in range(dy.shape[0]):
         d, s = dy[r], a[r]

@@ -1,0 +1,210 @@
+"""NumbaOps: the CPU's compiled overrides, when the ``fast`` extra (Numba) is installed.
+
+Each override is one compiled loop (:mod:`.numba_loops`) doing the reference's operations in
+the reference's order and rounding (Numba without fastmath neither contracts into fused
+multiply-adds nor reassociates), so it gives :class:`~gpunn.backend.ops.NumpyOps`'s bits
+exactly; the one freedom LLVM keeps is which NaN an addition of two NaNs returns. Where a loop
+cannot take its arguments (other layouts or dtypes, overlapping buffers, clipping or L1) the
+reference runs, and so it does where ``np.seterr`` / ``np.errstate`` asks NumPy to raise (or
+call a handler) on a floating-point error, which the loops cannot do (they never warn either).
+
+Adam's NumPy reference makes 13 passes over the flat buffers; its loop reads p, g, m and v
+once and writes p, m and v once: on the 2-core development machine 5 µs against 32–50 µs for
+the digits network's 7 510 parameters, and over W1's 25.2 M parameters, split between two
+threads (its buffers from :data:`PARALLEL_MIN` elements up), ≈ 27–36 ms against 52–80 ms
+(benchmarks/README.md, "Compiled CPU loops with Numba"). bias+ReLU and ReLU's backward take one
+pass each where NumPy takes two.
+
+Numba is imported and the loops compiled (≈ 2 s the first time ever, then loaded from Numba's
+on-disk cache in 0.5–1 s) at the first call that runs one; :func:`load_loops` does it up front.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.metadata
+import importlib.util
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, wait
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from .ops import NumpyOps
+
+PARALLEL_MIN = 1 << 20  # elements from which Adam's loop is split between threads
+
+
+class NumbaOps(NumpyOps):
+    """NumpyOps with Numba loops for the passes that dominate a CPU step."""
+
+    name = "numba"
+
+    # ------------------------------------------------------------------ layers and losses
+
+    def bias_activation(self, y: Any, b: Any, activation: str, alpha: float = 0.0) -> Any:
+        """ReLU: y ← max(y + b, 0) in one pass; any other activation: the reference."""
+        takes = activation == "relu" and _alike((y,), 2) and _alike((b,), 1) and b.dtype == y.dtype
+        if takes and b.shape == y.shape[1:] and not np.may_share_memory(y, b) and not _numpy_raises():
+            _loops().bias_relu(y, b)
+            return y
+        return super().bias_activation(y, b, activation, alpha)
+
+    def activation_backward(
+        self, dy: Any, a: Any, activation: str, alpha: float = 0.0, out: Any = None, db: Any = None
+    ) -> Any:
+        """ReLU: dz = dy·[a > 0] in one pass (then db ← Σ_rows dz as the reference sums it);
+        any other activation: the reference."""
+        if activation != "relu" or not _alike((dy, a), 2) or _numpy_raises():
+            return super().activation_backward(dy, a, activation, alpha, out, db)
+        if out is dy:
+            if np.may_share_memory(dy, a):
+                return super().activation_backward(dy, a, activation, alpha, out, db)
+            _loops().relu_backward_inplace(dy, a)
+        else:
+            if out is None:
+                out = np.empty_like(dy)
+            elif not _alike((dy, out), 2) or not _disjoint((out, dy, a)):
+                return super().activation_backward(dy, a, activation, alpha, out, db)
+            _loops().relu_backward(dy, a, out)
+        if db is not None:
+            self.column_sums(out, db)
+        return out
+
+    # ------------------------------------------------------------------ optimizer updates
+
+    def adam_update(
+        self, p: Any, g: Any, m: Any, v: Any, *,
+        lr: float, beta1: float, beta2: float, eps: float, step: int, weight_decay: float = 0.0, n_decay: int = 0,
+        l2: float = 0.0, l1: float = 0.0, clip: Any = None,
+    ) -> None:  # fmt: skip
+        """Adam / AdamW, with an L2 penalty or without, in one pass (big buffers split between
+        threads); clipping, L1 and hyperparameters that are not Python numbers: the reference."""
+        hyper = (lr, beta1, beta2, eps, weight_decay, l2)
+        if (
+            clip is not None
+            or l1 != 0.0
+            or not all(type(x) is float or type(x) is int for x in hyper)
+            or not (_alike((p, g, m, v), 1) and _disjoint((p, g, m, v)))
+            or _numpy_raises()
+        ):
+            super().adam_update(
+                p, g, m, v, lr=lr, beta1=beta1, beta2=beta2, eps=eps, step=step,
+                weight_decay=weight_decay, n_decay=n_decay, l2=l2, l1=l1, clip=clip,
+            )  # fmt: skip
+            return
+        lr, step = self._lr_and_step(lr, step)
+        step_size, inv_sqrt_bc2, decay_factor = self.adam_constants(lr, beta1, beta2, step, weight_decay)
+        # stored in p's dtype: each Python float rounded as NumPy rounds it as an operand
+        c = np.array([l2, beta1, 1.0 - beta1, beta2, 1.0 - beta2, inv_sqrt_bc2, eps, step_size, decay_factor], p.dtype)
+        k = min(max(n_decay, 0), p.size)
+        l2_on, decay_on = l2 != 0.0 and k > 0, decay_factor != 1.0 and k > 0
+        loop = _loops().adam_range
+        _split(lambda lo, hi: loop(p, g, m, v, c, k, lo, hi, l2_on, decay_on), p.size)
+
+
+def _loops() -> ModuleType:
+    from . import numba_loops  # noqa: PLC0415 — imports Numba (≈ 0.3 s) at the first call that needs it
+
+    return numba_loops
+
+
+def load_loops() -> None:
+    """Compile the loops for float32 and float64 now (or load them from Numba's cache), so that
+    a benchmark's timed part does not: NumbaOps otherwise does it at its first call."""
+    loops = _loops()
+    for dtype in (np.float32, np.float64):
+        p, g, m, v = (np.zeros(4, dtype) for _ in range(4))
+        loops.adam_range(p, g, m, v, np.ones(9, dtype), 2, 0, 4, True, True)
+        y = np.zeros((2, 2), dtype)
+        loops.bias_relu(y, y[0].copy())
+        loops.relu_backward(y, y, y.copy())
+        loops.relu_backward_inplace(y, y.copy())
+
+
+def describe() -> str:
+    """One line for ``gpunn info`` (imports no Numba): NumbaOps' loops and Numba's version, or
+    why there are none (which Ops a device runs: :mod:`.selection`)."""
+    if importlib.util.find_spec("numba") is None:
+        return "none: numba is not installed (pip install 'gpunn[fast]')"
+    try:
+        version = importlib.metadata.version("numba")
+    except importlib.metadata.PackageNotFoundError:
+        version = "version unknown"
+    return f"Adam, bias+ReLU and ReLU's backward (numba {version}; compiled at first use)"
+
+
+def _numpy_raises() -> bool:
+    """Whether np.seterr / np.errstate asks NumPy to raise or call a handler on some
+    floating-point error (the loops cannot: the reference runs then)."""
+    return any(v in ("raise", "call") for v in np.geterr().values())
+
+
+def _alike(arrays: tuple[Any, ...], ndim: int) -> bool:
+    """NumPy arrays of ``ndim`` dimensions, one shape and one dtype (float32 or float64),
+    C-contiguous and writeable: what the loops take."""
+    first = arrays[0]
+    if type(first) is not np.ndarray or first.ndim != ndim or first.dtype not in (np.float32, np.float64):
+        return False
+    return all(
+        type(x) is np.ndarray
+        and x.shape == first.shape
+        and x.dtype == first.dtype
+        and x.flags.c_contiguous
+        and x.flags.writeable
+        for x in arrays
+    )
+
+
+def _disjoint(arrays: tuple[Any, ...]) -> bool:
+    """No two of the arrays share memory (a loop writing one while reading another that
+    overlaps it would see its own writes, which NumPy guards against)."""
+    return not any(np.may_share_memory(x, y) for i, x in enumerate(arrays) for y in arrays[i + 1 :])
+
+
+# ----------------------------------------------------------------------------- threads
+
+_pool: ThreadPoolExecutor | None = None
+
+
+@functools.cache
+def _workers() -> int:
+    """Threads for a big buffer: the cores this process may use (when it first asks), at most 4."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(4, cores))
+
+
+def _split(task: Callable[[int, int], None], n: int) -> None:
+    """task(lo, hi) over [0, n): in one call below PARALLEL_MIN elements, else in contiguous
+    shares (multiples of 16 elements, whole cache lines) on threads (the loops release the GIL)."""
+    global _pool  # noqa: PLW0603 — one pool for the process, made on first use
+    if n < PARALLEL_MIN or _workers() == 1:
+        task(0, n)
+        return
+    workers = _workers()
+    if _pool is None:
+        _pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gpunn-numba")
+    share = -(-n // workers // 16) * 16
+    futures = [_pool.submit(task, min(k * share, n), min((k + 1) * share, n)) for k in range(1, workers)]
+    try:
+        task(0, min(share, n))
+    finally:
+        wait(futures)  # never return while a thread still writes the buffers
+    for future in futures:
+        future.result()
+
+
+def _forget_pool() -> None:
+    """In a forked child the parent's pool threads do not exist: waiting on work handed to them
+    would hang, so the child makes a pool of its own when it needs one."""
+    global _pool  # noqa: PLW0603
+    _pool = None
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_forget_pool)

@@ -1,0 +1,85 @@
+"""Which Ops a device computes with: decided here, and only here.
+
+``GPUNN_OPS`` chooses for the whole process: unset, empty or ``auto`` takes the fastest Ops a
+device has (the Numba ops on the CPU when the ``fast`` extra is installed, the fused CUDA
+kernels on a GPU); ``reference`` runs :class:`~gpunn.backend.ops.NumpyOps` everywhere: on a GPU
+that is the plain CuPy path, the same code as the CPU's, and the fallback should a fused
+kernel misbehave on some GPU or driver. The choice never depends on timing or on what ran
+before.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+from typing import Any
+
+import numpy as np
+
+from .device import CPU, Device, device_of
+from .ops import NumpyOps
+
+ENV_VAR = "GPUNN_OPS"
+CHOICES = ("auto", "reference")
+
+
+def choice() -> str:
+    """The process's choice: "auto" or "reference" (from GPUNN_OPS)."""
+    return _parse(os.environ.get(ENV_VAR, ""))
+
+
+@functools.lru_cache(maxsize=8)
+def _parse(raw: str) -> str:
+    # cached by the raw value: every layer call asks, and a changed variable still counts
+    value = raw.strip().lower() or "auto"
+    if value not in CHOICES:
+        raise ValueError(f"{ENV_VAR} must be 'auto' or 'reference', got {raw!r}")
+    return value
+
+
+def numba_installed() -> bool:
+    """Whether the ``fast`` extra (Numba) is importable; imports nothing."""
+    return importlib.util.find_spec("numba") is not None
+
+
+@functools.cache
+def _ops(dev: Device, which: str) -> NumpyOps:
+    if which == "reference":
+        return NumpyOps(dev.xp)
+    if dev.kind == "cpu":
+        if numba_installed():
+            from .numba_ops import NumbaOps  # noqa: PLC0415 — the extra is optional
+
+            return NumbaOps(np)
+        return NumpyOps(np)
+    from .cuda.ops import CupyOps  # noqa: PLC0415 — imports CuPy
+
+    return CupyOps(dev.xp)
+
+
+def ops_for(dev: Device) -> NumpyOps:
+    """The Ops of device ``dev`` under the current GPUNN_OPS."""
+    return _ops(dev, choice())
+
+
+_CPU_OPS: dict[str, NumpyOps] = {}
+
+
+def ops_of(x: Any) -> NumpyOps:
+    """The Ops of the device array ``x`` lives on (the fast path: a NumPy array)."""
+    if type(x) is np.ndarray:
+        which = choice()
+        ops = _CPU_OPS.get(which)
+        if ops is None:
+            ops = _CPU_OPS[which] = _ops(CPU, which)
+        return ops
+    return ops_for(device_of(x))
+
+
+def all_ops(dev: Device) -> list[NumpyOps]:
+    """Every Ops that device ``dev`` can run: the reference first, then its accelerated one
+    (for ``gpunn check`` and the conformance tests)."""
+    reference = _ops(dev, "reference")
+    fast = _ops(dev, "auto")
+    return [reference] if type(fast) is type(reference) else [reference, fast]

@@ -1,0 +1,264 @@
+"""NumbaOps (gpunn/backend/numba_ops.py): when its compiled loops run, and that they then give the
+reference's bits where tests/test_ops_conformance.py does not look: buffers split between
+threads, optimizer steps and layers end to end, the cases that must run the reference
+(clipping, L1, overlapping or odd layouts, NumPy set to raise), a forked child, and that the
+loops load at the first call that needs them, never by the clock. Needs Numba (the test extra).
+"""
+
+from __future__ import annotations
+
+import collections
+import importlib.metadata
+import importlib.util
+import os
+import subprocess
+import sys
+from typing import Any
+
+import numpy as np
+import pytest
+
+pytest.importorskip("numba")
+
+import gpunn as gn
+from gpunn.backend import numba_loops, numba_ops, selection
+from gpunn.backend.numba_ops import NumbaOps
+from gpunn.backend.ops import NumpyOps
+
+REFERENCE, NUMBA = NumpyOps(np), NumbaOps(np)
+
+
+@pytest.fixture
+def loop_calls(monkeypatch: pytest.MonkeyPatch) -> collections.Counter:
+    """Calls into each compiled loop during the test, by name."""
+    calls: collections.Counter = collections.Counter()
+    for name in ("adam_range", "bias_relu", "relu_backward", "relu_backward_inplace"):
+        loop = getattr(numba_loops, name)
+        monkeypatch.setattr(numba_loops, name, lambda *a, loop=loop, name=name: (calls.update([name]), loop(*a))[1])
+    return calls
+
+
+def _bits(a: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(a).view(np.uint8)
+
+
+def _adam_buffers(n: int, dtype: Any, seed: int) -> list[np.ndarray]:
+    """p, g, m, v with the ranges a running Adam has (v ≥ 0)."""
+    rng = np.random.default_rng(seed)
+    return [
+        rng.standard_normal(n).astype(dtype),
+        (rng.standard_normal(n) * 1e-2).astype(dtype),
+        (rng.standard_normal(n) * 1e-3).astype(dtype),
+        np.abs(rng.standard_normal(n) * 1e-5).astype(dtype),
+    ]
+
+
+ADAM = {"lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "step": 5}
+
+
+def _adam_both(n: int, dtype: Any = np.float32, **kwargs: Any) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """One Adam step of the same buffers by NumbaOps and by the reference."""
+    fast = _adam_buffers(n, dtype, seed=1)
+    plain = [b.copy() for b in fast]
+    NUMBA.adam_update(*fast, **{**ADAM, **kwargs})
+    REFERENCE.adam_update(*plain, **{**ADAM, **kwargs})
+    return fast, plain
+
+
+def test_a_buffer_split_between_threads_gives_the_references_bits(loop_calls):
+    n = numba_ops.PARALLEL_MIN + 4_099  # a share per core; the weights end in the last one
+    fast, plain = _adam_both(n, n_decay=n - 17, l2=1e-3, weight_decay=0.01)
+    assert loop_calls["adam_range"] == numba_ops._workers()  # one share per thread, and no reference
+    for name, a, b in zip("pgmv", fast, plain, strict=True):
+        assert np.array_equal(_bits(a), _bits(b)), name
+
+
+def test_the_thread_split_covers_every_element_once():
+    for n in (0, 1, 15, numba_ops.PARALLEL_MIN, numba_ops.PARALLEL_MIN + 17):
+        seen, shares = np.zeros(n, np.int64), []
+
+        def mark(lo: int, hi: int, seen: np.ndarray = seen, shares: list = shares) -> None:
+            seen[lo:hi] += 1
+            shares.append((lo, hi))
+
+        numba_ops._split(mark, n)
+        assert (seen == 1).all(), n
+        assert all(lo % 16 == 0 for lo, _ in shares)
+        if n >= numba_ops.PARALLEL_MIN:
+            assert len(shares) == numba_ops._workers()
+
+
+def test_an_error_in_a_share_reaches_the_caller_after_every_share_ended():
+    if numba_ops._workers() == 1:
+        pytest.skip("one core: no second share")
+    done = []
+
+    def fail_first(lo: int, hi: int) -> None:
+        if lo == 0:
+            raise RuntimeError("share 0 failed")
+        done.append((lo, hi))
+
+    with pytest.raises(RuntimeError, match="share 0 failed"):
+        numba_ops._split(fail_first, numba_ops.PARALLEL_MIN)
+    assert len(done) == numba_ops._workers() - 1
+
+
+def test_clipping_l1_and_an_array_lr_run_the_reference(loop_calls):
+    clip = (1.0, np.array([4.0]))
+    for kwargs in ({"clip": clip}, {"l1": 1e-3}, {"lr": np.array([1e-3], np.float32)}):
+        fast, plain = _adam_both(6, **kwargs)
+        for a, b in zip(fast, plain, strict=True):
+            assert np.array_equal(_bits(a), _bits(b)), kwargs
+    assert loop_calls["adam_range"] == 0
+    _adam_both(6, l2=1e-3, n_decay=4)
+    assert loop_calls["adam_range"] == 1
+
+
+def test_overlapping_or_read_only_buffers_go_to_the_reference(loop_calls):
+    """A loop reading one buffer while writing another that overlaps it would see its own
+    writes (NumPy guards against that); a read-only buffer must raise NumPy's error."""
+    base = np.zeros(20, np.float32)
+    p, g = np.ones(8, np.float32), np.ones(8, np.float32)
+    NUMBA.adam_update(p, g, base[0:8], base[1:9], **ADAM)  # m and v overlap, one element apart
+    y = np.ones((3, 4), np.float32)
+    NUMBA.bias_activation(y, y[0], "relu")  # b is y's first row
+    rows = np.ones((4, 4), np.float32)
+    NUMBA.activation_backward(rows[:3], np.ones((3, 4), np.float32), "relu", out=rows[1:])
+    NUMBA.activation_backward(y, y, "relu", out=y)  # in place, reading the array it writes
+    assert sum(loop_calls.values()) == 0
+    frozen = np.ones(8, np.float32)
+    frozen.flags.writeable = False
+    with pytest.raises(ValueError, match="read-only"):
+        NUMBA.adam_update(frozen, g, np.zeros(8, np.float32), np.zeros(8, np.float32), **ADAM)
+
+
+def test_an_l2_too_small_for_the_dtype_still_adds_its_rounded_zero(loop_calls):
+    """The reference decides on the Python float: l2 = 1e-50 rounds to 0 in float32 but is
+    still added as fl(0·W), which turns an infinite weight's gradient into NaN. The loop too."""
+    p = np.array([np.inf, 1.0, 2.0], np.float32)
+    runs = []
+    for ops in (NUMBA, REFERENCE):
+        buffers = [p.copy(), np.full(3, 0.25, np.float32), np.zeros(3, np.float32), np.zeros(3, np.float32)]
+        with np.errstate(all="ignore"):
+            ops.adam_update(*buffers, **ADAM, n_decay=2, l2=1e-50)
+        runs.append(buffers)
+    assert loop_calls["adam_range"] == 1
+    assert np.isnan(runs[1][0][0])  # the reference's NaN
+    for a, b in zip(*runs, strict=True):
+        assert np.array_equal(_bits(a), _bits(b))
+
+
+def test_numpy_set_to_raise_raises_as_the_reference_does(loop_calls):
+    """np.errstate(all="raise") makes the reference raise FloatingPointError; the loops cannot,
+    so they step aside and the same error comes."""
+    p, g, m, v = (np.full(4, 1e30 if i == 1 else 0.0, np.float32) for i in range(4))  # g² overflows
+    with np.errstate(all="raise"):
+        with pytest.raises(FloatingPointError):
+            NUMBA.adam_update(p, g, m, v, **ADAM)
+        NUMBA.bias_activation(np.ones((2, 3), np.float32), np.ones(3, np.float32), "relu")
+        NUMBA.activation_backward(np.ones((2, 3), np.float32), np.ones((2, 3), np.float32), "relu")
+    assert sum(loop_calls.values()) == 0
+    NUMBA.bias_activation(np.ones((2, 3), np.float32), np.ones(3, np.float32), "relu")  # settings restored
+    assert loop_calls["bias_relu"] == 1
+
+
+def test_relu_loops_take_only_the_layouts_they_can(loop_calls):
+    """Strided arrays, two dtypes, a bias of another width, other activations: the reference
+    (the same values); a contiguous ReLU layer: the loops, with db summed as the reference sums it."""
+    y, b = np.linspace(-1, 1, 24, dtype=np.float32).reshape(4, 6), np.full(6, 0.25, np.float32)
+    for layer, bias in ((y.copy()[:, ::2], b[::2]), (y.copy(), b.astype(np.float64))):  # strided; two dtypes
+        want = REFERENCE.bias_activation(layer.copy(), bias, "relu")
+        assert np.array_equal(NUMBA.bias_activation(layer, bias, "relu"), want)
+    with pytest.raises(ValueError, match="broadcast"):  # a bias of another width: the reference's error
+        NUMBA.bias_activation(y.copy(), b[:5], "relu")
+    NUMBA.bias_activation(y.copy(), b, "tanh")
+    NUMBA.activation_backward(y, y, "sigmoid")
+    assert sum(loop_calls.values()) == 0
+    a = NUMBA.bias_activation(y.copy(), b, "relu")
+    dy = np.linspace(-2, 3, 24, dtype=np.float32).reshape(4, 6)
+    db, db_ref = np.empty(6, np.float32), np.empty(6, np.float32)
+    dz = NUMBA.activation_backward(dy.copy(), a, "relu", db=db)
+    dz_ref = REFERENCE.activation_backward(dy.copy(), a, "relu", db=db_ref)
+    assert np.array_equal(_bits(dz), _bits(dz_ref)) and np.array_equal(_bits(db), _bits(db_ref))
+    assert loop_calls == {"bias_relu": 1, "relu_backward": 1}
+
+
+def test_relu_networks_train_to_the_same_bits_with_either_ops(monkeypatch, loop_calls):
+    """A ReLU network trained with Adam + L2, layer by layer: NumbaOps and the reference give
+    the same weights, and the loops did run."""
+    x, y = gn.data.make_spiral(50, 3, seed=2)
+    weights = []
+    for choice in ("auto", "reference"):
+        monkeypatch.setenv(selection.ENV_VAR, choice)
+        model = gn.mlp([2, 9, 7, 3], seed=0)
+        loss, opt = gn.SoftmaxWithLoss(), gn.optim.AdamW(model.parameters(), lr=1e-2)
+        for _ in range(3):
+            loss.forward(model.forward(x.astype(np.float32)), y)
+            model.backward(loss.backward())
+            opt.step(gn.L2(1e-3))
+        weights.append(np.concatenate([p.data.ravel() for p in model.parameters()]))
+    assert np.array_equal(_bits(weights[0]), _bits(weights[1]))
+    assert loop_calls["adam_range"] == 3 and loop_calls["bias_relu"] >= 3
+
+
+def test_load_loops_compiles_both_dtypes():
+    numba_ops.load_loops()
+    for loop in (numba_loops.adam_range, numba_loops.bias_relu, numba_loops.relu_backward):
+        assert {str(sig[0].dtype) for sig in loop.signatures} >= {"float32", "float64"}
+
+
+def test_describe(monkeypatch):
+    def missing(name: str) -> str:
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    assert f"numba {importlib.metadata.version('numba')}" in numba_ops.describe()
+    monkeypatch.setattr(importlib.metadata, "version", missing)
+    assert "numba version unknown" in numba_ops.describe()
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    assert numba_ops.describe().startswith("none: numba is not installed")
+
+
+def test_the_loops_load_at_the_first_call_that_needs_them_never_by_the_clock():
+    """A fresh process: making a model imports no Numba; the first Adam step (or ReLU layer)
+    runs the compiled loop at once, however little time the process has trained."""
+    code = (
+        "import sys\n"
+        "import numpy as np\n"
+        "import gpunn as gn\n"
+        "from gpunn.backend import numba_ops\n"
+        "model = gn.mlp([4, 3], seed=0)\n"
+        "opt = gn.optim.Adam(model.parameters())\n"
+        "assert 'numba' not in sys.modules, 'imported before it was needed'\n"
+        "calls = []\n"
+        "real = numba_ops._loops\n"
+        "numba_ops._loops = lambda: calls.append(1) or real()\n"
+        "opt.step()\n"
+        "assert calls == [1] and 'numba' in sys.modules\n"
+        "print('ok')\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != selection.ENV_VAR}
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env, check=False
+    )
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def test_a_forked_child_makes_its_own_update_threads():
+    """The parent's pool threads do not exist in a forked child; a big update there must not
+    wait on them forever."""
+    if not hasattr(os, "fork"):
+        pytest.skip("no fork here")
+    code = (
+        "import multiprocessing as mp, numpy as np\n"
+        "from gpunn.backend import numba_ops\n"
+        "def big(q):\n"
+        "    n = numba_ops.PARALLEL_MIN + 5; seen = np.zeros(n, np.int64)\n"
+        "    numba_ops._split(lambda lo, hi: seen.__setitem__(slice(lo, hi), seen[lo:hi] + 1), n)\n"
+        "    q.put(int(seen.sum()))\n"
+        "if __name__ == '__main__':\n"
+        "    q = mp.Queue(); big(q); q.get()\n"
+        "    ctx = mp.get_context('fork'); q = ctx.Queue(); p = ctx.Process(target=big, args=(q,)); p.start()\n"
+        "    print(q.get(timeout=60)); p.join()\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == str(numba_ops.PARALLEL_MIN + 5)
