@@ -43,7 +43,6 @@ HOST_ONLY = {
     "io/checkpoint.py",
     "sklearn/base.py",
     "sklearn/estimators.py",
-    "sklearn/inputs.py",
     "sklearn/training.py",
     "train/data.py",
     "train/history.py",

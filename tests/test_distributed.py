@@ -418,7 +418,7 @@ def test_distributed_with_one_process_is_the_plain_trainer(device: gn.Device) ->
 
 
 def test_each_rank_picks_the_gpu_of_its_local_rank(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(dist, "_gpu_count", lambda: 2)
+    monkeypatch.setattr(dist.backend, "gpu_count", lambda: 2)
     probed = []
     choose = dist.backend.device
 
@@ -439,7 +439,7 @@ def test_each_rank_picks_the_gpu_of_its_local_rank(monkeypatch: pytest.MonkeyPat
     comm.local_size = 3
     with pytest.raises(gn.DeviceUnavailableError, match="3 ranks run on this node but it has 2 GPU"):
         dist.rank_device("auto", comm)
-    monkeypatch.setattr(dist, "_gpu_count", lambda: 0)
+    monkeypatch.setattr(dist.backend, "gpu_count", lambda: 0)
     assert dist.rank_device("auto", comm) == gn.Device("cpu")
 
 

@@ -1,12 +1,9 @@
 """Devices: which array module computes, where arrays live, and how they move.
 
-A :class:`Device` is ``cpu`` (NumPy) or ``cuda:N`` (CuPy on GPU N). Every layer, loss,
-regularizer and optimizer asks its arrays' device for ``xp`` and runs the same code on both.
-
-This is the only module that imports CuPy, and it does so lazily: ``import gpunn`` works
-on a machine without CuPy, and on a laptop where CuPy is installed but no GPU is usable.
-Whether a GPU is usable is decided once, by actually running a small kernel on it, and
-the reason for any failure is kept for :func:`why_cpu` — gpunn never falls back silently.
+A :class:`Device` is ``cpu`` (NumPy) or ``cuda:N`` (CuPy on GPU N). This is the only module
+that imports CuPy, and lazily: ``import gpunn`` works without CuPy or a usable GPU. Whether a
+GPU is usable is decided once, by running a small kernel on it, and the reason for any failure
+is kept for :func:`why_cpu`: gpunn never falls back silently.
 """
 
 from __future__ import annotations
@@ -40,9 +37,8 @@ class DeviceUnavailableError(RuntimeError):
 
 
 class StepCaptureError(RuntimeError):
-    """Code inside a training step that is being captured as a CUDA graph tried to read a
-    device value on the host. A capture records kernels without running them, so no value
-    exists to read, and CuPy refuses every device-to-host copy while a stream captures."""
+    """Code inside a training step being captured as a CUDA graph tried to read a device value
+    on the host: a capture records kernels without running them, so no value exists to read."""
 
 
 class _Capturing(threading.local):
@@ -66,12 +62,9 @@ def capturing_step() -> Iterator[None]:
 
 
 def refuse_host_read(what: str) -> None:
-    """Raise :class:`StepCaptureError` if a step is being captured on this thread.
-
-    Code that reads a device value back to the host (a validation's ``int(t.min())``, a
-    ``float(loss)``) calls this first, so that a capture fails with a message naming the
-    read instead of CuPy's "D2H transfers are disallowed" from deep inside.
-    """
+    """Raise :class:`StepCaptureError` if a step is being captured on this thread. Code that
+    reads a device value back to the host (``int(t.min())``, ``float(loss)``) calls this first,
+    so that a capture fails naming the read, not with CuPy's "D2H transfers are disallowed"."""
     if _capturing.active:
         raise StepCaptureError(
             f"{what}, which a captured training step cannot do: a CUDA graph records kernels "
@@ -81,11 +74,8 @@ def refuse_host_read(what: str) -> None:
 
 @dataclass(frozen=True)
 class Device:
-    """Where arrays live and which array module computes on them.
-
-    ``Device("cpu")`` uses NumPy; ``Device("cuda", n)`` uses CuPy on GPU ``n``. Devices are
-    immutable and compare by value: ``gn.device("cuda:0") == gn.Device("cuda", 0)``.
-    """
+    """Where arrays live and which array module computes on them: ``Device("cpu")`` NumPy,
+    ``Device("cuda", n)`` CuPy on GPU ``n``. Immutable, compared by value."""
 
     kind: str
     index: int = 0
@@ -120,10 +110,8 @@ class Device:
             _cuda_context(self.index).__exit__(*exc)
 
     def send(self, x: Any, dtype: Any = None) -> Any:
-        """Return the array-like ``x`` as an array on this device; no copy if already there.
-
-        ``dtype`` optionally converts on the way (also without a copy where it matches).
-        """
+        """The array-like ``x`` as an array on this device, converted to ``dtype`` when given; no
+        copy where it is already there (and of that dtype)."""
         if self.kind == "cpu":
             if _is_cupy_array(x):
                 x = x.get()
@@ -172,9 +160,7 @@ def _cuda_context(index: int) -> Any:
 def _probe() -> _Probe:
     """Find out once whether cuda:0 works: CuPy imports, a GPU is counted, a kernel runs."""
     runtime = _runtime()
-    if runtime.reason is not None:
-        return runtime
-    return _Probe(runtime.count, _kernel_failure(0))
+    return runtime if runtime.reason is not None else _Probe(runtime.count, _kernel_failure(0))
 
 
 @functools.cache
@@ -252,12 +238,9 @@ _SPEC = re.compile(r"^(cpu|cuda|gpu|auto)(?::(\d+))?$")
 
 
 def device(spec: str | Device | None = None) -> Device:
-    """Return the device named by ``spec``.
-
-    ``spec`` is ``"auto"`` (cuda:0 when usable, else the CPU), ``"cpu"``, ``"cuda"`` (cuda:0),
-    ``"cuda:N"`` or a :class:`Device`. None reads ``GPUNN_DEVICE`` and defaults to ``"auto"``.
-    Asking for a GPU that is not usable raises :class:`DeviceUnavailableError` with the reason.
-    """
+    """The device named by ``spec``: ``"auto"`` (cuda:0 when usable, else the CPU), ``"cpu"``,
+    ``"cuda"`` (cuda:0), ``"cuda:N"`` or a :class:`Device`; None reads ``GPUNN_DEVICE``, default
+    ``"auto"``. A GPU that is not usable raises :class:`DeviceUnavailableError` with the reason."""
     if isinstance(spec, Device):
         return spec
     source = "spec"
@@ -304,10 +287,9 @@ def set_matmul_precision(precision: str) -> None:
     if precision not in MATMUL_PRECISIONS:
         raise ValueError(f"precision must be 'highest' or 'tf32', got {precision!r}")
     tf32 = precision == "tf32"
-    os.environ["CUPY_TF32"] = "1" if tf32 else "0"  # read by CuPy when it first multiplies
-    # CuPy reads the variable at its first product; if it is already imported and CUDA works,
-    # switch it now as well. No kernel runs here (not _probe): a rank bound to cuda:N must not
-    # make a context on cuda:0 just to set a precision.
+    os.environ["CUPY_TF32"] = "1" if tf32 else "0"  # read by CuPy at its first product
+    # a CuPy already imported is switched now; no kernel runs (not _probe): a rank bound to
+    # cuda:N must not make a context on cuda:0 just to set a precision
     if "cupy" in sys.modules and _runtime().reason is None:
         from cupy._core import _routines_linalg as linalg  # noqa: PLC0415
 
@@ -366,32 +348,29 @@ def device_of(x: Any) -> Device:
 
 
 def to_numpy(x: Any) -> Any:
-    """Copy device arrays to the host, through lists, tuples and dicts.
-
-    NumPy arrays and Python values come back unchanged (no copy).
-    """
-    if _is_cupy_array(x):
-        return x.get()
-    if isinstance(x, dict):
-        return {k: to_numpy(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return type(x)(to_numpy(v) for v in x)
-    return x
+    """Copy device arrays to the host, through lists, tuples and dicts; NumPy arrays and
+    Python values come back unchanged (no copy)."""
+    return _map_arrays(x, lambda v: v.get() if _is_cupy_array(v) else v)
 
 
 def to_device(x: Any, dev: str | Device) -> Any:
     """Move arrays to ``dev``, through lists, tuples and dicts; no copy when already there.
-
-    Python numbers, strings and None pass through unchanged.
-    """
+    Python numbers, strings and None pass through unchanged."""
     target = device(dev)
+
+    def move(v: Any) -> Any:
+        return target.send(v) if isinstance(v, (np.ndarray, np.generic)) or _is_cupy_array(v) else v
+
+    return _map_arrays(x, move)
+
+
+def _map_arrays(x: Any, leaf: Any) -> Any:
+    """``leaf`` applied to everything inside the dicts, lists and tuples of ``x``."""
     if isinstance(x, dict):
-        return {k: to_device(v, target) for k, v in x.items()}
+        return {k: _map_arrays(v, leaf) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        return type(x)(to_device(v, target) for v in x)
-    if isinstance(x, np.ndarray) or _is_cupy_array(x) or isinstance(x, np.generic):
-        return target.send(x)
-    return x
+        return type(x)(_map_arrays(v, leaf) for v in x)
+    return leaf(x)
 
 
 def check_device(x: Any, expected: Device, name: str, owner: str) -> None:

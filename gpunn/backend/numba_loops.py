@@ -1,5 +1,4 @@
-"""The compiled loops of :class:`~gpunn.backend.numba_ops.NumbaOps` (importing this module
-imports Numba; NumbaOps does so at its first compiled call).
+"""The compiled loops of :class:`~gpunn.backend.numba_ops.NumbaOps` (importing this imports Numba).
 
 Module-level functions, so that Numba's on-disk cache finds them again in the next process.
 No fastmath: Numba then neither contracts a·b + c into a fused multiply-add nor reassociates,

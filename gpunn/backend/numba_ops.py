@@ -1,22 +1,14 @@
 """NumbaOps: the CPU's compiled overrides, when the ``fast`` extra (Numba) is installed.
 
 Each override is one compiled loop (:mod:`.numba_loops`) doing the reference's operations in
-the reference's order and rounding (Numba without fastmath neither contracts into fused
-multiply-adds nor reassociates), so it gives :class:`~gpunn.backend.ops.NumpyOps`'s bits
-exactly; the one freedom LLVM keeps is which NaN an addition of two NaNs returns. Where a loop
-cannot take its arguments (other layouts or dtypes, overlapping buffers, clipping or L1) the
-reference runs, and so it does where ``np.seterr`` / ``np.errstate`` asks NumPy to raise (or
-call a handler) on a floating-point error, which the loops cannot do (they never warn either).
-
-Adam's NumPy reference makes 13 passes over the flat buffers; its loop reads p, g, m and v
-once and writes p, m and v once: on the 2-core development machine 5 µs against 32–50 µs for
-the digits network's 7 510 parameters, and over W1's 25.2 M parameters, split between two
-threads (its buffers from :data:`PARALLEL_MIN` elements up), ≈ 27–36 ms against 52–80 ms
-(benchmarks/README.md, "Compiled CPU loops with Numba"). bias+ReLU and ReLU's backward take one
-pass each where NumPy takes two.
-
-Numba is imported and the loops compiled (≈ 2 s the first time ever, then loaded from Numba's
-on-disk cache in 0.5–1 s) at the first call that runs one; :func:`load_loops` does it up front.
+the reference's order and rounding, so it gives :class:`~gpunn.backend.ops.NumpyOps`'s bits
+exactly (the one freedom LLVM keeps: which NaN an addition of two NaNs returns). Where a loop
+cannot take its arguments (other layouts or dtypes, overlapping buffers, clipping or L1), or
+``np.seterr`` / ``np.errstate`` asks NumPy to raise or call a handler on a floating-point error,
+the reference runs. Adam's loop reads p, g, m and v once where the reference makes 13 passes
+(benchmarks/README.md, "Compiled CPU loops with Numba"); bias+ReLU and ReLU's backward take one
+pass where NumPy takes two. Numba is imported and the loops compiled (≈ 2 s the first time,
+then 0.5–1 s from Numba's cache) at the first call that runs one.
 """
 
 from __future__ import annotations
@@ -82,14 +74,9 @@ class NumbaOps(NumpyOps):
     ) -> None:  # fmt: skip
         """Adam / AdamW, with an L2 penalty or without, in one pass (big buffers split between
         threads); clipping, L1 and hyperparameters that are not Python numbers: the reference."""
-        hyper = (lr, beta1, beta2, eps, weight_decay, l2)
-        if (
-            clip is not None
-            or l1 != 0.0
-            or not all(type(x) is float or type(x) is int for x in hyper)
-            or not (_alike((p, g, m, v), 1) and _disjoint((p, g, m, v)))
-            or _numpy_raises()
-        ):
+        python_numbers = all(type(x) is float or type(x) is int for x in (lr, beta1, beta2, eps, weight_decay, l2))
+        takes = clip is None and l1 == 0.0 and python_numbers and _alike((p, g, m, v), 1) and _disjoint((p, g, m, v))
+        if not takes or _numpy_raises():
             super().adam_update(
                 p, g, m, v, lr=lr, beta1=beta1, beta2=beta2, eps=eps, step=step,
                 weight_decay=weight_decay, n_decay=n_decay, l2=l2, l1=l1, clip=clip,
@@ -109,19 +96,6 @@ def _loops() -> ModuleType:
     from . import numba_loops  # noqa: PLC0415 — imports Numba (≈ 0.3 s) at the first call that needs it
 
     return numba_loops
-
-
-def load_loops() -> None:
-    """Compile the loops for float32 and float64 now (or load them from Numba's cache), so that
-    a benchmark's timed part does not: NumbaOps otherwise does it at its first call."""
-    loops = _loops()
-    for dtype in (np.float32, np.float64):
-        p, g, m, v = (np.zeros(4, dtype) for _ in range(4))
-        loops.adam_range(p, g, m, v, np.ones(9, dtype), 2, 0, 4, True, True)
-        y = np.zeros((2, 2), dtype)
-        loops.bias_relu(y, y[0].copy())
-        loops.relu_backward(y, y, y.copy())
-        loops.relu_backward_inplace(y, y.copy())
 
 
 def describe() -> str:

@@ -1,16 +1,13 @@
 """NumpyOps: the reference numeric primitives, written with the array module only.
 
 Every layer, loss, regularizer and optimizer computes through the Ops of its arrays' device
-(:func:`gpunn.backend.selection.ops_of`), never branching on the device or on what is
-installed. This class is the reference: plain ``xp`` code, the formula on the page, so it runs
-on NumPy arrays and on CuPy arrays alike (``GPUNN_OPS=reference`` runs it on a GPU too).
-Accelerated backends subclass it and override only what they make faster:
-:class:`gpunn.backend.numba_ops.NumbaOps` on the CPU, :class:`gpunn.backend.cuda.ops.CupyOps`
-on a GPU; ``gpunn check`` and ``tests/test_ops_conformance.py`` hold every override to it.
-
-Conventions: arrays are batch-major, x (N, features); every method works in place where it
-says so and allocates nothing it does not return; hyperparameters are Python floats, rounded
-once to the buffer's dtype as NumPy rounds a Python float.
+(:func:`gpunn.backend.selection.ops_of`), never branching on the device. This class is the
+reference: plain ``xp`` code, the formula on the page, for NumPy and CuPy arrays alike.
+:class:`~gpunn.backend.numba_ops.NumbaOps` (CPU) and :class:`~gpunn.backend.cuda.ops.CupyOps`
+(GPU) override what they make faster; ``gpunn check`` and tests/test_ops_conformance.py hold
+them to it. Arrays are batch-major, x (N, features); methods work in place where they say so
+and allocate nothing they do not return; hyperparameters are Python floats, rounded once to
+the buffer's dtype as NumPy rounds a Python float.
 """
 
 from __future__ import annotations
@@ -115,14 +112,8 @@ class NumpyOps:
         row-by-row sum from 32×100 to 512×4096; it rounds as BLAS sums, differently from
         NumPy's pairwise sum by float rounding. Other layouts, and CuPy: x.sum(axis=0).
         """
-        if (
-            type(x) is np.ndarray
-            and x.ndim == 2
-            and x.dtype in (np.float32, np.float64)
-            and out.dtype == x.dtype
-            and out.shape == x.shape[1:]
-            and out.flags.c_contiguous
-        ):
+        fits = out.dtype == x.dtype and out.shape == x.shape[1:] and out.flags.c_contiguous
+        if type(x) is np.ndarray and x.ndim == 2 and x.dtype in (np.float32, np.float64) and fits:
             return np.matmul(self._host_constant(1.0, x.shape[0], x.dtype), x, out=out)
         return x.sum(axis=0, out=out)
 
@@ -245,11 +236,7 @@ class NumpyOps:
         g, tmp = self._effective_gradient(p, g, n_decay, l2, l1, clip)
         xp.multiply(g, g, out=tmp)
         xp.add(h, tmp, out=h)
-        xp.sqrt(h, out=tmp)
-        xp.add(tmp, eps, out=tmp)
-        xp.divide(g, tmp, out=tmp)
-        xp.multiply(tmp, lr, out=tmp)
-        xp.subtract(p, tmp, out=p)
+        self._rms_step(p, g, h, tmp, lr, eps)
 
     def rmsprop_update(
         self, p: Any, g: Any, s: Any, *,
@@ -263,11 +250,7 @@ class NumpyOps:
         xp.multiply(tmp, 1.0 - alpha, out=tmp)
         xp.multiply(s, alpha, out=s)
         xp.add(s, tmp, out=s)
-        xp.sqrt(s, out=tmp)
-        xp.add(tmp, eps, out=tmp)
-        xp.divide(g, tmp, out=tmp)
-        xp.multiply(tmp, lr, out=tmp)
-        xp.subtract(p, tmp, out=p)
+        self._rms_step(p, g, s, tmp, lr, eps)
 
     def adam_update(
         self, p: Any, g: Any, m: Any, v: Any, *,
@@ -292,11 +275,17 @@ class NumpyOps:
         if decay_factor != 1.0 and n_decay > 0:
             decayed = p[:n_decay]
             xp.multiply(decayed, decay_factor, out=decayed)
-        xp.sqrt(v, out=tmp)
-        xp.multiply(tmp, inv_sqrt_bc2, out=tmp)
+        self._rms_step(p, m, v, tmp, step_size, eps, inv_sqrt_bc2)
+
+    def _rms_step(self, p: Any, u: Any, s: Any, tmp: Any, lr: float, eps: float, s_scale: Any = None) -> None:
+        """p ← p − lr·u / (√s·s_scale + ε) (without s_scale: √s + ε), through the scratch tmp."""
+        xp = self.xp
+        xp.sqrt(s, out=tmp)
+        if s_scale is not None:
+            xp.multiply(tmp, s_scale, out=tmp)
         xp.add(tmp, eps, out=tmp)
-        xp.divide(m, tmp, out=tmp)
-        xp.multiply(tmp, step_size, out=tmp)
+        xp.divide(u, tmp, out=tmp)
+        xp.multiply(tmp, lr, out=tmp)
         xp.subtract(p, tmp, out=p)
 
     @staticmethod

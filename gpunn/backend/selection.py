@@ -1,11 +1,9 @@
 """Which Ops a device computes with: decided here, and only here.
 
 ``GPUNN_OPS`` chooses for the whole process: unset, empty or ``auto`` takes the fastest Ops a
-device has (the Numba ops on the CPU when the ``fast`` extra is installed, the fused CUDA
-kernels on a GPU); ``reference`` runs :class:`~gpunn.backend.ops.NumpyOps` everywhere: on a GPU
-that is the plain CuPy path, the same code as the CPU's, and the fallback should a fused
-kernel misbehave on some GPU or driver. The choice never depends on timing or on what ran
-before.
+device has (Numba's on the CPU when the ``fast`` extra is installed, the fused CUDA kernels on a
+GPU); ``reference`` runs :class:`~gpunn.backend.ops.NumpyOps` everywhere (on a GPU the plain
+CuPy path: the fallback should a fused kernel misbehave). Never chosen by timing or history.
 """
 
 from __future__ import annotations
@@ -45,14 +43,12 @@ def numba_installed() -> bool:
 
 @functools.cache
 def _ops(dev: Device, which: str) -> NumpyOps:
-    if which == "reference":
+    if which == "reference" or (dev.kind == "cpu" and not numba_installed()):
         return NumpyOps(dev.xp)
     if dev.kind == "cpu":
-        if numba_installed():
-            from .numba_ops import NumbaOps  # noqa: PLC0415 — the extra is optional
+        from .numba_ops import NumbaOps  # noqa: PLC0415 — the extra is optional
 
-            return NumbaOps(np)
-        return NumpyOps(np)
+        return NumbaOps(np)
     from .cuda.ops import CupyOps  # noqa: PLC0415 — imports CuPy
 
     return CupyOps(dev.xp)

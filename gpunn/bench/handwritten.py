@@ -16,28 +16,18 @@ OPTIMIZERS = ("sgd", "adam")
 
 
 class HandwrittenMLP:
-    """An MLP with ReLU hidden layers, softmax-with-loss and SGD or Adam, in plain NumPy.
+    """An MLP with ReLU hidden layers, softmax-with-loss and SGD or Adam, in plain NumPy, at
+    gpunn's defaults (SGD: lr 0.01; Adam: lr 0.001, betas (0.9, 0.999), eps 1e-8). ``weights``
+    and ``biases`` start as copies of the given arrays (W (in, out), b (out,))."""
 
-    ``weights`` and ``biases`` start as copies of the given arrays (W (in, out), b (out,)).
-    ``lr`` defaults to gpunn's default for the optimizer: 0.01 for SGD, 0.001 for Adam.
-    """
-
-    def __init__(
-        self,
-        weights: list[np.ndarray],
-        biases: list[np.ndarray],
-        optimizer: str = "adam",
-        lr: float | None = None,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-    ) -> None:
+    def __init__(self, weights: list[np.ndarray], biases: list[np.ndarray], optimizer: str = "adam") -> None:
         if optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
         self.W = [w.copy() for w in weights]
         self.b = [b.copy() for b in biases]
         self.optimizer = optimizer
-        self.lr = lr if lr is not None else (0.01 if optimizer == "sgd" else 1e-3)
-        (self.beta1, self.beta2), self.eps = betas, eps
+        self.lr = 0.01 if optimizer == "sgd" else 1e-3
+        self.beta1, self.beta2, self.eps = 0.9, 0.999, 1e-8
         state = self.W + self.b if optimizer == "adam" else []  # SGD keeps no state
         self.m = [np.zeros_like(p) for p in state]
         self.v = [np.zeros_like(p) for p in state]
@@ -46,12 +36,10 @@ class HandwrittenMLP:
     def loss_and_grads(self, x: np.ndarray, t: np.ndarray) -> tuple[float, list[np.ndarray]]:
         """Forward and backward for a batch: mean cross-entropy and [dW..., db...]."""
         activations = [x]
-        a = x
         last = len(self.W) - 1
         for i, (W, b) in enumerate(zip(self.W, self.b, strict=True)):
-            z = a @ W + b
-            a = np.maximum(z, 0) if i < last else z
-            activations.append(a)
+            z = activations[-1] @ W + b
+            activations.append(np.maximum(z, 0) if i < last else z)
         logits = activations[-1]
         shifted = logits - logits.max(axis=1, keepdims=True)  # the stable softmax of the seed
         exp = np.exp(shifted)
@@ -67,8 +55,7 @@ class HandwrittenMLP:
             dW[i] = activations[i].T @ dz
             db[i] = dz.sum(axis=0)
             if i > 0:
-                da = dz @ self.W[i].T
-                dz = da * (activations[i] > 0)
+                dz = (dz @ self.W[i].T) * (activations[i] > 0)  # back through ReLU
         return float(loss), dW + db
 
     def adam_step(self, grads: list[np.ndarray]) -> None:

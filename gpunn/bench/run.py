@@ -1,11 +1,12 @@
 """``gpunn bench``: training-step throughput per device, measured honestly.
 
-gpunn's training step as Trainer.fit runs it is timed against the same step written by hand
-in NumPy (:mod:`gpunn.bench.handwritten`, CPU) and in PyTorch eager (when installed), from the
-same weights; on the CPU the README's step-by-step loop, a user's own loop, is timed beside
-them. The steps take turns window by window, the device synchronized before each clock read.
-Every ratio is paired: taken between windows of the same round, seconds apart, then the median
-of those, so that a load that comes and goes on a shared machine moves both sides alike.
+gpunn's training step as Trainer.fit runs it is timed against the same step written by hand in
+NumPy (CPU) and in PyTorch eager (when installed), from the same weights, and on the CPU against
+the README's step-by-step loop; beside them, the references the figures are taken against: the
+device's matrix-product ceiling (:func:`matmul_step`) and the step's matrix products alone. The
+steps take turns window by window, the device synchronized before each clock read. Every ratio
+is paired: the median of the ratios between windows of the same round, seconds apart, so that a
+load that comes and goes moves both sides alike.
 """
 
 from __future__ import annotations
@@ -25,19 +26,7 @@ from ..backend.device import Device, matmul_precision
 from ..backend.selection import ops_for
 from ..optim import OPTIMIZERS
 from ..validation import check_choice
-from .steps import (
-    MODELS,
-    Case,
-    Step,
-    blas_threads,
-    gpunn_step,
-    graph_step,
-    matmul_step,
-    numpy_step,
-    products_step,
-    torch_step,
-    user_loop_step,
-)
+from .steps import MODELS, Case, Step, blas_threads, gpunn_step, graph_step, numpy_step, torch_step, user_loop_step
 
 # what the command line uses (blas_threads is re-exported for it)
 __all__ = ["HEADER", "blas_threads", "format_row", "plot", "run", "torch_version"]
@@ -80,7 +69,38 @@ def minimum_bytes(sizes: tuple[int, ...], batch: int, optimizer: str, itemsize: 
     return itemsize * (n_params * (2 + state) + batch * sum(sizes)) + 8 * batch
 
 
-# ----------------------------------------------------------------------------- measuring
+def matmul_step(dev: Device) -> tuple[Step, float]:
+    """The ceiling: one n×n·n×n float32 matrix product into a preallocated output, n big enough
+    to be compute-bound (2048 on a CPU, 8192 on a GPU); returns the step and its FLOPs."""
+    n = 2048 if dev.kind == "cpu" else 8192
+    rng = np.random.default_rng(0)
+    with dev:
+        a, b = (dev.send(rng.standard_normal((n, n), dtype=np.float32)) for _ in range(2))
+        out = dev.xp.empty((n, n), dtype=np.float32)
+    return (lambda: dev.xp.matmul(a, b, out=out)), 2.0 * n**3
+
+
+def products_step(case: Case) -> Step:
+    """One step's matrix products alone, into preallocated outputs: x·W per layer, xᵀ·dz for
+    every layer, dz·Wᵀ for all but the first. The step's time over theirs: what the rest costs."""
+    sizes = MODELS[case.model]
+    dev, n, xp = case.device, case.batch, case.device.xp
+    rng = np.random.default_rng(0)
+    with dev:
+        weights = [dev.send(rng.standard_normal((i, o), dtype=np.float32)) for i, o in itertools.pairwise(sizes)]
+        acts = [dev.send(rng.standard_normal((n, width), dtype=np.float32)) for width in sizes]
+        grads = [xp.empty_like(w) for w in weights]
+        outs = [xp.empty((n, width), dtype=np.float32) for width in sizes]
+
+    def step() -> None:
+        for i, w in enumerate(weights):
+            xp.matmul(acts[i], w, out=outs[i + 1])
+        for i in range(len(weights) - 1, -1, -1):
+            xp.matmul(acts[i].T, acts[i + 1], out=grads[i])
+            if i > 0:
+                xp.matmul(acts[i + 1], weights[i].T, out=outs[i])
+
+    return step
 
 
 def synchronizer(dev: Device) -> Callable[[], None]:
@@ -101,10 +121,9 @@ def time_interleaved(
     pause: float = 0.25,
     errors: dict[str, str] | None = None,
 ) -> dict[str, list[float]]:
-    """Milliseconds per step of every window, the steps taking turns window by window.
-
-    With ``errors`` given, a step other than gpunn's that raises while warming up (a baseline
-    out of memory, a graph that cannot replay) is left out and its error recorded there."""
+    """Milliseconds per step of every window, the steps taking turns window by window. With
+    ``errors`` given, a step other than gpunn's that raises while warming up (a baseline out of
+    memory, a graph that cannot replay) is left out and its error recorded there."""
     per_window = {}
     for name, step in list(steps.items()):
         try:
@@ -127,9 +146,8 @@ def time_interleaved(
     times: dict[str, list[float]] = {name: [] for name in steps}
     names = list(steps)
     for window in range(windows):
-        # Rotate who goes first: a framework's idle worker threads (OpenMP's spin-wait in
-        # torch, BLAS pools) can slow whoever runs right after it, so each takes every place
-        # in turn; the pause lets those threads go to sleep before the next window.
+        # Rotate who goes first: a framework's spinning worker threads (OpenMP in torch, BLAS
+        # pools) slow whoever runs right after it; the pause lets them sleep before each window.
         for name in names[window % len(names) :] + names[: window % len(names)]:
             time.sleep(pause)
             sync()
@@ -201,12 +219,10 @@ def count_launches(case: Case, optimizer: str, steps: int = 5) -> float | None:
 
 
 def host_and_device_us(case: Case, step: Step, steps: int = 20) -> tuple[float, float] | None:
-    """(host µs, device µs) per step on a GPU; None on the CPU.
-
-    Host: the time Python takes to queue ``steps`` steps. Device: the time the GPU takes to run
-    them once queued — a spin kernel holds the GPU for twice the host's queueing time while the
-    host queues them behind it, so the CUDA events around them see the kernels back to back,
-    not the gaps where the GPU waited for a launch. Host above device: the step is launch-bound.
+    """(host µs, device µs) per step on a GPU; None on the CPU. Host: the time Python takes to
+    queue ``steps`` steps. Device: the time the GPU takes to run them once queued — a spin kernel
+    holds the GPU for twice the host's queueing time while the host queues them behind it, so the
+    CUDA events see the kernels back to back, not the launch gaps. Host above device: launch-bound.
     """
     if case.device.kind != "cuda":
         return None
@@ -237,9 +253,6 @@ def paired_ratio(numerator_ms: list[float], denominator_ms: list[float]) -> tupl
     return float(np.median(ratios)), float(np.percentile(ratios, 10)), float(np.percentile(ratios, 90))
 
 
-# ----------------------------------------------------------------------------- the run
-
-
 def run(
     devices: list[Device],
     models: list[str],
@@ -260,9 +273,8 @@ def run(
         rows.append(_measure_case(case, optimizer, against, repeat))
         if report is not None:
             report(rows[-1])
-    # Launches are counted after every timed case: torch's profiler leaves CUPTI attached to
-    # the process (Kineto tears it down only on request), which slows every later launch and
-    # would tax the many-launch eager steps more than a replayed graph.
+    # Launches are counted after every timed case: torch's profiler leaves CUPTI attached to the
+    # process, which slows every later launch, the many-launch eager steps more than a graph's.
     for case, row in zip(cases, rows, strict=True):
         if case.device.kind == "cuda":
             errors: dict[str, str] = {}
@@ -276,8 +288,7 @@ def run(
 def _measure_case(case: Case, optimizer: str, against: tuple[str, ...], repeat: int) -> dict[str, Any]:
     sizes = MODELS[case.model]
     step, model = gpunn_step(case, optimizer)
-    # The ceiling is timed in the same interleaved windows, so that drift on a shared
-    # machine moves it and the steps alike and their ratio stays honest.
+    # the ceiling is timed in the same windows, so that drift on a shared machine moves it and the steps alike
     ceiling, ceiling_flops = matmul_step(case.device)
     steps: dict[str, Step] = {"gpunn": step, "ceiling": ceiling, "products": products_step(case)}
     skipped: dict[str, str] = {}
@@ -333,8 +344,7 @@ def _measure_case(case: Case, optimizer: str, against: tuple[str, ...], repeat: 
             "windows": len(ms),
         }
     row["gpunn"]["over_products"] = paired_ratio(times["gpunn"], products)[0]
-    # A_over_B: B's ms over A's in the same round (> 1: A faster), median of the rounds, with
-    # the p10–p90 of those per-round ratios beside it
+    # A_over_B: B's ms over A's in the same round (> 1: A faster), median and p10–p90 of the rounds
     row["ratio_p10_p90"] = {}
     pairs = [("gpunn", name) for name in times if name != "gpunn"]
     pairs += [(a, b) for a, b in (("graph", "torch"), ("user_loop", "numpy")) if a in times and b in times]
@@ -374,8 +384,6 @@ def crossover(rows: list[dict[str, Any]]) -> dict[str, int | None]:
             result[model] = next((b for b in common if gpu[b] > cpu[b]), None)
     return result
 
-
-# ----------------------------------------------------------------------------- the report
 
 HEADER = (
     "T1 = 784-100-10, T2 = 784-1024-1024-10, W1 = 1024-4096-4096-1024; float32. % of peak: GFLOP/s over\n"

@@ -1,14 +1,9 @@
-"""The steps ``gpunn bench`` times, each a no-argument callable built ready to run.
-
-For a :class:`Case` (device, model, batch): one float32 training step (forward,
-softmax-with-loss, backward, update) of each framework from the same weights and data, and the
-two references the figures are taken against: the device's matrix-product ceiling
-(:func:`matmul_step`) and the step's own matrix products alone (:func:`products_step`).
-"""
+"""The training steps ``gpunn bench`` times, each a no-argument callable built ready to run: for
+a :class:`Case` (device, model, batch), one float32 step (forward, softmax-with-loss, backward,
+update) of each framework from the same weights and data."""
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -48,12 +43,8 @@ def _data(case: Case) -> tuple[np.ndarray, np.ndarray]:
     return rng.standard_normal((case.batch, sizes[0])).astype(np.float32), rng.integers(0, sizes[-1], case.batch)
 
 
-def _trainer_step(case: Case, optimizer: str) -> tuple[Callable[[Any, Any], Any], Any, Any]:
-    """(step(x, t) -> loss, model, optimizer) as Trainer.fit steps: labels checked before the fit."""
-    with case.device:
-        model = gn.mlp(list(MODELS[case.model]), seed=0).to(case.device)
-        criterion = gn.SoftmaxWithLoss(validate=False)  # labels are valid by construction
-        opt = create(optimizer, model.parameters())
+def _train(model: Any, criterion: Any, opt: Any) -> Callable[[Any, Any], Any]:
+    """step(x, t) -> loss: forward, softmax-with-loss, backward, update."""
 
     def step(xb: Any, yb: Any) -> Any:
         loss = criterion.forward(model.forward(xb), yb)
@@ -61,7 +52,16 @@ def _trainer_step(case: Case, optimizer: str) -> tuple[Callable[[Any, Any], Any]
         opt.step()
         return loss
 
-    return step, model, opt
+    return step
+
+
+def _trainer_step(case: Case, optimizer: str) -> tuple[Callable[[Any, Any], Any], Any, Any]:
+    """(step(x, t) -> loss, model, optimizer) as Trainer.fit steps: labels checked before the fit."""
+    with case.device:
+        model = gn.mlp(list(MODELS[case.model]), seed=0).to(case.device)
+        criterion = gn.SoftmaxWithLoss(validate=False)  # labels are valid by construction
+        opt = create(optimizer, model.parameters())
+    return _train(model, criterion, opt), model, opt
 
 
 def gpunn_step(case: Case, optimizer: str) -> tuple[Step, Any]:
@@ -79,20 +79,9 @@ def user_loop_step(case: Case, optimizer: str) -> Step | None:
         return None
     xb, yb = _data(case)
     model = gn.mlp(list(MODELS[case.model]), seed=0)
-    criterion = gn.SoftmaxWithLoss()
-    if optimizer == "sgd":
-        opt = gn.optim.SGD(model.parameters(), lr=0.01)
-    else:
-        opt = gn.optim.Adam(model.parameters(), lr=1e-3)
-
-    def step() -> Any:
-        logits = model.forward(xb)
-        loss = criterion.forward(logits, yb)
-        model.backward(criterion.backward())
-        opt.step()
-        return loss
-
-    return step
+    opt = {"sgd": gn.optim.SGD, "adam": gn.optim.Adam}[optimizer](model.parameters())
+    step = _train(model, gn.SoftmaxWithLoss(), opt)
+    return lambda: step(xb, yb)
 
 
 def graph_step(case: Case, optimizer: str) -> StepGraph | None:
@@ -171,40 +160,3 @@ def blas_threads() -> int | None:
 
     counts = [lib["threads"] for lib in blas_info() if lib.get("threads")]
     return counts[0] if counts else None
-
-
-# ----------------------------------------------------------------------------- the references
-
-
-def matmul_step(dev: Device) -> tuple[Step, float]:
-    """The ceiling: one n×n·n×n float32 matrix product into a preallocated output, n big enough
-    to be compute-bound (2048 on a CPU, 8192 on a GPU); returns the step and its FLOPs."""
-    n = 2048 if dev.kind == "cpu" else 8192
-    rng = np.random.default_rng(0)
-    with dev:
-        a, b = (dev.send(rng.standard_normal((n, n), dtype=np.float32)) for _ in range(2))
-        out = dev.xp.empty((n, n), dtype=np.float32)
-    return (lambda: dev.xp.matmul(a, b, out=out)), 2.0 * n**3
-
-
-def products_step(case: Case) -> Step:
-    """One step's matrix products alone, into preallocated outputs: x·W per layer, xᵀ·dz for
-    every layer, dz·Wᵀ for all but the first. The step's time over theirs: what the rest costs."""
-    sizes = MODELS[case.model]
-    dev, n, xp = case.device, case.batch, case.device.xp
-    rng = np.random.default_rng(0)
-    with dev:
-        weights = [dev.send(rng.standard_normal((i, o), dtype=np.float32)) for i, o in itertools.pairwise(sizes)]
-        acts = [dev.send(rng.standard_normal((n, width), dtype=np.float32)) for width in sizes]
-        grads = [xp.empty_like(w) for w in weights]
-        outs = [xp.empty((n, width), dtype=np.float32) for width in sizes]
-
-    def step() -> None:
-        for i, w in enumerate(weights):
-            xp.matmul(acts[i], w, out=outs[i + 1])
-        for i in range(len(weights) - 1, -1, -1):
-            xp.matmul(acts[i].T, acts[i + 1], out=grads[i])
-            if i > 0:
-                xp.matmul(acts[i + 1], weights[i].T, out=outs[i])
-
-    return step

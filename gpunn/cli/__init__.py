@@ -1,1 +1,1 @@
-"""The ``gpunn`` command: ``info``, ``train``, ``evaluate``, ``bench`` (also ``python -m gpunn``)."""
+"""The ``gpunn`` command: ``info``, ``train``, ``evaluate``, ``bench``, ``check`` (also ``python -m gpunn``)."""

@@ -1,25 +1,22 @@
 """``gpunn check``: every accelerated Ops override held to the reference Ops.
 
 Each method a device's accelerated Ops overrides (NumbaOps on the CPU when Numba is installed,
-CupyOps on a GPU) runs the cases of :func:`cases` (float32 and float64; sizes 1, 7, 33×257,
-and 2²⁰ + 7 for AdamW; edge values NaN, ±inf, ±0, the smallest subnormal; zero rows where a
-method takes them; each update plain, with L2, and with L2, L1 and clipping), and the reference
-(:class:`~gpunn.backend.ops.NumpyOps` on the same device) runs on copies of the same inputs.
-Every array argument afterwards, and every array returned, is compared:
+CupyOps on a GPU) runs the cases of :func:`cases`, and the reference (:class:`NumpyOps` on the
+same device) runs on copies of the same inputs. Every array argument afterwards, and every
+array returned, is compared:
 
 - on the CPU, bit for bit: the error is the number of representable values between the two
   (+0 and −0 one apart); two NaNs are equal whatever their payloads.
-- on a GPU, within a bound in the size of the terms, since NVRTC contracts a·b + c into one
-  fused multiply-add, CUDA's exp and tanh are not the host's and sums run in other orders.
-  With ``terms`` the formula evaluated on absolute values in float64 (for y + a·x: |y| + |a·x|)
-  an element passes when |got − want| <= ulps_of(k)·(eps·terms + the smallest subnormal),
-  k the roundings of both sides together, counted as tests/tolerances.py explains (the tables
-  below, per output); the error is |got − want| in units of eps·terms + the smallest subnormal.
-  Where a result or its terms are not finite, both sides must be equal (or both NaN); arrays a
-  method only reads must come out unchanged.
+- on a GPU, within a bound in the size of the terms (NVRTC contracts a·b + c into one fused
+  multiply-add, CUDA's exp and tanh are not the host's, sums run in other orders): with
+  ``terms`` the formula on absolute values in float64 (for y + a·x: |y| + |a·x|), an element
+  passes when |got − want| <= ulps_of(k)·(eps·terms + the smallest subnormal), k the roundings
+  of both sides together per output (the tables below, counted as tests/tolerances.py
+  explains). Where a result or its terms are not finite, both sides must be equal (or both
+  NaN); arrays a method only reads must come out unchanged.
 
-On a GPU the reference itself (CuPy, the path ``GPUNN_OPS=reference`` takes) is also held to
-the reference on the CPU, with the same bounds.
+On a GPU the reference itself (CuPy, as ``GPUNN_OPS=reference`` runs) is also held to the
+reference on the CPU, with the same bounds.
 """
 
 from __future__ import annotations
@@ -40,7 +37,7 @@ from ..backend.selection import all_ops, numba_installed
 LAYER_OPS = ("matmul", "bias_activation", "activation", "activation_backward", "column_sums", "softmax_cross_entropy")
 UPDATE_OPS = ("sum_of_squares", "sgd_update", "momentum_update", "adagrad_update", "rmsprop_update", "adam_update")
 PROTOCOL = LAYER_OPS + UPDATE_OPS
-ACTIVATIONS = ("identity", "relu", "leaky_relu", "sigmoid", "tanh")
+ACTIVATIONS = NumpyOps.ACTIVATIONS
 ALPHA = 0.07  # LeakyReLU's slope
 DTYPES = ("float32", "float64")
 SHAPES, EDGE_SHAPE = ((1, 1), (7, 3), (33, 257), (0, 3)), (5, 7)
@@ -132,8 +129,10 @@ def _formula(z: np.ndarray, activation: str) -> np.ndarray:
 
 
 def cases(dtypes: Sequence[str] = DTYPES) -> list[Case]:
-    """Every case, the same list each call (fixed seeds). Outputs start as NaN (written, never
-    accumulated into); the 33×257 cases pass out= (the input itself where a method allows)."""
+    """Every case, the same list each call (fixed seeds): sizes 1, 7, 33×257 and 2²⁰ + 7 (AdamW
+    only); edge values NaN, ±inf, ±0 and the smallest subnormal; zero rows where a method takes
+    them; each update plain, with L2, and with L2, L1 and clipping. Outputs start as NaN (written,
+    never accumulated into); the 33×257 cases pass out= (the input itself where a method allows)."""
     out: list[Case] = []
     for dtype in dtypes:
         rng = np.random.default_rng(17)
@@ -189,9 +188,7 @@ def _update_cases(
     return out
 
 
-# ----------------------------------------------------------------------------- bounds (GPU)
-
-
+# bounds (GPU)
 def bounds(case: Case) -> dict[str, tuple[Any, float]]:
     """Per output of ``case``: (terms, roundings k of both sides); outputs not named: exact."""
     x = {k: v.astype(np.float64) for k, v in case.arrays.items()}
@@ -200,10 +197,9 @@ def bounds(case: Case) -> dict[str, tuple[Any, float]]:
         if op == "matmul":
             return dict.fromkeys(("out", "result"), (np.abs(x["a"]) @ np.abs(x["b"]), 2 * x["a"].shape[1]))
         if op in ("column_sums", "sum_of_squares"):
-            terms = np.abs(x["x"]).sum(axis=0) if op == "column_sums" else np.sum(x["x"] ** 2)
-            return dict.fromkeys(
-                ("out", "result"), (terms, 2 * (chain(len(x["x"])) if op == "column_sums" else x["x"].size))
-            )
+            a = x["x"]
+            terms, k = (np.abs(a).sum(axis=0), chain(len(a))) if op == "column_sums" else (np.sum(a**2), a.size)
+            return dict.fromkeys(("out", "result"), (terms, 2 * k))
         if op == "softmax_cross_entropy":
             return _softmax_bounds(x["z"], case.arrays["t"])
         if op in ("bias_activation", "activation"):
@@ -270,9 +266,7 @@ def _update_bounds(case: Case, x: dict[str, np.ndarray]) -> dict[str, tuple[Any,
     return {name: (terms[name], 2 * (b + c * k_g)) for name, (b, c) in counts.items()}
 
 
-# ----------------------------------------------------------------------------- running and comparing
-
-
+# running and comparing
 @dataclass(frozen=True)
 class Backend:
     """Ops under test on ``device``, held to ``reference`` on ``reference_device``."""
@@ -391,9 +385,7 @@ def run_case(backend: Backend, case: Case) -> Outcome:
     return max(outcomes, key=lambda o: (o.ratio, o.allowed))
 
 
-# ----------------------------------------------------------------------------- the report
-
-
+# the report
 def check(backend_list: Sequence[Backend], case_list: Sequence[Case] | None = None) -> dict[str, Any]:
     """Every case of each backend's methods; one row per backend, op and dtype (its worst case)."""
     start, case_list = time.perf_counter(), cases() if case_list is None else case_list

@@ -111,34 +111,33 @@ def load_splits(spec: str, seed: int) -> dict[str, Any]:
     }
 
 
-def _check_folder(path: str | None, flag: str) -> None:
-    """Fail before training when an output file cannot be written where asked."""
-    if path is None:
-        return
-    folder = Path(path).resolve().parent
-    if not folder.is_dir():
-        raise FileNotFoundError(f"{flag}: the folder {folder} does not exist")
-    if Path(path).is_dir():
-        raise IsADirectoryError(f"{flag}: {path} is a folder; give a file name")
-
-
 def _check_outputs(plot_path: str | None, save_path: str | None) -> None:
     """Fail before training, not after, when the plot or the checkpoint cannot be written."""
     if plot_path:
         from ..train.plots import require_matplotlib  # noqa: PLC0415 — matplotlib is optional
 
         require_matplotlib()
-    _check_folder(plot_path, "--plot")
-    _check_folder(save_path, "--save")
+    for path, flag in ((plot_path, "--plot"), (save_path, "--save")):
+        if path is None:
+            continue
+        folder = Path(path).resolve().parent
+        if not folder.is_dir():
+            raise FileNotFoundError(f"{flag}: the folder {folder} does not exist")
+        if Path(path).is_dir():
+            raise IsADirectoryError(f"{flag}: {path} is a folder; give a file name")
+
+
+def _saved_config(checkpoint: Any, path: str) -> TrainConfig:
+    saved = checkpoint.metadata.get("config")
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"{path}: not a checkpoint written by gpunn train (no run config inside)")
+    return TrainConfig.from_dict(saved)
 
 
 def _resumed_config(checkpoint: Any, path: str, settings: dict[str, Any]) -> TrainConfig:
     """The saved run's config, with ``epochs`` from ``settings``; any other explicit setting
     that differs from the saved one is an error (a resume continues the same run)."""
-    saved = checkpoint.metadata.get("config")
-    if not isinstance(saved, dict):
-        raise CheckpointError(f"{path}: not a checkpoint written by gpunn train (no run config inside)")
-    config = TrainConfig.from_dict(saved)
+    config = _saved_config(checkpoint, path)
     for name, value in settings.items():
         if name != "epochs" and value is not None and getattr(config, name) != value:
             raise ValueError(
@@ -154,7 +153,7 @@ def _resumed_config(checkpoint: Any, path: str, settings: dict[str, Any]) -> Tra
 
 
 def train(
-    settings: dict[str, Any] | TrainConfig | None = None,
+    settings: dict[str, Any],
     device_spec: str | None = None,
     save_path: str | None = None,
     resume_path: str | None = None,
@@ -171,9 +170,7 @@ def train(
     distributed, like the checkpoint and the plot). ``graph``: replay each step as a CUDA
     graph (``Trainer(graph=True)``).
     """
-    if isinstance(settings, TrainConfig):
-        settings = asdict(settings)
-    settings = {k: v for k, v in (settings or {}).items() if v is not None}
+    settings = {k: v for k, v in settings.items() if v is not None}
     comm = distributed.resolve(None)  # the MPI world when launched with several ranks
     root = comm is None or comm.is_root
     dev = device(device_spec) if comm is None else distributed.rank_device(device_spec, comm)
@@ -240,7 +237,7 @@ def train(
         from ..train.plots import plot_history  # noqa: PLC0415 — matplotlib is optional
 
         plot_history(trainer.history, plot_path, title=f"gpunn on {config.dataset} ({dev})")
-    new_epochs = [r for r in trainer.history.records if r["epoch"] > initial_epoch]
+    rates = [r["samples_per_s"] for r in trainer.history.records if r["epoch"] > initial_epoch]  # this run's epochs
     return {
         "device": str(dev),
         "why_cpu": why_cpu() if dev.kind == "cpu" else None,
@@ -250,7 +247,7 @@ def train(
         "dev_accuracy": trainer.history.last["dev_accuracy"],
         "test_accuracy": test["accuracy"],
         "test_loss": test["loss"],
-        "samples_per_s": _median([r["samples_per_s"] for r in new_epochs]),
+        "samples_per_s": float(np.median(rates)) if rates else 0.0,
         "seconds": seconds,
         "diagnosis": diagnosis.to_dict(),
         "diagnosis_text": str(diagnosis),
@@ -266,10 +263,7 @@ def evaluate(model_path: str, dataset: str | None = None, device_spec: str | Non
     """Test-set loss and accuracy of a checkpoint written by ``gpunn train``."""
     dev = device(device_spec)
     checkpoint = read(model_path, device=dev)
-    saved = checkpoint.metadata.get("config")
-    if not isinstance(saved, dict):
-        raise CheckpointError(f"{model_path}: not a checkpoint written by gpunn train (no run config inside)")
-    config = TrainConfig.from_dict(saved)
+    config = _saved_config(checkpoint, model_path)
     spec = dataset or config.dataset
     x_test, y_test = raw_splits(spec, config.seed)["test"]
     state = checkpoint.metadata.get("scaler")
@@ -282,7 +276,3 @@ def evaluate(model_path: str, dataset: str | None = None, device_spec: str | Non
     trainer = Trainer(checkpoint.model, SoftmaxWithLoss(), create("sgd", lr=0.0), device=dev)
     metrics = trainer.evaluate(scaler.transform(x_test), y_test)
     return {"device": str(dev), "dataset": spec, "checkpoint": str(Path(model_path).resolve()), **metrics}
-
-
-def _median(values: list[float]) -> float:
-    return float(np.median(values)) if values else 0.0

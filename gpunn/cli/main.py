@@ -1,10 +1,5 @@
-"""The ``gpunn`` command line (also ``python -m gpunn``).
-
-    gpunn info                       devices, why the CPU was chosen, versions, BLAS, GPUs
-    gpunn train [--dataset digits]   train an MLP on the best device present
-    gpunn evaluate --model PATH      test accuracy of a saved model
-    gpunn bench                      throughput per device, against NumPy and PyTorch
-    gpunn check                      every accelerated op against the reference ops, on edge cases
+"""The ``gpunn`` command line (also ``python -m gpunn``): ``info``, ``train``, ``evaluate``,
+``bench`` and ``check``; :func:`build_parser` says what each does and takes.
 
 Errors in the user's input (a missing file, a bad flag value, an unknown dataset) print one
 line and exit with status 2, without a traceback.
@@ -27,10 +22,13 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from .. import distributed
-from ..backend.device import DeviceUnavailableError
+from ..backend.device import DeviceUnavailableError, available_devices, device, set_matmul_precision, why_cpu
+from ..optim import OPTIMIZERS
+from . import job
 from .sysinfo import format_info, system_info
 
 EXIT_USAGE = 2
+ACTIVATIONS = ("relu", "leaky_relu", "sigmoid", "tanh", "identity")
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -85,12 +83,10 @@ SETTINGS = ("dataset", "hidden", "activation", "optimizer", "lr", "l2", "dropout
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .job import train  # noqa: PLC0415 — keeps `gpunn info` light
-
     settings = {name: getattr(args, name) for name in SETTINGS}  # None: not given on the command line
     verbose = False if (args.quiet or args.json) else None
     announce = None if (args.json or args.quiet) else _announce_device
-    result = train(
+    result = job.train(
         settings, args.device, args.save, args.resume, args.plot, verbose=verbose, announce=announce, graph=args.graph
     )
     if not _is_root():
@@ -103,8 +99,6 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _announce_device(dev: Any) -> None:
-    from ..backend.device import why_cpu  # noqa: PLC0415
-
     reason = why_cpu() if dev.kind == "cpu" else None
     print(f"device: {dev}" + (f" (the CPU, because {reason})" if reason else ""), flush=True)
     if distributed.is_launched():
@@ -134,9 +128,7 @@ def _print_result(result: dict[str, Any]) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from .job import evaluate  # noqa: PLC0415
-
-    result = evaluate(args.model, args.dataset, args.device)
+    result = job.evaluate(args.model, args.dataset, args.device)
     if not _is_root():
         return 0
     if args.json:
@@ -177,30 +169,24 @@ def _check_bench_flags(args: argparse.Namespace) -> None:
         require_matplotlib()
 
 
+def _devices(specs: list[str] | None) -> list[Any]:
+    """The devices named on the command line, or every usable one."""
+    return [device(spec) for spec in specs] if specs else available_devices()
+
+
 def _bench(args: argparse.Namespace) -> int:
-    from ..backend.device import available_devices, device, set_matmul_precision  # noqa: PLC0415
     from ..bench import run as bench  # noqa: PLC0415
 
     _check_bench_flags(args)
     if args.tf32:
         set_matmul_precision("tf32")
-    devices = [device(spec) for spec in args.devices] if args.devices else available_devices()
-    against = tuple(args.against)
+    devices = _devices(args.devices)
     quiet = args.json == "-" or not _is_root()
     if not quiet:
         print(bench.HEADER)
-    result = bench.run(
-        devices,
-        args.models,
-        args.batch_sizes,
-        args.optimizer,
-        against,
-        args.repeat,
-        report=None if quiet else lambda row: print(bench.format_row(row), flush=True),
-    )
-    result["environment"] = system_info()
-    result["environment"]["torch"] = bench.torch_version()
-    result["environment"]["blas_threads"] = bench.blas_threads()
+    report = None if quiet else lambda row: print(bench.format_row(row), flush=True)
+    result = bench.run(devices, args.models, args.batch_sizes, args.optimizer, tuple(args.against), args.repeat, report)
+    result["environment"] = {**system_info(), "torch": bench.torch_version(), "blas_threads": bench.blas_threads()}
     counted = [r for r in result["results"] if r["launches_per_step"] is not None]
     if not quiet and counted:  # counted after every case was timed (see bench.run)
         print(
@@ -222,11 +208,9 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from ..backend.device import available_devices, device  # noqa: PLC0415
     from .check import command  # noqa: PLC0415 — imports every Ops
 
-    devices = [device(spec) for spec in args.device] if args.device else available_devices()
-    return command(devices, as_json=args.json)
+    return command(_devices(args.device), as_json=args.json)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -238,81 +222,54 @@ def build_parser() -> argparse.ArgumentParser:
     info.set_defaults(run=_info)
 
     train = commands.add_parser("train", help="train a multilayer perceptron on the best device present")
-    train.add_argument("--dataset", default=None, help="digits (built in), spiral, or mnist:PATH (default: digits)")
-    train.add_argument("--hidden", type=_hidden, default=None, help="hidden layer sizes, e.g. 100,100 (default: 100)")
-    train.add_argument(
-        "--activation",
-        default=None,
-        choices=["relu", "leaky_relu", "sigmoid", "tanh", "identity"],
-        help="hidden-layer activation (default: relu)",
-    )
-    train.add_argument(
-        "--optimizer",
-        default=None,
-        choices=["sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw"],
-        help="update rule (default: adam)",
-    )
-    train.add_argument("--lr", type=float, default=None, help="learning rate (default: 0.001)")
-    train.add_argument("--l2", type=float, default=None, help="L2 penalty λ in ½·λ·ΣW² (default: 0.0001)")
-    train.add_argument("--dropout", type=float, default=None, help="dropout after each hidden layer (default: 0)")
-    train.add_argument("--epochs", type=int, default=None, help="total epochs, resumed ones included (default: 40)")
-    train.add_argument("--batch-size", type=int, default=None, help="mini-batch size (default: 32)")
-    train.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default: GPUNN_DEVICE or auto)")
+    train.add_argument("--dataset", help="digits (built in), spiral, or mnist:PATH (default: digits)")
+    train.add_argument("--hidden", type=_hidden, help="hidden layer sizes, e.g. 100,100 (default: 100)")
+    train.add_argument("--activation", choices=ACTIVATIONS, help="hidden-layer activation (default: relu)")
+    train.add_argument("--optimizer", choices=list(OPTIMIZERS), help="update rule (default: adam)")
+    train.add_argument("--lr", type=float, help="learning rate (default: 0.001)")
+    train.add_argument("--l2", type=float, help="L2 penalty λ in ½·λ·ΣW² (default: 0.0001)")
+    train.add_argument("--dropout", type=float, help="dropout after each hidden layer (default: 0)")
+    train.add_argument("--epochs", type=int, help="total epochs, resumed ones included (default: 40)")
+    train.add_argument("--batch-size", type=int, help="mini-batch size (default: 32)")
+    train.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: GPUNN_DEVICE or auto)")
     train.add_argument(
         "--graph", action="store_true", help="replay each step as one CUDA graph on a GPU (no dropout; same results)"
     )
-    train.add_argument(
-        "--seed", type=int, default=None, help="seed of the split, the weights and the order (default: 0)"
-    )
-    train.add_argument("--save", default=None, metavar="PATH", help="checkpoint written after every epoch")
-    train.add_argument("--resume", default=None, metavar="PATH", help="continue a run from its checkpoint")
-    train.add_argument("--plot", default=None, metavar="PNG", help="save the learning curves to this PNG")
+    train.add_argument("--seed", type=int, help="seed of the split, the weights and the order (default: 0)")
+    train.add_argument("--save", metavar="PATH", help="checkpoint written after every epoch")
+    train.add_argument("--resume", metavar="PATH", help="continue a run from its checkpoint")
+    train.add_argument("--plot", metavar="PNG", help="save the learning curves to this PNG")
     train.add_argument("--json", action="store_true", help="print one JSON object with the results")
     train.add_argument("--quiet", action="store_true", help="print nothing but errors")
     train.set_defaults(run=_train)
 
     bench = commands.add_parser("bench", help="training-step throughput per device, against NumPy and PyTorch")
-    bench.add_argument("--devices", type=_csv(str), default=None, help="e.g. cpu,cuda:0 (default: every usable one)")
+    bench.add_argument("--devices", type=_csv(str), help="e.g. cpu,cuda:0 (default: every usable one)")
+    models_help = "T1 = 784-100-10, T2 = 784-1024-1024-10, W1 = 1024-4096-4096-1024 (default: all)"
+    bench.add_argument("--models", type=_csv(str), default=["T1", "T2", "W1"], help=models_help)
     bench.add_argument(
-        "--models",
-        type=_csv(str),
-        default=["T1", "T2", "W1"],
-        help="T1 = 784-100-10, T2 = 784-1024-1024-10, W1 = 1024-4096-4096-1024 (default: all)",
+        "--batch-sizes", type=_csv(int), help="batch sizes for every model (default: per model and device)"
     )
-    bench.add_argument(
-        "--batch-sizes",
-        type=_csv(int),
-        default=None,
-        help="batch sizes for every model (default: per model and device)",
-    )
-    bench.add_argument(
-        "--optimizer", default="adam", choices=["sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw"]
-    )
-    bench.add_argument(
-        "--against",
-        type=_csv(str),
-        default=["numpy", "torch"],
-        help="baselines: numpy (hand-written loop, CPU), torch (if installed), or none",
-    )
+    bench.add_argument("--optimizer", default="adam", choices=list(OPTIMIZERS))
+    against_help = "baselines: numpy (hand-written loop, CPU), torch (if installed), or none"
+    bench.add_argument("--against", type=_csv(str), default=["numpy", "torch"], help=against_help)
     bench.add_argument("--repeat", type=int, default=10, help="timed windows per framework (default: 10)")
     bench.add_argument("--tf32", action="store_true", help="TF32 matrix products on the GPU, for gpunn and torch")
-    bench.add_argument("--json", default=None, metavar="PATH", help="write every figure as JSON ('-' for stdout)")
-    bench.add_argument("--plot", default=None, metavar="PNG", help="bar chart of samples/s")
+    bench.add_argument("--json", metavar="PATH", help="write every figure as JSON ('-' for stdout)")
+    bench.add_argument("--plot", metavar="PNG", help="bar chart of samples/s")
     bench.set_defaults(run=_bench)
 
     evaluate = commands.add_parser("evaluate", help="loss and accuracy of a saved model on its test set")
     evaluate.add_argument("--model", required=True, metavar="PATH", help="a checkpoint written by gpunn train --save")
-    evaluate.add_argument("--dataset", default=None, help="data set (default: the one the model was trained on)")
-    evaluate.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N")
+    evaluate.add_argument("--dataset", help="data set (default: the one the model was trained on)")
+    evaluate.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
     evaluate.set_defaults(run=_evaluate)
 
     check = commands.add_parser(
         "check", help="every accelerated op against the reference ops, on small and edge-case inputs"
     )
-    check.add_argument(
-        "--device", action="append", default=None, help="cpu or cuda:N, repeatable (default: every usable device)"
-    )
+    check.add_argument("--device", action="append", help="cpu or cuda:N, repeatable (default: every usable device)")
     check.add_argument("--json", action="store_true", help="print one JSON object")
     check.set_defaults(run=_check)
     return parser
@@ -335,10 +292,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _fail(command: str, what: str, message: str | None, code: int, collective: bool = False) -> int:
-    """Print "gpunn COMMAND: WHAT: MESSAGE" and return ``code``. Under MPI with several ranks,
-    a rank's own error names the rank and aborts the whole job (the others may be waiting for
-    it in a collective); an error every rank met alike (``collective``) is printed by rank 0
-    alone and every rank returns ``code``."""
+    """Print "gpunn COMMAND: WHAT: MESSAGE" and return ``code``; under MPI, as the module says
+    (the other ranks may be waiting in a collective for a rank that failed alone)."""
     layout = distributed.env_layout()
     alone = layout is None or layout.size == 1
     where = "" if alone or collective else f" on rank {layout.rank} of {layout.size}"

@@ -22,13 +22,9 @@ def blas_info() -> list[dict[str, Any]]:
         from threadpoolctl import threadpool_info  # noqa: PLC0415 — only `gpunn info` needs it
     except ImportError:
         return []
+    names = {"library": "internal_api", "version": "version", "threads": "num_threads", "architecture": "architecture"}
     return [
-        {
-            "library": lib.get("internal_api"),
-            "version": lib.get("version"),
-            "threads": lib.get("num_threads"),
-            "architecture": lib.get("architecture"),
-        }
+        {ours: lib.get(theirs) for ours, theirs in names.items()}
         for lib in threadpool_info()
         if lib.get("user_api") == "blas"
     ]
@@ -59,10 +55,8 @@ def system_info() -> dict[str, Any]:
         selected, device_error = str(backend.device()), None
     except backend.DeviceUnavailableError as exc:  # info still reports, and says why
         selected, device_error = None, str(exc)
-    gpus = []
-    for dev in backend.available_devices():
-        if dev.kind == "cuda":
-            gpus.append({"device": str(dev), **backend.gpu_properties(dev.index)})
+    devices = backend.available_devices()
+    gpus = [{"device": str(dev), **backend.gpu_properties(dev.index)} for dev in devices if dev.kind == "cuda"]
     return {
         "gpunn": __version__,
         "python": platform.python_version(),
@@ -73,7 +67,7 @@ def system_info() -> dict[str, Any]:
         "ops": selection.choice(),
         "cpu_compiled_ops": numba_ops.describe(),
         "cpu_count": os.cpu_count(),
-        "devices": [str(d) for d in backend.available_devices()],
+        "devices": [str(d) for d in devices],
         "selected": selected,
         "device_error": device_error,
         "device_env": os.environ.get(backend.ENV_VAR),

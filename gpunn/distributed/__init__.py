@@ -1,9 +1,5 @@
 """Data-parallel training over MPI (mpi4py), with NCCL for GPU arrays: ``gn.distributed``.
-
-:mod:`.comm` holds the communicator (ranks, allreduce, broadcast, the launcher's layout) and
-:mod:`.data_parallel` what a Trainer does with it (sharded batches, the summed gradient, the
-data check). ``import gpunn`` never starts MPI: mpi4py is imported only under a launcher.
-"""
+:mod:`.comm` holds the communicator, :mod:`.data_parallel` what a Trainer does with it."""
 
 from .comm import (
     Communicator,

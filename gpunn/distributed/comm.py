@@ -1,26 +1,13 @@
-"""Data-parallel training over MPI (mpi4py), with NCCL for GPU arrays.
+"""The communicator of data-parallel training: MPI (mpi4py) between processes, NCCL for GPU arrays.
 
 ``mpiexec -n K python train.py`` (or ``mpiexec -n K gpunn train``) starts K processes, the
-*ranks*. Each holds the whole model and the whole data set, and trains on its own slice of
-every mini-batch:
+*ranks*; how they share the training is :mod:`.data_parallel`'s. NumPy arrays travel through MPI
+(``Allreduce``/``Bcast`` in place); CuPy arrays through NCCL (``cupy.cuda.nccl``; its unique id
+is created on rank 0 and broadcast over MPI), one process per GPU, rank r on
+``cuda:<local rank>``. Without NCCL, GPU arrays are staged through the host.
 
-- rank 0's parameters (and optimizer state) are broadcast to every rank when ``fit`` starts;
-- the global batch b (``batch_size``) is cut into K contiguous slices, rank r taking rows
-  ``[⌊b·r/K⌋, ⌊b·(r+1)/K⌋)`` of each batch of the same ``(seed, epoch)`` permutation that a single
-  process uses, so the data order is the single-process order with batch b;
-- each rank's loss is a mean over its n_r local rows, so its gradient g_r is scaled by n_r / b and
-  the flat gradient buffer is summed over ranks in one allreduce: Σ_r (n_r/b)·g_r = the mean
-  gradient over the whole batch, i.e. the single-process gradient up to summation order;
-- the regularizer's gradient λ·W is added after the allreduce (W is the same everywhere, so it is
-  counted once), then every rank applies the same optimizer step to the same buffer.
-
-Transports: NumPy arrays go through MPI (``Allreduce``/``Bcast`` in place); CuPy arrays through
-NCCL (``cupy.cuda.nccl``; its unique id is created on rank 0 and broadcast over MPI), one process
-per GPU, rank r on ``cuda:<local rank>``. Without NCCL, GPU arrays are staged through the host.
-
-Without a launcher, or with one process, nothing here is used and training is exactly the
-single-process code. mpi4py is imported only when a launcher is detected (its environment
-variables) or a :class:`Communicator` is built on it, so ``import gpunn`` never starts MPI.
+mpi4py is imported only when a launcher is detected (its environment variables) or a
+:class:`Communicator` is built on it, so ``import gpunn`` never starts MPI.
 """
 
 from __future__ import annotations
@@ -32,8 +19,9 @@ import sys
 import time
 import traceback
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 
@@ -43,8 +31,7 @@ from ..backend.device import CPU, Device, DeviceUnavailableError, device_of
 NCCL_UNIQUE_ID_BYTES = 128
 ABORT_GRACE_SECONDS = 0.3  # before MPI_Abort, for the launcher to forward the last words
 
-# (rank, size, local rank) variables set by the launchers: MPICH/Intel MPI (Hydra), Open MPI,
-# MVAPICH2, and PMIx/Slurm.
+# (rank, size, local rank) variables of MPICH/Intel MPI (Hydra), Open MPI, MVAPICH2 and PMIx/Slurm
 _LAUNCHER_ENV = (
     ("PMI_RANK", "PMI_SIZE", "MPI_LOCALRANKID"),
     ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK"),
@@ -54,10 +41,9 @@ _LAUNCHER_ENV = (
 
 
 class DistributedMismatchError(ValueError):
-    """Ranks disagree on something that must be equal (model, batch size, data, ...).
-
-    It is raised on every rank at the same point (each sees all ranks' values), so no rank is
-    left waiting in a collective; ``collective`` is True to say so."""
+    """Ranks disagree on something that must be equal (model, batch size, data, ...). Raised on
+    every rank at the same point (each sees all ranks' values), so no rank is left waiting in a
+    collective; ``collective`` says so."""
 
     collective = True
 
@@ -93,25 +79,20 @@ def is_launched() -> bool:
     return layout is not None and layout.size > 1
 
 
-# ----------------------------------------------------------------------------- communicator
-
-
 class Communicator:
-    """Collectives on NumPy and CuPy arrays across the ranks of one job.
+    """Collectives on NumPy and CuPy arrays across the ranks of one job: ``rank`` of ``size``,
+    ``local_rank`` of ``local_size`` on this node, ``is_root`` (rank 0).
 
     ``Communicator(mpi_comm)`` wraps an mpi4py communicator; ``Communicator()`` is a lone process
     (rank 0 of 1) that needs no MPI. ``nccl``: True uses NCCL for GPU arrays (error if absent),
     False stages them through the host, None uses NCCL when every rank can load it. NCCL works
     with one rank too, so ``Communicator(nccl=True)`` exercises the GPU path without mpi4py.
-
-    Attributes: ``rank``, ``size``, ``local_rank``, ``local_size`` (ranks on this node),
-    ``is_root`` (rank 0).
     """
 
     def __init__(self, mpi_comm: Any = None, nccl: bool | None = None) -> None:
         self._mpi = mpi_comm
         self._want_nccl = nccl
-        self._gpu_links: dict[int, Any] = {}  # device index -> _NcclLink, or None (host staging)
+        self._gpu_links: dict[int, _NcclLink | None] = {}  # by device index; None: host staging
         if mpi_comm is None:
             self.rank, self.size, self.local_rank, self.local_size = 0, 1, 0, 1
             return
@@ -130,36 +111,28 @@ class Communicator:
         kind = "MPI" if self._mpi is not None else "single process"
         return f"Communicator({kind}, rank {self.rank} of {self.size}, local rank {self.local_rank})"
 
-    # ------------------------------------------------------------- arrays, in place
-
     def allreduce(self, x: Any, op: str = "sum") -> Any:
         """x ← op over ranks of x, element-wise and in place ("sum", "max" or "min"); returns x.
-
         x: a contiguous NumPy or CuPy array, same shape and dtype on every rank."""
-        if device_of(x).kind == "cuda":
-            link = self._gpu_link(device_of(x))
-            if link is not None:
-                link.allreduce(x, op)
-            elif self.size > 1:
-                host = x.get()
-                self._mpi_allreduce(host, op)
-                x.set(host)
-        elif self.size > 1:
-            self._mpi_allreduce(_contiguous(x), op)
-        return x
+        return self._in_place(x, lambda link: link.allreduce(x, op), lambda host: self._mpi_allreduce(host, op))
 
     def broadcast(self, x: Any, root: int = 0) -> Any:
         """x ← rank ``root``'s x on every rank, in place; returns x."""
+        return self._in_place(x, lambda link: link.broadcast(x, root), lambda host: self._mpi.Bcast(host, root=root))
+
+    def _in_place(self, x: Any, on_gpu: Callable[[_NcclLink], None], on_host: Callable[[np.ndarray], None]) -> Any:
+        """Run a collective on x in place: ``on_gpu(link)`` through NCCL, else ``on_host`` on x
+        (a GPU array staged through the host) over MPI; nothing for a lone process."""
         if device_of(x).kind == "cuda":
             link = self._gpu_link(device_of(x))
             if link is not None:
-                link.broadcast(x, root)
+                on_gpu(link)
             elif self.size > 1:
                 host = x.get()
-                self._mpi.Bcast(host, root=root)
+                on_host(host)
                 x.set(host)
         elif self.size > 1:
-            self._mpi.Bcast(_contiguous(x), root=root)
+            on_host(_contiguous(x))
         return x
 
     def _mpi_allreduce(self, x: np.ndarray, op: str) -> None:
@@ -169,8 +142,6 @@ class Communicator:
         if op not in ops:
             raise ValueError(f"op must be 'sum', 'max' or 'min', got {op!r}")
         self._mpi.Allreduce(MPI.IN_PLACE, x, op=ops[op])
-
-    # ------------------------------------------------------------- small host values
 
     def allgather_json(self, value: Any) -> list[Any]:
         """Every rank's ``value`` (anything ``json`` can write), in rank order, on every rank.
@@ -212,15 +183,11 @@ class Communicator:
         sys.stderr.flush()
         if self._mpi is not None:
             if self.size > 1:
-                # The launcher forwards each rank's output through a pipe and, once told of the
-                # abort, kills every rank and may exit without draining it: the message that
-                # says why the job ended was lost that way (seen once in ci/gpu-check's run of
-                # the suite). A moment's grace lets it reach the user first.
+                # the launcher kills every rank on an abort and may exit before draining their
+                # output pipes: a moment's grace lets the message saying why reach the user
                 time.sleep(ABORT_GRACE_SECONDS)
             self._mpi.Abort(code)
         os._exit(code)
-
-    # ------------------------------------------------------------- GPU transport
 
     def transport(self, dev: Device) -> str:
         """How arrays on ``dev`` travel: "nccl", "host" (GPU staged through MPI), "mpi" or
@@ -234,31 +201,25 @@ class Communicator:
     def planned_transport(self, dev: Device) -> str:
         """What :meth:`transport` would answer, as far as this rank alone can tell (no
         communication, no NCCL communicator made): "nccl" when NCCL loads here."""
-        if self.size == 1 and dev.kind == "cpu":
-            return "none"
         if dev.kind == "cpu":
-            return "mpi"
+            return "mpi" if self.size > 1 else "none"
         return "nccl" if self._want_nccl is not False and _load_nccl()[0] is not None else "host"
 
-    def _gpu_link(self, dev: Device) -> Any:
+    def _gpu_link(self, dev: Device) -> _NcclLink | None:
+        """The _NcclLink for GPU ``dev``, made at the first call (collective), or None to stage
+        through the host (decided alike on every rank)."""
         if dev.index not in self._gpu_links:
-            self._gpu_links[dev.index] = self._connect_gpu(dev)
+            nccl, why_not = _load_nccl() if self._want_nccl is not False else (None, "nccl=False was asked for")
+            bus_id = dev.xp.cuda.Device(dev.index).pci_bus_id
+            with dev:  # NCCL binds its communicator to the current GPU
+                comm = self._nccl_rendezvous(nccl, bus_id, why_not)
+            self._gpu_links[dev.index] = None if comm is None else _NcclLink(nccl, comm)
         return self._gpu_links[dev.index]
 
-    def _connect_gpu(self, dev: Device) -> Any:
-        """An _NcclLink for GPU ``dev``, or None to stage through the host (decided alike on
-        every rank)."""
-        nccl, why_not = _load_nccl() if self._want_nccl is not False else (None, "nccl=False was asked for")
-        bus_id = dev.xp.cuda.Device(dev.index).pci_bus_id
-        with dev:  # NCCL binds its communicator to the current GPU
-            comm = self._nccl_rendezvous(nccl, bus_id, why_not)
-        return None if comm is None else _NcclLink(nccl, comm)
-
     def _nccl_rendezvous(self, nccl: Any, gpu_id: str, why_not: str | None = None) -> Any:
-        """Every rank says where it runs and whether NCCL loads; then, if all can, rank 0
-        makes NCCL's unique id, MPI carries it to every rank and each joins the NCCL
-        communicator as ``NcclCommunicator(size, id, rank)``. Returns it, or None (host
-        staging). Two ranks on one GPU raise DistributedMismatchError on every rank."""
+        """Every rank says where it runs and whether NCCL loads; if all can, rank 0 makes NCCL's
+        unique id, MPI carries it to every rank and each joins ``NcclCommunicator(size, id, rank)``,
+        returned (else None: host staging). Two ranks on one GPU: DistributedMismatchError on all."""
         rows = self.allgather_json({"host": platform.node(), "gpu": gpu_id, "nccl": nccl is not None})
         seen: dict[tuple[str, str], int] = {}
         for rank, row in enumerate(rows):
@@ -275,11 +236,8 @@ class Communicator:
                 error.collective = True  # every rank raises it
                 raise error
             if self.size > 1 and self.is_root:
-                warnings.warn(
-                    "NCCL is not usable on every rank; GPU arrays are summed through the host over MPI (slower)",
-                    RuntimeWarning,
-                    stacklevel=4,
-                )
+                why = "NCCL is not usable on every rank; GPU arrays are summed through the host over MPI (slower)"
+                warnings.warn(why, RuntimeWarning, stacklevel=4)
             return None
         uid = self.broadcast_bytes(_uid_bytes(nccl.get_unique_id()) if self.is_root else None)
         return _nccl_communicator(nccl, self.size, uid, self.rank)
@@ -316,18 +274,13 @@ def _nccl_communicator(nccl: Any, size: int, uid: bytes, rank: int) -> Any:
         return nccl.NcclCommunicator(size, tuple(np.frombuffer(uid, dtype=np.int8).tolist()), rank)
 
 
+_NCCL_DTYPES = {"e": "NCCL_FLOAT16", "f": "NCCL_FLOAT32", "d": "NCCL_FLOAT64", "i": "NCCL_INT32", "l": "NCCL_INT64"}
+_NCCL_OPS = {"sum": "NCCL_SUM", "max": "NCCL_MAX", "min": "NCCL_MIN"}
+
+
 class _NcclLink:
     """In-place NCCL collectives on CuPy arrays, queued on the current stream (so they are
     ordered with the kernels around them; nothing waits on the host)."""
-
-    _DTYPES: ClassVar[dict[str, str]] = {
-        "e": "NCCL_FLOAT16",
-        "f": "NCCL_FLOAT32",
-        "d": "NCCL_FLOAT64",
-        "i": "NCCL_INT32",
-        "l": "NCCL_INT64",
-    }
-    _OPS: ClassVar[dict[str, str]] = {"sum": "NCCL_SUM", "max": "NCCL_MAX", "min": "NCCL_MIN"}
 
     def __init__(self, nccl: Any, comm: Any, stream: Any = None) -> None:
         self._nccl, self._comm = nccl, comm
@@ -338,15 +291,15 @@ class _NcclLink:
             raise ValueError("NCCL collectives need a contiguous array")
         char = np.dtype(x.dtype).char
         char = "l" if char == "q" else char
-        if char not in self._DTYPES:
+        if char not in _NCCL_DTYPES:
             raise TypeError(f"NCCL cannot reduce dtype {x.dtype}")
-        return x.data.ptr, x.size, getattr(self._nccl, self._DTYPES[char])
+        return x.data.ptr, x.size, getattr(self._nccl, _NCCL_DTYPES[char])
 
     def allreduce(self, x: Any, op: str) -> None:
-        if op not in self._OPS:
+        if op not in _NCCL_OPS:
             raise ValueError(f"op must be 'sum', 'max' or 'min', got {op!r}")
         ptr, count, dtype = self._args(x)
-        self._comm.allReduce(ptr, ptr, count, dtype, getattr(self._nccl, self._OPS[op]), self._stream())
+        self._comm.allReduce(ptr, ptr, count, dtype, getattr(self._nccl, _NCCL_OPS[op]), self._stream())
 
     def broadcast(self, x: Any, root: int) -> None:
         ptr, count, dtype = self._args(x)
@@ -392,9 +345,8 @@ def resolve(distributed: bool | Communicator | None) -> Communicator | None:
 
 
 def install_abort_hook(comm: Communicator) -> None:
-    """Make an uncaught exception on any rank print "rank R: <error>" (with its traceback) and
-    abort the whole job, instead of leaving the other ranks waiting in a collective forever
-    (ChainerMN's global except hook)."""
+    """Make an uncaught exception on any rank print "rank R: <error>" (with its traceback) and abort
+    the whole job, not leave the other ranks waiting in a collective (ChainerMN's global except hook)."""
 
     def hook(kind: type[BaseException], exc: BaseException, tb: Any) -> None:
         text = "".join(traceback.format_exception(kind, exc, tb))
@@ -407,16 +359,14 @@ def install_abort_hook(comm: Communicator) -> None:
 def rank_device(spec: str | Device | None, comm: Communicator) -> Device:
     """The device of this rank: "auto" (also GPUNN_DEVICE unset) and "cuda" mean cuda:<local
     rank>, one process per GPU ("auto" is the CPU where no GPU is usable); "cpu" and "cuda:N"
-    are taken as given.
-
-    Only this rank's GPU is touched (a test kernel runs there): probing cuda:0 from every rank
-    would put a CUDA context, hundreds of MB, from each rank on GPU 0."""
+    are taken as given. Only this rank's GPU is touched (a test kernel runs there): probing
+    cuda:0 from every rank would put a CUDA context, hundreds of MB, from each rank on GPU 0."""
     if isinstance(spec, Device):
         return spec
     text = (spec if spec is not None else os.environ.get(backend.ENV_VAR, "auto")).strip().lower()
     if text not in ("auto", "cuda", "gpu"):
         return backend.device(spec)
-    count = _gpu_count()
+    count = backend.gpu_count()  # no context on any GPU
     if count == 0:
         return CPU if text == "auto" else backend.device(text)  # the latter raises, saying why
     if comm.local_size > count and "CUDA_VISIBLE_DEVICES" not in os.environ:
@@ -429,8 +379,3 @@ def rank_device(spec: str | Device | None, comm: Communicator) -> Device:
         return backend.device(f"cuda:{index}")  # runs its test kernel there
     except DeviceUnavailableError as exc:
         raise DeviceUnavailableError(f"rank {comm.rank}'s GPU: {exc}") from None
-
-
-def _gpu_count() -> int:
-    """GPUs CUDA reports, without creating a context on any (0 without CuPy or a driver)."""
-    return backend.gpu_count()

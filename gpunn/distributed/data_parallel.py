@@ -1,12 +1,13 @@
-"""The data-parallel side of a Trainer's fit over several ranks: :class:`DataParallel`.
+"""The data-parallel side of a Trainer's fit over K ranks (:mod:`.comm`): :class:`DataParallel`.
 
-Every rank agrees at the start of ``fit`` on the model, optimizer, data and arguments (else
-:class:`~gpunn.distributed.DistributedMismatchError` on every rank), takes rank 0's parameters
-and optimizer state, trains on its slice ``[⌊b·r/K⌋, ⌊b·(r+1)/K⌋)`` of every global batch of the
-single-process order, and sums its scaled gradients with the other ranks' in one allreduce per
-step (see :mod:`gpunn.distributed` for the scheme and its transports).
-
-Used by :mod:`gpunn.train.trainer`; its names are re-exported by :mod:`gpunn.distributed`.
+Each rank holds the whole model and data set. At the start of ``fit`` every rank agrees on the
+model, optimizer, data and arguments (else :class:`~gpunn.distributed.DistributedMismatchError`
+on every rank) and takes rank 0's parameters and optimizer state. Rank r trains on rows
+``[⌊b·r/K⌋, ⌊b·(r+1)/K⌋)`` of every global batch b (``batch_size``) of the single-process
+``(seed, epoch)`` order. Its loss is a mean over its n_r rows, so its gradient g_r is scaled by
+n_r / b and one allreduce of the flat gradient buffer gives Σ_r (n_r/b)·g_r: the single-process
+gradient up to summation order. The regularizer's gradient λ·W is added after the allreduce (W is
+the same everywhere: counted once), then every rank applies the same optimizer step.
 """
 
 from __future__ import annotations
@@ -34,10 +35,8 @@ def batch_slice(m: int, rank: int, size: int) -> tuple[int, int]:
 def epoch_shards(
     n: int, batch_size: int, rank: int, size: int, shuffle: bool = True, seed: int = 0, epoch: int = 0
 ) -> list[tuple[np.ndarray, int]]:
-    """(local row indices, global batch size) for every step of an epoch, on the host.
-
-    The global batches are exactly those of ``data.batches`` for ``(seed, epoch)``; over the
-    ranks, each step's local indices are disjoint and their union is that batch."""
+    """(local row indices, global batch size) for every step of an epoch, on the host: over the
+    ranks, each step's indices are disjoint and make up the batch of ``data.batches``."""
     order = np.arange(n)
     steps = []
     for idx, _ in datasets.batches(order, order, batch_size, shuffle=shuffle, seed=seed, epoch=epoch):
@@ -54,12 +53,9 @@ class DataParallel:
         self.comm = comm
         self._counts: list[tuple[int, int]] = []  # (local rows, global rows) per step of the epoch
 
-    # ------------------------------------------------------------- start of fit
-
     def start(self, trainer: Any, x: Any, y: Any, dev: tuple[Any, Any] | None, **fit_args: Any) -> None:
-        """Check that every rank runs the same fit of the same model (else raise
-        DistributedMismatchError on every rank), then give every rank rank 0's parameters and
-        optimizer state. ``fit_args``: epochs, batch_size, seed, ... as passed to fit."""
+        """Check that every rank runs the same fit (``fit_args``: epochs, batch_size, seed, ...) of
+        the same model, then give every rank rank 0's parameters and optimizer state."""
         batch_size = fit_args["batch_size"]
         if batch_size < self.comm.size:
             raise ValueError(
@@ -97,7 +93,7 @@ class DataParallel:
 
     def agree(self, **fields: Any) -> None:
         """Raise DistributedMismatchError on every rank unless all ranks passed equal fields."""
-        mine = json.loads(json.dumps(_plain(fields), sort_keys=True, default=str))
+        mine = json.loads(json.dumps(fields, sort_keys=True, default=_json_default))
         rows = self.comm.allgather_json(mine)
         for name in mine:
             for rank, row in enumerate(rows[1:], start=1):
@@ -108,8 +104,6 @@ class DataParallel:
                         f"ranks disagree on {path}: rank 0 has {_short(a)}, rank {rank} has {_short(b)}; every "
                         "rank must build the same model and optimizer and call fit with the same data and arguments"
                     )
-
-    # ------------------------------------------------------------- an epoch
 
     def batches(
         self, x: Any, y: Any, batch_size: int, shuffle: bool, seed: int, epoch: int
@@ -170,14 +164,9 @@ def fingerprint(x: Any, samples: int = 256) -> str:
     return digest.hexdigest()[:16]
 
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
+def _json_default(value: Any) -> Any:
+    """NumPy scalars as their Python values; anything else json cannot write as its str."""
+    return value.item() if isinstance(value, np.generic) else str(value)
 
 
 def _difference(a: Any, b: Any, path: str) -> tuple[str, Any, Any] | None:

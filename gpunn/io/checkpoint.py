@@ -1,12 +1,10 @@
 """Checkpoints: save a model (and its optimizer) to one file, load it on any device.
 
-Format. A checkpoint is a `safetensors <https://github.com/huggingface/safetensors>`_ file:
-an 8-byte little-endian header length, a JSON header, then the raw tensor bytes. Tensors:
-
-- ``model/<parameter name>`` for every parameter ("model/0.W", "model/0.b", ...);
-- ``optimizer/<state key>/<buffer name>`` for the optimizer's state ("optimizer/0.W/exp_avg").
-
-The header's ``__metadata__`` holds one key, ``"gpunn"``, whose value is a JSON string::
+A checkpoint is a `safetensors <https://github.com/huggingface/safetensors>`_ file (an 8-byte
+little-endian header length, a JSON header, the raw tensor bytes) holding the tensors
+``model/<parameter name>`` ("model/0.W", ...) and ``optimizer/<state key>/<buffer name>``
+("optimizer/0.W/exp_avg"). The header's ``__metadata__`` holds one key, ``"gpunn"``, whose
+value is a JSON string::
 
     {"format_version": 1, "gpunn_version": "0.1.0",
      "architecture": model.config(),                      # rebuilds the layers, no weights
@@ -15,14 +13,13 @@ The header's ``__metadata__`` holds one key, ``"gpunn"``, whose value is a JSON 
      "metadata": {...}}                                   # the caller's dict: epoch, history, RNG state
 
 Tensors are stored as host (NumPy) arrays, so a model saved from a GPU loads on the CPU and
-the other way round. Reading never unpickles and never evaluates anything: the header is
-parsed with ``json`` and the architecture is rebuilt from a fixed table of layer classes.
+the other way round. Reading never unpickles nor evaluates anything: the header is parsed
+with ``json`` and the architecture rebuilt from a fixed table of layer classes.
 
-Atomicity. :func:`save` serializes the whole file in memory, writes it to a temporary file
-in the destination folder, fsyncs it, then ``os.replace``\\ s it onto ``path`` (atomic on
-POSIX and Windows within one file system) and fsyncs the folder. A process killed at any
-moment therefore leaves either the previous checkpoint or the new one, never a torn file;
-at worst a stale ``.<name>.*.tmp`` file stays behind, which loading ignores.
+Atomicity: :func:`save` writes the whole file to a temporary file in the destination folder,
+fsyncs it, ``os.replace``\\ s it onto ``path`` (atomic within one file system) and fsyncs the
+folder, so a process killed at any moment leaves the previous checkpoint or the new one, never
+a torn file (at worst a stale ``.<name>.*.tmp`` file, which loading ignores).
 """
 
 from __future__ import annotations
@@ -51,17 +48,11 @@ FORMAT_VERSION = 1
 METADATA_KEY = "gpunn"
 MODEL_PREFIX = "model/"
 OPTIMIZER_PREFIX = "optimizer/"
-# Config keys that only decide how fresh weights are drawn; loaded weights override them.
 
 
 class CheckpointError(ValueError):
-    """A file could not be read as a gpunn checkpoint, or does not fit the model.
-
-    The message names the file and says what is wrong with it.
-    """
-
-
-# ----------------------------------------------------------------------------- saving
+    """A file could not be read as a gpunn checkpoint, or does not fit the model; the message
+    names the file and says what is wrong with it."""
 
 
 def save(
@@ -76,8 +67,8 @@ def save(
     :attr:`Checkpoint.metadata`. Tuples come back as lists. The model stays on its device:
     GPU parameters are copied to the host for writing, never moved.
 
-    Raises TypeError for a wrong type of ``path``, ``model``, ``optimizer`` or ``metadata``
-    (checked before anything is written), IsADirectoryError when ``path`` is a folder and
+    Raises (before anything is written) TypeError for a wrong type of ``path``, ``model``,
+    ``optimizer`` or ``metadata``, IsADirectoryError when ``path`` is a folder and
     FileNotFoundError when its folder does not exist.
     """
     target = _check_path(path)
@@ -92,10 +83,8 @@ def save(
         raise FileNotFoundError(f"cannot save to {str(target)!r}: the folder {str(target.parent)!r} does not exist")
 
     tensors = {MODEL_PREFIX + key: _host(p.data) for key, p in _named_parameters(model)}
-    optimizer_info = None
-    if optimizer is not None:
-        optimizer_info, optimizer_tensors = _optimizer_payload(optimizer)
-        tensors.update(optimizer_tensors)
+    optimizer_info, optimizer_tensors = (None, {}) if optimizer is None else _optimizer_payload(optimizer)
+    tensors.update(optimizer_tensors)
     from .. import __version__  # noqa: PLC0415 (the package defines it after importing this module)
 
     header = {
@@ -111,14 +100,14 @@ def save(
 
 
 def _host(x: Any) -> np.ndarray:
-    # to_numpy copies a GPU array to the host and leaves a NumPy one as it is (a view of
-    # the flat buffer, already contiguous): the model itself is not touched.
+    # to_numpy copies a GPU array to the host and leaves a NumPy view of the flat buffer (already
+    # contiguous) as it is: the model itself is not touched.
     return np.ascontiguousarray(to_numpy(x))
 
 
 def _optimizer_payload(optimizer: Optimizer) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """The optimizer's JSON description and its state tensors, named for the file."""
-    hyper = {name: _plain(value) for name, value in optimizer.hyperparameters().items()}
+    hyper = optimizer.hyperparameters()  # Python numbers: Optimizer.__setattr__ converts NumPy ones
     if optimizer.max_grad_norm is not None:
         hyper["max_grad_norm"] = float(optimizer.max_grad_norm)  # a constructor argument, not in hyper_names
     info: dict[str, Any] = {"type": type(optimizer).__name__, "step": int(optimizer.step_count), "hyper": hyper}
@@ -137,15 +126,6 @@ def _optimizer_payload(optimizer: Optimizer) -> tuple[dict[str, Any], dict[str, 
     return info, tensors
 
 
-def _plain(value: Any) -> Any:
-    """A hyperparameter as a JSON value (a NumPy scalar set by a schedule becomes a float)."""
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, (tuple, list)):
-        return [_plain(v) for v in value]
-    return value
-
-
 def _check_metadata(metadata: Mapping[str, Any] | None) -> dict[str, Any]:
     if metadata is None:
         return {}
@@ -160,9 +140,8 @@ def _check_metadata(metadata: Mapping[str, Any] | None) -> dict[str, Any]:
 
 
 def _unserializable(value: Any, where: str, depth: int = 0) -> str | None:
-    """Describe the first part of ``value`` that JSON cannot round-trip, or None.
-
-    NaN and infinities pass: Python's json writes and reads them (a diverged loss history)."""
+    """Describe the first part of ``value`` that JSON cannot round-trip, or None. NaN and
+    infinities pass: Python's json writes and reads them (a diverged loss history)."""
     if depth > 100:
         return f"{where} is nested too deeply (a circular reference?)"
     if isinstance(value, dict):
@@ -200,7 +179,13 @@ def _atomic_write(target: Path, data: bytes) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    _fsync_folder(target.parent)
+    # The rename itself made durable; best effort: Windows cannot open a folder for fsync.
+    with contextlib.suppress(OSError):
+        fd = os.open(target.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def _file_mode(target: Path) -> int:
@@ -209,23 +194,6 @@ def _file_mode(target: Path) -> int:
     umask = os.umask(0o022)  # the umask can only be read by setting it: put it straight back
     os.umask(umask)
     return 0o666 & ~umask
-
-
-def _fsync_folder(folder: Path) -> None:
-    # Makes the rename itself durable. Best effort: Windows cannot open a folder for fsync.
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-# ----------------------------------------------------------------------------- loading
 
 
 class Checkpoint:
@@ -237,13 +205,7 @@ class Checkpoint:
     ``model`` (the model, with the saved weights, on the requested device).
     """
 
-    def __init__(
-        self,
-        path: Path,
-        header: dict[str, Any],
-        model: Layer,
-        optimizer_tensors: dict[str, np.ndarray],
-    ) -> None:
+    def __init__(self, path: Path, header: dict[str, Any], model: Layer, tensors: dict[str, np.ndarray]) -> None:
         self.path = path
         self.format_version: int = header["format_version"]
         self.gpunn_version: str = str(header.get("gpunn_version", "unknown"))
@@ -251,20 +213,17 @@ class Checkpoint:
         self.metadata: dict[str, Any] = header["metadata"]
         self.optimizer_info: dict[str, Any] | None = header["optimizer"]
         self.model = model
-        self._optimizer_tensors = optimizer_tensors
+        self._optimizer_tensors = {k: v for k, v in tensors.items() if k.startswith(OPTIMIZER_PREFIX)}
 
     def optimizer(self, params: Iterable[Parameter] | Any = None) -> Optimizer:
         """Rebuild the saved optimizer, bound to ``params`` (default: ``self.model``'s
-        parameters, on the model's device), with its saved step count and state.
-
-        Raises ValueError when the checkpoint holds no optimizer, CheckpointError when the
-        saved state does not fit ``params``.
-        """
+        parameters, on the model's device), with its saved step count and state. Raises
+        ValueError when the checkpoint holds no optimizer, CheckpointError when the saved
+        state does not fit ``params``."""
         info = self.optimizer_info
         if info is None:
             raise ValueError(f"{self.path} holds no optimizer: it was saved without gn.save(..., optimizer=...)")
-        # JSON has no tuples: betas come back as a list.
-        hyper = {k: tuple(v) if isinstance(v, list) else v for k, v in info["hyper"].items()}
+        hyper = {k: tuple(v) if isinstance(v, list) else v for k, v in info["hyper"].items()}  # JSON: no tuples
         target = self.model.parameters() if params is None else params
         try:
             opt = optim.create(str(info["type"]).lower(), target, **hyper)
@@ -300,17 +259,14 @@ class Checkpoint:
 
 
 def load(path: str | os.PathLike[str], device: str | Device | None = None) -> Layer:
-    """The model saved at ``path``, rebuilt with its weights on ``device`` (None: auto).
-
-    Raises CheckpointError when the file is not a readable gpunn checkpoint.
-    """
+    """The model saved at ``path``, rebuilt with its weights on ``device`` (None: auto);
+    CheckpointError when the file is not a readable gpunn checkpoint."""
     return read(path, device).model
 
 
 def read(path: str | os.PathLike[str], device: str | Device | None = None) -> Checkpoint:
     """Everything saved at ``path``: the model on ``device`` (None: ``gn.device()``, i.e.
-    ``GPUNN_DEVICE`` or auto), the metadata, and the optimizer via :meth:`Checkpoint.optimizer`.
-    """
+    ``GPUNN_DEVICE`` or auto), the metadata, and the optimizer via :meth:`Checkpoint.optimizer`."""
     source = _check_path(path)
     dev = resolve_device(device)  # an unusable device fails before the file is read
     header, tensors = _read_file(source)
@@ -323,7 +279,7 @@ def read(path: str | os.PathLike[str], device: str | Device | None = None) -> Ch
         raise CheckpointError(f"{source}: cannot rebuild the saved architecture: {exc}") from exc
     _copy_weights(model, source, tensors)
     model.to(dev)
-    return Checkpoint(source, header, model, _optimizer_part(tensors))
+    return Checkpoint(source, header, model, tensors)
 
 
 def load_weights(model: Layer, path: str | os.PathLike[str]) -> Checkpoint:
@@ -345,7 +301,7 @@ def load_weights(model: Layer, path: str | os.PathLike[str]) -> Checkpoint:
             f"gn.load({str(source)!r}) rebuilds the saved model"
         )
     _copy_weights(model, source, tensors)
-    return Checkpoint(source, header, model, _optimizer_part(tensors))
+    return Checkpoint(source, header, model, tensors)
 
 
 def describe(config: Any) -> str:
@@ -368,10 +324,6 @@ def describe(config: Any) -> str:
 
     text = one(config)
     return f"{text}, {', '.join(sorted(set(dtypes)))}" if dtypes else text
-
-
-def _optimizer_part(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    return {k: v for k, v in tensors.items() if k.startswith(OPTIMIZER_PREFIX)}
 
 
 def _named_parameters(model: Layer) -> list[tuple[str, Parameter]]:
@@ -407,17 +359,12 @@ def _copy_weights(model: Layer, source: Path, tensors: dict[str, np.ndarray]) ->
 
 
 def _check_path(path: Any) -> Path:
-    if not isinstance(path, (str, os.PathLike)):
+    text = os.fspath(path) if isinstance(path, (str, os.PathLike)) else None
+    if not isinstance(text, str):  # bytes paths too
         raise TypeError(f"path must be a str or os.PathLike such as 'model.safetensors', got {type(path).__name__}")
-    text = os.fspath(path)
-    if not isinstance(text, str):
-        raise TypeError(f"path must be a str or os.PathLike of str, got {type(text).__name__} {text!r}")
     if not text:
         raise ValueError("path must name a file such as 'model.safetensors', got ''")
     return Path(text)
-
-
-# ----------------------------------------------------------------------------- file parsing
 
 
 def _read_file(source: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:

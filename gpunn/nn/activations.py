@@ -1,10 +1,8 @@
 """Activation layers: a = g(z), elementwise (Softmax: per row).
 
-Without a nonlinear g, any depth of Linear layers collapses into one linear map, which is
-why a hidden layer needs an activation. Each backward returns dz = da · g'(z), expressed
-through the saved output where that is cheaper (σ' = a(1 − a), tanh' = 1 − a²). A Linear
-layer can apply the same g itself (``gn.Linear(n_in, n_out, activation="relu")``), together
-with its bias; these layers compute the same numbers on their own.
+Without a nonlinear g, any depth of Linear layers collapses into one linear map, which is why a
+hidden layer needs an activation. A Linear layer can apply the same g itself, together with its
+bias (``gn.Linear(n_in, n_out, activation="relu")``); these layers compute the same numbers.
 """
 
 from __future__ import annotations
@@ -12,14 +10,14 @@ from __future__ import annotations
 from typing import Any
 
 from ..backend.selection import ops_of
-from ..validation import check_choice, check_float
+from ..validation import check_float
 from .functional import softmax
 from .layers import SYMBOLS, Layer
 
 
 class Activation(Layer):
     """Base of the elementwise activations a = g(z) (``ops.activation``); backward is
-    dz = da · g'(z), computed from the saved output a (``ops.activation_backward``).
+    dz = da · g'(z), computed from the saved output a (σ' = a(1 − a), tanh' = 1 − a²).
     ``name`` is g's name for the Ops, ``alpha`` the slope for z < 0 (LeakyReLU only)."""
 
     name = "identity"
@@ -120,19 +118,3 @@ class Softmax(Layer):
 
     def __repr__(self) -> str:
         return "Softmax()"
-
-
-ACTIVATIONS: dict[str, type[Activation]] = {
-    "relu": ReLU,
-    "leaky_relu": LeakyReLU,
-    "sigmoid": Sigmoid,
-    "logistic": Sigmoid,
-    "tanh": Tanh,
-    "identity": Identity,
-    "linear": Identity,
-}
-
-
-def activation(name: str) -> Activation:
-    """A new activation layer by name: relu, leaky_relu, sigmoid (logistic), tanh, identity."""
-    return ACTIVATIONS[check_choice("activation", name, ACTIVATIONS)]()

@@ -12,7 +12,7 @@ a correct backward gives about 1e-8 or less.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -20,7 +20,6 @@ import numpy as np
 from ..backend.device import array_module
 from .layers import Dropout, Layer
 from .losses import Loss
-from .parameter import Parameter
 from .regularizers import Regularizer
 
 Evaluation = Callable[[], float]
@@ -63,12 +62,12 @@ def _problem(target: Any, inputs: Any, seed: int) -> tuple[dict[str, Any], dict[
     """The arrays to perturb, their analytic gradients, and f() for the current values."""
     if isinstance(target, Regularizer):
         params = inputs.parameters() if hasattr(inputs, "parameters") else list(inputs)
-        _check_arrays({p.name or f"params[{i}]": p.data for i, p in enumerate(params)})
+        arrays = {p.name or f"params[{i}]": p.data for i, p in enumerate(params)}
+        _check_arrays(arrays)
         for p in params:
             p.grad[...] = 0.0
         target.backward(params)
         analytic = {p.name or f"params[{i}]": p.grad.copy() for i, p in enumerate(params)}
-        arrays = {p.name or f"params[{i}]": p.data for i, p in enumerate(params)}
         return arrays, analytic, lambda: float(target.forward(params))
     if isinstance(target, Loss):
         if not isinstance(inputs, (tuple, list)) or len(inputs) != 2:
@@ -124,8 +123,7 @@ def _sublayers(layer: Any) -> list[Any]:
 
 
 def _check_arrays(arrays: dict[str, Any]) -> None:
-    for name, value in arrays.items():
-        a = value.data if isinstance(value, Parameter) else value
+    for name, a in arrays.items():
         if not (hasattr(a, "dtype") and hasattr(a, "shape")):
             raise TypeError(f"gradcheck: {name} must be an array, got {type(a).__name__}")
         if a.dtype != np.float64:
@@ -161,6 +159,3 @@ def _relative_error(analytic: Any, numerical: Any) -> float:
     if scale == 0.0:
         return 0.0
     return float(xp.abs(analytic - numerical).max()) / scale
-
-
-__all__: Sequence[str] = ["gradcheck", "gradient_errors"]

@@ -33,10 +33,8 @@ SYMBOLS = {"sigmoid": "σ"}  # how a formula writes g, where not by its name
 
 
 class Layer:
-    """Base class of every layer: train/eval mode, parameters, device moves.
-
-    Subclasses implement ``forward(x)`` and ``backward(dy)``.
-    """
+    """Base class of every layer (train/eval mode, parameters, device moves); subclasses
+    implement ``forward(x)`` and ``backward(dy)``."""
 
     training: bool = True
 
@@ -52,10 +50,7 @@ class Layer:
     def __getstate__(self) -> dict[str, Any]:
         # a layer keeps the Ops of its last forward pass for backward; they hold the array
         # module, which does not pickle (the next forward pass looks them up again)
-        state = self.__dict__.copy()
-        if "_ops" in state:
-            state["_ops"] = None
-        return state
+        return {name: None if name == "_ops" else value for name, value in self.__dict__.items()}
 
     def named_parameters(self) -> list[tuple[str, Parameter]]:
         """(name, parameter) pairs; names are local to the layer ("W", "b")."""
@@ -120,9 +115,8 @@ class Linear(Layer):
     "sigmoid" or "tanh"; g is applied together with the bias (``ops.bias_activation``: one
     kernel on a GPU), as Keras's ``Dense(activation=...)`` does.
     Backward, from the saved output a: dz = dy ⊙ g'(z), ∂L/∂W = xᵀ·dz, ∂L/∂b = Σ_n dz,
-    ∂L/∂x = dz·Wᵀ (only with ``input_grad``).
-    W is drawn by ``init`` ("he", "xavier" or "normal") from a host Generator seeded with
-    ``seed``; b starts at zero.
+    ∂L/∂x = dz·Wᵀ (only with ``input_grad``). W is drawn by ``init`` ("he", "xavier" or
+    "normal") from a host Generator seeded with ``seed``; b starts at zero.
     """
 
     def __init__(
@@ -214,9 +208,8 @@ class Dropout(Layer):
     """Inverted dropout: in training y = x·m / (1 − p) with m ~ Bernoulli(1 − p) per element;
     in evaluation y = x. Backward: dx = dy·m / (1 − p).
 
-    The mask is drawn on the device that holds x (NumPy's or CuPy's generator, seeded with
-    ``seed``); CPU and GPU draw different masks for the same seed. ``generators`` holds the
-    generator of each device (set one to continue a saved stream).
+    The mask is drawn on x's device by its generator in ``generators`` (NumPy's or CuPy's, seeded
+    with ``seed``; set one to continue a saved stream): CPU and GPU masks differ for one seed.
     """
 
     def __init__(self, p: float = 0.5, seed: int | None = None) -> None:

@@ -13,9 +13,7 @@ import numpy as np
 
 from ..backend.device import array_module, check_device, device_of, refuse_host_read
 from ..backend.selection import ops_of
-from .functional import log_softmax, sigmoid, softmax
-
-__all__ = ["Loss", "MSELoss", "SigmoidBCELoss", "SoftmaxWithLoss", "log_softmax", "softmax"]
+from .functional import sigmoid
 
 
 class Loss:
@@ -40,8 +38,9 @@ class Loss:
         raise NotImplementedError
 
 
-def _check_pair(y: Any, t: Any, y_name: str) -> tuple[Any, Any]:
-    """Check that y and t are arrays on one device with the same N; return them."""
+def _check_targets(y: Any, t: Any, y_name: str, like_y: bool = False) -> Any:
+    """Check that y and t are arrays on one device with the same N; return t, with ``like_y``
+    shaped like y (a (N,) target for a (N, 1) output is reshaped) and in y's dtype."""
     both_numpy = type(y) is np.ndarray and type(t) is np.ndarray  # every step on the CPU: skip the probes
     if not both_numpy:
         for name, a in ((y_name, y), ("t", t)):
@@ -56,11 +55,8 @@ def _check_pair(y: Any, t: Any, y_name: str) -> tuple[Any, Any]:
             f"{y_name} and t hold different numbers of samples: {y_name}.shape == {tuple(y.shape)}, "
             f"t.shape == {tuple(t.shape)}"
         )
-    return y, t
-
-
-def _same_shape_targets(y: Any, t: Any, y_name: str) -> Any:
-    """Targets shaped like y (a (N,) target for a (N, 1) output is reshaped), in y's dtype."""
+    if not like_y:
+        return t
     if t.shape != y.shape:
         if y.ndim == 2 and y.shape[1] == 1 and t.shape == y.shape[:1]:
             t = t.reshape(y.shape)
@@ -80,7 +76,7 @@ class SoftmaxWithLoss(Loss):
     """
 
     def forward(self, logits: Any, t: Any) -> Any:
-        logits, t = _check_pair(logits, t, "logits")
+        _check_targets(logits, t, "logits")
         if logits.ndim != 2:
             raise ValueError(f"logits must have shape (N, C), got {tuple(logits.shape)}")
         n, n_classes = logits.shape
@@ -123,8 +119,7 @@ class MSELoss(Loss):
     """
 
     def forward(self, y: Any, t: Any) -> Any:
-        y, t = _check_pair(y, t, "y")
-        t = _same_shape_targets(y, t, "y")
+        t = _check_targets(y, t, "y", like_y=True)
         diff = y - t
         self._diff = diff
         flat = diff.reshape(-1)
@@ -143,8 +138,7 @@ class SigmoidBCELoss(Loss):
     """
 
     def forward(self, logits: Any, t: Any) -> Any:
-        logits, t = _check_pair(logits, t, "logits")
-        t = _same_shape_targets(logits, t, "logits")
+        t = _check_targets(logits, t, "logits", like_y=True)
         xp = array_module(logits)
         if self.validate and t.size:
             refuse_host_read(f"{type(self).__name__}(validate=True) reads the targets' range back to the host")

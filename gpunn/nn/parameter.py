@@ -1,19 +1,16 @@
 """Parameters, and the flat buffers they live in.
 
-Every trainable array is a :class:`Parameter` holding ``data`` and ``grad``. When a model or
-an optimizer gathers its parameters, :func:`pack` moves them into one contiguous 1-D data
-buffer and one 1-D gradient buffer (a :class:`FlatParameters`), and rebinds each parameter's
-``data`` and ``grad`` to views of those buffers. Layers keep reading ``param.data`` and writing
-``param.grad`` as before, while optimizers, regularizers and gradient clipping work on the
-whole buffer in one operation.
-
-Parameters with ``decay=True`` (weights) come first in the buffer and those without (biases)
-last, so "does weight decay apply here" is the single comparison ``index < n_decay``.
+Every trainable array is a :class:`Parameter` holding ``data`` and ``grad``. :func:`pack` moves
+a model's or an optimizer's parameters into one contiguous 1-D data buffer and one gradient
+buffer (a :class:`FlatParameters`) and rebinds each ``data`` and ``grad`` to views of them:
+layers use their parameters as before, while optimizers, regularizers and gradient clipping
+work on the whole buffer in one operation. Weights (``decay=True``) come first and biases last,
+so "does weight decay apply here" is the single comparison ``index < n_decay``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from ..backend.device import Device, DeviceMismatchError, array_module, device_of
@@ -64,6 +61,19 @@ class Parameter:
         return f"Parameter({self.name!r}, shape={self.shape}, dtype={self.data.dtype}, device={self.device})"
 
 
+def parameter_list(params: Iterable[Parameter] | Any) -> list[Parameter]:
+    """``params`` as a checked list; a model (anything with ``.parameters()``) gives its own."""
+    if hasattr(params, "parameters"):
+        params = params.parameters()
+    if isinstance(params, Parameter):
+        raise TypeError("params must be an iterable of Parameters (e.g. model.parameters()), got one Parameter")
+    params = list(params)
+    for i, p in enumerate(params):
+        if not isinstance(p, Parameter):
+            raise TypeError(f"params[{i}] must be a gpunn Parameter, got {type(p).__name__}")
+    return params
+
+
 def same_parameters(a: Sequence[Parameter], b: Sequence[Parameter]) -> bool:
     """True when ``a`` and ``b`` are the same Parameter objects in the same order."""
     return len(a) == len(b) and all(x is y for x, y in zip(a, b, strict=True))
@@ -78,8 +88,6 @@ class FlatParameters:
     """
 
     def __init__(self, params: Sequence[Parameter], device: Device) -> None:
-        if not params:
-            raise ValueError("params is empty: there is nothing to optimize")
         dtypes = {p.data.dtype for p in params}
         if len(dtypes) != 1:
             raise TypeError(f"params mix dtypes {sorted(str(d) for d in dtypes)}; use one dtype per model")
@@ -138,12 +146,9 @@ def pack(params: Sequence[Parameter], device: Device | None = None) -> FlatParam
     With ``device`` given, the new buffer is allocated there (this is how models move);
     otherwise all parameters must already live on one device.
     """
-    params = list(params)
+    params = parameter_list(params)
     if not params:
         raise ValueError("params is empty: there is nothing to optimize")
-    for i, p in enumerate(params):
-        if not isinstance(p, Parameter):
-            raise TypeError(f"params[{i}] must be a gpunn Parameter, got {type(p).__name__}")
     flat = params[0]._flat
     if flat is not None and flat.owns(params) and (device is None or flat.device == device):
         return flat

@@ -1,33 +1,19 @@
 """Weight penalties added to the cost: objective = cost + R(W).
 
-Both act on parameters with ``decay=True`` (the weights W); biases are never penalized.
-When the parameters are a model's flat buffer the weights are one contiguous prefix of it,
-so the penalty and its gradient each take one operation over that prefix.
-
-In training, ``optimizer.step(regularizer)`` folds L2's and L1's gradient into the fused
-update instead of calling ``backward`` (see :meth:`Regularizer.fused_coefficients`): no extra
-pass over the weights, and the gradient buffer is left as the loss wrote it.
+Both act on parameters with ``decay=True`` (the weights W); biases are never penalized. When
+the parameters are a model's flat buffer the weights are one contiguous prefix of it, so the
+penalty and its gradient each take one operation over that prefix. In training,
+``optimizer.step(regularizer)`` folds the gradient into its update instead of calling
+``backward`` (:meth:`Regularizer.fused_coefficients`): no extra pass over the weights.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any
 
 from ..backend.device import array_module
 from ..validation import check_float
-from .parameter import Parameter
-
-
-def parameter_list(params: Iterable[Parameter] | Any) -> list[Parameter]:
-    """``params`` as a list, checked; a model (anything with ``.parameters()``) gives its own."""
-    if hasattr(params, "parameters"):
-        params = params.parameters()
-    params = list(params)
-    for i, p in enumerate(params):
-        if not isinstance(p, Parameter):
-            raise TypeError(f"params[{i}] must be a gpunn Parameter, got {type(p).__name__}")
-    return params
+from .parameter import Parameter, parameter_list
 
 
 def decayed_arrays(params: list[Parameter]) -> list[tuple[Any, Any]]:

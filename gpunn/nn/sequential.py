@@ -1,11 +1,9 @@
-"""Sequential models and the ``mlp`` shortcut.
+"""Sequential models, the ``mlp`` shortcut, and rebuilding a model from its config.
 
 A Sequential runs its layers in order: a^[0] = x, then each layer computes the next a^[l]
-(a Linear layer z^[l] = a^[l−1]·W^[l] + b^[l], or a^[l] = g(z^[l]) with its activation).
-Backward runs them in reverse, each layer writing its parameters' gradients. All parameters
-live in one flat buffer (weights first, biases last), so an optimizer updates them in one
-operation. The container sets nothing on its layers: a layer computes the same inside a
-model as on its own.
+(a Linear layer z^[l] = a^[l−1]·W^[l] + b^[l], or a^[l] = g(z^[l]) with its activation), and
+backward in reverse. The container sets nothing on its layers: a layer computes the same
+inside a model as on its own.
 """
 
 from __future__ import annotations
@@ -26,8 +24,7 @@ from .parameter import Parameter, pack
 class Sequential(Layer):
     """Layers applied in order. ``forward(x)`` → output of the last layer; ``backward(dy)``
     writes every parameter's ``.grad`` and returns ∂L/∂x only when asked (``input_grad``).
-    Parameter names are "<index>.<name>" ("0.W").
-    """
+    Parameter names are "<index>.<name>" ("0.W"); all parameters live in one flat buffer."""
 
     def __init__(self, *layers: Layer | Sequence[Layer]) -> None:
         if len(layers) == 1 and isinstance(layers[0], (list, tuple)):
@@ -50,8 +47,6 @@ class Sequential(Layer):
         params = self.parameters()
         if params:
             pack(params)
-
-    # --------------------------------------------------------------- structure
 
     def __len__(self) -> int:
         return len(self.layers)
@@ -76,21 +71,14 @@ class Sequential(Layer):
             layer.train(mode)
         return self
 
-    # --------------------------------------------------------------- computation
-
     def forward(self, x: Any) -> Any:
         """x (N, n_features) on the model's device → output of the last layer (N, n_out)."""
         if self._first is not None:
-            like = self._first.data
+            w = self._first.data
             # The cheap comparisons run every step; the full check (and its message) only
             # when one of them fails. ``.device`` tells two GPUs apart ("cpu" for NumPy).
-            if (
-                type(x) is not type(like)
-                or getattr(x, "ndim", 0) != 2
-                or x.dtype != like.dtype
-                or x.device != like.device
-            ):
-                check_input(x, like, "x", f"the model ({self.device}, {self.dtype})")
+            if type(x) is not type(w) or getattr(x, "ndim", 0) != 2 or x.dtype != w.dtype or x.device != w.device:
+                check_input(x, w, "x", f"the model ({self.device}, {self.dtype})")
             first = self.layers[0]
             if isinstance(first, Linear) and x.shape[1] != first.n_in:
                 raise ValueError(
@@ -112,18 +100,17 @@ class Sequential(Layer):
     def config(self) -> dict[str, Any]:
         return {"type": "Sequential", "layers": [layer.config() for layer in self.layers]}
 
-    # --------------------------------------------------------------- display
-
     def summary(self) -> str:
         """The layers in the seed's notation, with shapes and parameter counts."""
-        rows = [("", "a^[0] = x", f"(N, {self._n_in()})", "")]
+        first = self.layers[0] if self.layers else None
+        n_in = first.n_in if isinstance(first, Linear) else "features"
+        rows = [("", "a^[0] = x", f"(N, {n_in})", "")]
         layer_index = 0
         for i, layer in enumerate(self.layers):
+            shapes = ""
             if isinstance(layer, Linear):
                 layer_index += 1
                 shapes = f"W^[{layer_index}] {layer.W.shape}  b^[{layer_index}] {layer.b.shape}"
-            else:
-                shapes = ""
             count = sum(p.size for p in layer.parameters())
             rows.append((f"{i} {layer!r}", layer.formula(max(layer_index, 1)), shapes, f"{count:,}" if count else ""))
         header = ("layer", "computes", "parameter shapes", "params")
@@ -136,10 +123,6 @@ class Sequential(Layer):
             f"{self.dtype}, {self.device}"
         )
         return "\n".join(lines)
-
-    def _n_in(self) -> str:
-        first = self.layers[0] if self.layers else None
-        return str(first.n_in) if isinstance(first, Linear) else "features"
 
     def __repr__(self) -> str:
         inner = "".join(f"\n  ({i}): {layer!r}" for i, layer in enumerate(self.layers))
@@ -212,16 +195,13 @@ LAYER_TYPES: dict[str, type[Layer]] = {
 
 
 def layer_from_config(config: dict[str, Any]) -> Layer:
-    """Rebuild a layer (or a whole Sequential) from what ``config()`` returned.
-
-    Weights are freshly initialized; a checkpoint loads the saved ones on top.
-    """
+    """Rebuild a layer (or a whole Sequential) from what ``config()`` returned, with fresh
+    weights (a checkpoint loads the saved ones on top)."""
     if not isinstance(config, dict) or "type" not in config:
         raise ValueError(f"a layer config must be a dict with a 'type', got {config!r}")
-    kind = config["type"]
-    cls = LAYER_TYPES.get(kind)
+    cls = LAYER_TYPES.get(config["type"])
     if cls is None:
-        raise ValueError(f"unknown layer type {kind!r}; known: {', '.join(sorted(LAYER_TYPES))}")
+        raise ValueError(f"unknown layer type {config['type']!r}; known: {', '.join(sorted(LAYER_TYPES))}")
     arguments = {k: v for k, v in config.items() if k != "type"}
     if cls is Sequential:
         return Sequential([layer_from_config(c) for c in arguments.get("layers", [])])

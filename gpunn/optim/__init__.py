@@ -11,13 +11,7 @@ from .rules import SGD, AdaGrad, Adam, AdamW, Momentum, Nesterov, RMSprop
 from .schedules import CosineAnnealingLR, ExponentialLR, LinearWarmup, LRScheduler, StepLR
 
 OPTIMIZERS: dict[str, type[Optimizer]] = {
-    "sgd": SGD,
-    "momentum": Momentum,
-    "nesterov": Nesterov,
-    "adagrad": AdaGrad,
-    "rmsprop": RMSprop,
-    "adam": Adam,
-    "adamw": AdamW,
+    cls.__name__.lower(): cls for cls in (SGD, Momentum, Nesterov, AdaGrad, RMSprop, Adam, AdamW)
 }
 
 

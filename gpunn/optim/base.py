@@ -1,17 +1,9 @@
 """The Optimizer base class: hyperparameters, state in flat buffers, binding, state_dict.
 
 An optimizer updates the whole flat parameter buffer (:mod:`gpunn.nn.parameter`) in one call
-per step to its device's Ops (``ops.<rule>_update``: one fused kernel on a GPU), which also
-folds in an L2 / L1 penalty and gradient clipping. Its state (momentum, squared-gradient
-averages, ...) lives in flat buffers of the same layout on the parameters' device;
-``state_dict`` presents it keyed by parameter name.
-
-**Binding.** State belongs to Parameter objects: :meth:`Optimizer.bind` keeps the state of
-every parameter it was bound to before and starts any other from zero state; when it keeps
-none (another model), the step count starts again from 0 too, so a reused optimizer updates as
-a new one. :meth:`Optimizer.load_state_dict` restores by parameter name, and until the next
-step that restored state goes by name: bound to other Parameter objects of the same names and
-shapes (the model of a second read of the same checkpoint), they take it.
+per step to its device's Ops (``ops.<rule>_update``: one fused kernel on a GPU). Its state
+(momentum, squared-gradient averages, ...) lives in flat buffers of the same layout on the
+parameters' device; ``state_dict`` presents it keyed by parameter name.
 """
 
 from __future__ import annotations
@@ -22,32 +14,30 @@ from typing import Any
 import numpy as np
 
 from ..backend.selection import ops_of
-from ..nn.parameter import FlatParameters, Parameter, pack, same_parameters
+from ..nn.parameter import FlatParameters, Parameter, pack, parameter_list, same_parameters
 from ..nn.regularizers import Regularizer
 from ..validation import check_float
+
+Params = Iterable[Parameter] | Any  # a list of parameters, or a model (its .parameters())
 
 
 class Optimizer:
     """Base class. Subclasses name their state buffers in ``state_names``, list their
-    hyperparameters in ``hyper_names`` and implement ``_update(ops, flat, state, extras)``,
-    one call of ``ops.<rule>_update`` on the flat buffers with ``n_decay=flat.n_decay`` and
-    ``**extras`` (the penalty's l2 / l1, the clipping's clip).
-
-    ``params`` may be None: the optimizer is then bound later with :meth:`bind` (the Trainer
-    does this).
+    hyperparameters in ``hyper_names`` and implement ``_update(ops, flat, state, extras)``: one
+    call of ``ops.<rule>_update`` on the flat buffers with ``**extras`` (``n_decay``, the
+    penalty's l2 / l1, the clipping's clip). ``params`` may be None: the optimizer is then bound
+    later with :meth:`bind` (the Trainer does this).
 
     Each step updates with the effective gradient
 
         g' = g·min(1, max_grad_norm / (‖g‖₂ + 1e-6)) + λ₂·W + λ₁·sign(W)
 
-    where g is the loss gradient in ``param.grad``, the clipping factor applies only with
-    ``max_grad_norm`` set (‖g‖₂ over all parameters together), and the penalty terms come from
-    ``step(regularizer)`` with a :class:`gpunn.L2` (λ₂) or :class:`gpunn.L1` (λ₁), on the
-    weights only (parameters with ``decay=True``; never biases). This is PyTorch's order: the
-    loss gradient is clipped, then the optimizer adds weight decay, so the penalty is not
-    clipped. ``param.grad`` is read, never modified. Any other
-    :class:`~gpunn.nn.regularizers.Regularizer` runs its ``backward(params)`` first (its
-    gradient is then clipped together with the loss gradient).
+    where g is the loss gradient in ``param.grad`` (read, never modified), the clipping factor
+    applies only with ``max_grad_norm`` set (‖g‖₂ over all parameters together), and λ₂ / λ₁ come
+    from ``step(gn.L2(λ₂))`` / ``step(gn.L1(λ₁))``, on the weights only (``decay=True``). This is
+    PyTorch's order: the loss gradient is clipped, then the penalty is added, unclipped. Any other
+    :class:`~gpunn.nn.regularizers.Regularizer` runs its ``backward(params)`` first (its gradient
+    is then clipped together with the loss gradient).
     """
 
     state_names: tuple[str, ...] = ()
@@ -61,9 +51,7 @@ class Optimizer:
             value = _plain(value)
         object.__setattr__(self, name, value)
 
-    def __init__(
-        self, params: Iterable[Parameter] | Any = None, *, lr: float, max_grad_norm: float | None = None
-    ) -> None:
+    def __init__(self, params: Params = None, *, lr: float, max_grad_norm: float | None = None) -> None:
         self.lr = check_float("lr", lr, low=0.0)
         self.max_grad_norm = (
             None if max_grad_norm is None else check_float("max_grad_norm", max_grad_norm, low=0.0, low_open=True)
@@ -73,38 +61,37 @@ class Optimizer:
         self._flat: FlatParameters | None = None
         self._state: dict[str, Any] = {}
         self._by_name = False  # the state was restored by load_state_dict and not stepped since
-        self._sq_norm: Any = None  # Σ g² for clipping: 1 float64 on the device
+        self._sq_norm: Any = None
         if params is not None:
             self.bind(params)
 
-    # --------------------------------------------------------------- binding
+    def bind(self, params: Params) -> Optimizer:
+        """Attach to ``params`` (a list of parameters, or a model); returns self. Nothing changes
+        when they are the parameters bound, in order, and still packed as they were.
 
-    def bind(self, params: Iterable[Parameter] | Any) -> Optimizer:
-        """Attach to ``params`` (a list of parameters, or a model), keeping the state of the
-        parameters bound before (see the module's "Binding"). Nothing changes when they are
-        the parameters bound, in order, and still packed as they were. Returns self."""
-        if hasattr(params, "parameters"):
-            params = params.parameters()
-        if isinstance(params, Parameter):
-            raise TypeError("params must be an iterable of Parameters (e.g. model.parameters()), got one Parameter")
-        params = list(params)
+        State belongs to Parameter objects: those bound before keep theirs, any other starts from
+        zero; when none keeps state (another model), the step count restarts at 0 too, so a reused
+        optimizer updates as a new one. After :meth:`load_state_dict`, until the next step, the
+        restored state goes by name: Parameter objects of the bound names and shapes (the model
+        of a second read of the same checkpoint) take it."""
+        params = parameter_list(params)
         if self._flat is not None and self._flat.valid and same_parameters(self._params, params):
             return self
         carried = self._carried_state(params)
         flat = pack(params)
         with flat.device:
             state = {name: flat.device.xp.zeros(flat.size, dtype=flat.dtype) for name in self.state_names}
+            sq_norm = flat.device.xp.zeros(1, dtype=np.float64)  # Σ g² for clipping, read by the update
             for p, values in carried.items():
                 for name, value in values.items():
                     flat.view(state[name], p)[...] = flat.device.send(value)
         if self._params is not None and not carried:
             self.step_count = 0
-        self._params, self._flat, self._state, self._sq_norm = params, flat, state, None
+        self._params, self._flat, self._state, self._sq_norm = params, flat, state, sq_norm
         return self
 
     def _carried_state(self, params: list[Parameter]) -> dict[Parameter, dict[str, Any]]:
-        """{parameter of ``params``: its state buffers} for those that keep state: bound before
-        (the same object), or, while the state is held by name, of a bound name and shape."""
+        """{parameter of ``params``: its state buffers} for those that keep state (see :meth:`bind`)."""
         flat = self._flat
         if flat is None:
             return {}
@@ -122,7 +109,10 @@ class Optimizer:
     def params(self) -> list[Parameter]:
         """The parameters bound, in order (RuntimeError when unbound)."""
         if self._params is None:
-            raise RuntimeError(self._unbound_message())
+            raise RuntimeError(
+                f"{type(self).__name__} has no parameters: pass model.parameters() to it, "
+                "call .bind(model.parameters()), or hand it to a Trainer"
+            )
         return self._params
 
     @property
@@ -134,13 +124,9 @@ class Optimizer:
     def flat(self) -> FlatParameters:
         """The bound parameters' flat buffers; when the model moved or was repacked since, the
         optimizer follows it first (bound anew, state kept)."""
-        flat = self._flat
-        if flat is None:
-            raise RuntimeError(self._unbound_message())
-        if not flat.valid:
-            self.bind(self._params)
-            flat = self._flat
-        return flat
+        if self._flat is None or not self._flat.valid:
+            self.bind(self.params)  # unbound: raises
+        return self._flat
 
     @property
     def state(self) -> dict[str, Any]:
@@ -149,37 +135,21 @@ class Optimizer:
         self.flat  # noqa: B018 — follows a moved model first
         return self._state
 
-    def _unbound_message(self) -> str:
-        return (
-            f"{type(self).__name__} has no parameters: pass model.parameters() to it, "
-            "call .bind(model.parameters()), or hand it to a Trainer"
-        )
-
-    # --------------------------------------------------------------- stepping
-
     def step(self, regularizer: Regularizer | None = None) -> None:
-        """Update every parameter from its ``grad``: one Ops call over the flat buffers.
-
-        ``regularizer``: a :class:`gpunn.L2` or :class:`gpunn.L1` is folded into the update
-        (its gradient λ·W or λ·sign(W) is added to the clipped loss gradient); any other
-        Regularizer runs its ``backward(params)`` first.
-        """
+        """Update every parameter from its ``grad``: one Ops call over the flat buffers, with
+        ``regularizer``'s gradient folded in (see the class's effective gradient g')."""
         flat = self.flat
-        extras = {} if regularizer is None else self._penalty(regularizer)
+        extras = {"n_decay": flat.n_decay}
+        if regularizer is not None:
+            extras.update(self._penalty(regularizer))
         ops = ops_of(flat.data)
         if self.max_grad_norm is not None:
-            if self._sq_norm is None:
-                with flat.device:
-                    self._sq_norm = flat.device.xp.zeros(1, dtype=np.float64)
             ops.sum_of_squares(flat.grad, self._sq_norm)  # no host read: the update takes it from there
             extras["clip"] = (self.max_grad_norm, self._sq_norm)
         self.step_count += 1  # the update reads it (Adam's bias corrections)
         try:
-            if flat.device.kind == "cpu":
+            with flat.device:  # kernels launch on the current GPU: make it the parameters' one
                 self._update(ops, flat, self._state, extras)
-            else:
-                with flat.device:  # kernels launch on the current GPU: make it the parameters' one
-                    self._update(ops, flat, self._state, extras)
         except BaseException:
             self.step_count -= 1
             raise
@@ -205,8 +175,6 @@ class Optimizer:
         gradients, so a training step needs no zero_grad; it is here for loops that add)."""
         self.flat.grad.fill(0)
 
-    # --------------------------------------------------------------- state
-
     def hyperparameters(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.hyper_names}
 
@@ -221,8 +189,7 @@ class Optimizer:
         return {"type": type(self).__name__, "step": self.step_count, "hyper": self.hyperparameters(), "state": state}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore what :meth:`state_dict` returned (from any device), by parameter name; until
-        the next step the restored state goes by name when the optimizer is bound anew."""
+        """Restore what :meth:`state_dict` returned (from any device), by parameter name."""
         if not isinstance(state_dict, dict) or "state" not in state_dict:
             raise TypeError("state_dict must be a dict returned by Optimizer.state_dict()")
         kind = state_dict.get("type")
@@ -264,12 +231,8 @@ def _keys(params: tuple[Parameter, ...] | list[Parameter]) -> list[str]:
 def _plain(value: Any) -> Any:
     """A NumPy real number or 0-d array as a Python float (int for an integer), and so each
     element of a tuple or list (betas); any other value as it is."""
-    if isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "fiu":
-        value = value[()]
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, np.floating):
-        return float(value)
+    if isinstance(value, (np.ndarray, np.generic)) and value.ndim == 0 and value.dtype.kind in "fiu":
+        return float(value) if value.dtype.kind == "f" else int(value)
     if isinstance(value, (tuple, list)):
         items = [_plain(v) for v in value]
         if all(a is b for a, b in zip(items, value, strict=True)):
@@ -278,15 +241,12 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _not_a_number(value: Any) -> bool:
-    return value is None or isinstance(value, (str, bool))
-
-
 def _checked_hyper(name: str, value: Any, current: Any) -> Any:
     """A saved hyperparameter, checked like the constructors check theirs (finite, >= 0); a
     subclass's setting that is no number (a string, a bool, None) comes back as it is where
     the optimizer's ``current`` value is no number either."""
-    if _not_a_number(value) and _not_a_number(current):
+    no_number = (str, bool, type(None))
+    if isinstance(value, no_number) and isinstance(current, no_number):
         return value
     if isinstance(value, (list, tuple)):
         return tuple(check_float(f"{name}[{i}]", v, low=0.0) for i, v in enumerate(value))

@@ -1,6 +1,6 @@
 """The update rules. Signatures and defaults follow PyTorch's ``torch.optim``.
 
-Each rule updates the flat parameter buffer p from the flat gradient g in one call to its
+Each rule updates the flat parameter buffer W from the flat gradient g in one call to its
 device's Ops (:mod:`gpunn.backend.ops`: a fused kernel on a GPU). The formulas below are written
 with g; with clipping or an L2 / L1 regularizer the rule sees the effective gradient g'
 described in :class:`~gpunn.optim.Optimizer` instead.
@@ -8,14 +8,11 @@ described in :class:`~gpunn.optim.Optimizer` instead.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any
 
-from ..nn.parameter import FlatParameters, Parameter
+from ..nn.parameter import FlatParameters
 from ..validation import check_float
-from .base import Optimizer
-
-Params = Iterable[Parameter] | Any
+from .base import Optimizer, Params
 
 
 class SGD(Optimizer):
@@ -25,7 +22,7 @@ class SGD(Optimizer):
         super().__init__(params, lr=lr, max_grad_norm=max_grad_norm)
 
     def _update(self, ops: Any, flat: FlatParameters, state: dict[str, Any], extras: dict[str, Any]) -> None:
-        ops.sgd_update(flat.data, flat.grad, lr=self.lr, n_decay=flat.n_decay, **extras)
+        ops.sgd_update(flat.data, flat.grad, lr=self.lr, **extras)
 
 
 class Momentum(Optimizer):
@@ -42,16 +39,8 @@ class Momentum(Optimizer):
         super().__init__(params, lr=lr, max_grad_norm=max_grad_norm)
 
     def _update(self, ops: Any, flat: FlatParameters, state: dict[str, Any], extras: dict[str, Any]) -> None:
-        ops.momentum_update(
-            flat.data,
-            flat.grad,
-            state["velocity"],
-            lr=self.lr,
-            momentum=self.momentum,
-            nesterov=self.nesterov,
-            n_decay=flat.n_decay,
-            **extras,
-        )
+        W, g, v = flat.data, flat.grad, state["velocity"]
+        ops.momentum_update(W, g, v, lr=self.lr, momentum=self.momentum, nesterov=self.nesterov, **extras)
 
 
 class Nesterov(Momentum):
@@ -73,9 +62,7 @@ class AdaGrad(Optimizer):
         super().__init__(params, lr=lr, max_grad_norm=max_grad_norm)
 
     def _update(self, ops: Any, flat: FlatParameters, state: dict[str, Any], extras: dict[str, Any]) -> None:
-        ops.adagrad_update(
-            flat.data, flat.grad, state["sum_sq"], lr=self.lr, eps=self.eps, n_decay=flat.n_decay, **extras
-        )
+        ops.adagrad_update(flat.data, flat.grad, state["sum_sq"], lr=self.lr, eps=self.eps, **extras)
 
 
 class RMSprop(Optimizer):
@@ -98,25 +85,14 @@ class RMSprop(Optimizer):
         super().__init__(params, lr=lr, max_grad_norm=max_grad_norm)
 
     def _update(self, ops: Any, flat: FlatParameters, state: dict[str, Any], extras: dict[str, Any]) -> None:
-        ops.rmsprop_update(
-            flat.data,
-            flat.grad,
-            state["square_avg"],
-            lr=self.lr,
-            alpha=self.alpha,
-            eps=self.eps,
-            n_decay=flat.n_decay,
-            **extras,
-        )
+        W, g, s = flat.data, flat.grad, state["square_avg"]
+        ops.rmsprop_update(W, g, s, lr=self.lr, alpha=self.alpha, eps=self.eps, **extras)
 
 
-def _check_betas(betas: Any) -> tuple[float, float]:
+def _check_betas(betas: Any) -> tuple[float, ...]:
     if not isinstance(betas, (tuple, list)) or len(betas) != 2:
         raise TypeError(f"betas must be a pair (beta1, beta2), got {betas!r}")
-    return (
-        check_float("betas[0]", betas[0], low=0.0, high=1.0, high_open=True),
-        check_float("betas[1]", betas[1], low=0.0, high=1.0, high_open=True),
-    )
+    return tuple(check_float(f"betas[{i}]", b, low=0.0, high=1.0, high_open=True) for i, b in enumerate(betas))
 
 
 class Adam(Optimizer):
@@ -157,7 +133,6 @@ class Adam(Optimizer):
             eps=self.eps,
             step=self.step_count,
             weight_decay=self.weight_decay,
-            n_decay=flat.n_decay,
             **extras,
         )
 

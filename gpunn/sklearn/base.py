@@ -1,32 +1,42 @@
-"""The shared base of gpunn.sklearn's estimators: :class:`BaseMultilayerPerceptron`, with
-scikit-learn's parameters and their checks, ``fit``, the fitting entry point that sends the data to
-the device once and runs a training loop, and the forward pass behind the predictions.
-
-Private to :mod:`gpunn.sklearn` (which re-exports the class); it needs scikit-learn, and
-``import gpunn`` does not import it.
-"""
+"""The base of gpunn.sklearn's estimators: scikit-learn's parameters and their checks, the checks
+of X and y (on the host for NumPy, lists, pandas and SciPy sparse input, densified; on the device,
+without a copy to the host, for CuPy arrays), ``fit`` (the data sent to the device once, then a
+training loop) and the forward pass behind predictions."""
 
 from __future__ import annotations
 
+import warnings
 from numbers import Integral, Real
 from typing import Any
 
 import numpy as np
-from sklearn.base import BaseEstimator
+import scipy.sparse
+from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, Options, StrOptions
-from sklearn.utils.validation import check_is_fitted
+from sklearn.utils.validation import check_array, check_is_fitted, column_or_1d
 
-from ..backend.device import Device, device, device_of, to_numpy
+from ..backend.device import Device, array_module, device, device_of, to_numpy
 from ..validation import check_dtype
-from .inputs import _InputChecks, _is_cupy
 from .network import _blas_threads, _Network
 from .training import _TrainingLoops
+
+try:  # scikit-learn >= 1.6
+    from sklearn.utils.validation import validate_data as _validate_data
+except ImportError:  # pragma: no cover - scikit-learn 1.4 and 1.5
+
+    def _validate_data(estimator: Any, *args: Any, **kwargs: Any) -> Any:
+        return estimator._validate_data(*args, **kwargs)
+
 
 _STOCHASTIC = ("sgd", "adam")
 
 
-class BaseMultilayerPerceptron(_InputChecks, _TrainingLoops, BaseEstimator):
+def _is_cupy(x: Any) -> bool:
+    return array_module(x) is not np
+
+
+class BaseMultilayerPerceptron(_TrainingLoops, BaseEstimator):
     """Shared fit / partial_fit machinery; use :class:`MLPClassifier` or :class:`MLPRegressor`."""
 
     _parameter_constraints: dict = {  # noqa: RUF012 — scikit-learn's convention
@@ -112,8 +122,6 @@ class BaseMultilayerPerceptron(_InputChecks, _TrainingLoops, BaseEstimator):
         self.device = device
         self.dtype = dtype
 
-    # ------------------------------------------------------------------ public API
-
     def fit(self, X: Any, y: Any) -> BaseMultilayerPerceptron:
         """Fit the network to X (n_samples, n_features) and y: labels (n_samples,) or a label
         indicator matrix (n_samples, n_classes) for classifiers, targets (n_samples,) or
@@ -126,19 +134,19 @@ class BaseMultilayerPerceptron(_InputChecks, _TrainingLoops, BaseEstimator):
             raise AttributeError(f"partial_fit is only available for stochastic optimizers. {self.solver} is not.")
         return True
 
-    # ------------------------------------------------------------------ checks
-
     def _check_params(self) -> None:
-        if hasattr(self, "_validate_params"):
-            self._validate_params()  # scikit-learn's InvalidParameterError names the parameter
+        self._validate_params()  # scikit-learn's InvalidParameterError names the parameter
         check_dtype("dtype", self.dtype)
-        if not (isinstance(self.device, str) and self.device.strip().lower() == "auto"):
+        if not self._auto_device():
             device(self.device)  # a bad spec, or a GPU that is not usable, fails here with the reason
+
+    def _auto_device(self) -> bool:
+        return isinstance(self.device, str) and self.device.strip().lower() == "auto"
 
     def _device(self, x: Any = None) -> Device:
         """The device to train on. For "auto": a CuPy input's GPU, else ``gn.device()``
         (GPUNN_DEVICE if set, else cuda:0 when usable, else the CPU)."""
-        if isinstance(self.device, str) and self.device.strip().lower() == "auto":
+        if self._auto_device():
             return device_of(x) if x is not None and _is_cupy(x) else device(None)
         return device(self.device)
 
@@ -149,7 +157,59 @@ class BaseMultilayerPerceptron(_InputChecks, _TrainingLoops, BaseEstimator):
             raise ValueError(f"hidden_layer_sizes must be > 0, got {sizes}.")
         return [int(s) for s in sizes]
 
-    # ------------------------------------------------------------------ fitting
+    def _check_x(self, X: Any, y: Any = "no_validation", reset: bool = True) -> tuple[Any, Any]:
+        """Check X (and y, unless "no_validation") like scikit-learn; CuPy X is checked on its
+        device. X comes back as a dense NumPy or CuPy array; y as a NumPy array."""
+        fitting = not (isinstance(y, str) and y == "no_validation")
+        classifier = isinstance(self, ClassifierMixin)
+        host_checks = {"accept_sparse": ["csr", "csc"], "dtype": (np.float64, np.float32), "reset": reset}
+        if _is_cupy(X):
+            X = self._check_cupy_x(X, reset)
+            if fitting:
+                if y is None:
+                    raise ValueError(f"{type(self).__name__} requires y to be passed, but the target y is None.")
+                y = check_array(to_numpy(y), ensure_2d=False, dtype=None if classifier else np.float64)
+                if y.shape[0] != X.shape[0]:
+                    raise ValueError(
+                        f"Found input variables with inconsistent numbers of samples: [{X.shape[0]}, {y.shape[0]}]"
+                    )
+        elif fitting:
+            X, y = _validate_data(self, X, to_numpy(y), multi_output=True, y_numeric=not classifier, **host_checks)
+        else:
+            X = _validate_data(self, X, **host_checks)
+        if fitting and y.ndim == 2 and y.shape[1] == 1:
+            y = column_or_1d(y, warn=True)
+        if scipy.sparse.issparse(X):
+            X = X.toarray()  # gpunn computes densely; a sparse X is densified once
+        return X, y
+
+    def _check_cupy_x(self, X: Any, reset: bool) -> Any:
+        """scikit-learn's checks for an (N, F) CuPy array, without copying it to the host."""
+        name = type(self).__name__
+        if X.ndim != 2:
+            raise ValueError(f"Expected 2D array, got {X.ndim}D array instead (shape {tuple(X.shape)}).")
+        if X.dtype.kind not in "biuf":
+            raise ValueError(f"{name} needs numeric X, got a CuPy array of dtype {X.dtype}.")
+        if X.shape[0] < 1 or X.shape[1] < 1:
+            raise ValueError(
+                f"Found array with shape {tuple(X.shape)} while a minimum of 1 sample and feature is required."
+            )
+        if X.dtype.kind == "f" and not bool(array_module(X).isfinite(X).all()):
+            raise ValueError("Input X contains NaN or infinity.")
+        if reset:
+            self.n_features_in_ = int(X.shape[1])
+            if hasattr(self, "feature_names_in_"):
+                del self.feature_names_in_
+            return X
+        if X.shape[1] != self.n_features_in_:
+            raise ValueError(
+                f"X has {X.shape[1]} features, but {name} is expecting {self.n_features_in_} features as input."
+            )
+        if hasattr(self, "feature_names_in_"):
+            warnings.warn(
+                f"X does not have valid feature names, but {name} was fitted with feature names", stacklevel=3
+            )
+        return X
 
     def _fit(self, X: Any, y: Any, incremental: bool) -> BaseMultilayerPerceptron:
         sizes = self._hidden_sizes()
@@ -198,16 +258,9 @@ class BaseMultilayerPerceptron(_InputChecks, _TrainingLoops, BaseEstimator):
         if self.solver in _STOCHASTIC:
             self.loss_curve_ = []
             self._no_improvement_count = 0
-            if self.early_stopping:
-                self.validation_scores_ = []
-                self.best_validation_score_ = -np.inf
-                self.best_loss_ = None
-            else:
-                self.best_loss_ = np.inf
-                self.validation_scores_ = None
-                self.best_validation_score_ = None
-
-    # ------------------------------------------------------------------ predicting
+            self.best_loss_ = None if self.early_stopping else np.inf
+            self.validation_scores_ = [] if self.early_stopping else None
+            self.best_validation_score_ = -np.inf if self.early_stopping else None
 
     def _output(self, X: Any) -> tuple[Any, bool, Device]:
         """Output activations for X, and whether and where X was a CuPy array.
@@ -227,13 +280,7 @@ class BaseMultilayerPerceptron(_InputChecks, _TrainingLoops, BaseEstimator):
         out = src.send(out, dtype=dtype) if cupy_in else to_numpy(out).astype(dtype, copy=False)
         return out, cupy_in, src
 
-    def _device_score(self, net: _Network, X: Any, T: Any) -> float:
-        raise NotImplementedError
-
     def __sklearn_tags__(self) -> Any:
         tags = super().__sklearn_tags__()
         tags.input_tags.sparse = True
         return tags
-
-    def _more_tags(self) -> dict[str, Any]:  # scikit-learn < 1.6
-        return {}

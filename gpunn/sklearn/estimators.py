@@ -3,9 +3,8 @@
 ``from gpunn.sklearn import MLPClassifier, MLPRegressor`` gives drop-in replacements for
 scikit-learn's estimators of the same names: the same constructor parameters with the same
 meanings and defaults, the same fitted attributes, and the same training semantics, plus
-``device`` ("auto", "cpu", "cuda:N") and ``dtype`` (float32 by default).
-
-What is matched, exactly as :mod:`sklearn.neural_network` does it:
+``device`` ("auto", "cpu", "cuda:N") and ``dtype`` (float32 by default). Matched exactly as
+:mod:`sklearn.neural_network` does it:
 
 - initial weights: Glorot-uniform, W, b ~ U(−r, r) with r = √(6 / (fan_in + fan_out))
   (√(2 / …) for "logistic"), drawn from ``check_random_state(random_state)`` in scikit-learn's
@@ -31,17 +30,13 @@ has one); with "lbfgs" a multi-output regressor minimizes the objective its grad
 to (scikit-learn's reported squared error is divided by the number of outputs, its gradient
 is not).
 
-The data go to the device once per fit; each epoch reads one small (2, n_steps) array back
-(the step costs and the ΣW² of each step's penalty), as scikit-learn evaluates its loss once
-per epoch too. On the CPU, networks whose matrix products are small train with the BLAS held
-to one thread: for them a second thread saves little on an idle machine and costs a lot on a
-busy one (see ``gpunn.sklearn.network._blas_threads``).
-Inputs may be NumPy arrays, lists, pandas frames, SciPy sparse matrices (densified) or CuPy
-arrays; predictions follow the input: CuPy in, CuPy out (numeric labels), NumPy otherwise.
-``coefs_`` and ``intercepts_`` are NumPy arrays (on the CPU, views of the live weights, as in
-scikit-learn; after a GPU fit, host copies — assign new arrays to change the weights).
-
-This module needs scikit-learn (``pip install "gpunn[sklearn]"``); ``import gpunn`` does not.
+The data go to the device once per fit; each epoch reads one small array back, as scikit-learn
+evaluates its loss once per epoch too. On the CPU, small networks train with the BLAS on one
+thread (see ``network._blas_threads``). Inputs may be NumPy arrays, lists, pandas frames, SciPy
+sparse matrices (densified) or CuPy arrays; predictions follow the input: CuPy in, CuPy out
+(numeric labels), NumPy otherwise. ``coefs_`` and ``intercepts_`` are NumPy arrays (on the
+CPU, views of the live weights, as in scikit-learn; after a GPU fit, host copies — assign new
+arrays to change the weights). Needs scikit-learn (``pip install "gpunn[sklearn]"``).
 """
 
 from __future__ import annotations
@@ -121,11 +116,8 @@ class MLPClassifier(ClassifierMixin, BaseMultilayerPerceptron):
         self._check_params()
         classes = None if classes is None else to_numpy(classes)  # scikit-learn's checks need host arrays
         if _check_partial_fit_first_call(self, classes):
-            self._label_binarizer = LabelBinarizer()
-            if type_of_target(to_numpy(y)).startswith("multilabel"):
-                self._label_binarizer.fit(to_numpy(y))
-            else:
-                self._label_binarizer.fit(classes)
+            multilabel = type_of_target(to_numpy(y)).startswith("multilabel")
+            self._label_binarizer = LabelBinarizer().fit(to_numpy(y) if multilabel else classes)
         return self._fit(X, y, incremental=True)
 
     def predict_proba(self, X: Any) -> Any:
@@ -165,22 +157,17 @@ class MLPClassifier(ClassifierMixin, BaseMultilayerPerceptron):
         if self.classes_.dtype.kind not in "biuf":
             return self.classes_[to_numpy(codes)]  # CuPy cannot hold these labels: NumPy out
         cache = self._net.cache
-        classes = cache.get(src)
-        if classes is None:
-            classes = cache[src] = src.send(self.classes_)
-        return classes[codes]
+        if src not in cache:
+            cache[src] = src.send(self.classes_)
+        return cache[src][codes]
 
     def _device_score(self, net: _Network, X: Any, T: Any) -> float:
         """Accuracy on the device (subset accuracy for multilabel), as ``score``."""
+        if len(self.classes_) == 1:
+            return 1.0
         with net.device:
             predicted = self._codes(net.output(X))
-            if len(self.classes_) == 1:
-                return 1.0
-            if T.ndim == 2:
-                truth = (T > 0.5).astype(np.int64)
-                truth = truth[:, 0] if self.n_outputs_ == 1 else truth
-            else:
-                truth = T
+            truth = self._codes(T) if T.ndim == 2 else T  # 0/1 targets of logistic outputs, or class indices
             correct = predicted == truth
             if correct.ndim == 2:
                 correct = correct.all(axis=1)

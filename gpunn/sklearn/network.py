@@ -1,18 +1,17 @@
 """The network behind gpunn.sklearn's estimators: :class:`_Network` (a gpunn Sequential with
 scikit-learn's initialization, output activations and pickling), its half Poisson loss, the
-BLAS thread limit for small CPU networks, and scikit-learn's learning-rate change for SGD.
-
-Private to :mod:`gpunn.sklearn`, which needs scikit-learn; ``import gpunn`` does not import it.
-"""
+BLAS thread limit for small CPU networks, and scikit-learn's learning-rate change for SGD."""
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import math
 from typing import Any
 
 import numpy as np
+from threadpoolctl import ThreadpoolController
 
 from .. import optim
 from ..backend.device import Device, array_module, to_numpy
@@ -24,30 +23,24 @@ from ..nn.sequential import Sequential, mlp
 _ACTIVATIONS = {"identity": "identity", "logistic": "sigmoid", "tanh": "tanh", "relu": "relu"}
 _PREDICT_CHUNK = 65_536  # rows per forward pass when predicting (bounds device memory)
 
-
 # Below this many multiply-adds per matrix product a second BLAS thread saves little and can cost
 # a lot. Measured on the 2-core development machine, float32 200×64·64×100: 35–50 µs on one
 # thread; 33 µs on two when the machine is idle, 150–390 µs when another process keeps a core
 # busy (OpenBLAS's threads then wait for each other); a whole digits fit took 0.2–0.3 s on one
 # thread against 0.9–9 s on two under such load.
 _SINGLE_THREAD_MACS = 1 << 22
-_threadpools: list[Any] = []
+
+
+@functools.cache
+def _threadpools() -> ThreadpoolController:
+    return ThreadpoolController()
 
 
 def _blas_threads(units: list[int], rows: int, dev: Device) -> Any:
     """A context that runs the CPU's BLAS on one thread while the layers' products are small."""
     if dev.kind != "cpu" or rows * max(a * b for a, b in itertools.pairwise(units)) > _SINGLE_THREAD_MACS:
         return contextlib.nullcontext()
-    try:
-        from threadpoolctl import ThreadpoolController  # noqa: PLC0415 — a gpunn dependency, needed here only
-    except ImportError:  # pragma: no cover
-        return contextlib.nullcontext()
-    if not _threadpools:
-        _threadpools.append(ThreadpoolController())
-    return _threadpools[0].limit(limits=1, user_api="blas")
-
-
-# ----------------------------------------------------------------------------- the network
+    return _threadpools().limit(limits=1, user_api="blas")
 
 
 class _HalfPoissonLoss(Loss):
@@ -68,6 +61,9 @@ class _HalfPoissonLoss(Loss):
         return d
 
 
+_LOSSES = {"softmax": SoftmaxWithLoss, "logistic": SigmoidBCELoss, "identity": MSELoss, "exp": _HalfPoissonLoss}
+
+
 class _Network:
     """What an estimator fitted: a gpunn Sequential (hidden layers and the output layer's
     logits z) on a device, the output activation applied to z, the optimizer of the last fit,
@@ -85,16 +81,14 @@ class _Network:
         self.best: Any = None  # flat weights of the best validation score (early stopping)
         self.host_state: dict[str, Any] = {}  # optimizer state and best weights while pickled
         self.cache: dict[Any, Any] = {}  # per-device copies of classes_ for CuPy predictions
-        self.loss: Loss = {
-            "softmax": SoftmaxWithLoss,
-            "logistic": SigmoidBCELoss,
-            "identity": MSELoss,
-            "exp": _HalfPoissonLoss,
-        }[out](validate=False)  # targets are checked once per fit, not per step
+        self.loss: Loss = _LOSSES[out](validate=False)  # targets are checked once per fit, not per step
+
+    def _new_model(self) -> Sequential:
+        return mlp(self.units, activation=_ACTIVATIONS[self.activation], dtype=self.dtype, seed=0)
 
     def build(self, rng: np.random.RandomState, dev: Device) -> None:
         """A new model with scikit-learn's Glorot-uniform weights drawn from ``rng``."""
-        model = mlp(self.units, activation=_ACTIVATIONS[self.activation], dtype=self.dtype, seed=0)
+        model = self._new_model()
         factor = 2.0 if self.activation == "logistic" else 6.0
         for layer in _linears(model):
             bound = math.sqrt(factor / (layer.n_in + layer.n_out))
@@ -116,14 +110,10 @@ class _Network:
         after unpickling, loading arrays the user assigned) and, given ``dev``, move it there."""
         arrays = (*est.coefs_, *est.intercepts_)
         if self.model is None:
-            self.model = mlp(self.units, activation=_ACTIVATIONS[self.activation], dtype=self.dtype, seed=0)
-            self.model.to(dev if dev is not None else est._device())
+            self.model = self._new_model().to(dev if dev is not None else est._device())
             self.exported = None
-        if (
-            self.exported is None
-            or len(arrays) != len(self.exported)
-            or any(a is not b for a, b in zip(arrays, self.exported, strict=False))
-        ):
+        # by identity: any array other than those last exported was assigned by the user
+        if self.exported is None or [id(a) for a in arrays] != [id(a) for a in self.exported]:
             layers = _linears(self.model)
             params = [layer.W for layer in layers] + [layer.b for layer in layers]
             if len(arrays) != len(params) or any(
@@ -178,12 +168,7 @@ class _Network:
             state["host_state"] = host
         # the loss keeps the last step's arrays (CuPy after a GPU fit): a fresh one pickles as nothing
         state.update(
-            model=None,
-            optimizer=None,
-            exported=None,
-            best=None,
-            cache={},
-            loss=type(self.loss)(validate=False),
+            model=None, optimizer=None, exported=None, best=None, cache={}, loss=type(self.loss)(validate=False)
         )
         return state
 

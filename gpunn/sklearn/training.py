@@ -1,9 +1,6 @@
 """The training loops of gpunn.sklearn's estimators: scikit-learn's mini-batch epochs ("sgd",
 "adam") with its bookkeeping, stopping rules and early stopping, and full-batch L-BFGS-B ("lbfgs")
-over the flat parameter buffer.
-
-Private to :mod:`gpunn.sklearn`, which needs scikit-learn; ``import gpunn`` does not import it.
-"""
+over the flat parameter buffer."""
 
 from __future__ import annotations
 
@@ -18,7 +15,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import train_test_split
 
 from .. import optim
-from ..backend.device import Device, device_of, to_numpy
+from ..backend.device import device_of, to_numpy
 from ..nn.regularizers import L2
 from .network import _Network, _set_lr
 
@@ -56,9 +53,8 @@ class _TrainingLoops:
         n_steps = -(-n // batch_size)
         sizes = np.full(n_steps, float(batch_size))
         sizes[-1] = n - batch_size * (n_steps - 1)
-        flat, dev = net.flat, net.device  # looked up once: each is a walk over the model's parameters
-        # its coefficient is set per batch (alpha / n_b); one object for the fit
-        penalty = L2(self.alpha) if self.alpha else None
+        dev = net.device
+        penalty = L2(self.alpha) if self.alpha else None  # its coefficient is set per batch (alpha / n_b)
         sample_idx = np.arange(n)
         try:
             self.n_iter_ = 0
@@ -71,7 +67,7 @@ class _TrainingLoops:
                     sample_idx = sample_idx[permutation]
                     with dev:
                         order = dev.send(sample_idx)
-                record = self._epoch(net, flat, dev, penalty, X, T, order, batch_size)
+                record = self._epoch(net, penalty, X, T, order, batch_size)
                 self._end_epoch(float(record[0] @ sizes) / n, float(record[1].sum()) / n, n)
                 self._update_no_improvement_count(net, validation)
                 if self.solver == "sgd" and self.learning_rate == "invscaling":
@@ -90,7 +86,7 @@ class _TrainingLoops:
         except KeyboardInterrupt:
             warnings.warn("Training interrupted by user.", stacklevel=4)
         if self.early_stopping:
-            flat.data[...] = net.best  # restore the weights of the best validation score
+            net.flat.data[...] = net.best  # restore the weights of the best validation score
 
     def _split_validation(
         self, net: _Network, X: Any, T: Any, stratify: Any, rng: np.random.RandomState
@@ -148,13 +144,10 @@ class _TrainingLoops:
         learning rate divide it by 5 and go on while it stays above 1e-6."""
         what = "Validation score" if self.early_stopping else "Training loss"
         msg = f"{what} did not improve more than tol={self.tol:f} for {self.n_iter_no_change} consecutive epochs."
-        if not (self.solver == "sgd" and self.learning_rate == "adaptive"):
+        adaptive = self.solver == "sgd" and self.learning_rate == "adaptive"
+        if not adaptive or opt.lr <= 1e-6:
             if self.verbose:
-                print(msg + " Stopping.")
-            return True
-        if opt.lr <= 1e-6:
-            if self.verbose:
-                print(msg + " Learning rate too small. Stopping.")
+                print(msg + (" Learning rate too small. Stopping." if adaptive else " Stopping."))
             return True
         _set_lr(opt, opt.lr / 5.0)
         if self.verbose:
@@ -162,25 +155,15 @@ class _TrainingLoops:
         self._no_improvement_count = 0
         return False
 
-    def _epoch(
-        self,
-        net: _Network,
-        flat: Any,
-        dev: Device,
-        penalty: L2 | None,
-        X: Any,
-        T: Any,
-        order: Any,
-        batch_size: int,
-    ) -> np.ndarray:
-        """One pass over (X, T) in mini-batches on ``dev``; returns, read once, (2, n_steps):
-        each step's mean cost and the ΣW² its penalty used (the weights before the step's
-        update). ``flat`` is the model's flat buffer, ``penalty`` the fit's L2 (None without alpha).
+    def _epoch(self, net: _Network, penalty: L2 | None, X: Any, T: Any, order: Any, batch_size: int) -> np.ndarray:
+        """One pass over (X, T) in mini-batches, in ``order`` (device indices; None: as they
+        are); returns, read once, (2, n_steps): each step's mean cost and the ΣW² its penalty
+        used (the weights before the step's update). ``penalty``: the fit's L2, None without alpha.
 
         Per step: z = model(x_b); cost, ∂cost/∂z; backward writes every grad; then the
         optimizer updates the flat buffer in one operation that also adds the L2 gradient
         (alpha / n_b)·W to the weights' gradient (the same rounding as adding it first)."""
-        model, loss, opt = net.model, net.loss, net.optimizer
+        model, loss, opt, flat, dev = net.model, net.loss, net.optimizer, net.flat, net.device
         n_steps = -(-X.shape[0] // batch_size)
         weights = flat.data[: flat.n_decay]
         alpha, n = self.alpha, X.shape[0]
@@ -220,19 +203,14 @@ class _TrainingLoops:
             self.validation_scores_.append(score)
             if self.verbose:
                 print(f"Validation score: {score:f}")
-            if score < self.best_validation_score_ + self.tol:
-                self._no_improvement_count += 1
-            else:
-                self._no_improvement_count = 0
+            no_improvement = score < self.best_validation_score_ + self.tol
             if score > self.best_validation_score_:
                 self.best_validation_score_ = score
                 net.best[...] = net.flat.data
         else:
-            if self.loss_curve_[-1] > self.best_loss_ - self.tol:
-                self._no_improvement_count += 1
-            else:
-                self._no_improvement_count = 0
+            no_improvement = self.loss_curve_[-1] > self.best_loss_ - self.tol
             self.best_loss_ = min(self.best_loss_, self.loss_curve_[-1])
+        self._no_improvement_count = self._no_improvement_count + 1 if no_improvement else 0
 
     def _fit_lbfgs(self, net: _Network, X: Any, T: Any) -> None:
         """Full-batch L-BFGS-B (scipy) on J = cost + ½·alpha·ΣW²/N and its exact gradient."""
@@ -263,10 +241,9 @@ class _TrainingLoops:
             flat.data[...] = dev.send(result.x, dtype=flat.dtype)
         self.n_iter_ = int(result.nit)
         if result.status != 0:
-            message = result.message.decode() if isinstance(result.message, bytes) else result.message
             warnings.warn(
                 f"lbfgs failed to converge after {self.n_iter_} iteration(s) (status={result.status}):\n"
-                f"{message}\n\nIncrease the number of iterations to improve the convergence "
+                f"{result.message}\n\nIncrease the number of iterations to improve the convergence "
                 f"(max_iter={self.max_iter}).",
                 ConvergenceWarning,
                 stacklevel=3,

@@ -1,11 +1,9 @@
 """Datasets and batching: the embedded digits, the spiral, MNIST files, split, scaling, batches.
 
-Shapes are batch-major: ``x`` is (N, features) and ``y`` is (N,) integer labels.
-
-The data goes to the device once per fit; :func:`batches` then cuts each mini-batch as an index
-slice of a permutation that lives on the same device, so no sample crosses the bus again.
-Everything random here is drawn on the host from a NumPy Generator, so one seed gives one
-order on the CPU and on a GPU.
+Shapes are batch-major: ``x`` is (N, features) and ``y`` is (N,) integer labels. The data goes to the
+device once per fit; :func:`batches` then cuts each mini-batch as an index slice of a permutation that
+lives on the same device, so no sample crosses the bus again. Everything random here is drawn on the
+host from a NumPy Generator, so one seed gives one order on the CPU and on a GPU.
 """
 
 from __future__ import annotations
@@ -27,37 +25,27 @@ import numpy as np
 from ..backend.device import DeviceMismatchError, array_module, device_of, to_numpy
 from ..validation import check_float, check_int
 
-__all__ = [
-    "Standardizer",
-    "batches",
-    "load_digits",
-    "load_mnist",
-    "make_spiral",
-    "one_hot",
-    "split",
-    "standardize",
-]
+Arrays = tuple[np.ndarray, np.ndarray]  # (x, y) on the host
+
+__all__ = ["Standardizer", "batches", "load_digits", "load_mnist", "make_spiral", "one_hot", "split", "standardize"]
 
 # ----------------------------------------------------------------------------- datasets
 
 
 @functools.cache
-def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+def _digits_arrays() -> Arrays:
     resource = resources.files(__package__).joinpath("datasets").joinpath("digits.npz")
     with resource.open("rb") as f, np.load(f, allow_pickle=False) as npz:
-        images, target = npz["images"], npz["target"]
-    images.flags.writeable = False
-    target.flags.writeable = False
-    return images, target
+        return npz["images"], npz["target"]
 
 
-def load_digits() -> tuple[np.ndarray, np.ndarray]:
+def load_digits() -> Arrays:
     """The UCI optical handwritten digits, shipped inside gpunn (no network, no extra package).
 
-    Returns ``x`` float32 (1797, 64), each row an 8×8 image flattened row by row with pixel
-    counts 0..16, and ``y`` int64 (1797,) labels 0..9 (about 180 of each). The arrays are new
-    copies the caller may modify. Source: E. Alpaydin and C. Kaynak, UCI Machine Learning
-    Repository (1998), CC BY 4.0, as copied in scikit-learn.
+    Returns ``x`` float32 (1797, 64), each row an 8×8 image flattened row by row with pixel counts
+    0..16, and ``y`` int64 (1797,) labels 0..9 (about 180 of each). The arrays are new copies the caller
+    may modify. Source: E. Alpaydin and C. Kaynak, UCI Machine Learning Repository (1998), CC BY 4.0, as
+    copied in scikit-learn.
     """
     images, target = _digits_arrays()
     return images.astype(np.float32), target.astype(np.int64)
@@ -68,9 +56,9 @@ def make_spiral(
 ) -> tuple[np.ndarray, np.ndarray]:
     """The CS231n spiral: ``classes`` arms of ``points_per_class`` points in the plane.
 
-    Arm k: radius r = linspace(0, 1), angle θ = linspace(4k, 4(k+1)) + noise·N(0, 1), point
-    (r·sin θ, r·cos θ). Returns ``x`` float32 (classes·points_per_class, 2) and ``y`` int64
-    labels, grouped by class (shuffle or :func:`split` before training).
+    Arm k: radius r = linspace(0, 1), angle θ = linspace(4k, 4(k+1)) + noise·N(0, 1), point (r·sin θ,
+    r·cos θ). Returns ``x`` float32 (classes·points_per_class, 2) and ``y`` int64 labels, grouped by
+    class (shuffle or :func:`split` before training).
     """
     n = check_int("points_per_class", points_per_class, low=1)
     k = check_int("classes", classes, low=1)
@@ -87,12 +75,7 @@ def make_spiral(
 
 # ----------------------------------------------------------------------------- MNIST files
 
-MNIST_FILES = (
-    "train-images-idx3-ubyte",
-    "train-labels-idx1-ubyte",
-    "t10k-images-idx3-ubyte",
-    "t10k-labels-idx1-ubyte",
-)
+MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 _IDX_IMAGES, _IDX_LABELS = 0x00000803, 0x00000801  # unsigned bytes, 3 dims / 1 dim
 
 
@@ -128,10 +111,8 @@ def _read_idx(path: Path, magic: int) -> np.ndarray:
 
 
 def _find(folder: Path, name: str) -> Path | None:
-    for candidate in (folder / name, folder / f"{name}.gz"):
-        if candidate.is_file():
-            return candidate
-    return None
+    """The file ``name`` in ``folder``, plain or gzipped (``name.gz``), or None."""
+    return next((p for p in (folder / name, folder / f"{name}.gz") if p.is_file()), None)
 
 
 def _pixels(images: np.ndarray) -> np.ndarray:
@@ -140,7 +121,7 @@ def _pixels(images: np.ndarray) -> np.ndarray:
     return x
 
 
-def _load_idx_folder(folder: Path) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+def _load_idx_folder(folder: Path) -> tuple[Arrays, Arrays]:
     found = {name: _find(folder, name) for name in MNIST_FILES}
     missing = [name for name, p in found.items() if p is None]
     if missing:
@@ -151,7 +132,6 @@ def _load_idx_folder(folder: Path) -> tuple[tuple[np.ndarray, np.ndarray], tuple
     parts = []
     for images_name, labels_name in (MNIST_FILES[:2], MNIST_FILES[2:]):
         images_path, labels_path = found[images_name], found[labels_name]
-        assert images_path is not None and labels_path is not None
         images = _read_idx(images_path, _IDX_IMAGES)
         labels = _read_idx(labels_path, _IDX_LABELS)
         if len(images) != len(labels):
@@ -160,14 +140,12 @@ def _load_idx_folder(folder: Path) -> tuple[tuple[np.ndarray, np.ndarray], tuple
     return parts[0], parts[1]
 
 
-def _load_npz(path: Path) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+def _load_npz(path: Path) -> tuple[Arrays, Arrays]:
     try:
         npz = np.load(path, allow_pickle=False)
     except (OSError, ValueError, zipfile.BadZipFile) as exc:
         raise ValueError(f"{path}: not a readable .npz file ({exc})") from exc
     with npz:
-        if not hasattr(npz, "files"):
-            raise ValueError(f"{path}: expected an .npz archive, found a single array")
         keys = ("x_train", "y_train", "x_test", "y_test")
         missing = [k for k in keys if k not in npz.files]
         if missing:
@@ -195,19 +173,17 @@ def _load_npz(path: Path) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarr
     return parts[0], parts[1]
 
 
-def load_mnist(
-    path: str | os.PathLike[str],
-) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+def load_mnist(path: str | os.PathLike[str]) -> tuple[Arrays, Arrays]:
     """Read MNIST (or any data set in its layout, such as Fashion-MNIST) from local files.
 
     ``path`` is either a folder holding the four IDX files ``train-images-idx3-ubyte``,
-    ``train-labels-idx1-ubyte``, ``t10k-images-idx3-ubyte`` and ``t10k-labels-idx1-ubyte``
-    (each may be gzipped, with ``.gz`` appended), or an ``.npz`` file with arrays
-    ``x_train``, ``y_train``, ``x_test``, ``y_test`` (Keras' ``mnist.npz`` layout).
+    ``train-labels-idx1-ubyte``, ``t10k-images-idx3-ubyte`` and ``t10k-labels-idx1-ubyte`` (each may be
+    gzipped, with ``.gz`` appended), or an ``.npz`` file with arrays ``x_train``, ``y_train``,
+    ``x_test``, ``y_test`` (Keras' ``mnist.npz`` layout).
 
-    Returns ``((x_train, y_train), (x_test, y_test))``: ``x`` float32 (N, rows·cols) with
-    pixels scaled to [0, 1] (divided by 255), ``y`` int64 (N,). Raises FileNotFoundError
-    naming what is missing and ValueError naming the file that is malformed.
+    Returns ``((x_train, y_train), (x_test, y_test))``: ``x`` float32 (N, rows·cols) with pixels scaled
+    to [0, 1] (divided by 255), ``y`` int64 (N,). Raises FileNotFoundError naming what is missing and
+    ValueError naming the file that is malformed.
     """
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
@@ -255,20 +231,15 @@ def _cut(indices: np.ndarray, cumulative: np.ndarray) -> list[np.ndarray]:
 
 
 def split(
-    x: Any,
-    y: Any,
-    fractions: Sequence[float] = (0.8, 0.1, 0.1),
-    stratify: bool = True,
-    seed: int | None = 0,
+    x: Any, y: Any, fractions: Sequence[float] = (0.8, 0.1, 0.1), stratify: bool = True, seed: int | None = 0
 ) -> tuple[tuple[Any, Any], ...]:
     """Split ``(x, y)`` into disjoint parts of the given fractions, e.g. train, dev and test.
 
-    ``x`` is (N, ...) and ``y`` (N,) labels; ``fractions`` holds 2 or 3 positive numbers that
-    sum to 1. With ``stratify`` each class is cut in the same proportions (each part's count of
-    a class is within one sample of fraction × class count); without, the whole set is cut
-    once. Each part is then shuffled. Returns one ``(x_part, y_part)`` pair per fraction, on
-    x's and y's device; the same seed gives the same split. Raises ValueError when a part
-    would be empty.
+    ``x`` is (N, ...) and ``y`` (N,) labels; ``fractions`` holds 2 or 3 positive numbers that sum to 1.
+    With ``stratify`` each class is cut in the same proportions (each part's count of a class is within
+    one sample of fraction × class count); without, the whole set is cut once. Each part is then
+    shuffled. Returns one ``(x_part, y_part)`` pair per fraction, on x's and y's device; the same seed
+    gives the same split. Raises ValueError when a part would be empty.
     """
     n = _check_pair_length(x, y)
     frac = _check_fractions(fractions)
@@ -311,10 +282,10 @@ def _float_dtype(x: Any) -> np.dtype:
 class Standardizer:
     """Feature scaling x' = (x − mean) / std, with mean and std from the training part only.
 
-    ``fit(x_train)`` computes per-feature statistics over axis 0 of an (N, features) array
-    (on its device); ``transform(x)`` applies them to any part. Features that are constant
-    in the training part get std 1, so they come out as zeros rather than NaN. Floating
-    inputs keep their dtype; integer inputs become float32.
+    ``fit(x_train)`` computes per-feature statistics over axis 0 of an (N, features) array (on its
+    device); ``transform(x)`` applies them to any part. Features that are constant in the training part
+    get std 1, so they come out as zeros rather than NaN. Floating inputs keep their dtype; integer
+    inputs become float32.
     """
 
     def __init__(self) -> None:
@@ -358,11 +329,7 @@ class Standardizer:
         """JSON-ready statistics: ``{"mean": [...], "std": [...], "dtype": "float32"}``."""
         if self.mean is None:
             raise RuntimeError("this Standardizer is not fitted yet; call fit(x_train) first")
-        return {
-            "mean": to_numpy(self.mean).tolist(),
-            "std": to_numpy(self.std).tolist(),
-            "dtype": str(self.mean.dtype),
-        }
+        return {"mean": to_numpy(self.mean).tolist(), "std": to_numpy(self.std).tolist(), "dtype": str(self.mean.dtype)}
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> Standardizer:
@@ -385,10 +352,8 @@ class Standardizer:
 
 
 def standardize(x_train: Any, *others: Any) -> tuple[Any, ...]:
-    """Fit a :class:`Standardizer` on ``x_train`` only and apply it to every array given.
-
-    ``scaler, x_train, x_dev, x_test = standardize(x_train, x_dev, x_test)``.
-    """
+    """Fit a :class:`Standardizer` on ``x_train`` only and apply it to every array given:
+    ``scaler, x_train, x_dev, x_test = standardize(x_train, x_dev, x_test)``."""
     scaler = Standardizer().fit(x_train)
     return (scaler, scaler.transform(x_train), *(scaler.transform(x) for x in others))
 
@@ -445,9 +410,9 @@ def checked_inputs(x: Any, name: str, n_in: int | None = None, first_layer: str 
 def checked_targets(
     y: Any, x: Any, names: tuple[str, str], classes: int | None = None, unit_interval_for: str | None = None
 ) -> Any:
-    """``y`` as an array of x's N rows (``names``: x's and y's); with ``classes``, (N,) labels
-    must be integers in [0, classes); with ``unit_interval_for`` (the loss that needs it),
-    every target must lie in [0, 1]."""
+    """``y`` as an array of x's N rows (``names``: x's and y's); with ``classes``, (N,) labels must be
+    integers in [0, classes); with ``unit_interval_for`` (the loss that needs it), every target must lie
+    in [0, 1]."""
     x_name, y_name = names
     if isinstance(y, (list, tuple)):
         y = np.asarray(y)  # host: a list
@@ -473,21 +438,15 @@ def checked_targets(
 
 
 def batches(
-    x: Any,
-    y: Any,
-    batch_size: int,
-    shuffle: bool = True,
-    seed: int | None = 0,
-    epoch: int = 0,
-    drop_last: bool = False,
+    x: Any, y: Any, batch_size: int, shuffle: bool = True, seed: int | None = 0, epoch: int = 0, drop_last: bool = False
 ) -> Iterator[tuple[Any, Any]]:
     """Mini-batches ``(xb, yb)`` over arrays that already live on a device (NumPy or CuPy).
 
-    ``x`` is (N, ...) and ``y`` (N, ...). With ``shuffle`` the order is a permutation drawn on
-    the host from ``np.random.default_rng([seed, epoch])`` — so a resumed run sees the same
-    order for the same epoch — sent to x's device once; each batch is ``x[idx], y[idx]`` for
-    an index slice ``idx`` of it. Without shuffle, batches are plain slices (views) in order.
-    The last batch is smaller unless ``drop_last``. Arguments are checked at the call.
+    ``x`` is (N, ...) and ``y`` (N, ...). With ``shuffle`` the order is a permutation drawn on the host
+    from ``np.random.default_rng([seed, epoch])`` — so a resumed run sees the same order for the same
+    epoch — sent to x's device once; each batch is ``x[idx], y[idx]`` for an index slice ``idx`` of it.
+    Without shuffle, batches are plain slices (views) in order. The last batch is smaller unless
+    ``drop_last``. Arguments are checked at the call, not at the first batch.
     """
     size = check_int("batch_size", batch_size, low=1)
     n = _check_pair_length(x, y)
@@ -498,7 +457,7 @@ def batches(
     if not shuffle:
         return ((x[i : i + size], y[i : i + size]) for i in range(0, stop, size))
     perm = dev.send(epoch_order(n, seed, check_int("epoch", epoch, low=0)))
-    return _take(x, y, perm, size, stop)
+    return ((x[perm[i : i + size]], y[perm[i : i + size]]) for i in range(0, stop, size))
 
 
 def epoch_order(n: int, seed: int | None, epoch: int) -> np.ndarray:
@@ -506,9 +465,3 @@ def epoch_order(n: int, seed: int | None, epoch: int) -> np.ndarray:
     ``np.random.default_rng([seed, epoch])`` (fresh entropy when seed is None)."""
     entropy = None if seed is None else [check_int("seed", seed, low=0), epoch]
     return np.random.default_rng(entropy).permutation(n)
-
-
-def _take(x: Any, y: Any, perm: Any, size: int, stop: int) -> Iterator[tuple[Any, Any]]:
-    for i in range(0, stop, size):
-        idx = perm[i : i + size]
-        yield x[idx], y[idx]

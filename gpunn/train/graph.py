@@ -1,26 +1,26 @@
 """CUDA-graph replay of a whole training step: ``Trainer(..., graph=True)``.
 
-A small network on a GPU spends its step launching kernels (CuPy: 15–20 µs of host time
-each), not computing. Captured once as a CUDA graph, the step — batch gather, forward,
-loss, backward, optimizer update, accuracy count and bookkeeping — costs one launch.
+A small network on a GPU spends its step launching kernels (CuPy: 15–20 µs of host time each), not
+computing. Captured once as a CUDA graph, the step — batch gather, forward, loss, backward, optimizer
+update, accuracy count and bookkeeping — costs one launch.
 
 What makes a replay correct:
 
-- every buffer the graph touches keeps its address: the epoch's order (``perm``), the step
-  counter, the batch buffers, the per-step loss and correct counts are allocated once per
-  fit; temporaries made during capture come from a memory pool private to the graph, which
-  nothing else allocates from, so no later array can take a captured address;
-- nothing the host decides per step is frozen into the graph: the batch rows are read from
-  ``perm`` at ``counter · batch`` by a kernel, and the optimizer's update reads the learning
-  rate and the step number from a float64 array [lr, t] in device memory, advancing t there
-  (``NumpyOps.step_scalars``, set around the graph's steps; the host writes the optimizer's lr
-  and step count into it at the start of each epoch and counts each replay on the host);
-- matrix products go through a cuBLAS handle of gpunn's own (:mod:`gpunn.gemm`), because
-  CuPy refuses cuBLAS calls during capture.
+- every buffer the graph touches keeps its address: the epoch's order (``perm``), the step counter, the
+  batch buffers, the per-step loss and correct counts are allocated once per fit; temporaries made
+  during capture come from a memory pool private to the graph, which nothing else allocates from, so
+  no later array can take a captured address;
+- nothing the host decides per step is frozen into the graph: the batch rows are read from ``perm`` at
+  ``counter · batch`` by a kernel, and the optimizer's update reads the learning rate and the step
+  number from a float64 array [lr, t] in device memory, advancing t there (``NumpyOps.step_scalars``,
+  set around the graph's steps; the host writes the optimizer's lr and step count into it at the start
+  of each epoch and counts each replay on the host);
+- matrix products go through a cuBLAS handle of gpunn's own (:mod:`gpunn.gemm`), because CuPy refuses
+  cuBLAS calls during capture.
 
-The first steps of a fit run the same code eagerly (kernels compile, pools fill), then one
-step is captured and every further full batch replays it; the last, smaller batch of an
-epoch runs eagerly. If capture fails, training continues eagerly with a warning.
+The first steps of a fit run the same code eagerly (kernels compile, pools fill), then one step is
+captured and every further full batch replays it; the last, smaller batch of an epoch runs eagerly. If
+capture fails, training continues eagerly with a warning.
 """
 
 from __future__ import annotations
@@ -60,14 +60,53 @@ def unsupported_reason(model: Any, distributed: bool) -> str | None:
     return None
 
 
+def start(trainer: Any, body: Callable[..., tuple[Any, Any]], x: Any, y: Any, batch_size: int) -> StepGraph | None:
+    """``trainer``'s step graph for a fit, or None (and a warning) when its model cannot be replayed (a
+    callback added a Dropout) or the GPU cannot give the graph a cuBLAS handle, a stream or memory:
+    training then goes on eagerly, as after a failed capture."""
+    reason = unsupported_reason(trainer.model, trainer.comm is not None)
+    if reason is not None:  # a callback changed the model since the Trainer was made
+        warnings.warn(f"{reason}; training eagerly", RuntimeWarning, stacklevel=4)
+        return None
+    try:
+        graph = StepGraph(body, trainer.optimizer, x, y, batch_size, trainer.device)
+    except (RuntimeError, OSError, MemoryError) as exc:
+        warnings.warn(f"graph replay is unavailable ({exc}); training eagerly", RuntimeWarning, stacklevel=4)
+        return None
+    graph.key = capture_key(trainer)
+    return graph
+
+
+def capture_key(trainer: Any) -> tuple[tuple[Any, ...], str]:
+    """What a step captured for ``trainer`` holds: its optimizer, the optimizer's buffers and its
+    regularizer (compared by identity), and, as text, the values the kernels took as launch arguments
+    (all but lr and the step number, which the graph reads from device memory) and the layers it ran
+    with their settings (an activation, its slope, a Dropout's rate; not the mode: fit sets train()
+    after the first capture)."""
+    opt, reg = trainer.optimizer, trainer.regularizer
+    values = {k: v for k, v in opt.hyperparameters().items() if k != "lr"}
+    values["max_grad_norm"] = opt.max_grad_norm
+    values["nesterov"] = getattr(opt, "nesterov", None)
+    values["regularizer"] = None if reg is None else (type(reg).__name__, reg.lam)
+    values["layers"] = [(id(layer), layer.config()) for layer in leaf_layers(trainer.model)]
+    return (opt, opt.flat, *opt.state.values(), reg), repr(sorted(values.items()))
+
+
+def stale(graph: StepGraph, trainer: Any) -> bool:
+    """Whether ``graph`` is out of date for ``trainer``: another optimizer or regularizer, another flat
+    buffer (rebound, repacked), other state arrays, or a value it took at capture (betas, eps, momentum,
+    clipping, the penalty, a layer's setting) changed."""
+    (held, values), (now, now_values) = graph.key, capture_key(trainer)
+    return len(held) != len(now) or any(a is not b for a, b in zip(held, now, strict=True)) or values != now_values
+
+
 class StepGraph:
     """One fit's captured training step.
 
-    ``body(xb, yb)`` runs one step on a batch and returns (loss, correct) as 0-d device
-    arrays (correct may be None); it must queue device work only (no host reads). ``x``, ``y``
-    are the training data on ``device``. ``emulate`` replays by calling the body again
-    instead of a CUDA graph: the same buffers, gathers and bookkeeping on the CPU, which is
-    how the tests check them without a GPU.
+    ``body(xb, yb)`` runs one step on a batch and returns (loss, correct) as 0-d device arrays (correct
+    may be None); it must queue device work only (no host reads). ``x``, ``y`` are the training data on
+    ``device``. On the CPU (``emulate``) a replay calls the body again instead of a CUDA graph: the same
+    buffers, gathers and bookkeeping, which is how the tests check them without a GPU.
     """
 
     def __init__(
@@ -78,12 +117,11 @@ class StepGraph:
         y: Any,
         batch_size: int,
         device: Device,
-        emulate: bool = False,
     ) -> None:
         self.body, self.optimizer, self.x, self.y = body, optimizer, x, y
         self.batch = batch_size
         self.device = device
-        self.emulate = emulate or device.kind == "cpu"
+        self.emulate = device.kind == "cpu"
         xp = self.xp = device.xp
         n = x.shape[0]
         self.n_full, self.rest = divmod(n, batch_size)
@@ -99,6 +137,7 @@ class StepGraph:
             # [lr, t] that the updates read (rewritten from the optimizer at each epoch)
             self.step_scalars = xp.asarray(self._optimizer_scalars())
         self.graph: Any = None
+        self.key: tuple[tuple[Any, ...], str] | None = None  # what a Trainer captured it with (capture_key)
         self.failed: str | None = None
         self.steps_run = 0
         if self.emulate:
@@ -109,14 +148,13 @@ class StepGraph:
                 self.handle = CublasHandle(xp, self.stream, tf32=matmul_precision() == "tf32")
             self.pool = xp.cuda.MemoryPool()  # the graph's temporaries live here, and only they
             self._kernels = _device_kernels(xp)
-        if not self.emulate:
             device.synchronize()  # the data came on the default stream; ours does not wait
 
     # ------------------------------------------------------------------ one epoch
 
     def epoch(self, order: np.ndarray) -> tuple[Any, Any]:
-        """Train one epoch over the rows in ``order`` (a host permutation of range(N));
-        returns the per-step losses (float64) and correct counts as device arrays."""
+        """Train one epoch over the rows in ``order`` (a host permutation of range(N)); returns the
+        per-step losses (float64) and correct counts as device arrays."""
         scalars = self._optimizer_scalars()
         if self.emulate:
             self.perm[...] = order
@@ -125,8 +163,8 @@ class StepGraph:
             with self._reading_step_scalars():
                 return self._steps()
         with self.device, self.stream:
-            # work queued on the default stream since the last epoch (an evaluation, a copy
-            # of the best weights) must finish before this stream changes the weights
+            # work queued on the default stream since the last epoch (an evaluation, a copy of the
+            # best weights) must finish before this stream changes the weights
             self.stream.wait_event(self.xp.cuda.Stream.null.record())
             self.perm.set(order, stream=self.stream)
             self.step_scalars.set(scalars, stream=self.stream)  # a schedule or callback may have moved lr
@@ -137,14 +175,14 @@ class StepGraph:
         return result
 
     def step(self) -> None:
-        """One full-batch step at the current counter (which wraps around after the last
-        step of an epoch): the benchmark's steady state, replaying without per-epoch setup."""
+        """One full-batch step at the current counter (which wraps around after the last step of an
+        epoch): the benchmark's steady state, replaying without per-epoch setup."""
         if self.rest:
-            # after the full batches the counter points at the short one, whose full-size
-            # gather would read past the end of perm
+            # after the full batches the counter points at the short one, whose full-size gather
+            # would read past the end of perm
             raise ValueError(
-                f"step() replays full batches only: len(x) = {self.x.shape[0]} is not a multiple "
-                f"of batch_size = {self.batch}"
+                f"step() replays full batches only: len(x) = {self.x.shape[0]} is not a multiple of "
+                f"batch_size = {self.batch}"
             )
         if self.emulate:
             with self._reading_step_scalars():
@@ -199,8 +237,8 @@ class StepGraph:
         self._record(*self.body(self.xb, self.yb))
 
     def _record(self, loss: Any, correct: Any) -> None:
-        """step_loss[counter] = loss; step_correct[counter] = correct; counter += 1, back to 0
-        after the epoch's last step (on the device)."""
+        """step_loss[counter] = loss; step_correct[counter] = correct; counter += 1, back to 0 after
+        the epoch's last step (on the device)."""
         steps = self.step_loss.size
         if self.emulate:
             c = int(self.counter[0])
@@ -220,9 +258,9 @@ class StepGraph:
     def _capture(self) -> None:
         """Record one full step as a CUDA graph (on the CPU: mark the next steps as replays).
 
-        Whatever the step runs must queue device work only: code that would read a device value
-        on the host refuses with :class:`~gpunn.StepCaptureError` (``capturing_step``), the
-        capture is abandoned with a warning naming that cause, and training goes on eagerly.
+        Whatever the step runs must queue device work only: code that would read a device value on the
+        host refuses with :class:`~gpunn.StepCaptureError` (``capturing_step``), the capture is abandoned
+        with a warning naming that cause, and training goes on eagerly.
         """
         if self.emulate:
             self.graph = self._full_step
@@ -238,9 +276,9 @@ class StepGraph:
     def _record_graph(self, xp: Any) -> Any:
         """The captured graph of one full step; raises the step's own error if it fails.
 
-        An error inside the step leaves the stream capturing an invalidated graph: capture is
-        ended to leave that state, and the step's error, the cause, is what propagates (ending
-        it raises cudaErrorStreamCaptureInvalidated, which would otherwise hide the cause).
+        An error inside the step leaves the stream capturing an invalidated graph: capture is ended to
+        leave that state, and the step's error, the cause, is what propagates (ending it raises
+        cudaErrorStreamCaptureInvalidated, which would otherwise hide the cause).
         """
         with xp.cuda.using_allocator(self.pool.malloc):
             self.stream.begin_capture()  # relaxed mode: pool allocations may happen inside
@@ -256,16 +294,13 @@ class StepGraph:
     def _give_up(self, exc: BaseException) -> None:
         self.failed = f"{type(exc).__name__}: {exc}"
         self.graph = None
-        warnings.warn(
-            f"CUDA graph capture failed ({self.failed}); training continues without graph replay",
-            RuntimeWarning,
-            stacklevel=5,
-        )
+        message = f"CUDA graph capture failed ({self.failed}); training continues without graph replay"
+        warnings.warn(message, RuntimeWarning, stacklevel=5)
 
     def _replay(self) -> None:
         if self.emulate:
-            # The body runs again, as a graph would replay it, and refuses host reads as a
-            # capture does: a body that reads the host fails here on the CPU too.
+            # The body runs again, as a graph would replay it, and refuses host reads as a capture
+            # does: a body that reads the host fails here on the CPU too.
             try:
                 with capturing_step():
                     self._full_step()  # the body counts its optimizer step itself

@@ -1,10 +1,12 @@
-"""What training measured, epoch by epoch, and the seed's bias/variance diagnosis of it."""
+"""What training measured, epoch by epoch, how an epoch shows on the progress bar, and the seed's
+bias/variance diagnosis of it."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Any
+import sys
+from dataclasses import asdict, dataclass, field
+from typing import Any, TextIO
 
 from ..validation import check_float
 
@@ -61,6 +63,30 @@ class History:
         return f"History({len(self)} epochs)"
 
 
+def epoch_summary(record: dict[str, Any]) -> str:
+    """One epoch's record as the progress bar shows it: "loss=0.1234, acc=0.9500, ..., 12,345 samples/s"."""
+    parts = [f"loss={record['cost']:.4f}"]
+    if record["train_accuracy"] is not None:
+        parts.append(f"acc={record['train_accuracy']:.4f}")
+    if record["dev_accuracy"] is not None:
+        parts.append(f"dev_acc={record['dev_accuracy']:.4f}")
+    elif record["dev_loss"] is not None:
+        parts.append(f"dev_loss={record['dev_loss']:.4f}")
+    parts.append(f"{record['samples_per_s']:,.0f} samples/s")
+    return ", ".join(parts)
+
+
+def progress_bar(verbose: bool | None, file: TextIO | None, initial: int, total: int) -> Any:
+    """A tqdm bar over the epochs on ``file`` (stderr by default), or None; ``verbose`` None shows it
+    only on a terminal."""
+    file = file or sys.stderr
+    if not (bool(getattr(file, "isatty", lambda: False)()) if verbose is None else verbose):
+        return None
+    from tqdm.auto import tqdm  # noqa: PLC0415 — only needed when a bar is shown
+
+    return tqdm(total=total, initial=initial, unit="epoch", file=file, dynamic_ncols=True, leave=True)
+
+
 HIGH_BIAS_REMEDIES = (
     "use a bigger network: more hidden units or more layers",
     "train longer (more epochs) or tune the optimizer and learning rate",
@@ -95,15 +121,7 @@ class Diagnosis:
         return "variance" in self.verdict
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "verdict": self.verdict,
-            "train_error": self.train_error,
-            "dev_error": self.dev_error,
-            "target_error": self.target_error,
-            "tolerance": self.tolerance,
-            "metric": self.metric,
-            "remedies": list(self.remedies),
-        }
+        return asdict(self)
 
     def __str__(self) -> str:
         dev = "n/a (no dev set)" if self.dev_error is None else f"{self.dev_error:.4f}"

@@ -8,7 +8,6 @@ is touched.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 from .history import History
@@ -61,6 +60,5 @@ def plot_history(history: History, path: str | os.PathLike[str], title: str | No
     accuracy_axes.set(title="accuracy", xlabel="epoch", ylabel="accuracy")
     if title:
         figure.suptitle(title)
-    target = Path(path)
-    figure.savefig(target, format="png", dpi=100)
+    figure.savefig(path, format="png", dpi=100)
     return figure

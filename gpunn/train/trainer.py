@@ -1,22 +1,19 @@
-"""Trainer: fit, evaluate and predict, on the best device present, with no host round trip
-inside a training step.
+"""Trainer: fit, evaluate and predict on the best device present, with no host round trip inside a
+training step.
 
-The data go to the device once per fit. Each step runs forward, loss, backward, regularizer
-and one optimizer update; the step's loss and correct-prediction count are written into
-small device arrays, which are read once per epoch — that read is also where a NaN or inf
-loss is caught, naming the epoch and the step where it first appeared.
-
-Under an MPI launcher (``mpiexec -n K``) the same Trainer trains one model on K processes
-(see :mod:`gpunn.distributed`): ``batch_size`` is the global batch, each rank computes the
-gradient of its slice, and one allreduce of the flat gradient buffer averages them.
+The data go to the device once per fit. Each step (:meth:`Trainer._train_step`) runs forward, loss,
+backward and one optimizer update with the regularizer folded in; the step's loss and correct count
+are written into small device arrays, read once per epoch — where a NaN or inf loss is caught, naming
+the epoch and the step. Read :meth:`Trainer.fit`, then :meth:`Trainer._epoch`, to follow it.
 """
 
 from __future__ import annotations
 
-import sys
+import contextlib
+import functools
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TextIO
 
 import numpy as np
@@ -24,6 +21,7 @@ import numpy as np
 from .. import distributed as dist
 from ..backend.device import Device, array_module, device_of, to_numpy
 from ..backend.device import device as select_device  # the constructor's `device` argument shadows the name
+from ..nn.functional import sigmoid, softmax
 from ..nn.layers import Dropout, Linear
 from ..nn.losses import Loss, SigmoidBCELoss, SoftmaxWithLoss
 from ..nn.parameter import pack, same_parameters
@@ -33,7 +31,7 @@ from ..optim import Optimizer
 from ..validation import check_float, check_int
 from . import data as datasets
 from . import graph as step_graph
-from .history import History
+from .history import History, epoch_summary, progress_bar
 
 Callback = Callable[["Trainer", dict[str, Any]], Any]
 
@@ -45,29 +43,25 @@ class TrainingDivergedError(FloatingPointError):
 class Trainer:
     """Train ``model`` with ``loss`` and ``optimizer`` (and an optional ``regularizer``).
 
-    ``device`` None picks the best device present (``gn.device()``: GPUNN_DEVICE, else
-    cuda:0 when usable, else the CPU) and moves the model there.
+    ``device`` None picks the best device present (``gn.device()``: GPUNN_DEVICE, else cuda:0 when
+    usable, else the CPU) and moves the model there.
 
-    The Trainer trains the whole model. Its one binding rule: at construction and at the
-    start of every fit and epoch it calls ``optimizer.bind(model.parameters())``, which binds
-    an optimizer built without parameters (``gn.optim.Adam(lr=1e-3)``) and follows every
-    change since (a layer's Parameter replaced, a layer added, another model assigned, the
-    model moved), keeping the state of the parameters that stay; each parameter is then named
-    after its place ("0.W"). An optimizer bound by its user to part of the model is widened to
-    all of it, with a warning.
+    The Trainer trains the whole model: at construction and at the start of every fit and epoch it
+    calls ``optimizer.bind(model.parameters())``, which binds an optimizer built without parameters
+    (``gn.optim.Adam(lr=1e-3)``) and follows every change since (a Parameter replaced, a layer added,
+    another model assigned, the model moved), keeping the state of the parameters that stay; each
+    parameter is named after its place ("0.W"). An optimizer bound by its user to part of the model is
+    widened to all of it, with a warning.
 
-    ``distributed``: None trains data-parallel over all ranks when an MPI launcher started
-    several (``mpiexec -n K``), else in this process alone; False never; True always (over
-    ``gn.distributed.world()``, which is a lone process without a launcher); or a
-    ``gn.distributed.Communicator``. Distributed, "auto" and "cuda" mean cuda:<local rank>,
-    ``trainer.comm`` is the communicator (None otherwise), and ``fit`` interprets
-    ``batch_size`` as the global batch summed over ranks.
+    ``distributed``: None trains data-parallel over all ranks when an MPI launcher started several
+    (``mpiexec -n K``; see :mod:`gpunn.distributed`), else in this process alone; False never; True
+    always (over ``gn.distributed.world()``, a lone process without a launcher); or a Communicator.
+    Distributed, "auto" and "cuda" mean cuda:<local rank>; ``trainer.comm`` is the communicator or None.
 
-    ``graph=True`` captures one whole training step as a CUDA graph and replays it for every
-    full batch (see :mod:`gpunn.train.graph`): one launch per step instead of dozens, for the
-    same numbers. It suits small networks, whose GPU steps are launch-bound; on the CPU the
-    step runs through the same fixed buffers. Not for Dropout models or distributed training
-    (a ValueError says so).
+    ``graph=True`` captures one whole training step as a CUDA graph and replays it for every full batch
+    (:mod:`gpunn.train.graph`): one launch per step instead of dozens, for the same numbers. It suits
+    small, launch-bound networks; on the CPU the step runs through the same fixed buffers. Not for
+    Dropout models or distributed training (a ValueError says so).
     """
 
     def __init__(
@@ -80,16 +74,14 @@ class Trainer:
         distributed: bool | dist.Communicator | None = None,
         graph: bool = False,
     ) -> None:
-        if not isinstance(model, Sequential):
-            raise TypeError(f"model must be a gpunn Sequential (gn.mlp or gn.Sequential), got {type(model).__name__}")
-        if not isinstance(loss, Loss):
-            raise TypeError(f"loss must be a gpunn loss such as gn.SoftmaxWithLoss(), got {type(loss).__name__}")
-        if not isinstance(optimizer, Optimizer):
-            raise TypeError(
-                f"optimizer must be a gpunn optimizer such as gn.optim.Adam(), got {type(optimizer).__name__}"
-            )
-        if regularizer is not None and not isinstance(regularizer, Regularizer):
-            raise TypeError(f"regularizer must be gn.L2(...), gn.L1(...) or None, got {type(regularizer).__name__}")
+        for name, value, kind, expected in (
+            ("model", model, Sequential, "a gpunn Sequential (gn.mlp or gn.Sequential)"),
+            ("loss", loss, Loss, "a gpunn loss such as gn.SoftmaxWithLoss()"),
+            ("optimizer", optimizer, Optimizer, "a gpunn optimizer such as gn.optim.Adam()"),
+            ("regularizer", regularizer, (Regularizer, type(None)), "gn.L2(...), gn.L1(...) or None"),
+        ):
+            if not isinstance(value, kind):
+                raise TypeError(f"{name} must be {expected}, got {type(value).__name__}")
         self.comm = dist.resolve(distributed)
         self._parallel = None if self.comm is None else dist.DataParallel(self.comm)
         self.device = select_device(device) if self.comm is None else dist.rank_device(device, self.comm)
@@ -99,8 +91,7 @@ class Trainer:
         self.optimizer = optimizer
         if not isinstance(graph, bool):
             raise TypeError(f"graph must be True or False, got {graph!r}")
-        reason = step_graph.unsupported_reason(model, self.comm is not None) if graph else None
-        if reason is not None:
+        if graph and (reason := step_graph.unsupported_reason(model, self.comm is not None)):
             raise ValueError(reason)
         self.graph = graph
         self._step_graph: step_graph.StepGraph | None = None
@@ -112,14 +103,10 @@ class Trainer:
             self._decorrelate_dropout()
 
     _validate_outside_fit: bool | None = None  # loss.validate as the caller set it, during a fit
-    _graph_key: tuple[Any, ...] | None = None  # what the step graph was captured with (_graph_key_now)
 
     def __getstate__(self) -> dict[str, Any]:
-        # A copy taken during a fit (a callback pickling the trainer) leaves out the fit's step
-        # graph (device buffers, rebuilt by the next fit).
-        state = self.__dict__.copy()
-        state.update(_step_graph=None, _graph_key=None)
-        return state
+        # a copy taken during a fit (a callback pickling the trainer) leaves out its step graph (device buffers)
+        return {**self.__dict__, "_step_graph": None}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
@@ -149,22 +136,20 @@ class Trainer:
     ) -> History:
         """Train for ``epochs`` epochs (counting from ``initial_epoch`` when resuming).
 
-        x: (N, features); y: integer labels (N,) or targets (N, K). ``validation_data`` =
-        (x_dev, y_dev), or ``validation_split`` sets aside that fraction of (x, y), stratified.
-        ``patience``: stop when the dev loss (training cost without dev data) has not improved
-        for that many epochs, restoring the best weights if ``restore_best``. Each callback is
-        called as ``callback(trainer, record)`` after every epoch and may set
-        ``trainer.stop_training``. ``verbose`` None shows a progress bar only on a terminal.
-        Returns the History (also ``trainer.history``), extended across calls.
+        x: (N, features); y: integer labels (N,) or targets (N, K). ``validation_data`` = (x_dev, y_dev),
+        or ``validation_split`` sets aside that fraction of (x, y), stratified. ``patience``: stop when the
+        dev loss (training cost without dev data) has not improved for that many epochs, restoring the
+        best weights if ``restore_best``. Each callback is called as ``callback(trainer, record)`` after
+        every epoch and may set ``trainer.stop_training``. ``verbose`` None shows a progress bar only on
+        a terminal. Returns the History (also ``trainer.history``), extended across calls.
 
-        Distributed (``trainer.comm`` set), every rank calls fit with the same data and
-        arguments — checked at the start, as are the model and optimizer, with a
-        ``gn.distributed.DistributedMismatchError`` on every rank — and rank 0's weights and
-        optimizer state are broadcast. ``batch_size`` is the global batch (at least the number
-        of ranks): each step, rank r trains on its slice of the batch a single process would
-        use. Records, early stopping and ``stop_training`` agree on every rank; callbacks run
-        on every rank (write files from ``trainer.comm.is_root`` only); only rank 0 shows
-        progress.
+        Distributed (``trainer.comm`` set), every rank calls fit with the same data and arguments
+        (checked, with the model and optimizer: else ``gn.distributed.DistributedMismatchError`` on every
+        rank), and rank 0's weights and optimizer state are broadcast. ``batch_size`` is the global batch
+        (at least the number of ranks): each step, rank r trains on its slice of the batch a single
+        process would use, and one allreduce of the flat gradient buffer averages them. Records, early
+        stopping and ``stop_training`` agree on every rank; callbacks run on every rank (write files from
+        ``trainer.comm.is_root`` only); only rank 0 shows progress.
         """
         epochs = check_int("epochs", epochs, low=0)
         batch_size = check_int("batch_size", batch_size, low=1)
@@ -177,27 +162,27 @@ class Trainer:
             fit_args = {"epochs": epochs, "batch_size": batch_size, "initial_epoch": initial_epoch}
             self._parallel.start(self, x, y, dev, **fit_args, shuffle=shuffle, seed=seed, patience=patience)
         classify = _accuracy_kind(self.loss, y)
-        stream = progress_file or sys.stderr
-        show = bool(getattr(stream, "isatty", lambda: False)()) if verbose is None else bool(verbose)
-        show = show and self.is_root
-        bar = _progress(show, initial_epoch, epochs, progress_file)
-        best = (np.inf, None)
+        bar = progress_bar(verbose, progress_file, initial_epoch, epochs) if self.is_root else None
+        best_loss, best_weights = np.inf, None
         waited = 0
         self.stop_training = False
         validate = self._validate_outside_fit = self.loss.validate
         self.loss.validate = False  # labels were checked once above: no sync per step
-        self._step_graph = None
         try:
             self._step_graph = self._start_step_graph(x, y, batch_size, classify) if self.graph else None
             for epoch in range(initial_epoch, epochs):
                 record = self._epoch(x, y, dev, epoch, batch_size, shuffle, seed, classify)
                 self.history.append(record)
                 if bar is not None:
-                    bar.set_postfix_str(_postfix(record), refresh=False)
+                    bar.set_postfix_str(epoch_summary(record), refresh=False)
                     bar.update(1)
                 monitored = record["dev_loss"] if record["dev_loss"] is not None else record["cost"]
-                if monitored < best[0]:
-                    best, waited = (monitored, self._weights_copy() if patience else None), 0
+                if monitored < best_loss:
+                    # a copy of each parameter, not of the flat buffer: a callback may replace a
+                    # parameter, and so change the buffer's layout, before the copy is restored
+                    best_loss = monitored
+                    best_weights = [p.data.copy() for p in self.model.parameters()] if patience else None
+                    waited = 0
                 else:
                     waited += 1
                 for callback in callbacks:
@@ -211,16 +196,15 @@ class Trainer:
             self._close_step_graph()
             if bar is not None:
                 bar.close()
-        if patience is not None and restore_best and best[1] is not None:
-            self._restore_weights(best[1])
+        if patience is not None and restore_best and best_weights is not None:
+            self._restore_weights(best_weights)
         return self.history
 
     def _prepare(
         self, x: Any, y: Any, validation_data: tuple[Any, Any] | None, validation_split: float | None, seed: int
     ) -> tuple[Any, Any, tuple[Any, Any] | None]:
-        """Check the data once, split off the dev set, and send everything to the device once;
-        bind the optimizer to a layer's Parameter replaced since the last fit (before anything,
-        distributed checks included, reads the binding)."""
+        """Check the data once, split off the dev set and send everything to the device once; first
+        bind the optimizer to a Parameter replaced since the last fit (distributed checks read it)."""
         self._follow_model()
         x, y = self._checked_data(x, y, "x", "y")
         if validation_data is not None and validation_split is not None:
@@ -241,62 +225,52 @@ class Trainer:
         return (*self._send(x, y), dev)
 
     def _epoch(
-        self,
-        x: Any,
-        y: Any,
-        dev: tuple[Any, Any] | None,
-        epoch: int,
-        batch_size: int,
-        shuffle: bool,
-        seed: int,
-        classify: str | None,
+        self, x: Any, y: Any, dev: Any, epoch: int, batch_size: int, shuffle: bool, seed: int, classify: str | None
     ) -> dict[str, Any]:
-        model, optimizer, regularizer = self.model, self.optimizer, self.regularizer
-        params = model.parameters()
+        """Train one epoch on (x, y), already on the device, evaluate on ``dev`` = (x_dev, y_dev) or
+        None, and return the epoch's record (History's fields)."""
         self._follow_model()
-        if self._step_graph is not None and self._graph_is_stale():
-            # a callback replaced a parameter, rebound or replaced the optimizer: the captured
-            # step writes the old buffers
+        if self._step_graph is not None and step_graph.stale(self._step_graph, self):
+            # a callback replaced a parameter, rebound or replaced the optimizer, or changed a value
+            # the step took at capture: the captured step writes the old buffers, with the old values
             self._close_step_graph()
             self._step_graph = self._start_step_graph(x, y, batch_size, classify)
         xp = array_module(x)
         n = x.shape[0]
         n_steps = -(-n // batch_size)
-        parallel = self._parallel
         start = time.perf_counter()
-        model.train()
+        self.model.train()
         with self.device:
-            step_loss = xp.zeros(n_steps, dtype=model.dtype)
+            step_loss = xp.zeros(n_steps, dtype=self.model.dtype)
             step_correct = xp.zeros(n_steps, dtype=np.int64)
             if self._step_graph is not None:
                 order = datasets.epoch_order(n, seed, epoch) if shuffle else np.arange(n)
                 step_loss, step_correct = self._step_graph.epoch(order)
-            elif parallel is None:
-                for step, (xb, yb) in enumerate(
-                    datasets.batches(x, y, batch_size, shuffle=shuffle, seed=seed, epoch=epoch)
-                ):
-                    step_loss[step], logits = self._train_step(xb, yb, regularizer)
-                    if classify is not None:
-                        step_correct[step] = _correct(logits, yb, classify)
+            elif self._parallel is None:
+                batches = datasets.batches(x, y, batch_size, shuffle=shuffle, seed=seed, epoch=epoch)
+                for step, (xb, yb) in enumerate(batches):
+                    step_loss[step], count = self._train_step(xb, yb, classify)
+                    if count is not None:
+                        step_correct[step] = count
             else:
                 self._parallel_steps(x, y, (batch_size, shuffle, seed, epoch), step_loss, step_correct, classify)
             losses = to_numpy(step_loss)  # the one read of the epoch (it also waits for the device)
             train_seconds = time.perf_counter() - start
             correct = int(to_numpy(step_correct).sum()) if classify is not None else None
-        if parallel is not None:
-            losses, correct = parallel.reduce_epoch(losses, correct)  # global per-step means
+        if self._parallel is not None:
+            losses, correct = self._parallel.reduce_epoch(losses, correct)  # global per-step means
         bad = np.flatnonzero(~np.isfinite(losses))  # host: read by to_numpy above
         if bad.size:
             error = TrainingDivergedError(
                 f"the loss became {losses[bad[0]]} at epoch {epoch + 1}, step {bad[0] + 1} of {n_steps}; "
                 "lower the learning rate, check the inputs for NaN, or clip gradients (max_grad_norm=...)"
             )
-            error.collective = parallel is not None  # every rank read the same global losses
+            error.collective = self._parallel is not None  # every rank read the same global losses
             raise error
         sizes = np.full(n_steps, batch_size, dtype=np.float64)
         sizes[-1] = n - batch_size * (n_steps - 1)
         cost = float(losses.astype(np.float64) @ sizes / n)
-        penalty = float(regularizer.forward(params)) if regularizer is not None else 0.0
+        penalty = 0.0 if self.regularizer is None else float(self.regularizer.forward(self.model.parameters()))
         record: dict[str, Any] = {
             "epoch": epoch + 1,
             "cost": cost,
@@ -304,22 +278,30 @@ class Trainer:
             "train_accuracy": None if correct is None else correct / n,
             "dev_loss": None,
             "dev_accuracy": None,
-            "lr": optimizer.lr,
+            "lr": self.optimizer.lr,
             "samples_per_s": n / train_seconds,
         }
         if dev is not None:
-            metrics = self._evaluate_on_device(*dev, classify=classify, shard=parallel is not None)
+            metrics = self._evaluate_on_device(*dev, classify=classify, shard=self._parallel is not None)
             record["dev_loss"], record["dev_accuracy"] = metrics["loss"], metrics.get("accuracy")
         record["seconds"] = time.perf_counter() - start
         return record
+
+    def _train_step(self, xb: Any, yb: Any, classify: str | None) -> tuple[Any, Any]:
+        """One training step on a batch: forward, loss, backward, update. Returns the loss and the
+        number of correct predictions (None without accuracy) as 0-d device arrays."""
+        logits = self.model.forward(xb)
+        value = self.loss.forward(logits, yb)
+        self.model.backward(self.loss.backward())  # writes every parameter's gradient
+        self.optimizer.step(self.regularizer)  # the regularizer's gradient is added in the update
+        return value, None if classify is None else _correct(logits, yb, classify)
 
     def _parallel_steps(
         self, x: Any, y: Any, order: tuple[int, bool, int, int], step_loss: Any, step_correct: Any, classify: str | None
     ) -> None:
         """One epoch's steps on this rank's slices; ``order`` = (batch_size, shuffle, seed, epoch)."""
-        model, loss, regularizer, parallel = self.model, self.loss, self.regularizer, self._parallel
-        params = model.parameters()
-        grad = pack(params).grad
+        model, loss, parallel = self.model, self.loss, self._parallel
+        grad = pack(model.parameters()).grad
         for step, (xb, yb) in enumerate(parallel.batches(x, y, *order)):
             if xb.shape[0]:  # the last batch may leave a rank without rows
                 logits = model.forward(xb)
@@ -328,123 +310,91 @@ class Trainer:
                 if classify is not None:
                     step_correct[step] = _correct(logits, yb, classify)
             parallel.reduce_gradients(grad, step)  # the batch mean, on every rank
-            self.optimizer.step(regularizer)  # after the sum: λ·W counted once
+            self.optimizer.step(self.regularizer)  # after the sum: λ·W counted once
 
-    def _train_step(self, xb: Any, yb: Any, regularizer: Regularizer | None) -> tuple[Any, Any]:
-        """One training step on a batch: (loss as a 0-d device array, logits)."""
-        model, loss = self.model, self.loss
-        logits = model.forward(xb)
-        value = loss.forward(logits, yb)
-        model.backward(loss.backward())
-        self.optimizer.step(regularizer)
-        return value, logits
+    def _start_step_graph(self, x: Any, y: Any, batch_size: int, classify: str | None) -> step_graph.StepGraph | None:
+        body = functools.partial(self._train_step, classify=classify)  # an eager step's work, captured
+        return step_graph.start(self, body, x, y, batch_size)
 
     def _close_step_graph(self) -> None:
         if self._step_graph is not None:
             self._step_graph.close()
             self._step_graph = None
-        self._graph_key = None  # nor the buffers it was captured with
-
-    def _start_step_graph(self, x: Any, y: Any, batch_size: int, classify: str | None) -> step_graph.StepGraph | None:
-        """The fit's step graph, or None (and a warning) when the model cannot be replayed (a
-        callback added a Dropout) or the GPU cannot give it a cuBLAS handle, a stream or memory:
-        training then goes on eagerly, as after a failed capture."""
-        reason = step_graph.unsupported_reason(self.model, self.comm is not None)
-        if reason is not None:  # a callback changed the model since the Trainer was made
-            warnings.warn(f"{reason}; training eagerly", RuntimeWarning, stacklevel=3)
-            return None
-        regularizer = self.regularizer
-
-        def body(xb: Any, yb: Any) -> tuple[Any, Any]:  # an eager step's work; loss and count on the device
-            value, logits = self._train_step(xb, yb, regularizer)
-            return value, None if classify is None else _correct(logits, yb, classify)
-
-        try:
-            graph = step_graph.StepGraph(body, self.optimizer, x, y, batch_size, self.device)
-        except (RuntimeError, OSError, MemoryError) as exc:
-            warnings.warn(f"graph replay is unavailable ({exc}); training eagerly", RuntimeWarning, stacklevel=3)
-            return None
-        self._graph_key = self._graph_key_now()
-        return graph
 
     # ----------------------------------------------------------------- evaluate / predict
 
     def evaluate(self, x: Any, y: Any, batch_size: int = 1024) -> dict[str, float]:
         """{"loss": mean loss, "accuracy": fraction correct (classifiers only)} on (x, y)."""
         batch_size = check_int("batch_size", batch_size, low=1)
-        x, y = self._checked_data(x, y, "x", "y")
-        x, y = self._send(x, y)
+        x, y = self._send(*self._checked_data(x, y, "x", "y"))
         return self._evaluate_on_device(x, y, _accuracy_kind(self.loss, y), batch_size)
 
     @property
     def is_root(self) -> bool:
-        """True in a single process, and on rank 0 of a distributed one (the rank that prints
-        and writes files)."""
+        """True in a single process, and on rank 0 of a distributed one (which prints and writes files)."""
         return self.comm is None or self.comm.is_root
 
     def _decorrelate_dropout(self) -> None:
-        """Give each Dropout layer of rank r > 0 its own mask stream (seeded from (seed, r)),
-        so that ranks do not draw the same masks for different rows."""
+        """Give each Dropout layer of rank r > 0 its own mask stream (seeded from (seed, r)), so that
+        ranks do not draw the same masks for different rows."""
         for layer in self.model.layers:
             if isinstance(layer, Dropout) and layer.seed is not None:
                 seed = int(np.random.SeedSequence([layer.seed, self.comm.rank]).generate_state(1)[0])
                 with self.device:
                     layer.generators[self.device] = self.device.xp.random.default_rng(seed)
 
+    @contextlib.contextmanager
+    def _inference(self) -> Iterator[None]:
+        """Eval mode on the device, without the loss's per-batch label check (the labels were checked
+        once); the model's mode and the loss's setting are put back after."""
+        was_training, validate = self.model.training, self.loss.validate
+        self.model.eval()
+        self.loss.validate = False
+        try:
+            with self.device:
+                yield
+        finally:
+            self.loss.validate = validate
+            self.model.train(was_training)
+
     def _evaluate_on_device(
         self, x: Any, y: Any, classify: str | None, batch_size: int = 1024, shard: bool = False
     ) -> dict[str, float]:
-        """Mean loss (and accuracy) over (x, y). ``shard``: every rank evaluates its share of
-        the rows and the sums are reduced, so every rank gets the same figures (collective)."""
-        model, loss = self.model, self.loss
+        """Mean loss (and accuracy) over (x, y). ``shard``: every rank evaluates its share of the rows
+        and the sums are reduced, so every rank gets the same figures (collective)."""
         n = x.shape[0]
         if shard:
             rows = self._parallel.rows(n)
             x, y = x[rows], y[rows]
-        was_training = model.training
-        model.eval()
         xp = array_module(x)
-        validate = loss.validate
-        loss.validate = False
-        try:
-            with self.device:
-                total = xp.zeros((), dtype=np.float64)
-                correct = xp.zeros((), dtype=np.int64)
-                for xb, yb in datasets.batches(x, y, batch_size, shuffle=False):
-                    logits = model.forward(xb)
-                    total += loss.forward(logits, yb) * xb.shape[0]
-                    if classify is not None:
-                        correct += _correct(logits, yb, classify)
-                sums = [float(total), int(correct)]
-                if shard:
-                    sums = self._parallel.reduce_sums(sums)
-                result = {"loss": sums[0] / n}
+        with self._inference():
+            total = xp.zeros((), dtype=np.float64)
+            correct = xp.zeros((), dtype=np.int64)
+            for xb, yb in datasets.batches(x, y, batch_size, shuffle=False):
+                logits = self.model.forward(xb)
+                total += self.loss.forward(logits, yb) * xb.shape[0]
                 if classify is not None:
-                    result["accuracy"] = round(sums[1]) / n
-        finally:
-            loss.validate = validate
-            model.train(was_training)
+                    correct += _correct(logits, yb, classify)
+            sums = [float(total), int(correct)]
+            if shard:
+                sums = self._parallel.reduce_sums(sums)
+        result = {"loss": sums[0] / n}
+        if classify is not None:
+            result["accuracy"] = round(sums[1]) / n
         return result
 
     def predict_output(self, x: Any, batch_size: int = 1024) -> Any:
         """The model's raw output (logits) for x, on the host for host input."""
         batch_size = check_int("batch_size", batch_size, low=1)
         x = self._checked_x(x, "x")
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            with self.device:
-                xd = self.device.send(x, dtype=self.model.dtype)
-                parts = [self.model.forward(xd[i : i + batch_size]) for i in range(0, xd.shape[0], batch_size)]
-                out = array_module(xd).concatenate(parts) if parts else xd[:0]
-        finally:
-            self.model.train(was_training)
+        with self._inference():
+            xd = self.device.send(x, dtype=self.model.dtype)
+            parts = [self.model.forward(xd[i : i + batch_size]) for i in range(0, xd.shape[0], batch_size)]
+            out = array_module(xd).concatenate(parts)
         return out if device_of(x) == self.device else to_numpy(out)
 
     def predict_proba(self, x: Any, batch_size: int = 1024) -> Any:
         """Class probabilities (N, C): softmax of the logits (sigmoid for SigmoidBCELoss)."""
-        from ..nn.functional import sigmoid, softmax  # noqa: PLC0415 — only prediction needs them
-
         logits = self.predict_output(x, batch_size)
         return sigmoid(logits) if isinstance(self.loss, SigmoidBCELoss) else softmax(logits, axis=1)
 
@@ -480,70 +430,33 @@ class Trainer:
         return xd, yd
 
     def _follow_model(self) -> None:
-        """The binding rule (see the class docstring): ``optimizer.bind`` all of the model's
-        parameters, in order, and name them after their places ("0.W"), so that state dicts
-        and checkpoints keep their keys. A binding the Trainer did not make that covers part
-        of the model is widened with a warning: freezing layers through the optimizer is not a
-        Trainer feature (its step graph and distributed gradient sum work on the whole buffer)."""
+        """The binding rule (see the class docstring); parameters are named after their places so that
+        state dicts and checkpoints keep their keys. A binding the Trainer did not make that covers part
+        of the model is widened with a warning: freezing layers through the optimizer is not a Trainer
+        feature (its step graph and distributed gradient sum work on the whole buffer)."""
         params = self.model.parameters()
         bound = self.optimizer.params if self.optimizer.bound else None
         if bound is not None and not same_parameters(bound, params) and not same_parameters(bound, self._bound):
             present = {id(p) for p in params}
             ours = sum(id(p) in present for p in bound)
             if len(bound) != len(params) and ours:  # as many, some replaced (or another model like it): silent
-                warnings.warn(
+                message = (
                     f"the optimizer was bound to {len(bound)} parameters, {ours} of them among the model's "
                     f"{len(params)}; the Trainer binds it to all of the model's parameters (freezing layers "
-                    "through a partial optimizer is not supported)",
-                    RuntimeWarning,
-                    stacklevel=3,
+                    "through a partial optimizer is not supported)"
                 )
+                warnings.warn(message, RuntimeWarning, stacklevel=3)
         self.optimizer.bind(params)
         self._bound = params
         for name, p in self.model.named_parameters():
             if p.name != name:  # a replacement, or a parameter bound by hand since: its place's name
                 p.name = name
 
-    def _graph_key_now(self) -> tuple[Any, ...]:
-        """What a captured step holds: the optimizer, its buffers and the regularizer (by
-        identity), and, as text, the values its kernels took as launch arguments (all but lr
-        and the step number, which the graph reads from device memory) and the layers it ran."""
-        opt, reg, layers = self.optimizer, self.regularizer, step_graph.leaf_layers(self.model)
-        values = {k: v for k, v in opt.hyperparameters().items() if k != "lr"}
-        values["max_grad_norm"] = opt.max_grad_norm
-        values["nesterov"] = getattr(opt, "nesterov", None)
-        values["regularizer"] = None if reg is None else (type(reg).__name__, reg.lam)
-        # the layers it ran and their settings (an activation, its slope, a Dropout's rate; not
-        # the mode: fit sets train() after the first capture)
-        values["layers"] = [(id(layer), layer.config()) for layer in layers]
-        return (opt, opt.flat, *opt.state.values(), reg, repr(sorted(values.items())))
-
-    def _graph_is_stale(self) -> bool:
-        """Whether the captured step graph is out of date: another optimizer or regularizer,
-        another flat buffer (rebound, repacked), other state arrays, or a hyperparameter it
-        took at capture (betas, eps, momentum, clipping, the penalty) changed."""
-        key, now = self._graph_key, self._graph_key_now()
-        return (
-            key is None
-            or len(key) != len(now)
-            or any(a is not b for a, b in zip(key[:-1], now[:-1], strict=True))
-            or key[-1] != now[-1]
-        )
-
-    def _weights_copy(self) -> list[Any]:
-        """A copy of each of the model's parameters (one per parameter, not of the flat buffer:
-        a callback may replace a parameter, and so change the buffer's layout, before the copy
-        is restored)."""
-        return [p.data.copy() for p in self.model.parameters()]
-
     def _restore_weights(self, saved: list[Any]) -> None:
         params = self.model.parameters()
         if len(params) != len(saved) or any(p.shape != tuple(a.shape) for p, a in zip(params, saved, strict=True)):
-            warnings.warn(
-                "the model's parameters changed shape since its best epoch: keeping the last weights",
-                RuntimeWarning,
-                stacklevel=3,
-            )
+            message = "the model's parameters changed shape since its best epoch: keeping the last weights"
+            warnings.warn(message, RuntimeWarning, stacklevel=3)
             return
         for p, a in zip(params, saved, strict=True):
             p.data[...] = a
@@ -552,10 +465,9 @@ class Trainer:
         """The NumPy generator state of each Dropout layer (for bit-exact resume on the CPU)."""
         states = {}
         for i, layer in enumerate(self.model.layers):
-            if isinstance(layer, Dropout):
-                gen = layer.generators.get(self.device)
-                if gen is not None and isinstance(gen, np.random.Generator):
-                    states[str(i)] = gen.bit_generator.state
+            gen = layer.generators.get(self.device) if isinstance(layer, Dropout) else None
+            if isinstance(gen, np.random.Generator):
+                states[str(i)] = gen.bit_generator.state
         return states
 
     def load_dropout_states(self, states: dict[str, Any]) -> None:
@@ -586,23 +498,3 @@ def _correct(logits: Any, yb: Any, kind: str) -> Any:
         return (logits.argmax(axis=1) == yb.argmax(axis=1)).sum()
     target = yb.reshape(logits.shape) > 0.5
     return ((logits > 0) == target).all(axis=-1).sum() if logits.ndim == 2 else ((logits > 0) == target).sum()
-
-
-def _progress(show: bool, initial: int, total: int, file: TextIO | None) -> Any:
-    if not show:
-        return None
-    from tqdm.auto import tqdm  # noqa: PLC0415 — only needed when a bar is shown
-
-    return tqdm(total=total, initial=initial, unit="epoch", file=file or sys.stderr, dynamic_ncols=True, leave=True)
-
-
-def _postfix(record: dict[str, Any]) -> str:
-    parts = [f"loss={record['cost']:.4f}"]
-    if record["train_accuracy"] is not None:
-        parts.append(f"acc={record['train_accuracy']:.4f}")
-    if record["dev_accuracy"] is not None:
-        parts.append(f"dev_acc={record['dev_accuracy']:.4f}")
-    elif record["dev_loss"] is not None:
-        parts.append(f"dev_loss={record['dev_loss']:.4f}")
-    parts.append(f"{record['samples_per_s']:,.0f} samples/s")
-    return ", ".join(parts)

@@ -1,21 +1,17 @@
 """CuPy ``RawModule`` machinery shared by gpunn's fused kernels: compile, cache, launch.
 
-A module of CUDA C source (templated on the element type ``T``) is compiled by NVRTC once
-per device and source, with every kernel instantiated for float and double, and cached here
-(CuPy also caches the binary on disk). Kernels are grid-stride loops: :func:`grid` blocks of
-``THREADS_PER_BLOCK`` threads cover any n. Launch arguments must have exactly the C types:
-a RawKernel passes NumPy scalars by their own type, and an optional pointer is :data:`NULL`.
+CUDA C source templated on the element type ``T`` is compiled by NVRTC once per device and
+source, every kernel instantiated for float and double. Kernels are grid-stride loops over
+:func:`grid` blocks. Launch arguments must have exactly the C types: a RawKernel passes NumPy
+scalars by their own type, and an optional pointer is :data:`NULL`.
 
-Floating-point contraction is allowed, in every kernel: the modules compile with NVRTC's
-default (``--fmad=true``; ptxas may fuse further), so ``y += a*x`` is one fused multiply-add
-where the reference (:class:`~gpunn.backend.ops.NumpyOps`) rounds ``a*x`` first. That is
-faster and never less accurate, and bitwise agreement with the reference is out of reach
-anyway: CUDA's exp, log, tanh… are not the host libm's. So what the kernels promise is a
-bound: each output element is within a few units in the last place of the *magnitude of the
-terms it was computed from* (for y + a·x: |y| + |a·x|), not of the result, which cancellation
-can make as small as it likes; the number of ulps follows from counting the roundings of the
-formula (``tests/tolerances.py``, ``assert_within_term_bound``). Bit-for-bit agreement is the
-promise between the CPU's Ops only (NumbaOps and the reference).
+Contraction is allowed in every kernel (NVRTC's default ``--fmad=true``): ``y += a*x`` is one
+fused multiply-add where the reference rounds ``a*x`` first; faster, never less accurate, and
+bitwise agreement is out of reach anyway (CUDA's exp, log, tanh… are not the host libm's). The
+kernels promise a bound instead: each output within a few ulps of the *magnitude of the terms
+it was computed from* (for y + a·x: |y| + |a·x|), not of the result, which cancellation can
+make as small as it likes (``tests/tolerances.py``, ``assert_within_term_bound``). Bit-for-bit
+agreement is the promise between the CPU's Ops only (NumbaOps and the reference).
 """
 
 from __future__ import annotations
@@ -46,13 +42,15 @@ def compiled(xp: Any, source: str, names: tuple[str, ...]) -> Any:
 
 
 def kernel(xp: Any, source: str, names: tuple[str, ...], name: str, dtype: Any) -> Any:
-    """Kernel ``name`` of ``source`` for elements of ``dtype`` (float32 or float64)."""
-    return compiled(xp, source, names).get_function(f"{name}<{_CTYPES[np.dtype(dtype)]}>")
+    """Kernel ``name`` of ``source`` for elements of ``dtype`` (float32 or float64), or the plain
+    extern "C" kernel ``name`` when ``dtype`` is None."""
+    instance = name if dtype is None else f"{name}<{_CTYPES[np.dtype(dtype)]}>"
+    return compiled(xp, source, names).get_function(instance)
 
 
-def grid(n: int) -> tuple[int]:
-    """Blocks for a grid-stride loop over n elements."""
-    return (max(1, min(MAX_BLOCKS, -(-n // THREADS_PER_BLOCK))),)
+def grid(n: int, per_block: int = THREADS_PER_BLOCK) -> tuple[int]:
+    """Blocks for a grid-stride loop over n elements (or tiles), ``per_block`` to a block."""
+    return (max(1, min(MAX_BLOCKS, -(-n // per_block))),)
 
 
 def is_gpu(x: Any) -> bool:
@@ -63,17 +61,13 @@ def is_gpu(x: Any) -> bool:
 def is_capturing(x: Any) -> bool:
     """Whether the current CUDA stream of ``x``'s device is capturing a graph (False on the CPU):
     kernels launched now are recorded, not run."""
-    if not is_gpu(x):
-        return False
-    return bool(array_module(x).cuda.get_current_stream().is_capturing())
+    return is_gpu(x) and bool(array_module(x).cuda.get_current_stream().is_capturing())
 
 
 def stream_id(x: Any) -> int:
     """The handle of the CUDA stream current for ``x``'s device (0, the null stream, on the CPU):
     work queued on one stream runs in order, work on two streams may overlap."""
-    if not is_gpu(x):
-        return 0
-    return int(array_module(x).cuda.get_current_stream().ptr)
+    return int(array_module(x).cuda.get_current_stream().ptr) if is_gpu(x) else 0
 
 
 def check_flat(*buffers: Any) -> None:
@@ -114,11 +108,9 @@ MAX_SPIN_SECONDS = 2.0
 
 
 def spin(xp: Any, seconds: float) -> None:
-    """Keep the current GPU busy for ``seconds`` on the current stream, without the host
-    waiting: what the host queues meanwhile runs afterwards with no gaps between launches, so
-    CUDA events around it time the device's work alone (see ``gpunn.bench.host_and_device_us``).
-    At most ``MAX_SPIN_SECONDS``, and at most one poll of the GPU's timer per nanosecond asked
-    for, so a timer that does not advance cannot hold the GPU for ever."""
+    """Keep the current GPU busy for ``seconds`` (at most ``MAX_SPIN_SECONDS``) on the current
+    stream, the host not waiting: what it queues meanwhile then runs with no gaps between
+    launches, so CUDA events around it time the device's work alone."""
     index = xp.cuda.Device().id
     kernel = _spin_kernels.get(index)
     if kernel is None:

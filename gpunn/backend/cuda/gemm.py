@@ -1,17 +1,14 @@
 """Matrix products that a CUDA graph can capture.
 
-CuPy refuses every cuBLAS call while a stream is capturing (its wrapper re-sets the handle's
-stream first and raises ``NotImplementedError`` when that stream captures), although cuBLAS
-itself supports capture. So gpunn keeps a cuBLAS handle of its own, bound to the capture
-stream *before* capture starts, with a workspace of its own, and calls the library's C API
-(``cublasSgemm_v2`` / ``cublasDgemm_v2``) through ctypes. ``CupyOps.matmul`` calls
-:func:`matmul`, which routes to that handle while a :class:`CapturableMatmul` is active and is
-plain ``xp.matmul`` otherwise.
+CuPy refuses every cuBLAS call while a stream captures (its wrapper re-sets the handle's stream
+and raises ``NotImplementedError``), although cuBLAS supports capture. So gpunn keeps a cuBLAS
+handle of its own, bound to the capture stream before capture starts, with its own workspace,
+and calls ``cublasSgemm_v2`` / ``cublasDgemm_v2`` through ctypes: :func:`matmul` routes there
+while a :class:`CapturableMatmul` is active, and is plain ``xp.matmul`` otherwise.
 
-cuBLAS is column-major and gpunn row-major. A row-major (r, c) array with row stride ld is
-the column-major (c, r) matrix Xᵀ with leading dimension ld, so C = A·B is computed as
-Cᵀ = Bᵀ·Aᵀ: :func:`gemm_plan` works out the operations and leading dimensions from the
-strides, which covers transposed views (``x.T``, ``W.T``) without a copy.
+cuBLAS is column-major: a row-major (r, c) array with row stride ld is the column-major (c, r)
+matrix Xᵀ with leading dimension ld, so C = A·B is computed as Cᵀ = Bᵀ·Aᵀ; :func:`gemm_plan`
+finds the operations and leading dimensions from the strides, transposed views included.
 """
 
 from __future__ import annotations
@@ -53,32 +50,23 @@ class GemmPlan:
     ldc: int
 
 
-def _layout(shape: tuple[int, int], strides: tuple[int, int], itemsize: int) -> tuple[str, int] | None:
-    """("C", ld) for row-major memory, ("F", ld) for column-major, None for neither; ld is
-    the leading dimension cuBLAS needs (at least 1 and at least the stored column length)."""
-    rows, cols = shape
+def _operand(x: Any, itemsize: int) -> Operand | None:
+    """How cuBLAS reads the row-major 2-D array X as the column-major Xᵀ: its own memory when X
+    is row-major (op N), the transposed read of its memory when X is a column-major view such as
+    ``W.T`` (op T); None for neither. ld is at least 1 and at least the stored column length."""
+    (rows, cols), strides = x.shape, x.strides
     if strides[0] % itemsize or strides[1] % itemsize:
         return None
     s0, s1 = strides[0] // itemsize, strides[1] // itemsize
     if cols == 1 or s1 == 1:  # a row's elements are adjacent: stored as the (cols, rows) Xᵀ
         ld = s0 if rows > 1 else cols
         if ld >= max(cols, 1):
-            return "C", ld
+            return Operand(OP_N, ld)
     if rows == 1 or s0 == 1:  # a column's elements are adjacent: stored as X itself
         ld = s1 if cols > 1 else rows
         if ld >= max(rows, 1):
-            return "F", ld
+            return Operand(OP_T, ld)
     return None
-
-
-def _operand(shape: tuple[int, int], strides: tuple[int, int], itemsize: int) -> Operand | None:
-    """The row-major array X read as column-major Xᵀ: its own memory when row-major (op N),
-    the transposed read of its memory when it is a column-major view such as ``W.T`` (op T)."""
-    layout = _layout(shape, strides, itemsize)
-    if layout is None:
-        return None
-    kind, ld = layout
-    return Operand(OP_N if kind == "C" else OP_T, ld)
 
 
 def gemm_plan(a: Any, b: Any, out: Any) -> GemmPlan | None:
@@ -91,12 +79,10 @@ def gemm_plan(a: Any, b: Any, out: Any) -> GemmPlan | None:
     if inner != inner_b or out.shape != (rows, cols):
         raise ValueError(f"shapes {tuple(a.shape)} @ {tuple(b.shape)} -> {tuple(out.shape)} do not match")
     itemsize = out.dtype.itemsize
-    layout = _layout(out.shape, out.strides, itemsize)
-    first = _operand(b.shape, b.strides, itemsize)
-    second = _operand(a.shape, a.strides, itemsize)
-    if layout is None or layout[0] != "C" or first is None or second is None:
+    result, first, second = _operand(out, itemsize), _operand(b, itemsize), _operand(a, itemsize)
+    if result is None or result.op != OP_N or first is None or second is None:
         return None
-    return GemmPlan(m=cols, n=rows, k=inner, first=first, second=second, ldc=layout[1])
+    return GemmPlan(m=cols, n=rows, k=inner, first=first, second=second, ldc=result.ld)
 
 
 # ----------------------------------------------------------------------------- the cuBLAS handle
@@ -122,13 +108,10 @@ def _pathfinder_cublas() -> str | None:
 
 
 def cublas_candidates(major: int, pathfinder: Any = _pathfinder_cublas) -> list[str]:
-    """Where to look for the cuBLAS of CUDA ``major``, in order.
-
-    First the library of that major by name: CuPy has usually loaded it already, and the
-    loader then hands back that very copy. Then where the path finder looks, which may be
-    another major's (a torch built for CUDA 12 beside a CuPy built for CUDA 13), so every
-    candidate's major is checked once loaded.
-    """
+    """Where to look for the cuBLAS of CUDA ``major``, in order: first that major's by name (CuPy
+    has usually loaded it, and the loader hands back that very copy), then where the path finder
+    looks, which may be another major's (a torch for CUDA 12 beside a CuPy for CUDA 13): every
+    candidate's major is checked once loaded."""
     names = [f"libcublas.so.{major}"]
     try:
         found = pathfinder()
@@ -156,23 +139,15 @@ def load_cublas(major: int, open_library: Any = ctypes.CDLL, pathfinder: Any = _
     raise RuntimeError(f"the cuBLAS of CUDA {major}, which CuPy uses, could not be loaded: " + "; ".join(errors))
 
 
-def _cupy_cuda_major(xp: Any) -> int:
-    """The CUDA major version CuPy runs on (13 for cupy-cuda13x)."""
-    return int(xp.cuda.runtime.runtimeGetVersion()) // 1000
-
-
 class CublasHandle:
-    """A cuBLAS handle bound to one stream, with its own workspace, for capturable products.
-
-    ``stream``: a CuPy Stream (the one that will capture); ``xp``: CuPy; ``tf32``: allow TF32
-    tensor cores for float32 products (gpunn's matmul precision).
-    """
+    """A cuBLAS handle bound to ``stream`` (the CuPy Stream that will capture), with its own
+    workspace, for capturable products; ``tf32`` allows TF32 tensor cores for float32 products."""
 
     _lib: ctypes.CDLL | None = None
 
     def __init__(self, xp: Any, stream: Any, tf32: bool = False) -> None:
         if CublasHandle._lib is None:
-            CublasHandle._lib = load_cublas(_cupy_cuda_major(xp))
+            CublasHandle._lib = load_cublas(int(xp.cuda.runtime.runtimeGetVersion()) // 1000)  # CuPy's CUDA major
         lib = self._lib
         handle = ctypes.c_void_p()
         self._check(lib.cublasCreate_v2(ctypes.byref(handle)), "cublasCreate")
@@ -254,8 +229,7 @@ _routing = _Routing()
 
 
 class CapturableMatmul:
-    """While active (on this thread), :func:`matmul` on GPU arrays goes through ``handle``
-    (capturable)."""
+    """While active (on this thread), :func:`matmul` on GPU arrays goes through ``handle``."""
 
     def __init__(self, handle: CublasHandle) -> None:
         self.handle = handle
@@ -270,12 +244,8 @@ class CapturableMatmul:
 
 
 def matmul(a: Any, b: Any, out: Any = None) -> Any:
-    """a @ b for 2-D arrays, written into ``out`` when given.
-
-    NumPy arrays, and CuPy arrays outside a :class:`CapturableMatmul`, use ``xp.matmul``;
-    inside one, CuPy products go through its cuBLAS handle so that a stream capture records
-    them.
-    """
+    """a @ b for 2-D arrays, into ``out`` when given: ``xp.matmul``, except for CuPy arrays inside
+    a :class:`CapturableMatmul`, which go through its cuBLAS handle (a stream capture records them)."""
     if type(a) is np.ndarray:
         return a @ b if out is None else np.matmul(a, b, out=out)
     handle = _routing.handle

@@ -1,17 +1,9 @@
-"""CUDA C source of the layer kernels that :class:`~gpunn.backend.cuda.ops.CupyOps` launches.
-
-Each kernel is templated on the element type T (float or double) and does in one launch what
-the reference does in several CuPy calls:
-
-- ``bias_activation_forward``: y ← g(y + b);
-- ``activation_backward``: dz = dy · g'(z) from the saved output a;
-- ``activation_bias_backward``: the same dz and db = Σ_rows dz in one pass over dz;
-- ``softmax_cross_entropy_rows``: per row max, log-sum-exp, loss and gradient
-  (softmax − onehot)/N, and the sum of the rows' losses.
-
-The sums are deterministic (the same bits on every run of one shape): every partial sum is
-taken in a fixed order by a fixed thread, with no floating-point atomics. None of them reads a
-device value back to the host or calls cuBLAS, so a CUDA graph can capture them.
+"""CUDA C source of the layer kernels that :class:`~gpunn.backend.cuda.ops.CupyOps` launches,
+templated on the element type T (float or double): bias + activation, the activation's
+backward (with the bias gradient in the same pass) and softmax-with-loss. The sums are
+deterministic (the same bits on every run of one shape): every partial sum is taken in a fixed
+order by a fixed thread, with no floating-point atomics. No kernel reads a device value back to
+the host or calls cuBLAS, so a CUDA graph can capture them.
 """
 
 from __future__ import annotations
@@ -19,10 +11,10 @@ from __future__ import annotations
 # activation codes, as the kernels' switch takes them
 ACTIVATION_CODES = {"identity": 0, "relu": 1, "leaky_relu": 2, "sigmoid": 3, "tanh": 4}
 # The loss kernel's grid: at most this many blocks (each loops over rows), so that the partial
-# sums, one double per block, fit a small buffer allocated once per device and stream.
+# sums, one double per block, fit a buffer allocated once per device and stream.
 MAX_LOSS_BLOCKS = 1024
-# The bias-gradient kernel's block: BIAS_COLUMNS adjacent columns (one warp, coalesced reads of
-# a row) × BIAS_ROW_THREADS threads striding down the rows. Also #defined in LAYER_SOURCE.
+# The bias-gradient kernel's block: BIAS_COLUMNS adjacent columns (one warp: coalesced reads)
+# × BIAS_ROW_THREADS threads striding down the rows. Also #defined in LAYER_SOURCE.
 BIAS_COLUMNS = 32
 BIAS_ROW_THREADS = 16
 

@@ -1,9 +1,9 @@
 """CupyOps: fused CUDA kernels overriding the reference Ops on a GPU.
 
-Each override is one kernel launch (or a few) where the reference takes several CuPy calls,
-each of which costs 15–20 µs of host time. The kernels are compiled by NVRTC with its default
-contraction (see :mod:`.compile`); tests/test_ops_conformance.py holds them to the reference
-within a bound stated per kernel.
+Each override is one kernel launch (or a few) where the reference takes several CuPy calls of
+15–20 µs of host time each. NVRTC compiles them with its default contraction (see
+:mod:`.compile`); tests/test_ops_conformance.py holds them to the reference within a bound
+stated per kernel.
 """
 
 from __future__ import annotations
@@ -15,26 +15,8 @@ import numpy as np
 from ..device import device_of
 from ..ops import NumpyOps
 from . import gemm, update_source
-from .compile import (
-    MAX_BLOCKS,
-    NULL,
-    THREADS_PER_BLOCK,
-    check_flat,
-    compiled,
-    device_pointer,
-    grid,
-    is_capturing,
-    kernel,
-    stream_id,
-)
-from .layer_source import (
-    ACTIVATION_CODES,
-    BIAS_COLUMNS,
-    BIAS_ROW_THREADS,
-    KERNEL_NAMES,
-    LAYER_SOURCE,
-    MAX_LOSS_BLOCKS,
-)
+from .compile import NULL, THREADS_PER_BLOCK, check_flat, device_pointer, grid, is_capturing, kernel, stream_id
+from .layer_source import ACTIVATION_CODES, BIAS_COLUMNS, BIAS_ROW_THREADS, KERNEL_NAMES, LAYER_SOURCE, MAX_LOSS_BLOCKS
 
 
 class CupyOps(NumpyOps):
@@ -46,11 +28,10 @@ class CupyOps(NumpyOps):
     # Kernels from .layer_source; a layout a kernel does not take (strided, mixed dtypes,
     # empty) goes to the reference, which handles any.
 
-    # (device, dtype, stream) → (partials: MAX_LOSS_BLOCKS float64, counter: one uint32, 0
-    # between launches): the loss kernel's scratch. One pair per stream: launches on one stream
-    # run in order and never share it at the same time; launches on two streams may overlap
-    # and would mix their partial sums and tickets. Kept until release_loss_scratch(stream): a
-    # captured CUDA graph holds their addresses.
+    # (device, dtype, stream) → the loss kernel's scratch (partials: MAX_LOSS_BLOCKS float64,
+    # counter: one uint32, 0 between launches). One pair per stream: launches on two streams may
+    # overlap and would mix their partial sums and tickets. Kept until release_loss_scratch(stream):
+    # a captured CUDA graph holds their addresses.
     _loss_scratch: ClassVar[dict[tuple[Any, Any, int], tuple[Any, Any]]] = {}
 
     def matmul(self, a: Any, b: Any, out: Any = None) -> Any:
@@ -64,11 +45,8 @@ class CupyOps(NumpyOps):
         takes = y.ndim == 2 and y.flags.c_contiguous and b.flags.c_contiguous
         if not (takes and b.dtype == y.dtype and b.shape == (y.shape[1],)):
             return super().bias_activation(y, b, activation, alpha)
-        self._layer_kernel(y, "bias_activation_forward")(
-            grid(y.size),
-            (THREADS_PER_BLOCK,),
-            (y, b, np.int64(y.size), np.int64(y.shape[1]), np.int32(code), np.float64(alpha)),
-        )
+        args = (y, b, np.int64(y.size), np.int64(y.shape[1]), np.int32(code), np.float64(alpha))
+        self._layer_kernel(y, "bias_activation_forward")(grid(y.size), (THREADS_PER_BLOCK,), args)
         return y
 
     def activation_backward(
@@ -77,33 +55,23 @@ class CupyOps(NumpyOps):
         """dz = dy · g'(z), and with ``db`` the column sums of dz in the same pass: one kernel
         (the sums deterministic: a fixed order per column, no atomics)."""
         code = self._code(activation)
-        takes = (
-            dy.ndim == 2
-            and dy.size > 0
-            and dy.shape == a.shape
-            and dy.dtype == a.dtype
-            and dy.flags.c_contiguous
-            and a.flags.c_contiguous
-            and (out is None or (out.shape == dy.shape and out.dtype == dy.dtype and out.flags.c_contiguous))
-            and (db is None or (db.shape == dy.shape[1:] and db.dtype == dy.dtype and db.flags.c_contiguous))
-        )
-        if not takes:
+
+        def fits(x: Any, shape: tuple[int, ...]) -> bool:  # absent, or C-contiguous of dy's dtype and this shape
+            return x is None or (x.shape == shape and x.dtype == dy.dtype and x.flags.c_contiguous)
+
+        takes = dy.ndim == 2 and dy.size > 0 and dy.flags.c_contiguous and fits(a, dy.shape) and fits(out, dy.shape)
+        if not (takes and fits(db, dy.shape[1:])):
             return super().activation_backward(dy, a, activation, alpha, out, db)
         if out is None:
             out = self.xp.empty_like(dy)
         if db is None:
-            self._layer_kernel(dy, "activation_backward")(
-                grid(dy.size),
-                (THREADS_PER_BLOCK,),
-                (out, dy, a, np.int64(dy.size), np.int32(code), np.float64(alpha)),
-            )
+            args = (out, dy, a, np.int64(dy.size), np.int32(code), np.float64(alpha))
+            self._layer_kernel(dy, "activation_backward")(grid(dy.size), (THREADS_PER_BLOCK,), args)
             return out
         rows, cols = dy.shape
-        self._layer_kernel(dy, "activation_bias_backward")(
-            (min(-(-cols // BIAS_COLUMNS), MAX_BLOCKS),),
-            (BIAS_COLUMNS, BIAS_ROW_THREADS),
-            (out, dy, a, db, np.int64(rows), np.int64(cols), np.int32(code), np.float64(alpha)),
-        )
+        args = (out, dy, a, db, np.int64(rows), np.int64(cols), np.int32(code), np.float64(alpha))
+        block = (BIAS_COLUMNS, BIAS_ROW_THREADS)  # a tile of columns × threads down the rows
+        self._layer_kernel(dy, "activation_bias_backward")(grid(cols, BIAS_COLUMNS), block, args)
         return out
 
     def softmax_cross_entropy(self, z: Any, t: Any) -> tuple[Any, Any]:
@@ -122,12 +90,9 @@ class CupyOps(NumpyOps):
         threads = 32
         while threads < min(cols, THREADS_PER_BLOCK):
             threads *= 2  # a power of two for the tree reduction
-        self._layer_kernel(z, "softmax_cross_entropy_rows")(
-            (min(rows, MAX_LOSS_BLOCKS),),
-            (threads,),
-            (z, labels, grad, loss, partials, counter, np.int64(rows), np.int64(cols), np.float64(1.0 / rows)),
-            shared_mem=threads * 8,
-        )
+        args = (z, labels, grad, loss, partials, counter, np.int64(rows), np.int64(cols), np.float64(1.0 / rows))
+        blocks = (min(rows, MAX_LOSS_BLOCKS),)
+        self._layer_kernel(z, "softmax_cross_entropy_rows")(blocks, (threads,), args, shared_mem=threads * 8)
         return loss, grad
 
     @classmethod
@@ -137,11 +102,10 @@ class CupyOps(NumpyOps):
             del cls._loss_scratch[key]
 
     def _scratch_for(self, z: Any) -> tuple[Any, Any]:
-        """The loss kernel's partial sums and block counter for z's device, dtype and the
-        current stream: made at the first call there (sized for the largest grid), reused by
-        every later one, including calls a CUDA graph recorded. The first call must not itself
-        be captured: the counter's zeroing would only be recorded, not run, and a graph's
-        temporary memory must not back a buffer kept for ever."""
+        """The loss kernel's partial sums and block counter for z's device, dtype and the current
+        stream: made at the first call there, reused by every later one (graph replays included).
+        That first call must not be captured: the counter's zeroing would only be recorded, and a
+        graph's temporary memory must not back a buffer kept for ever."""
         key = (device_of(z), z.dtype, stream_id(z))
         scratch = self._loss_scratch.get(key)
         if scratch is None:
@@ -166,6 +130,7 @@ class CupyOps(NumpyOps):
     # One launch of .update_source per update (two for sum_of_squares), the effective gradient
     # formed inside; hyperparameters go as float64 and each kernel rounds them once to the
     # buffer's dtype. While step_scalars is set, one more one-thread launch advances t first.
+    # ``penalties``: NumpyOps' keywords n_decay, l2, l1 and clip.
 
     REDUCE_BLOCKS = 1_024  # blocks of the sum-of-squares reduction: one atomicAdd each
 
@@ -179,74 +144,47 @@ class CupyOps(NumpyOps):
         blocks = (min(grid(x.size)[0], self.REDUCE_BLOCKS),)
         self._update_kernel("sum_of_squares", x.dtype, blocks, (THREADS_PER_BLOCK,), (x, np.int64(x.size), out))
 
-    def sgd_update(
-        self, p: Any, g: Any, *, lr: float, n_decay: int = 0, l2: float = 0.0, l1: float = 0.0, clip: Any = None
-    ) -> None:
+    def sgd_update(self, p: Any, g: Any, *, lr: float, **penalties: Any) -> None:
         """p ← p − lr·g': one kernel."""
-        self._launch_update("sgd_update", p, (g,), n_decay, (lr,), l2, l1, clip)
+        self._launch_update("sgd_update", p, (g,), (lr,), **penalties)
 
     def momentum_update(
-        self, p: Any, g: Any, v: Any, *,
-        lr: float, momentum: float, nesterov: bool = False, n_decay: int = 0, l2: float = 0.0, l1: float = 0.0,
-        clip: Any = None,
-    ) -> None:  # fmt: skip
+        self, p: Any, g: Any, v: Any, *, lr: float, momentum: float, nesterov: bool = False, **penalties: Any
+    ) -> None:
         """v ← μ·v + g';  p ← p − lr·v (Nesterov: − lr·(g' + μ·v)): one kernel."""
-        hyper = (lr, momentum, np.int32(1 if nesterov else 0))
-        self._launch_update("momentum_update", p, (g, v), n_decay, hyper, l2, l1, clip)
+        self._launch_update("momentum_update", p, (g, v), (lr, momentum, np.int32(1 if nesterov else 0)), **penalties)
 
-    def adagrad_update(
-        self, p: Any, g: Any, h: Any, *,
-        lr: float, eps: float, n_decay: int = 0, l2: float = 0.0, l1: float = 0.0, clip: Any = None,
-    ) -> None:  # fmt: skip
+    def adagrad_update(self, p: Any, g: Any, h: Any, *, lr: float, eps: float, **penalties: Any) -> None:
         """h ← h + g'²;  p ← p − lr·g' / (√h + ε): one kernel."""
-        self._launch_update("adagrad_update", p, (g, h), n_decay, (lr, eps), l2, l1, clip)
+        self._launch_update("adagrad_update", p, (g, h), (lr, eps), **penalties)
 
-    def rmsprop_update(
-        self, p: Any, g: Any, s: Any, *,
-        lr: float, alpha: float, eps: float, n_decay: int = 0, l2: float = 0.0, l1: float = 0.0, clip: Any = None,
-    ) -> None:  # fmt: skip
+    def rmsprop_update(self, p: Any, g: Any, s: Any, *, lr: float, alpha: float, eps: float, **penalties: Any) -> None:
         """s ← α·s + (1−α)·g'²;  p ← p − lr·g' / (√s + ε): one kernel."""
-        self._launch_update("rmsprop_update", p, (g, s), n_decay, (lr, alpha, eps), l2, l1, clip)
+        self._launch_update("rmsprop_update", p, (g, s), (lr, alpha, eps), **penalties)
 
     def adam_update(
         self, p: Any, g: Any, m: Any, v: Any, *,
-        lr: float, beta1: float, beta2: float, eps: float, step: int, weight_decay: float = 0.0, n_decay: int = 0,
-        l2: float = 0.0, l1: float = 0.0, clip: Any = None,
+        lr: float, beta1: float, beta2: float, eps: float, step: int, weight_decay: float = 0.0, **penalties: Any,
     ) -> None:  # fmt: skip
         """Adam / AdamW: one kernel (with step_scalars set it computes the constants from them)."""
         step_size, inv_sqrt_bc2, decay_factor = self.adam_constants(lr, beta1, beta2, step, weight_decay)
         hyper = (step_size, beta1, beta2, eps, inv_sqrt_bc2, decay_factor, weight_decay)
-        self._launch_update("adam_update", p, (g, m, v), n_decay, hyper, l2, l1, clip)
+        self._launch_update("adam_update", p, (g, m, v), hyper, **penalties)
 
     def _launch_update(
-        self, name: str, p: Any, buffers: tuple[Any, ...], n_decay: int, hyper: tuple[Any, ...], l2: float, l1: float,
-        clip: Any,
+        self, name: str, p: Any, buffers: tuple[Any, ...], hyper: tuple[Any, ...], *,
+        n_decay: int = 0, l2: float = 0.0, l1: float = 0.0, clip: Any = None,
     ) -> None:  # fmt: skip
         check_flat(p, *buffers)
         max_norm, sq_norm = (0.0, None) if clip is None else clip
         scalars = device_pointer(self.step_scalars.get(), 2, "step_scalars")
-        args = (
-            p,
-            *buffers,
-            np.int64(p.size),
-            np.int64(n_decay),
-            *(h if isinstance(h, np.int32) else np.float64(h) for h in hyper),
-            np.float64(l2),
-            np.float64(l1),
-            np.float64(max_norm),
-            device_pointer(sq_norm, 1, "sq_norm"),
-            scalars,
-        )
+        doubles = tuple(h if isinstance(h, np.int32) else np.float64(h) for h in hyper)
+        fused = (np.float64(l2), np.float64(l1), np.float64(max_norm), device_pointer(sq_norm, 1, "sq_norm"), scalars)
+        args = (p, *buffers, np.int64(p.size), np.int64(n_decay), *doubles, *fused)  # the C signature's order
         if scalars is not NULL:
             self._update_kernel("advance_step", None, (1,), (1,), (scalars,))
         self._update_kernel(name, p.dtype, grid(p.size), (THREADS_PER_BLOCK,), args)
 
     def _update_kernel(self, name: str, dtype: Any, blocks: tuple[int], threads: tuple[int], args: tuple) -> None:
-        """Launch ``name`` of the update source: its instance for ``dtype``, or the plain
-        extern "C" kernel when ``dtype`` is None."""
-        source, names = update_source.CUDA_SOURCE, update_source.KERNEL_NAMES
-        if dtype is None:
-            function = compiled(self.xp, source, names).get_function(name)
-        else:
-            function = kernel(self.xp, source, names, name, dtype)
-        function(blocks, threads, args)
+        """Launch ``name`` of the update source for ``dtype`` (None: a plain extern "C" kernel)."""
+        kernel(self.xp, update_source.CUDA_SOURCE, update_source.KERNEL_NAMES, name, dtype)(blocks, threads, args)

@@ -1,21 +1,16 @@
 """The CUDA C source of the optimizer updates (one RawModule), launched by
-:class:`~gpunn.backend.cuda.ops.CupyOps`.
-
-One grid-stride kernel per update rule, templated on the element type, each working in place
-on whole flat buffers and computing the formula of the reference
-(:class:`~gpunn.backend.ops.NumpyOps`) on the effective gradient g' in one pass; plus
+:class:`~gpunn.backend.cuda.ops.CupyOps`: one grid-stride kernel per rule, templated on the
+element type, computing the reference's formula in place on the flat buffers in one pass; plus
 sum_of_squares (out += Σ x², after zero_sum) and advance_step (step_scalars[1] += 1).
+
+Every update sees the effective gradient g' of :class:`~gpunn.backend.ops.NumpyOps`
+(EffectiveGrad below; sq_norm, the squared global norm of g, a device scalar, or null for no
+clipping). With step_scalars not null, lr and the 1-based step number t come from device memory
+(step_scalars[0], step_scalars[1]), so that a CUDA graph replays one launch with current values.
 """
 
 from __future__ import annotations
 
-# Every update sees g'[i] = g[i]·scale + (i < n_decay ? l2·p[i] + l1·sign(p[i]) : 0) (EffectiveGrad
-# below): the loss gradient, clipped by scale = min(1, max_norm / (√sq_norm + 1e-6)) when sq_norm
-# (the squared global norm of g, a device scalar) is not null, plus the L2 / L1 penalties'
-# gradients on the weights, added after clipping (PyTorch's order); g itself is only read. With
-# step_scalars not null, the learning rate and the 1-based step number t come from device memory
-# (step_scalars[0], step_scalars[1]) instead of the launch arguments, so that a CUDA graph replays
-# the same launch with the current values.
 CUDA_SOURCE = r"""
 #define GRID_STRIDE_LOOP(i, n) \
   for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < (n); \
