@@ -44,6 +44,7 @@ HOST_ONLY = {
     "sklearn/base.py",
     "sklearn/estimators.py",
     "sklearn/training.py",
+    "train/batches.py",
     "train/data.py",
     "train/history.py",
     "train/plots.py",

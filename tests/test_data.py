@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import gpunn as gn
+from gpunn.train import batches as batching
 from gpunn.train import data
 
 # ----------------------------------------------------------------------------- digits
@@ -468,7 +469,7 @@ def test_batches_refuse_arrays_on_different_devices(gpu):
 
 def test_batches_device_mismatch_is_checked_without_a_gpu(monkeypatch):
     x, y = np.zeros((6, 2), np.float32), np.zeros(6, np.int64)
-    real = data.device_of
-    monkeypatch.setattr(data, "device_of", lambda a: gn.Device("cuda", 0) if a is y else real(a))
+    real = batching.device_of
+    monkeypatch.setattr(batching, "device_of", lambda a: gn.Device("cuda", 0) if a is y else real(a))
     with pytest.raises(gn.DeviceMismatchError, match="cuda:0"):
         data.batches(x, y, 2)

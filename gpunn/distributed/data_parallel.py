@@ -22,7 +22,7 @@ import numpy as np
 from ..backend.device import device_of, to_numpy
 from ..nn.parameter import pack, same_parameters
 from ..nn.sequential import architecture
-from ..train import data as datasets
+from ..train.batches import batches
 from .comm import Communicator, DistributedMismatchError
 
 
@@ -39,7 +39,7 @@ def epoch_shards(
     ranks, each step's indices are disjoint and make up the batch of ``data.batches``."""
     order = np.arange(n)
     steps = []
-    for idx, _ in datasets.batches(order, order, batch_size, shuffle=shuffle, seed=seed, epoch=epoch):
+    for idx, _ in batches(order, order, batch_size, shuffle=shuffle, seed=seed, epoch=epoch):
         lo, hi = batch_slice(len(idx), rank, size)
         steps.append((np.asarray(idx[lo:hi]), len(idx)))
     return steps

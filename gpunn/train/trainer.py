@@ -29,6 +29,7 @@ from ..nn.regularizers import Regularizer
 from ..nn.sequential import Sequential
 from ..optim import Optimizer
 from ..validation import check_float, check_int
+from . import batches as batching
 from . import data as datasets
 from . import graph as step_graph
 from .history import History, epoch_summary, progress_bar
@@ -244,10 +245,10 @@ class Trainer:
             step_loss = xp.zeros(n_steps, dtype=self.model.dtype)
             step_correct = xp.zeros(n_steps, dtype=np.int64)
             if self._step_graph is not None:
-                order = datasets.epoch_order(n, seed, epoch) if shuffle else np.arange(n)
+                order = batching.epoch_order(n, seed, epoch) if shuffle else np.arange(n)
                 step_loss, step_correct = self._step_graph.epoch(order)
             elif self._parallel is None:
-                batches = datasets.batches(x, y, batch_size, shuffle=shuffle, seed=seed, epoch=epoch)
+                batches = batching.batches(x, y, batch_size, shuffle=shuffle, seed=seed, epoch=epoch)
                 for step, (xb, yb) in enumerate(batches):
                     step_loss[step], count = self._train_step(xb, yb, classify)
                     if count is not None:
@@ -370,7 +371,7 @@ class Trainer:
         with self._inference():
             total = xp.zeros((), dtype=np.float64)
             correct = xp.zeros((), dtype=np.int64)
-            for xb, yb in datasets.batches(x, y, batch_size, shuffle=False):
+            for xb, yb in batching.batches(x, y, batch_size, shuffle=False):
                 logits = self.model.forward(xb)
                 total += self.loss.forward(logits, yb) * xb.shape[0]
                 if classify is not None:
@@ -412,7 +413,7 @@ class Trainer:
 
     def _checked_x(self, x: Any, name: str) -> Any:
         first = self.model.layers[0] if len(self.model) else None
-        return datasets.checked_inputs(x, name, first.n_in if isinstance(first, Linear) else None, repr(first))
+        return batching.checked_inputs(x, name, first.n_in if isinstance(first, Linear) else None, repr(first))
 
     def _checked_data(self, x: Any, y: Any, x_name: str, y_name: str) -> tuple[Any, Any]:
         """x and y checked once per fit or evaluation (labels against the model's outputs)."""
@@ -421,7 +422,7 @@ class Trainer:
         n_classes = linears[-1].n_out if linears else 0
         classes = n_classes if isinstance(self.loss, SoftmaxWithLoss) else None
         unit = type(self.loss).__name__ if isinstance(self.loss, SigmoidBCELoss) else None
-        return x, datasets.checked_targets(y, x, (x_name, y_name), classes=classes, unit_interval_for=unit)
+        return x, batching.checked_targets(y, x, (x_name, y_name), classes=classes, unit_interval_for=unit)
 
     def _send(self, x: Any, y: Any) -> tuple[Any, Any]:
         with self.device:
