@@ -166,6 +166,15 @@ def test_load_mnist_npz_label_count_mismatch(tmp_path, mnist_arrays):
         data.load_mnist(path)
 
 
+def test_load_mnist_npz_named_file_holding_one_array(tmp_path):
+    """np.load reads a .npy file (whatever its name) as one array, not an archive: say so, naming the file."""
+    path = tmp_path / "mnist.npz"
+    with path.open("wb") as f:
+        np.save(f, np.zeros((3, 28, 28), np.uint8))
+    with pytest.raises(ValueError, match=r"mnist\.npz: holds a single array, not an \.npz archive"):
+        gn.data.load_mnist(path)
+
+
 def test_load_mnist_not_an_npz(tmp_path):
     path = tmp_path / "notes.npz"
     path.write_bytes(b"this is not an archive")

@@ -145,6 +145,8 @@ def _load_npz(path: Path) -> tuple[Arrays, Arrays]:
         npz = np.load(path, allow_pickle=False)
     except (OSError, ValueError, zipfile.BadZipFile) as exc:
         raise ValueError(f"{path}: not a readable .npz file ({exc})") from exc
+    if not isinstance(npz, np.lib.npyio.NpzFile):  # np.load reads a .npy file as one array
+        raise ValueError(f"{path}: holds a single array, not an .npz archive of x_train, y_train, x_test, y_test")
     with npz:
         keys = ("x_train", "y_train", "x_test", "y_test")
         missing = [k for k in keys if k not in npz.files]
