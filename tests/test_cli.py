@@ -50,6 +50,12 @@ def test_info_with_unavailable_gpu_requested_reports_error() -> None:
     assert "error: GPUNN_DEVICE='cuda' asks for a GPU" in result.stdout
 
 
+def test_version_is_the_package_version() -> None:
+    result = run_gpunn("--version")
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"gpunn {gn.__version__}"
+
+
 def test_unknown_command_fails_cleanly() -> None:
     result = run_gpunn("frobnicate")
     assert result.returncode == 2

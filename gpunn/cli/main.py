@@ -213,8 +213,15 @@ def _check(args: argparse.Namespace) -> int:
     return command(_devices(args.device), as_json=args.json)
 
 
+def _version() -> str:
+    from .. import __version__  # noqa: PLC0415 — the package defines it after importing this module
+
+    return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="gpunn", description="Neural networks on the GPU (CuPy) or the CPU (NumPy).")
+    parser.add_argument("--version", action="version", version=f"gpunn {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=OneLineParser)
 
     info = commands.add_parser("info", help="devices, why the CPU was chosen, library versions, BLAS, GPUs")
