@@ -1,8 +1,8 @@
-"""How far a fused GPU kernel may be from its twin: a bound in the sizes of the terms.
+"""How far a fused GPU kernel may be from the reference: a bound in the sizes of the terms.
 
 NVRTC and ptxas contract ``a*b + c`` into one fused multiply-add (gpunn compiles with their
 default contraction on, see :mod:`gpunn.backend.cuda.compile`), and CUDA's exp/tanh are not the host
-libm's, so a kernel cannot promise bit-for-bit agreement with its NumPy twin. What it promises
+libm's, so a kernel cannot promise bit-for-bit agreement with the NumPy reference. What it promises
 instead: each output element is within a few units in the last place of the *magnitude of the
 terms it was computed from* — the formula evaluated on absolute values, in float64 — not of the
 result, which cancellation can make arbitrarily small. :func:`assert_within_term_bound` checks
@@ -15,11 +15,11 @@ error is at most k·u·M = (k/2)·eps·M to first order. A product's count is it
 plus one, a sum's the larger of its terms' plus one, a quotient by a sum of positive terms the
 counts of both plus one, a square root's its argument's plus one (conservatively: it halves a
 relative error); where a function's argument has an error, the function's conditioning goes into
-the terms (exp: |x| times the result). The twin's and the kernel's errors add, so a comparison of
+the terms (exp: |x| times the result). The reference's and the kernel's errors add, so a comparison of
 the two allows their counts together; :func:`ulps_of` turns a count into the ``ulps`` argument
 (it and :func:`eps` live in :mod:`gpunn.cli.check`, whose ``gpunn check`` uses the same bounds).
-A fused multiply-add has one rounding where the twin has two, so a kernel's count is never
-above its twin's. A libm-style function counts 2 per ulp of its documented
+A fused multiply-add has one rounding where the reference has two, so a kernel's count is never
+above the reference's. A libm-style function counts 2 per ulp of its documented
 maximum error (CUDA: 1–2 ulps; NumPy's own accuracy tests allow its loops 1–4 ulps).
 
 :func:`fma` emulates one correctly rounded float32 fused multiply-add on the CPU, so that these

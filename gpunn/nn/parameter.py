@@ -3,9 +3,10 @@
 Every trainable array is a :class:`Parameter` holding ``data`` and ``grad``. :func:`pack` moves
 a model's or an optimizer's parameters into one contiguous 1-D data buffer and one gradient
 buffer (a :class:`FlatParameters`) and rebinds each ``data`` and ``grad`` to views of them:
-layers use their parameters as before, while optimizers, regularizers and gradient clipping
-work on the whole buffer in one operation. Weights (``decay=True``) come first and biases last,
-so "does weight decay apply here" is the single comparison ``index < n_decay``.
+layers read ``param.data`` and write ``param.grad`` unaware of it, while optimizers,
+regularizers and gradient clipping work on the whole buffer in one operation. Weights
+(``decay=True``) come first and biases last, so "does weight decay apply here" is the single
+comparison ``index < n_decay``.
 """
 
 from __future__ import annotations
