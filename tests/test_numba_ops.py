@@ -1,8 +1,9 @@
-"""NumbaOps (gpunn/backend/numba_ops.py): when its compiled loops run, and that they then give the
-reference's bits where tests/test_ops_conformance.py does not look: buffers split between
-threads, optimizer steps and layers end to end, the cases that must run the reference
-(clipping, L1, overlapping or odd layouts, NumPy set to raise), a forked child, and that the
-loops load at the first call that needs them, never by the clock. Needs Numba (the test extra).
+"""NumbaOps (gpunn/backend/numba_ops.py): when its compiled Adam loop runs, and that it then gives
+the reference's bits where tests/test_ops_conformance.py does not look: buffers split between
+threads, optimizer steps end to end, the cases that must run the reference (small buffers,
+clipping, L1, overlapping or odd layouts, NumPy set to raise), a forked child, and that the
+loop loads at the first call that needs it, by the buffer's size, never by the clock. Needs
+Numba (the test extra).
 """
 
 from __future__ import annotations
@@ -26,13 +27,14 @@ from gpunn.backend.numba_ops import NumbaOps
 from gpunn.backend.ops import NumpyOps
 
 REFERENCE, NUMBA = NumpyOps(np), NumbaOps(np)
+NUMBA.min_size = 0  # the loop at every size here; its threshold has tests of its own
 
 
 @pytest.fixture
 def loop_calls(monkeypatch: pytest.MonkeyPatch) -> collections.Counter:
     """Calls into each compiled loop during the test, by name."""
     calls: collections.Counter = collections.Counter()
-    for name in ("adam_range", "bias_relu", "relu_backward", "relu_backward_inplace"):
+    for name in ("adam_range",):
         loop = getattr(numba_loops, name)
         monkeypatch.setattr(numba_loops, name, lambda *a, loop=loop, name=name: (calls.update([name]), loop(*a))[1])
     return calls
@@ -120,11 +122,6 @@ def test_overlapping_or_read_only_buffers_go_to_the_reference(loop_calls):
     base = np.zeros(20, np.float32)
     p, g = np.ones(8, np.float32), np.ones(8, np.float32)
     NUMBA.adam_update(p, g, base[0:8], base[1:9], **ADAM)  # m and v overlap, one element apart
-    y = np.ones((3, 4), np.float32)
-    NUMBA.bias_activation(y, y[0], "relu")  # b is y's first row
-    rows = np.ones((4, 4), np.float32)
-    NUMBA.activation_backward(rows[:3], np.ones((3, 4), np.float32), "relu", out=rows[1:])
-    NUMBA.activation_backward(y, y, "relu", out=y)  # in place, reading the array it writes
     assert sum(loop_calls.values()) == 0
     frozen = np.ones(8, np.float32)
     frozen.flags.writeable = False
@@ -152,45 +149,21 @@ def test_numpy_set_to_raise_raises_as_the_reference_does(loop_calls):
     """np.errstate(all="raise") makes the reference raise FloatingPointError; the loops cannot,
     so they step aside and the same error comes."""
     p, g, m, v = (np.full(4, 1e30 if i == 1 else 0.0, np.float32) for i in range(4))  # g² overflows
-    with np.errstate(all="raise"):
-        with pytest.raises(FloatingPointError):
-            NUMBA.adam_update(p, g, m, v, **ADAM)
-        NUMBA.bias_activation(np.ones((2, 3), np.float32), np.ones(3, np.float32), "relu")
-        NUMBA.activation_backward(np.ones((2, 3), np.float32), np.ones((2, 3), np.float32), "relu")
+    with np.errstate(all="raise"), pytest.raises(FloatingPointError):
+        NUMBA.adam_update(p, g, m, v, **ADAM)
     assert sum(loop_calls.values()) == 0
-    NUMBA.bias_activation(np.ones((2, 3), np.float32), np.ones(3, np.float32), "relu")  # settings restored
-    assert loop_calls["bias_relu"] == 1
+    _adam_both(4)  # settings restored
+    assert loop_calls["adam_range"] == 1
 
 
-def test_relu_loops_take_only_the_layouts_they_can(loop_calls):
-    """Strided arrays, two dtypes, a bias of another width, other activations: the reference
-    (the same values); a contiguous ReLU layer: the loops, with db summed as the reference sums it."""
-    y, b = np.linspace(-1, 1, 24, dtype=np.float32).reshape(4, 6), np.full(6, 0.25, np.float32)
-    for layer, bias in ((y.copy()[:, ::2], b[::2]), (y.copy(), b.astype(np.float64))):  # strided; two dtypes
-        want = REFERENCE.bias_activation(layer.copy(), bias, "relu")
-        assert np.array_equal(NUMBA.bias_activation(layer, bias, "relu"), want)
-    with pytest.raises(ValueError, match="broadcast"):  # a bias of another width: the reference's error
-        NUMBA.bias_activation(y.copy(), b[:5], "relu")
-    NUMBA.bias_activation(y.copy(), b, "tanh")
-    NUMBA.activation_backward(y, y, "sigmoid")
-    assert sum(loop_calls.values()) == 0
-    a = NUMBA.bias_activation(y.copy(), b, "relu")
-    dy = np.linspace(-2, 3, 24, dtype=np.float32).reshape(4, 6)
-    db, db_ref = np.empty(6, np.float32), np.empty(6, np.float32)
-    dz = NUMBA.activation_backward(dy.copy(), a, "relu", db=db)
-    dz_ref = REFERENCE.activation_backward(dy.copy(), a, "relu", db=db_ref)
-    assert np.array_equal(_bits(dz), _bits(dz_ref)) and np.array_equal(_bits(db), _bits(db_ref))
-    assert loop_calls == {"bias_relu": 1, "relu_backward": 1}
-
-
-def test_relu_networks_train_to_the_same_bits_with_either_ops(monkeypatch, loop_calls):
-    """A ReLU network trained with Adam + L2, layer by layer: NumbaOps and the reference give
-    the same weights, and the loops did run."""
+def test_networks_train_to_the_same_bits_with_either_ops(monkeypatch, loop_calls):
+    """A network trained with AdamW + L2, layer by layer: NumbaOps and the reference give the
+    same weights, and the loop did run (the network is above the loop's threshold)."""
     x, y = gn.data.make_spiral(50, 3, seed=2)
     weights = []
     for choice in ("auto", "reference"):
         monkeypatch.setenv(selection.ENV_VAR, choice)
-        model = gn.mlp([2, 9, 7, 3], seed=0)
+        model = gn.mlp([2, 256, 128, 3], seed=0)  # 33,923 parameters
         loss, opt = gn.SoftmaxWithLoss(), gn.optim.AdamW(model.parameters(), lr=1e-2)
         for _ in range(3):
             loss.forward(model.forward(x.astype(np.float32)), y)
@@ -198,7 +171,8 @@ def test_relu_networks_train_to_the_same_bits_with_either_ops(monkeypatch, loop_
             opt.step(gn.L2(1e-3))
         weights.append(np.concatenate([p.data.ravel() for p in model.parameters()]))
     assert np.array_equal(_bits(weights[0]), _bits(weights[1]))
-    assert loop_calls["adam_range"] == 3 and loop_calls["bias_relu"] >= 3
+    assert weights[0].size >= numba_ops.MIN_SIZE
+    assert loop_calls["adam_range"] == 3
 
 
 def test_describe(monkeypatch):
@@ -212,17 +186,20 @@ def test_describe(monkeypatch):
     assert numba_ops.describe().startswith("none: numba is not installed")
 
 
-def test_the_loops_load_at_the_first_call_that_needs_them_never_by_the_clock():
-    """A fresh process: making a model imports no Numba; the first Adam step (or ReLU layer)
-    runs the compiled loop at once, however little time the process has trained."""
+def test_the_loop_loads_at_the_first_step_that_needs_it_by_size_never_by_the_clock():
+    """A fresh process: a model below the threshold (the digits network) trains without ever
+    importing Numba; the first Adam step of a model above it runs the compiled loop at once,
+    however little time the process has trained."""
     code = (
         "import sys\n"
         "import numpy as np\n"
         "import gpunn as gn\n"
         "from gpunn.backend import numba_ops\n"
-        "model = gn.mlp([4, 3], seed=0)\n"
+        "small = gn.mlp([64, 100, 10], seed=0)\n"
+        "gn.optim.Adam(small.parameters()).step()\n"
+        "assert 'numba' not in sys.modules, 'imported for a model below the threshold'\n"
+        "model = gn.mlp([784, 100, 10], seed=0)\n"
         "opt = gn.optim.Adam(model.parameters())\n"
-        "assert 'numba' not in sys.modules, 'imported before it was needed'\n"
         "calls = []\n"
         "real = numba_ops._loops\n"
         "numba_ops._loops = lambda: calls.append(1) or real()\n"

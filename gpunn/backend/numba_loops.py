@@ -64,33 +64,3 @@ def adam_range(p, g, m, v, c, k, lo, hi, l2_on, decay_on):
         mm[i] = mi
         vv[i] = vi
         pp[i] = pp[i] - (mi / (np.sqrt(vi) * ib + eps)) * ss
-
-
-@jit
-def bias_relu(y, b):
-    """y ← max(y + b, 0) in place, row by row (y: (N, C), b: (C,)); NaN stays NaN and
-    max(−0, 0) is +0, as in NumPy's maximum."""
-    for r in range(y.shape[0]):
-        row = y[r]
-        for j in range(row.shape[0]):
-            x = row[j] + b[j]
-            row[j] = x if (x > 0.0 or np.isnan(x)) else 0.0
-
-
-@jit
-def relu_backward(dy, a, out):
-    """out ← dy · [a > 0]: NumPy's dy * (a > 0), whose bool is 1 or 0 (inf·0 is NaN)."""
-    for r in range(dy.shape[0]):
-        d, s, o = dy[r], a[r], out[r]
-        for j in range(d.shape[0]):
-            o[j] = d[j] * (1.0 if s[j] > 0 else 0.0)
-
-
-@jit
-def relu_backward_inplace(dy, a):
-    """dy ← dy · [a > 0]: :func:`relu_backward` with out = dy, a loop of its own (with out
-    aliasing dy, LLVM's overlap check fails and the three-array loop runs unvectorized)."""
-    for r in range(dy.shape[0]):
-        d, s = dy[r], a[r]
-        for j in range(d.shape[0]):
-            d[j] = d[j] * (1.0 if s[j] > 0 else 0.0)

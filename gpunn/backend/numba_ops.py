@@ -6,9 +6,9 @@ exactly (the one freedom LLVM keeps: which NaN an addition of two NaNs returns).
 cannot take its arguments (other layouts or dtypes, overlapping buffers, clipping or L1), or
 ``np.seterr`` / ``np.errstate`` asks NumPy to raise or call a handler on a floating-point error,
 the reference runs. Adam's loop reads p, g, m and v once where the reference makes 13 passes
-(benchmarks/README.md, "Compiled CPU loops with Numba"); bias+ReLU and ReLU's backward take one
-pass where NumPy takes two. Numba is imported and the loops compiled (≈ 2 s the first time,
-then 0.5–1 s from Numba's cache) at the first call that runs one.
+(benchmarks/README.md), for models of :data:`MIN_SIZE` parameters or more, where that wins.
+Numba is imported and the loop compiled (≈ 2 s the first time, then 0.5–1 s from Numba's
+cache) at the first call that runs it.
 """
 
 from __future__ import annotations
@@ -27,55 +27,29 @@ import numpy as np
 from .ops import NumpyOps
 
 PARALLEL_MIN = 1 << 20  # elements from which Adam's loop is split between threads
+# Elements from which Adam's loop runs: measured on 2 cores, the step of 784-100-10 (79,510
+# parameters, batch 128) gains 22 % and 784-1024-1024-10 42 %, while 64-100-10 (7,510) gains
+# nothing and would pay Numba's import (0.5–1 s) in every process. Below it, Numba is not loaded.
+MIN_SIZE = 1 << 15
 
 
 class NumbaOps(NumpyOps):
     """NumpyOps with Numba loops for the passes that dominate a CPU step."""
 
     name = "numba"
-
-    # ------------------------------------------------------------------ layers and losses
-
-    def bias_activation(self, y: Any, b: Any, activation: str, alpha: float = 0.0) -> Any:
-        """ReLU: y ← max(y + b, 0) in one pass; any other activation: the reference."""
-        takes = activation == "relu" and _alike((y,), 2) and _alike((b,), 1) and b.dtype == y.dtype
-        if takes and b.shape == y.shape[1:] and not np.may_share_memory(y, b) and not _numpy_raises():
-            _loops().bias_relu(y, b)
-            return y
-        return super().bias_activation(y, b, activation, alpha)
-
-    def activation_backward(
-        self, dy: Any, a: Any, activation: str, alpha: float = 0.0, out: Any = None, db: Any = None
-    ) -> Any:
-        """ReLU: dz = dy·[a > 0] in one pass (then db ← Σ_rows dz as the reference sums it);
-        any other activation: the reference."""
-        if activation != "relu" or not _alike((dy, a), 2) or _numpy_raises():
-            return super().activation_backward(dy, a, activation, alpha, out, db)
-        if out is dy:
-            if np.may_share_memory(dy, a):
-                return super().activation_backward(dy, a, activation, alpha, out, db)
-            _loops().relu_backward_inplace(dy, a)
-        else:
-            if out is None:
-                out = np.empty_like(dy)
-            elif not _alike((dy, out), 2) or not _disjoint((out, dy, a)):
-                return super().activation_backward(dy, a, activation, alpha, out, db)
-            _loops().relu_backward(dy, a, out)
-        if db is not None:
-            self.column_sums(out, db)
-        return out
-
-    # ------------------------------------------------------------------ optimizer updates
+    min_size = MIN_SIZE  # gpunn check and the tests set 0 on an instance of their own, to reach every size
 
     def adam_update(
         self, p: Any, g: Any, m: Any, v: Any, *,
         lr: float, beta1: float, beta2: float, eps: float, step: int, weight_decay: float = 0.0, n_decay: int = 0,
         l2: float = 0.0, l1: float = 0.0, clip: Any = None,
     ) -> None:  # fmt: skip
-        """Adam / AdamW, with an L2 penalty or without, in one pass (big buffers split between
-        threads); clipping, L1 and hyperparameters that are not Python numbers: the reference."""
+        """Adam / AdamW, with an L2 penalty or without, in one pass for buffers of MIN_SIZE
+        elements or more (split between threads from PARALLEL_MIN); smaller buffers, clipping, L1
+        and hyperparameters that are not Python numbers: the reference."""
         python_numbers = all(type(x) is float or type(x) is int for x in (lr, beta1, beta2, eps, weight_decay, l2))
-        takes = clip is None and l1 == 0.0 and python_numbers and _alike((p, g, m, v), 1) and _disjoint((p, g, m, v))
+        takes = p.size >= self.min_size and clip is None and l1 == 0.0 and python_numbers
+        takes = takes and _alike((p, g, m, v), 1) and _disjoint((p, g, m, v))
         if not takes or _numpy_raises():
             super().adam_update(
                 p, g, m, v, lr=lr, beta1=beta1, beta2=beta2, eps=eps, step=step,
@@ -107,7 +81,7 @@ def describe() -> str:
         version = importlib.metadata.version("numba")
     except importlib.metadata.PackageNotFoundError:
         version = "version unknown"
-    return f"Adam, bias+ReLU and ReLU's backward (numba {version}; compiled at first use)"
+    return f"Adam for {MIN_SIZE:,}+ parameters (numba {version}; compiled at first use)"
 
 
 def _numpy_raises() -> bool:
