@@ -97,6 +97,15 @@ def test_environment_asks_for_gpu_without_one(no_gpu: str, monkeypatch: pytest.M
     assert gn.why_cpu() is None  # an explicit GPU never falls back, so there is no CPU to explain
 
 
+@pytest.mark.default_device  # about gpunn's own choice, asserted on either kind of machine
+@pytest.mark.parametrize("value", ["", "  "])
+def test_an_empty_environment_variable_means_unset(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.delenv("GPUNN_DEVICE", raising=False)
+    unset = (gn.device(), gn.why_cpu())
+    monkeypatch.setenv("GPUNN_DEVICE", value)
+    assert (gn.device(), gn.why_cpu()) == unset
+
+
 def test_environment_asks_for_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GPUNN_DEVICE", "cpu")
     assert gn.device() == gn.Device("cpu")

@@ -56,6 +56,17 @@ def test_version_is_the_package_version() -> None:
     assert result.stdout.strip() == f"gpunn {gn.__version__}"
 
 
+def test_a_closed_pipe_ends_quietly() -> None:
+    """`gpunn info | head -1`, at its worst: the reader is gone before gpunn writes a line (`true`
+    reads nothing). No error, no traceback, exit 0."""
+    script = f"{sys.executable} -m gpunn info | true"
+    result = subprocess.run(
+        ["bash", "-o", "pipefail", "-c", script], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+
+
 def test_unknown_command_fails_cleanly() -> None:
     result = run_gpunn("frobnicate")
     assert result.returncode == 2

@@ -226,12 +226,18 @@ def available_devices() -> list[Device]:
 
 def why_cpu() -> str | None:
     """Why ``gn.device()`` chose the CPU, or None when it chose a GPU."""
-    spec = os.environ.get(ENV_VAR, "auto").strip().lower()
+    spec = _env_spec().lower()
     if spec == "cpu":
         return f"{ENV_VAR}=cpu asks for the CPU"
     if spec != "auto":
         return None  # an explicit GPU either works or raises; it never falls back
     return _probe().reason
+
+
+def _env_spec() -> str:
+    """GPUNN_DEVICE, stripped; unset or empty (``GPUNN_DEVICE=``, as shells and CI files write an
+    unset value) means "auto"."""
+    return os.environ.get(ENV_VAR, "").strip() or "auto"
 
 
 _SPEC = re.compile(r"^(cpu|cuda|gpu|auto)(?::(\d+))?$")
@@ -245,7 +251,7 @@ def device(spec: str | Device | None = None) -> Device:
         return spec
     source = "spec"
     if spec is None:
-        spec, source = os.environ.get(ENV_VAR, "auto"), ENV_VAR
+        spec, source = _env_spec(), ENV_VAR
     if not isinstance(spec, str):
         raise TypeError(f"device spec must be a string such as 'cuda:0' or a Device, got {spec!r}")
     match = _SPEC.match(spec.strip().lower())
