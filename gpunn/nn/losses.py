@@ -101,11 +101,9 @@ class SoftmaxWithLoss(Loss):
         if not (self.validate and t.size):
             return
         refuse_host_read(f"{type(self).__name__}(validate=True) reads the labels' range back to the host")
-        if int(t.min()) < 0 or int(t.max()) >= n_classes:
-            raise ValueError(
-                f"t holds labels outside [0, {n_classes}) for {n_classes} classes: "
-                f"min {int(t.min())}, max {int(t.max())}"
-            )
+        low, high = int(t.min()), int(t.max())
+        if low < 0 or high >= n_classes:
+            raise ValueError(f"t holds labels outside [0, {n_classes}) for {n_classes} classes: min {low}, max {high}")
 
     def backward(self) -> Any:
         """∂L/∂z = (softmax(z) − t) / N, shape (N, C)."""

@@ -291,23 +291,27 @@ class Trainer:
     def _train_step(self, xb: Any, yb: Any, classify: str | None) -> tuple[Any, Any]:
         """One training step on a batch: forward, loss, backward, update. Returns the loss and the
         number of correct predictions (None without accuracy) as 0-d device arrays."""
-        logits = self.model.forward(xb)
-        value = self.loss.forward(logits, yb)
-        self.model.backward(self.loss.backward())  # writes every parameter's gradient
+        value, logits = self._gradients(xb, yb)
         self.optimizer.step(self.regularizer)  # the regularizer's gradient is added in the update
         return value, None if classify is None else _correct(logits, yb, classify)
+
+    def _gradients(self, xb: Any, yb: Any) -> tuple[Any, Any]:
+        """Forward, loss and backward on a batch, writing every parameter's gradient; returns
+        the loss (a 0-d device array) and the logits."""
+        logits = self.model.forward(xb)
+        value = self.loss.forward(logits, yb)
+        self.model.backward(self.loss.backward())
+        return value, logits
 
     def _parallel_steps(
         self, x: Any, y: Any, order: tuple[int, bool, int, int], step_loss: Any, step_correct: Any, classify: str | None
     ) -> None:
         """One epoch's steps on this rank's slices; ``order`` = (batch_size, shuffle, seed, epoch)."""
-        model, loss, parallel = self.model, self.loss, self._parallel
-        grad = pack(model.parameters()).grad
+        parallel = self._parallel
+        grad = pack(self.model.parameters()).grad
         for step, (xb, yb) in enumerate(parallel.batches(x, y, *order)):
             if xb.shape[0]:  # the last batch may leave a rank without rows
-                logits = model.forward(xb)
-                step_loss[step] = loss.forward(logits, yb)
-                model.backward(loss.backward())
+                step_loss[step], logits = self._gradients(xb, yb)
                 if classify is not None:
                     step_correct[step] = _correct(logits, yb, classify)
             parallel.reduce_gradients(grad, step)  # the batch mean, on every rank
