@@ -15,6 +15,7 @@ import pytest
 from test_optim import CUSTOM, NAMES, RULES, gradients, make_model, params_numpy, set_grads, textbook_step
 
 import gpunn as gn
+from gpunn.backend.device import capturing_step
 from gpunn.backend.ops import NumpyOps
 from gpunn.backend.selection import all_ops, ops_for
 
@@ -374,3 +375,28 @@ def test_fused_penalty_clip_and_step_scalars_match_the_cpu(gpu, rule, dtype, kin
     rtol, atol = (1e-12, 1e-14) if dtype == "float64" else (1e-5, 1e-6)
     for key in cpu:
         np.testing.assert_allclose(fused[key], cpu[key], rtol=rtol, atol=atol, err_msg=f"{rule} {kind} {key}")
+
+
+def test_the_reference_refuses_to_read_device_step_scalars_during_a_capture():
+    """On a GPU under GPUNN_OPS=reference, the reference's update reads [lr, t] back to the host,
+    which a capture cannot do: it says so (StepCaptureError, the capture then falls back to
+    eager steps) instead of CuPy's error from deep inside. A NumPy subclass stands in for the
+    device array; NumPy's own arrays (the CPU's emulated replay) are read as ever."""
+
+    class DeviceLike(np.ndarray):
+        pass
+
+    p, g = np.ones(4, np.float32), np.ones(4, np.float32)
+    ops = NumpyOps(np)
+    for scalars, raises in ((np.array([0.1, 0.0]), False), (np.array([0.1, 0.0]).view(DeviceLike), True)):
+        token = NumpyOps.step_scalars.set(scalars)
+        try:
+            with capturing_step():
+                if raises:
+                    with pytest.raises(gn.StepCaptureError, match="learning rate and number"):
+                        ops.sgd_update(p, g, lr=1.0)
+                else:
+                    ops.sgd_update(p, g, lr=1.0)
+        finally:
+            NumpyOps.step_scalars.reset(token)
+    np.testing.assert_allclose(p, 0.9)  # the NumPy run took lr = 0.1 from the array

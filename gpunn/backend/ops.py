@@ -20,6 +20,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from .device import refuse_host_read
+
 
 class NumpyOps:
     """The reference primitives on the array module ``xp`` (numpy or cupy)."""
@@ -300,6 +302,8 @@ class NumpyOps:
         scalars = self.step_scalars.get()
         if scalars is None:
             return lr, step
+        if type(scalars) is not np.ndarray:  # a device array: reading it is a copy to the host
+            refuse_host_read("the reference Ops read the step's learning rate and number back to the host")
         scalars[1:] += 1.0
         return float(scalars[0]), int(scalars[1])
 
