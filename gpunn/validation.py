@@ -10,10 +10,13 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 
-FLOAT_DTYPES = (np.dtype("float32"), np.dtype("float64"))
+from .backend.device import check_device, device_of
+
+FLOAT_DTYPES = (np.dtype("float32"), np.dtype("float64"))  # the dtypes layers, losses and regularizers compute in
 
 
 def check_float(
@@ -72,3 +75,52 @@ def check_choice(name: str, value: object, choices: Iterable[str]) -> str:
     if key not in options:
         raise ValueError(f"unknown {name} {value!r}; expected one of {', '.join(map(repr, options))}")
     return key
+
+
+def check_array(
+    name: str,
+    a: Any,
+    owner: str,
+    *,
+    like: Any = None,
+    shape: tuple[int, ...] | None = None,
+    ndims: tuple[int, ...] = (2,),
+    dims: str = "(N, features)",
+    nonempty: bool = False,
+) -> None:
+    """Raise a clear error unless ``a`` is a NumPy or CuPy array that ``owner`` can compute with.
+
+    With ``like``: on like's device, with like's dtype; without: float32 or float64
+    (:data:`FLOAT_DTYPES`). Its shape is ``shape`` when given, else of a number of dimensions in
+    ``ndims`` (``dims`` says which shape, for the message); ``nonempty``: at least one element.
+    Callers run a cheap comparison first and call this only when it fails, so it may be slow.
+    """
+    if not (hasattr(a, "ndim") and hasattr(a, "dtype") and hasattr(a, "shape")):
+        raise TypeError(f"{name} must be a NumPy or CuPy array of shape {shape or dims}, got {type(a).__name__}")
+    if like is not None:
+        check_device(a, device_of(like), name, owner)
+    if shape is not None and tuple(a.shape) != tuple(shape):
+        raise ValueError(f"{owner} expects {name} of shape {tuple(shape)}, got {tuple(a.shape)}")
+    if shape is None and a.ndim not in ndims:
+        raise ValueError(f"{name} must have shape {dims}, got shape {tuple(a.shape)}")
+    if like is not None and a.dtype != like.dtype:
+        raise TypeError(
+            f"{name} has dtype {a.dtype} but {owner} computes in {like.dtype}; "
+            f"convert it with {name}.astype('{like.dtype}')"
+        )
+    if like is None and a.dtype not in FLOAT_DTYPES:
+        raise TypeError(
+            f"{name} must have dtype float32 or float64 (what {owner} computes in), got {a.dtype}; "
+            f"convert it with {name}.astype('float32')"
+        )
+    if nonempty and a.size == 0:
+        raise ValueError(
+            f"{name} is empty (shape {tuple(a.shape)}): {owner} needs at least one sample and one value per sample "
+            "(the mean over zero samples is undefined)"
+        )
+
+
+def check_real(name: str, a: Any) -> None:
+    """Raise TypeError unless array ``a`` holds real numbers (bool, integer or float)."""
+    if a.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must hold real numbers (bool, integer or float), got dtype {a.dtype}")

@@ -212,3 +212,24 @@ def test_gradcheck_detects_a_wrong_gradient(rng):
         return 0.5 * float((a * a).sum()), [a.copy()]
 
     assert gn.gradcheck(correct, [w]) < TOL
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"eps": 0}, ValueError, r"^eps must be > 0\.0, got 0\.0"),
+        ({"eps": -1.0}, ValueError, r"^eps must be > 0\.0, got -1\.0"),
+        ({"eps": float("nan")}, ValueError, r"^eps must be finite"),
+        ({"eps": "1e-6"}, TypeError, r"^eps must be a real number"),
+        ({"seed": -1}, ValueError, r"^seed must be >= 0, got -1"),
+        ({"seed": 0.5}, TypeError, r"^seed must be an integer"),
+    ],
+)
+def test_gradcheck_checks_eps_and_seed(kwargs, error, message):
+    with pytest.raises(error, match=message):
+        gn.gradcheck(gn.Tanh(), np.ones((2, 2)), **kwargs)
+
+
+def test_gradcheck_of_a_regularizer_names_params():
+    with pytest.raises(TypeError, match=r"^params must be an iterable of Parameters.*got NoneType"):
+        gn.gradcheck(gn.L2(0.1), None)

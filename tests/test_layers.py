@@ -490,6 +490,37 @@ def test_mlp_same_seed_same_weights_different_seed_different():
         assert not np.array_equal(wa, wc)
 
 
+def test_mlp_takes_sizes_as_any_sequence_or_one_dimensional_integer_array():
+    expected = gn.mlp([4, 8, 3], seed=0)
+    for sizes in [(4, 8, 3), np.array([4, 8, 3]), np.array([4, 8, 3], np.uint16), [np.int64(4), 8, np.int32(3)]]:
+        model = gn.mlp(sizes, seed=0)
+        assert model.config() == expected.config()
+        assert all(type(layer.n_in) is int and type(layer.n_out) is int for layer in model)  # JSON-ready
+        for p, q in zip(model.parameters(), expected.parameters(), strict=True):
+            np.testing.assert_array_equal(p.data, q.data)
+
+
+@pytest.mark.parametrize(
+    ("sizes", "error", "message"),
+    [
+        (np.array([4.0, 8.0, 3.0]), TypeError, r"^sizes\[0\] must be an integer"),
+        (np.array([[4, 8, 3]]), ValueError, r"^sizes must list at least an input and an output size"),
+        (np.array([4]), ValueError, r"^sizes must list at least"),
+        ("483", ValueError, r"^sizes must list at least"),
+        (np.array([4, 0, 3]), ValueError, r"^sizes\[1\] must be >= 1, got 0"),
+    ],
+)
+def test_mlp_refuses_sizes_that_are_not_layer_widths(sizes, error, message):
+    with pytest.raises(error, match=message):
+        gn.mlp(sizes, seed=0)
+
+
+@pytest.mark.parametrize("build", [lambda: gn.mlp([4, 8, 3], seed=-1), lambda: gn.Linear(2, 2, seed=-1)])
+def test_a_negative_seed_is_named(build):
+    with pytest.raises(ValueError, match=r"^seed must be >= 0, got -1"):
+        build()
+
+
 def test_mlp_layers_get_different_weights():
     model = gn.mlp([5, 5, 5, 5], seed=0)
     w = [p.data for p in model.parameters() if p.decay]

@@ -137,6 +137,53 @@ def test_softmax_with_loss_does_not_modify_logits(rng):
     np.testing.assert_array_equal(z, z_before)
 
 
+# (one-hot or probability targets, what the message adds) that SoftmaxWithLoss refuses when validating
+BAD_TARGET_ROWS = {
+    "negative": ([[-0.5, 1.5, 0.0], [1.0, 0.0, 0.0]], r"got a negative entry: min -0\.5"),
+    "sum above 1": ([[0.5, 0.6, 0.0], [1.0, 0.0, 0.0]], r"got row 0 summing to 1\.1"),
+    "zero row": ([[1.0, 0.0, 0.0], [0.0, 0.0, 0.0]], r"got row 1 summing to 0"),
+    "NaN": ([[np.nan, 1.0, 0.0], [1.0, 0.0, 0.0]], r"got NaN"),
+    "inf": ([[np.inf, 0.0, 0.0], [1.0, 0.0, 0.0]], r"summing to inf"),
+}
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("bad", sorted(BAD_TARGET_ROWS))
+def test_softmax_with_loss_refuses_target_rows_that_are_not_distributions(device, bad, dtype):
+    rows, message = BAD_TARGET_ROWS[bad]
+    z, t = device.send(np.zeros((2, 3), dtype)), device.send(np.array(rows, dtype))
+    with pytest.raises(ValueError, match=r"^t must hold one-hot or probability rows .*" + message):
+        gn.SoftmaxWithLoss().forward(z, t)
+    with np.errstate(invalid="ignore"):  # inf targets make NaN, unchecked without validate
+        gn.SoftmaxWithLoss(validate=False).forward(z, t)  # a training step's call reads nothing back
+
+
+@pytest.mark.parametrize(
+    ("z_dtype", "t_dtype", "excess", "accepted"),
+    [
+        ("float32", "float32", 5e-4, True),  # float32: rows may miss 1 by 1e-3
+        ("float64", "float32", 5e-4, True),  # targets rounded to float32 have float32's tolerance
+        ("float64", "float64", 5e-4, False),  # float64: 1e-6
+        ("float64", "float64", 5e-7, True),
+        ("float32", "float32", 2e-3, False),
+    ],
+)
+def test_softmax_with_loss_row_sum_tolerance_follows_the_dtype(z_dtype, t_dtype, excess, accepted):
+    z = np.zeros((2, 3), z_dtype)
+    t = np.array([[0.25, 0.75 + excess, 0.0], [0.0, 0.0, 1.0]], t_dtype)
+    if accepted:
+        gn.SoftmaxWithLoss().forward(z, t)
+    else:
+        with pytest.raises(ValueError, match=r"^t must hold one-hot or probability rows .*got row 0 summing to 1\.00"):
+            gn.SoftmaxWithLoss().forward(z, t)
+
+
+@pytest.mark.parametrize("make", [gn.SoftmaxWithLoss, gn.MSELoss, gn.SigmoidBCELoss], ids=lambda m: m.__name__)
+def test_loss_backward_before_forward_says_to_call_forward(make):
+    with pytest.raises(RuntimeError, match=rf"^{make.__name__}\.backward called before forward; call forward"):
+        make().backward()
+
+
 # ----------------------------------------------------------------------------- MSELoss
 
 
@@ -263,3 +310,12 @@ def test_zero_lambda_is_allowed_and_adds_nothing():
     model = gn.mlp([4, 8, 3], dtype="float64", seed=0)
     assert float(gn.L2(0.0).forward(model)) == 0.0
     assert float(gn.L1(0).forward(model)) == 0.0
+
+
+@pytest.mark.parametrize("bad", [np.nan, -0.1, 1.5, np.inf])
+def test_sigmoid_bce_refuses_targets_outside_the_unit_interval_or_nan(device, bad):
+    z, t = device.send(np.zeros((2, 2))), device.send(np.array([[0.0, 1.0], [0.5, bad]]))
+    with pytest.raises(ValueError, match=r"^t must lie in \[0, 1\] for binary cross-entropy, got min"):
+        gn.SigmoidBCELoss().forward(z, t)
+    with np.errstate(invalid="ignore"):  # inf targets make NaN, unchecked without validate
+        gn.SigmoidBCELoss(validate=False).forward(z, t)  # a training step's call reads nothing back

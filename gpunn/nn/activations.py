@@ -10,15 +10,16 @@ from __future__ import annotations
 from typing import Any
 
 from ..backend.selection import ops_of
-from ..validation import check_float
+from ..validation import FLOAT_DTYPES, check_float
 from .functional import softmax
-from .layers import SYMBOLS, Layer
+from .layers import SYMBOLS, Layer, check_dy, check_x
 
 
 class Activation(Layer):
     """Base of the elementwise activations a = g(z) (``ops.activation``); backward is
     dz = da · g'(z), computed from the saved output a (σ' = a(1 − a), tanh' = 1 − a²).
-    ``name`` is g's name for the Ops, ``alpha`` the slope for z < 0 (LeakyReLU only)."""
+    ``name`` is g's name for the Ops, ``alpha`` the slope for z < 0 (LeakyReLU only).
+    z: float32 or float64 of shape (N, features); da: the shape and dtype of a."""
 
     name = "identity"
     alpha = 0.0
@@ -28,12 +29,17 @@ class Activation(Layer):
         self._ops: Any = None
 
     def forward(self, x: Any) -> Any:
+        if getattr(x, "ndim", None) != 2 or x.dtype not in FLOAT_DTYPES:
+            check_x(self, x)
         ops = self._ops = ops_of(x)
         self._a = ops.activation(x, self.name, self.alpha)
         return self._a
 
     def backward(self, dy: Any) -> Any:
-        return self._ops.activation_backward(dy, self._a, self.name, self.alpha)
+        a = self._a
+        if type(dy) is not type(a) or dy.shape != a.shape or dy.dtype != a.dtype:
+            check_dy(self, dy, a)
+        return self._ops.activation_backward(dy, a, self.name, self.alpha)
 
     def formula(self, layer: int) -> str:
         return f"a^[{layer}] = {SYMBOLS.get(self.name, self.name)}(z^[{layer}])"
@@ -46,9 +52,15 @@ class Identity(Activation):
     """a = z (a linear activation; backward passes the gradient through)."""
 
     def forward(self, x: Any) -> Any:
+        if getattr(x, "ndim", None) != 2 or x.dtype not in FLOAT_DTYPES:
+            check_x(self, x)
+        self._a = x
         return x
 
     def backward(self, dy: Any) -> Any:
+        a = self._a
+        if type(dy) is not type(a) or dy.shape != a.shape or dy.dtype != a.dtype:
+            check_dy(self, dy, a)
         return dy
 
     def formula(self, layer: int) -> str:
@@ -97,18 +109,24 @@ class Softmax(Layer):
     """a = softmax(z) per row (N, C);  dz = a ⊙ (da − Σ_k da_k·a_k).
 
     For training a classifier use :class:`~gpunn.SoftmaxWithLoss` on the logits instead:
-    its backward, (a − t)/N, is both cheaper and more accurate.
+    its backward, (a − t)/N, is both cheaper and more accurate. z: float32 or float64, C ≥ 1.
     """
 
     def __init__(self) -> None:
         self._a: Any = None
 
     def forward(self, x: Any) -> Any:
+        if getattr(x, "ndim", None) != 2 or x.dtype not in FLOAT_DTYPES or x.shape[1] == 0:
+            check_x(self, x)
+            if x.shape[1] == 0:
+                raise ValueError(f"x must have at least one column (class) for softmax, got shape {tuple(x.shape)}")
         self._a = softmax(x, axis=1)
         return self._a
 
     def backward(self, dy: Any) -> Any:
         a = self._a
+        if type(dy) is not type(a) or dy.shape != a.shape or dy.dtype != a.dtype:
+            check_dy(self, dy, a)
         dx = dy - (dy * a).sum(axis=1, keepdims=True)
         dx *= a
         return dx

@@ -18,8 +18,10 @@ from typing import Any
 import numpy as np
 
 from ..backend.device import array_module
+from ..validation import check_float, check_int
 from .layers import Dropout, Layer
 from .losses import Loss
+from .parameter import parameter_list
 from .regularizers import Regularizer
 
 Evaluation = Callable[[], float]
@@ -38,13 +40,15 @@ def gradcheck(target: Any, inputs: Any, *, eps: float = 1e-6, seed: int = 0) -> 
       gradient of each input; the inputs are perturbed in place.
 
     All arrays must be float64 (float32 central differences are too coarse to check
-    anything) and finite.
+    anything) and finite. ``eps`` > 0 is the step ε; ``seed`` draws R.
     """
     return max(gradient_errors(target, inputs, eps=eps, seed=seed).values())
 
 
 def gradient_errors(target: Any, inputs: Any, *, eps: float = 1e-6, seed: int = 0) -> dict[str, float]:
     """The error of every checked array, by name ("x", "0.W", "y", "inputs[1]", ...)."""
+    eps = check_float("eps", eps, low=0.0, low_open=True)
+    seed = check_int("seed", seed, low=0)
     dropouts = [m for m in _sublayers(target) if isinstance(m, Dropout)]
     try:
         arrays, analytic, evaluate = _problem(target, inputs, seed)
@@ -61,7 +65,7 @@ def gradient_errors(target: Any, inputs: Any, *, eps: float = 1e-6, seed: int = 
 def _problem(target: Any, inputs: Any, seed: int) -> tuple[dict[str, Any], dict[str, Any], Evaluation]:
     """The arrays to perturb, their analytic gradients, and f() for the current values."""
     if isinstance(target, Regularizer):
-        params = inputs.parameters() if hasattr(inputs, "parameters") else list(inputs)
+        params = parameter_list(inputs)
         arrays = {p.name or f"params[{i}]": p.data for i, p in enumerate(params)}
         _check_arrays(arrays)
         for p in params:

@@ -12,7 +12,7 @@ import numbers
 
 import numpy as np
 
-from ..validation import check_choice
+from ..validation import check_choice, check_int
 
 INITS = ("he", "xavier", "normal")
 
@@ -21,8 +21,10 @@ def make_rng(seed: int | np.random.Generator | None) -> np.random.Generator:
     """A NumPy Generator from an int seed, an existing Generator, or fresh entropy (None)."""
     if isinstance(seed, np.random.Generator):
         return seed
-    if seed is None or (isinstance(seed, numbers.Integral) and not isinstance(seed, bool)):
-        return np.random.default_rng(seed)
+    if seed is None:
+        return np.random.default_rng()
+    if isinstance(seed, numbers.Integral) and not isinstance(seed, bool):
+        return np.random.default_rng(check_int("seed", seed, low=0))
     raise TypeError(f"seed must be an int, a numpy.random.Generator or None, got {seed!r}")
 
 

@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from ..backend.device import CPU, Device, DeviceMismatchError, array_module, device, device_of
+from ..backend.device import CPU, Device, device, device_of
 from ..backend.selection import ops_of
-from ..validation import check_choice, check_dtype, check_float, check_int
+from ..validation import FLOAT_DTYPES, check_array, check_choice, check_dtype, check_float, check_int
 from .init import INITS, init_weight, make_rng
 from .parameter import Parameter, pack
 
@@ -89,22 +89,18 @@ class Layer:
         return {"type": type(self).__name__}
 
 
-def check_input(x: Any, like: Any, name: str, owner: str) -> None:
-    """Raise a clear error unless ``x`` is a 2-D array on ``like``'s device with its dtype."""
-    if not (hasattr(x, "ndim") and hasattr(x, "dtype")):
-        raise TypeError(f"{name} must be a NumPy or CuPy array of shape (N, features), got {type(x).__name__}")
-    if array_module(x) is not array_module(like) or device_of(x) != device_of(like):
-        raise DeviceMismatchError(
-            f"{name} is on {device_of(x)} but {owner} is on {device_of(like)}; "
-            f"move it with gn.to_device({name}, '{device_of(like)}')"
-        )
-    if x.ndim != 2:
-        raise ValueError(f"{name} must have shape (N, features), got shape {tuple(x.shape)}")
-    if x.dtype != like.dtype:
-        raise TypeError(
-            f"{name} has dtype {x.dtype} but {owner} computes in {like.dtype}; "
-            f"convert it with {name}.astype('{like.dtype}')"
-        )
+def check_x(layer: Layer, x: Any) -> None:
+    """Raise a clear error unless ``x`` is a float32 or float64 array of shape (N, features): the
+    input check of a layer without parameters (its cheap comparison is the caller's)."""
+    check_array("x", x, repr(layer))
+
+
+def check_dy(layer: Layer, dy: Any, y: Any) -> None:
+    """Raise a clear error unless ``dy`` matches the layer's last output ``y`` (device, shape,
+    dtype); a RuntimeError when there is none yet."""
+    if y is None:
+        raise RuntimeError(f"{layer!r}.backward called before forward")
+    check_array("dy", dy, repr(layer), like=y, shape=tuple(y.shape))
 
 
 class Linear(Layer):
@@ -149,7 +145,7 @@ class Linear(Layer):
     def forward(self, x: Any) -> Any:
         W = self.W.data
         if getattr(x, "ndim", None) != 2 or x.shape[1] != self.n_in or type(x) is not type(W) or x.dtype != W.dtype:
-            check_input(x, W, "x", repr(self))
+            check_array("x", x, repr(self), like=W)
             if x.shape[1] != self.n_in:
                 raise ValueError(f"{self!r} expects x with {self.n_in} features, got x.shape == {tuple(x.shape)}")
         ops = self._ops = ops_of(W)
@@ -162,13 +158,9 @@ class Linear(Layer):
     def backward(self, dy: Any, input_grad: bool = True) -> Any:
         """Write ∂L/∂W and ∂L/∂b into the gradient views; return ∂L/∂x, or None when
         ``input_grad`` is False (a first layer's input gradient is not used in training)."""
-        x = self._x
-        if x is None:
-            raise RuntimeError(f"{self!r}.backward called before forward")
-        if getattr(dy, "shape", None) != (x.shape[0], self.n_out):
-            raise ValueError(
-                f"{self!r}.backward expects dy of shape {(x.shape[0], self.n_out)}, got {getattr(dy, 'shape', dy)}"
-            )
+        x, a = self._x, self._a
+        if type(dy) is not type(a) or dy.shape != a.shape or dy.dtype != a.dtype:
+            check_dy(self, dy, a)
         ops = self._ops
         if self.activation in (None, "identity"):
             dz = dy
@@ -220,6 +212,7 @@ class Dropout(Layer):
         self.reuse_mask = False  # gradcheck sets this so every evaluation sees one mask
         self.generators: dict[Device, Any] = {}
         self._mask: Any = None
+        self._x: Any = None  # the last input: backward checks dy against it
 
     def _generator(self, x: Any) -> Any:
         dev = device_of(x)
@@ -231,6 +224,9 @@ class Dropout(Layer):
         return gen
 
     def forward(self, x: Any) -> Any:
+        if getattr(x, "ndim", None) != 2 or x.dtype not in FLOAT_DTYPES:
+            check_x(self, x)
+        self._x = x
         if not self.training or self.p == 0.0:
             self._mask = None
             return x
@@ -243,6 +239,9 @@ class Dropout(Layer):
         return x * mask
 
     def backward(self, dy: Any) -> Any:
+        x = self._x
+        if type(dy) is not type(x) or dy.shape != x.shape or dy.dtype != x.dtype:
+            check_dy(self, dy, x)
         return dy if self._mask is None else dy * self._mask
 
     def formula(self, layer: int) -> str:

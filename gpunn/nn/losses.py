@@ -7,20 +7,24 @@ already applied. The cost of the seed is this mean; the objective adds a regular
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
 
-from ..backend.device import array_module, check_device, device_of, refuse_host_read
+from ..backend.device import array_module, check_device, device_of, refuse_host_read, to_numpy
 from ..backend.selection import ops_of
+from ..validation import FLOAT_DTYPES, check_array, check_real
 from .functional import sigmoid
 
 
 class Loss:
     """Base class: ``forward(y, t)`` → 0-d array, ``backward()`` → ∂L/∂y.
 
-    ``validate`` (default True) checks the targets on every call: label range and type.
-    On a GPU the range check reads one value back to the host, so a training loop that has
+    y must be float32 or float64 with at least one sample (the mean over zero samples is
+    undefined); t lives on y's device and holds real numbers (SoftmaxWithLoss's labels: integers).
+    ``validate`` (default True) checks the targets' values on every call: label range, target
+    range. On a GPU that reads values back to the host, so a training loop that has
     checked its labels once (the Trainer does) may set ``validate = False``. A step captured
     as a CUDA graph must: a validating loss refuses capture (:class:`gpunn.StepCaptureError`).
     """
@@ -37,76 +41,108 @@ class Loss:
     def backward(self) -> Any:
         raise NotImplementedError
 
+    def _not_run(self) -> RuntimeError:
+        return RuntimeError(f"{type(self).__name__}.backward called before forward; call forward(y, t) first")
 
-def _check_targets(y: Any, t: Any, y_name: str, like_y: bool = False) -> Any:
-    """Check that y and t are arrays on one device with the same N; return t, with ``like_y``
-    shaped like y (a (N,) target for a (N, 1) output is reshaped) and in y's dtype."""
-    both_numpy = type(y) is np.ndarray and type(t) is np.ndarray  # every step on the CPU: skip the probes
-    if not both_numpy:
-        for name, a in ((y_name, y), ("t", t)):
-            if not (hasattr(a, "ndim") and hasattr(a, "dtype")):
-                raise TypeError(f"{name} must be a NumPy or CuPy array, got {type(a).__name__}")
-    if y.ndim not in (1, 2):
-        raise ValueError(f"{y_name} must have shape (N, C) or (N,), got {tuple(y.shape)}")
-    if not both_numpy:  # NumPy arrays all live on the CPU
-        check_device(t, device_of(y), "t", y_name)
-    if t.shape[:1] != y.shape[:1]:
-        raise ValueError(
-            f"{y_name} and t hold different numbers of samples: {y_name}.shape == {tuple(y.shape)}, "
-            f"t.shape == {tuple(t.shape)}"
-        )
-    if not like_y:
-        return t
-    if t.shape != y.shape:
-        if y.ndim == 2 and y.shape[1] == 1 and t.shape == y.shape[:1]:
-            t = t.reshape(y.shape)
-        else:
-            raise ValueError(f"t must have the shape of {y_name} {tuple(y.shape)}, got {tuple(t.shape)}")
-    if t.dtype.kind not in "biuf":
-        raise TypeError(f"t must hold numbers, got dtype {t.dtype}")
-    return t.astype(y.dtype, copy=False)
+    def _check(self, y: Any, t: Any, y_name: str, ndims: tuple[int, ...], like_y: bool = False) -> Any:
+        """Check y (float32/float64, not empty, with ``ndims`` dimensions) and t (an array on y's
+        device with y's N); return t, with ``like_y`` shaped like y (a (N,) target for a (N, 1)
+        output is reshaped), holding real numbers, in y's dtype."""
+        # every step passes the cheap comparisons (NumPy arrays all live on the CPU); the probes
+        # and messages only when one fails
+        cheap = type(t) is type(y) and getattr(y, "ndim", None) in ndims and y.dtype in FLOAT_DTYPES and y.size
+        if not (cheap and (type(y) is np.ndarray or y.device == t.device)):
+            for name, a in ((y_name, y), ("t", t)):
+                if not (hasattr(a, "ndim") and hasattr(a, "dtype") and hasattr(a, "shape")):
+                    raise TypeError(f"{name} must be a NumPy or CuPy array, got {type(a).__name__}")
+            dims = "(N, C)" if ndims == (2,) else "(N, K) or (N,)"
+            check_array(y_name, y, type(self).__name__, ndims=ndims, dims=dims, nonempty=True)
+            check_device(t, device_of(y), "t", y_name)
+        if t.shape[:1] != y.shape[:1]:
+            raise ValueError(
+                f"{y_name} and t hold different numbers of samples: {y_name}.shape == {tuple(y.shape)}, "
+                f"t.shape == {tuple(t.shape)}"
+            )
+        if not like_y:
+            return t
+        if t.shape != y.shape:
+            if y.ndim == 2 and y.shape[1] == 1 and t.shape == y.shape[:1]:
+                t = t.reshape(y.shape)
+            else:
+                raise ValueError(f"t must have the shape of {y_name} {tuple(y.shape)}, got {tuple(t.shape)}")
+        check_real("t", t)
+        return t.astype(y.dtype, copy=False)
 
 
 class SoftmaxWithLoss(Loss):
     """Softmax followed by cross-entropy, fused: L = −(1/N) Σ_n log softmax(z_n)[t_n].
 
     ``logits`` z: (N, C). ``t``: integer class labels (N,) in [0, C), or one-hot / probability
-    targets (N, C), where L = −(1/N) Σ_n Σ_k t_nk · log softmax(z_n)_k.
+    targets (N, C) (entries ≥ 0, rows summing to 1), where
+    L = −(1/N) Σ_n Σ_k t_nk · log softmax(z_n)_k.
     Computed through log-sum-exp (no log(y + 1e-7)). Backward: (softmax(z) − t) / N.
     """
 
+    _grad: Any = None
+
     def forward(self, logits: Any, t: Any) -> Any:
-        _check_targets(logits, t, "logits")
-        if logits.ndim != 2:
-            raise ValueError(f"logits must have shape (N, C), got {tuple(logits.shape)}")
+        self._check(logits, t, "logits", (2,))
         n, n_classes = logits.shape
         if t.ndim == 1:
-            self._check_labels(t, n_classes)
+            if self.validate or t.dtype.kind != "i":
+                t = self._check_labels(t, n_classes)
         elif t.shape != logits.shape:
             raise ValueError(
                 f"t must be labels of shape ({n},) or one-hot targets of shape {tuple(logits.shape)}, "
                 f"got {tuple(t.shape)}"
             )
+        else:
+            check_real("t", t)
+            if self.validate:
+                self._check_rows(t, logits.dtype)
         # loss and gradient together (one kernel on a GPU); backward returns the gradient
         loss, self._grad = ops_of(logits).softmax_cross_entropy(logits, t)
         return loss
 
-    def _check_labels(self, t: Any, n_classes: int) -> None:
-        """Integer labels in [0, C) (reads two values back to the host: skipped without validate)."""
+    def _check_labels(self, t: Any, n_classes: int) -> Any:
+        """Integer labels, in [0, C) with ``validate`` (reads two values back to the host); returns
+        them as int64 where they are uint64 (whose sum with int64 offsets would be float64)."""
         if t.dtype.kind not in "iu":
             raise TypeError(
                 f"t must hold integer class labels, got dtype {t.dtype}; convert with t.astype(int), "
                 f"or pass one-hot targets of shape (N, {n_classes})"
             )
-        if not (self.validate and t.size):
-            return
-        refuse_host_read(f"{type(self).__name__}(validate=True) reads the labels' range back to the host")
-        low, high = int(t.min()), int(t.max())
-        if low < 0 or high >= n_classes:
-            raise ValueError(f"t holds labels outside [0, {n_classes}) for {n_classes} classes: min {low}, max {high}")
+        if self.validate:
+            refuse_host_read(f"{type(self).__name__}(validate=True) reads the labels' range back to the host")
+            low, high = int(t.min()), int(t.max())
+            if low < 0 or high >= n_classes:
+                raise ValueError(
+                    f"t holds labels outside [0, {n_classes}) for {n_classes} classes: min {low}, max {high}"
+                )
+        return t.astype(np.int64) if t.dtype.kind == "u" and t.dtype.itemsize == 8 else t
+
+    def _check_rows(self, t: Any, dtype: np.dtype) -> None:
+        """One-hot or probability rows: no NaN, no negative entry, every row summing to 1 within
+        1e-3 where the targets or logits are float32 (1e-6 in float64); one read to the host."""
+        refuse_host_read(f"{type(self).__name__}(validate=True) reads the targets' range back to the host")
+        xp = array_module(t)
+        single = dtype == np.float32 or (t.dtype.kind == "f" and t.dtype.itemsize <= 4)
+        tolerance = 1e-3 if single else 1e-6
+        sums = t.sum(axis=1, dtype=np.float64)
+        low, worst = to_numpy(xp.stack([t.min().astype(np.float64), xp.abs(sums - 1.0).max()])).tolist()
+        what = "t must hold one-hot or probability rows (entries >= 0, each row summing to 1)"
+        if math.isnan(low):
+            raise ValueError(f"{what}, got NaN")
+        if low < 0.0:
+            raise ValueError(f"{what}, got a negative entry: min {low:g}")
+        if not worst <= tolerance:
+            row = int(xp.abs(sums - 1.0).argmax())
+            raise ValueError(f"{what} within {tolerance:g}, got row {row} summing to {float(sums[row]):g}")
 
     def backward(self) -> Any:
         """∂L/∂z = (softmax(z) − t) / N, shape (N, C)."""
+        if self._grad is None:
+            raise self._not_run()
         return self._grad
 
 
@@ -116,14 +152,18 @@ class MSELoss(Loss):
     ``y`` and ``t``: (N, K) or (N,). Backward: (y − t) / N.
     """
 
+    _diff: Any = None
+
     def forward(self, y: Any, t: Any) -> Any:
-        t = _check_targets(y, t, "y", like_y=True)
+        t = self._check(y, t, "y", (1, 2), like_y=True)
         diff = y - t
         self._diff = diff
         flat = diff.reshape(-1)
         return array_module(y).asarray(flat @ flat * (0.5 / y.shape[0]))
 
     def backward(self) -> Any:
+        if self._diff is None:
+            raise self._not_run()
         return self._diff * (1.0 / self._diff.shape[0])
 
 
@@ -135,19 +175,23 @@ class SigmoidBCELoss(Loss):
     ``logits`` and ``t``: (N, K) or (N,), t in [0, 1]. Backward: (σ(z) − t) / N.
     """
 
+    _z: Any = None
+
     def forward(self, logits: Any, t: Any) -> Any:
-        t = _check_targets(logits, t, "logits", like_y=True)
+        t = self._check(logits, t, "logits", (1, 2), like_y=True)
         xp = array_module(logits)
-        if self.validate and t.size:
+        if self.validate:
             refuse_host_read(f"{type(self).__name__}(validate=True) reads the targets' range back to the host")
-            low, high = float(t.min()), float(t.max())
-            if low < 0.0 or high > 1.0:
-                raise ValueError(f"t must lie in [0, 1] for binary cross-entropy, got min {low}, max {high}")
+            low, high = to_numpy(xp.stack([t.min(), t.max()])).tolist()
+            if not (low >= 0.0 and high <= 1.0):  # NaN fails both
+                raise ValueError(f"t must lie in [0, 1] for binary cross-entropy, got min {low:g}, max {high:g}")
         per_element = xp.maximum(logits, 0.0) - logits * t + xp.log1p(xp.exp(-xp.abs(logits)))
         self._z, self._t = logits, t
         return xp.asarray(per_element.sum() / logits.shape[0])
 
     def backward(self) -> Any:
+        if self._z is None:
+            raise self._not_run()
         y = sigmoid(self._z)
         y -= self._t
         y *= 1.0 / y.shape[0]

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from ..backend.device import Device, DeviceMismatchError, array_module, device_of
+from ..validation import FLOAT_DTYPES
 
 
 class Parameter:
@@ -63,15 +64,21 @@ class Parameter:
 
 
 def parameter_list(params: Iterable[Parameter] | Any) -> list[Parameter]:
-    """``params`` as a checked list; a model (anything with ``.parameters()``) gives its own."""
+    """``params`` as a checked list of float32 or float64 Parameters; a model (anything with
+    ``.parameters()``) gives its own."""
     if hasattr(params, "parameters"):
         params = params.parameters()
-    if isinstance(params, Parameter):
-        raise TypeError("params must be an iterable of Parameters (e.g. model.parameters()), got one Parameter")
+    if isinstance(params, Parameter) or not isinstance(params, Iterable):
+        raise TypeError(
+            f"params must be an iterable of Parameters (e.g. model.parameters()), got {type(params).__name__}"
+        )
     params = list(params)
     for i, p in enumerate(params):
         if not isinstance(p, Parameter):
             raise TypeError(f"params[{i}] must be a gpunn Parameter, got {type(p).__name__}")
+        if p.data.dtype not in FLOAT_DTYPES:
+            label = f"params[{i}] ({p.name!r})" if p.name else f"params[{i}]"
+            raise TypeError(f"{label} must be float32 or float64, got dtype {p.data.dtype}")
     return params
 
 

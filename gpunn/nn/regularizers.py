@@ -81,7 +81,7 @@ class L2(Regularizer):
 
 
 class L1(Regularizer):
-    """R = λ·Σ |W|;  ∂R/∂W = λ·sign(W)  (sparsity-inducing; the subgradient 0 at W = 0)."""
+    """R = λ·Σ|W|;  ∂R/∂W = λ·sign(W)  (sparsity-inducing; the subgradient 0 at W = 0)."""
 
     def forward(self, params: Any) -> Any:
         params = parameter_list(params)

@@ -14,10 +14,10 @@ from typing import Any
 
 import numpy as np
 
-from ..validation import check_choice, check_dtype, check_float, check_int
+from ..validation import check_array, check_choice, check_dtype, check_float, check_int
 from .activations import Identity, LeakyReLU, ReLU, Sigmoid, Softmax, Tanh
 from .init import make_rng
-from .layers import ACTIVATION_NAMES, Dropout, Layer, Linear, check_input
+from .layers import ACTIVATION_NAMES, Dropout, Layer, Linear
 from .parameter import Parameter, pack
 
 
@@ -78,7 +78,7 @@ class Sequential(Layer):
             # The cheap comparisons run every step; the full check (and its message) only
             # when one of them fails. ``.device`` tells two GPUs apart ("cpu" for NumPy).
             if type(x) is not type(w) or getattr(x, "ndim", 0) != 2 or x.dtype != w.dtype or x.device != w.device:
-                check_input(x, w, "x", f"the model ({self.device}, {self.dtype})")
+                check_array("x", x, f"the model ({self.device}, {self.dtype})", like=w)
             first = self.layers[0]
             if isinstance(first, Linear) and x.shape[1] != first.n_in:
                 raise ValueError(
@@ -141,7 +141,7 @@ def _backward(layer: Layer, dy: Any, input_grad: bool) -> Any:
 
 
 def mlp(
-    sizes: Sequence[int],
+    sizes: Sequence[int] | np.ndarray,
     activation: str = "relu",
     dtype: Any = "float32",
     seed: int | np.random.Generator | None = None,
@@ -154,9 +154,11 @@ def mlp(
     ``activation`` names the hidden layers' g (relu, leaky_relu, sigmoid, tanh, identity),
     which each hidden Linear layer applies with its bias. ``init`` defaults to "he" for the
     ReLU family and "xavier" otherwise. ``dropout`` > 0 adds inverted dropout after every
-    hidden layer. One ``seed`` fixes every layer's initial weights.
+    hidden layer. One ``seed`` fixes every layer's initial weights. ``sizes``: a sequence or a
+    1-D integer array.
     """
-    if isinstance(sizes, (str, bytes)) or not isinstance(sizes, Sequence) or len(sizes) < 2:
+    listed = isinstance(sizes, Sequence) and not isinstance(sizes, (str, bytes))
+    if not (listed or getattr(sizes, "ndim", None) == 1) or len(sizes) < 2:
         raise ValueError(f"sizes must list at least an input and an output size, e.g. [784, 100, 10]; got {sizes!r}")
     sizes = [check_int(f"sizes[{i}]", s, low=1) for i, s in enumerate(sizes)]
     name = ACTIVATION_NAMES[check_choice("activation", activation, ACTIVATION_NAMES)]
