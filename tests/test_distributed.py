@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -27,6 +28,7 @@ import pytest
 import gpunn as gn
 from gpunn.distributed import comm as dist
 from gpunn.distributed.data_parallel import DataParallel, epoch_shards
+from gpunn.distributed.data_parallel import fingerprint as dist_fingerprint
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 60
@@ -114,14 +116,33 @@ def train_scenario(comm: dist.Communicator, out: Path) -> None:
     # ranks that disagree get a clear error, on every rank, and can go on
     messages = []
     xt, yt, _, _ = digits_with_index()
-    for case in ("model", "batch_size"):
-        hidden = 32 if case == "batch_size" or comm.rank == 0 else 16
+    for case in ("model", "batch_size", "x", "y"):
+        hidden = 16 if case == "model" and comm.rank == 1 else 32
         trainer = gn.Trainer(gn.mlp([65, hidden, 10], seed=0), gn.SoftmaxWithLoss(), gn.optim.SGD(), device="cpu")
+        x, y = one_element_changed(xt, yt, case if comm.rank == 1 else "")
         try:
-            trainer.fit(xt, yt, epochs=1, batch_size=50 * (comm.rank + 1) if case == "batch_size" else 50)
+            trainer.fit(x, y, epochs=1, batch_size=50 * (comm.rank + 1) if case == "batch_size" else 50)
         except dist.DistributedMismatchError as exc:
             messages.append(str(exc))
     (out / f"rank{comm.rank}.json").write_text(json.dumps({"stopped_after": epochs, "errors": messages}))
+
+
+def one_element_changed(x: np.ndarray, y: np.ndarray, which: str) -> tuple[np.ndarray, np.ndarray]:
+    """(x, y), with one element changed in ``which`` ("x": x[123, 7], "y": y[123], "": none):
+    a row that a sample of evenly spaced rows would miss."""
+    x, y = x.copy(), y.copy()
+    if which == "x":
+        x[123, 7] += 1e-3  # a change that float32, which the model computes in, keeps
+    elif which == "y":
+        y[123] = (y[123] + 1) % 10
+    return x, y
+
+
+def data_mismatch_scenario(comm: dist.Communicator, out: Path) -> None:
+    """Rank 1's labels differ from rank 0's in y[123] only, in a plain script: the fit stops."""
+    xt, yt, _, _ = digits_with_index()
+    make_trainer("float32").fit(*one_element_changed(xt, yt, "y" if comm.rank == 1 else ""), epochs=3, batch_size=64)
+    (out / f"rank{comm.rank}-trained").touch()
 
 
 def raise_scenario(comm: dist.Communicator, out: Path) -> None:
@@ -170,6 +191,7 @@ def nccl_rendezvous_scenario(comm: dist.Communicator, out: Path) -> None:
 SCENARIOS = {
     "train": train_scenario,
     "raise": raise_scenario,
+    "data-mismatch": data_mismatch_scenario,
     "cli-raise": cli_raise_scenario,
     "nccl-rendezvous": nccl_rendezvous_scenario,
 }
@@ -293,13 +315,15 @@ def test_stop_request_on_one_rank_and_mismatches_reach_every_rank(trained: Path)
     for rank in range(2):
         result = json.loads((trained / f"rank{rank}.json").read_text())
         assert result["stopped_after"] == 1
-        model_error, batch_error = result["errors"]
+        model_error, batch_error, x_error, y_error = result["errors"]
         assert "ranks disagree on architecture.layers[0].n_out: rank 0 has 32, rank 1 has 16" in model_error
         assert "ranks disagree on batch_size: rank 0 has 50, rank 1 has 100" in batch_error
+        assert "ranks disagree on data.x: rank 0 has " in x_error  # one element of one row
+        assert "ranks disagree on data.y: rank 0 has " in y_error
 
 
 @needs_mpi
-@pytest.mark.parametrize("scenario", ["raise", "cli-raise"])
+@pytest.mark.parametrize("scenario", ["raise", "cli-raise", "data-mismatch"])
 def test_a_rank_that_raises_ends_the_job_within_seconds(tmp_path: Path, scenario: str) -> None:
     start = time.monotonic()
     result = mpirun(__file__, scenario, str(tmp_path))
@@ -308,6 +332,9 @@ def test_a_rank_that_raises_ends_the_job_within_seconds(tmp_path: Path, scenario
     assert elapsed < 10, f"the job took {elapsed:.1f} s to end"
     if scenario == "raise":
         assert "rank 1: KeyError: 'callback failed on purpose'" in result.stderr
+    elif scenario == "data-mismatch":  # every rank raises it; the first to report it ends the job
+        assert re.search(r"rank [01]: DistributedMismatchError: ranks disagree on data\.y: ", result.stderr)
+        assert not list(tmp_path.glob("rank*-trained"))
     else:
         assert "gpunn train: error on rank 1 of 2: this rank's data went bad on purpose" in result.stderr
         assert "Traceback" not in result.stderr
@@ -487,6 +514,57 @@ def test_agreement_names_the_first_difference() -> None:
         dist.DistributedMismatchError, match=r"optimizer\.betas\[1\]: rank 0 has 0.999, rank 1 has 0.99"
     ):
         parallel.agree(batch_size=32, optimizer={"type": "Adam", "betas": (0.9, 0.999)})
+
+
+def test_fingerprint_covers_every_element() -> None:
+    xt, yt, _, _ = digits_with_index()
+    x_fp, y_fp = dist_fingerprint(xt), dist_fingerprint(yt)
+    for which, (x, y) in (("x", one_element_changed(xt, yt, "x")), ("y", one_element_changed(xt, yt, "y"))):
+        assert (dist_fingerprint(x) != x_fp) == (which == "x")
+        assert (dist_fingerprint(y) != y_fp) == (which == "y")
+    assert dist_fingerprint(np.asfortranarray(xt)) == x_fp  # the values, whatever the layout
+    assert dist_fingerprint(xt.astype(np.float32)) != dist_fingerprint(xt)
+    assert dist_fingerprint(xt.reshape(-1)) != x_fp  # the shape counts
+    assert dist_fingerprint(np.arange(0.0, 4.0)[:, None]) != dist_fingerprint(
+        np.arange(0.0, 4.0)[:, None][[0, 1, 3, 2]]
+    )
+
+
+class Recording(dist.Communicator):
+    """A lone process that keeps what its fit sent to the other ranks."""
+
+    def allgather_json(self, value: Any) -> list[Any]:
+        self.sent = value
+        return [value]
+
+
+class OneOfTwo(dist.Communicator):
+    """Rank ``rank`` of two, the other rank having sent ``other`` (no MPI)."""
+
+    def __init__(self, rank: int, other: Any) -> None:
+        super().__init__()
+        self.rank, self.size, self.other = rank, 2, other
+
+    def allgather_json(self, value: Any) -> list[Any]:
+        return [value, self.other] if self.rank == 0 else [self.other, value]
+
+
+@pytest.mark.parametrize("which", ["x", "y"])
+def test_one_differing_element_stops_the_fit_on_every_rank(which: str) -> None:
+    """A rank whose data differ in one element (a row a sample of evenly spaced rows misses) is
+    refused before any step, with the same error on both ranks."""
+    xt, yt, _, _ = digits_with_index()
+    sent = []
+    for x, y in ((xt, yt), one_element_changed(xt, yt, which)):
+        recording = Recording()
+        make_trainer("float32", distributed=recording).fit(x, y, epochs=1, batch_size=600)
+        sent.append(recording.sent)
+    for rank in (0, 1):
+        trainer = make_trainer("float32", distributed=OneOfTwo(rank, sent[1 - rank]))
+        before = weights(trainer)
+        with pytest.raises(dist.DistributedMismatchError, match=rf"ranks disagree on data\.{which}: rank 0 has "):
+            trainer.fit(*((xt, yt) if rank == 0 else one_element_changed(xt, yt, which)), epochs=1, batch_size=600)
+        np.testing.assert_array_equal(weights(trainer), before)
 
 
 def test_nccl_calls_are_made_in_place_on_the_current_stream() -> None:

@@ -32,12 +32,12 @@ CUSTOM = {
 
 # The defaults of the public contract (PyTorch's).
 DEFAULTS = {
-    "sgd": {"lr": 0.01},
+    "sgd": {"lr": 0.01, "momentum": 0.0, "dampening": 0.0, "weight_decay": 0.0, "nesterov": False},
     "momentum": {"lr": 0.01, "momentum": 0.9},
     "nesterov": {"lr": 0.01, "momentum": 0.9},
-    "adagrad": {"lr": 0.01, "eps": 1e-10},
-    "rmsprop": {"lr": 0.01, "alpha": 0.99, "eps": 1e-8},
-    "adam": {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8},
+    "adagrad": {"lr": 0.01, "eps": 1e-10, "weight_decay": 0.0},
+    "rmsprop": {"lr": 0.01, "alpha": 0.99, "eps": 1e-8, "weight_decay": 0.0},
+    "adam": {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0},
     "adamw": {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.01},
 }
 
@@ -180,9 +180,9 @@ def test_defaults_follow_pytorch(rule):
     cls, _ = CUSTOM[rule]
     hyper = cls().hyperparameters()
     assert hyper == DEFAULTS[rule]
-    for value in hyper.values():
+    for name, value in hyper.items():
         for v in value if isinstance(value, tuple) else (value,):
-            assert type(v) is float
+            assert type(v) is (bool if name == "nesterov" else float)
 
 
 def test_hyperparameters_become_python_floats():
@@ -295,7 +295,7 @@ def test_state_dict_layout(device, rule):
     sd = opt.state_dict()
     assert sd["type"] == cls.__name__
     assert sd["step"] == 2
-    assert sd["hyper"] == hyper
+    assert sd["hyper"] == {**DEFAULTS[rule], **hyper}
     assert list(sd["state"]) == list(NAMES)
     for p in model.parameters():
         assert set(sd["state"][p.name]) == set(STATE_NAMES[rule])
@@ -326,7 +326,7 @@ def test_loaded_optimizer_continues_bit_identically(rule):
     opt2 = cls(resumed.parameters(), **DEFAULTS[rule])  # hyperparameters come from the state too
     opt2.load_state_dict(sd)
     assert opt2.step_count == 3
-    assert opt2.hyperparameters() == hyper
+    assert opt2.hyperparameters() == {**DEFAULTS[rule], **hyper}
 
     for g in grads[3:]:
         set_grads(original, g)

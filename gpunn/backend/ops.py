@@ -212,14 +212,19 @@ class NumpyOps:
     def momentum_update(
         self, p: Any, g: Any, v: Any, *,
         lr: float, momentum: float, nesterov: bool = False, n_decay: int = 0, l2: float = 0.0, l1: float = 0.0,
-        clip: Any = None,
+        clip: Any = None, dampening: float = 0.0,
     ) -> None:  # fmt: skip
-        """v ← μ·v + g';  p ← p − lr·v  (Nesterov: p ← p − lr·(g' + μ·v))"""
+        """v ← μ·v + (1 − dampening)·g';  p ← p − lr·v  (Nesterov: p ← p − lr·(g' + μ·v));
+        with dampening 0 the term is g' itself, unscaled."""
         xp = self.xp
         lr, _ = self._lr_and_step(lr, 0)
         g, tmp = self._effective_gradient(p, g, n_decay, l2, l1, clip)
         xp.multiply(v, momentum, out=v)
-        xp.add(v, g, out=v)
+        if dampening != 0.0:
+            xp.multiply(g, 1.0 - dampening, out=tmp)
+            xp.add(v, tmp, out=v)
+        else:
+            xp.add(v, g, out=v)
         if nesterov:
             xp.multiply(v, momentum, out=tmp)
             xp.add(tmp, g, out=tmp)

@@ -1,13 +1,14 @@
 """The data-parallel side of a Trainer's fit over K ranks (:mod:`.comm`): :class:`DataParallel`.
 
 Each rank holds the whole model and data set. At the start of ``fit`` every rank agrees on the
-model, optimizer, data and arguments (else :class:`~gpunn.distributed.DistributedMismatchError`
-on every rank) and takes rank 0's parameters and optimizer state. Rank r trains on rows
-``[⌊b·r/K⌋, ⌊b·(r+1)/K⌋)`` of every global batch b (``batch_size``) of the single-process
-``(seed, epoch)`` order. Its loss is a mean over its n_r rows, so its gradient g_r is scaled by
-n_r / b and one allreduce of the flat gradient buffer gives Σ_r (n_r/b)·g_r: the single-process
-gradient up to summation order. The regularizer's gradient λ·W is added after the allreduce (W is
-the same everywhere: counted once), then every rank applies the same optimizer step.
+model, optimizer, data (a hash of every byte: :func:`fingerprint`) and arguments (else
+:class:`~gpunn.distributed.DistributedMismatchError` on every rank) and takes rank 0's parameters
+and optimizer state. Rank r trains on rows ``[⌊b·r/K⌋, ⌊b·(r+1)/K⌋)`` of every global batch b
+(``batch_size``) of the single-process ``(seed, epoch)`` order. Its loss is a mean over its n_r
+rows, so its gradient g_r is scaled by n_r / b and one allreduce of the flat gradient buffer gives
+Σ_r (n_r/b)·g_r: the single-process gradient up to summation order. The regularizer's gradient
+λ·W is added after the allreduce (W is the same everywhere: counted once), then every rank
+applies the same optimizer step.
 """
 
 from __future__ import annotations
@@ -83,8 +84,8 @@ class DataParallel:
             optimizer_step=optimizer.step_count,
             max_grad_norm=optimizer.max_grad_norm,
             samples=int(x.shape[0]),
-            data=[fingerprint(x), fingerprint(y)],
-            validation=None if dev is None else [fingerprint(dev[0]), fingerprint(dev[1])],
+            data={"x": fingerprint(x), "y": fingerprint(y)},  # every byte: one differing element stops the fit
+            validation=None if dev is None else {"x": fingerprint(dev[0]), "y": fingerprint(dev[1])},
             **fit_args,
         )
         self.comm.broadcast(flat.data)
@@ -155,13 +156,21 @@ class DataParallel:
         return self.comm.allreduce(buf).tolist()
 
 
-def fingerprint(x: Any, samples: int = 256) -> str:
-    """A short hash of an array's shape, dtype and up to ``samples`` evenly spaced rows."""
-    step = max(1, x.shape[0] // samples)
-    part = np.ascontiguousarray(to_numpy(x[::step]))
-    digest = hashlib.sha256(f"{tuple(x.shape)} {x.dtype}".encode())
-    digest.update(part.tobytes())
-    return digest.hexdigest()[:16]
+FINGERPRINT_CHUNK = 1 << 26  # bytes of a device array brought to the host at a time
+
+
+def fingerprint(x: Any) -> str:
+    """A hash of an array's shape, dtype and every byte of its elements (row-major): BLAKE2b,
+    128 bits, as 32 hex digits. Arrays that differ in one element differ here. A C-contiguous
+    NumPy array is hashed in place; a CuPy array comes to the host in chunks of rows of about
+    64 MB. It runs once per fit, at about 0.5 GB/s on one core: 0.2 s per 100 MB on the 2-core
+    development machine when idle."""
+    digest = hashlib.blake2b(f"{tuple(x.shape)} {x.dtype}".encode(), digest_size=16)
+    rows = x.reshape(1, -1) if x.ndim == 0 else x
+    step = max(1, FINGERPRINT_CHUNK // max(1, rows[:1].nbytes))
+    for lo in range(0, rows.shape[0], step):
+        digest.update(np.ascontiguousarray(to_numpy(rows[lo : lo + step])).reshape(-1).view(np.uint8))
+    return digest.hexdigest()
 
 
 def _json_default(value: Any) -> Any:

@@ -38,10 +38,17 @@ class Optimizer:
     PyTorch's order: the loss gradient is clipped, then the penalty is added, unclipped. Any other
     :class:`~gpunn.nn.regularizers.Regularizer` runs its ``backward(params)`` first (its gradient
     is then clipped together with the loss gradient).
+
+    A rule with PyTorch's ``weight_decay`` (SGD, AdaGrad, RMSprop, Adam; not AdamW, whose decay
+    is decoupled) adds weight_decay·W to g' on every parameter, biases included, as PyTorch
+    does; with a regularizer too, the regularizer's gradient is then added to ``param.grad``
+    first, as a penalty in the loss would be (and clipped with it).
     """
 
     state_names: tuple[str, ...] = ()
     hyper_names: tuple[str, ...] = ("lr",)
+    weight_decay = 0.0  # PyTorch's coupled weight decay (AdamW: its decoupled decay, see decoupled)
+    decoupled = False  # whether weight_decay scales W in the rule instead of joining the gradient
 
     def __setattr__(self, name: str, value: Any) -> None:
         # A NumPy number (or 0-d array) set as a hyperparameter (a schedule, scikit-learn's
@@ -95,7 +102,8 @@ class Optimizer:
         flat = self._flat
         if flat is None:
             return {}
-        held = {id(p): {name: flat.view(self._state[name], p) for name in self.state_names} for p in flat.params}
+        kept = [name for name in self.state_names if name in self._state]
+        held = {id(p): {name: flat.view(self._state[name], p) for name in kept} for p in flat.params}
         by_name = dict(zip(_keys(flat.params), flat.params, strict=True)) if self._by_name else {}
         carried = {}
         for key, p in zip(_keys(params), params, strict=True):
@@ -140,8 +148,11 @@ class Optimizer:
         ``regularizer``'s gradient folded in (see the class's effective gradient g')."""
         flat = self.flat
         extras = {"n_decay": flat.n_decay}
+        coupled = 0.0 if self.decoupled else self.weight_decay
         if regularizer is not None:
-            extras.update(self._penalty(regularizer))
+            extras.update(self._penalty(regularizer, fused=coupled == 0.0))
+        if coupled != 0.0:  # g' += wd·W on every element: the L2 folding over the whole buffer
+            extras.update(n_decay=flat.size, l2=coupled, l1=0.0)
         ops = ops_of(flat.data)
         if self.max_grad_norm is not None:
             ops.sum_of_squares(flat.grad, self._sq_norm)  # no host read: the update takes it from there
@@ -155,12 +166,12 @@ class Optimizer:
             raise
         self._by_name = False
 
-    def _penalty(self, regularizer: Regularizer) -> dict[str, Any]:
+    def _penalty(self, regularizer: Regularizer, fused: bool = True) -> dict[str, Any]:
         """The update's l2 / l1 for ``regularizer`` (running its backward instead when its
-        gradient has another form)."""
+        gradient has another form, or when ``fused`` is False: the update's l2 is taken)."""
         if not isinstance(regularizer, Regularizer):
             raise TypeError(f"regularizer must be gn.L2(...), gn.L1(...) or None, got {type(regularizer).__name__}")
-        coefficients = regularizer.fused_coefficients()
+        coefficients = regularizer.fused_coefficients() if fused else None
         if coefficients is None:
             regularizer.backward(self.params)
             return {}
@@ -170,10 +181,22 @@ class Optimizer:
     def _update(self, ops: Any, flat: FlatParameters, state: dict[str, Any], extras: dict[str, Any]) -> None:
         raise NotImplementedError
 
-    def zero_grad(self) -> None:
+    def zero_grad(self, set_to_none: bool = True) -> None:
         """Set every bound parameter's gradient to zero (``model.backward`` writes the
-        gradients, so a training step needs no zero_grad; it is here for loops that add)."""
+        gradients, so a training step needs no zero_grad; it is here for loops that add).
+        ``set_to_none`` is PyTorch's keyword: either way the gradients become zeros, since
+        each is a view of the flat gradient buffer."""
         self.flat.grad.fill(0)
+
+    def _buffer(self, name: str) -> Any:
+        """The flat state buffer ``name``, made (zeros) when a hyperparameter set since binding
+        asks for one the rule did not keep (SGD's momentum set after a step without it)."""
+        buffer = self._state.get(name)
+        if buffer is None:
+            flat = self._flat
+            with flat.device:
+                buffer = self._state[name] = flat.device.xp.zeros(flat.size, dtype=flat.dtype)
+        return buffer
 
     def hyperparameters(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.hyper_names}
@@ -183,7 +206,7 @@ class Optimizer:
         copies on the parameters' device. Unnamed (or clashing) parameters are keyed by position."""
         flat = self.flat
         state = {
-            key: {name: flat.view(self._state[name], p).copy() for name in self.state_names}
+            key: {name: flat.view(self._buffer(name), p).copy() for name in self.state_names}
             for key, p in zip(_keys(flat.params), flat.params, strict=True)
         }
         return {"type": type(self).__name__, "step": self.step_count, "hyper": self.hyperparameters(), "state": state}
@@ -201,19 +224,32 @@ class Optimizer:
         missing, unexpected = sorted(set(keys) - set(saved)), sorted(set(saved) - set(keys))
         if missing or unexpected:
             raise ValueError(f"state_dict does not match the parameters: missing {missing}, unexpected {unexpected}")
-        for key, p in zip(keys, flat.params, strict=True):
-            for name in self.state_names:
-                value = saved[key][name]
-                if tuple(value.shape) != p.shape:
-                    raise ValueError(
-                        f"state_dict['state'][{key!r}][{name!r}] has shape {tuple(value.shape)}, expected {p.shape}"
-                    )
-                flat.view(self._state[name], p)[...] = flat.device.send(value)
-        for name, value in state_dict.get("hyper", {}).items():
-            if name in self.hyper_names:
-                setattr(self, name, _checked_hyper(f"state_dict['hyper'][{name!r}]", value, getattr(self, name, 0.0)))
+        before = self.hyperparameters()
+        try:  # the hyperparameters first: they say which state buffers the rule keeps (SGD's momentum)
+            for name, value in state_dict.get("hyper", {}).items():
+                if name in self.hyper_names:
+                    current = getattr(self, name, 0.0)
+                    setattr(self, name, _checked_hyper(f"state_dict['hyper'][{name!r}]", value, current))
+            self._check_hyperparameters()
+            for key, p in zip(keys, flat.params, strict=True):
+                for name in self.state_names:
+                    value = saved[key].get(name)
+                    if value is None:
+                        raise ValueError(f"state_dict['state'][{key!r}] has no {name!r} buffer, which {self!r} keeps")
+                    if tuple(value.shape) != p.shape:
+                        raise ValueError(
+                            f"state_dict['state'][{key!r}][{name!r}] has shape {tuple(value.shape)}, expected {p.shape}"
+                        )
+                    flat.view(self._buffer(name), p)[...] = flat.device.send(value)
+        except BaseException:
+            for name, value in before.items():
+                setattr(self, name, value)
+            raise
         self.step_count = int(state_dict.get("step", 0))
         self._by_name = True
+
+    def _check_hyperparameters(self) -> None:
+        """Raise for hyperparameters that do not go together (a subclass's rule; none here)."""
 
     def __repr__(self) -> str:
         hyper = ", ".join(f"{k}={v!r}" for k, v in self.hyperparameters().items())

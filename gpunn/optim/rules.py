@@ -2,27 +2,89 @@
 
 Each rule updates the flat parameter buffer W from the flat gradient g in one call to its
 device's Ops (:mod:`gpunn.backend.ops`: a fused kernel on a GPU). The formulas below are written
-with g; with clipping or an L2 / L1 regularizer the rule sees the effective gradient g'
-described in :class:`~gpunn.optim.Optimizer` instead.
+with g; with clipping, an L2 / L1 regularizer or ``weight_decay`` the rule sees the effective
+gradient g' described in :class:`~gpunn.optim.Optimizer` instead.
+
+``weight_decay`` has PyTorch's meaning: in SGD, AdaGrad, RMSprop and Adam the coupled term
+g ← g + weight_decay·W on every parameter, biases included (``gn.L2`` penalizes the weights
+only); in AdamW the decoupled decay of the weights.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from ..nn.parameter import FlatParameters
 from ..validation import check_float
 from .base import Optimizer, Params
 
 
-class SGD(Optimizer):
-    """Stochastic gradient descent: W ← W − lr·g."""
+def _weight_decay(value: Any) -> float:
+    return check_float("weight_decay", value, low=0.0)
 
-    def __init__(self, params: Params = None, lr: float = 0.01, *, max_grad_norm: float | None = None) -> None:
+
+def _check_momentum(momentum: Any, dampening: Any, nesterov: Any) -> tuple[float, float, bool]:
+    """SGD's (momentum, dampening, nesterov), checked as PyTorch checks them (and μ < 1, d ≤ 1)."""
+    momentum = check_float("momentum", momentum, low=0.0, high=1.0, high_open=True)
+    dampening = check_float("dampening", dampening, low=0.0, high=1.0)
+    if not isinstance(nesterov, (bool, np.bool_)):
+        raise TypeError(f"nesterov must be True or False, got {nesterov!r} of type {type(nesterov).__name__}")
+    if nesterov and (momentum == 0.0 or dampening != 0.0):
+        raise ValueError(
+            "nesterov=True needs momentum > 0 and dampening = 0 (as in PyTorch), "
+            f"got momentum={momentum!r}, dampening={dampening!r}"
+        )
+    return momentum, dampening, bool(nesterov)
+
+
+class SGD(Optimizer):
+    """Stochastic gradient descent with PyTorch's ``torch.optim.SGD`` signature and update::
+
+        g ← g + weight_decay·W                        (every parameter, biases included)
+        momentum 0:  W ← W − lr·g
+        momentum μ:  b ← g at the first step, then b ← μ·b + (1 − dampening)·g;
+                     W ← W − lr·b   (nesterov: W ← W − lr·(g + μ·b))
+
+    ``nesterov`` needs momentum > 0 and dampening 0 (PyTorch's rule). The buffer b is the state
+    "momentum_buffer" (kept only with momentum). Without dampening this is the update of
+    :class:`Momentum` / :class:`Nesterov`, the textbook's classes.
+    """
+
+    hyper_names = ("lr", "momentum", "dampening", "weight_decay", "nesterov")
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        super().__setattr__(name, value)
+        if name == "momentum":  # the buffer is kept only with momentum
+            object.__setattr__(self, "state_names", ("momentum_buffer",) if self.momentum != 0.0 else ())
+
+    def __init__(
+        self,
+        params: Params = None,
+        lr: float = 0.01,
+        momentum: float = 0.0,
+        dampening: float = 0.0,
+        weight_decay: float = 0.0,
+        nesterov: bool = False,
+        *,
+        max_grad_norm: float | None = None,
+    ) -> None:
+        self.momentum, self.dampening, self.nesterov = _check_momentum(momentum, dampening, nesterov)
+        self.weight_decay = _weight_decay(weight_decay)
         super().__init__(params, lr=lr, max_grad_norm=max_grad_norm)
 
+    def _check_hyperparameters(self) -> None:
+        self.momentum, self.dampening, self.nesterov = _check_momentum(self.momentum, self.dampening, self.nesterov)
+
     def _update(self, ops: Any, flat: FlatParameters, state: dict[str, Any], extras: dict[str, Any]) -> None:
-        ops.sgd_update(flat.data, flat.grad, lr=self.lr, **extras)
+        if self.momentum == 0.0:
+            ops.sgd_update(flat.data, flat.grad, lr=self.lr, **extras)
+            return
+        first = self.step_count == 1 or "momentum_buffer" not in state  # b ← g: a zero b, undamped
+        b = self._buffer("momentum_buffer")
+        hyper = {"momentum": self.momentum, "nesterov": self.nesterov, "dampening": 0.0 if first else self.dampening}
+        ops.momentum_update(flat.data, flat.grad, b, lr=self.lr, **hyper, **extras)
 
 
 class Momentum(Optimizer):
@@ -50,15 +112,22 @@ class Nesterov(Momentum):
 
 
 class AdaGrad(Optimizer):
-    """AdaGrad: h ← h + g²;  W ← W − lr·g / (√h + ε)."""
+    """AdaGrad: h ← h + g²;  W ← W − lr·g / (√h + ε)  (g with weight_decay·W added)."""
 
     state_names = ("sum_sq",)
-    hyper_names = ("lr", "eps")
+    hyper_names = ("lr", "eps", "weight_decay")
 
     def __init__(
-        self, params: Params = None, lr: float = 0.01, eps: float = 1e-10, *, max_grad_norm: float | None = None
+        self,
+        params: Params = None,
+        lr: float = 0.01,
+        eps: float = 1e-10,
+        weight_decay: float = 0.0,
+        *,
+        max_grad_norm: float | None = None,
     ) -> None:
         self.eps = check_float("eps", eps, low=0.0, low_open=True)
+        self.weight_decay = _weight_decay(weight_decay)
         super().__init__(params, lr=lr, max_grad_norm=max_grad_norm)
 
     def _update(self, ops: Any, flat: FlatParameters, state: dict[str, Any], extras: dict[str, Any]) -> None:
@@ -66,10 +135,10 @@ class AdaGrad(Optimizer):
 
 
 class RMSprop(Optimizer):
-    """RMSprop: s ← α·s + (1 − α)·g²;  W ← W − lr·g / (√s + ε)."""
+    """RMSprop: s ← α·s + (1 − α)·g²;  W ← W − lr·g / (√s + ε)  (g with weight_decay·W added)."""
 
     state_names = ("square_avg",)
-    hyper_names = ("lr", "alpha", "eps")
+    hyper_names = ("lr", "alpha", "eps", "weight_decay")
 
     def __init__(
         self,
@@ -77,11 +146,13 @@ class RMSprop(Optimizer):
         lr: float = 0.01,
         alpha: float = 0.99,
         eps: float = 1e-8,
+        weight_decay: float = 0.0,
         *,
         max_grad_norm: float | None = None,
     ) -> None:
         self.alpha = check_float("alpha", alpha, low=0.0, high=1.0, high_open=True)
         self.eps = check_float("eps", eps, low=0.0, low_open=True)
+        self.weight_decay = _weight_decay(weight_decay)
         super().__init__(params, lr=lr, max_grad_norm=max_grad_norm)
 
     def _update(self, ops: Any, flat: FlatParameters, state: dict[str, Any], extras: dict[str, Any]) -> None:
@@ -99,13 +170,13 @@ class Adam(Optimizer):
     """Adam: m ← β1·m + (1 − β1)·g;  v ← β2·v + (1 − β2)·g²;
     W ← W − lr·m̂ / (√v̂ + ε) with m̂ = m / (1 − β1^t), v̂ = v / (1 − β2^t).
 
-    L2 regularization is a separate :class:`gpunn.L2` (``step(gn.L2(λ))`` adds λ·W to the
-    gradient that m and v see); decoupled weight decay is :class:`AdamW`.
+    ``weight_decay`` is PyTorch's: g ← g + weight_decay·W on every parameter, biases included,
+    before m and v see it (``step(gn.L2(λ))`` adds λ·W on the weights only); decoupled weight
+    decay is :class:`AdamW`.
     """
 
     state_names = ("exp_avg", "exp_avg_sq")
-    hyper_names = ("lr", "betas", "eps")
-    weight_decay = 0.0
+    hyper_names = ("lr", "betas", "eps", "weight_decay")
 
     def __init__(
         self,
@@ -113,11 +184,13 @@ class Adam(Optimizer):
         lr: float = 1e-3,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
+        weight_decay: float = 0.0,
         *,
         max_grad_norm: float | None = None,
     ) -> None:
         self.betas = _check_betas(betas)
         self.eps = check_float("eps", eps, low=0.0, low_open=True)
+        self.weight_decay = _weight_decay(weight_decay)
         super().__init__(params, lr=lr, max_grad_norm=max_grad_norm)
 
     def _update(self, ops: Any, flat: FlatParameters, state: dict[str, Any], extras: dict[str, Any]) -> None:
@@ -132,17 +205,18 @@ class Adam(Optimizer):
             beta2=beta2,
             eps=self.eps,
             step=self.step_count,
-            weight_decay=self.weight_decay,
+            weight_decay=self.weight_decay if self.decoupled else 0.0,
             **extras,
         )
 
 
 class AdamW(Adam):
     """Adam with decoupled weight decay (Loshchilov & Hutter): before each Adam update,
-    W ← W·(1 − lr·weight_decay) for the weights (``decay=True``); biases are not decayed.
+    W ← W·(1 − lr·weight_decay) for the weights (``decay=True``); biases are not decayed (PyTorch's
+    AdamW decays every parameter: in PyTorch, a group of biases with weight_decay=0 matches this).
     Unlike L2 regularization this decay does not pass through Adam's gradient scaling."""
 
-    hyper_names = ("lr", "betas", "eps", "weight_decay")
+    decoupled = True
 
     def __init__(
         self,
@@ -154,5 +228,4 @@ class AdamW(Adam):
         *,
         max_grad_norm: float | None = None,
     ) -> None:
-        self.weight_decay = check_float("weight_decay", weight_decay, low=0.0)
-        super().__init__(params, lr=lr, betas=betas, eps=eps, max_grad_norm=max_grad_norm)
+        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, max_grad_norm=max_grad_norm)

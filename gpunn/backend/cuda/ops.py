@@ -149,9 +149,15 @@ class CupyOps(NumpyOps):
         self._launch_update("sgd_update", p, (g,), (lr,), **penalties)
 
     def momentum_update(
-        self, p: Any, g: Any, v: Any, *, lr: float, momentum: float, nesterov: bool = False, **penalties: Any
-    ) -> None:
-        """v ← μ·v + g';  p ← p − lr·v (Nesterov: − lr·(g' + μ·v)): one kernel."""
+        self, p: Any, g: Any, v: Any, *,
+        lr: float, momentum: float, nesterov: bool = False, dampening: float = 0.0, **penalties: Any,
+    ) -> None:  # fmt: skip
+        """v ← μ·v + g';  p ← p − lr·v (Nesterov: − lr·(g' + μ·v)): one kernel. With dampening
+        (SGD's, rarely used): the reference's passes, which a CUDA graph cannot capture."""
+        if dampening != 0.0:
+            kw = {"lr": lr, "momentum": momentum, "nesterov": nesterov, "dampening": dampening}
+            super().momentum_update(p, g, v, **kw, **penalties)
+            return
         self._launch_update("momentum_update", p, (g, v), (lr, momentum, np.int32(1 if nesterov else 0)), **penalties)
 
     def adagrad_update(self, p: Any, g: Any, h: Any, *, lr: float, eps: float, **penalties: Any) -> None:
