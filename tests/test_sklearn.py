@@ -57,12 +57,29 @@ def _regression(n_targets: int = 1) -> tuple[np.ndarray, np.ndarray]:
 # ----------------------------------------------------------------------------- scikit-learn's checks
 
 
+def _float32_rounding(estimator) -> dict[str, str]:
+    """The checks the float32 default cannot pass: weights of k against k repeated rows sum
+    the same terms in another order, ~1e-7 apart in float32, and these compare at rtol 1e-7."""
+    if estimator.dtype is None:
+        return {}
+    why = "float32 rounding (~5e-7 relative) exceeds the check's rtol of 1e-7; dtype=None passes it"
+    return {f"check_sample_weight_equivalence_on_{kind}_data": why for kind in ("dense", "sparse")}
+
+
 # scikit-learn runs its own MLP estimators through these checks with max_iter=100 and
 # ConvergenceWarning ignored (sklearn/tests/test_common.py); no check is expected to fail.
 # They run on the CPU: the checks compare results bit for bit (e.g. predictions of a subset
-# against those of the whole set), which cuBLAS does not promise across batch sizes.
+# against those of the whole set), which cuBLAS does not promise across batch sizes. Both
+# the float32 default and dtype=None (scikit-learn's: the input's dtype) go through them.
 @parametrize_with_checks(
-    [MLPClassifier(max_iter=100, device="cpu"), MLPRegressor(max_iter=100, device="cpu")],
+    [
+        MLPClassifier(max_iter=100, device="cpu"),
+        MLPRegressor(max_iter=100, device="cpu"),
+        MLPClassifier(max_iter=100, device="cpu", dtype=None),
+        MLPRegressor(max_iter=100, device="cpu", dtype=None),
+    ],
+    expected_failed_checks=_float32_rounding,
+    xfail_strict=True,
 )
 def test_sklearn_compatible(estimator, check):
     with warnings.catch_warnings():
@@ -194,7 +211,7 @@ def test_binary_classification():
     assert proba.shape == (len(y), 2) and proba.dtype == np.float64
     np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-6)
     np.testing.assert_array_equal(clf.predict(x), clf.classes_[proba.argmax(axis=1)])
-    np.testing.assert_allclose(clf.predict_log_proba(x), np.log(proba), rtol=1e-6)
+    np.testing.assert_allclose(np.exp(clf.predict_log_proba(x)), proba, rtol=1e-6, atol=1e-7)  # 1 − p: float32
     assert clf.score(x, labels) > 0.9
 
 

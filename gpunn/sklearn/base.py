@@ -14,12 +14,12 @@ import scipy.sparse
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, Options, StrOptions
-from sklearn.utils.validation import check_array, check_is_fitted, column_or_1d
+from sklearn.utils.validation import _check_sample_weight, check_array, check_is_fitted, column_or_1d
 
 from ..backend.device import Device, array_module, device, device_of, to_numpy
 from ..validation import check_dtype
 from .network import _blas_threads, _Network
-from .training import _TrainingLoops
+from .training import _NON_FINITE, _TrainingLoops
 
 try:  # scikit-learn >= 1.6
     from sklearn.utils.validation import validate_data as _validate_data
@@ -34,6 +34,12 @@ _STOCHASTIC = ("sgd", "adam")
 
 def _is_cupy(x: Any) -> bool:
     return array_module(x) is not np
+
+
+def _float_dtype(x: Any) -> np.dtype:
+    """x's dtype if float32 or float64, else float64: the dtype scikit-learn computes in for x."""
+    dtype = np.dtype(getattr(x, "dtype", np.float64))
+    return dtype if dtype in (np.float32, np.float64) else np.dtype(np.float64)
 
 
 class BaseMultilayerPerceptron(_TrainingLoops, BaseEstimator):
@@ -64,7 +70,7 @@ class BaseMultilayerPerceptron(_TrainingLoops, BaseEstimator):
         "n_iter_no_change": [Interval(Integral, 1, None, closed="left"), Options(Real, {np.inf})],
         "max_fun": [Interval(Integral, 1, None, closed="left")],
         "device": [str, Device],
-        "dtype": [str, type, np.dtype],
+        "dtype": [str, type, np.dtype, None],
     }
 
     def __init__(
@@ -122,12 +128,14 @@ class BaseMultilayerPerceptron(_TrainingLoops, BaseEstimator):
         self.device = device
         self.dtype = dtype
 
-    def fit(self, X: Any, y: Any) -> BaseMultilayerPerceptron:
+    def fit(self, X: Any, y: Any, sample_weight: Any = None) -> BaseMultilayerPerceptron:
         """Fit the network to X (n_samples, n_features) and y: labels (n_samples,) or a label
         indicator matrix (n_samples, n_classes) for classifiers, targets (n_samples,) or
-        (n_samples, n_outputs) for regressors. Returns self."""
+        (n_samples, n_outputs) for regressors. ``sample_weight`` (n_samples,), >= 0: each
+        batch's cost is the weighted mean Σ w_n·ℓ_n / Σ w_n and its L2 term ½·alpha·ΣW² / Σ w_n,
+        as scikit-learn's; None weighs every sample 1. Returns self."""
         self._check_params()
-        return self._fit(X, y, incremental=False)
+        return self._fit(X, y, sample_weight, incremental=False)
 
     def _check_solver(self) -> bool:
         if self.solver not in _STOCHASTIC:
@@ -136,9 +144,13 @@ class BaseMultilayerPerceptron(_TrainingLoops, BaseEstimator):
 
     def _check_params(self) -> None:
         self._validate_params()  # scikit-learn's InvalidParameterError names the parameter
-        check_dtype("dtype", self.dtype)
+        self._compute_dtype(None)
         if not self._auto_device():
             device(self.device)  # a bad spec, or a GPU that is not usable, fails here with the reason
+
+    def _compute_dtype(self, like: Any) -> np.dtype:
+        """The dtype parameter's; for dtype=None, ``like``'s (the input's, as scikit-learn trains)."""
+        return _float_dtype(like) if self.dtype is None else check_dtype("dtype", self.dtype)
 
     def _auto_device(self) -> bool:
         return isinstance(self.device, str) and self.device.strip().lower() == "auto"
@@ -201,7 +213,7 @@ class BaseMultilayerPerceptron(_TrainingLoops, BaseEstimator):
             if hasattr(self, "feature_names_in_"):
                 del self.feature_names_in_
             return X
-        if X.shape[1] != self.n_features_in_:
+        if X.shape[1] != getattr(self, "n_features_in_", X.shape[1]):
             raise ValueError(
                 f"X has {X.shape[1]} features, but {name} is expecting {self.n_features_in_} features as input."
             )
@@ -211,16 +223,21 @@ class BaseMultilayerPerceptron(_TrainingLoops, BaseEstimator):
             )
         return X
 
-    def _fit(self, X: Any, y: Any, incremental: bool) -> BaseMultilayerPerceptron:
+    def _fit(self, X: Any, y: Any, sample_weight: Any, incremental: bool) -> BaseMultilayerPerceptron:
         sizes = self._hidden_sizes()
-        dtype = check_dtype("dtype", self.dtype)
         first_pass = not hasattr(self, "coefs_") or (not self.warm_start and not incremental)
+        if not first_pass:
+            self._network()  # fitted attributes set by hand get their network (and label binarizer)
         X, y = self._check_x(X, y, reset=first_pass)
+        if sample_weight is not None:  # a host stand-in for X: the check needs only its length
+            sample_weight = _check_sample_weight(
+                to_numpy(sample_weight), np.empty((X.shape[0], 0)), dtype=np.float64, ensure_non_negative=True
+            )
         targets, stratify, n_outputs = self._encode_targets(y, incremental)
         rng = check_random_state(self.random_state)
         dev = self._device(X)
         if first_pass:
-            self._initialize([X.shape[1], *sizes, n_outputs], dtype, rng, dev)
+            self._initialize([X.shape[1], *sizes, n_outputs], self._compute_dtype(X), rng, dev)
         elif n_outputs != self.n_outputs_:
             raise ValueError(f"y has {n_outputs} outputs but the fitted network has {self.n_outputs_}; refit it")
         net: _Network = self._net
@@ -234,16 +251,13 @@ class BaseMultilayerPerceptron(_TrainingLoops, BaseEstimator):
         try:
             with _blas_threads(net.units, rows, dev):
                 if self.solver == "lbfgs":
-                    self._fit_lbfgs(net, Xd, Td)
+                    self._fit_lbfgs(net, Xd, Td, sample_weight)
                 else:
-                    self._fit_stochastic(net, Xd, Td, stratify, rng, incremental)
+                    self._fit_stochastic(net, Xd, Td, sample_weight, stratify, rng, incremental)
         finally:
             net.export(self)
         if not bool(dev.xp.isfinite(net.flat.data).all()):
-            raise ValueError(
-                "Solver produced non-finite parameter weights. The input data may contain large values "
-                "and need to be preprocessed."
-            )
+            raise ValueError(_NON_FINITE)
         return self
 
     def _initialize(self, units: list[int], dtype: np.dtype, rng: np.random.RandomState, dev: Device) -> None:
@@ -255,26 +269,51 @@ class BaseMultilayerPerceptron(_TrainingLoops, BaseEstimator):
         self._net = _Network(units, self.activation, self.out_activation_, dtype)
         self._net.build(rng, dev)
         self._net.export(self)
-        if self.solver in _STOCHASTIC:
-            self.loss_curve_ = []
-            self._no_improvement_count = 0
-            self.best_loss_ = None if self.early_stopping else np.inf
-            self.validation_scores_ = [] if self.early_stopping else None
-            self.best_validation_score_ = -np.inf if self.early_stopping else None
+        vars(self).update(self._new_records())
 
-    def _output(self, X: Any) -> tuple[Any, bool, Device]:
-        """Output activations for X, and whether and where X was a CuPy array.
+    def _new_records(self) -> dict[str, Any]:
+        """The records a stochastic solver keeps across epochs, as a first fit starts them."""
+        if self.solver not in _STOCHASTIC:
+            return {}
+        stopping = self.early_stopping
+        return {
+            "loss_curve_": [],
+            "_no_improvement_count": 0,
+            "best_loss_": None if stopping else np.inf,
+            "validation_scores_": [] if stopping else None,
+            "best_validation_score_": -np.inf if stopping else None,
+        }
+
+    def _network(self) -> _Network:
+        """The network behind the fitted attributes. Where there is none, or it no longer
+        matches them (coefs_, intercepts_ and out_activation_ set by hand: a model restored
+        from the user's own storage, which scikit-learn reads straight from its attributes),
+        a new one is built from them; missing records start as a first fit starts them."""
+        units = [len(self.coefs_[0]), *(len(b) for b in self.intercepts_)]
+        net = vars(self).get("_net")
+        if net is None or (net.units, net.activation, net.out) != (units, self.activation, self.out_activation_):
+            dtype = self._compute_dtype(self.coefs_[0])
+            net = self._net = _Network(units, self.activation, self.out_activation_, dtype)
+            records = {"n_iter_": 0, "t_": 0, "n_outputs_": units[-1], "n_layers_": len(units), **self._new_records()}
+            for name, value in records.items():
+                if not hasattr(self, name):
+                    setattr(self, name, value)
+        return net
+
+    def _output(self, X: Any, log: bool = False) -> tuple[Any, bool, Device]:
+        """Output activations for X (their logarithms, computed from the logits, with ``log``),
+        and whether and where X was a CuPy array.
 
         Computed on the model's device in its dtype; returned in X's floating dtype (float64
         for anything else, as scikit-learn's validation would make it): on X's GPU for CuPy
         input, as a NumPy array otherwise."""
         check_is_fitted(self)
         X, _ = self._check_x(X, reset=False)
-        net: _Network = self._net
+        net = self._network()
         net.sync(self, net.device if net.model is not None else self._device(X))
         with net.device:
-            out = net.output(net.device.send(X, dtype=net.dtype))
-        dtype = X.dtype if X.dtype in (np.float32, np.float64) else np.dtype(np.float64)
+            out = net.output(net.device.send(X, dtype=net.dtype), log=log)
+        dtype = _float_dtype(X)
         cupy_in = _is_cupy(X)
         src = device_of(X)
         out = src.send(out, dtype=dtype) if cupy_in else to_numpy(out).astype(dtype, copy=False)

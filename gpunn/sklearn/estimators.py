@@ -3,8 +3,8 @@
 ``from gpunn.sklearn import MLPClassifier, MLPRegressor`` gives drop-in replacements for
 scikit-learn's estimators of the same names: the same constructor parameters with the same
 meanings and defaults, the same fitted attributes, and the same training semantics, plus
-``device`` ("auto", "cpu", "cuda:N") and ``dtype`` (float32 by default). Matched exactly as
-:mod:`sklearn.neural_network` does it:
+``device`` ("auto", "cpu", "cuda:N") and ``dtype`` (float32 by default; None trains in the
+input's dtype, as scikit-learn does). Matched exactly as :mod:`sklearn.neural_network` does it:
 
 - initial weights: Glorot-uniform, W, b ~ U(−r, r) with r = √(6 / (fan_in + fan_out))
   (√(2 / …) for "logistic"), drawn from ``check_random_state(random_state)`` in scikit-learn's
@@ -13,22 +13,27 @@ meanings and defaults, the same fitted attributes, and the same training semanti
   J = cost + ½·alpha·ΣW² / n_b, with cost the mean log-loss (softmax output for multiclass,
   one logistic output per column for binary and multilabel), half the mean squared error
   over samples *and* outputs, or the mean half Poisson deviance; the weight gradient is
-  (∂cost_sum + alpha·W) / n_b, biases are not penalized;
+  (∂cost_sum + alpha·W) / n_b, biases are not penalized. With ``sample_weight`` w, cost is
+  the weighted mean Σ w_n·ℓ_n / Σ w_n and Σ_b w takes n_b's place (a weight of k counts as k
+  copies of the sample, 0 as none; a batch of zero weights is skipped, where scikit-learn
+  raises ZeroDivisionError); early stopping's validation score is weighted too;
 - the optimizers: Adam with scikit-learn's bias correction (lr·√(1−β2^t)/(1−β1^t) with ε
   outside the square root), SGD with (Nesterov) momentum, "invscaling" and "adaptive"
   learning rates, the per-epoch ``tol`` / ``n_iter_no_change`` stopping rule, early stopping
-  on a held-out ``validation_fraction`` with the best weights restored, ``t_`` counting
-  samples, and the same warnings (ConvergenceWarning, batch_size clipping);
+  on a held-out ``validation_fraction`` with the best weights restored (also after the loss
+  diverged to inf or NaN, which without early stopping ends the fit with scikit-learn's ValueError),
+  ``t_`` counting samples, and the same warnings (ConvergenceWarning, batch_size clipping);
 - "lbfgs": scipy's L-BFGS-B over the flat parameter buffer, with the full-batch objective
   and gradient computed on the device.
 
 In float64 the loss curves agree with scikit-learn's to rounding (tests/test_sklearn.py).
 Known differences: the reported log-loss does not clip probabilities to [ε, 1 − ε] as
 scikit-learn's does (it differs only while some probability underflows, e.g. in the first
-epochs on unscaled data); fit and partial_fit take no ``sample_weight`` (scikit-learn >= 1.7
-has one); with "lbfgs" a multi-output regressor minimizes the objective its gradient belongs
-to (scikit-learn's reported squared error is divided by the number of outputs, its gradient
-is not).
+epochs on unscaled data); negative sample weights are refused (scikit-learn takes them);
+``predict_log_proba`` is computed from the logits, finite where scikit-learn's
+log(predict_proba) is −inf; with "lbfgs" a multi-output regressor minimizes the objective
+its gradient belongs to (scikit-learn's reported squared error is divided by the number of
+outputs, its gradient is not).
 
 The data go to the device once per fit; each epoch reads one small array back, as scikit-learn
 evaluates its loss once per epoch too. On the CPU, small networks train with the BLAS on one
@@ -36,7 +41,9 @@ thread (see ``network._blas_threads``). Inputs may be NumPy arrays, lists, panda
 sparse matrices (densified) or CuPy arrays; predictions follow the input: CuPy in, CuPy out
 (numeric labels), NumPy otherwise. ``coefs_`` and ``intercepts_`` are NumPy arrays (on the
 CPU, views of the live weights, as in scikit-learn; after a GPU fit, host copies — assign new
-arrays to change the weights). Needs scikit-learn (``pip install "gpunn[sklearn]"``).
+arrays to change the weights). As in scikit-learn, fitted attributes set by hand (``coefs_``,
+``intercepts_``, ``out_activation_``, ``classes_``, ...: a model restored from the user's own storage)
+predict and train on with partial_fit. Needs scikit-learn (``pip install "gpunn[sklearn]"``).
 """
 
 from __future__ import annotations
@@ -74,12 +81,18 @@ class MLPClassifier(ClassifierMixin, BaseMultilayerPerceptron):
     device : "auto" (default), "cpu", "cuda:N" or a gpunn Device. "auto" trains on a CuPy
         input's GPU, else where ``gpunn.device()`` points (GPUNN_DEVICE, else cuda:0 when
         usable, else the CPU).
-    dtype : "float32" (default) or "float64", the precision the network computes in.
 
-    Fitted attributes: classes_, loss_, best_loss_, loss_curve_, validation_scores_,
-    best_validation_score_, t_, coefs_ (list of (n_in, n_out)), intercepts_ (list of
-    (n_out,)), n_features_in_, feature_names_in_, n_iter_, n_layers_, n_outputs_,
-    out_activation_, and device_ (where the last fit ran, e.g. "cuda:0").
+    dtype : "float32" (default), "float64" or None: the precision the network computes in.
+        None follows the input as scikit-learn does (float32 X trains in float32, anything
+        else in float64). The default is float32, whatever the input, because GPUs compute it
+        many times faster than float64 (and it halves the memory), with precision to spare
+        for training; use None or "float64" to reproduce scikit-learn's numbers.
+
+    Fitted attributes: ``classes_``, ``loss_``, ``best_loss_``, ``loss_curve_``,
+    ``validation_scores_``, ``best_validation_score_``, ``t_``, ``coefs_`` (list of (n_in, n_out)),
+    ``intercepts_`` (list of (n_out,)), ``n_features_in_``, ``feature_names_in_``, ``n_iter_``,
+    ``n_layers_``, ``n_outputs_``, ``out_activation_``, and ``device_`` (where the last fit ran,
+    e.g. "cuda:0").
     """
 
     def _out_activation(self) -> str:
@@ -110,15 +123,22 @@ class MLPClassifier(ClassifierMixin, BaseMultilayerPerceptron):
         return binary.astype(np.float32), binary, binary.shape[1]
 
     @available_if(lambda est: est._check_solver())
-    def partial_fit(self, X: Any, y: Any, classes: Any = None) -> MLPClassifier:
-        """One epoch over (X, y). ``classes`` (every label of the whole data) is required on
-        the first call. Returns self."""
+    def partial_fit(self, X: Any, y: Any, sample_weight: Any = None, classes: Any = None) -> MLPClassifier:
+        """One epoch over (X, y), with ``sample_weight`` as in :meth:`fit`. ``classes`` (every
+        label of the whole data) is required on the first call. Returns self."""
         self._check_params()
         classes = None if classes is None else to_numpy(classes)  # scikit-learn's checks need host arrays
         if _check_partial_fit_first_call(self, classes):
             multilabel = type_of_target(to_numpy(y)).startswith("multilabel")
             self._label_binarizer = LabelBinarizer().fit(to_numpy(y) if multilabel else classes)
-        return self._fit(X, y, incremental=True)
+        return self._fit(X, y, sample_weight, incremental=True)
+
+    def _network(self) -> _Network:
+        if "_label_binarizer" not in vars(self):  # fitted attributes set by hand: from classes_
+            k = len(self.intercepts_[-1])
+            multilabel = k > 1 and self.out_activation_ == "logistic"
+            self._label_binarizer = LabelBinarizer().fit(np.eye(k, dtype=int) if multilabel else self.classes_)
+        return super()._network()
 
     def predict_proba(self, X: Any) -> Any:
         """Class probabilities (n_samples, n_classes), ordered as ``classes_``."""
@@ -129,9 +149,9 @@ class MLPClassifier(ClassifierMixin, BaseMultilayerPerceptron):
         return out
 
     def predict_log_proba(self, X: Any) -> Any:
-        """log(predict_proba(X))."""
-        proba = self.predict_proba(X)
-        return array_module(proba).log(proba, out=proba)
+        """log(predict_proba(X)) (n_samples, n_classes), computed from the logits z as log
+        softmax(z) or log σ(z): finite where a probability rounds to 0."""
+        return self._output(X, log=True)[0]
 
     def predict(self, X: Any) -> Any:
         """Predicted labels (n_samples,), or a label indicator matrix for multilabel targets."""
@@ -161,8 +181,9 @@ class MLPClassifier(ClassifierMixin, BaseMultilayerPerceptron):
             cache[src] = src.send(self.classes_)
         return cache[src][codes]
 
-    def _device_score(self, net: _Network, X: Any, T: Any) -> float:
-        """Accuracy on the device (subset accuracy for multilabel), as ``score``."""
+    def _device_score(self, net: _Network, X: Any, T: Any, w: Any = None) -> float:
+        """Accuracy on the device (subset accuracy for multilabel), as ``score``; weighted by
+        the sample weights ``w`` (N,) unless None."""
         if len(self.classes_) == 1:
             return 1.0
         with net.device:
@@ -171,7 +192,10 @@ class MLPClassifier(ClassifierMixin, BaseMultilayerPerceptron):
             correct = predicted == truth
             if correct.ndim == 2:
                 correct = correct.all(axis=1)
-            return float(correct.mean())
+            if w is None:
+                return float(correct.mean())
+            w = w.astype(np.float64)
+            return float((w * correct).sum() / w.sum())
 
     def score(self, X: Any, y: Any, sample_weight: Any = None) -> float:
         """Mean accuracy on (X, y) (subset accuracy for multilabel targets)."""
@@ -272,26 +296,28 @@ class MLPRegressor(RegressorMixin, BaseMultilayerPerceptron):
         return y, None, y.shape[1]
 
     @available_if(lambda est: est._check_solver())
-    def partial_fit(self, X: Any, y: Any) -> MLPRegressor:
-        """One epoch over (X, y). Returns self."""
+    def partial_fit(self, X: Any, y: Any, sample_weight: Any = None) -> MLPRegressor:
+        """One epoch over (X, y), with ``sample_weight`` as in :meth:`fit`. Returns self."""
         self._check_params()
-        return self._fit(X, y, incremental=True)
+        return self._fit(X, y, sample_weight, incremental=True)
 
     def predict(self, X: Any) -> Any:
         """Predicted targets (n_samples,) or (n_samples, n_outputs)."""
         out, _, _ = self._output(X)
         return out.ravel() if out.shape[1] == 1 else out
 
-    def _device_score(self, net: _Network, X: Any, T: Any) -> float:
-        """R² on the device, averaged over outputs as ``r2_score``; NaN if a prediction is not finite."""
+    def _device_score(self, net: _Network, X: Any, T: Any, w: Any = None) -> float:
+        """R² on the device, averaged over outputs as ``r2_score`` (with the sample weights
+        ``w`` (N,) unless None); NaN if a prediction is not finite."""
         with net.device:
             xp = net.device.xp
             predicted = net.output(X).astype(np.float64)
             if not bool(xp.isfinite(predicted).all()):
                 return float("nan")
             truth = T.astype(np.float64)
-            residual = ((truth - predicted) ** 2).sum(axis=0)
-            total = ((truth - truth.mean(axis=0)) ** 2).sum(axis=0)
+            w = xp.ones((len(truth), 1)) if w is None else w.astype(np.float64)[:, None]
+            residual = (w * (truth - predicted) ** 2).sum(axis=0)
+            total = (w * (truth - (w * truth).sum(axis=0) / w.sum()) ** 2).sum(axis=0)
             safe = xp.where(total == 0, 1.0, total)
             r2 = xp.where(total == 0, xp.where(residual == 0, 1.0, 0.0), 1.0 - residual / safe)
             return float(r2.mean())

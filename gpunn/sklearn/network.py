@@ -15,7 +15,7 @@ from threadpoolctl import ThreadpoolController
 
 from .. import optim
 from ..backend.device import Device, array_module, to_numpy
-from ..nn.functional import sigmoid, softmax
+from ..nn.functional import log_softmax, sigmoid, softmax
 from ..nn.layers import Linear
 from ..nn.losses import Loss, MSELoss, SigmoidBCELoss, SoftmaxWithLoss
 from ..nn.sequential import Sequential, mlp
@@ -43,17 +43,23 @@ def _blas_threads(units: list[int], rows: int, dev: Device) -> Any:
     return _threadpools().limit(limits=1, user_api="blas")
 
 
+def _half_poisson(z: Any, t: Any) -> tuple[Any, Any]:
+    """The half Poisson deviance with a log link per element, ŷ − t·z + t·log t − t, and ŷ = exp(z)."""
+    xp = array_module(z)
+    y = xp.exp(z)
+    t_log_t = xp.where(t > 0, t * xp.log(xp.where(t > 0, t, 1.0)), 0.0)
+    return y - t * z + t_log_t - t, y
+
+
 class _HalfPoissonLoss(Loss):
     """Half Poisson deviance with a log link, ŷ = exp(z):
     L = (1/N) Σ_n Σ_k [ŷ − t·z + t·log t − t];  ∂L/∂z = (ŷ − t) / N.  z, t: (N, K)."""
 
     def forward(self, z: Any, t: Any) -> Any:
-        xp = array_module(z)
         t = t.reshape(z.shape)
-        y = xp.exp(z)
-        t_log_t = xp.where(t > 0, t * xp.log(xp.where(t > 0, t, 1.0)), 0.0)
-        self._y, self._t = y, t
-        return xp.asarray((y - t * z + t_log_t - t).sum() / z.shape[0])
+        per_element, self._y = _half_poisson(z, t)
+        self._t = t
+        return array_module(z).asarray(per_element.sum() / z.shape[0])
 
     def backward(self) -> Any:
         d = self._y - self._t
@@ -62,6 +68,45 @@ class _HalfPoissonLoss(Loss):
 
 
 _LOSSES = {"softmax": SoftmaxWithLoss, "logistic": SigmoidBCELoss, "identity": MSELoss, "exp": _HalfPoissonLoss}
+
+
+class _WeightedLoss(Loss):
+    """The loss of an output with sample weights, as scikit-learn weighs it: over a batch whose
+    ``weights`` w (N,) are already divided by their sum, J = Σ_n w_n·ℓ_n and
+    ∂J/∂z_n = w_n·(g(z_n) − t_n), g the output activation (each loss is its output's canonical
+    pair). ℓ_n: −log softmax(z_n)[t_n] (t: class indices); Σ_k softplus(z) − z·t (logistic);
+    ½‖z − t‖² (identity); Σ_k e^z − t·z + t·log t − t (exp). z: (N, K)."""
+
+    def __init__(self, out: str) -> None:
+        super().__init__(validate=False)
+        self.out, self.weights = out, None
+
+    def forward(self, z: Any, t: Any) -> Any:
+        xp = array_module(z)
+        if self.out == "softmax":
+            grad = log_softmax(z, axis=1)
+            rows = xp.arange(z.shape[0])
+            per_sample = -grad[rows, t]
+            xp.exp(grad, out=grad)
+            grad[rows, t] -= 1.0
+        else:
+            t = t.reshape(z.shape)
+            if self.out == "logistic":
+                per_element = xp.maximum(z, 0.0) - z * t + xp.log1p(xp.exp(-xp.abs(z)))
+                grad = sigmoid(z) - t
+            elif self.out == "identity":
+                grad = z - t
+                per_element = 0.5 * grad * grad
+            else:
+                per_element, grad = _half_poisson(z, t)
+                grad -= t
+            per_sample = per_element.sum(axis=1)
+        grad *= self.weights[:, None]
+        self._grad = grad
+        return per_sample @ self.weights
+
+    def backward(self) -> Any:
+        return self._grad
 
 
 class _Network:
@@ -141,15 +186,20 @@ class _Network:
         est.intercepts_ = [layer.b.data if on_cpu else to_numpy(layer.b.data) for layer in layers]
         self.exported = (*est.coefs_, *est.intercepts_)
 
-    def output(self, x: Any) -> Any:
-        """The output layer's activation a = g(z) for x on the model's device: (N, n_outputs)."""
+    def output(self, x: Any, log: bool = False) -> Any:
+        """The output layer's activation a = g(z) for x on the model's device: (N, n_outputs).
+        With ``log``, the classifier's log-probabilities computed from the logits z, finite
+        where a probability rounds to 0: log softmax(z), log σ(z) = −log(1 + e^−z), and for one
+        logistic output the two classes' [log σ(−z), log σ(z)] (N, 2)."""
         model, xp = self.model, self.device.xp
         parts = []
         with self.device:
             for i in range(0, max(x.shape[0], 1), _PREDICT_CHUNK):
                 z = model.forward(x[i : i + _PREDICT_CHUNK])
                 if self.out == "softmax":
-                    z = softmax(z, axis=1)
+                    z = log_softmax(z, axis=1) if log else softmax(z, axis=1)
+                elif self.out == "logistic" and log:
+                    z = -xp.logaddexp(0.0, xp.concatenate([z, -z], axis=1) if z.shape[1] == 1 else -z)
                 elif self.out == "logistic":
                     z = sigmoid(z, out=z)
                 elif self.out == "exp":

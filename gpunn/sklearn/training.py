@@ -17,7 +17,12 @@ from sklearn.model_selection import train_test_split
 from .. import optim
 from ..backend.device import device_of, to_numpy
 from ..nn.regularizers import L2
-from .network import _Network, _set_lr
+from .network import _Network, _set_lr, _WeightedLoss
+
+# scikit-learn's words, which code in the wild matches; any detail goes after them
+_NON_FINITE = (
+    "Solver produced non-finite parameter weights. The input data may contain large values and need to be preprocessed."
+)
 
 
 class _TrainingLoops:
@@ -39,22 +44,34 @@ class _TrainingLoops:
         return opt
 
     def _fit_stochastic(
-        self, net: _Network, X: Any, T: Any, stratify: Any, rng: np.random.RandomState, incremental: bool
+        self,
+        net: _Network,
+        X: Any,
+        T: Any,
+        sample_weight: np.ndarray | None,
+        stratify: Any,
+        rng: np.random.RandomState,
+        incremental: bool,
     ) -> None:
         """Epochs of mini-batch updates until max_iter, the tol / n_iter_no_change rule or,
-        for partial_fit, one epoch; scikit-learn's bookkeeping after each epoch."""
+        for partial_fit, one epoch; scikit-learn's bookkeeping after each epoch.
+        ``sample_weight``: (N,) on the host, or None."""
         if self.early_stopping and incremental:
             raise ValueError("partial_fit does not support early_stopping=True")
         if not incremental or net.optimizer is None:
             net.optimizer = self._make_optimizer(net)
-        X, T, validation = self._split_validation(net, X, T, stratify, rng)
+        X, T, sample_weight, validation = self._split_validation(net, X, T, sample_weight, stratify, rng)
         n = X.shape[0]
         batch_size = self._batch_size(n)
         n_steps = -(-n // batch_size)
         sizes = np.full(n_steps, float(batch_size))
         sizes[-1] = n - batch_size * (n_steps - 1)
+        starts = np.arange(0, n, batch_size)
         dev = net.device
-        penalty = L2(self.alpha) if self.alpha else None  # its coefficient is set per batch (alpha / n_b)
+        penalty = L2(self.alpha) if self.alpha else None  # its coefficient is set per batch (alpha / Σ_b w)
+        loss = net.loss if sample_weight is None else _WeightedLoss(net.out)
+        with dev:
+            sw = None if sample_weight is None else dev.send(sample_weight, dtype=net.dtype)
         sample_idx = np.arange(n)
         try:
             self.n_iter_ = 0
@@ -67,8 +84,12 @@ class _TrainingLoops:
                     sample_idx = sample_idx[permutation]
                     with dev:
                         order = dev.send(sample_idx)
-                record = self._epoch(net, penalty, X, T, order, batch_size)
-                self._end_epoch(float(record[0] @ sizes) / n, float(record[1].sum()) / n, n)
+                # each batch's weight sum Σ_b w (its size n_b unweighted) divides its gradient and L2 term
+                divisors = sizes if sw is None else np.add.reduceat(sample_weight[sample_idx], starts)
+                record = self._epoch(net, loss, penalty, X, T, sw, order, batch_size, divisors)
+                # scikit-learn's epoch loss: Σ_b n_b·(cost_b + ½·alpha·ΣW²/Σ_b w) / n
+                l2_terms = record[1] * (sizes / np.where(divisors > 0, divisors, 1.0))
+                self._end_epoch(float(record[0] @ sizes) / n, float(l2_terms.sum()) / n, n)
                 self._update_no_improvement_count(net, validation)
                 if self.solver == "sgd" and self.learning_rate == "invscaling":
                     _set_lr(net.optimizer, self.learning_rate_init / (self.t_ + 1) ** self.power_t)
@@ -89,12 +110,14 @@ class _TrainingLoops:
             net.flat.data[...] = net.best  # restore the weights of the best validation score
 
     def _split_validation(
-        self, net: _Network, X: Any, T: Any, stratify: Any, rng: np.random.RandomState
-    ) -> tuple[Any, Any, tuple[Any, Any] | None]:
+        self, net: _Network, X: Any, T: Any, sample_weight: Any, stratify: Any, rng: np.random.RandomState
+    ) -> tuple[Any, Any, Any, tuple[Any, Any, Any] | None]:
         """With early_stopping, set aside validation_fraction of the samples as scikit-learn
-        does (stratified for single-output classifiers); returns (X_train, T_train, (X_val, T_val))."""
+        does (stratified for single-output classifiers); returns (X_train, T_train,
+        sample_weight_train, (X_val, T_val, sample_weight_val on the device)), the weights
+        None without sample_weight."""
         if not self.early_stopping:
-            return X, T, None
+            return X, T, sample_weight, None
         should_stratify = isinstance(self, ClassifierMixin) and self.n_outputs_ == 1
         train_idx, val_idx = train_test_split(
             np.arange(X.shape[0]),
@@ -110,8 +133,10 @@ class _TrainingLoops:
         if net.best is None or device_of(net.best) != dev:  # a warm start may have moved the model
             net.best = net.flat.data.copy()
         with dev:
+            sw_val = None if sample_weight is None else dev.send(sample_weight[val_idx], dtype=net.dtype)
+            sw_train = None if sample_weight is None else sample_weight[train_idx]
             train_idx, val_idx = dev.send(train_idx), dev.send(val_idx)
-            return X[train_idx], T[train_idx], (X[val_idx], T[val_idx])
+            return X[train_idx], T[train_idx], sw_train, (X[val_idx], T[val_idx], sw_val)
 
     def _batch_size(self, n: int) -> int:
         if self.batch_size == "auto":
@@ -123,14 +148,15 @@ class _TrainingLoops:
         return int(np.clip(self.batch_size, 1, n))
 
     def _end_epoch(self, cost: float, mean_sum_sq: float, n: int) -> None:
-        """Record the epoch's loss: the sample-weighted mean of the batch objectives,
-        cost·scale + ½·alpha·(Σ_steps ΣW²)/n."""
+        """Record the epoch's loss: the mean of the batch objectives weighted by batch size,
+        cost·scale + ½·alpha·mean_sum_sq. A loss that is not finite ends the fit, except with
+        early stopping, where scikit-learn trains on (recording NaN validation scores) and
+        restores the best weights at the end (it raises only once the epochs are done otherwise)."""
         loss = cost * self._loss_scale() + 0.5 * self.alpha * mean_sum_sq
-        if not math.isfinite(loss):
+        if not (math.isfinite(loss) or self.early_stopping):
             raise ValueError(
-                f"Solver produced non-finite parameter weights (the loss became {loss} in iteration "
-                f"{self.n_iter_ + 1}). The input data may contain large values and need to be "
-                "preprocessed, or the learning rate is too high."
+                f"{_NON_FINITE} The loss became {loss} in iteration {self.n_iter_ + 1}; the learning "
+                "rate may be too high."
             )
         self.n_iter_ += 1
         self.loss_ = loss
@@ -155,15 +181,30 @@ class _TrainingLoops:
         self._no_improvement_count = 0
         return False
 
-    def _epoch(self, net: _Network, penalty: L2 | None, X: Any, T: Any, order: Any, batch_size: int) -> np.ndarray:
+    def _epoch(
+        self,
+        net: _Network,
+        loss: Any,
+        penalty: L2 | None,
+        X: Any,
+        T: Any,
+        sw: Any,
+        order: Any,
+        batch_size: int,
+        divisors: np.ndarray,
+    ) -> np.ndarray:
         """One pass over (X, T) in mini-batches, in ``order`` (device indices; None: as they
-        are); returns, read once, (2, n_steps): each step's mean cost and the ΣW² its penalty
-        used (the weights before the step's update). ``penalty``: the fit's L2, None without alpha.
+        are); returns, read once, (2, n_steps): each step's (weighted) mean cost and the ΣW²
+        its penalty used (the weights before the step's update). ``penalty``: the fit's L2,
+        None without alpha. ``sw``: the sample weights on the device (None: unweighted, with
+        ``loss`` the network's), ``divisors``: each batch's weight sum Σ_b w, or its size n_b.
 
         Per step: z = model(x_b); cost, ∂cost/∂z; backward writes every grad; then the
         optimizer updates the flat buffer in one operation that also adds the L2 gradient
-        (alpha / n_b)·W to the weights' gradient (the same rounding as adding it first)."""
-        model, loss, opt, flat, dev = net.model, net.loss, net.optimizer, net.flat, net.device
+        (alpha / Σ_b w)·W to the weights' gradient (the same rounding as adding it first).
+        A batch whose weights are all zero holds no sample that counts: it is skipped."""
+        model, opt, flat, dev = net.model, net.optimizer, net.flat, net.device
+        divisors = divisors.tolist()  # Python floats: a NumPy float64 would promote float32 arrays
         n_steps = -(-X.shape[0] // batch_size)
         weights = flat.data[: flat.n_decay]
         alpha, n = self.alpha, X.shape[0]
@@ -175,19 +216,22 @@ class _TrainingLoops:
             for step in range(n_steps):
                 start = step * batch_size
                 stop = min(start + batch_size, n)
+                rows = slice(start, stop) if order is None else order[start:stop]
                 if order is None:
-                    xb, tb = X[start:stop], T[start:stop]
+                    xb, tb = X[rows], T[rows]
                 elif on_cpu:
                     # NumPy's take copies whole rows; X[idx] goes through the general fancy-index
                     # machinery, 2–3× slower for a 200-row batch (same rows, same result)
-                    idx = order[start:stop]
-                    xb, tb = X.take(idx, axis=0), T.take(idx, axis=0)
+                    xb, tb = X.take(rows, axis=0), T.take(rows, axis=0)
                 else:
-                    idx = order[start:stop]
-                    xb, tb = X[idx], T[idx]
+                    xb, tb = X[rows], T[rows]
+                if sw is not None:
+                    if divisors[step] == 0.0:
+                        continue
+                    loss.weights = sw[rows] * (1.0 / divisors[step])
                 if penalty is not None:
                     record[1, step] = weights @ weights  # before the step's update
-                    penalty.lam = alpha / (stop - start)
+                    penalty.lam = alpha / divisors[step]
                 if adam:
                     # scikit-learn's Adam adds ε to √v, not to √v̂: ε' = ε / √(1 − β2^t) in gpunn's form
                     beta2_t *= beta2
@@ -197,7 +241,7 @@ class _TrainingLoops:
                 opt.step(penalty)
             return to_numpy(record).astype(np.float64)
 
-    def _update_no_improvement_count(self, net: _Network, validation: tuple[Any, Any] | None) -> None:
+    def _update_no_improvement_count(self, net: _Network, validation: tuple[Any, Any, Any] | None) -> None:
         if validation is not None:
             score = self._device_score(net, *validation)
             self.validation_scores_.append(score)
@@ -212,11 +256,17 @@ class _TrainingLoops:
             self.best_loss_ = min(self.best_loss_, self.loss_curve_[-1])
         self._no_improvement_count = self._no_improvement_count + 1 if no_improvement else 0
 
-    def _fit_lbfgs(self, net: _Network, X: Any, T: Any) -> None:
-        """Full-batch L-BFGS-B (scipy) on J = cost + ½·alpha·ΣW²/N and its exact gradient."""
+    def _fit_lbfgs(self, net: _Network, X: Any, T: Any, sample_weight: np.ndarray | None) -> None:
+        """Full-batch L-BFGS-B (scipy) on J = cost + ½·alpha·ΣW²/N and its exact gradient;
+        with ``sample_weight`` (N,) on the host, the weighted mean cost and Σ w in place of N."""
         model, loss, dev, flat = net.model, net.loss, net.device, net.flat
         params = model.parameters()
         n = X.shape[0]
+        if sample_weight is not None:
+            n = float(sample_weight.sum())
+            loss = _WeightedLoss(net.out)
+            with dev:
+                loss.weights = dev.send(sample_weight / n, dtype=net.dtype)
         weights = flat.data[: flat.n_decay]
         grad = L2(self.alpha / n)
         scale = self._loss_scale()
