@@ -134,3 +134,30 @@ def test_missing_matplotlib_says_how_to_install_it(monkeypatch, tmp_path):
     with pytest.raises(ImportError, match=r'pip install "gpunn\[plot\]"'):
         gn.plot_history(full_history(), path)
     assert not path.exists()
+
+
+def test_history_plot_returns_the_figure_and_saves_only_when_asked(mpl, tmp_path):
+    from matplotlib.figure import Figure  # noqa: PLC0415
+
+    history = full_history()
+    figure = history.plot()
+    assert isinstance(figure, Figure)
+    assert [len(a.lines) for a in figure.axes] == [3, 2]
+    assert list(tmp_path.iterdir()) == []
+    figure = history.plot(tmp_path / "h.png", title="spiral")
+    assert (tmp_path / "h.png").read_bytes()[:8] == PNG_SIGNATURE
+    assert figure._suptitle.get_text() == "spiral"
+
+
+def test_history_plot_after_two_fits_draws_one_continuing_curve(mpl):
+    x, y = gn.data.make_spiral(points_per_class=30, classes=3, seed=0)
+    trainer = gn.Trainer(gn.mlp([2, 8, 3], seed=0), gn.SoftmaxWithLoss(), gn.optim.Adam(lr=1e-2), device="cpu")
+    trainer.fit(x, y, epochs=2, verbose=False)
+    figure = trainer.fit(x, y, epochs=3, verbose=False).plot()
+    assert list(figure.axes[0].lines[0].get_xdata()) == [1, 2, 3, 4, 5]
+
+
+def test_history_plot_without_matplotlib_says_how_to_install_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    with pytest.raises(ImportError, match=r'pip install "gpunn\[plot\]"'):
+        full_history().plot()

@@ -358,9 +358,11 @@ def test_an_optimizer_bound_to_part_of_the_model_is_widened_with_a_warning(spira
         if when == "after, then replaced":
             last.W = gn.Parameter(last.W.data.copy())
         trainer.fit(x, y, epochs=2, batch_size=64, verbose=False)
-    messages = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+    warned = [w for w in caught if issubclass(w.category, RuntimeWarning)]
+    messages = [str(w.message) for w in warned]
     among = 1 if when == "after, then replaced" else 2
     assert len(messages) == 1 and f"bound to 2 parameters, {among} of them among the model's 4" in messages[0]
+    assert warned[0].filename == __file__  # the caller's line, whether the constructor or fit widened it
     assert len(optimizer.params) == 4
     twin = gn.mlp([2, 16, 3], seed=0)
     twin_opt = gn.optim.Adam(twin.parameters(), lr=1e-2)
@@ -676,15 +678,28 @@ def test_initial_epoch_continues_the_numbering_and_resumes_exactly(spiral):
     assert same_weights(weights(resumed), weights(straight))
 
 
-def test_fit_twice_extends_the_history(spiral):
+def test_fit_twice_extends_the_history_and_continues_the_epoch_count(spiral):
     x, y = spiral
     trainer = classifier()
     trainer.fit(x, y, epochs=2, batch_size=64, verbose=False)
     costs = list(trainer.history["cost"])
-    history = trainer.fit(x, y, epochs=3, batch_size=64, verbose=False)
+    history = trainer.fit(x, y, epochs=3, batch_size=64, verbose=False)  # 3 more epochs, as in Keras
     assert len(history) == 5
     assert history["cost"][:2] == costs
-    assert history["epoch"] == [1, 2, 1, 2, 3]  # without initial_epoch each call counts from 1
+    assert history["epoch"] == [1, 2, 3, 4, 5]  # the learning curve goes on, not back to epoch 1
+    # the second fit's epochs are epochs 3 to 5 of one fit: the same shuffles, the same numbers
+    straight = classifier()
+    straight.fit(x, y, epochs=5, batch_size=64, verbose=False)
+    assert history["cost"] == straight.history["cost"]
+    assert same_weights(weights(trainer), weights(straight))
+
+
+def test_fit_after_a_fresh_history_counts_from_one(spiral):
+    x, y = spiral
+    trainer = classifier()
+    trainer.fit(x, y, epochs=2, batch_size=64, verbose=False)
+    trainer.history = gn.History()  # the user starts a new curve
+    assert trainer.fit(x, y, epochs=2, batch_size=64, verbose=False)["epoch"] == [1, 2]
 
 
 def test_initial_epoch_at_or_past_epochs_trains_nothing(spiral):

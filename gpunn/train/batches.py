@@ -28,11 +28,56 @@ def check_pair_length(x: Any, y: Any) -> int:
     return int(x.shape[0])
 
 
-def checked_inputs(x: Any, name: str, n_in: int | None = None, first_layer: str = "") -> Any:
-    """``x`` as a 2-D numeric array of N >= 1 finite rows (a list becomes a NumPy array), with
-    ``n_in`` features when given (the model's first layer, ``first_layer``, expects them)."""
-    if isinstance(x, (list, tuple)):
-        x = np.asarray(x)  # host: a list
+def as_array(a: Any, name: str) -> Any:
+    """``a`` as an array: a list becomes a NumPy array, and so does a pandas DataFrame or Series (what
+    ``to_numpy()`` gives, with nullable columns such as Int64 in their NumPy dtype); missing values
+    (NA) are refused, naming the row. Arrays pass through unchanged."""
+    if isinstance(a, (list, tuple)):
+        return np.asarray(a)  # host: a list
+    if not hasattr(a, "to_numpy") or hasattr(a, "__cuda_array_interface__"):
+        return a
+    if hasattr(a, "isna"):
+        missing = np.asarray(a.isna()).reshape(len(a), -1).any(axis=1)  # host: pandas' own mask
+        if missing.any():
+            raise ValueError(
+                f"{name} has missing values (NaN or NA), first in row {np.flatnonzero(missing)[0]}; "
+                "drop or fill them first"
+            )
+    out = a.to_numpy()
+    if out.dtype == object and hasattr(a, "dtypes"):  # nullable extension columns: their NumPy dtypes
+        columns = list(a.dtypes) if getattr(a, "ndim", 1) == 2 else [a.dtype]
+        numpy_dtypes = [getattr(d, "numpy_dtype", d) for d in columns]
+        if all(isinstance(d, np.dtype) and d.kind in "biuf" for d in numpy_dtypes):
+            out = out.astype(np.result_type(*numpy_dtypes))
+    return out
+
+
+def check_values(a: Any, name: str, dtype: Any = None) -> None:
+    """Refuse NaN and infinity in a floating ``a``, and values that ``dtype`` (the model's, which
+    ``a`` is converted to) cannot hold, naming the first row. One reduction on a's device."""
+    if a.dtype.kind != "f":
+        return
+    xp = array_module(a)
+    limit = np.finfo(dtype if dtype is not None else a.dtype).max
+    narrower = limit < np.finfo(a.dtype).max
+    if bool(((xp.abs(a) <= limit) if narrower else xp.isfinite(a)).all()):
+        return
+    rows = to_numpy(a).reshape(a.shape[0], -1)
+    bad = np.flatnonzero(~np.isfinite(rows).all(axis=1))
+    if bad.size:
+        raise ValueError(f"{name} contains NaN or infinity (first in row {bad[0]}); clean the data first")
+    row = np.flatnonzero((np.abs(rows) > limit).any(axis=1))[0]
+    raise ValueError(
+        f"{name} holds values beyond the range of the model's {np.dtype(dtype).name} (|value| > {limit:.4g}), "
+        f"first in row {row}, which would become infinite; scale the data, or use a float64 model"
+    )
+
+
+def checked_inputs(x: Any, name: str, n_in: int | None = None, first_layer: str = "", dtype: Any = None) -> Any:
+    """``x`` as a 2-D numeric array of N >= 1 finite rows (a list or a DataFrame becomes a NumPy
+    array), with ``n_in`` features when given (the model's first layer, ``first_layer``, expects them)
+    and values that ``dtype``, the model's, can hold."""
+    x = as_array(x, name)
     if not (hasattr(x, "ndim") and hasattr(x, "dtype")):
         raise TypeError(f"{name} must be an array of shape (N, features), got {type(x).__name__}")
     if x.ndim != 2:
@@ -43,40 +88,82 @@ def checked_inputs(x: Any, name: str, n_in: int | None = None, first_layer: str 
         raise ValueError(f"{name} holds no samples (shape {tuple(x.shape)})")
     if n_in is not None and x.shape[1] != n_in:
         raise ValueError(f"{name} has {x.shape[1]} features but the model's first layer, {first_layer}, expects {n_in}")
-    if x.dtype.kind == "f" and not bool(array_module(x).isfinite(x).all()):
-        rows = np.flatnonzero(~np.isfinite(to_numpy(x)).all(axis=1))
-        raise ValueError(f"{name} contains NaN or infinity (first in row {rows[0]}); clean the data first")
+    check_values(x, name, dtype)
     return x
 
 
 def checked_targets(
-    y: Any, x: Any, names: tuple[str, str], classes: int | None = None, unit_interval_for: str | None = None
+    y: Any, x: Any, names: tuple[str, str], loss: str | None = None, outputs: int | None = None, dtype: Any = None
 ) -> Any:
-    """``y`` as an array of x's N rows (``names``: x's and y's); with ``classes``, (N,) labels must be
-    integers in [0, classes); with ``unit_interval_for`` (the loss that needs it), every target must lie
-    in [0, 1]."""
+    """``y`` checked once against x's N rows (``names``: x's and y's), the model's ``outputs`` and
+    ``loss`` (its class name), and returned as an array (a list or a pandas Series becomes a NumPy
+    array). Float targets must be finite and within ``dtype``, the model's. For "SoftmaxWithLoss":
+    integer labels (N,) in [0, outputs) ((N, 1) integer labels are flattened), or targets (N, outputs)
+    whose rows are distributions (entries >= 0, summing to 1 within √eps of ``dtype``); for
+    "SigmoidBCELoss" and "MSELoss": (N, outputs), or (N,) for one output, with every
+    SigmoidBCELoss target in [0, 1]."""
     x_name, y_name = names
-    if isinstance(y, (list, tuple)):
-        y = np.asarray(y)  # host: a list
+    y = as_array(y, y_name)
     if not (hasattr(y, "ndim") and hasattr(y, "dtype")):
         raise TypeError(f"{y_name} must be an array, got {type(y).__name__}")
     if y.shape[:1] != x.shape[:1]:
         raise ValueError(
             f"{x_name} and {y_name} hold different numbers of samples: {tuple(x.shape)} and {tuple(y.shape)}"
         )
-    if classes is not None and y.ndim == 1:
+    softmax = loss == "SoftmaxWithLoss"
+    if softmax and y.ndim == 2 and y.shape[1] == 1 and y.dtype.kind in "iu" and outputs != 1:
+        y = y.reshape(-1)  # a column of class labels, as a DataFrame column or y.reshape(-1, 1) gives
+    if softmax and y.ndim == 1:
         if y.dtype.kind not in "iu":
             raise TypeError(f"{y_name} must hold integer class labels, got dtype {y.dtype}")
-        if y.size and (int(y.min()) < 0 or int(y.max()) >= classes):
+        low, high = int(y.min()), int(y.max())
+        if outputs is not None and (low < 0 or high >= outputs):
             raise ValueError(
-                f"{y_name} holds labels outside [0, {classes}) for a model with {classes} outputs: "
-                f"min {int(y.min())}, max {int(y.max())}"
+                f"{y_name} holds labels outside [0, {outputs}) for a model with {outputs} outputs: "
+                f"min {low}, max {high}"
             )
-    if unit_interval_for is not None:
+        return y
+    if y.dtype.kind not in "biuf":
+        raise TypeError(f"{y_name} must hold numbers, got dtype {y.dtype}")
+    check_values(y, y_name, dtype)
+    if loss not in ("SoftmaxWithLoss", "SigmoidBCELoss", "MSELoss") or outputs is None:
+        return y
+    if y.ndim not in (1, 2) or (y.ndim == 2 and y.shape[1] != outputs) or (y.ndim == 1 and outputs != 1):
+        wanted = f"({x.shape[0]}, {outputs})" + (f" or ({x.shape[0]},)" if outputs == 1 else "")
+        labels = f", or integer labels of shape ({x.shape[0]},)" if softmax else ""
+        raise ValueError(
+            f"{y_name} must have shape {wanted}{labels} for {loss} on a model with {outputs} outputs, "
+            f"got shape {tuple(y.shape)}"
+        )
+    if softmax:
+        check_distributions(y, y_name, dtype)
+    elif loss == "SigmoidBCELoss":
         low, high = float(y.min()), float(y.max())
         if low < 0.0 or high > 1.0:
-            raise ValueError(f"{y_name} must lie in [0, 1] for {unit_interval_for}, got min {low}, max {high}")
+            raise ValueError(f"{y_name} must lie in [0, 1] for {loss}, got min {low}, max {high}")
     return y
+
+
+def check_distributions(y: Any, name: str, dtype: Any = None) -> None:
+    """Every row of ``y`` (N, C) a distribution, as softmax cross-entropy needs: entries >= 0 summing
+    to 1 within √eps of ``dtype`` (3.5e-4 for float32)."""
+    xp = array_module(y)
+    low = float(y.min())
+    if low < 0:
+        row = int(to_numpy((y < 0).any(axis=1)).argmax())
+        raise ValueError(
+            f"{name} holds a negative target ({low}), first in row {row}: one-hot or probability targets "
+            "for SoftmaxWithLoss must be >= 0"
+        )
+    tolerance = float(np.sqrt(np.finfo(dtype if dtype is not None else np.float64).eps))
+    sums = y.sum(axis=1, dtype=np.float64)
+    if float(xp.abs(sums - 1.0).max()) > tolerance:
+        sums = to_numpy(sums)
+        row = int(np.argmax(np.abs(sums - 1.0) > tolerance))  # host: to_numpy above
+        raise ValueError(
+            f"the rows of {name} must each sum to 1 (one-hot or probability targets for SoftmaxWithLoss); "
+            f"row {row} sums to {sums[row]:.6g}"
+        )
 
 
 def batches(

@@ -4,6 +4,7 @@ bias/variance diagnosis of it."""
 from __future__ import annotations
 
 import math
+import os
 import sys
 from dataclasses import asdict, dataclass, field
 from typing import Any, TextIO
@@ -26,7 +27,8 @@ FIELDS = (
 
 class History:
     """Per-epoch records. ``history["cost"]`` is the list of one field over the epochs;
-    ``history.records`` the list of dicts; ``history.last`` the latest record."""
+    ``history.records`` the list of dicts; ``history.last`` the latest record; ``history.plot()``
+    the learning curves."""
 
     def __init__(self, records: list[dict[str, Any]] | None = None) -> None:
         self.records: list[dict[str, Any]] = [{k: r.get(k) for k in FIELDS} for r in records or []]
@@ -54,6 +56,13 @@ class History:
 
     def to_dict(self) -> dict[str, Any]:
         return {"records": [dict(r) for r in self.records]}
+
+    def plot(self, path: str | os.PathLike[str] | None = None, title: str | None = None) -> Any:
+        """The learning curves (loss and accuracy per epoch) as a matplotlib Figure, also saved to
+        ``path`` (PNG) when given; needs matplotlib (``pip install "gpunn[plot]"``)."""
+        from .plots import plot_history  # noqa: PLC0415 — matplotlib is optional
+
+        return plot_history(self, path, title)
 
     @classmethod
     def from_dict(cls, state: dict[str, Any]) -> History:

@@ -1,4 +1,5 @@
-"""Learning curves as a PNG: loss (train cost, objective, dev loss) and accuracy per epoch.
+"""Learning curves: loss (train cost, objective, dev loss) and accuracy per epoch, as a matplotlib
+Figure, saved as a PNG when given a path.
 
 matplotlib is an optional extra (``pip install "gpunn[plot]"``). The figure is drawn on
 matplotlib's object API with the Agg canvas, so no GUI backend and no global pyplot state
@@ -9,8 +10,6 @@ from __future__ import annotations
 
 import os
 from typing import Any
-
-from .history import History
 
 MISSING_MATPLOTLIB = 'plotting needs matplotlib: pip install "gpunn[plot]" (or pip install matplotlib)'
 
@@ -23,16 +22,17 @@ def require_matplotlib() -> None:
         raise ImportError(MISSING_MATPLOTLIB) from exc
 
 
-def plot_history(history: History, path: str | os.PathLike[str], title: str | None = None) -> Any:
-    """Save the learning curves of ``history`` to ``path`` (PNG); return the Figure.
+def plot_history(history: Any, path: str | os.PathLike[str] | None = None, title: str | None = None) -> Any:
+    """The learning curves of ``history`` (a :class:`~gpunn.History`) as a matplotlib Figure,
+    saved to ``path`` (PNG) when given.
 
     Left panel: training cost, objective and dev loss; right panel: training and dev
     accuracy (or a note that the model has none, for regression).
     """
-    if not isinstance(history, History):
+    if not hasattr(history, "records") or not hasattr(history, "has_dev"):
         raise TypeError(f"history must be a gpunn History, got {type(history).__name__}")
-    if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"path must be a file path, got {type(path).__name__}")
+    if path is not None and not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a file path or None, got {type(path).__name__}")
     if len(history) == 0:
         raise ValueError("history is empty: train at least one epoch before plotting")
     require_matplotlib()
@@ -60,5 +60,6 @@ def plot_history(history: History, path: str | os.PathLike[str], title: str | No
     accuracy_axes.set(title="accuracy", xlabel="epoch", ylabel="accuracy")
     if title:
         figure.suptitle(title)
-    figure.savefig(path, format="png", dpi=100)
+    if path is not None:
+        figure.savefig(path, format="png", dpi=100)
     return figure

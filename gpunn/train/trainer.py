@@ -4,35 +4,35 @@ training step.
 The data go to the device once per fit. Each step (:meth:`Trainer._train_step`) runs forward, loss,
 backward and one optimizer update with the regularizer folded in; the step's loss and correct count
 are written into small device arrays, read once per epoch — where a NaN or inf loss is caught, naming
-the epoch and the step. Read :meth:`Trainer.fit`, then :meth:`Trainer._epoch`, to follow it.
+the epoch and the step. Read :meth:`Trainer.fit`, then :meth:`Trainer._epoch`, to follow it. Beside
+it in :mod:`gpunn.train`: the data checks (``inputs``), evaluate and predict (``inference``), the
+best weights kept and put back (``snapshot``) and the Dropout layers' streams (``dropout``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
 import numpy as np
 
 from .. import distributed as dist
-from ..backend.device import Device, array_module, device_of, to_numpy
+from ..backend.device import Device, array_module, to_numpy
 from ..backend.device import device as select_device  # the constructor's `device` argument shadows the name
-from ..nn.functional import sigmoid, softmax
-from ..nn.layers import Dropout, Linear
-from ..nn.losses import Loss, SigmoidBCELoss, SoftmaxWithLoss
+from ..nn.losses import Loss
 from ..nn.parameter import pack, same_parameters
 from ..nn.regularizers import Regularizer
 from ..nn.sequential import Sequential
 from ..optim import Optimizer
-from ..validation import check_float, check_int
+from ..validation import check_int
 from . import batches as batching
-from . import data as datasets
+from . import dropout, inference, inputs
 from . import graph as step_graph
 from .history import History, epoch_summary, progress_bar
+from .snapshot import restore_after_divergence, restore_weights, snapshot
 
 Callback = Callable[["Trainer", dict[str, Any]], Any]
 
@@ -101,7 +101,7 @@ class Trainer:
         self.history = History()
         self.stop_training = False
         if self.comm is not None and self.comm.rank > 0:
-            self._decorrelate_dropout()
+            dropout.decorrelate(self.model, self.device, self.comm.rank)
 
     _validate_outside_fit: bool | None = None  # loss.validate as the caller set it, during a fit
 
@@ -131,18 +131,29 @@ class Trainer:
         patience: int | None = None,
         restore_best: bool = True,
         callbacks: Sequence[Callback] = (),
-        initial_epoch: int = 0,
+        initial_epoch: int | None = None,
         verbose: bool | None = None,
         progress_file: TextIO | None = None,
     ) -> History:
-        """Train for ``epochs`` epochs (counting from ``initial_epoch`` when resuming).
+        """Train ``epochs`` more epochs, numbered on from the last epoch in ``trainer.history`` (a second
+        fit in a notebook continues the curve); with ``initial_epoch`` (resuming a checkpoint, as in
+        Keras), train epochs ``initial_epoch + 1`` to ``epochs``.
 
-        x: (N, features); y: integer labels (N,) or targets (N, K). ``validation_data`` = (x_dev, y_dev),
-        or ``validation_split`` sets aside that fraction of (x, y), stratified. ``patience``: stop when the
+        x: (N, features); y: integer labels (N,) (a column (N, 1) of them is flattened) or targets (N, K);
+        a pandas DataFrame or Series is taken as its values. ``validation_data`` = (x_dev, y_dev), or
+        ``validation_split`` sets aside that fraction of (x, y), stratified. ``patience``: stop when the
         dev loss (training cost without dev data) has not improved for that many epochs, restoring the
-        best weights if ``restore_best``. Each callback is called as ``callback(trainer, record)`` after
-        every epoch and may set ``trainer.stop_training``. ``verbose`` None shows a progress bar only on
-        a terminal. Returns the History (also ``trainer.history``), extended across calls.
+        best weights if ``restore_best``. If the loss diverges, ``restore_best`` also puts back the weights
+        and optimizer state of the best epoch (or of the fit's start) before the error is raised; for that
+        it copies them at the start and at each improving epoch (``restore_best=False`` saves the memory,
+        and leaves a diverged model as the failing step left it). Each callback is called as
+        ``callback(trainer, record)`` after every epoch and may set ``trainer.stop_training``.
+        ``verbose`` None shows a progress bar only on a terminal. Returns the History (also
+        ``trainer.history``), extended across calls.
+
+        The defaults, 10 epochs of batches of 128, suit a first look at any data set and keep a GPU busy;
+        ``gpunn train`` defaults to 40 epochs of 32 because its built-in data sets are small (digits trains
+        on 1,257 samples: 10 steps an epoch at 128).
 
         Distributed (``trainer.comm`` set), every rank calls fit with the same data and arguments
         (checked, with the model and optimizer: else ``gn.distributed.DistributedMismatchError`` on every
@@ -152,37 +163,41 @@ class Trainer:
         stopping and ``stop_training`` agree on every rank; callbacks run on every rank (write files from
         ``trainer.comm.is_root`` only); only rank 0 shows progress.
         """
-        epochs = check_int("epochs", epochs, low=0)
+        epochs, initial_epoch = self._epoch_range(epochs, initial_epoch)
         batch_size = check_int("batch_size", batch_size, low=1)
-        initial_epoch = check_int("initial_epoch", initial_epoch, low=0)
         check_int("seed", seed, low=0)
         if patience is not None:
             patience = check_int("patience", patience, low=1)
-        x, y, dev = self._prepare(x, y, validation_data, validation_split, seed)
+        callbacks = _checked_callbacks(callbacks)
+        self._follow_model()  # a Parameter replaced since the last fit: bound before the distributed checks
+        x, y, dev = inputs.prepare(self.model, self.loss, self.device, x, y, validation_data, validation_split, seed)
         if self._parallel is not None:  # the same fit on every rank, then rank 0's state everywhere
             fit_args = {"epochs": epochs, "batch_size": batch_size, "initial_epoch": initial_epoch}
             self._parallel.start(self, x, y, dev, **fit_args, shuffle=shuffle, seed=seed, patience=patience)
-        classify = _accuracy_kind(self.loss, y)
+        classify = inference.accuracy_kind(self.loss, y)
         bar = progress_bar(verbose, progress_file, initial_epoch, epochs) if self.is_root else None
-        best_loss, best_weights = np.inf, None
-        waited = 0
+        # what to restore (early stopping, divergence): the best epoch's weights, the starting ones at first
+        best = snapshot(self.model, self.optimizer) if restore_best else None
+        best_loss, best_epoch, waited = np.inf, initial_epoch, 0
         self.stop_training = False
         validate = self._validate_outside_fit = self.loss.validate
         self.loss.validate = False  # labels were checked once above: no sync per step
         try:
             self._step_graph = self._start_step_graph(x, y, batch_size, classify) if self.graph else None
             for epoch in range(initial_epoch, epochs):
-                record = self._epoch(x, y, dev, epoch, batch_size, shuffle, seed, classify)
+                try:
+                    record = self._epoch(x, y, dev, epoch, batch_size, shuffle, seed, classify)
+                except TrainingDivergedError as error:
+                    restore_after_divergence(self.model, self.optimizer, error, best, best_epoch)
+                    raise
                 self.history.append(record)
                 if bar is not None:
                     bar.set_postfix_str(epoch_summary(record), refresh=False)
                     bar.update(1)
                 monitored = record["dev_loss"] if record["dev_loss"] is not None else record["cost"]
                 if monitored < best_loss:
-                    # a copy of each parameter, not of the flat buffer: a callback may replace a
-                    # parameter, and so change the buffer's layout, before the copy is restored
-                    best_loss = monitored
-                    best_weights = [p.data.copy() for p in self.model.parameters()] if patience else None
+                    best_loss, best_epoch = monitored, epoch + 1
+                    best = snapshot(self.model, self.optimizer) if restore_best else None
                     waited = 0
                 else:
                     waited += 1
@@ -197,33 +212,18 @@ class Trainer:
             self._close_step_graph()
             if bar is not None:
                 bar.close()
-        if patience is not None and restore_best and best_weights is not None:
-            self._restore_weights(best_weights)
+        if patience is not None and best is not None and best_epoch > initial_epoch:
+            restore_weights(self.model, best["weights"])  # the weights only, as Keras's restore_best_weights
         return self.history
 
-    def _prepare(
-        self, x: Any, y: Any, validation_data: tuple[Any, Any] | None, validation_split: float | None, seed: int
-    ) -> tuple[Any, Any, tuple[Any, Any] | None]:
-        """Check the data once, split off the dev set and send everything to the device once; first
-        bind the optimizer to a Parameter replaced since the last fit (distributed checks read it)."""
-        self._follow_model()
-        x, y = self._checked_data(x, y, "x", "y")
-        if validation_data is not None and validation_split is not None:
-            raise ValueError("give validation_data or validation_split, not both")
-        if validation_split is not None:
-            fraction = check_float(
-                "validation_split", validation_split, low=0.0, high=1.0, low_open=True, high_open=True
-            )
-            stratify = isinstance(self.loss, SoftmaxWithLoss) and y.ndim == 1
-            (x, y), validation_data = datasets.split(
-                to_numpy(x), to_numpy(y), fractions=(1.0 - fraction, fraction), stratify=stratify, seed=seed
-            )
-        dev = None
-        if validation_data is not None:
-            if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
-                raise TypeError("validation_data must be a pair (x_dev, y_dev)")
-            dev = self._send(*self._checked_data(*validation_data, "x_dev", "y_dev"))
-        return (*self._send(x, y), dev)
+    def _epoch_range(self, epochs: int, initial_epoch: int | None) -> tuple[int, int]:
+        """(end, start) of a fit's epochs: ``epochs`` more after the history's last without
+        ``initial_epoch``, else from ``initial_epoch`` to ``epochs`` (Keras's resume)."""
+        epochs = check_int("epochs", epochs, low=0)
+        if initial_epoch is None:
+            last = (self.history.last["epoch"] or len(self.history)) if len(self.history) else 0
+            return epochs + last, last
+        return epochs, check_int("initial_epoch", initial_epoch, low=0)
 
     def _epoch(
         self, x: Any, y: Any, dev: Any, epoch: int, batch_size: int, shuffle: bool, seed: int, classify: str | None
@@ -283,7 +283,8 @@ class Trainer:
             "samples_per_s": n / train_seconds,
         }
         if dev is not None:
-            metrics = self._evaluate_on_device(*dev, classify=classify, shard=self._parallel is not None)
+            model, loss, device = self.model, self.loss, self.device
+            metrics = inference.evaluate_on_device(model, loss, device, *dev, classify, parallel=self._parallel)
             record["dev_loss"], record["dev_accuracy"] = metrics["loss"], metrics.get("accuracy")
         record["seconds"] = time.perf_counter() - start
         return record
@@ -293,7 +294,7 @@ class Trainer:
         number of correct predictions (None without accuracy) as 0-d device arrays."""
         value, logits = self._gradients(xb, yb)
         self.optimizer.step(self.regularizer)  # the regularizer's gradient is added in the update
-        return value, None if classify is None else _correct(logits, yb, classify)
+        return value, None if classify is None else inference.correct(logits, yb, classify)
 
     def _gradients(self, xb: Any, yb: Any) -> tuple[Any, Any]:
         """Forward, loss and backward on a batch, writing every parameter's gradient; returns
@@ -313,7 +314,7 @@ class Trainer:
             if xb.shape[0]:  # the last batch may leave a rank without rows
                 step_loss[step], logits = self._gradients(xb, yb)
                 if classify is not None:
-                    step_correct[step] = _correct(logits, yb, classify)
+                    step_correct[step] = inference.correct(logits, yb, classify)
             parallel.reduce_gradients(grad, step)  # the batch mean, on every rank
             self.optimizer.step(self.regularizer)  # after the sum: λ·W counted once
 
@@ -330,109 +331,26 @@ class Trainer:
 
     def evaluate(self, x: Any, y: Any, batch_size: int = 1024) -> dict[str, float]:
         """{"loss": mean loss, "accuracy": fraction correct (classifiers only)} on (x, y)."""
-        batch_size = check_int("batch_size", batch_size, low=1)
-        x, y = self._send(*self._checked_data(x, y, "x", "y"))
-        return self._evaluate_on_device(x, y, _accuracy_kind(self.loss, y), batch_size)
+        return inference.evaluate(self.model, self.loss, self.device, x, y, batch_size)
+
+    def predict_output(self, x: Any, batch_size: int = 1024) -> Any:
+        """The model's raw output (logits) for x, on the host for host input."""
+        return inference.predict_output(self.model, self.loss, self.device, x, batch_size)
+
+    def predict_proba(self, x: Any, batch_size: int = 1024) -> Any:
+        """Class probabilities (N, C): softmax of the logits (sigmoid for SigmoidBCELoss)."""
+        return inference.predict_proba(self.model, self.loss, self.device, x, batch_size)
+
+    def predict(self, x: Any, batch_size: int = 1024) -> Any:
+        """Predicted class labels (N,) for classifiers; the outputs themselves for regression."""
+        return inference.predict(self.model, self.loss, self.device, x, batch_size)
 
     @property
     def is_root(self) -> bool:
         """True in a single process, and on rank 0 of a distributed one (which prints and writes files)."""
         return self.comm is None or self.comm.is_root
 
-    def _decorrelate_dropout(self) -> None:
-        """Give each Dropout layer of rank r > 0 its own mask stream (seeded from (seed, r)), so that
-        ranks do not draw the same masks for different rows."""
-        for layer in self.model.layers:
-            if isinstance(layer, Dropout) and layer.seed is not None:
-                seed = int(np.random.SeedSequence([layer.seed, self.comm.rank]).generate_state(1)[0])
-                with self.device:
-                    layer.generators[self.device] = self.device.xp.random.default_rng(seed)
-
-    @contextlib.contextmanager
-    def _inference(self) -> Iterator[None]:
-        """Eval mode on the device, without the loss's per-batch label check (the labels were checked
-        once); the model's mode and the loss's setting are put back after."""
-        was_training, validate = self.model.training, self.loss.validate
-        self.model.eval()
-        self.loss.validate = False
-        try:
-            with self.device:
-                yield
-        finally:
-            self.loss.validate = validate
-            self.model.train(was_training)
-
-    def _evaluate_on_device(
-        self, x: Any, y: Any, classify: str | None, batch_size: int = 1024, shard: bool = False
-    ) -> dict[str, float]:
-        """Mean loss (and accuracy) over (x, y). ``shard``: every rank evaluates its share of the rows
-        and the sums are reduced, so every rank gets the same figures (collective)."""
-        n = x.shape[0]
-        if shard:
-            rows = self._parallel.rows(n)
-            x, y = x[rows], y[rows]
-        xp = array_module(x)
-        with self._inference():
-            total = xp.zeros((), dtype=np.float64)
-            correct = xp.zeros((), dtype=np.int64)
-            for xb, yb in batching.batches(x, y, batch_size, shuffle=False):
-                logits = self.model.forward(xb)
-                total += self.loss.forward(logits, yb) * xb.shape[0]
-                if classify is not None:
-                    correct += _correct(logits, yb, classify)
-            sums = [float(total), int(correct)]
-            if shard:
-                sums = self._parallel.reduce_sums(sums)
-        result = {"loss": sums[0] / n}
-        if classify is not None:
-            result["accuracy"] = round(sums[1]) / n
-        return result
-
-    def predict_output(self, x: Any, batch_size: int = 1024) -> Any:
-        """The model's raw output (logits) for x, on the host for host input."""
-        batch_size = check_int("batch_size", batch_size, low=1)
-        x = self._checked_x(x, "x")
-        with self._inference():
-            xd = self.device.send(x, dtype=self.model.dtype)
-            parts = [self.model.forward(xd[i : i + batch_size]) for i in range(0, xd.shape[0], batch_size)]
-            out = array_module(xd).concatenate(parts)
-        return out if device_of(x) == self.device else to_numpy(out)
-
-    def predict_proba(self, x: Any, batch_size: int = 1024) -> Any:
-        """Class probabilities (N, C): softmax of the logits (sigmoid for SigmoidBCELoss)."""
-        logits = self.predict_output(x, batch_size)
-        return sigmoid(logits) if isinstance(self.loss, SigmoidBCELoss) else softmax(logits, axis=1)
-
-    def predict(self, x: Any, batch_size: int = 1024) -> Any:
-        """Predicted class labels (N,) for classifiers; the outputs themselves for regression."""
-        logits = self.predict_output(x, batch_size)
-        if isinstance(self.loss, SoftmaxWithLoss):
-            return logits.argmax(axis=1)
-        if isinstance(self.loss, SigmoidBCELoss):
-            labels = (logits > 0).astype(np.int64)
-            return labels[:, 0] if labels.ndim == 2 and labels.shape[1] == 1 else labels
-        return logits
-
     # ----------------------------------------------------------------- helpers
-
-    def _checked_x(self, x: Any, name: str) -> Any:
-        first = self.model.layers[0] if len(self.model) else None
-        return batching.checked_inputs(x, name, first.n_in if isinstance(first, Linear) else None, repr(first))
-
-    def _checked_data(self, x: Any, y: Any, x_name: str, y_name: str) -> tuple[Any, Any]:
-        """x and y checked once per fit or evaluation (labels against the model's outputs)."""
-        x = self._checked_x(x, x_name)
-        linears = [layer for layer in self.model.layers if isinstance(layer, Linear)]
-        n_classes = linears[-1].n_out if linears else 0
-        classes = n_classes if isinstance(self.loss, SoftmaxWithLoss) else None
-        unit = type(self.loss).__name__ if isinstance(self.loss, SigmoidBCELoss) else None
-        return x, batching.checked_targets(y, x, (x_name, y_name), classes=classes, unit_interval_for=unit)
-
-    def _send(self, x: Any, y: Any) -> tuple[Any, Any]:
-        with self.device:
-            xd = self.device.send(x, dtype=self.model.dtype)
-            yd = self.device.send(y) if y.dtype.kind in "iu" else self.device.send(y, dtype=self.model.dtype)
-        return xd, yd
 
     def _follow_model(self) -> None:
         """The binding rule (see the class docstring); parameters are named after their places so that
@@ -457,49 +375,23 @@ class Trainer:
             if p.name != name:  # a replacement, or a parameter bound by hand since: its place's name
                 p.name = name
 
-    def _restore_weights(self, saved: list[Any]) -> None:
-        params = self.model.parameters()
-        if len(params) != len(saved) or any(p.shape != tuple(a.shape) for p, a in zip(params, saved, strict=True)):
-            message = "the model's parameters changed shape since its best epoch: keeping the last weights"
-            warnings.warn(message, RuntimeWarning, stacklevel=3)
-            return
-        for p, a in zip(params, saved, strict=True):
-            p.data[...] = a
-
     def dropout_states(self) -> dict[str, Any]:
         """The NumPy generator state of each Dropout layer (for bit-exact resume on the CPU)."""
-        states = {}
-        for i, layer in enumerate(self.model.layers):
-            gen = layer.generators.get(self.device) if isinstance(layer, Dropout) else None
-            if isinstance(gen, np.random.Generator):
-                states[str(i)] = gen.bit_generator.state
-        return states
+        return dropout.states(self.model, self.device)
 
     def load_dropout_states(self, states: dict[str, Any]) -> None:
+        """Continue each Dropout layer's stream from :meth:`dropout_states` (on the CPU)."""
         if self.comm is not None and self.comm.rank > 0:
             return  # the saved states are rank 0's; other ranks keep their own streams
-        for key, state in states.items():
-            layer = self.model.layers[int(key)]
-            if isinstance(layer, Dropout) and self.device.kind == "cpu":
-                gen = np.random.default_rng()
-                gen.bit_generator.state = state
-                layer.generators[self.device] = gen
+        dropout.load_states(self.model, self.device, states)
 
 
-def _accuracy_kind(loss: Loss, y: Any) -> str | None:
-    """How to count correct predictions: argmax for softmax, threshold for sigmoid, none for MSE."""
-    if isinstance(loss, SoftmaxWithLoss):
-        return "labels" if y.ndim == 1 else "onehot"
-    if isinstance(loss, SigmoidBCELoss):
-        return "binary"
-    return None  # regression (MSELoss): no accuracy
-
-
-def _correct(logits: Any, yb: Any, kind: str) -> Any:
-    """Number of correct predictions in a batch, as a 0-d device array (no host read)."""
-    if kind == "labels":
-        return (logits.argmax(axis=1) == yb).sum()
-    if kind == "onehot":
-        return (logits.argmax(axis=1) == yb.argmax(axis=1)).sum()
-    target = yb.reshape(logits.shape) > 0.5
-    return ((logits > 0) == target).all(axis=-1).sum() if logits.ndim == 2 else ((logits > 0) == target).sum()
+def _checked_callbacks(callbacks: Any) -> list[Callback]:
+    """The callbacks as a list, each callable as ``callback(trainer, record)``: checked before training."""
+    if callable(callbacks) or isinstance(callbacks, (str, bytes)) or not hasattr(callbacks, "__iter__"):
+        raise TypeError(f"callbacks must be a list of functions callback(trainer, record), got {callbacks!r}")
+    callbacks = list(callbacks)
+    for i, callback in enumerate(callbacks):
+        if not callable(callback):
+            raise TypeError(f"callbacks[{i}] must be callable as callback(trainer, record), got {callback!r}")
+    return callbacks

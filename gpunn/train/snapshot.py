@@ -1,0 +1,50 @@
+"""Copies of a model's weights and its optimizer's state, taken during a fit and put back: the best
+epoch's weights after early stopping, and the last good state after the loss diverged."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+from ..nn.sequential import Sequential
+from ..optim import Optimizer
+
+
+def snapshot(model: Sequential, optimizer: Optimizer) -> dict[str, Any]:
+    """Copies of the model's weights and of the optimizer's state and step count. The weights are
+    copied per parameter, not as the flat buffer: a callback may replace a parameter, and so change
+    the buffer's layout, before the copy is restored."""
+    return {
+        "weights": [p.data.copy() for p in model.parameters()],
+        "state": {name: buffer.copy() for name, buffer in optimizer.state.items()},
+        "step": optimizer.step_count,
+    }
+
+
+def restore_after_divergence(
+    model: Sequential, optimizer: Optimizer, error: Exception, saved: dict[str, Any] | None, epoch: int
+) -> None:
+    """Put back the weights and optimizer state ``saved`` at ``epoch`` (0: the fit's start), if any
+    (a diverged step leaves NaN in both), and say so in ``error``."""
+    if saved is None or not restore_weights(model, saved["weights"]):
+        return
+    state = optimizer.state
+    if {k: v.shape for k, v in state.items()} == {k: v.shape for k, v in saved["state"].items()}:
+        for name, buffer in state.items():
+            buffer[...] = saved["state"][name]
+        optimizer.step_count = saved["step"]
+    restored = f"of epoch {epoch}" if epoch else "the fit started from"
+    error.args = (f"{error}; restored the weights and optimizer state {restored} (restore_best=True)",)
+
+
+def restore_weights(model: Sequential, saved: list[Any]) -> bool:
+    """Write ``saved`` (a snapshot's weights) back into the model's parameters; False, with a warning,
+    when their shapes changed since."""
+    params = model.parameters()
+    if len(params) != len(saved) or any(p.shape != tuple(a.shape) for p, a in zip(params, saved, strict=True)):
+        message = "the model's parameters changed shape since its best epoch: keeping the last weights"
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
+        return False
+    for p, a in zip(params, saved, strict=True):
+        p.data[...] = a
+    return True
