@@ -276,14 +276,11 @@ def test_sigkill_while_saving_leaves_a_loadable_checkpoint(tmp_path: Path) -> No
             for p in ckpt.model.parameters():
                 assert (p.data == iteration).all(), f"{p.name} mixes saves: expected every value == {iteration}"
 
-    # A stale temporary file (what a kill mid-write leaves) does not disturb loading or saving.
-    path = paths[0]
-    stale = tmp_path / ".m0.safetensors.abc123.tmp"
-    stale.write_bytes(path.read_bytes()[:1000])
-    assert isinstance(read(path, "cpu").metadata["iteration"], int)
-    gn.save(path, first, metadata={"iteration": -1})
-    assert read(path, "cpu").metadata == {"iteration": -1}
-    assert stale.exists()  # cleaning up after killed processes is not the library's business
+    # The temporary files that the killed saves left behind go with the next save to each path.
+    for path in paths:
+        gn.save(path, first, metadata={"iteration": -1})
+        assert read(path, "cpu").metadata == {"iteration": -1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in paths)
 
 
 # ----------------------------------------------------------------------------- refusing bad files

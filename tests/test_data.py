@@ -4,7 +4,12 @@ standardization, one-hot labels and device-side batches."""
 from __future__ import annotations
 
 import gzip
+import io
+import os
 import struct
+import subprocess
+import sys
+import zipfile
 from importlib import resources
 
 import numpy as np
@@ -242,6 +247,75 @@ def test_load_mnist_empty_folder_and_missing_path(tmp_path):
         data.load_mnist(3)
 
 
+def test_load_mnist_garbage_is_named_not_an_mnist_file_without_numpy_advice(tmp_path, mnist_arrays):
+    garbage = tmp_path / "garbage.npz"
+    garbage.write_bytes(b"\x80\x04 this is neither a zip archive nor an IDX file")
+    with pytest.raises(ValueError, match=r"garbage\.npz: not an MNIST file: neither an \.npz archive") as info:
+        data.load_mnist(garbage)
+    assert "allow_pickle" not in str(info.value)
+    one_idx = tmp_path / "train-images-idx3-ubyte"
+    one_idx.write_bytes(_idx_images(mnist_arrays[0]))
+    with pytest.raises(ValueError, match=r"is one IDX file; give the folder holding all four"):
+        data.load_mnist(one_idx)
+    pickled = tmp_path / "objects.npz"
+    x_train, y_train, x_test, _ = mnist_arrays
+    np.savez(pickled, x_train=x_train, y_train=y_train, x_test=x_test, y_test=np.array([None, 1, 2], dtype=object))
+    with pytest.raises(ValueError, match=r"objects\.npz: holds Python objects \(pickled\), which gpunn never loads"):
+        data.load_mnist(pickled)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_load_mnist_refuses_fifos_without_waiting(tmp_path, mnist_arrays):
+    fifo = tmp_path / "mnist.npz"
+    os.mkfifo(fifo)
+    with pytest.raises(ValueError, match=r"mnist\.npz is a FIFO \(named pipe\), not a regular file"):
+        data.load_mnist(fifo)  # a blocking open would wait for a writer forever
+    folder = tmp_path / "idx"
+    folder.mkdir()
+    _write_mnist(folder, mnist_arrays)
+    (folder / "t10k-labels-idx1-ubyte").unlink()
+    os.mkfifo(folder / "t10k-labels-idx1-ubyte")
+    with pytest.raises(ValueError, match=r"t10k-labels-idx1-ubyte is a FIFO"):
+        data.load_mnist(folder)
+
+
+def test_load_mnist_npz_array_claiming_more_than_it_holds(tmp_path, mnist_arrays):
+    """NumPy allocates an array's claimed size before reading it: a lying header is refused first."""
+    path = tmp_path / "lying.npz"
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "|u1", "fortran_order": False, "shape": (10**9, 28, 28)})
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("x_train.npy", header.getvalue() + b"\x00" * 100)  # the header holds the magic
+        for key, array in zip(("y_train", "x_test", "y_test"), mnist_arrays[1:], strict=True):
+            buffer = io.BytesIO()
+            np.save(buffer, array)
+            archive.writestr(f"{key}.npy", buffer.getvalue())
+    with pytest.raises(ValueError, match=r"lying\.npz: x_train claims shape \(1000000000, 28, 28\)"):
+        data.load_mnist(path)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="POSIX: resource limits and sparse files")
+def test_load_mnist_reads_an_idx_header_before_the_file(tmp_path, mnist_arrays):
+    """A 4 GiB sparse file in the place of the training images is refused after its 16-byte
+    header, in a process that could not hold the file in memory."""
+    _write_mnist(tmp_path, mnist_arrays)
+    with (tmp_path / "train-images-idx3-ubyte").open("wb") as f:
+        f.truncate(4 << 30)
+    code = (
+        "import resource, sys\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))\n"
+        "from gpunn.train import data\n"
+        "try:\n"
+        "    data.load_mnist(sys.argv[1])\n"
+        "except ValueError as exc:\n"
+        "    print(exc)\n"
+    )
+    command = [sys.executable, "-c", code, str(tmp_path)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    assert "MemoryError" not in result.stderr, result.stderr
+    assert "train-images-idx3-ubyte: not an MNIST IDX file of images: its magic number is 0x00000000" in result.stdout
+
+
 # ----------------------------------------------------------------------------- split
 
 
@@ -363,6 +437,18 @@ def test_standardizer_validation():
         data.Standardizer.from_state({"mean": [0.0], "std": [0.0]})
 
 
+@pytest.mark.parametrize("dtype", [complex, object, "U1"])
+def test_standardizer_refuses_data_that_are_not_real_numbers(dtype):
+    x = np.ones((3, 2), dtype=dtype)
+    with pytest.raises(TypeError, match=rf"^x_train must hold real numbers .*got dtype {np.dtype(dtype)}"):
+        data.standardize(x)
+    scaler = data.Standardizer().fit(np.ones((3, 2)))
+    with pytest.raises(TypeError, match=r"^x must hold real numbers"):
+        scaler.transform(x)
+    with pytest.raises(TypeError, match=r"^x_train must be a NumPy or CuPy array .*got list"):
+        data.standardize([[1.0, 2.0]])
+
+
 def test_standardizer_on_device(device, rng):
     x = rng.standard_normal((40, 3)).astype(np.float32) * 2 + 3
     scaler, xs = data.standardize(device.send(x))
@@ -393,11 +479,19 @@ def test_one_hot_values(device):
         (np.array([0.0, 1.0]), {}, TypeError),
         (np.array([[0, 1]]), {}, ValueError),
         (np.array([], dtype=np.int64), {}, ValueError),
+        ([0, 1], {}, TypeError),
     ],
 )
 def test_one_hot_validates_y(y, kwargs, error):
     with pytest.raises(error, match="y"):
         data.one_hot(y, **kwargs)
+
+
+@pytest.mark.parametrize("dtype", ["complex128", "nonsense", object, None])
+def test_one_hot_validates_dtype(dtype):
+    with pytest.raises(TypeError, match=r"^dtype must be a real NumPy dtype"):
+        data.one_hot(np.array([0, 1]), dtype=dtype)
+    assert data.one_hot(np.array([0, 1]), dtype="int8").dtype == np.int8  # integer targets are fine
 
 
 def test_one_hot_validates_n_classes():

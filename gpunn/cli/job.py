@@ -9,6 +9,7 @@ writes and resumes in either mode."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -20,17 +21,20 @@ import numpy as np
 from .. import distributed
 from ..backend.device import device, why_cpu
 from ..io.checkpoint import CheckpointError, read, save
+from ..io.safe_file import check_distinct, writable_target
 from ..nn.losses import SoftmaxWithLoss
 from ..nn.regularizers import L2
 from ..nn.sequential import mlp
 from ..optim import OPTIMIZERS, create
 from ..train import data
 from ..train.history import History, diagnose
+from ..train.mnist import mnist_files
 from ..train.trainer import Trainer
 from ..validation import check_choice, check_float, check_int
 
 FRACTIONS = (0.7, 0.15, 0.15)  # train / dev / test for data sets without a fixed test part
 MNIST_DEV_FRACTION = 1.0 / 12.0  # 5,000 of MNIST's 60,000 training images for the dev set
+SAVE_INTERVAL_S = 5.0  # --save writes a checkpoint at most this often, and after the last epoch
 
 
 @dataclass
@@ -118,13 +122,28 @@ def _check_outputs(plot_path: str | None, save_path: str | None) -> None:
 
         require_matplotlib()
     for path, flag in ((plot_path, "--plot"), (save_path, "--save")):
-        if path is None:
-            continue
-        folder = Path(path).resolve().parent
-        if not folder.is_dir():
-            raise FileNotFoundError(f"{flag}: the folder {folder} does not exist")
-        if Path(path).is_dir():
-            raise IsADirectoryError(f"{flag}: {path} is a folder; give a file name")
+        if path is not None:
+            writable_target(path, flag)
+
+
+def _check_distinct_files(config: TrainConfig, resume: str | None, save: str | None, plot: str | None) -> None:
+    """No output may overwrite an input or the other output; --save may be the --resume file."""
+    data_path = dataset_parts(config.dataset)[1]
+    data_files = mnist_files(data_path) if data_path else []
+    inputs = [("--resume", resume)] + [("--dataset", str(f)) for f in data_files]
+    check_distinct(inputs, [("--save", save), ("--plot", plot)], allowed=(("--resume", "--save"),))
+
+
+def _new_model(sizes: list[int], config: TrainConfig) -> Any:
+    """gn.mlp(sizes, ...), or one line saying how big the network is when memory runs out."""
+    n = sum(a * b + b for a, b in itertools.pairwise(sizes))
+    network = f"the {'-'.join(map(str, sizes))} network has {n:,} parameters ({4 * n:,} bytes of float32 weights)"
+    if n >= 2**50:  # petabytes of weights: more than any machine holds, whatever NumPy would try
+        raise ValueError(f"{network}, more than any machine's memory; choose smaller --hidden sizes")
+    try:
+        return mlp(sizes, activation=config.activation, seed=config.seed, dropout=config.dropout)
+    except MemoryError:
+        raise MemoryError(f"out of memory: {network}; choose smaller --hidden sizes") from None
 
 
 def _saved_config(checkpoint: Any, path: str) -> TrainConfig:
@@ -134,9 +153,10 @@ def _saved_config(checkpoint: Any, path: str) -> TrainConfig:
     return TrainConfig.from_dict(saved)
 
 
-def _resumed_config(checkpoint: Any, path: str, settings: dict[str, Any]) -> TrainConfig:
-    """The saved run's config, with ``epochs`` from ``settings``; any other explicit setting
-    that differs from the saved one is an error (a resume continues the same run)."""
+def _resumed_config(checkpoint: Any, path: str, settings: dict[str, Any], done: int) -> TrainConfig:
+    """The saved run's config, with ``epochs`` from ``settings`` (the total, ``done`` epochs
+    included) or, without, ``done`` plus as many as a fresh run trains; any other explicit
+    setting that differs from the saved one is an error (a resume continues the same run)."""
     config = _saved_config(checkpoint, path)
     for name, value in settings.items():
         if name != "epochs" and value is not None and getattr(config, name) != value:
@@ -144,12 +164,45 @@ def _resumed_config(checkpoint: Any, path: str, settings: dict[str, Any]) -> Tra
                 f"--{name.replace('_', '-')} {value} conflicts with the resumed run's {getattr(config, name)}; "
                 "a resume continues the saved run with its own settings (only --epochs may change)"
             )
-    done = int(checkpoint.metadata.get("epoch", 0))
-    epochs = settings.get("epochs") or config.epochs
+    epochs = settings.get("epochs", done + TrainConfig.epochs)
     if epochs <= done:
-        raise ValueError(f"--epochs {epochs} must exceed the {done} epochs the checkpoint has already trained")
+        raise ValueError(
+            f"--epochs {epochs} must exceed the {done} epochs the checkpoint has already trained "
+            "(--epochs counts them too; leave it out to train as many more as a fresh run)"
+        )
     config.epochs = epochs
     return config
+
+
+def _resume(path: str, dev: Any, settings: dict[str, Any]) -> tuple[Any, TrainConfig, History, int]:
+    """The checkpoint at ``path`` read onto ``dev``, the resumed run's config, its history and
+    the number of epochs it has trained."""
+    checkpoint = read(path, device=dev)
+    history = History.from_dict(checkpoint.metadata.get("history", {}))
+    done = check_int(f"{path}: the saved epoch", checkpoint.metadata.get("epoch", len(history)), low=0)
+    return checkpoint, _resumed_config(checkpoint, path, settings, done), history, done
+
+
+class _EpochSaver:
+    """The --save callback: a checkpoint at most every SAVE_INTERVAL_S (each save fsyncs) and
+    always after the last epoch, each written atomically."""
+
+    def __init__(self, path: str, config: TrainConfig, scaler: data.Standardizer) -> None:
+        self.path, self.config, self.scaler = path, config, scaler
+        self.last = time.monotonic()
+
+    def __call__(self, trainer: Trainer, record: dict[str, Any]) -> None:
+        if record["epoch"] < self.config.epochs and time.monotonic() - self.last < SAVE_INTERVAL_S:
+            return
+        metadata = {
+            "epoch": record["epoch"],
+            "config": asdict(self.config),
+            "history": trainer.history.to_dict(),
+            "scaler": self.scaler.state_dict(),
+            "dropout_rng": trainer.dropout_states(),
+        }
+        save(self.path, trainer.model, trainer.optimizer, metadata=metadata)
+        self.last = time.monotonic()
 
 
 def train(
@@ -176,25 +229,27 @@ def train(
     dev = device(device_spec) if comm is None else distributed.rank_device(device_spec, comm)
     plot_path = plot_path if root else None
     _check_outputs(plot_path, save_path if root else None)
-    history = History()
-    initial_epoch = 0
+    history, initial_epoch = History(), 0
     if resume_path is not None:
-        checkpoint = read(resume_path, device=dev)
-        config = _resumed_config(checkpoint, resume_path, settings)
+        checkpoint, config, history, initial_epoch = _resume(resume_path, dev, settings)
         model, optimizer = checkpoint.model, checkpoint.optimizer()
-        history = History.from_dict(checkpoint.metadata.get("history", {}))
-        initial_epoch = int(checkpoint.metadata.get("epoch", len(history)))
-        save_path = save_path or resume_path
     else:
         config = TrainConfig.from_dict(settings)
-    save_target = save_path if root else None  # only rank 0 writes
     config.validated()
+    _check_distinct_files(config, resume_path, save_path, plot_path)
+    if save_path is None and resume_path is not None and root:  # the resumed file is written over
+        try:
+            writable_target(resume_path, "--resume")
+        except PermissionError as exc:
+            raise PermissionError(f"{exc} (--save NEW_PATH)") from None
+    save_path = save_path or resume_path
+    save_target = save_path if root else None  # only rank 0 writes
     parts = load_splits(config.dataset, config.seed)
     x_train, y_train = parts["train"]
     n_classes = int(max(y_train.max(), parts["dev"][1].max(), parts["test"][1].max())) + 1
     if resume_path is None:
         sizes = [x_train.shape[1], *config.hidden, n_classes]
-        model = mlp(sizes, activation=config.activation, seed=config.seed, dropout=config.dropout)
+        model = _new_model(sizes, config)
         optimizer = create(config.optimizer, lr=config.lr)
     regularizer = L2(config.l2) if config.l2 else None
     trainer = Trainer(
@@ -207,16 +262,6 @@ def train(
     if announce is not None and root:
         announce(dev)
 
-    def save_epoch(trainer: Trainer, record: dict[str, Any]) -> None:
-        metadata = {
-            "epoch": record["epoch"],
-            "config": asdict(config),
-            "history": trainer.history.to_dict(),
-            "scaler": parts["scaler"].state_dict(),
-            "dropout_rng": trainer.dropout_states(),
-        }
-        save(save_target, trainer.model, trainer.optimizer, metadata=metadata)
-
     start = time.perf_counter()
     trainer.fit(
         x_train,
@@ -226,7 +271,7 @@ def train(
         validation_data=parts["dev"],
         seed=config.seed,
         initial_epoch=initial_epoch,
-        callbacks=[save_epoch] if save_target else [],
+        callbacks=[_EpochSaver(save_target, config, parts["scaler"])] if save_target else [],
         verbose=verbose if root else False,
     )
     seconds = time.perf_counter() - start
@@ -243,6 +288,8 @@ def train(
         "why_cpu": why_cpu() if dev.kind == "cpu" else None,
         "dataset": config.dataset,
         "epochs": len(trainer.history),
+        "start_epoch": initial_epoch,
+        "epochs_trained": len(trainer.history) - initial_epoch,
         "train_accuracy": train_metrics["accuracy"],
         "dev_accuracy": trainer.history.last["dev_accuracy"],
         "test_accuracy": test["accuracy"],

@@ -16,18 +16,17 @@ Tensors are stored as host (NumPy) arrays, so a model saved from a GPU loads on 
 the other way round. Reading never unpickles nor evaluates anything: the header is parsed
 with ``json`` and the architecture rebuilt from a fixed table of layer classes.
 
-Atomicity: :func:`save` writes the whole file to a temporary file in the destination folder,
-fsyncs it, ``os.replace``\\ s it onto ``path`` (atomic within one file system) and fsyncs the
-folder, so a process killed at any moment leaves the previous checkpoint or the new one, never
-a torn file (at worst a stale ``.<name>.*.tmp`` file, which loading ignores).
+Atomicity: :func:`save` writes through :func:`gpunn.io.safe_file.atomic_write`, so a process
+killed at any moment leaves the previous checkpoint or the new one, never a torn file; through a
+symbolic link it replaces the link's target, and it leaves a read-only file alone. Reading
+(:mod:`gpunn.io.file_format`) checks the length and the JSON header before it reads a tensor.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import tempfile
+import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -43,16 +42,15 @@ from ..nn.layers import Layer
 from ..nn.parameter import Parameter
 from ..nn.sequential import INIT_ONLY_KEYS, architecture, layer_from_config
 from ..optim.base import Optimizer
+from .file_format import FORMAT_VERSION, MAX_HEADER_BYTES, METADATA_KEY, CheckpointError, read_file
+from .safe_file import atomic_write, writable_target
 
-FORMAT_VERSION = 1
-METADATA_KEY = "gpunn"
 MODEL_PREFIX = "model/"
 OPTIMIZER_PREFIX = "optimizer/"
 
 
-class CheckpointError(ValueError):
-    """A file could not be read as a gpunn checkpoint, or does not fit the model; the message
-    names the file and says what is wrong with it."""
+class CheckpointWarning(UserWarning):
+    """A checkpoint loaded, but holds something suspicious (NaN or infinite weights)."""
 
 
 def save(
@@ -67,9 +65,11 @@ def save(
     :attr:`Checkpoint.metadata`. Tuples come back as lists. The model stays on its device:
     GPU parameters are copied to the host for writing, never moved.
 
-    Raises (before anything is written) TypeError for a wrong type of ``path``, ``model``,
-    ``optimizer`` or ``metadata``, IsADirectoryError when ``path`` is a folder and
-    FileNotFoundError when its folder does not exist.
+    Through a symbolic link, the link's target is replaced and the link kept; a replaced
+    file keeps its permissions. Raises (before anything is written) TypeError for a wrong type
+    of ``path``, ``model``, ``optimizer`` or ``metadata``, IsADirectoryError when ``path`` is a
+    folder, FileNotFoundError when its folder does not exist, PermissionError when the file is
+    read-only, and ValueError when the metadata exceeds safetensors' 100 MB header.
     """
     target = _check_path(path)
     if not isinstance(model, Layer):
@@ -77,10 +77,7 @@ def save(
     if optimizer is not None and not isinstance(optimizer, Optimizer):
         raise TypeError(f"optimizer must be a gpunn optimizer such as gn.optim.Adam, got {type(optimizer).__name__}")
     user_metadata = _check_metadata(metadata)
-    if target.is_dir():
-        raise IsADirectoryError(f"path {str(target)!r} is a folder; give a file name such as 'model.safetensors'")
-    if not target.parent.is_dir():
-        raise FileNotFoundError(f"cannot save to {str(target)!r}: the folder {str(target.parent)!r} does not exist")
+    writable_target(target)
 
     tensors = {MODEL_PREFIX + key: _host(p.data) for key, p in _named_parameters(model)}
     optimizer_info, optimizer_tensors = (None, {}) if optimizer is None else _optimizer_payload(optimizer)
@@ -94,8 +91,15 @@ def save(
         "optimizer": optimizer_info,
         "metadata": user_metadata,
     }
-    data = safetensors.numpy.save(tensors, metadata={METADATA_KEY: json.dumps(header)})
-    _atomic_write(target, data)
+    text = json.dumps(header)
+    try:
+        data = safetensors.numpy.save(tensors, metadata={METADATA_KEY: text})
+    except safetensors.SafetensorError as exc:  # "header too large": the metadata is too long
+        raise ValueError(
+            f"cannot save {str(target)!r}: {exc}; its metadata is {len(text.encode()):,} bytes of JSON, and a "
+            f"safetensors header holds at most {MAX_HEADER_BYTES:,}: keep large data out of metadata"
+        ) from None
+    atomic_write(target, data)
     return target
 
 
@@ -163,39 +167,6 @@ def _unserializable(value: Any, where: str, depth: int = 0) -> str | None:
     return None
 
 
-def _atomic_write(target: Path, data: bytes) -> None:
-    """Write ``data`` to ``target`` so that a crash leaves the old file or the new, whole."""
-    mode = _file_mode(target)
-    # Same folder, hence same file system: os.replace is then a single atomic rename.
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())  # the bytes reach the disk before the name points at them
-        os.chmod(tmp, mode)  # mkstemp creates 0600; a checkpoint gets a normal file's mode
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    # The rename itself made durable; best effort: Windows cannot open a folder for fsync.
-    with contextlib.suppress(OSError):
-        fd = os.open(target.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _file_mode(target: Path) -> int:
-    with contextlib.suppress(OSError):
-        return target.stat().st_mode & 0o7777  # overwriting keeps the permissions the user chose
-    umask = os.umask(0o022)  # the umask can only be read by setting it: put it straight back
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
 class Checkpoint:
     """A checkpoint read back by :func:`read`.
 
@@ -233,6 +204,7 @@ class Checkpoint:
         if keys is None:  # saved before it was bound: there is no state to restore
             opt.step_count = int(info["step"])
             return opt
+        by_key = dict(_keyed([(p.name, p) for p in opt.params]))
         state: dict[str, dict[str, np.ndarray]] = {}
         for key in keys:
             state[key] = {}
@@ -240,7 +212,13 @@ class Checkpoint:
                 tensor_name = f"{OPTIMIZER_PREFIX}{key}/{name}"
                 if tensor_name not in self._optimizer_tensors:
                     raise CheckpointError(f"{self.path}: the optimizer state tensor {tensor_name!r} is missing")
-                state[key][name] = self._optimizer_tensors[tensor_name]
+                array = state[key][name] = self._optimizer_tensors[tensor_name]
+                p = by_key.get(key)  # a key of no parameter: load_state_dict names it below
+                if p is not None and array.dtype != p.data.dtype:
+                    raise CheckpointError(
+                        f"{self.path}: the optimizer state tensor {tensor_name!r} is {array.dtype}, "
+                        f"but the parameter {key!r} is {p.data.dtype}"
+                    )
         try:
             opt.load_state_dict({"type": type(opt).__name__, "step": info["step"], "hyper": {}, "state": state})
         except (TypeError, ValueError) as exc:
@@ -260,7 +238,8 @@ class Checkpoint:
 
 def load(path: str | os.PathLike[str], device: str | Device | None = None) -> Layer:
     """The model saved at ``path``, rebuilt with its weights on ``device`` (None: auto);
-    CheckpointError when the file is not a readable gpunn checkpoint."""
+    CheckpointError when the file is not a readable gpunn checkpoint, and a CheckpointWarning
+    naming the tensors when weights are NaN or infinite."""
     return read(path, device).model
 
 
@@ -269,7 +248,7 @@ def read(path: str | os.PathLike[str], device: str | Device | None = None) -> Ch
     ``GPUNN_DEVICE`` or auto), the metadata, and the optimizer via :meth:`Checkpoint.optimizer`."""
     source = _check_path(path)
     dev = resolve_device(device)  # an unusable device fails before the file is read
-    header, tensors = _read_file(source)
+    header, tensors = read_file(source)
     try:
         _check_size(source, header["architecture"], tensors)
         model = layer_from_config(header["architecture"])
@@ -293,7 +272,7 @@ def load_weights(model: Layer, path: str | os.PathLike[str]) -> Checkpoint:
     if not isinstance(model, Layer):
         raise TypeError(f"model must be a gpunn model such as gn.Sequential or gn.mlp(...), got {type(model).__name__}")
     source = _check_path(path)
-    header, tensors = _read_file(source)
+    header, tensors = read_file(source)
     saved = header["architecture"]
     if architecture(saved) != architecture(model.config()):  # init and seed: replaced by the weights
         raise CheckpointError(
@@ -329,7 +308,10 @@ def describe(config: Any) -> str:
 def _named_parameters(model: Layer) -> list[tuple[str, Parameter]]:
     """(key, parameter) pairs; keys are the parameter names, or positions when the names
     are missing or clash (the same rule as the optimizer's state keys)."""
-    named = model.named_parameters()
+    return _keyed(model.named_parameters())
+
+
+def _keyed(named: list[tuple[str, Parameter]]) -> list[tuple[str, Parameter]]:
     names = [name for name, _ in named]
     if all(names) and len(set(names)) == len(names):
         return named
@@ -354,6 +336,15 @@ def _copy_weights(model: Layer, source: Path, tensors: dict[str, np.ndarray]) ->
                 f"{source}: tensor {MODEL_PREFIX + key!r} is {array.dtype} {tuple(array.shape)}, "
                 f"but the model's parameter {key!r} is {p.data.dtype} {p.shape}"
             )
+    # One pass over the host copies: a diverged run's checkpoint loads, with a warning.
+    bad = [MODEL_PREFIX + key for key, _ in expected if not np.isfinite(saved[key]).all()]
+    if bad:
+        warnings.warn(
+            f"{source}: {', '.join(map(repr, bad))} hold{'s' if len(bad) == 1 else ''} NaN or infinite values; "
+            "the model's outputs will be NaN (saved from a run that diverged?)",
+            CheckpointWarning,
+            stacklevel=4,
+        )
     for key, p in expected:
         p.data[...] = p.device.send(saved[key])
 
@@ -365,103 +356,6 @@ def _check_path(path: Any) -> Path:
     if not text:
         raise ValueError("path must name a file such as 'model.safetensors', got ''")
     return Path(text)
-
-
-def _read_file(source: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """The gpunn header and every tensor of ``source``, validated; raises CheckpointError."""
-    if source.is_dir():
-        raise CheckpointError(f"{source} is a folder, not a checkpoint file")
-    try:
-        data = source.read_bytes()  # one read: a concurrent os.replace cannot mix two files
-    except FileNotFoundError:
-        raise FileNotFoundError(f"no checkpoint at {str(source)!r}: the file does not exist") from None
-    header = _parse_header(source, data)
-    try:
-        tensors = safetensors.numpy.load(data)
-    except (safetensors.SafetensorError, ValueError, KeyError) as exc:  # KeyError: a dtype NumPy lacks
-        raise CheckpointError(f"{source}: the tensor data is not valid safetensors: {exc}") from exc
-    return header, tensors
-
-
-def _parse_header(source: Path, data: bytes) -> dict[str, Any]:
-    bad = f"{source} is not a gpunn checkpoint"
-    if len(data) < 8:
-        raise CheckpointError(f"{bad}: it holds {len(data)} bytes, fewer than a safetensors header (truncated?)")
-    length = int.from_bytes(data[:8], "little")
-    if length > len(data) - 8:
-        raise CheckpointError(
-            f"{bad}: {_sniff(data) or f'its header claims {length} bytes but only {len(data) - 8} follow (truncated?)'}"
-        )
-    try:
-        raw = json.loads(data[8 : 8 + length])
-    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
-        raise CheckpointError(f"{bad}: {_sniff(data) or 'its safetensors header is not valid JSON'}") from None
-    if not isinstance(raw, dict):
-        raise CheckpointError(f"{bad}: its safetensors header is not a JSON object")
-    meta = raw.get("__metadata__")
-    if not isinstance(meta, dict) or not isinstance(meta.get(METADATA_KEY), str):
-        raise CheckpointError(
-            f"{bad}: it is a safetensors file without gpunn's metadata (saved by another program?); "
-            "gn.save writes the model's architecture there"
-        )
-    # The tensor bytes must all be present; a cut-off copy fails here with a clear message.
-    needed = 0
-    for name, entry in raw.items():
-        offsets = entry.get("data_offsets") if isinstance(entry, dict) and name != "__metadata__" else None
-        if isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets):
-            needed = max(needed, offsets[1])
-    if needed > len(data) - 8 - length:
-        raise CheckpointError(
-            f"{source} is truncated: its tensors need {needed} bytes but only {len(data) - 8 - length} are present "
-            "(an interrupted copy?)"
-        )
-    try:
-        header = json.loads(meta[METADATA_KEY])
-    except (ValueError, RecursionError):
-        raise CheckpointError(f"{bad}: its gpunn metadata is not valid JSON (or nests too deeply)") from None
-    return _check_header(source, header)
-
-
-def _check_header(source: Path, header: Any) -> dict[str, Any]:
-    if not isinstance(header, dict):
-        raise CheckpointError(f"{source}: the gpunn metadata is not a JSON object")
-    version = header.get("format_version")
-    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-        raise CheckpointError(f"{source}: the gpunn metadata has no valid format_version (got {version!r})")
-    if version > FORMAT_VERSION:
-        raise CheckpointError(
-            f"{source} has checkpoint format {version}, written by gpunn {header.get('gpunn_version', '?')}; "
-            f"this gpunn reads format {FORMAT_VERSION}: upgrade gpunn to load it"
-        )
-    if not isinstance(header.get("architecture"), dict):
-        raise CheckpointError(f"{source}: the gpunn metadata has no architecture")
-    opt = header.get("optimizer")
-    keys = opt.get("keys") if isinstance(opt, dict) else None
-    if opt is not None and not (
-        isinstance(opt, dict)
-        and isinstance(opt.get("type"), str)
-        and isinstance(opt.get("hyper"), dict)
-        and isinstance(opt.get("step"), int)
-        and (keys is None or (isinstance(keys, list) and all(isinstance(k, str) for k in keys)))
-    ):
-        raise CheckpointError(f"{source}: the optimizer entry of the gpunn metadata is malformed: {opt!r}")
-    header.setdefault("optimizer", None)
-    if header.get("metadata") is None:
-        header["metadata"] = {}
-    if not isinstance(header["metadata"], dict):
-        raise CheckpointError(f"{source}: the user metadata is not a JSON object")
-    return header
-
-
-def _sniff(data: bytes) -> str | None:
-    """Name the kind of file that is often mistaken for a checkpoint, or None."""
-    if data[:1] == b"\x80" and data[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
-        return "it is a Python pickle; gpunn never unpickles, because unpickling can run arbitrary code"
-    if data[:4] == b"PK\x03\x04":
-        return "it is a zip archive (a torch.save or .npz file?)"
-    if data[:6] == b"\x93NUMPY":
-        return "it is a NumPy .npy file"
-    return None
 
 
 def _check_size(source: Path, architecture: dict[str, Any], tensors: dict[str, np.ndarray]) -> None:
@@ -486,4 +380,4 @@ def _check_size(source: Path, architecture: dict[str, Any], tensors: dict[str, n
         )
 
 
-__all__ = ["Checkpoint", "CheckpointError", "describe", "load", "load_weights", "read", "save"]
+__all__ = ["Checkpoint", "CheckpointError", "CheckpointWarning", "describe", "load", "load_weights", "read", "save"]

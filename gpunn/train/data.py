@@ -8,15 +8,8 @@ is drawn on the host from a NumPy Generator, so one seed gives one result on the
 from __future__ import annotations
 
 import functools
-import gzip
-import math
-import os
-import struct
-import zipfile
-import zlib
 from collections.abc import Sequence
 from importlib import resources
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,6 +17,7 @@ import numpy as np
 from ..backend.device import array_module, device_of, to_numpy
 from ..validation import check_float, check_int
 from .batches import batches, check_pair_length
+from .mnist import MNIST_FILES, load_mnist  # noqa: F401 (MNIST_FILES: the file names load_mnist expects)
 
 Arrays = tuple[np.ndarray, np.ndarray]  # (x, y) on the host
 
@@ -71,133 +65,6 @@ def make_spiral(
         x[c * n : (c + 1) * n, 0] = r * np.sin(theta)
         x[c * n : (c + 1) * n, 1] = r * np.cos(theta)
     return x.astype(np.float32), np.repeat(np.arange(k, dtype=np.int64), n)
-
-
-# ----------------------------------------------------------------------------- MNIST files
-
-MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
-_IDX_IMAGES, _IDX_LABELS = 0x00000803, 0x00000801  # unsigned bytes, 3 dims / 1 dim
-
-
-def _read_bytes(path: Path) -> bytes:
-    if path.suffix != ".gz":
-        return path.read_bytes()
-    try:
-        with gzip.open(path, "rb") as f:
-            return f.read()
-    except (OSError, EOFError, zlib.error) as exc:
-        raise ValueError(f"{path}: not a readable gzip file ({exc})") from exc
-
-
-def _read_idx(path: Path, magic: int) -> np.ndarray:
-    """Parse an IDX file of unsigned bytes: big-endian magic, one uint32 size per dim, data."""
-    data = _read_bytes(path)
-    ndim = magic & 0xFF
-    kind = "images" if magic == _IDX_IMAGES else "labels"
-    header = 4 + 4 * ndim
-    if len(data) < 4:
-        raise ValueError(f"{path}: file too short for an IDX header ({len(data)} bytes)")
-    (found,) = struct.unpack(">I", data[:4])
-    if found != magic:
-        raise ValueError(f"{path}: bad magic number 0x{found:08X}, expected 0x{magic:08X} (IDX {kind})")
-    if len(data) < header:
-        raise ValueError(f"{path}: truncated IDX header ({len(data)} bytes, expected at least {header})")
-    dims = struct.unpack(f">{ndim}I", data[4:header])
-    expected = math.prod(dims)
-    if len(data) - header != expected:
-        state = "truncated" if len(data) - header < expected else "has extra bytes"
-        raise ValueError(f"{path}: {state}: sizes {dims} need {expected} data bytes, found {len(data) - header}")
-    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims)
-
-
-def _find(folder: Path, name: str) -> Path | None:
-    """The file ``name`` in ``folder``, plain or gzipped (``name.gz``), or None."""
-    return next((p for p in (folder / name, folder / f"{name}.gz") if p.is_file()), None)
-
-
-def _pixels(images: np.ndarray) -> np.ndarray:
-    x = images.reshape(images.shape[0], -1).astype(np.float32)
-    x /= 255.0
-    return x
-
-
-def _load_idx_folder(folder: Path) -> tuple[Arrays, Arrays]:
-    found = {name: _find(folder, name) for name in MNIST_FILES}
-    missing = [name for name, p in found.items() if p is None]
-    if missing:
-        raise FileNotFoundError(
-            f"MNIST files missing in {folder}: {', '.join(missing)} (each may also end in .gz); "
-            f"expected {', '.join(MNIST_FILES)}"
-        )
-    parts = []
-    for images_name, labels_name in (MNIST_FILES[:2], MNIST_FILES[2:]):
-        images_path, labels_path = found[images_name], found[labels_name]
-        images = _read_idx(images_path, _IDX_IMAGES)
-        labels = _read_idx(labels_path, _IDX_LABELS)
-        if len(images) != len(labels):
-            raise ValueError(f"{images_path} holds {len(images)} images but {labels_path} holds {len(labels)} labels")
-        parts.append((_pixels(images), labels.astype(np.int64)))
-    return parts[0], parts[1]
-
-
-def _load_npz(path: Path) -> tuple[Arrays, Arrays]:
-    try:
-        npz = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, zipfile.BadZipFile) as exc:
-        raise ValueError(f"{path}: not a readable .npz file ({exc})") from exc
-    if not isinstance(npz, np.lib.npyio.NpzFile):  # np.load reads a .npy file as one array
-        raise ValueError(f"{path}: holds a single array, not an .npz archive of x_train, y_train, x_test, y_test")
-    with npz:
-        keys = ("x_train", "y_train", "x_test", "y_test")
-        missing = [k for k in keys if k not in npz.files]
-        if missing:
-            raise ValueError(f"{path}: missing arrays {', '.join(missing)}; expected {', '.join(keys)}")
-        try:
-            arrays = {k: npz[k] for k in keys}
-        except (OSError, ValueError, zlib.error, zipfile.BadZipFile) as exc:
-            raise ValueError(f"{path}: cannot read its arrays ({exc})") from exc
-    parts = []
-    for split_name in ("train", "test"):
-        x, y = arrays[f"x_{split_name}"], arrays[f"y_{split_name}"]
-        if x.ndim < 2 or not np.issubdtype(x.dtype, np.integer):
-            raise ValueError(
-                f"{path}: x_{split_name} must be integer pixels 0..255 of shape (N, rows, cols) "
-                f"as in Keras' mnist.npz, got dtype {x.dtype} shape {x.shape}"
-            )
-        if x.size and (x.min() < 0 or x.max() > 255):
-            raise ValueError(f"{path}: x_{split_name} pixels must lie in 0..255, got {x.min()}..{x.max()}")
-        if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer) or len(y) != len(x):
-            raise ValueError(
-                f"{path}: y_{split_name} must be {len(x)} integer labels of shape (N,) to match "
-                f"x_{split_name}, got dtype {y.dtype} shape {y.shape}"
-            )
-        parts.append((_pixels(x), y.astype(np.int64)))
-    return parts[0], parts[1]
-
-
-def load_mnist(path: str | os.PathLike[str]) -> tuple[Arrays, Arrays]:
-    """Read MNIST (or any data set in its layout, such as Fashion-MNIST) from local files.
-
-    ``path`` is either a folder holding the four IDX files ``train-images-idx3-ubyte``,
-    ``train-labels-idx1-ubyte``, ``t10k-images-idx3-ubyte`` and ``t10k-labels-idx1-ubyte`` (each may be
-    gzipped, with ``.gz`` appended), or an ``.npz`` file with arrays ``x_train``, ``y_train``,
-    ``x_test``, ``y_test`` (Keras' ``mnist.npz`` layout).
-
-    Returns ``((x_train, y_train), (x_test, y_test))``: ``x`` float32 (N, rows·cols) with pixels scaled
-    to [0, 1] (divided by 255), ``y`` int64 (N,). Raises FileNotFoundError naming what is missing and
-    ValueError naming the file that is malformed.
-    """
-    if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
-    p = Path(path)
-    if p.is_dir():
-        return _load_idx_folder(p)
-    if p.is_file():
-        return _load_npz(p)
-    raise FileNotFoundError(
-        f"path {str(p)!r} does not exist; give a folder holding {', '.join(MNIST_FILES)} "
-        "(optionally .gz) or an .npz file with x_train, y_train, x_test, y_test"
-    )
 
 
 # ----------------------------------------------------------------------------- split
@@ -266,8 +133,14 @@ def split(
 # ----------------------------------------------------------------------------- scaling
 
 
-def _float_dtype(x: Any) -> np.dtype:
-    return x.dtype if np.issubdtype(x.dtype, np.floating) else np.dtype(np.float32)
+def _float_dtype(x: Any, name: str) -> np.dtype:
+    """The dtype a Standardizer computes in for ``x``: its own if floating, else float32;
+    complex data (whose imaginary part would be dropped) and non-numbers are refused."""
+    if not hasattr(x, "dtype"):
+        raise TypeError(f"{name} must be a NumPy or CuPy array of shape (N, features), got {type(x).__name__}")
+    if x.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must hold real numbers (bool, integer or float), got dtype {x.dtype}")
+    return x.dtype if x.dtype.kind == "f" else np.dtype(np.float32)
 
 
 class Standardizer:
@@ -285,11 +158,10 @@ class Standardizer:
 
     def fit(self, x_train: Any) -> Standardizer:
         """Learn mean (features,) and std (features,) from ``x_train`` (N, features); returns self."""
-        if not hasattr(x_train, "shape") or x_train.ndim < 1 or x_train.shape[0] == 0:
-            shape = getattr(x_train, "shape", type(x_train).__name__)
-            raise ValueError(f"x_train must be an array of shape (N, features) with N >= 1, got {shape!r}")
+        dtype = _float_dtype(x_train, "x_train")
+        if x_train.ndim < 1 or x_train.shape[0] == 0:
+            raise ValueError(f"x_train must be an array of shape (N, features) with N >= 1, got {x_train.shape!r}")
         xp = array_module(x_train)
-        dtype = _float_dtype(x_train)
         # Statistics accumulate in float64 and are stored in x's dtype. A constant feature is
         # found exactly (max == min): its computed std can be ~1e-17 rather than 0.
         std = x_train.std(axis=0, dtype=np.float64)
@@ -302,13 +174,12 @@ class Standardizer:
         """Return (x − mean) / std, shape of ``x``; the statistics move to x's device if needed."""
         if self.mean is None:
             raise RuntimeError("this Standardizer is not fitted yet; call fit(x_train) first")
-        if not hasattr(x, "shape") or tuple(x.shape[1:]) != tuple(self.mean.shape):
+        dtype = _float_dtype(x, "x")
+        if tuple(x.shape[1:]) != tuple(self.mean.shape):
             raise ValueError(
-                f"x must have shape (N, {', '.join(map(str, self.mean.shape))}) like the fitted data, "
-                f"got {getattr(x, 'shape', type(x).__name__)!r}"
+                f"x must have shape (N, {', '.join(map(str, self.mean.shape))}) like the fitted data, got {x.shape!r}"
             )
         dev = device_of(x)
-        dtype = _float_dtype(x)
         mean, std = dev.send(self.mean, dtype), dev.send(self.std, dtype)
         return (x.astype(dtype, copy=False) - mean) / std
 
@@ -354,11 +225,19 @@ def standardize(x_train: Any, *others: Any) -> tuple[Any, ...]:
 
 def one_hot(y: Any, n_classes: int | None = None, dtype: Any = "float32") -> Any:
     """Labels (N,) in [0, C) to a one-hot matrix (N, C) on y's device (``C = n_classes``,
-    by default ``max(y) + 1``)."""
-    if not hasattr(y, "dtype") or y.ndim != 1:
-        raise ValueError(f"y must be an array of shape (N,), got {getattr(y, 'shape', type(y).__name__)!r}")
+    by default ``max(y) + 1``), of ``dtype`` (a real dtype: float, integer or bool)."""
+    if not (hasattr(y, "dtype") and hasattr(y, "ndim")):
+        raise TypeError(f"y must be a NumPy or CuPy array of shape (N,), got {type(y).__name__}")
+    if y.ndim != 1:
+        raise ValueError(f"y must be an array of shape (N,), got {y.shape!r}")
     if not np.issubdtype(y.dtype, np.integer):
         raise TypeError(f"y must hold integer class labels, got dtype {y.dtype}")
+    try:
+        out_dtype = np.dtype(dtype)
+    except TypeError:
+        out_dtype = None
+    if dtype is None or out_dtype is None or out_dtype.kind not in "biuf":
+        raise TypeError(f"dtype must be a real NumPy dtype such as 'float32', got {dtype!r}")
     n = int(y.shape[0])
     if n_classes is None:
         if n == 0:
@@ -369,6 +248,6 @@ def one_hot(y: Any, n_classes: int | None = None, dtype: Any = "float32") -> Any
         raise ValueError(f"y must hold labels in [0, {c}), got min {int(y.min())}, max {int(y.max())}")
     xp = array_module(y)
     with device_of(y):
-        out = xp.zeros((n, c), dtype=np.dtype(dtype))
+        out = xp.zeros((n, c), dtype=out_dtype)
         out[xp.arange(n), y] = 1
     return out
