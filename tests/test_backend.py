@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import inspect
 import os
 
 import numpy as np
@@ -134,7 +135,7 @@ def test_missing_cupy_reason_tells_how_to_install(monkeypatch: pytest.MonkeyPatc
         raise ImportError("No module named 'cupy'")
 
     monkeypatch.setattr(backend, "_import_cupy", no_cupy)
-    probe = backend._runtime.__wrapped__()
+    probe = inspect.unwrap(backend._runtime)()
     assert probe.count == 0
     assert 'pip install "gpunn[cuda12]"' in probe.reason
 

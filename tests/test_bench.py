@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import subprocess
@@ -14,7 +15,9 @@ import numpy as np
 import pytest
 
 import gpunn as gn
+from gpunn.bench import report as table
 from gpunn.bench import run as bench
+from gpunn.cli.main import build_parser, main
 
 
 def test_flops_of_a_step_are_exact() -> None:
@@ -75,10 +78,30 @@ def test_bench_command_writes_sane_json_and_a_plot(tmp_path: Path) -> None:
         check=False,
     )
     assert result.returncode == 0, result.stderr
-    # every step is labelled, and both ratios against the hand-written loop are printed
-    for text in ("gpunn, Trainer.fit", "gpunn, your own loop", "NumPy loop by hand", "× the NumPy loop's", "× this"):
-        assert text in result.stdout, text
     report = json.loads(out.read_text())
+    # every step is labelled, every column titled, and both ratios against the hand-written loop printed
+    lines = result.stdout.splitlines()
+    (title,) = [line for line in lines if line.startswith("device ")]
+    columns = (
+        "device",
+        "model",
+        "batch",
+        "step",
+        "ms/step (p10–p90)",
+        "samples/s",
+        "GFLOP/s",
+        "% of peak",
+        "gpunn ×faster",
+    )
+    assert title.split() == [*" ".join(columns).split(), "(p10–p90)"]
+    for label in ("gpunn, Trainer.fit", "gpunn, your own loop", "NumPy loop by hand"):
+        assert any(line.startswith(f"cpu     T1        8  {label}") for line in lines), label
+    by_hand = next(line for line in lines if "NumPy loop by hand" in line)
+    assert by_hand.split()[-2] == f"{report['results'][0]['gpunn_over_numpy']:.2f}"
+    assert any(line.strip().startswith("your own loop: ") and "× the NumPy loop's speed" in line for line in lines)
+    assert any(line.strip().startswith("Trainer.fit's step: ") for line in lines)
+    assert "gpunn bench --full" not in result.stdout  # the workload was named: no quick sample to explain
+    assert "1 case(s), 3 timed windows each" in result.stderr and "memory: up to about" in result.stderr
     assert report["optimizer"] == "adam" and report["environment"]["numpy"]
     (row,) = report["results"]
     assert (row["device"], row["model"], row["batch"]) == ("cpu", "T1", 8)
@@ -117,7 +140,7 @@ def test_no_user_loop_or_hand_written_loop_where_the_baseline_does_not_run() -> 
     case = bench.Case(gn.Device("cpu"), "T1", 4)
     _, model = bench.gpunn_step(case, "momentum")
     assert bench.user_loop_step(case, "momentum") is None and bench.numpy_step(case, "momentum", model) is None
-    result = bench.run([gn.Device("cpu")], ["T1"], [4], optimizer="momentum", against=("numpy",), repeat=3)
+    result = bench.run([gn.Device("cpu")], bench.workload(["T1"], [4], 3), optimizer="momentum", against=("numpy",))
     (row,) = result["results"]
     assert "user_loop" not in row and "numpy" not in row
     assert row["skipped"] == {"numpy": bench.SKIP_REASONS["numpy"]}
@@ -204,7 +227,7 @@ def test_a_failing_gpu_extra_is_reported_and_costs_no_other_figure(monkeypatch: 
 
     monkeypatch.setattr(bench, "host_and_device_us", broken_timer)
     with pytest.warns(RuntimeWarning, match="host and device µs failed"):
-        result = bench.run([gn.Device("cpu")], ["T1"], [4], against=(), repeat=3)
+        result = bench.run([gn.Device("cpu")], bench.workload(["T1"], [4], 3), against=())
     (row,) = result["results"]
     assert "graph" not in row and "gpunn_over_graph" not in row
     assert row["errors"] == {
@@ -240,7 +263,7 @@ def test_launches_are_counted_after_every_case_is_timed(monkeypatch: pytest.Monk
     monkeypatch.setattr(bench, "_measure_case", measure)
     monkeypatch.setattr(bench, "count_launches", count)
     with pytest.warns(RuntimeWarning, match="CUPTI is busy"):
-        result = bench.run([gn.Device("cpu"), gpu], ["T1"], [32, 64], against=(), repeat=3)
+        result = bench.run([gn.Device("cpu"), gpu], bench.workload(["T1"], [32, 64], 3), against=())
     assert order == ["time cpu 32", "time cpu 64", "time cuda 32", "time cuda 64", "count cuda 32", "count cuda 64"]
     rows = result["results"]
     assert [r["launches_per_step"] for r in rows] == [None, None, 10.0, None]
@@ -257,7 +280,7 @@ def test_a_baseline_that_fails_is_left_out_not_fatal(monkeypatch: pytest.MonkeyP
 
     monkeypatch.setattr(bench, "numpy_step", failing_baseline)
     with pytest.warns(RuntimeWarning, match="the numpy step failed"):
-        result = bench.run([gn.Device("cpu")], ["T1"], [4], against=("numpy",), repeat=3)
+        result = bench.run([gn.Device("cpu")], bench.workload(["T1"], [4], 3), against=("numpy",))
     (row,) = result["results"]
     assert "numpy" not in row and "gpunn_over_numpy" not in row
     assert row["errors"] == {"numpy step": "MemoryError: the baseline ran out of memory on purpose"}
@@ -270,3 +293,122 @@ def test_gpunn_failing_is_never_hidden() -> None:
 
     with pytest.raises(ValueError, match="gpunn itself broke"):
         bench.time_interleaved({"gpunn": broken}, lambda: None, windows=3, pause=0.0, errors={})
+
+
+# ----------------------------------------------------------------------------- what a run measures
+
+
+def test_bench_alone_is_a_quick_sample_and_full_is_the_whole_suite() -> None:
+    quick = bench.workload()
+    assert quick.quick and quick.repeat == 5
+    assert quick.batches == {"T1": {"cpu": (128, 1024), "cuda": (128, 1024)}, "T2": {"cpu": (128,), "cuda": (128,)}}
+    full = bench.workload(full=True)
+    assert not full.quick and full.repeat == 10 and full.batches == bench.DEFAULT_BATCHES
+    assert list(full.batches) == ["T1", "T2", "W1"]
+    cpu = gn.Device("cpu")
+    assert len(quick.cases([cpu])) == 3 and len(full.cases([cpu])) == 6
+
+
+@pytest.mark.parametrize(
+    ("args", "batches", "repeat"),
+    [
+        # ci/gpu-check's CPU run and GPU runs: named models, the full suite's batches
+        (
+            ["--models", "T1,T2", "--repeat", "5"],
+            {"T1": bench.DEFAULT_BATCHES["T1"], "T2": bench.DEFAULT_BATCHES["T2"]},
+            5,
+        ),
+        (["--models", "W1", "--repeat", "10", "--tf32"], {"W1": bench.DEFAULT_BATCHES["W1"]}, 10),
+        (["--batch-sizes", "8"], {m: {"cpu": (8,), "cuda": (8,)} for m in ("T1", "T2", "W1")}, 10),
+        (["--repeat", "3"], bench.DEFAULT_BATCHES, 3),
+    ],
+)
+def test_naming_the_workload_keeps_the_full_suites_defaults_for_the_rest(
+    args: list[str], batches: dict, repeat: int
+) -> None:
+    parsed = build_parser().parse_args(["bench", *args])
+    work = bench.workload(parsed.models, parsed.batch_sizes, parsed.repeat, parsed.full)
+    assert (work.batches, work.repeat, work.quick) == (batches, repeat, False)
+
+
+def _fake_run(monkeypatch: pytest.MonkeyPatch) -> list:
+    """bench.run recorded instead of measured: [(devices, workload)] per call."""
+    calls: list = []
+
+    def run(
+        devices: list, work: bench.Workload, optimizer: str, against: tuple, report: object, progress: object
+    ) -> dict:
+        calls.append((devices, work))
+        return {"optimizer": optimizer, "results": [], "crossover": {}}
+
+    monkeypatch.setattr(bench, "run", run)
+    monkeypatch.setattr(bench, "torch_version", lambda: None)
+    return calls
+
+
+def test_bench_says_up_front_what_it_will_run_and_how_to_run_the_full_suite(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    calls = _fake_run(monkeypatch)
+    assert main(["bench", "--devices", "cpu"]) == 0
+    ((_, work),) = calls
+    assert work.quick
+    out, err = capsys.readouterr()
+    plan = err.splitlines()
+    assert plan[0] == "gpunn bench: 3 case(s), 5 timed windows each, about a minute on a laptop CPU"
+    assert plan[1] == "  cpu: T1 at 128 and 1024; T2 at 128 (batch sizes)"
+    assert plan[2].startswith("  memory: up to about 0.") and "GiB for models and data (cpu T2 at batch 128)" in plan[2]
+    assert "gpunn bench --full" in plan[3]
+    for column in ("ms/step (p10–p90)", "samples/s", "GFLOP/s, % of peak", "gpunn ×faster"):
+        assert any(line.startswith(f"  {column} ") for line in out.splitlines()), column
+    assert out.splitlines()[-1].endswith("gpunn bench --full")
+
+
+def test_bench_json_to_stdout_stays_clean(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    _fake_run(monkeypatch)
+    assert main(["bench", "--devices", "cpu", "--full", "--json", "-"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["results"] == []  # stdout is the JSON and nothing else
+    assert err.startswith("gpunn bench: 6 case(s), 10 timed windows each\n")
+    assert "cpu W1 at batch 512" in err and "--full" not in err.split("\n", 1)[1]
+
+
+def test_the_full_suite_names_its_memory_before_it_starts() -> None:
+    # W1 on the CPU: 25 M parameters held by gpunn's step, its products, your loop and the NumPy loop
+    w1 = bench.Case(gn.Device("cpu"), "W1", 512)
+    expected = 4 * bench.minimum_bytes(bench.MODELS["W1"], 512, "adam") + 3 * 4 * 2048**2
+    assert bench.memory_estimate(w1, "adam", ("numpy",)) == expected
+    assert expected > 1.5 * 2**30
+    assert bench.memory_estimate(w1, "momentum", ("numpy",)) < expected  # no hand-written loop for momentum
+    plan = table.plan([gn.Device("cpu")], bench.workload(full=True), "adam", ("numpy",))
+    assert f"memory: up to about {expected / 2**30:.1f} GiB for models and data (cpu W1 at batch 512)" in plan
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_is_one_line_on_a_terminal_and_nothing_in_a_log() -> None:
+    case = bench.Case(gn.Device("cpu"), "T2", 128)
+    terminal, log = _Terminal(), io.StringIO()
+    for stream in (terminal, log):
+        progress = table.Progress(stream)
+        progress(2, 3, case)
+        progress.clear()
+    assert terminal.getvalue() == "\r\x1b[K  measuring case 2 of 3: cpu T2 at batch 128 ...\r\x1b[K"
+    assert log.getvalue() == ""
+
+
+def test_plot_draws_the_p10_p90_spread_as_error_bars(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("matplotlib")
+    from matplotlib.axes import Axes  # noqa: PLC0415 — an optional extra
+
+    bars: list = []
+    original = Axes.bar
+    monkeypatch.setattr(Axes, "bar", lambda self, x, h, w, **kw: bars.append(kw) or original(self, x, h, w, **kw))
+    figures = {"samples_per_s": 1000.0, "ms_per_step": 1.0, "ms_p10": 0.8, "ms_p90": 1.25}
+    row = {"device": "cpu", "model": "T1", "batch": 1, "gpunn": figures}
+    table.plot({"optimizer": "adam", "results": [row]}, str(tmp_path / "bench.png"))
+    ((low,), (high,)) = bars[0]["yerr"]
+    assert (low, high) == pytest.approx((200.0, 250.0))  # 1000 samples/s at p90 (800) and at p10 (1250)

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import subprocess
 import sys
+import types
 
 import pytest
 
 import gpunn as gn
+from gpunn.backend import device as backend
 from gpunn.backend.selection import numba_installed
+from gpunn.cli.sysinfo import format_info, system_info
 
 
 def run_gpunn(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -48,6 +52,74 @@ def test_info_with_unavailable_gpu_requested_reports_error() -> None:
     result = run_gpunn("info", env={"GPUNN_DEVICE": "cuda"})
     assert result.returncode == 1
     assert "error: GPUNN_DEVICE='cuda' asks for a GPU" in result.stdout
+
+
+INSUFFICIENT = "cudaErrorInsufficientDriver: CUDA driver version is insufficient for CUDA runtime version"
+
+
+def _cupy_that_counts_no_gpu(driver: int, build: int) -> types.SimpleNamespace:
+    """CuPy as it is where CUDA cannot count the GPUs: ``driver`` and ``build`` as CUDA reports
+    them (12090: CUDA 12.9; a driver version of 0: no driver loaded)."""
+
+    def count() -> int:
+        raise RuntimeError(INSUFFICIENT)  # CuPy's CUDARuntimeError reads the same
+
+    versions = {"driverGetVersion": lambda: driver, "runtimeGetVersion": lambda: build}
+    runtime = types.SimpleNamespace(getDeviceCount=count, **versions)
+    return types.SimpleNamespace(__version__="14.2.0", cuda=types.SimpleNamespace(runtime=runtime))
+
+
+def _no_cupy() -> None:
+    raise ImportError("No module named 'cupy'")
+
+
+@pytest.mark.parametrize(
+    ("cupy", "expected", "not_expected"),
+    [
+        (_cupy_that_counts_no_gpu(0, 12090), "no NVIDIA driver found", "pip install"),
+        (_cupy_that_counts_no_gpu(11040, 12090), "too old for this CuPy (needs CUDA 12, have 11.4): update", "pip"),
+        (_cupy_that_counts_no_gpu(12020, 13000), 'CUDA 13, have 12.2): use cupy-cuda12x ("gpunn[cuda12]")', "update"),
+        (None, 'CuPy is not installed; for an NVIDIA GPU: pip install "gpunn[cuda12]"', "driver"),
+    ],
+    ids=["no driver", "driver too old", "driver of the other CUDA", "no CuPy"],
+)
+def test_why_the_cpu_is_one_short_line_with_the_fix_that_applies(
+    monkeypatch: pytest.MonkeyPatch, cupy: types.SimpleNamespace | None, expected: str, not_expected: str
+) -> None:
+    # The probe the reason comes from, on the machine each case describes; `gpunn info` reports it.
+    monkeypatch.setattr(backend, "_import_cupy", _no_cupy if cupy is None else lambda: cupy)
+    probe = inspect.unwrap(backend._runtime)()  # uncached (and unsimulated)
+    monkeypatch.setattr(backend, "_runtime", lambda: probe)
+    monkeypatch.setattr(backend, "_probe", lambda: probe)
+    monkeypatch.delenv(backend.ENV_VAR, raising=False)
+    reason = gn.why_cpu()
+    assert expected in reason and not_expected not in reason
+    assert len(reason) <= 100 and "\n" not in reason
+    info = system_info()
+    assert info["selected"] == "cpu" and info["why_cpu"] == reason
+    full = INSUFFICIENT if cupy is not None else "No module named 'cupy'"
+    assert full in info["why_cpu_detail"] and full not in reason  # the whole error: only on request
+    lines = format_info(info).splitlines()
+    assert f"why the CPU: {reason}" in lines and not any(full in line for line in lines)
+    assert f"  the error: {info['why_cpu_detail']}" in format_info(info, verbose=True).splitlines()
+
+
+def test_why_the_cpu_when_gpunn_device_asks_for_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(backend.ENV_VAR, "cpu")
+    assert gn.why_cpu() == "GPUNN_DEVICE=cpu asks for the CPU (unset it to use a GPU)"
+    assert backend.why_cpu_detail() is None  # no error behind it
+    assert "the full error" not in format_info(system_info())
+
+
+@pytest.mark.no_gpu  # the real fallback: skipped where a GPU is usable
+def test_info_verbose_gives_the_full_error() -> None:
+    result = run_gpunn("info", "--verbose", env={"GPUNN_DEVICE": "auto"})
+    assert result.returncode == 0, result.stderr
+    (line,) = [line for line in result.stdout.splitlines() if line.startswith("why the CPU: ")]
+    assert len(line) <= len("why the CPU: ") + 100
+    detail = backend.why_cpu_detail()
+    if detail is not None:
+        assert f"  the error: {detail}" in result.stdout.splitlines()
 
 
 def test_version_is_the_package_version() -> None:

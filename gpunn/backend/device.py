@@ -22,10 +22,7 @@ from typing import Any
 import numpy as np
 
 ENV_VAR = "GPUNN_DEVICE"
-INSTALL_HINT = (
-    'install CuPy for your CUDA driver: pip install "gpunn[cuda12]" (CUDA 12.x) '
-    'or pip install "gpunn[cuda13]" (CUDA 13.x)'
-)
+INSTALL_HINT = 'pip install "gpunn[cuda12]" ([cuda13] for CUDA 13)'
 
 
 class DeviceMismatchError(TypeError):
@@ -137,7 +134,8 @@ CPU = Device("cpu")
 @dataclass(frozen=True)
 class _Probe:
     count: int  # GPUs CUDA reports (0 when CuPy or the driver is missing)
-    reason: str | None  # why cuda:0 is not usable, or None when it is
+    reason: str | None  # why cuda:0 is not usable, in one short line with its fix; None when usable
+    detail: str | None = None  # the exception behind the reason, in full (gpunn info --verbose)
 
 
 def _import_cupy() -> ModuleType:
@@ -169,23 +167,43 @@ def _runtime() -> _Probe:
     try:
         cupy = _import_cupy()
     except ImportError as exc:
-        return _Probe(0, f"CuPy is not installed ({exc}); {INSTALL_HINT}")
+        return _Probe(0, f"CuPy is not installed; for an NVIDIA GPU: {INSTALL_HINT}", _full(exc))
     except Exception as exc:  # a broken install raises all sorts of errors at import
-        return _Probe(0, f"CuPy failed to import ({type(exc).__name__}: {exc}); {INSTALL_HINT}")
+        return _Probe(0, f"CuPy failed to import ({type(exc).__name__}); reinstall it", _full(exc))
     try:
         count = int(cupy.cuda.runtime.getDeviceCount())
     except Exception as exc:
-        return _Probe(
-            0,
-            f"CuPy {cupy.__version__} is installed but CUDA is not usable ({_short(exc)}); "
-            "check that an NVIDIA GPU and a driver recent enough for this CuPy build are present "
-            f"(nvidia-smi), or {INSTALL_HINT}",
-        )
+        return _Probe(0, _cuda_unusable(cupy, exc), _full(exc))
     if count == 0:
         visible = os.environ.get("CUDA_VISIBLE_DEVICES")
         hint = f" (CUDA_VISIBLE_DEVICES={visible!r})" if visible is not None else ""
         return _Probe(0, f"CUDA reports no GPU{hint}")
     return _Probe(count, None)
+
+
+def _cuda_unusable(cupy: ModuleType, exc: BaseException) -> str:
+    """Why CUDA failed to count the GPUs, in one line with the fix: no driver, a driver older
+    than CuPy's CUDA (and which CuPy the driver takes), or another CUDA error by its name."""
+    runtime = cupy.cuda.runtime
+    try:
+        driver, build = int(runtime.driverGetVersion()), int(runtime.runtimeGetVersion())
+    except Exception:  # versions unknown: the error's name is all there is to say
+        driver = build = -1
+    if driver == 0:  # CUDA reports driver version 0 where no NVIDIA driver is loaded
+        return "no NVIDIA driver found, which CuPy's CUDA needs (install one if this machine has an NVIDIA GPU)"
+    if 0 < driver < build // 1000 * 1000:  # CuPy's CUDA major is newer than the driver's
+        fix = "update the NVIDIA driver"
+        if driver // 1000 in (12, 13):
+            fix = f'use cupy-cuda{driver // 1000}x ("gpunn[cuda{driver // 1000}]")'
+        have = f"{driver // 1000}.{driver % 1000 // 10}"
+        return f"NVIDIA driver too old for this CuPy (needs CUDA {build // 1000}, have {have}): {fix}"
+    name = str(exc).split(":")[0].strip()  # CuPy's CUDA errors start with their name: cudaErrorNoDevice: ...
+    name = name if 0 < len(name) <= 40 else type(exc).__name__
+    return f"CUDA is not usable ({name}); nvidia-smi shows the GPUs and the driver"
+
+
+def _full(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}".strip()
 
 
 @functools.cache
@@ -225,13 +243,22 @@ def available_devices() -> list[Device]:
 
 
 def why_cpu() -> str | None:
-    """Why ``gn.device()`` chose the CPU, or None when it chose a GPU."""
+    """Why ``gn.device()`` chose the CPU, in one short line with the fix that applies, or None
+    when it chose a GPU. :func:`why_cpu_detail` gives the error behind it in full."""
     spec = _env_spec().lower()
     if spec == "cpu":
-        return f"{ENV_VAR}=cpu asks for the CPU"
+        return f"{ENV_VAR}=cpu asks for the CPU (unset it to use a GPU)"
     if spec != "auto":
         return None  # an explicit GPU either works or raises; it never falls back
     return _probe().reason
+
+
+def why_cpu_detail() -> str | None:
+    """The exception behind :func:`why_cpu`'s reason, in full (CuPy's or CUDA's own words), or
+    None where the reason has none (a GPU chosen, ``GPUNN_DEVICE=cpu``, no GPU counted)."""
+    if why_cpu() is None or _env_spec().lower() == "cpu":
+        return None
+    return _probe().detail
 
 
 def _env_spec() -> str:

@@ -11,12 +11,14 @@ load that comes and goes moves both sides alike.
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import sys
 import time
 import tracemalloc
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -26,24 +28,25 @@ from ..backend.device import Device, matmul_precision
 from ..backend.selection import ops_for
 from ..optim import OPTIMIZERS
 from ..validation import check_choice
+from . import handwritten
 from .steps import MODELS, Case, Step, blas_threads, gpunn_step, graph_step, numpy_step, torch_step, user_loop_step
 
 # what the command line uses (blas_threads is re-exported for it)
-__all__ = ["HEADER", "blas_threads", "format_row", "plot", "run", "torch_version"]
+__all__ = ["Workload", "blas_threads", "memory_estimate", "run", "torch_version", "workload"]
 
+# The full suite (`gpunn bench --full`): every model at the batches that tell its story, 10 windows.
 DEFAULT_BATCHES: dict[str, dict[str, tuple[int, ...]]] = {
     "T1": {"cpu": (32, 128, 1024), "cuda": (32, 128, 1024)},
     "T2": {"cpu": (128, 1024), "cuda": (128, 1024)},
     "W1": {"cpu": (512,), "cuda": (4096,)},
 }
-# what each timed step is, as the table labels it
-FRAMEWORKS = {
-    "gpunn": "gpunn, Trainer.fit",
-    "user_loop": "gpunn, your own loop",  # the README's step-by-step loop (CPU, SGD or Adam)
-    "graph": "gpunn, CUDA graph",  # Trainer(graph=True): the step replayed (GPU only)
-    "numpy": "NumPy loop by hand",
-    "torch": "PyTorch eager",
+FULL_REPEAT = 10
+# `gpunn bench` alone: about a minute on a laptop CPU (W1 alone takes minutes and GBs there)
+QUICK_BATCHES: dict[str, dict[str, tuple[int, ...]]] = {
+    "T1": {"cpu": (128, 1024), "cuda": (128, 1024)},
+    "T2": {"cpu": (128,), "cuda": (128,)},
 }
+QUICK_REPEAT = 5
 SKIP_REASONS = {
     "numpy": "the hand-written NumPy loop runs on the CPU with SGD or Adam only",
     "torch": "torch is not installed",
@@ -52,6 +55,50 @@ WINDOW_SECONDS = 0.05  # aim for windows long enough to swamp timer noise
 # Between windows, so that the worker threads the previous framework left spinning (OpenBLAS
 # and OpenMP spin-wait for up to ~0.1 s) are asleep and do not steal the next one's cores.
 PAUSE_SECONDS = {"cpu": 0.25, "cuda": 0.02}
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What a ``gpunn bench`` run measures: ``batches[model][device kind]``, ``repeat`` windows per
+    step; ``quick`` for the one-minute sample that ``gpunn bench`` without arguments runs."""
+
+    batches: dict[str, dict[str, tuple[int, ...]]]
+    repeat: int
+    quick: bool
+
+    def cases(self, devices: list[Device]) -> list[Case]:
+        return [Case(d, m, b) for d in devices for m, per_kind in self.batches.items() for b in per_kind[d.kind]]
+
+
+def workload(
+    models: list[str] | None = None, batch_sizes: list[int] | None = None, repeat: int | None = None, full: bool = False
+) -> Workload:
+    """The quick sample when nothing is named (no models, batch sizes, repeat, nor ``full``);
+    otherwise what is named, the full suite's defaults for the rest (every model, its batches, 10
+    windows), so that a run that names its models keeps the meaning it always had."""
+    quick = not full and models is None and batch_sizes is None and repeat is None
+    defaults = QUICK_BATCHES if quick else DEFAULT_BATCHES
+    for model in models or ():
+        if model not in MODELS:
+            raise ValueError(f"unknown model {model!r}; expected one of {', '.join(MODELS)}")
+    chosen = {m: defaults[m] for m in models or defaults}
+    if batch_sizes:
+        chosen = {m: dict.fromkeys(("cpu", "cuda"), tuple(batch_sizes)) for m in chosen}
+    return Workload(chosen, repeat or (QUICK_REPEAT if quick else FULL_REPEAT), quick)
+
+
+def memory_estimate(case: Case, optimizer: str, against: tuple[str, ...]) -> int:
+    """Bytes a case holds at its peak, roughly and from above: the least a step needs
+    (:func:`minimum_bytes`) once for every copy of the model that is built (gpunn's step, its
+    matrix products alone, and the baselines that run there), plus the ceiling's three n×n
+    matrices. Host memory on the CPU, GPU memory on a GPU."""
+    copies = 2
+    if case.device.kind == "cpu" and "numpy" in against and optimizer in handwritten.OPTIMIZERS:
+        copies += 2  # the user's own loop and the hand-written loop
+    if "torch" in against and importlib.util.find_spec("torch") is not None:
+        copies += 1
+    n = 2048 if case.device.kind == "cpu" else 8192
+    return copies * minimum_bytes(MODELS[case.model], case.batch, optimizer) + 3 * 4 * n * n
 
 
 def flops_per_step(sizes: tuple[int, ...], batch: int) -> int:
@@ -255,22 +302,21 @@ def paired_ratio(numerator_ms: list[float], denominator_ms: list[float]) -> tupl
 
 def run(
     devices: list[Device],
-    models: list[str],
-    batch_sizes: list[int] | None = None,
+    work: Workload,
     optimizer: str = "adam",
     against: tuple[str, ...] = ("numpy", "torch"),
-    repeat: int = 10,
     report: Callable[[dict[str, Any]], None] | None = None,
+    progress: Callable[[int, int, Case], None] | None = None,
 ) -> dict[str, Any]:
-    """Measure every (device, model, batch) case; returns the JSON-ready result."""
+    """Measure every case of ``work`` on ``devices``; returns the JSON-ready result.
+    ``progress(k, total, case)`` is called before case k (from 1) is measured, ``report(row)`` after."""
     optimizer = check_choice("optimizer", optimizer, OPTIMIZERS)
-    for model in models:
-        if model not in MODELS:
-            raise ValueError(f"unknown model {model!r}; expected one of {', '.join(MODELS)}")
-    cases = [Case(d, m, b) for d in devices for m in models for b in batch_sizes or DEFAULT_BATCHES[m][d.kind]]
+    cases = work.cases(devices)
     rows = []
-    for case in cases:
-        rows.append(_measure_case(case, optimizer, against, repeat))
+    for k, case in enumerate(cases, 1):
+        if progress is not None:
+            progress(k, len(cases), case)
+        rows.append(_measure_case(case, optimizer, against, work.repeat))
         if report is not None:
             report(rows[-1])
     # Launches are counted after every timed case: torch's profiler leaves CUPTI attached to the
@@ -383,76 +429,6 @@ def crossover(rows: list[dict[str, Any]]) -> dict[str, int | None]:
         if common:
             result[model] = next((b for b in common if gpu[b] > cpu[b]), None)
     return result
-
-
-HEADER = (
-    "T1 = 784-100-10, T2 = 784-1024-1024-10, W1 = 1024-4096-4096-1024; float32. % of peak: GFLOP/s over\n"
-    "those of a large matrix product timed in the same run. A speed ratio > 1: faster; each is taken\n"
-    "between windows of the same round, and its p10–p90 over the rounds follows it.\n"
-    "device  model batch  step                   ms/step (p10–p90)              samples/s  GFLOP/s % of peak  ratio"
-)
-
-
-def format_row(row: dict[str, Any]) -> str:
-    """One line per timed step for the terminal table, then one line on gpunn's step."""
-    lines = []
-    for name, label in FRAMEWORKS.items():
-        if name not in row:
-            continue
-        r = row[name]
-        spread = f"({r['ms_p10']:.3f}–{r['ms_p90']:.3f})"
-        line = (
-            f"{row['device']:<7} {row['model']:<5} {row['batch']:>5}  {label:<21} "
-            f"{r['ms_per_step']:8.3f} {spread:<21} {r['samples_per_s']:>10,.0f} "
-            f"{r['gflop_per_s']:8.1f} {100 * r['share_of_ceiling']:8.1f}%"
-        )
-        key, text = f"gpunn_over_{name}", "Trainer.fit's speed = {:.2f}× this"
-        if name == "user_loop":
-            key, text = "user_loop_over_numpy", "its speed = {:.2f}× the NumPy loop's"
-        if key in row:
-            p10, p90 = row["ratio_p10_p90"][key]
-            line += "  " + text.format(row[key]) + f" ({p10:.2f}–{p90:.2f})"
-        lines.append(line)
-    memory = row["memory"]
-    extra = (
-        f"{'':22}gpunn's step takes {row['gpunn']['over_products']:.2f}× the time of its matrix products"
-        f" alone (which reach {100 * row['products_share_of_ceiling']:.0f}% of peak)"
-    )
-    extra += f"; peak memory {memory['ratio']:.2f}× the minimum" if memory["ratio"] is not None else ""
-    if row.get("host_us_per_step") is not None:
-        extra += f"; host {row['host_us_per_step']:.0f} µs / device {row['device_us_per_step']:.0f} µs per step"
-    return "\n".join([*lines, extra])
-
-
-def plot(result: dict[str, Any], path: str) -> None:
-    """Samples/s per case and timed step as a bar chart (matplotlib), the p10–p90 spread of the
-    windows as error bars."""
-    from ..train.plots import require_matplotlib  # noqa: PLC0415
-
-    require_matplotlib()
-    from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: PLC0415
-    from matplotlib.figure import Figure  # noqa: PLC0415
-
-    rows = result["results"]
-    figure = Figure(figsize=(max(6, 1.2 * len(rows)), 4), layout="constrained")
-    FigureCanvasAgg(figure)
-    axes = figure.subplots()
-    width = 0.8 / len(FRAMEWORKS)
-    for k, (name, label) in enumerate(FRAMEWORKS.items()):
-        where = [i for i, r in enumerate(rows) if name in r]
-        if where:
-            figures = [rows[i][name] for i in where]
-            rate = np.array([f["samples_per_s"] for f in figures])
-            # samples/s of the slowest (p90) and the fastest (p10) tenth of the windows
-            low, high = (rate * np.array([f["ms_per_step"] / f[p] for f in figures]) for p in ("ms_p90", "ms_p10"))
-            x = [i + k * width for i in where]
-            axes.bar(x, rate, width, yerr=[rate - low, high - rate], capsize=2, label=label)
-    labels = [f"{r['device']}\n{r['model']} b{r['batch']}" for r in rows]
-    axes.set_xticks([i + 0.4 - width / 2 for i in range(len(rows))], labels, fontsize=7)
-    axes.set(ylabel="samples/s (bars: p10–p90 of the windows)", yscale="log")
-    axes.set_title(f"training-step throughput ({result['optimizer']}, float32)")
-    axes.legend(fontsize=7)
-    figure.savefig(path, dpi=100)
 
 
 def torch_version() -> str | None:

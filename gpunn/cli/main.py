@@ -19,16 +19,22 @@ import os
 import platform
 import sys
 import traceback
+import warnings
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
+import numpy as np
+
 from .. import distributed
 from ..backend.device import DeviceUnavailableError, available_devices, device, set_matmul_precision, why_cpu
+from ..io.safe_file import check_distinct
 from ..optim import OPTIMIZERS
 from . import job
 from .sysinfo import format_info, system_info
 
 EXIT_USAGE = 2
+# what bad input, files or devices raise: one line, no traceback (MemoryError: sizes too large)
+USER_ERRORS = (ValueError, TypeError, DeviceUnavailableError, OSError, ImportError, FloatingPointError, MemoryError)
 ACTIVATIONS = ("relu", "leaky_relu", "sigmoid", "tanh", "identity")
 
 
@@ -65,7 +71,7 @@ def _info(args: argparse.Namespace) -> int:
 
         info["mpi"]["library"] = " ".join(MPI.Get_library_version().splitlines()[0].split())
     if _is_root():
-        print(json.dumps(info, indent=2) if args.json else format_info(info))
+        print(json.dumps(info, indent=2) if args.json else format_info(info, verbose=args.verbose))
     return 1 if info["device_error"] else 0
 
 
@@ -87,9 +93,10 @@ def _train(args: argparse.Namespace) -> int:
     settings = {name: getattr(args, name) for name in SETTINGS}  # None: not given on the command line
     verbose = False if (args.quiet or args.json) else None
     announce = None if (args.json or args.quiet) else _announce_device
-    result = job.train(
-        settings, args.device, args.save, args.resume, args.plot, verbose=verbose, announce=announce, graph=args.graph
-    )
+    # NumPy's floating-point warnings (a diverging --lr) would print source lines before the one-line
+    # error that the Trainer raises for a NaN loss; on the host they are silenced, on a GPU there are none
+    with np.errstate(all="ignore"):
+        result = job.train(settings, args.device, args.save, args.resume, args.plot, verbose, announce, args.graph)
     if not _is_root():
         return 0
     if args.json:
@@ -117,8 +124,9 @@ def _print_result(result: dict[str, Any]) -> None:
         f"accuracy: train {result['train_accuracy']:.4f}, dev {result['dev_accuracy']:.4f}, "
         f"test {result['test_accuracy']:.4f}"
     )
+    resumed = f"resumed at epoch {result['start_epoch']}, trained " if result["start_epoch"] else ""
     print(
-        f"{result['epochs']} epochs in {result['seconds']:.1f} s on {result['device']}, "
+        f"{resumed}{result['epochs_trained']} epochs in {result['seconds']:.1f} s on {result['device']}, "
         f"{result['samples_per_s']:,.0f} samples/s"
     )
     print(result["diagnosis_text"])
@@ -129,7 +137,8 @@ def _print_result(result: dict[str, Any]) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    result = job.evaluate(args.model, args.dataset, args.device)
+    with np.errstate(all="ignore"):  # as in _train
+        result = job.evaluate(args.model, args.dataset, args.device)
     if not _is_root():
         return 0
     if args.json:
@@ -159,11 +168,12 @@ def _check_bench_flags(args: argparse.Namespace) -> None:
     for batch in args.batch_sizes or []:
         if batch < 1:
             raise ValueError(f"--batch-sizes must be positive, got {batch}")
-    if args.repeat < 3:
+    if args.repeat is not None and args.repeat < 3:
         raise ValueError(f"--repeat must be at least 3 windows, got {args.repeat}")
     for name in args.against:
         if name not in ("numpy", "torch", "none"):
             raise ValueError(f"--against takes numpy, torch or none, got {name!r}")
+    check_distinct([], [("--json", None if args.json == "-" else args.json), ("--plot", args.plot)])
     if args.plot:
         from ..train.plots import require_matplotlib  # noqa: PLC0415
 
@@ -176,17 +186,29 @@ def _devices(specs: list[str] | None) -> list[Any]:
 
 
 def _bench(args: argparse.Namespace) -> int:
+    from ..bench import report as table  # noqa: PLC0415
     from ..bench import run as bench  # noqa: PLC0415
 
     _check_bench_flags(args)
+    work = bench.workload(args.models, args.batch_sizes, args.repeat, args.full)
     if args.tf32:
         set_matmul_precision("tf32")
     devices = _devices(args.devices)
+    against = tuple(args.against)
     quiet = args.json == "-" or not _is_root()
+    if _is_root():  # stderr: the plan and the progress line; stdout keeps the table (or the JSON)
+        print(table.plan(devices, work, args.optimizer, against), file=sys.stderr, flush=True)
+    progress = table.Progress(sys.stderr) if _is_root() else None
     if not quiet:
-        print(bench.HEADER)
-    report = None if quiet else lambda row: print(bench.format_row(row), flush=True)
-    result = bench.run(devices, args.models, args.batch_sizes, args.optimizer, tuple(args.against), args.repeat, report)
+        print(table.header(args.optimizer))
+
+    def report(row: dict[str, Any]) -> None:
+        if progress is not None:
+            progress.clear()
+        if not quiet:
+            print(table.format_row(row), flush=True)
+
+    result = bench.run(devices, work, args.optimizer, against, report, progress)
     result["environment"] = {**system_info(), "torch": bench.torch_version(), "blas_threads": bench.blas_threads()}
     counted = [r for r in result["results"] if r["launches_per_step"] is not None]
     if not quiet and counted:  # counted after every case was timed (see bench.run)
@@ -196,6 +218,8 @@ def _bench(args: argparse.Namespace) -> int:
         )
     if not quiet and result["crossover"]:
         print("GPU beats CPU from batch: " + ", ".join(f"{m}: {b}" for m, b in result["crossover"].items()))
+    if not quiet and work.quick:
+        print("That was the one-minute sample; every model (W1 too) and batch size, 10 windows: gpunn bench --full")
     if args.json and _is_root():
         text = json.dumps(result, indent=2)
         if quiet:
@@ -204,7 +228,7 @@ def _bench(args: argparse.Namespace) -> int:
             with open(args.json, "w") as f:
                 f.write(text + "\n")
     if args.plot and _is_root():
-        bench.plot(result, args.plot)
+        table.plot(result, args.plot)
     return 0
 
 
@@ -227,6 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     info = commands.add_parser("info", help="devices, why the CPU was chosen, library versions, BLAS, GPUs")
     info.add_argument("--json", action="store_true", help="print one JSON object")
+    info.add_argument("--verbose", action="store_true", help="add the full error behind 'why the CPU'")
     info.set_defaults(run=_info)
 
     train = commands.add_parser("train", help="train a multilayer perceptron on the best device present")
@@ -237,31 +262,45 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--lr", type=float, help="learning rate (default: 0.001)")
     train.add_argument("--l2", type=float, help="L2 penalty λ in ½·λ·ΣW² (default: 0.0001)")
     train.add_argument("--dropout", type=float, help="dropout after each hidden layer (default: 0)")
-    train.add_argument("--epochs", type=int, help="total epochs, resumed ones included (default: 40)")
+    train.add_argument(
+        "--epochs", type=int, help="total epochs, resumed ones included (default: 40; resuming, 40 more)"
+    )
     train.add_argument("--batch-size", type=int, help="mini-batch size (default: 32)")
     train.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: GPUNN_DEVICE or auto)")
     train.add_argument(
         "--graph", action="store_true", help="replay each step as one CUDA graph on a GPU (no dropout; same results)"
     )
     train.add_argument("--seed", type=int, help="seed of the split, the weights and the order (default: 0)")
-    train.add_argument("--save", metavar="PATH", help="checkpoint written after every epoch")
+    train.add_argument(
+        "--save", metavar="PATH", help=f"checkpoint, written at most every {job.SAVE_INTERVAL_S:g} s and at the end"
+    )
     train.add_argument("--resume", metavar="PATH", help="continue a run from its checkpoint")
     train.add_argument("--plot", metavar="PNG", help="save the learning curves to this PNG")
     train.add_argument("--json", action="store_true", help="print one JSON object with the results")
     train.add_argument("--quiet", action="store_true", help="print nothing but errors")
     train.set_defaults(run=_train)
 
-    bench = commands.add_parser("bench", help="training-step throughput per device, against NumPy and PyTorch")
+    bench = commands.add_parser(
+        "bench",
+        help="training-step speed per device, against NumPy and PyTorch: a one-minute sample, or --full",
+        description="Without arguments: a one-minute sample (T1 and T2, 5 windows). Naming --models, "
+        "--batch-sizes or --repeat runs what is named, the full suite's defaults for the rest.",
+    )
     bench.add_argument("--devices", type=_csv(str), help="e.g. cpu,cuda:0 (default: every usable one)")
-    models_help = "T1 = 784-100-10, T2 = 784-1024-1024-10, W1 = 1024-4096-4096-1024 (default: all)"
-    bench.add_argument("--models", type=_csv(str), default=["T1", "T2", "W1"], help=models_help)
+    bench.add_argument(
+        "--full", action="store_true", help="the full suite: every model (W1 too) and batch size, 10 windows (minutes)"
+    )
+    models_help = "T1 = 784-100-10, T2 = 784-1024-1024-10, W1 = 1024-4096-4096-1024 (default: T1,T2; --full: all)"
+    bench.add_argument("--models", type=_csv(str), help=models_help)
     bench.add_argument(
         "--batch-sizes", type=_csv(int), help="batch sizes for every model (default: per model and device)"
     )
     bench.add_argument("--optimizer", default="adam", choices=list(OPTIMIZERS))
     against_help = "baselines: numpy (hand-written loop, CPU), torch (if installed), or none"
     bench.add_argument("--against", type=_csv(str), default=["numpy", "torch"], help=against_help)
-    bench.add_argument("--repeat", type=int, default=10, help="timed windows per framework (default: 10)")
+    bench.add_argument(
+        "--repeat", type=int, help="timed windows per step (default: 5; 10 with --full, --models or --batch-sizes)"
+    )
     bench.add_argument("--tf32", action="store_true", help="TF32 matrix products on the GPU, for gpunn and torch")
     bench.add_argument("--json", metavar="PATH", help="write every figure as JSON ('-' for stdout)")
     bench.add_argument("--plot", metavar="PNG", help="bar chart of samples/s")
@@ -285,6 +324,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    with warnings.catch_warnings():
+        warnings.showwarning = _one_line_warning(args.command)
+        return _run(args)
+
+
+def _one_line_warning(command: str) -> Any:
+    """A ``warnings.showwarning`` that prints "gpunn COMMAND: warning: MESSAGE", one line."""
+
+    def show(message: Warning | str, *_: Any, **__: Any) -> None:
+        text = (str(message).splitlines() or [""])[0].removeprefix(f"gpunn {command}: ")
+        print(f"gpunn {command}: warning: {text}", file=sys.stderr, flush=True)
+
+    return show
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         return args.run(args)
     except BrokenPipeError:
@@ -292,7 +347,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Python from reporting the same closed pipe again when it flushes stdout at exit
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    except (ValueError, TypeError, DeviceUnavailableError, OSError, ImportError, FloatingPointError) as exc:
+    except USER_ERRORS as exc:
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         return _fail(args.command, "error", message, EXIT_USAGE, collective=getattr(exc, "collective", False))
     except KeyboardInterrupt:

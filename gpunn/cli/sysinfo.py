@@ -72,13 +72,15 @@ def system_info() -> dict[str, Any]:
         "device_error": device_error,
         "device_env": os.environ.get(backend.ENV_VAR),
         "why_cpu": backend.why_cpu() if selected == "cpu" else None,
+        "why_cpu_detail": backend.why_cpu_detail() if selected == "cpu" else None,
         "gpus": gpus,
         "mpi": mpi_info(),
     }
 
 
-def format_info(info: dict[str, Any]) -> str:
-    """A readable report of :func:`system_info`."""
+def format_info(info: dict[str, Any], verbose: bool = False) -> str:
+    """A readable report of :func:`system_info`; ``verbose`` adds the full error behind the
+    one-line "why the CPU"."""
     lines = [
         f"gpunn {info['gpunn']}  (Python {info['python']}, {info['platform']})",
         f"numpy {info['numpy']}, cupy {info['cupy'] or 'not installed'}",
@@ -102,6 +104,10 @@ def format_info(info: dict[str, Any]) -> str:
         lines.append(f"error: {info['device_error']}")
     if info["why_cpu"]:
         lines.append(f"why the CPU: {info['why_cpu']}")
+        if info.get("why_cpu_detail"):
+            lines.append(
+                f"  the error: {info['why_cpu_detail']}" if verbose else "  (the full error: gpunn info --verbose)"
+            )
     lines.extend(_format_mpi(info))
     return "\n".join(lines)
 
