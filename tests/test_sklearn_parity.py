@@ -315,3 +315,15 @@ def test_sample_weight_and_log_proba_on_the_gpu_as_on_the_cpu(gpu, name, data):
     on_gpu = OURS[name](device=str(gpu), **lbfgs).fit(x, y, sample_weight=w)
     on_cpu = OURS[name](device="cpu", **lbfgs).fit(x, y, sample_weight=w)
     np.testing.assert_allclose(on_gpu.loss_, on_cpu.loss_, rtol=1e-7)
+
+
+@pytest.mark.parametrize("name", sorted(OURS))
+def test_float64_values_beyond_a_float32_network_are_named_not_blamed_on_the_solver(name: str) -> None:
+    x, y = _binary() if name == "MLPClassifier" else _regression()
+    huge = x.copy()
+    huge[4, 1] = 1e300  # finite in float64, infinite once sent to the float32 network
+    with pytest.raises(ValueError, match=r"X holds values beyond the range of the model's float32.*row 4"):
+        OURS[name](device="cpu", max_iter=3).fit(huge, y)
+    model = OURS[name](device="cpu", max_iter=3).fit(x, y)
+    with pytest.raises(ValueError, match=r"X holds values beyond.*row 4"):
+        model.predict(huge)

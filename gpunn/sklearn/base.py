@@ -17,6 +17,7 @@ from sklearn.utils._param_validation import Interval, Options, StrOptions
 from sklearn.utils.validation import _check_sample_weight, check_array, check_is_fitted, column_or_1d
 
 from ..backend.device import Device, array_module, device, device_of, to_numpy
+from ..train.batches import check_values
 from ..validation import check_dtype
 from .network import _blas_threads, _Network
 from .training import _NON_FINITE, _TrainingLoops
@@ -243,6 +244,8 @@ class BaseMultilayerPerceptron(_TrainingLoops, BaseEstimator):
         net: _Network = self._net
         net.sync(self, dev)
         self.device_ = str(dev)
+        check_values(X, "X", net.dtype)  # 1e300 in float64 X would become inf in a float32 network
+        check_values(targets, "y", net.dtype)
         with dev:
             Xd = dev.send(X, dtype=net.dtype)
             Td = dev.send(targets) if targets.dtype.kind in "iu" else dev.send(targets, dtype=net.dtype)
@@ -311,6 +314,7 @@ class BaseMultilayerPerceptron(_TrainingLoops, BaseEstimator):
         X, _ = self._check_x(X, reset=False)
         net = self._network()
         net.sync(self, net.device if net.model is not None else self._device(X))
+        check_values(X, "X", net.dtype)
         with net.device:
             out = net.output(net.device.send(X, dtype=net.dtype), log=log)
         dtype = _float_dtype(X)
