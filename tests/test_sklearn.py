@@ -17,15 +17,14 @@ from sklearn import neural_network as sk
 from sklearn.base import clone
 from sklearn.datasets import (
     load_digits,
-    make_classification,
     make_multilabel_classification,
-    make_regression,
 )
 from sklearn.exceptions import ConvergenceWarning, NotFittedError
 from sklearn.model_selection import GridSearchCV, train_test_split
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.estimator_checks import parametrize_with_checks
+from sklearn_data import binary, multiclass, regression
 from threadpoolctl import threadpool_limits
 
 from gpunn.sklearn import MLPClassifier, MLPRegressor
@@ -37,21 +36,6 @@ from gpunn.sklearn import MLPClassifier, MLPRegressor
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 
 # ----------------------------------------------------------------------------- data
-
-
-def _multiclass() -> tuple[np.ndarray, np.ndarray]:
-    x, y = make_classification(300, 10, n_informative=5, n_classes=3, random_state=0)
-    return StandardScaler().fit_transform(x), y
-
-
-def _binary() -> tuple[np.ndarray, np.ndarray]:
-    x, y = make_classification(200, 8, random_state=1)
-    return StandardScaler().fit_transform(x), y
-
-
-def _regression(n_targets: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    x, y = make_regression(300, 10, n_targets=n_targets, noise=1.0, random_state=0)
-    return x, y / 100.0
 
 
 # ----------------------------------------------------------------------------- scikit-learn's checks
@@ -99,23 +83,23 @@ OURS = {"MLPClassifier": MLPClassifier, "MLPRegressor": MLPRegressor}
 # In float64 gpunn follows scikit-learn's arithmetic: the same initial weights, batches, loss,
 # L2 scaling, Adam / SGD updates, learning-rate schedules and stopping rule.
 SAME_AS_SKLEARN = [
-    ("MLPClassifier", _multiclass, {}),
-    ("MLPClassifier", _multiclass, {"solver": "sgd", "learning_rate_init": 0.05}),
+    ("MLPClassifier", multiclass, {}),
+    ("MLPClassifier", multiclass, {"solver": "sgd", "learning_rate_init": 0.05}),
     (
         "MLPClassifier",
-        _multiclass,
+        multiclass,
         {"solver": "sgd", "learning_rate": "invscaling", "learning_rate_init": 0.5, "nesterovs_momentum": False},
     ),
     (
         "MLPClassifier",
-        _multiclass,
+        multiclass,
         {"solver": "sgd", "learning_rate": "adaptive", "learning_rate_init": 0.1, "tol": 1e-2, "n_iter_no_change": 2},
     ),
-    ("MLPClassifier", _multiclass, {"early_stopping": True, "alpha": 0.01}),
-    ("MLPClassifier", _binary, {"activation": "logistic", "batch_size": 64, "early_stopping": True}),
-    ("MLPClassifier", _multiclass, {"shuffle": False, "activation": "tanh", "solver": "lbfgs"}),
-    ("MLPRegressor", lambda: _regression(3), {"activation": "identity", "momentum": 0.0, "solver": "sgd"}),
-    ("MLPRegressor", _regression, {"early_stopping": True}),
+    ("MLPClassifier", multiclass, {"early_stopping": True, "alpha": 0.01}),
+    ("MLPClassifier", binary, {"activation": "logistic", "batch_size": 64, "early_stopping": True}),
+    ("MLPClassifier", multiclass, {"shuffle": False, "activation": "tanh", "solver": "lbfgs"}),
+    ("MLPRegressor", lambda: regression(3), {"activation": "identity", "momentum": 0.0, "solver": "sgd"}),
+    ("MLPRegressor", regression, {"early_stopping": True}),
 ]
 
 
@@ -141,7 +125,7 @@ def test_float64_follows_sklearn(name, data, params):
 
 
 def test_partial_fit_and_pickle_follow_sklearn():
-    x, y = _multiclass()
+    x, y = multiclass()
     theirs = sk.MLPClassifier(random_state=0, solver="sgd")
     ours = MLPClassifier(random_state=0, solver="sgd", dtype="float64", device="cpu")
     for part in np.array_split(np.arange(len(y)), 5):
@@ -170,7 +154,7 @@ def test_digits_accuracy_within_one_point_of_sklearn():
 
 
 def test_pipeline_and_grid_search():
-    x, y = _multiclass()
+    x, y = multiclass()
     pipe = make_pipeline(
         StandardScaler(), MLPClassifier(max_iter=30, learning_rate_init=0.01, random_state=0, device="cpu")
     )
@@ -202,7 +186,7 @@ def test_clone_get_params_set_params_round_trip():
 
 
 def test_binary_classification():
-    x, y = _binary()
+    x, y = binary()
     labels = np.where(y == 1, "yes", "no")
     clf = MLPClassifier(max_iter=50, learning_rate_init=0.01, random_state=0, device="cpu").fit(x, labels)
     assert clf.out_activation_ == "logistic" and clf.n_outputs_ == 1
@@ -217,7 +201,7 @@ def test_binary_classification():
 
 @pytest.mark.default_device  # the estimators' own choice of device: asserts hold on either
 def test_multiclass_classification():
-    x, y = _multiclass()
+    x, y = multiclass()
     clf = MLPClassifier(hidden_layer_sizes=(20, 10), max_iter=80, learning_rate_init=0.01, random_state=0)
     clf.fit(x, y)
     assert clf.out_activation_ == "softmax" and clf.n_outputs_ == 3 and clf.n_layers_ == 4
@@ -242,7 +226,7 @@ def test_multilabel_classification():
 
 @pytest.mark.parametrize("n_targets", [1, 3])
 def test_regression(n_targets):
-    x, y = _regression(n_targets)
+    x, y = regression(n_targets)
     reg = MLPRegressor(max_iter=100, random_state=0, device="cpu").fit(x, y)
     assert reg.out_activation_ == "identity" and reg.n_outputs_ == n_targets
     assert reg.predict(x).shape == y.shape and reg.predict(x).dtype == np.float64
@@ -250,7 +234,7 @@ def test_regression(n_targets):
 
 
 def test_poisson_regression():
-    x, y = _regression()
+    x, y = regression()
     y = np.exp(y)
     reg = MLPRegressor(loss="poisson", max_iter=100, random_state=0, device="cpu").fit(x, y)
     assert reg.out_activation_ == "exp" and (reg.predict(x) > 0).all()
@@ -259,7 +243,7 @@ def test_poisson_regression():
 
 
 def test_lbfgs():
-    x, y = _multiclass()
+    x, y = multiclass()
     clf = MLPClassifier(solver="lbfgs", max_iter=50, random_state=0, device="cpu").fit(x, y)
     assert clf.score(x, y) > 0.9 and clf.n_iter_ <= 50 and not hasattr(clf, "loss_curve_")
     assert not hasattr(clf, "partial_fit")  # as in scikit-learn: only stochastic solvers have it
@@ -269,7 +253,7 @@ def test_lbfgs():
 
 
 def test_warm_start_continues():
-    x, y = _multiclass()
+    x, y = multiclass()
     clf = MLPClassifier(max_iter=5, warm_start=True, random_state=0, device="cpu").fit(x, y)
     first = [w.copy() for w in clf.coefs_]
     clf.fit(x, y)
@@ -281,7 +265,7 @@ def test_warm_start_continues():
 
 
 def test_partial_fit_needs_classes_first():
-    x, y = _multiclass()
+    x, y = multiclass()
     clf = MLPClassifier(random_state=0, device="cpu")
     with pytest.raises(ValueError, match="classes must be passed"):
         clf.partial_fit(x, y)
@@ -295,7 +279,7 @@ def test_partial_fit_needs_classes_first():
 
 
 def test_early_stopping_records_validation_scores():
-    x, y = _multiclass()
+    x, y = multiclass()
     clf = MLPClassifier(
         early_stopping=True, validation_fraction=0.2, n_iter_no_change=3, random_state=0, device="cpu"
     ).fit(x, y)
@@ -311,7 +295,7 @@ def test_early_stopping_records_validation_scores():
 
 @pytest.mark.parametrize("learning_rate", ["adaptive", "invscaling"])
 def test_learning_rate_schedules(learning_rate):
-    x, y = _multiclass()
+    x, y = multiclass()
     clf = MLPClassifier(
         solver="sgd", learning_rate=learning_rate, learning_rate_init=0.1, max_iter=30, random_state=0, device="cpu"
     )
@@ -321,7 +305,7 @@ def test_learning_rate_schedules(learning_rate):
 
 
 def test_warnings_and_verbose(capsys):
-    x, y = _multiclass()
+    x, y = multiclass()
     with pytest.warns(UserWarning, match="batch_size"):
         MLPClassifier(batch_size=1000, max_iter=2, n_iter_no_change=np.inf, device="cpu").fit(x, y)
     MLPClassifier(max_iter=2, verbose=True, device="cpu").fit(x, y)
@@ -334,7 +318,7 @@ def test_warnings_and_verbose(capsys):
 def test_pandas_lists_and_sparse_inputs():
     pd = pytest.importorskip("pandas")
     scipy_sparse = pytest.importorskip("scipy.sparse")
-    x, y = _multiclass()
+    x, y = multiclass()
     frame = pd.DataFrame(x, columns=[f"f{i}" for i in range(x.shape[1])])
     params = {"max_iter": 20, "random_state": 0, "device": "cpu"}
     from_frame = MLPClassifier(**params).fit(frame, pd.Series(y))
@@ -349,7 +333,7 @@ def test_pandas_lists_and_sparse_inputs():
 
 
 def test_float32_input_gives_float32_output():
-    x, y = _regression()
+    x, y = regression()
     reg = MLPRegressor(max_iter=5, random_state=0, device="cpu")
     reg.fit(x.astype(np.float32), y)
     assert reg.predict(x.astype(np.float32)).dtype == np.float32
@@ -358,7 +342,7 @@ def test_float32_input_gives_float32_output():
 
 
 def test_errors():
-    x, y = _multiclass()
+    x, y = multiclass()
     with pytest.raises(NotFittedError):
         MLPClassifier().predict(x)
     with pytest.raises(ValueError, match="alpha"):
@@ -376,7 +360,7 @@ def test_errors():
 
 
 def test_assigned_coefs_are_used_and_pickling_keeps_predictions():
-    x, y = _multiclass()
+    x, y = multiclass()
     clf = MLPClassifier(max_iter=10, random_state=0, device="cpu").fit(x, y)
     restored = pickle.loads(pickle.dumps(clf))
     np.testing.assert_array_equal(restored.predict_proba(x), clf.predict_proba(x))
@@ -388,7 +372,7 @@ def test_assigned_coefs_are_used_and_pickling_keeps_predictions():
 def test_a_pickle_holds_no_array_of_the_last_training_step():
     # The loss kept the last batch's arrays (CuPy ones after a GPU fit, which would then need
     # a GPU to unpickle); a pickle must hold the fitted state only.
-    x, y = _multiclass()
+    x, y = multiclass()
     clf = MLPClassifier(max_iter=5, random_state=0, device="cpu").fit(x, y)
     assert any(isinstance(a, np.ndarray) for a in vars(clf._net.loss).values())  # what the fit left there
     restored = pickle.loads(pickle.dumps(clf))
@@ -405,7 +389,7 @@ def test_a_pickle_holds_no_array_of_the_last_training_step():
 @pytest.mark.gpu
 def test_cupy_in_cupy_out(gpu):
     cupy = pytest.importorskip("cupy")
-    x, y = _multiclass()
+    x, y = multiclass()
     xd, yd = cupy.asarray(x), cupy.asarray(y)
     clf = MLPClassifier(max_iter=50, learning_rate_init=0.01, random_state=0).fit(xd, yd)
     assert clf.device_ == str(gpu)
@@ -414,8 +398,8 @@ def test_cupy_in_cupy_out(gpu):
     assert isinstance(predicted, cupy.ndarray) and isinstance(proba, cupy.ndarray)
     np.testing.assert_array_equal(cupy.asnumpy(predicted), clf.predict(x))
     assert clf.score(xd, yd) > 0.85
-    reg = MLPRegressor(max_iter=20, random_state=0, device="cpu").fit(*_regression())
-    assert isinstance(reg.predict(cupy.asarray(_regression()[0])), cupy.ndarray)  # CPU model, CuPy in and out
+    reg = MLPRegressor(max_iter=20, random_state=0, device="cpu").fit(*regression())
+    assert isinstance(reg.predict(cupy.asarray(regression()[0])), cupy.ndarray)  # CPU model, CuPy in and out
 
 
 @pytest.mark.gpu

@@ -13,8 +13,8 @@ import pytest
 pytest.importorskip("sklearn")
 
 from sklearn import neural_network as sk
-from sklearn.datasets import make_classification, make_multilabel_classification, make_regression
-from sklearn.preprocessing import StandardScaler
+from sklearn.datasets import make_multilabel_classification, make_regression
+from sklearn_data import binary, multiclass, regression
 
 from gpunn.sklearn import MLPClassifier, MLPRegressor
 
@@ -24,21 +24,6 @@ OURS = {"MLPClassifier": MLPClassifier, "MLPRegressor": MLPRegressor}
 NON_FINITE = (
     "Solver produced non-finite parameter weights. The input data may contain large values and need to be preprocessed."
 )
-
-
-def _multiclass() -> tuple[np.ndarray, np.ndarray]:
-    x, y = make_classification(300, 10, n_informative=5, n_classes=3, random_state=0)
-    return StandardScaler().fit_transform(x), y
-
-
-def _binary() -> tuple[np.ndarray, np.ndarray]:
-    x, y = make_classification(200, 8, random_state=1)
-    return StandardScaler().fit_transform(x), y
-
-
-def _regression(n_targets: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    x, y = make_regression(300, 10, n_targets=n_targets, noise=1.0, random_state=0)
-    return x, y / 100.0
 
 
 def _weights(n: int) -> np.ndarray:
@@ -92,7 +77,7 @@ def test_non_finite_weights_raise_scikit_learns_message_first():
     ("x_dtype", "expected"), [("float32", "float32"), ("float64", "float64"), ("int64", "float64")]
 )
 def test_dtype_none_trains_in_the_inputs_dtype_as_sklearn(x_dtype, expected):
-    x, y = _multiclass()
+    x, y = multiclass()
     x = np.round(x * 3).astype(x_dtype) if x_dtype == "int64" else x.astype(x_dtype)
     theirs = sk.MLPClassifier(max_iter=5, random_state=0).fit(x, y)
     ours = MLPClassifier(max_iter=5, random_state=0, dtype=None, device="cpu").fit(x, y)
@@ -108,7 +93,7 @@ def test_dtype_none_trains_in_the_inputs_dtype_as_sklearn(x_dtype, expected):
 
 
 def test_attributes_copied_from_sklearn_predict_and_partial_fit_as_sklearn():
-    x, y = _multiclass()
+    x, y = multiclass()
     params = {"hidden_layer_sizes": (12, 7), "solver": "sgd", "random_state": 0, "max_iter": 20}
     source = sk.MLPClassifier(**params).fit(x, y)
     ours = MLPClassifier(dtype=None, device="cpu", **params)
@@ -134,7 +119,7 @@ def test_attributes_copied_from_gpunn_predict_and_partial_fit(kind):
     if kind == "multilabel":
         x, y = make_multilabel_classification(200, 10, n_classes=4, random_state=0)
     else:
-        x, y = {"binary": _binary, "multiclass": _multiclass, "regression": _regression}[kind]()
+        x, y = {"binary": binary, "multiclass": multiclass, "regression": regression}[kind]()
     cls = MLPRegressor if kind == "regression" else MLPClassifier
     source = cls(max_iter=10, random_state=0, device="cpu").fit(x, y)
     restored = cls(random_state=0, device="cpu")
@@ -150,7 +135,7 @@ def test_attributes_copied_from_gpunn_predict_and_partial_fit(kind):
 
 
 def test_partial_fit_on_bare_coefficients():
-    x, y = _regression()
+    x, y = regression()
     source = MLPRegressor(max_iter=10, random_state=0, device="cpu").fit(x, y)
     bare = MLPRegressor(random_state=0, device="cpu")
     bare.coefs_, bare.intercepts_, bare.out_activation_ = source.coefs_, source.intercepts_, "identity"
@@ -163,7 +148,7 @@ def test_partial_fit_on_bare_coefficients():
 
 
 def test_predict_log_proba_is_finite_where_sklearn_gives_minus_inf():
-    x, y = _binary()
+    x, y = binary()
     source = sk.MLPClassifier(max_iter=50, random_state=0).fit(x, y)
     ours = MLPClassifier(dtype=None, device="cpu")
     for name, value in _fitted_attributes(source).items():
@@ -187,7 +172,7 @@ def test_predict_log_proba_in_float32_has_no_log_of_zero(kind):
     if kind == "multilabel":
         x, y = make_multilabel_classification(200, 10, n_classes=4, random_state=0)
     else:
-        x, y = _multiclass()
+        x, y = multiclass()
         x = x * 30.0
     clf = MLPClassifier(max_iter=100, learning_rate_init=0.01, random_state=0, device="cpu").fit(x, y)
     proba = clf.predict_proba(x * 10.0)
@@ -203,13 +188,13 @@ def test_predict_log_proba_in_float32_has_no_log_of_zero(kind):
 # ----------------------------------------------------------------------------- sample_weight
 
 WEIGHTED_AS_SKLEARN = [
-    ("MLPClassifier", _multiclass, {}),
-    ("MLPClassifier", _multiclass, {"solver": "sgd", "learning_rate_init": 0.05, "alpha": 0.1}),
-    ("MLPClassifier", _multiclass, {"early_stopping": True, "alpha": 0.01}),
-    ("MLPClassifier", _binary, {"early_stopping": True, "batch_size": 64}),
-    ("MLPClassifier", _multiclass, {"solver": "lbfgs", "alpha": 0.1}),
-    ("MLPRegressor", lambda: _regression(2), {"early_stopping": True}),
-    ("MLPRegressor", _regression, {"loss": "poisson", "solver": "sgd"}),
+    ("MLPClassifier", multiclass, {}),
+    ("MLPClassifier", multiclass, {"solver": "sgd", "learning_rate_init": 0.05, "alpha": 0.1}),
+    ("MLPClassifier", multiclass, {"early_stopping": True, "alpha": 0.01}),
+    ("MLPClassifier", binary, {"early_stopping": True, "batch_size": 64}),
+    ("MLPClassifier", multiclass, {"solver": "lbfgs", "alpha": 0.1}),
+    ("MLPRegressor", lambda: regression(2), {"early_stopping": True}),
+    ("MLPRegressor", regression, {"loss": "poisson", "solver": "sgd"}),
 ]
 
 
@@ -234,7 +219,7 @@ def test_sample_weight_follows_sklearn(name, data, params):
     assert not np.allclose(unweighted.coefs_[0], ours.coefs_[0])
 
 
-@pytest.mark.parametrize(("name", "data"), [("MLPClassifier", _multiclass), ("MLPRegressor", _regression)])
+@pytest.mark.parametrize(("name", "data"), [("MLPClassifier", multiclass), ("MLPRegressor", regression)])
 def test_partial_fit_with_sample_weight_follows_sklearn(name, data):
     x, y = data()
     w = _weights(len(y))
@@ -250,7 +235,7 @@ def test_partial_fit_with_sample_weight_follows_sklearn(name, data):
 
 @pytest.mark.parametrize("solver", ["lbfgs", "adam"])
 def test_a_weight_of_two_is_a_duplicated_sample_and_zero_a_dropped_one(solver):
-    x, y = _multiclass()
+    x, y = multiclass()
     x, y = x[:150], y[:150]  # one batch of "auto" size: the same batches either way
     w = np.ones(len(y))
     w[:20], w[20:40] = 2.0, 0.0
@@ -265,7 +250,7 @@ def test_a_weight_of_two_is_a_duplicated_sample_and_zero_a_dropped_one(solver):
 
 def test_a_batch_of_zero_weights_is_skipped():
     # scikit-learn divides by the batch's weight sum, 0 here (ZeroDivisionError); no sample of it counts
-    x, y = _regression()
+    x, y = regression()
     w = np.ones(len(y))
     w[:50] = 0.0
     params = {"solver": "sgd", "batch_size": 50, "shuffle": False, "max_iter": 10, "dtype": "float64", "device": "cpu"}
@@ -286,7 +271,7 @@ def test_a_batch_of_zero_weights_is_skipped():
     ],
 )
 def test_bad_sample_weight(weights, message):
-    x, y = _multiclass()
+    x, y = multiclass()
     for est in (MLPClassifier(max_iter=2, device="cpu"), MLPRegressor(solver="lbfgs", max_iter=2, device="cpu")):
         with pytest.raises(ValueError, match=message):
             est.fit(x, y, sample_weight=weights)
@@ -299,7 +284,7 @@ def test_bad_sample_weight(weights, message):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize(
-    ("name", "data"), [("MLPClassifier", _multiclass), ("MLPClassifier", _binary), ("MLPRegressor", _regression)]
+    ("name", "data"), [("MLPClassifier", multiclass), ("MLPClassifier", binary), ("MLPRegressor", regression)]
 )
 def test_sample_weight_and_log_proba_on_the_gpu_as_on_the_cpu(gpu, name, data):
     x, y = data()
@@ -319,7 +304,7 @@ def test_sample_weight_and_log_proba_on_the_gpu_as_on_the_cpu(gpu, name, data):
 
 @pytest.mark.parametrize("name", sorted(OURS))
 def test_float64_values_beyond_a_float32_network_are_named_not_blamed_on_the_solver(name: str) -> None:
-    x, y = _binary() if name == "MLPClassifier" else _regression()
+    x, y = binary() if name == "MLPClassifier" else regression()
     huge = x.copy()
     huge[4, 1] = 1e300  # finite in float64, infinite once sent to the float32 network
     with pytest.raises(ValueError, match=r"X holds values beyond the range of the model's float32.*row 4"):
