@@ -25,7 +25,7 @@ from threadpoolctl import threadpool_limits
 
 import gpunn as gn
 from gpunn.backend.selection import ops_for
-from gpunn.bench.run import paired_ratio
+from gpunn.bench.timing import paired_ratio
 from gpunn.cli.sysinfo import system_info
 
 try:

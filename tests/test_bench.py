@@ -17,6 +17,7 @@ import pytest
 import gpunn as gn
 from gpunn.bench import report as table
 from gpunn.bench import run as bench
+from gpunn.bench import timing
 from gpunn.cli.main import build_parser, main
 
 
@@ -194,20 +195,20 @@ def test_device_time_is_taken_behind_a_spin_so_launch_gaps_do_not_count(monkeypa
     cuda = types.SimpleNamespace(Event=Event, get_elapsed_time=lambda a, b: 7.0)  # ms
     device = types.SimpleNamespace(kind="cuda", xp=types.SimpleNamespace(cuda=cuda))
     device.synchronize = lambda: log.append(("sync", 0.0))
-    monkeypatch.setattr(bench.raw_kernels, "spin", lambda xp, seconds: log.append(("spin", seconds)))
+    monkeypatch.setattr(timing.raw_kernels, "spin", lambda xp, seconds: log.append(("spin", seconds)))
 
     def step() -> None:
         time.sleep(0.001)
         log.append(("step", 0.0))
 
-    host_us, device_us = bench.host_and_device_us(types.SimpleNamespace(device=device), step, steps=5)
+    host_us, device_us = timing.host_and_device_us(types.SimpleNamespace(device=device), step, steps=5)
     events = [name for name, _ in log]
     assert events == ["step", "sync", *["step"] * 5, "sync", "spin", "record", *["step"] * 5, "record", "event sync"]
     assert host_us >= 1000  # each step sleeps 1 ms on the host
     (spun,) = [seconds for name, seconds in log if name == "spin"]
     assert spun >= 2 * 5 * host_us / 1e6  # the spin outlasts twice the host's queueing of the 5 steps
     assert device_us == pytest.approx(7.0 * 1e3 / 5)  # the events' ms over the steps, in µs
-    assert bench.host_and_device_us(types.SimpleNamespace(device=types.SimpleNamespace(kind="cpu")), step) is None
+    assert timing.host_and_device_us(types.SimpleNamespace(device=types.SimpleNamespace(kind="cpu")), step) is None
 
 
 def test_a_failing_gpu_extra_is_reported_and_costs_no_other_figure(monkeypatch: pytest.MonkeyPatch) -> None:

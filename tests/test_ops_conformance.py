@@ -1,4 +1,4 @@
-"""Every accelerated Ops against the reference: the cases of ``gpunn check`` (gpunn/cli/check.py),
+"""Every accelerated Ops against the reference: the cases of ``gpunn check`` (gpunn/cli/check_cases.py),
 parametrized over every backend available here. On the CPU (NumbaOps) the promise is the
 reference's bits; on a GPU (CupyOps, and the reference on CuPy against the reference on NumPy)
 a bound in the terms' magnitude per output. Then: the check itself fails on an Ops that is a

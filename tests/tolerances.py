@@ -17,7 +17,7 @@ counts of both plus one, a square root's its argument's plus one (conservatively
 relative error); where a function's argument has an error, the function's conditioning goes into
 the terms (exp: |x| times the result). The reference's and the kernel's errors add, so a comparison of
 the two allows their counts together; :func:`ulps_of` turns a count into the ``ulps`` argument
-(it and :func:`eps` live in :mod:`gpunn.cli.check`, whose ``gpunn check`` uses the same bounds).
+(it and :func:`eps` live in :mod:`gpunn.cli.check_cases`, whose ``gpunn check`` uses the same bounds).
 A fused multiply-add has one rounding where the reference has two, so a kernel's count is never
 above the reference's. A libm-style function counts 2 per ulp of its documented
 maximum error (CUDA: 1–2 ulps; NumPy's own accuracy tests allow its loops 1–4 ulps).
@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 import gpunn as gn
-from gpunn.cli.check import eps, ulps_of
+from gpunn.cli.check_cases import eps, ulps_of
 
 __all__ = ["assert_within_term_bound", "eps", "fma", "ulps_of"]
 

@@ -3,19 +3,21 @@
 gpunn's training step as Trainer.fit runs it is timed against the same step written by hand in
 NumPy (CPU) and in PyTorch eager (when installed), from the same weights, and on the CPU against
 the README's step-by-step loop; beside them, the references the figures are taken against: the
-device's matrix-product ceiling (:func:`matmul_step`) and the step's matrix products alone. The
-steps take turns window by window, the device synchronized before each clock read. Every ratio
-is paired: the median of the ratios between windows of the same round, seconds apart, so that a
-load that comes and goes moves both sides alike.
+device's matrix-product ceiling (:func:`~gpunn.bench.timing.matmul_step`) and the step's matrix
+products alone. The steps take turns window by window, the device synchronized before each clock
+read. Every ratio is paired: the median of the ratios between windows of the same round, seconds
+apart, so that a load that comes and goes moves both sides alike.
+
+This module holds what a run measures (:func:`workload`: the one-minute sample or the full
+suite, and the memory it plans for), :func:`run`, which measures each case and puts its row
+together, and the crossover between CPU and GPU; how a step is timed is
+:mod:`gpunn.bench.timing`, what it costs besides time :mod:`gpunn.bench.costs`, the steps
+themselves :mod:`gpunn.bench.steps`.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import itertools
-import sys
-import time
-import tracemalloc
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,13 +25,22 @@ from typing import Any
 
 import numpy as np
 
-from ..backend.cuda import compile as raw_kernels
 from ..backend.device import Device, matmul_precision
 from ..backend.selection import ops_for
 from ..optim import OPTIMIZERS
 from ..validation import check_choice
 from . import handwritten
+from .costs import count_launches, flops_per_step, minimum_bytes, peak_step_bytes
 from .steps import MODELS, Case, Step, blas_threads, gpunn_step, graph_step, numpy_step, torch_step, user_loop_step
+from .timing import (
+    PAUSE_SECONDS,
+    host_and_device_us,
+    matmul_step,
+    paired_ratio,
+    products_step,
+    synchronizer,
+    time_interleaved,
+)
 
 # what the command line uses (blas_threads is re-exported for it)
 __all__ = ["Workload", "blas_threads", "memory_estimate", "run", "torch_version", "workload"]
@@ -51,10 +62,6 @@ SKIP_REASONS = {
     "numpy": "the hand-written NumPy loop runs on the CPU with SGD or Adam only",
     "torch": "torch is not installed",
 }
-WINDOW_SECONDS = 0.05  # aim for windows long enough to swamp timer noise
-# Between windows, so that the worker threads the previous framework left spinning (OpenBLAS
-# and OpenMP spin-wait for up to ~0.1 s) are asleep and do not steal the next one's cores.
-PAUSE_SECONDS = {"cpu": 0.25, "cuda": 0.02}
 
 
 @dataclass(frozen=True)
@@ -89,9 +96,9 @@ def workload(
 
 def memory_estimate(case: Case, optimizer: str, against: tuple[str, ...]) -> int:
     """Bytes a case holds at its peak, roughly and from above: the least a step needs
-    (:func:`minimum_bytes`) once for every copy of the model that is built (gpunn's step, its
-    matrix products alone, and the baselines that run there), plus the ceiling's three n×n
-    matrices. Host memory on the CPU, GPU memory on a GPU."""
+    (:func:`~gpunn.bench.costs.minimum_bytes`) once for every copy of the model that is built
+    (gpunn's step, its matrix products alone, and the baselines that run there), plus the
+    ceiling's three n×n matrices. Host memory on the CPU, GPU memory on a GPU."""
     copies = 2
     if case.device.kind == "cpu" and "numpy" in against and optimizer in handwritten.OPTIMIZERS:
         copies += 2  # the user's own loop and the hand-written loop
@@ -99,205 +106,6 @@ def memory_estimate(case: Case, optimizer: str, against: tuple[str, ...]) -> int
         copies += 1
     n = 2048 if case.device.kind == "cpu" else 8192
     return copies * minimum_bytes(MODELS[case.model], case.batch, optimizer) + 3 * 4 * n * n
-
-
-def flops_per_step(sizes: tuple[int, ...], batch: int) -> int:
-    """Matrix-product FLOPs of one step: forward 2·N·in·out per Linear, backward 4·N·in·out,
-    minus the first layer's input gradient (2·N·in·out), which training never needs."""
-    pairs = list(itertools.pairwise(sizes))
-    return sum(6 * batch * i * o for i, o in pairs) - 2 * batch * pairs[0][0] * pairs[0][1]
-
-
-def minimum_bytes(sizes: tuple[int, ...], batch: int, optimizer: str, itemsize: int = 4) -> int:
-    """The memory a step cannot do without: parameters, gradients, optimizer state, one
-    activation per layer output, and the batch (inputs and int64 labels)."""
-    n_params = sum(i * o + o for i, o in itertools.pairwise(sizes))
-    state = len(OPTIMIZERS[optimizer].state_names)
-    return itemsize * (n_params * (2 + state) + batch * sum(sizes)) + 8 * batch
-
-
-def matmul_step(dev: Device) -> tuple[Step, float]:
-    """The ceiling: one n×n·n×n float32 matrix product into a preallocated output, n big enough
-    to be compute-bound (2048 on a CPU, 8192 on a GPU); returns the step and its FLOPs."""
-    n = 2048 if dev.kind == "cpu" else 8192
-    rng = np.random.default_rng(0)
-    with dev:
-        a, b = (dev.send(rng.standard_normal((n, n), dtype=np.float32)) for _ in range(2))
-        out = dev.xp.empty((n, n), dtype=np.float32)
-    return (lambda: dev.xp.matmul(a, b, out=out)), 2.0 * n**3
-
-
-def products_step(case: Case) -> Step:
-    """One step's matrix products alone, into preallocated outputs: x·W per layer, xᵀ·dz for
-    every layer, dz·Wᵀ for all but the first. The step's time over theirs: what the rest costs."""
-    sizes = MODELS[case.model]
-    dev, n, xp = case.device, case.batch, case.device.xp
-    rng = np.random.default_rng(0)
-    with dev:
-        weights = [dev.send(rng.standard_normal((i, o), dtype=np.float32)) for i, o in itertools.pairwise(sizes)]
-        acts = [dev.send(rng.standard_normal((n, width), dtype=np.float32)) for width in sizes]
-        grads = [xp.empty_like(w) for w in weights]
-        outs = [xp.empty((n, width), dtype=np.float32) for width in sizes]
-
-    def step() -> None:
-        for i, w in enumerate(weights):
-            xp.matmul(acts[i], w, out=outs[i + 1])
-        for i in range(len(weights) - 1, -1, -1):
-            xp.matmul(acts[i].T, acts[i + 1], out=grads[i])
-            if i > 0:
-                xp.matmul(acts[i + 1], weights[i].T, out=outs[i])
-
-    return step
-
-
-def synchronizer(dev: Device) -> Callable[[], None]:
-    """Wait for every queued kernel, CuPy's and torch's (once a torch baseline is built), before
-    a clock is read."""
-    if dev.kind == "cpu":
-        return lambda: None
-    torch = sys.modules.get("torch")
-    if torch is not None and torch.cuda.is_available():
-        return lambda: (dev.synchronize(), torch.cuda.synchronize(dev.index))
-    return dev.synchronize
-
-
-def time_interleaved(
-    steps: dict[str, Step],
-    sync: Callable[[], None],
-    windows: int,
-    pause: float = 0.25,
-    errors: dict[str, str] | None = None,
-) -> dict[str, list[float]]:
-    """Milliseconds per step of every window, the steps taking turns window by window. With
-    ``errors`` given, a step other than gpunn's that raises while warming up (a baseline out of
-    memory, a graph that cannot replay) is left out and its error recorded there."""
-    per_window = {}
-    for name, step in list(steps.items()):
-        try:
-            for _ in range(3):  # warm-up: compilation, allocation pools, BLAS threads
-                step()
-            sync()
-        except Exception as exc:
-            if errors is None or name == "gpunn":
-                raise
-            errors[f"{name} step"] = f"{type(exc).__name__}: {exc}"
-            warnings.warn(f"gpunn bench: the {name} step failed ({exc}); left out", RuntimeWarning, stacklevel=3)
-            del steps[name]
-            continue
-        start = time.perf_counter()
-        step()
-        sync()
-        per_window[name] = max(1, min(200, round(WINDOW_SECONDS / max(time.perf_counter() - start, 1e-6))))
-        for _ in range(min(50, per_window[name] * 2)):
-            step()
-    times: dict[str, list[float]] = {name: [] for name in steps}
-    names = list(steps)
-    for window in range(windows):
-        # Rotate who goes first: a framework's spinning worker threads (OpenMP in torch, BLAS
-        # pools) slow whoever runs right after it; the pause lets them sleep before each window.
-        for name in names[window % len(names) :] + names[: window % len(names)]:
-            time.sleep(pause)
-            sync()
-            start = time.perf_counter()
-            for _ in range(per_window[name]):
-                steps[name]()
-            sync()
-            times[name].append((time.perf_counter() - start) * 1e3 / per_window[name])
-    return times
-
-
-def peak_step_bytes(case: Case, optimizer: str, steps: int = 3) -> int | None:
-    """Peak bytes held while training with the gpunn step (model, state and batch included):
-    tracemalloc's peak on the CPU; on a GPU, the blocks CuPy's pool holds after a few steps."""
-    if case.device.kind == "cpu":
-        tiny, _ = gpunn_step(Case(case.device, "T1", 2), optimizer)
-        tiny()  # one-time allocations of a first step (lazy imports, caches) are not the model's
-        del tiny
-        tracemalloc.start()
-        try:
-            step, _ = gpunn_step(case, optimizer)
-            step()
-            # the high-water mark of training, not of building the model (weights are drawn in
-            # float64 before rounding); what the model holds stays counted
-            tracemalloc.reset_peak()
-            for _ in range(steps):
-                step()
-            return tracemalloc.get_traced_memory()[1]
-        finally:
-            tracemalloc.stop()
-    pool = case.device.xp.get_default_memory_pool()
-    with case.device:
-        step, model = gpunn_step(case, optimizer)
-        step()
-        case.device.synchronize()
-        pool.free_all_blocks()  # drop the cached blocks that building the model left behind
-        for _ in range(steps):
-            step()
-        case.device.synchronize()
-        peak = pool.total_bytes()  # blocks held by the pool: what the step needed at its peak
-        del step, model
-        pool.free_all_blocks()
-    return int(peak)
-
-
-def count_launches(case: Case, optimizer: str, steps: int = 5) -> float | None:
-    """CUDA kernel launches (and copies) per gpunn step, counted by PyTorch's CUPTI-based
-    profiler, which sees every kernel in the process; None on the CPU or without torch."""
-    if case.device.kind != "cuda":
-        return None
-    try:
-        from torch.autograd import DeviceType  # noqa: PLC0415
-        from torch.profiler import ProfilerActivity, profile  # noqa: PLC0415
-    except ImportError:
-        return None
-    with case.device:
-        step, _ = gpunn_step(case, optimizer)
-        step()
-        case.device.synchronize()
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            for _ in range(steps):
-                step()
-            case.device.synchronize()
-    try:  # the raw Kineto events where this torch exposes them, else the CUDA-side function events
-        count = sum(1 for e in prof.profiler.kineto_results.events() if e.device_type() == DeviceType.CUDA)
-    except AttributeError:
-        count = sum(1 for e in prof.events() if getattr(e, "device_type", None) == DeviceType.CUDA)
-    return count / steps or None
-
-
-def host_and_device_us(case: Case, step: Step, steps: int = 20) -> tuple[float, float] | None:
-    """(host µs, device µs) per step on a GPU; None on the CPU. Host: the time Python takes to
-    queue ``steps`` steps. Device: the time the GPU takes to run them once queued — a spin kernel
-    holds the GPU for twice the host's queueing time while the host queues them behind it, so the
-    CUDA events see the kernels back to back, not the launch gaps. Host above device: launch-bound.
-    """
-    if case.device.kind != "cuda":
-        return None
-    cuda = case.device.xp.cuda
-    step()
-    case.device.synchronize()
-    began = time.perf_counter()
-    for _ in range(steps):
-        step()
-    host = time.perf_counter() - began
-    case.device.synchronize()
-    start, end = cuda.Event(), cuda.Event()
-    # 20 steps of ~10-20 launches stay well inside the ~1000 launches a stream queues before
-    # the host blocks (which would bring the launch gaps back)
-    raw_kernels.spin(case.device.xp, 2.0 * host + 0.01)
-    start.record()
-    for _ in range(steps):
-        step()
-    end.record()
-    end.synchronize()
-    return host / steps * 1e6, cuda.get_elapsed_time(start, end) * 1e3 / steps
-
-
-def paired_ratio(numerator_ms: list[float], denominator_ms: list[float]) -> tuple[float, float, float]:
-    """Median, p10 and p90 of numerator[k] / denominator[k] over the rounds k: with ms per step
-    on both sides, how many times faster the denominator's step ran, judged round by round."""
-    ratios = np.asarray(numerator_ms, dtype=np.float64) / np.asarray(denominator_ms, dtype=np.float64)
-    return float(np.median(ratios)), float(np.percentile(ratios, 10)), float(np.percentile(ratios, 90))
 
 
 def run(
