@@ -31,24 +31,22 @@ PACKAGE = Path(__file__).resolve().parent.parent / "gpunn"
 HOST_ONLY = {
     "backend/numba_loops.py",
     "backend/numba_ops.py",
+    "bench/costs.py",
     "bench/handwritten.py",
     "bench/run.py",
     "bench/steps.py",
-    "cli/check.py",  # computes its bounds and errors on host copies (to_numpy) of every result
+    "bench/timing.py",
+    "cli/check.py",  # computes its errors on host copies (to_numpy) of every result
+    "cli/check_cases.py",  # the cases' inputs and the bounds: host arrays
     "cli/job.py",
     "cli/main.py",
     "cli/sysinfo.py",
     "distributed/comm.py",
-    "distributed/data_parallel.py",
     "io/checkpoint.py",
-    "sklearn/base.py",
     "sklearn/estimators.py",
-    "sklearn/training.py",
-    "train/batches.py",
     "train/data.py",
     "train/history.py",
     "train/plots.py",
-    "validation.py",
 }
 
 REDUCTIONS = {

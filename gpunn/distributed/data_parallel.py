@@ -42,7 +42,7 @@ def epoch_shards(
     steps = []
     for idx, _ in batches(order, order, batch_size, shuffle=shuffle, seed=seed, epoch=epoch):
         lo, hi = batch_slice(len(idx), rank, size)
-        steps.append((np.asarray(idx[lo:hi]), len(idx)))
+        steps.append((np.asarray(idx[lo:hi]), len(idx)))  # host: host row indices
     return steps
 
 
@@ -119,7 +119,7 @@ class DataParallel:
                 yield x[start + lo : start + hi], y[start + lo : start + hi]
                 start += m
             return
-        flat_idx = np.concatenate([idx for idx, _ in steps]) if steps else np.empty(0, np.int64)
+        flat_idx = np.concatenate([idx for idx, _ in steps]) if steps else np.empty(0, np.int64)  # host: indices
         perm = device_of(x).send(flat_idx)  # one transfer per epoch
         offset = 0
         for idx, _ in steps:
@@ -139,7 +139,7 @@ class DataParallel:
     def reduce_epoch(self, losses: np.ndarray, correct: int | None) -> tuple[np.ndarray, int | None]:
         """Per-step global mean losses (float64) and the total correct count, from this rank's
         per-step local means and count: one allreduce of n_steps + 1 numbers."""
-        counts = np.array(self._counts, dtype=np.float64).reshape(-1, 2)
+        counts = np.array(self._counts, dtype=np.float64).reshape(-1, 2)  # host: host counts
         buf = np.zeros(len(losses) + 1)
         local = counts[:, 0] > 0
         buf[:-1][local] = losses[local].astype(np.float64) * counts[local, 0]
@@ -152,7 +152,7 @@ class DataParallel:
         return slice(*batch_slice(n, self.comm.rank, self.comm.size))
 
     def reduce_sums(self, values: Sequence[float]) -> list[float]:
-        buf = np.asarray(values, dtype=np.float64).copy()
+        buf = np.asarray(values, dtype=np.float64).copy()  # host: Python floats
         return self.comm.allreduce(buf).tolist()
 
 

@@ -85,10 +85,12 @@ class _TrainingLoops:
                     with dev:
                         order = dev.send(sample_idx)
                 # each batch's weight sum Σ_b w (its size n_b unweighted) divides its gradient and L2 term
-                divisors = sizes if sw is None else np.add.reduceat(sample_weight[sample_idx], starts)
+                divisors = sizes
+                if sw is not None:
+                    divisors = np.add.reduceat(sample_weight[sample_idx], starts)  # host: the weights
                 record = self._epoch(net, loss, penalty, X, T, sw, order, batch_size, divisors)
                 # scikit-learn's epoch loss: Σ_b n_b·(cost_b + ½·alpha·ΣW²/Σ_b w) / n
-                l2_terms = record[1] * (sizes / np.where(divisors > 0, divisors, 1.0))
+                l2_terms = record[1] * (sizes / np.where(divisors > 0, divisors, 1.0))  # host: host divisors
                 self._end_epoch(float(record[0] @ sizes) / n, float(l2_terms.sum()) / n, n)
                 self._update_no_improvement_count(net, validation)
                 if self.solver == "sgd" and self.learning_rate == "invscaling":
@@ -145,7 +147,7 @@ class _TrainingLoops:
             warnings.warn(
                 "Got `batch_size` less than 1 or larger than sample size. It is going to be clipped", stacklevel=5
             )
-        return int(np.clip(self.batch_size, 1, n))
+        return int(np.clip(self.batch_size, 1, n))  # host: Python ints
 
     def _end_epoch(self, cost: float, mean_sum_sq: float, n: int) -> None:
         """Record the epoch's loss: the mean of the batch objectives weighted by batch size,

@@ -39,10 +39,8 @@ def as_array(a: Any, name: str) -> Any:
     if hasattr(a, "isna"):
         missing = np.asarray(a.isna()).reshape(len(a), -1).any(axis=1)  # host: pandas' own mask
         if missing.any():
-            raise ValueError(
-                f"{name} has missing values (NaN or NA), first in row {np.flatnonzero(missing)[0]}; "
-                "drop or fill them first"
-            )
+            first = np.flatnonzero(missing)[0]  # host: pandas' mask
+            raise ValueError(f"{name} has missing values (NaN or NA), first in row {first}; drop or fill them first")
     out = a.to_numpy()
     if out.dtype == object and hasattr(a, "dtypes"):  # nullable extension columns: their NumPy dtypes
         columns = list(a.dtypes) if getattr(a, "ndim", 1) == 2 else [a.dtype]
@@ -63,10 +61,10 @@ def check_values(a: Any, name: str, dtype: Any = None) -> None:
     if bool(((xp.abs(a) <= limit) if narrower else xp.isfinite(a)).all()):
         return
     rows = to_numpy(a).reshape(a.shape[0], -1)
-    bad = np.flatnonzero(~np.isfinite(rows).all(axis=1))
+    bad = np.flatnonzero(~np.isfinite(rows).all(axis=1))  # host: rows: to_numpy above
     if bad.size:
         raise ValueError(f"{name} contains NaN or infinity (first in row {bad[0]}); clean the data first")
-    row = np.flatnonzero((np.abs(rows) > limit).any(axis=1))[0]
+    row = np.flatnonzero((np.abs(rows) > limit).any(axis=1))[0]  # host: rows: to_numpy above
     raise ValueError(
         f"{name} holds values beyond the range of the model's {np.dtype(dtype).name} (|value| > {limit:.4g}), "
         f"first in row {row}, which would become infinite; scale the data, or use a float64 model"
@@ -155,7 +153,7 @@ def check_distributions(y: Any, name: str, dtype: Any = None) -> None:
             f"{name} holds a negative target ({low}), first in row {row}: one-hot or probability targets "
             "for SoftmaxWithLoss must be >= 0"
         )
-    tolerance = float(np.sqrt(np.finfo(dtype if dtype is not None else np.float64).eps))
+    tolerance = float(np.sqrt(np.finfo(dtype if dtype is not None else np.float64).eps))  # host: a float constant
     sums = y.sum(axis=1, dtype=np.float64)
     if float(xp.abs(sums - 1.0).max()) > tolerance:
         sums = to_numpy(sums)
