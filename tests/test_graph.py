@@ -258,6 +258,23 @@ def test_a_step_that_reads_the_host_is_refused_at_capture_and_trains_eagerly(dev
         np.testing.assert_allclose(b, a, rtol=0 if exact else 1e-3, atol=0 if exact else 1e-4)
 
 
+class _CudaWithoutPool:
+    """CuPy's ``cuda`` module as far as a capture uses it: the allocator switch, here a no-op."""
+
+    @staticmethod
+    @contextlib.contextmanager
+    def using_allocator(malloc):
+        yield
+
+
+def _capture_with_stand_ins(graph, stream, kernels, **xp):
+    """From here on ``graph`` takes the capture path, with stand-ins for CuPy's stream, memory
+    pool and kernels (``xp``: array functions the path calls besides ``take``)."""
+    graph.emulate = False
+    graph.xp = SimpleNamespace(cuda=_CudaWithoutPool, take=np.take, **xp)
+    graph.stream, graph.pool, graph._kernels = stream, SimpleNamespace(malloc=None), kernels
+
+
 def test_a_failed_capture_reports_the_step_error_not_the_invalidated_capture(digits):
     """An error inside the captured step invalidates the capture, and ending it then raises
     cudaErrorStreamCaptureInvalidated: the warning must name the step's own error, the cause.
@@ -279,17 +296,8 @@ def test_a_failed_capture_reports_the_step_error_not_the_invalidated_capture(dig
             self.capturing = False
             raise RuntimeError("cudaErrorStreamCaptureInvalidated: operation failed due to a previous error")
 
-    class Cuda:
-        @staticmethod
-        @contextlib.contextmanager
-        def using_allocator(malloc):
-            yield
-
     graph = StepGraph(body, trainer.optimizer, x, y, 100, gn.device("cpu"))
-    graph.emulate = False  # from here on, the capture path with the stand-ins
-    graph.xp, graph.stream = SimpleNamespace(cuda=Cuda, take=np.take), InvalidatedStream()
-    graph.pool = SimpleNamespace(malloc=None)
-    graph._kernels = {"batch_indices": lambda perm, counter, batch, idx: None}
+    _capture_with_stand_ins(graph, InvalidatedStream(), {"batch_indices": lambda perm, counter, batch, idx: None})
     with pytest.warns(RuntimeWarning, match=r"capture failed \(ValueError: the step's own error\)"):
         graph._capture()
     assert graph.graph is None and not graph.stream.capturing  # capture was ended, its error set aside
@@ -331,17 +339,9 @@ def test_a_captured_step_is_counted_once_per_replay(digits):
         def end_capture(self):
             return SimpleNamespace(launch=launches.append)
 
-    class Cuda:
-        @staticmethod
-        @contextlib.contextmanager
-        def using_allocator(malloc):
-            yield
-
     graph = StepGraph(body, trainer.optimizer, x, y, 100, gn.device("cpu"))
-    graph.emulate = False
-    graph.xp, graph.stream = SimpleNamespace(cuda=Cuda, take=np.take, zeros=np.zeros), Stream()
-    graph.pool = SimpleNamespace(malloc=None)
-    graph._kernels = {"batch_indices": lambda *args: None, "record_step": lambda *args, size: None}
+    kernels = {"batch_indices": lambda *args: None, "record_step": lambda *args, size: None}
+    _capture_with_stand_ins(graph, Stream(), kernels, zeros=np.zeros)
     before = trainer.optimizer.step_count
     graph._capture()
     assert graph.failed is None and trainer.optimizer.step_count == before
