@@ -267,12 +267,20 @@ class _CudaWithoutPool:
         yield
 
 
-def _capture_with_stand_ins(graph, stream, kernels, **xp):
+def _batch_indices(perm, counter, batch, idx):
+    """What the ``batch_indices`` kernel computes: idx[i] = perm[counter[0]·batch + i] (the
+    gathered batch must be real rows: the buffer it fills starts uninitialized)."""
+    start = int(counter[0]) * int(batch)
+    idx[...] = perm[start : start + idx.shape[0]]
+
+
+def _capture_with_stand_ins(graph, stream, **xp):
     """From here on ``graph`` takes the capture path, with stand-ins for CuPy's stream, memory
-    pool and kernels (``xp``: array functions the path calls besides ``take``)."""
+    pool and bookkeeping kernels (``xp``: array functions the path calls besides ``take``)."""
     graph.emulate = False
     graph.xp = SimpleNamespace(cuda=_CudaWithoutPool, take=np.take, **xp)
-    graph.stream, graph.pool, graph._kernels = stream, SimpleNamespace(malloc=None), kernels
+    graph.stream, graph.pool = stream, SimpleNamespace(malloc=None)
+    graph._kernels = {"batch_indices": _batch_indices, "record_step": lambda *args, size: None}
 
 
 def test_a_failed_capture_reports_the_step_error_not_the_invalidated_capture(digits):
@@ -297,7 +305,7 @@ def test_a_failed_capture_reports_the_step_error_not_the_invalidated_capture(dig
             raise RuntimeError("cudaErrorStreamCaptureInvalidated: operation failed due to a previous error")
 
     graph = StepGraph(body, trainer.optimizer, x, y, 100, gn.device("cpu"))
-    _capture_with_stand_ins(graph, InvalidatedStream(), {"batch_indices": lambda perm, counter, batch, idx: None})
+    _capture_with_stand_ins(graph, InvalidatedStream())
     with pytest.warns(RuntimeWarning, match=r"capture failed \(ValueError: the step's own error\)"):
         graph._capture()
     assert graph.graph is None and not graph.stream.capturing  # capture was ended, its error set aside
@@ -340,8 +348,7 @@ def test_a_captured_step_is_counted_once_per_replay(digits):
             return SimpleNamespace(launch=launches.append)
 
     graph = StepGraph(body, trainer.optimizer, x, y, 100, gn.device("cpu"))
-    kernels = {"batch_indices": lambda *args: None, "record_step": lambda *args, size: None}
-    _capture_with_stand_ins(graph, Stream(), kernels, zeros=np.zeros)
+    _capture_with_stand_ins(graph, Stream(), zeros=np.zeros)
     before = trainer.optimizer.step_count
     graph._capture()
     assert graph.failed is None and trainer.optimizer.step_count == before
