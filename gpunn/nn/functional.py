@@ -33,6 +33,13 @@ def softmax(z: Any, axis: int = -1) -> Any:
     return y
 
 
+def binary_cross_entropy_with_logits(z: Any, t: Any) -> Any:
+    """Per element, −[t·log σ(z) + (1 − t)·log(1 − σ(z))] = max(z, 0) − z·t + log(1 + e^−|z|):
+    from the logits, so no log(0) and no overflow for any z. Same shape as z and t."""
+    xp = array_module(z)
+    return xp.maximum(z, 0.0) - z * t + xp.log1p(xp.exp(-xp.abs(z)))
+
+
 def sigmoid(z: Any, out: Any = None) -> Any:
     """σ(z) = 1 / (1 + e^−z), computed as exp(−log(1 + e^−z)): no overflow for any z and full
     relative precision in both tails. ``out`` may be ``z`` itself."""

@@ -15,7 +15,7 @@ import numpy as np
 from ..backend.device import array_module, check_device, device_of, refuse_host_read, to_numpy
 from ..backend.selection import ops_of
 from ..validation import FLOAT_DTYPES, check_array, check_real
-from .functional import sigmoid
+from .functional import binary_cross_entropy_with_logits, sigmoid
 
 
 class Loss:
@@ -185,7 +185,7 @@ class SigmoidBCELoss(Loss):
             low, high = to_numpy(xp.stack([t.min(), t.max()])).tolist()
             if not (low >= 0.0 and high <= 1.0):  # NaN fails both
                 raise ValueError(f"t must lie in [0, 1] for binary cross-entropy, got min {low:g}, max {high:g}")
-        per_element = xp.maximum(logits, 0.0) - logits * t + xp.log1p(xp.exp(-xp.abs(logits)))
+        per_element = binary_cross_entropy_with_logits(logits, t)
         self._z, self._t = logits, t
         return xp.asarray(per_element.sum() / logits.shape[0])
 

@@ -14,7 +14,13 @@ import scipy.sparse
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, Options, StrOptions
-from sklearn.utils.validation import _check_sample_weight, check_array, check_is_fitted, column_or_1d
+from sklearn.utils.validation import (
+    _check_sample_weight,
+    check_array,
+    check_consistent_length,
+    check_is_fitted,
+    column_or_1d,
+)
 
 from ..backend.device import Device, array_module, device, device_of, to_numpy
 from ..train.batches import check_values
@@ -182,10 +188,7 @@ class BaseMultilayerPerceptron(_TrainingLoops, BaseEstimator):
                 if y is None:
                     raise ValueError(f"{type(self).__name__} requires y to be passed, but the target y is None.")
                 y = check_array(to_numpy(y), ensure_2d=False, dtype=None if classifier else np.float64)
-                if y.shape[0] != X.shape[0]:
-                    raise ValueError(
-                        f"Found input variables with inconsistent numbers of samples: [{X.shape[0]}, {y.shape[0]}]"
-                    )
+                check_consistent_length(X, y)  # reads X.shape only: nothing leaves the GPU
         elif fitting:
             X, y = _validate_data(self, X, to_numpy(y), multi_output=True, y_numeric=not classifier, **host_checks)
         else:

@@ -15,7 +15,7 @@ from threadpoolctl import ThreadpoolController
 
 from .. import optim
 from ..backend.device import Device, array_module, to_numpy
-from ..nn.functional import log_softmax, sigmoid, softmax
+from ..nn.functional import binary_cross_entropy_with_logits, log_softmax, sigmoid, softmax
 from ..nn.layers import Linear
 from ..nn.losses import Loss, MSELoss, SigmoidBCELoss, SoftmaxWithLoss
 from ..nn.sequential import Sequential, mlp
@@ -92,7 +92,7 @@ class _WeightedLoss(Loss):
         else:
             t = t.reshape(z.shape)
             if self.out == "logistic":
-                per_element = xp.maximum(z, 0.0) - z * t + xp.log1p(xp.exp(-xp.abs(z)))
+                per_element = binary_cross_entropy_with_logits(z, t)
                 grad = sigmoid(z) - t
             elif self.out == "identity":
                 grad = z - t

@@ -279,7 +279,8 @@ class _TrainingLoops:
                 cost = loss.forward(model.forward(X), T)
                 model.backward(loss.backward())
                 grad.backward(params)
-                value = float(cost) + 0.5 * self.alpha * float(weights @ weights) / n
+                cost, sum_sq = to_numpy(dev.xp.stack([cost, weights @ weights])).tolist()  # one host read
+                value = cost + 0.5 * self.alpha * sum_sq / n
                 return value, to_numpy(flat.grad).astype(np.float64)
 
         result = scipy.optimize.minimize(

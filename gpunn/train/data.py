@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..backend.device import array_module, device_of, to_numpy
-from ..validation import check_float, check_int
+from ..validation import check_float, check_int, check_real
 from .batches import batches, check_pair_length
 from .mnist import MNIST_FILES, load_mnist  # noqa: F401 (MNIST_FILES: the file names load_mnist expects)
 
@@ -138,8 +138,7 @@ def _float_dtype(x: Any, name: str) -> np.dtype:
     complex data (whose imaginary part would be dropped) and non-numbers are refused."""
     if not hasattr(x, "dtype"):
         raise TypeError(f"{name} must be a NumPy or CuPy array of shape (N, features), got {type(x).__name__}")
-    if x.dtype.kind not in "biuf":
-        raise TypeError(f"{name} must hold real numbers (bool, integer or float), got dtype {x.dtype}")
+    check_real(name, x)
     return x.dtype if x.dtype.kind == "f" else np.dtype(np.float32)
 
 

@@ -242,19 +242,21 @@ class Trainer:
         start = time.perf_counter()
         self.model.train()
         with self.device:
-            step_loss = xp.zeros(n_steps, dtype=self.model.dtype)
-            step_correct = xp.zeros(n_steps, dtype=np.int64)
             if self._step_graph is not None:
                 order = batching.epoch_order(n, seed, epoch) if shuffle else np.arange(n)
                 step_loss, step_correct = self._step_graph.epoch(order)
-            elif self._parallel is None:
-                batches = batching.batches(x, y, batch_size, shuffle=shuffle, seed=seed, epoch=epoch)
-                for step, (xb, yb) in enumerate(batches):
-                    step_loss[step], count = self._train_step(xb, yb, classify)
-                    if count is not None:
-                        step_correct[step] = count
-            else:
-                self._parallel_steps(x, y, (batch_size, shuffle, seed, epoch), step_loss, step_correct, classify)
+            else:  # the eager steps write each step's loss and count here
+                step_loss = xp.zeros(n_steps, dtype=self.model.dtype)
+                step_correct = xp.zeros(n_steps, dtype=np.int64)
+                if self._parallel is None:
+                    batches = batching.batches(x, y, batch_size, shuffle=shuffle, seed=seed, epoch=epoch)
+                    for step, (xb, yb) in enumerate(batches):
+                        step_loss[step], count = self._train_step(xb, yb, classify)
+                        if count is not None:
+                            step_correct[step] = count
+                else:
+                    epoch_args = (batch_size, shuffle, seed, epoch)
+                    self._parallel_steps(x, y, epoch_args, step_loss, step_correct, classify)
             losses = to_numpy(step_loss)  # the one read of the epoch (it also waits for the device)
             train_seconds = time.perf_counter() - start
             correct = int(to_numpy(step_correct).sum()) if classify is not None else None
