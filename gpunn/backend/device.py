@@ -256,9 +256,7 @@ def why_cpu() -> str | None:
 def why_cpu_detail() -> str | None:
     """The exception behind :func:`why_cpu`'s reason, in full (CuPy's or CUDA's own words), or
     None where the reason has none (a GPU chosen, ``GPUNN_DEVICE=cpu``, no GPU counted)."""
-    if why_cpu() is None or _env_spec().lower() == "cpu":
-        return None
-    return _probe().detail
+    return _probe().detail if _env_spec().lower() == "auto" else None  # a usable GPU's probe has none
 
 
 def _env_spec() -> str:

@@ -56,6 +56,8 @@ def adam_range(p, g, m, v, c, k, lo, hi, l2_on, decay_on):
                 pp[i] = pp[i] * df - (mi / (np.sqrt(vi) * ib + eps)) * ss
     else:
         mid = lo
+    # the rest without the factor: multiplying by a df of 1 would cost a pass's multiply on the
+    # common no-decay path (and a literal 1.0 would be float64)
     pp, gg, mm, vv = p[mid:hi], g[mid:hi], m[mid:hi], v[mid:hi]
     for i in range(pp.shape[0]):
         gi = gg[i]

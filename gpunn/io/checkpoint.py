@@ -39,7 +39,7 @@ from .. import optim
 from ..backend.device import Device, to_numpy
 from ..backend.device import device as resolve_device
 from ..nn.layers import Layer
-from ..nn.parameter import Parameter
+from ..nn.parameter import Parameter, state_keys
 from ..nn.sequential import INIT_ONLY_KEYS, architecture, layer_from_config
 from ..optim.base import Optimizer
 from .file_format import FORMAT_VERSION, MAX_HEADER_BYTES, METADATA_KEY, CheckpointError, read_file
@@ -204,7 +204,7 @@ class Checkpoint:
         if keys is None:  # saved before it was bound: there is no state to restore
             opt.step_count = int(info["step"])
             return opt
-        by_key = dict(_keyed([(p.name, p) for p in opt.params]))
+        by_key = dict(zip(state_keys([p.name for p in opt.params]), opt.params, strict=True))
         state: dict[str, dict[str, np.ndarray]] = {}
         for key in keys:
             state[key] = {}
@@ -306,16 +306,9 @@ def describe(config: Any) -> str:
 
 
 def _named_parameters(model: Layer) -> list[tuple[str, Parameter]]:
-    """(key, parameter) pairs; keys are the parameter names, or positions when the names
-    are missing or clash (the same rule as the optimizer's state keys)."""
-    return _keyed(model.named_parameters())
-
-
-def _keyed(named: list[tuple[str, Parameter]]) -> list[tuple[str, Parameter]]:
-    names = [name for name, _ in named]
-    if all(names) and len(set(names)) == len(names):
-        return named
-    return [(str(i), p) for i, (_, p) in enumerate(named)]
+    """(key, parameter) pairs under :func:`~gpunn.nn.parameter.state_keys`, the optimizer's rule."""
+    named = model.named_parameters()
+    return list(zip(state_keys([name for name, _ in named]), [p for _, p in named], strict=True))
 
 
 def _copy_weights(model: Layer, source: Path, tensors: dict[str, np.ndarray]) -> None:

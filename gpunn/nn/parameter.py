@@ -82,6 +82,14 @@ def parameter_list(params: Iterable[Parameter] | Any) -> list[Parameter]:
     return params
 
 
+def state_keys(names: Sequence[str]) -> list[str]:
+    """The keys that optimizer state and checkpoints file parameters under: their names, or their
+    positions ("0", "1", ...) when some are unnamed or two share a name."""
+    if all(names) and len(set(names)) == len(names):
+        return list(names)
+    return [str(i) for i in range(len(names))]
+
+
 def same_parameters(a: Sequence[Parameter], b: Sequence[Parameter]) -> bool:
     """True when ``a`` and ``b`` are the same Parameter objects in the same order."""
     return len(a) == len(b) and all(x is y for x, y in zip(a, b, strict=True))

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..backend.selection import ops_of
-from ..nn.parameter import FlatParameters, Parameter, pack, parameter_list, same_parameters
+from ..nn.parameter import FlatParameters, Parameter, pack, parameter_list, state_keys
 from ..nn.regularizers import Regularizer
 from ..validation import check_float
 
@@ -82,7 +82,7 @@ class Optimizer:
         restored state goes by name: Parameter objects of the bound names and shapes (the model
         of a second read of the same checkpoint) take it."""
         params = parameter_list(params)
-        if self._flat is not None and self._flat.valid and same_parameters(self._params, params):
+        if self._flat is not None and self._flat.owns(params):
             return self
         carried = self._carried_state(params)
         flat = pack(params)
@@ -257,11 +257,7 @@ class Optimizer:
 
 
 def _keys(params: tuple[Parameter, ...] | list[Parameter]) -> list[str]:
-    """The parameters' names, or their positions when some are unnamed or share a name."""
-    names = [p.name for p in params]
-    if all(names) and len(set(names)) == len(names):
-        return names
-    return [str(i) for i in range(len(names))]
+    return state_keys([p.name for p in params])
 
 
 def _plain(value: Any) -> Any:
