@@ -29,11 +29,22 @@ from ..backend.device import Device, matmul_precision
 from ..backend.selection import ops_for
 from ..optim import OPTIMIZERS
 from ..validation import check_choice
-from . import handwritten
 from .costs import count_launches, flops_per_step, minimum_bytes, peak_step_bytes
-from .steps import MODELS, Case, Step, blas_threads, gpunn_step, graph_step, numpy_step, torch_step, user_loop_step
+from .steps import (
+    MODELS,
+    Case,
+    Step,
+    blas_threads,
+    gpunn_step,
+    graph_step,
+    handwritten_runs,
+    numpy_step,
+    torch_step,
+    user_loop_step,
+)
 from .timing import (
     PAUSE_SECONDS,
+    ceiling_size,
     host_and_device_us,
     matmul_step,
     paired_ratio,
@@ -100,11 +111,11 @@ def memory_estimate(case: Case, optimizer: str, against: tuple[str, ...]) -> int
     (gpunn's step, its matrix products alone, and the baselines that run there), plus the
     ceiling's three n×n matrices. Host memory on the CPU, GPU memory on a GPU."""
     copies = 2
-    if case.device.kind == "cpu" and "numpy" in against and optimizer in handwritten.OPTIMIZERS:
+    if "numpy" in against and handwritten_runs(case, optimizer):
         copies += 2  # the user's own loop and the hand-written loop
     if "torch" in against and importlib.util.find_spec("torch") is not None:
         copies += 1
-    n = 2048 if case.device.kind == "cpu" else 8192
+    n = ceiling_size(case.device)
     return copies * minimum_bytes(MODELS[case.model], case.batch, optimizer) + 3 * 4 * n * n
 
 

@@ -71,15 +71,21 @@ def gpunn_step(case: Case, optimizer: str) -> tuple[Step, Any]:
     return (lambda: step(x, t)), model
 
 
+def handwritten_runs(case: Case, optimizer: str) -> bool:
+    """Whether the hand-written NumPy loop (and the user's own loop compared with it) runs for
+    ``case``: on the CPU, with SGD or Adam."""
+    return case.device.kind == "cpu" and optimizer in handwritten.OPTIMIZERS
+
+
 def user_loop_step(case: Case, optimizer: str) -> Step | None:
     """The README's step-by-step training loop with the public API at its defaults (labels
     checked on every call), SGD or Adam: what a user's own loop runs at. None where the
     hand-written loop it is compared with does not run."""
-    if case.device.kind != "cpu" or optimizer not in handwritten.OPTIMIZERS:
+    if not handwritten_runs(case, optimizer):
         return None
     xb, yb = _data(case)
     model = gn.mlp(list(MODELS[case.model]), seed=0)
-    opt = {"sgd": gn.optim.SGD, "adam": gn.optim.Adam}[optimizer](model.parameters())
+    opt = create(optimizer, model.parameters())
     step = _train(model, gn.SoftmaxWithLoss(), opt)
     return lambda: step(xb, yb)
 
@@ -98,7 +104,7 @@ def graph_step(case: Case, optimizer: str) -> StepGraph | None:
 
 def numpy_step(case: Case, optimizer: str, model: Any) -> Step | None:
     """The hand-written NumPy step (CPU; SGD or Adam) from the same initial weights."""
-    if case.device.kind != "cpu" or optimizer not in handwritten.OPTIMIZERS:
+    if not handwritten_runs(case, optimizer):
         return None
     x, t = _data(case)
     linears = [layer for layer in model if hasattr(layer, "W")]

@@ -26,10 +26,15 @@ WINDOW_SECONDS = 0.05  # aim for windows long enough to swamp timer noise
 PAUSE_SECONDS = {"cpu": 0.25, "cuda": 0.02}
 
 
+def ceiling_size(dev: Device) -> int:
+    """n of the ceiling's n×n matrices: big enough to be compute-bound on ``dev``."""
+    return 2048 if dev.kind == "cpu" else 8192
+
+
 def matmul_step(dev: Device) -> tuple[Step, float]:
-    """The ceiling: one n×n·n×n float32 matrix product into a preallocated output, n big enough
-    to be compute-bound (2048 on a CPU, 8192 on a GPU); returns the step and its FLOPs."""
-    n = 2048 if dev.kind == "cpu" else 8192
+    """The ceiling: one n×n·n×n float32 matrix product into a preallocated output, n =
+    :func:`ceiling_size` (2048 on a CPU, 8192 on a GPU); returns the step and its FLOPs."""
+    n = ceiling_size(dev)
     rng = np.random.default_rng(0)
     with dev:
         a, b = (dev.send(rng.standard_normal((n, n), dtype=np.float32)) for _ in range(2))

@@ -10,7 +10,6 @@ writes and resumes in either mode."""
 from __future__ import annotations
 
 import itertools
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -92,8 +91,6 @@ def raw_splits(spec: str, seed: int) -> dict[str, tuple[np.ndarray, np.ndarray]]
     """{"train", "dev", "test"} parts of a data set as loaded (deterministic for a seed)."""
     name, path = dataset_parts(spec)
     if name == "mnist":
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"no such file or folder: {path}")
         (x_train, y_train), test = data.load_mnist(path)
         train, dev = data.split(x_train, y_train, fractions=(1 - MNIST_DEV_FRACTION, MNIST_DEV_FRACTION), seed=seed)
     else:
