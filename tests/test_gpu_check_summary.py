@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from gpunn.bench.run import crossover
+
 SCRIPT = Path(__file__).resolve().parents[1] / "ci" / "summarize_gpu_check.py"
 
 
@@ -68,3 +70,17 @@ def test_test_counts_add_up_the_phases_and_name_a_missing_one(summarize, tmp_pat
     (tmp_path / "tests-rest.xml").unlink()
     counts = summarize.test_counts(phases)
     assert counts["tests"] == 4 and counts["missing"][0].startswith("tests-rest.xml")
+
+
+def test_its_crossover_is_the_bench_s_own(summarize):
+    """The script keeps a standard-library copy of gpunn.bench.run.crossover (it must report when
+    NumPy is missing); both give the same answer, split over a GPU and a CPU bench file or not."""
+
+    def row(device: str, batch: int, rate: float, model: str = "T1") -> dict:
+        return {"model": model, "device": device, "batch": batch, "gpunn": {"samples_per_s": rate}}
+
+    cpu = [row("cpu", 32, 100), row("cpu", 128, 200), row("cpu", 1024, 300), row("cpu", 128, 9, "T2")]
+    gpu = [row("cuda:0", 32, 50), row("cuda:0", 128, 250), row("cuda:0", 1024, 3000), row("cuda:0", 128, 1, "T2")]
+    for rows in (cpu + gpu, cpu, gpu, cpu[:1] + gpu[1:]):
+        assert summarize.crossover({"results": rows}) == crossover(rows)
+    assert summarize.crossover({"results": gpu}, {"results": cpu}) == crossover(cpu + gpu) == {"T1": 128, "T2": None}
