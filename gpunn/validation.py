@@ -1,4 +1,4 @@
-"""Argument checks shared by every public constructor.
+"""Argument checks shared by every public constructor, and the checks of a loss's targets.
 
 Each check names the argument, says what was expected and what was given, and returns the
 value in the form gpunn computes with. Hyperparameters come back as Python ``float``: a
@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from .backend.device import check_device, device_of
+from .backend.device import array_module, check_device, device_of, to_numpy
 
 FLOAT_DTYPES = (np.dtype("float32"), np.dtype("float64"))  # the dtypes layers, losses and regularizers compute in
 
@@ -124,3 +124,49 @@ def check_real(name: str, a: Any) -> None:
     """Raise TypeError unless array ``a`` holds real numbers (bool, integer or float)."""
     if a.dtype.kind not in "biuf":
         raise TypeError(f"{name} must hold real numbers (bool, integer or float), got dtype {a.dtype}")
+
+
+def check_labels(t: Any, n_classes: int | None, name: str = "t") -> Any:
+    """Integer class labels ``t`` (N,) in [0, n_classes) (the range read back to the host; not
+    checked when ``n_classes`` is None); returns them, as int64 where they are uint64 (whose
+    sum with int64 offsets would be float64)."""
+    if t.dtype.kind not in "iu":
+        classes = n_classes if n_classes is not None else "C"
+        raise TypeError(
+            f"{name} must hold integer class labels, got dtype {t.dtype}; convert with {name}.astype(int), "
+            f"or pass one-hot targets of shape (N, {classes})"
+        )
+    if n_classes is not None:
+        low, high = to_numpy(array_module(t).stack([t.min(), t.max()])).tolist()
+        if low < 0 or high >= n_classes:
+            raise ValueError(
+                f"{name} holds labels outside [0, {n_classes}) for {n_classes} classes: min {low}, max {high}"
+            )
+    return t.astype(np.int64) if t.dtype.kind == "u" and t.dtype.itemsize == 8 else t
+
+
+def check_distributions(t: Any, dtype: Any, name: str = "t") -> None:
+    """Rows of ``t`` (N, C) that are one-hot or probability targets: no NaN, no negative entry,
+    every row summing to 1 within 1e-3 where ``t`` or ``dtype`` (the model's) is float32, 1e-6
+    otherwise (float32 rounding of C probabilities moves a sum by ~C·6e-8). One read to the host."""
+    xp = array_module(t)
+    single = np.dtype(dtype) == np.float32 or (t.dtype.kind == "f" and t.dtype.itemsize <= 4)
+    tolerance = 1e-3 if single else 1e-6
+    sums = t.sum(axis=1, dtype=np.float64)
+    low, worst = to_numpy(xp.stack([t.min().astype(np.float64), xp.abs(sums - 1.0).max()])).tolist()
+    what = f"{name} must hold one-hot or probability rows (entries >= 0, each row summing to 1)"
+    if math.isnan(low):
+        raise ValueError(f"{what}, got NaN")
+    if low < 0.0:
+        row = int((t < 0).any(axis=1).argmax())
+        raise ValueError(f"{what}, got a negative entry ({low:g}), first in row {row}")
+    if not worst <= tolerance:
+        row = int(xp.abs(sums - 1.0).argmax())
+        raise ValueError(f"{what} within {tolerance:g}, got row {row} summing to {float(sums[row]):g}")
+
+
+def check_unit_interval(t: Any, name: str = "t", what: str = "binary cross-entropy") -> None:
+    """Targets ``t`` in [0, 1], as binary cross-entropy needs (NaN refused); one read to the host."""
+    low, high = to_numpy(array_module(t).stack([t.min(), t.max()])).tolist()
+    if not (low >= 0.0 and high <= 1.0):  # NaN fails both
+        raise ValueError(f"{name} must lie in [0, 1] for {what}, got min {low:g}, max {high:g}")

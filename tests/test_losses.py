@@ -139,7 +139,7 @@ def test_softmax_with_loss_does_not_modify_logits(rng):
 
 # (one-hot or probability targets, what the message adds) that SoftmaxWithLoss refuses when validating
 BAD_TARGET_ROWS = {
-    "negative": ([[-0.5, 1.5, 0.0], [1.0, 0.0, 0.0]], r"got a negative entry: min -0\.5"),
+    "negative": ([[-0.5, 1.5, 0.0], [1.0, 0.0, 0.0]], r"got a negative entry \(-0\.5\), first in row 0"),
     "sum above 1": ([[0.5, 0.6, 0.0], [1.0, 0.0, 0.0]], r"got row 0 summing to 1\.1"),
     "zero row": ([[1.0, 0.0, 0.0], [0.0, 0.0, 0.0]], r"got row 1 summing to 0"),
     "NaN": ([[np.nan, 1.0, 0.0], [1.0, 0.0, 0.0]], r"got NaN"),

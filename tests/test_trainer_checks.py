@@ -85,13 +85,13 @@ def test_one_hot_targets_that_are_not_distributions_are_refused(spiral):
     x, y = spiral
     onehot = np.eye(3)[y]
     trainer = classifier()
-    refused(trainer, ValueError, r"rows of y must each sum to 1.*row 0 sums to 2", x, 2 * onehot)
-    refused(trainer, ValueError, r"y holds a negative target \(-0.5\), first in row 0", x, onehot - 0.5)
+    refused(trainer, ValueError, r"^y must hold one-hot or probability rows .*row 0 summing to 2", x, 2 * onehot)
+    refused(trainer, ValueError, r"^y must hold one-hot .*negative entry \(-0.5\), first in row 0", x, onehot - 0.5)
     missing = onehot.copy()
     missing[2, 0] = np.nan
     refused(trainer, ValueError, r"y contains NaN or infinity \(first in row 2\)", x, missing)
-    refused(trainer, ValueError, r"y_dev must each sum to 1", x, onehot, validation_data=(x, 2 * onehot))
-    with pytest.raises(ValueError, match="sum to 1"):
+    refused(trainer, ValueError, r"^y_dev must hold one-hot", x, onehot, validation_data=(x, 2 * onehot))
+    with pytest.raises(ValueError, match="summing to 1"):
         trainer.evaluate(x, 2 * onehot)
 
 
@@ -100,6 +100,23 @@ def test_label_smoothed_float32_targets_are_distributions(spiral):
     smoothed = (0.9 * np.eye(3)[y] + 0.1 / 3).astype(np.float32)  # rows sum to 1 up to float32 rounding
     history = classifier().fit(x, smoothed, epochs=2, verbose=False)
     assert len(history) == 2 and np.isfinite(history["cost"]).all()
+
+
+def test_the_trainer_accepts_the_targets_its_loss_accepts(spiral):
+    """One rule for both: float32 rows that sum to 1 up to float32 rounding train a float64
+    model (the loss accepts them on every call), and rows off by more than the loss's
+    tolerance are refused by the Trainer and by the loss alike."""
+    x, y = spiral
+    rows = np.full((len(y), 3), 1 / 3, dtype=np.float32)  # each row sums to 1 + 3e-8 in float32
+    assert abs(rows.sum(axis=1, dtype=np.float64) - 1.0).max() > 1e-8
+    history = classifier(dtype="float64").fit(x, rows, epochs=1, verbose=False)
+    assert np.isfinite(history["cost"]).all()
+    off = rows.copy()
+    off[5] *= 1.003
+    refused(classifier(dtype="float64"), ValueError, r"^y must hold one-hot .*within 0\.001, got row 5 summing to 1\.003",
+            x, off)  # fmt: skip
+    with pytest.raises(ValueError, match=r"^t must hold one-hot .*within 0\.001, got row 5"):
+        gn.SoftmaxWithLoss()(np.zeros((len(y), 3)), off)
 
 
 def test_one_hot_targets_of_the_wrong_width_name_y(spiral):

@@ -7,14 +7,20 @@ already applied. The cost of the seed is this mean; the objective adds a regular
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
 
-from ..backend.device import array_module, check_device, device_of, refuse_host_read, to_numpy
+from ..backend.device import array_module, check_device, device_of, refuse_host_read
 from ..backend.selection import ops_of
-from ..validation import FLOAT_DTYPES, check_array, check_real
+from ..validation import (
+    FLOAT_DTYPES,
+    check_array,
+    check_distributions,
+    check_labels,
+    check_real,
+    check_unit_interval,
+)
 from .functional import binary_cross_entropy_with_logits, sigmoid
 
 
@@ -89,8 +95,10 @@ class SoftmaxWithLoss(Loss):
         self._check(logits, t, "logits", (2,))
         n, n_classes = logits.shape
         if t.ndim == 1:
+            if self.validate:
+                refuse_host_read(f"{type(self).__name__}(validate=True) reads the labels' range back to the host")
             if self.validate or t.dtype.kind != "i":
-                t = self._check_labels(t, n_classes)
+                t = check_labels(t, n_classes if self.validate else None)
         elif t.shape != logits.shape:
             raise ValueError(
                 f"t must be labels of shape ({n},) or one-hot targets of shape {tuple(logits.shape)}, "
@@ -99,45 +107,11 @@ class SoftmaxWithLoss(Loss):
         else:
             check_real("t", t)
             if self.validate:
-                self._check_rows(t, logits.dtype)
+                refuse_host_read(f"{type(self).__name__}(validate=True) reads the targets' range back to the host")
+                check_distributions(t, logits.dtype)
         # loss and gradient together (one kernel on a GPU); backward returns the gradient
         loss, self._grad = ops_of(logits).softmax_cross_entropy(logits, t)
         return loss
-
-    def _check_labels(self, t: Any, n_classes: int) -> Any:
-        """Integer labels, in [0, C) with ``validate`` (reads two values back to the host); returns
-        them as int64 where they are uint64 (whose sum with int64 offsets would be float64)."""
-        if t.dtype.kind not in "iu":
-            raise TypeError(
-                f"t must hold integer class labels, got dtype {t.dtype}; convert with t.astype(int), "
-                f"or pass one-hot targets of shape (N, {n_classes})"
-            )
-        if self.validate:
-            refuse_host_read(f"{type(self).__name__}(validate=True) reads the labels' range back to the host")
-            low, high = int(t.min()), int(t.max())
-            if low < 0 or high >= n_classes:
-                raise ValueError(
-                    f"t holds labels outside [0, {n_classes}) for {n_classes} classes: min {low}, max {high}"
-                )
-        return t.astype(np.int64) if t.dtype.kind == "u" and t.dtype.itemsize == 8 else t
-
-    def _check_rows(self, t: Any, dtype: np.dtype) -> None:
-        """One-hot or probability rows: no NaN, no negative entry, every row summing to 1 within
-        1e-3 where the targets or logits are float32 (1e-6 in float64); one read to the host."""
-        refuse_host_read(f"{type(self).__name__}(validate=True) reads the targets' range back to the host")
-        xp = array_module(t)
-        single = dtype == np.float32 or (t.dtype.kind == "f" and t.dtype.itemsize <= 4)
-        tolerance = 1e-3 if single else 1e-6
-        sums = t.sum(axis=1, dtype=np.float64)
-        low, worst = to_numpy(xp.stack([t.min().astype(np.float64), xp.abs(sums - 1.0).max()])).tolist()
-        what = "t must hold one-hot or probability rows (entries >= 0, each row summing to 1)"
-        if math.isnan(low):
-            raise ValueError(f"{what}, got NaN")
-        if low < 0.0:
-            raise ValueError(f"{what}, got a negative entry: min {low:g}")
-        if not worst <= tolerance:
-            row = int(xp.abs(sums - 1.0).argmax())
-            raise ValueError(f"{what} within {tolerance:g}, got row {row} summing to {float(sums[row]):g}")
 
     def backward(self) -> Any:
         """∂L/∂z = (softmax(z) − t) / N, shape (N, C)."""
@@ -182,9 +156,7 @@ class SigmoidBCELoss(Loss):
         xp = array_module(logits)
         if self.validate:
             refuse_host_read(f"{type(self).__name__}(validate=True) reads the targets' range back to the host")
-            low, high = to_numpy(xp.stack([t.min(), t.max()])).tolist()
-            if not (low >= 0.0 and high <= 1.0):  # NaN fails both
-                raise ValueError(f"t must lie in [0, 1] for binary cross-entropy, got min {low:g}, max {high:g}")
+            check_unit_interval(t)
         per_element = binary_cross_entropy_with_logits(logits, t)
         self._z, self._t = logits, t
         return xp.asarray(per_element.sum() / logits.shape[0])

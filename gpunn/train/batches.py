@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from ..backend.device import DeviceMismatchError, array_module, device_of, to_numpy
-from ..validation import check_int
+from ..validation import check_distributions, check_int, check_labels, check_unit_interval
 
 
 def check_pair_length(x: Any, y: Any) -> int:
@@ -97,7 +97,7 @@ def checked_targets(
     ``loss`` (its class name), and returned as an array (a list or a pandas Series becomes a NumPy
     array). Float targets must be finite and within ``dtype``, the model's. For "SoftmaxWithLoss":
     integer labels (N,) in [0, outputs) ((N, 1) integer labels are flattened), or targets (N, outputs)
-    whose rows are distributions (entries >= 0, summing to 1 within √eps of ``dtype``); for
+    whose rows are distributions (:func:`~gpunn.validation.check_distributions`, the loss's own check); for
     "SigmoidBCELoss" and "MSELoss": (N, outputs), or (N,) for one output, with every
     SigmoidBCELoss target in [0, 1]."""
     x_name, y_name = names
@@ -112,15 +112,7 @@ def checked_targets(
     if softmax and y.ndim == 2 and y.shape[1] == 1 and y.dtype.kind in "iu" and outputs != 1:
         y = y.reshape(-1)  # a column of class labels, as a DataFrame column or y.reshape(-1, 1) gives
     if softmax and y.ndim == 1:
-        if y.dtype.kind not in "iu":
-            raise TypeError(f"{y_name} must hold integer class labels, got dtype {y.dtype}")
-        low, high = int(y.min()), int(y.max())
-        if outputs is not None and (low < 0 or high >= outputs):
-            raise ValueError(
-                f"{y_name} holds labels outside [0, {outputs}) for a model with {outputs} outputs: "
-                f"min {low}, max {high}"
-            )
-        return y
+        return check_labels(y, outputs, y_name)
     if y.dtype.kind not in "biuf":
         raise TypeError(f"{y_name} must hold numbers, got dtype {y.dtype}")
     check_values(y, y_name, dtype)
@@ -134,34 +126,10 @@ def checked_targets(
             f"got shape {tuple(y.shape)}"
         )
     if softmax:
-        check_distributions(y, y_name, dtype)
+        check_distributions(y, dtype if dtype is not None else y.dtype, y_name)
     elif loss == "SigmoidBCELoss":
-        low, high = float(y.min()), float(y.max())
-        if low < 0.0 or high > 1.0:
-            raise ValueError(f"{y_name} must lie in [0, 1] for {loss}, got min {low}, max {high}")
+        check_unit_interval(y, y_name, loss)
     return y
-
-
-def check_distributions(y: Any, name: str, dtype: Any = None) -> None:
-    """Every row of ``y`` (N, C) a distribution, as softmax cross-entropy needs: entries >= 0 summing
-    to 1 within √eps of ``dtype`` (3.5e-4 for float32)."""
-    xp = array_module(y)
-    low = float(y.min())
-    if low < 0:
-        row = int(to_numpy((y < 0).any(axis=1)).argmax())
-        raise ValueError(
-            f"{name} holds a negative target ({low}), first in row {row}: one-hot or probability targets "
-            "for SoftmaxWithLoss must be >= 0"
-        )
-    tolerance = float(np.sqrt(np.finfo(dtype if dtype is not None else np.float64).eps))  # host: a float constant
-    sums = y.sum(axis=1, dtype=np.float64)
-    if float(xp.abs(sums - 1.0).max()) > tolerance:
-        sums = to_numpy(sums)
-        row = int(np.argmax(np.abs(sums - 1.0) > tolerance))  # host: to_numpy above
-        raise ValueError(
-            f"the rows of {name} must each sum to 1 (one-hot or probability targets for SoftmaxWithLoss); "
-            f"row {row} sums to {sums[row]:.6g}"
-        )
 
 
 def batches(
