@@ -7,7 +7,6 @@ is drawn on the host from a NumPy Generator, so one seed gives one result on the
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from importlib import resources
 from typing import Any
@@ -17,20 +16,9 @@ import numpy as np
 from ..backend.device import array_module, device_of, to_numpy
 from ..validation import check_float, check_int, check_real
 from .batches import batches, check_pair_length
-from .mnist import MNIST_FILES, load_mnist  # noqa: F401 (MNIST_FILES: the file names load_mnist expects)
-
-Arrays = tuple[np.ndarray, np.ndarray]  # (x, y) on the host
+from .mnist import MNIST_FILES, Arrays, load_mnist  # noqa: F401 (MNIST_FILES: the file names load_mnist expects)
 
 __all__ = ["Standardizer", "batches", "load_digits", "load_mnist", "make_spiral", "one_hot", "split", "standardize"]
-
-# ----------------------------------------------------------------------------- datasets
-
-
-@functools.cache
-def _digits_arrays() -> Arrays:
-    resource = resources.files(__package__).joinpath("datasets").joinpath("digits.npz")
-    with resource.open("rb") as f, np.load(f, allow_pickle=False) as npz:
-        return npz["images"], npz["target"]
 
 
 def load_digits() -> Arrays:
@@ -41,8 +29,9 @@ def load_digits() -> Arrays:
     may modify. Source: E. Alpaydin and C. Kaynak, UCI Machine Learning Repository (1998), CC BY 4.0, as
     copied in scikit-learn.
     """
-    images, target = _digits_arrays()
-    return images.astype(np.float32), target.astype(np.int64)
+    resource = resources.files(__package__).joinpath("datasets").joinpath("digits.npz")
+    with resource.open("rb") as f, np.load(f, allow_pickle=False) as npz:
+        return npz["images"].astype(np.float32), npz["target"].astype(np.int64)
 
 
 def make_spiral(
@@ -65,9 +54,6 @@ def make_spiral(
         x[c * n : (c + 1) * n, 0] = r * np.sin(theta)
         x[c * n : (c + 1) * n, 1] = r * np.cos(theta)
     return x.astype(np.float32), np.repeat(np.arange(k, dtype=np.int64), n)
-
-
-# ----------------------------------------------------------------------------- split
 
 
 def _check_fractions(fractions: Sequence[float]) -> np.ndarray:
@@ -110,9 +96,9 @@ def split(
                 f"stratify=True needs y of shape (N,) class labels, got y.shape {labels.shape}; "
                 "pass integer labels or stratify=False"
             )
-        _, inverse = np.unique(labels, return_inverse=True)
+        classes, inverse = np.unique(labels, return_inverse=True)
         pieces: list[list[np.ndarray]] = [[] for _ in frac]
-        for c in range(int(inverse.max()) + 1 if n else 0):
+        for c in range(len(classes)):
             members = rng.permutation(np.flatnonzero(inverse == c))
             for part, cut in zip(pieces, _cut(members, cumulative), strict=True):
                 part.append(cut)
@@ -128,9 +114,6 @@ def split(
         order = rng.permutation(idx)
         result.append((x[device_of(x).send(order)], y[device_of(y).send(order)]))
     return tuple(result)
-
-
-# ----------------------------------------------------------------------------- scaling
 
 
 def _float_dtype(x: Any, name: str) -> np.dtype:
@@ -217,9 +200,6 @@ def standardize(x_train: Any, *others: Any) -> tuple[Any, ...]:
     ``scaler, x_train, x_dev, x_test = standardize(x_train, x_dev, x_test)``."""
     scaler = Standardizer().fit(x_train)
     return (scaler, scaler.transform(x_train), *(scaler.transform(x) for x in others))
-
-
-# ----------------------------------------------------------------------------- labels
 
 
 def one_hot(y: Any, n_classes: int | None = None, dtype: Any = "float32") -> Any:

@@ -1,26 +1,21 @@
 """CUDA-graph replay of a whole training step: ``Trainer(..., graph=True)``.
 
-A small network on a GPU spends its step launching kernels (CuPy: 15–20 µs of host time each), not
-computing. Captured once as a CUDA graph, the step — batch gather, forward, loss, backward, optimizer
-update, accuracy count and bookkeeping — costs one launch.
+A small network on a GPU spends its step launching kernels (CuPy: 15–20 µs of host time each).
+Captured once as a CUDA graph, the step (batch gather, forward, loss, backward, update, accuracy
+count, bookkeeping) costs one launch. What makes a replay correct:
 
-What makes a replay correct:
+- every buffer the graph touches keeps its address: the epoch's order (``perm``), the step counter,
+  the batch buffers and the per-step figures are allocated once per fit; capture temporaries come
+  from a memory pool private to the graph, so no later array can take a captured address;
+- nothing the host decides per step is frozen in: a kernel reads the batch rows from ``perm`` at
+  ``counter · batch``, and the updates read lr and the step number t from a device array [lr, t]
+  (``NumpyOps.step_scalars``), advancing t there; the host rewrites it each epoch;
+- matrix products go through gpunn's own cuBLAS handle (:mod:`gpunn.backend.cuda.gemm`): CuPy
+  refuses cuBLAS calls during capture.
 
-- every buffer the graph touches keeps its address: the epoch's order (``perm``), the step counter, the
-  batch buffers, the per-step loss and correct counts are allocated once per fit; temporaries made
-  during capture come from a memory pool private to the graph, which nothing else allocates from, so
-  no later array can take a captured address;
-- nothing the host decides per step is frozen into the graph: the batch rows are read from ``perm`` at
-  ``counter · batch`` by a kernel, and the optimizer's update reads the learning rate and the step
-  number from a float64 array [lr, t] in device memory, advancing t there (``NumpyOps.step_scalars``,
-  set around the graph's steps; the host writes the optimizer's lr and step count into it at the start
-  of each epoch and counts each replay on the host);
-- matrix products go through a cuBLAS handle of gpunn's own (:mod:`gpunn.gemm`), because CuPy refuses
-  cuBLAS calls during capture.
-
-The first steps of a fit run the same code eagerly (kernels compile, pools fill), then one step is
-captured and every further full batch replays it; the last, smaller batch of an epoch runs eagerly. If
-capture fails, training continues eagerly with a warning.
+The first steps of a fit run eagerly (kernels compile, pools fill), then one step is captured and
+every further full batch replays it; an epoch's last, smaller batch runs eagerly. If capture fails,
+training continues eagerly with a warning.
 """
 
 from __future__ import annotations
@@ -61,9 +56,9 @@ def unsupported_reason(model: Any, distributed: bool) -> str | None:
 
 
 def start(trainer: Any, body: Callable[..., tuple[Any, Any]], x: Any, y: Any, batch_size: int) -> StepGraph | None:
-    """``trainer``'s step graph for a fit, or None (and a warning) when its model cannot be replayed (a
-    callback added a Dropout) or the GPU cannot give the graph a cuBLAS handle, a stream or memory:
-    training then goes on eagerly, as after a failed capture."""
+    """A step graph of ``body``, ``trainer``'s eager step, for a fit, or None (and a warning) when its model
+    cannot be replayed (a callback added a Dropout) or the GPU cannot give the graph a cuBLAS handle,
+    a stream or memory: training then goes on eagerly, as after a failed capture."""
     reason = unsupported_reason(trainer.model, trainer.comm is not None)
     if reason is not None:  # a callback changed the model since the Trainer was made
         warnings.warn(f"{reason}; training eagerly", RuntimeWarning, stacklevel=4)
@@ -93,9 +88,7 @@ def capture_key(trainer: Any) -> tuple[tuple[Any, ...], str]:
 
 
 def stale(graph: StepGraph, trainer: Any) -> bool:
-    """Whether ``graph`` is out of date for ``trainer``: another optimizer or regularizer, another flat
-    buffer (rebound, repacked), other state arrays, or a value it took at capture (betas, eps, momentum,
-    clipping, the penalty, a layer's setting) changed."""
+    """Whether ``graph`` is out of date for ``trainer``: its :func:`capture_key` changed."""
     (held, values), (now, now_values) = graph.key, capture_key(trainer)
     return len(held) != len(now) or any(a is not b for a, b in zip(held, now, strict=True)) or values != now_values
 

@@ -172,11 +172,7 @@ def diagnose(history: History, target_error: float = 0.02, tolerance: float = 0.
         raise ValueError("the last epoch has no finite training error to diagnose")
     bias = train_error > target_error + tolerance
     variance = dev_error is not None and dev_error - train_error > gap_limit
-    verdict = {
-        (True, True): "high bias and high variance",
-        (True, False): "high bias",
-        (False, True): "high variance",
-        (False, False): "good fit",
-    }[(bias, variance)]
+    problems = [name for name, found in (("high bias", bias), ("high variance", variance)) if found]
+    verdict = " and ".join(problems) or "good fit"
     remedies = (list(HIGH_BIAS_REMEDIES) if bias else []) + (list(HIGH_VARIANCE_REMEDIES) if variance else [])
     return Diagnosis(verdict, train_error, dev_error, target_error, tolerance, metric, remedies)

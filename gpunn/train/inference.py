@@ -1,8 +1,6 @@
-"""Evaluate and predict: a model and its loss run on a device in eval mode, behind
-``Trainer.evaluate`` and ``Trainer.predict*``.
-
-Each function takes the model, the loss and the device. The correct count (:func:`accuracy_kind`,
-:func:`correct`) is the fit's as well.
+"""Evaluate and predict: a model and its loss run on a device in eval mode. Each of :func:`evaluate`,
+:func:`predict_output`, :func:`predict_proba` and :func:`predict` is the Trainer method of that name,
+given the model, the loss and the device. The correct count (:func:`correct`) is the fit's as well.
 """
 
 from __future__ import annotations
@@ -24,7 +22,6 @@ from .inputs import checked_data, checked_x, send
 
 
 def evaluate(model: Sequential, loss: Loss, device: Device, x: Any, y: Any, batch_size: int = 1024) -> dict[str, float]:
-    """{"loss": mean loss, "accuracy": fraction correct (classifiers only)} on (x, y)."""
     batch_size = check_int("batch_size", batch_size, low=1)
     x, y = send(model, device, *checked_data(model, loss, x, y, "x", "y"))
     return evaluate_on_device(model, loss, device, x, y, accuracy_kind(loss, y), batch_size)
@@ -65,7 +62,6 @@ def evaluate_on_device(
 
 
 def predict_output(model: Sequential, loss: Loss, device: Device, x: Any, batch_size: int = 1024) -> Any:
-    """The model's raw output (logits) for x, on the host for host input."""
     batch_size = check_int("batch_size", batch_size, low=1)
     x = checked_x(model, x, "x")
     with inference(model, loss, device):
@@ -76,13 +72,11 @@ def predict_output(model: Sequential, loss: Loss, device: Device, x: Any, batch_
 
 
 def predict_proba(model: Sequential, loss: Loss, device: Device, x: Any, batch_size: int = 1024) -> Any:
-    """Class probabilities (N, C): softmax of the logits (sigmoid for SigmoidBCELoss)."""
     logits = predict_output(model, loss, device, x, batch_size)
     return sigmoid(logits) if isinstance(loss, SigmoidBCELoss) else softmax(logits, axis=1)
 
 
 def predict(model: Sequential, loss: Loss, device: Device, x: Any, batch_size: int = 1024) -> Any:
-    """Predicted class labels (N,) for classifiers; the outputs themselves for regression."""
     logits = predict_output(model, loss, device, x, batch_size)
     if isinstance(loss, SoftmaxWithLoss):
         return logits.argmax(axis=1)

@@ -1,9 +1,8 @@
-"""MNIST files (or any data set in their layout, such as Fashion-MNIST): four IDX files, each
-optionally gzipped, or Keras' ``mnist.npz``; re-exported by :mod:`gpunn.train.data`.
+"""MNIST files (or any data set in their layout, such as Fashion-MNIST): four IDX files, each optionally
+gzipped, or Keras' ``mnist.npz``; re-exported by :mod:`gpunn.train.data`. Everything stays on the host.
 
-Only regular files are read, and each header is read and checked before the data it describes:
-a FIFO, a device, a huge sparse file or a lying header costs a few bytes of reading, not a hang
-or its claimed size in memory. Everything here stays on the host.
+Only regular files are read, each header checked before the data it describes: a FIFO, a device, a huge
+sparse file or a lying header costs a few bytes of reading, not a hang or its claimed size in memory.
 """
 
 from __future__ import annotations

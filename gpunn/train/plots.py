@@ -1,9 +1,7 @@
-"""Learning curves: loss (train cost, objective, dev loss) and accuracy per epoch, as a matplotlib
-Figure, saved as a PNG when given a path.
+"""Learning curves (loss and accuracy per epoch) as a matplotlib Figure, saved as a PNG when given a path.
 
-matplotlib is an optional extra (``pip install "gpunn[plot]"``). The figure is drawn on
-matplotlib's object API with the Agg canvas, so no GUI backend and no global pyplot state
-is touched.
+matplotlib is an optional extra (``pip install "gpunn[plot]"``); the figure is drawn with the Agg canvas
+and the object API, touching no GUI backend and no global pyplot state.
 """
 
 from __future__ import annotations
@@ -11,15 +9,13 @@ from __future__ import annotations
 import os
 from typing import Any
 
-MISSING_MATPLOTLIB = 'plotting needs matplotlib: pip install "gpunn[plot]" (or pip install matplotlib)'
-
 
 def require_matplotlib() -> None:
     """Raise ImportError with the install command when matplotlib is missing."""
     try:
         import matplotlib  # noqa: F401, PLC0415 — optional extra
     except ImportError as exc:
-        raise ImportError(MISSING_MATPLOTLIB) from exc
+        raise ImportError('plotting needs matplotlib: pip install "gpunn[plot]" (or pip install matplotlib)') from exc
 
 
 def plot_history(history: Any, path: str | os.PathLike[str] | None = None, title: str | None = None) -> Any:

@@ -1,12 +1,8 @@
 """Trainer: fit, evaluate and predict on the best device present, with no host round trip inside a
-training step.
+training step: each step's loss and correct count go into device arrays, read once per epoch.
 
-The data go to the device once per fit. Each step (:meth:`Trainer._train_step`) runs forward, loss,
-backward and one optimizer update with the regularizer folded in; the step's loss and correct count
-are written into small device arrays, read once per epoch — where a NaN or inf loss is caught, naming
-the epoch and the step. Read :meth:`Trainer.fit`, then :meth:`Trainer._epoch`, to follow it. Beside
-it in :mod:`gpunn.train`: the data checks (``inputs``), evaluate and predict (``inference``), the
-best weights kept and put back (``snapshot``) and the Dropout layers' streams (``dropout``).
+Read :meth:`Trainer.fit`, then :meth:`Trainer._epoch`. Beside it: the data checks (``inputs``), evaluate
+and predict (``inference``), the best weights kept and put back (``snapshot``), Dropout streams (``dropout``).
 """
 
 from __future__ import annotations
@@ -47,12 +43,11 @@ class Trainer:
     ``device`` None picks the best device present (``gn.device()``: GPUNN_DEVICE, else cuda:0 when
     usable, else the CPU) and moves the model there.
 
-    The Trainer trains the whole model: at construction and at the start of every fit and epoch it
-    calls ``optimizer.bind(model.parameters())``, which binds an optimizer built without parameters
-    (``gn.optim.Adam(lr=1e-3)``) and follows every change since (a Parameter replaced, a layer added,
-    another model assigned, the model moved), keeping the state of the parameters that stay; each
-    parameter is named after its place ("0.W"). An optimizer bound by its user to part of the model is
-    widened to all of it, with a warning.
+    The Trainer trains the whole model: at construction and at the start of every fit and epoch it binds
+    the optimizer (which may be built without parameters: ``gn.optim.Adam(lr=1e-3)``) to the model's
+    parameters, following every change (a Parameter replaced, a layer added, the model moved) and keeping
+    the state of those that stay; each is named after its place ("0.W"). An optimizer bound by its user
+    to part of the model is widened to all of it, with a warning.
 
     ``distributed``: None trains data-parallel over all ranks when an MPI launcher started several
     (``mpiexec -n K``; see :mod:`gpunn.distributed`), else in this process alone; False never; True
@@ -217,8 +212,7 @@ class Trainer:
         return self.history
 
     def _epoch_range(self, epochs: int, initial_epoch: int | None) -> tuple[int, int]:
-        """(end, start) of a fit's epochs: ``epochs`` more after the history's last without
-        ``initial_epoch``, else from ``initial_epoch`` to ``epochs`` (Keras's resume)."""
+        """(end, start) of a fit's epochs (see :meth:`fit`)."""
         epochs = check_int("epochs", epochs, low=0)
         if initial_epoch is None:
             last = (self.history.last["epoch"] or len(self.history)) if len(self.history) else 0
@@ -355,10 +349,8 @@ class Trainer:
     # ----------------------------------------------------------------- helpers
 
     def _follow_model(self) -> None:
-        """The binding rule (see the class docstring); parameters are named after their places so that
-        state dicts and checkpoints keep their keys. A binding the Trainer did not make that covers part
-        of the model is widened with a warning: freezing layers through the optimizer is not a Trainer
-        feature (its step graph and distributed gradient sum work on the whole buffer)."""
+        """The binding rule of the class docstring. Partial bindings are widened: the step graph and the
+        distributed gradient sum work on the whole buffer. Names by place keep checkpoints' keys."""
         params = self.model.parameters()
         bound = self.optimizer.params if self.optimizer.bound else None
         if bound is not None and not same_parameters(bound, params) and not same_parameters(bound, self._bound):
@@ -374,8 +366,7 @@ class Trainer:
         self.optimizer.bind(params)
         self._bound = params
         for name, p in self.model.named_parameters():
-            if p.name != name:  # a replacement, or a parameter bound by hand since: its place's name
-                p.name = name
+            p.name = name  # a replacement, or a parameter bound by hand since, takes its place's name
 
     def dropout_states(self) -> dict[str, Any]:
         """The NumPy generator state of each Dropout layer (for bit-exact resume on the CPU)."""
