@@ -1,8 +1,7 @@
 """Activation layers: a = g(z), elementwise (Softmax: per row).
 
-Without a nonlinear g, any depth of Linear layers collapses into one linear map, which is why a
-hidden layer needs an activation. A Linear layer can apply the same g itself, together with its
-bias (``gn.Linear(n_in, n_out, activation="relu")``); these layers compute the same numbers.
+Without a nonlinear g, any depth of Linear layers collapses into one linear map. A Linear layer
+can apply the same g with its bias (``gn.Linear(n_in, n_out, activation="relu")``).
 """
 
 from __future__ import annotations
@@ -10,16 +9,15 @@ from __future__ import annotations
 from typing import Any
 
 from ..backend.selection import ops_of
-from ..validation import FLOAT_DTYPES, check_float
+from ..validation import FLOAT_DTYPES, check_array, check_float
 from .functional import softmax
-from .layers import SYMBOLS, Layer, check_dy, check_x
+from .layers import SYMBOLS, Layer, check_dy
 
 
 class Activation(Layer):
-    """Base of the elementwise activations a = g(z) (``ops.activation``); backward is
-    dz = da · g'(z), computed from the saved output a (σ' = a(1 − a), tanh' = 1 − a²).
-    ``name`` is g's name for the Ops, ``alpha`` the slope for z < 0 (LeakyReLU only).
-    z: float32 or float64 of shape (N, features); da: the shape and dtype of a."""
+    """Base of the elementwise activations a = g(z); backward is dz = da · g'(z), computed from
+    the saved output a. ``name`` is g's name for the Ops, ``alpha`` the slope for z < 0
+    (LeakyReLU only). z: float32 or float64 of shape (N, features); da: the shape and dtype of a."""
 
     name = "identity"
     alpha = 0.0
@@ -30,7 +28,7 @@ class Activation(Layer):
 
     def forward(self, x: Any) -> Any:
         if getattr(x, "ndim", None) != 2 or x.dtype not in FLOAT_DTYPES:
-            check_x(self, x)
+            check_array("x", x, repr(self))
         ops = self._ops = ops_of(x)
         self._a = ops.activation(x, self.name, self.alpha)
         return self._a
@@ -53,7 +51,7 @@ class Identity(Activation):
 
     def forward(self, x: Any) -> Any:
         if getattr(x, "ndim", None) != 2 or x.dtype not in FLOAT_DTYPES:
-            check_x(self, x)
+            check_array("x", x, repr(self))
         self._a = x
         return x
 
@@ -117,7 +115,7 @@ class Softmax(Layer):
 
     def forward(self, x: Any) -> Any:
         if getattr(x, "ndim", None) != 2 or x.dtype not in FLOAT_DTYPES or x.shape[1] == 0:
-            check_x(self, x)
+            check_array("x", x, repr(self))
             if x.shape[1] == 0:
                 raise ValueError(f"x must have at least one column (class) for softmax, got shape {tuple(x.shape)}")
         self._a = softmax(x, axis=1)

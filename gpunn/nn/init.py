@@ -28,8 +28,8 @@ def make_rng(seed: int | np.random.Generator | None) -> np.random.Generator:
     raise TypeError(f"seed must be an int, a numpy.random.Generator or None, got {seed!r}")
 
 
-def init_std(method: str, n_in: int, n_out: int) -> float:
-    """Standard deviation of the initial weights.
+def init_weight(n_in: int, n_out: int, method: str, rng: np.random.Generator, dtype: np.dtype) -> np.ndarray:
+    """A host array W of shape (n_in, n_out) drawn from N(0, std²), cast to ``dtype``, where std is
 
     he:     sqrt(2 / n_in)            (ReLU family; He et al. 2015)
     xavier: sqrt(2 / (n_in + n_out))  (sigmoid/tanh; Glorot & Bengio 2010, normal form)
@@ -37,13 +37,9 @@ def init_std(method: str, n_in: int, n_out: int) -> float:
     """
     method = check_choice("init", method, INITS)
     if method == "he":
-        return math.sqrt(2.0 / n_in)
-    if method == "xavier":
-        return math.sqrt(2.0 / (n_in + n_out))
-    return 0.01
-
-
-def init_weight(n_in: int, n_out: int, method: str, rng: np.random.Generator, dtype: np.dtype) -> np.ndarray:
-    """A host array W of shape (n_in, n_out) drawn from N(0, init_std²), cast to ``dtype``."""
-    std = init_std(method, n_in, n_out)
+        std = math.sqrt(2.0 / n_in)
+    elif method == "xavier":
+        std = math.sqrt(2.0 / (n_in + n_out))
+    else:
+        std = 0.01
     return (rng.standard_normal((n_in, n_out)) * std).astype(dtype)

@@ -1,10 +1,8 @@
 """The Layer protocol, the fully connected layer (with its activation) and inverted dropout.
 
-A layer reads as the formula on the page: ``forward(x)`` computes the layer's output and
-remembers what ``backward`` needs; ``backward(dy)`` receives ∂L/∂y, *writes* the gradients of
-the layer's parameters into ``param.grad`` (no zero_grad needed) and returns ∂L/∂x. Shapes
-are batch-major: x is (N, features). The arithmetic goes through the Ops of the arrays'
-device (:func:`gpunn.backend.selection.ops_of`), the same code on a CPU and a GPU.
+``forward(x)`` computes the layer's output and remembers what ``backward`` needs;
+``backward(dy)`` receives ∂L/∂y, *writes* the gradients of the layer's parameters into
+``param.grad`` (no zero_grad needed) and returns ∂L/∂x. x is (N, features).
 """
 
 from __future__ import annotations
@@ -89,12 +87,6 @@ class Layer:
         return {"type": type(self).__name__}
 
 
-def check_x(layer: Layer, x: Any) -> None:
-    """Raise a clear error unless ``x`` is a float32 or float64 array of shape (N, features): the
-    input check of a layer without parameters (its cheap comparison is the caller's)."""
-    check_array("x", x, repr(layer))
-
-
 def check_dy(layer: Layer, dy: Any, y: Any) -> None:
     """Raise a clear error unless ``dy`` matches the layer's last output ``y`` (device, shape,
     dtype); a RuntimeError when there is none yet."""
@@ -108,8 +100,7 @@ class Linear(Layer):
 
     Shapes: x (N, n_in), W (n_in, n_out), b (n_out,), a (N, n_out). ``activation``: None
     (a = z = x·W + b), "identity", "relu", "leaky_relu" (slope ``negative_slope`` for z < 0),
-    "sigmoid" or "tanh"; g is applied together with the bias (``ops.bias_activation``: one
-    kernel on a GPU), as Keras's ``Dense(activation=...)`` does.
+    "sigmoid" or "tanh", applied with the bias as Keras's ``Dense(activation=...)`` does.
     Backward, from the saved output a: dz = dy ⊙ g'(z), ∂L/∂W = xᵀ·dz, ∂L/∂b = Σ_n dz,
     ∂L/∂x = dz·Wᵀ (only with ``input_grad``). W is drawn by ``init`` ("he", "xavier" or
     "normal") from a host Generator seeded with ``seed``; b starts at zero.
@@ -214,25 +205,21 @@ class Dropout(Layer):
         self._mask: Any = None
         self._x: Any = None  # the last input: backward checks dy against it
 
-    def _generator(self, x: Any) -> Any:
-        dev = device_of(x)
-        gen = self.generators.get(dev)
-        if gen is None:
-            with dev:
-                gen = dev.xp.random.default_rng(self.seed)
-            self.generators[dev] = gen
-        return gen
-
     def forward(self, x: Any) -> Any:
         if getattr(x, "ndim", None) != 2 or x.dtype not in FLOAT_DTYPES:
-            check_x(self, x)
+            check_array("x", x, repr(self))
         self._x = x
         if not self.training or self.p == 0.0:
             self._mask = None
             return x
         mask = self._mask
         if not self.reuse_mask or mask is None or mask.shape != x.shape:
-            u = self._generator(x).random(x.shape, dtype=x.dtype)
+            dev = device_of(x)
+            gen = self.generators.get(dev)
+            if gen is None:
+                with dev:
+                    gen = self.generators[dev] = dev.xp.random.default_rng(self.seed)
+            u = gen.random(x.shape, dtype=x.dtype)
             mask = (u >= self.p).astype(x.dtype)
             mask *= 1.0 / (1.0 - self.p)
             self._mask = mask

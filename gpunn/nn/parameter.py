@@ -151,10 +151,6 @@ class FlatParameters:
         self.__dict__.update(state)
         self.valid = False
 
-    def decayed(self, buffer: Any) -> Any:
-        """The prefix of a flat buffer that belongs to decayed parameters (weights)."""
-        return buffer[: self.n_decay]
-
 
 def pack(params: Sequence[Parameter], device: Device | None = None) -> FlatParameters:
     """Return the flat buffer holding ``params``, packing them into a new one if needed.

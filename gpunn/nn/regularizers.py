@@ -1,10 +1,8 @@
 """Weight penalties added to the cost: objective = cost + R(W).
 
-Both act on parameters with ``decay=True`` (the weights W); biases are never penalized. When
-the parameters are a model's flat buffer the weights are one contiguous prefix of it, so the
-penalty and its gradient each take one operation over that prefix. In training,
-``optimizer.step(regularizer)`` folds the gradient into its update instead of calling
-``backward`` (:meth:`Regularizer.fused_coefficients`): no extra pass over the weights.
+Both act on parameters with ``decay=True`` (the weights W, a prefix of a model's flat buffer);
+biases are never penalized. In training, ``optimizer.step(regularizer)`` folds the gradient into
+its update instead of calling ``backward`` (:meth:`Regularizer.fused_coefficients`).
 """
 
 from __future__ import annotations
@@ -20,7 +18,7 @@ def decayed_arrays(params: list[Parameter]) -> list[tuple[Any, Any]]:
     """(data, grad) pairs of the decayed parameters: one flat 1-D pair when they are packed."""
     flat = params[0].flat if params else None
     if flat is not None and flat.owns(params):
-        return [(flat.decayed(flat.data), flat.decayed(flat.grad))] if flat.n_decay else []
+        return [(flat.data[: flat.n_decay], flat.grad[: flat.n_decay])] if flat.n_decay else []
     return [(p.data, p.grad) for p in params if p.decay]  # as they are: reshape could copy
 
 

@@ -1,10 +1,4 @@
-"""Sequential models, the ``mlp`` shortcut, and rebuilding a model from its config.
-
-A Sequential runs its layers in order: a^[0] = x, then each layer computes the next a^[l]
-(a Linear layer z^[l] = a^[l−1]·W^[l] + b^[l], or a^[l] = g(z^[l]) with its activation), and
-backward in reverse. The container sets nothing on its layers: a layer computes the same
-inside a model as on its own.
-"""
+"""Sequential models, the ``mlp`` shortcut, and rebuilding a model from its config."""
 
 from __future__ import annotations
 
@@ -22,9 +16,10 @@ from .parameter import Parameter, pack
 
 
 class Sequential(Layer):
-    """Layers applied in order. ``forward(x)`` → output of the last layer; ``backward(dy)``
-    writes every parameter's ``.grad`` and returns ∂L/∂x only when asked (``input_grad``).
-    Parameter names are "<index>.<name>" ("0.W"); all parameters live in one flat buffer."""
+    """Layers applied in order: a^[0] = x, then each layer computes the next a^[l]; backward runs
+    them in reverse, writes every parameter's ``.grad`` and returns ∂L/∂x only when asked
+    (``input_grad``). Parameter names are "<index>.<name>" ("0.W"); all parameters live in one
+    flat buffer. The container sets nothing on its layers."""
 
     def __init__(self, *layers: Layer | Sequence[Layer]) -> None:
         if len(layers) == 1 and isinstance(layers[0], (list, tuple)):

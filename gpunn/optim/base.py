@@ -1,9 +1,8 @@
 """The Optimizer base class: hyperparameters, state in flat buffers, binding, state_dict.
 
-An optimizer updates the whole flat parameter buffer (:mod:`gpunn.nn.parameter`) in one call
-per step to its device's Ops (``ops.<rule>_update``: one fused kernel on a GPU). Its state
-(momentum, squared-gradient averages, ...) lives in flat buffers of the same layout on the
-parameters' device; ``state_dict`` presents it keyed by parameter name.
+A step is one call to the device's Ops (``ops.<rule>_update``) over the whole flat parameter
+buffer; the state (momentum, squared-gradient averages, ...) lives in flat buffers of the same
+layout.
 """
 
 from __future__ import annotations
@@ -51,9 +50,8 @@ class Optimizer:
     decoupled = False  # whether weight_decay scales W in the rule instead of joining the gradient
 
     def __setattr__(self, name: str, value: Any) -> None:
-        # A NumPy number (or 0-d array) set as a hyperparameter (a schedule, scikit-learn's
-        # loops) becomes a Python number: a NumPy float64 operand would make NEP 50 compute a
-        # float32 update in float64, where a Python float is rounded once to the buffer's dtype.
+        # A NumPy number set as a hyperparameter (a schedule, scikit-learn's loops) becomes a
+        # Python number: a NumPy float64 operand would make NEP 50 compute a float32 update in float64.
         if name in self.hyper_names:
             value = _plain(value)
         object.__setattr__(self, name, value)
@@ -73,14 +71,13 @@ class Optimizer:
             self.bind(params)
 
     def bind(self, params: Params) -> Optimizer:
-        """Attach to ``params`` (a list of parameters, or a model); returns self. Nothing changes
-        when they are the parameters bound, in order, and still packed as they were.
+        """Attach to ``params`` (a list of parameters, or a model); returns self (nothing changes
+        for the parameters already bound, in order and still packed as they were).
 
         State belongs to Parameter objects: those bound before keep theirs, any other starts from
-        zero; when none keeps state (another model), the step count restarts at 0 too, so a reused
-        optimizer updates as a new one. After :meth:`load_state_dict`, until the next step, the
-        restored state goes by name: Parameter objects of the bound names and shapes (the model
-        of a second read of the same checkpoint) take it."""
+        zero; when none keeps state (another model), the step count restarts at 0 too. After
+        :meth:`load_state_dict`, until the next step, the restored state goes by name to Parameter
+        objects of the bound names and shapes (the model of a second read of one checkpoint)."""
         params = parameter_list(params)
         if self._flat is not None and self._flat.owns(params):
             return self
@@ -182,10 +179,9 @@ class Optimizer:
         raise NotImplementedError
 
     def zero_grad(self, set_to_none: bool = True) -> None:
-        """Set every bound parameter's gradient to zero (``model.backward`` writes the
-        gradients, so a training step needs no zero_grad; it is here for loops that add).
-        ``set_to_none`` is PyTorch's keyword: either way the gradients become zeros, since
-        each is a view of the flat gradient buffer."""
+        """Set every bound parameter's gradient to zero (a training step needs none:
+        ``model.backward`` writes the gradients). ``set_to_none`` is PyTorch's keyword; the
+        gradients, views of one flat buffer, become zeros either way."""
         self.flat.grad.fill(0)
 
     def _buffer(self, name: str) -> Any:

@@ -1,13 +1,8 @@
 """The update rules. Signatures and defaults follow PyTorch's ``torch.optim``.
 
-Each rule updates the flat parameter buffer W from the flat gradient g in one call to its
-device's Ops (:mod:`gpunn.backend.ops`: a fused kernel on a GPU). The formulas below are written
-with g; with clipping, an L2 / L1 regularizer or ``weight_decay`` the rule sees the effective
-gradient g' described in :class:`~gpunn.optim.Optimizer` instead.
-
-``weight_decay`` has PyTorch's meaning: in SGD, AdaGrad, RMSprop and Adam the coupled term
-g ← g + weight_decay·W on every parameter, biases included (``gn.L2`` penalizes the weights
-only); in AdamW the decoupled decay of the weights.
+The formulas below are written with g; with clipping, an L2 / L1 regularizer or
+``weight_decay`` the rule sees the effective gradient g' described in
+:class:`~gpunn.optim.Optimizer` instead.
 """
 
 from __future__ import annotations
@@ -19,10 +14,6 @@ import numpy as np
 from ..nn.parameter import FlatParameters
 from ..validation import check_float
 from .base import Optimizer, Params
-
-
-def _weight_decay(value: Any) -> float:
-    return check_float("weight_decay", value, low=0.0)
 
 
 def _check_momentum(momentum: Any, dampening: Any, nesterov: Any) -> tuple[float, float, bool]:
@@ -71,7 +62,7 @@ class SGD(Optimizer):
         max_grad_norm: float | None = None,
     ) -> None:
         self.momentum, self.dampening, self.nesterov = _check_momentum(momentum, dampening, nesterov)
-        self.weight_decay = _weight_decay(weight_decay)
+        self.weight_decay = check_float("weight_decay", weight_decay, low=0.0)
         super().__init__(params, lr=lr, max_grad_norm=max_grad_norm)
 
     def _check_hyperparameters(self) -> None:
@@ -127,7 +118,7 @@ class AdaGrad(Optimizer):
         max_grad_norm: float | None = None,
     ) -> None:
         self.eps = check_float("eps", eps, low=0.0, low_open=True)
-        self.weight_decay = _weight_decay(weight_decay)
+        self.weight_decay = check_float("weight_decay", weight_decay, low=0.0)
         super().__init__(params, lr=lr, max_grad_norm=max_grad_norm)
 
     def _update(self, ops: Any, flat: FlatParameters, state: dict[str, Any], extras: dict[str, Any]) -> None:
@@ -152,7 +143,7 @@ class RMSprop(Optimizer):
     ) -> None:
         self.alpha = check_float("alpha", alpha, low=0.0, high=1.0, high_open=True)
         self.eps = check_float("eps", eps, low=0.0, low_open=True)
-        self.weight_decay = _weight_decay(weight_decay)
+        self.weight_decay = check_float("weight_decay", weight_decay, low=0.0)
         super().__init__(params, lr=lr, max_grad_norm=max_grad_norm)
 
     def _update(self, ops: Any, flat: FlatParameters, state: dict[str, Any], extras: dict[str, Any]) -> None:
@@ -160,19 +151,12 @@ class RMSprop(Optimizer):
         ops.rmsprop_update(W, g, s, lr=self.lr, alpha=self.alpha, eps=self.eps, **extras)
 
 
-def _check_betas(betas: Any) -> tuple[float, ...]:
-    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
-        raise TypeError(f"betas must be a pair (beta1, beta2), got {betas!r}")
-    return tuple(check_float(f"betas[{i}]", b, low=0.0, high=1.0, high_open=True) for i, b in enumerate(betas))
-
-
 class Adam(Optimizer):
     """Adam: m ← β1·m + (1 − β1)·g;  v ← β2·v + (1 − β2)·g²;
     W ← W − lr·m̂ / (√v̂ + ε) with m̂ = m / (1 − β1^t), v̂ = v / (1 − β2^t).
 
-    ``weight_decay`` is PyTorch's: g ← g + weight_decay·W on every parameter, biases included,
-    before m and v see it (``step(gn.L2(λ))`` adds λ·W on the weights only); decoupled weight
-    decay is :class:`AdamW`.
+    ``weight_decay`` is PyTorch's coupled decay, g ← g + weight_decay·W on every parameter;
+    decoupled weight decay is :class:`AdamW`.
     """
 
     state_names = ("exp_avg", "exp_avg_sq")
@@ -188,9 +172,13 @@ class Adam(Optimizer):
         *,
         max_grad_norm: float | None = None,
     ) -> None:
-        self.betas = _check_betas(betas)
+        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+            raise TypeError(f"betas must be a pair (beta1, beta2), got {betas!r}")
+        self.betas = tuple(
+            check_float(f"betas[{i}]", b, low=0.0, high=1.0, high_open=True) for i, b in enumerate(betas)
+        )
         self.eps = check_float("eps", eps, low=0.0, low_open=True)
-        self.weight_decay = _weight_decay(weight_decay)
+        self.weight_decay = check_float("weight_decay", weight_decay, low=0.0)
         super().__init__(params, lr=lr, max_grad_norm=max_grad_norm)
 
     def _update(self, ops: Any, flat: FlatParameters, state: dict[str, Any], extras: dict[str, Any]) -> None:
