@@ -41,6 +41,7 @@ needs_mpi = pytest.mark.skipif(
 LAUNCHER_VARS = [name for names in dist._LAUNCHER_ENV for name in names]
 EPOCHS, LR, L2 = 3, 1e-2, 1e-3
 BATCH = {"float64": 100, "float32": 64}  # 1201 rows: a last batch of 1 row (rank 0 gets none), and of 49
+NCCL_UNIQUE_ID_BYTES = 128  # the size of NCCL's ncclUniqueId
 
 
 # ----------------------------------------------------------------------------- shared set-up
@@ -175,7 +176,7 @@ def nccl_rendezvous_scenario(comm: dist.Communicator, out: Path) -> None:
     """NCCL's id exchange over real MPI, with a stand-in for cupy.cuda.nccl."""
     made: list[tuple[int, bytes, int]] = []
     fake = types.SimpleNamespace(
-        get_unique_id=lambda: os.urandom(dist.NCCL_UNIQUE_ID_BYTES),
+        get_unique_id=lambda: os.urandom(NCCL_UNIQUE_ID_BYTES),
         NcclCommunicator=lambda size, uid, rank: made.append((size, uid, rank)) or "communicator",
     )
     assert comm._nccl_rendezvous(fake, f"gpu-{comm.rank}") == "communicator"
@@ -394,7 +395,7 @@ def test_nccl_unique_id_travels_over_mpi(tmp_path: Path) -> None:
     assert made == results[1]["made"]
     (size0, uid0, rank0), (size1, uid1, rank1) = made
     assert (size0, rank0, size1, rank1) == (2, 0, 2, 1)
-    assert uid0 == uid1 and len(bytes.fromhex(uid0)) == dist.NCCL_UNIQUE_ID_BYTES
+    assert uid0 == uid1 and len(bytes.fromhex(uid0)) == NCCL_UNIQUE_ID_BYTES
     for result in results:
         assert "ranks 0 and 1 both use the GPU the same gpu" in result["duplicate"]
 

@@ -1,13 +1,9 @@
 """The communicator of data-parallel training: MPI (mpi4py) between processes, NCCL for GPU arrays.
 
-``mpiexec -n K python train.py`` (or ``mpiexec -n K gpunn train``) starts K processes, the
-*ranks*; how they share the training is :mod:`.data_parallel`'s. NumPy arrays travel through MPI
-(``Allreduce``/``Bcast`` in place); CuPy arrays through NCCL (``cupy.cuda.nccl``; its unique id
-is created on rank 0 and broadcast over MPI), one process per GPU, rank r on
-``cuda:<local rank>``. Without NCCL, GPU arrays are staged through the host.
-
-mpi4py is imported only when a launcher is detected (its environment variables) or a
-:class:`Communicator` is built on it, so ``import gpunn`` never starts MPI.
+``mpiexec -n K python train.py`` starts K processes, the *ranks*, one per GPU (rank r on
+``cuda:<local rank>``). NumPy arrays travel through MPI; CuPy arrays through NCCL, else staged
+through the host. mpi4py is imported only when a launcher started this process or a
+:class:`Communicator` is built on MPI, so ``import gpunn`` never starts MPI.
 """
 
 from __future__ import annotations
@@ -28,7 +24,6 @@ import numpy as np
 from ..backend import device as backend
 from ..backend.device import CPU, Device, DeviceUnavailableError, device_of
 
-NCCL_UNIQUE_ID_BYTES = 128
 ABORT_GRACE_SECONDS = 0.3  # before MPI_Abort, for the launcher to forward the last words
 
 # (rank, size, local rank) variables of MPICH/Intel MPI (Hydra), Open MPI, MVAPICH2 and PMIx/Slurm
@@ -114,6 +109,8 @@ class Communicator:
     def allreduce(self, x: Any, op: str = "sum") -> Any:
         """x ← op over ranks of x, element-wise and in place ("sum", "max" or "min"); returns x.
         x: a contiguous NumPy or CuPy array, same shape and dtype on every rank."""
+        if op not in ("sum", "max", "min"):
+            raise ValueError(f"op must be 'sum', 'max' or 'min', got {op!r}")
         return self._in_place(x, lambda link: link.allreduce(x, op), lambda host: self._mpi_allreduce(host, op))
 
     def broadcast(self, x: Any, root: int = 0) -> Any:
@@ -132,16 +129,15 @@ class Communicator:
                 on_host(host)
                 x.set(host)
         elif self.size > 1:
-            on_host(_contiguous(x))
+            if not isinstance(x, np.ndarray) or not x.flags.c_contiguous or not x.flags.writeable:
+                raise ValueError("collectives work in place on contiguous, writable arrays (such as the flat buffers)")
+            on_host(x)
         return x
 
     def _mpi_allreduce(self, x: np.ndarray, op: str) -> None:
         from mpi4py import MPI  # noqa: PLC0415
 
-        ops = {"sum": MPI.SUM, "max": MPI.MAX, "min": MPI.MIN}
-        if op not in ops:
-            raise ValueError(f"op must be 'sum', 'max' or 'min', got {op!r}")
-        self._mpi.Allreduce(MPI.IN_PLACE, x, op=ops[op])
+        self._mpi.Allreduce(MPI.IN_PLACE, x, op=getattr(MPI, op.upper()))  # MPI.SUM, MPI.MAX, MPI.MIN
 
     def allgather_json(self, value: Any) -> list[Any]:
         """Every rank's ``value`` (anything ``json`` can write), in rank order, on every rank.
@@ -243,12 +239,6 @@ class Communicator:
         return _nccl_communicator(nccl, self.size, uid, self.rank)
 
 
-def _contiguous(x: Any) -> np.ndarray:
-    if not isinstance(x, np.ndarray) or not x.flags.c_contiguous or not x.flags.writeable:
-        raise ValueError("collectives work in place on contiguous, writable arrays (such as the flat buffers)")
-    return x
-
-
 def _load_nccl() -> tuple[Any, str | None]:
     """cupy.cuda.nccl when its library loads, else (None, why)."""
     try:
@@ -262,8 +252,6 @@ def _load_nccl() -> tuple[Any, str | None]:
 
 def _uid_bytes(uid: Any) -> bytes:
     """NCCL's unique id as bytes (CuPy ≥ 14 returns bytes; older ones a tuple of signed chars)."""
-    if isinstance(uid, (bytes, bytearray)):
-        return bytes(uid)
     return bytes(int(v) & 0xFF for v in uid)
 
 
@@ -274,8 +262,7 @@ def _nccl_communicator(nccl: Any, size: int, uid: bytes, rank: int) -> Any:
         return nccl.NcclCommunicator(size, tuple(np.frombuffer(uid, dtype=np.int8).tolist()), rank)
 
 
-_NCCL_DTYPES = {"e": "NCCL_FLOAT16", "f": "NCCL_FLOAT32", "d": "NCCL_FLOAT64", "i": "NCCL_INT32", "l": "NCCL_INT64"}
-_NCCL_OPS = {"sum": "NCCL_SUM", "max": "NCCL_MAX", "min": "NCCL_MIN"}
+_NCCL_DTYPES = ("float16", "float32", "float64", "int32", "int64")  # nccl.NCCL_FLOAT16, ...
 
 
 class _NcclLink:
@@ -289,17 +276,14 @@ class _NcclLink:
     def _args(self, x: Any) -> tuple[int, int, int]:
         if not x.flags.c_contiguous:
             raise ValueError("NCCL collectives need a contiguous array")
-        char = np.dtype(x.dtype).char
-        char = "l" if char == "q" else char
-        if char not in _NCCL_DTYPES:
+        name = np.dtype(x.dtype).name
+        if name not in _NCCL_DTYPES:
             raise TypeError(f"NCCL cannot reduce dtype {x.dtype}")
-        return x.data.ptr, x.size, getattr(self._nccl, _NCCL_DTYPES[char])
+        return x.data.ptr, x.size, getattr(self._nccl, f"NCCL_{name.upper()}")
 
     def allreduce(self, x: Any, op: str) -> None:
-        if op not in _NCCL_OPS:
-            raise ValueError(f"op must be 'sum', 'max' or 'min', got {op!r}")
         ptr, count, dtype = self._args(x)
-        self._comm.allReduce(ptr, ptr, count, dtype, getattr(self._nccl, _NCCL_OPS[op]), self._stream())
+        self._comm.allReduce(ptr, ptr, count, dtype, getattr(self._nccl, f"NCCL_{op.upper()}"), self._stream())
 
     def broadcast(self, x: Any, root: int) -> None:
         ptr, count, dtype = self._args(x)
@@ -359,8 +343,8 @@ def install_abort_hook(comm: Communicator) -> None:
 def rank_device(spec: str | Device | None, comm: Communicator) -> Device:
     """The device of this rank: "auto" (also GPUNN_DEVICE unset) and "cuda" mean cuda:<local
     rank>, one process per GPU ("auto" is the CPU where no GPU is usable); "cpu" and "cuda:N"
-    are taken as given. Only this rank's GPU is touched (a test kernel runs there): probing
-    cuda:0 from every rank would put a CUDA context, hundreds of MB, from each rank on GPU 0."""
+    are taken as given. Only this rank's GPU is touched: probing cuda:0 from every rank would
+    put every rank's CUDA context on GPU 0."""
     if isinstance(spec, Device):
         return spec
     text = (spec if spec is not None else os.environ.get(backend.ENV_VAR, "auto")).strip().lower()

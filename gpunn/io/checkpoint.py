@@ -14,12 +14,8 @@ value is a JSON string::
 
 Tensors are stored as host (NumPy) arrays, so a model saved from a GPU loads on the CPU and
 the other way round. Reading never unpickles nor evaluates anything: the header is parsed
-with ``json`` and the architecture rebuilt from a fixed table of layer classes.
-
-Atomicity: :func:`save` writes through :func:`gpunn.io.safe_file.atomic_write`, so a process
-killed at any moment leaves the previous checkpoint or the new one, never a torn file; through a
-symbolic link it replaces the link's target, and it leaves a read-only file alone. Reading
-(:mod:`gpunn.io.file_format`) checks the length and the JSON header before it reads a tensor.
+with ``json`` and the architecture rebuilt from a fixed table of layer classes. Saving is
+atomic (:func:`gpunn.io.safe_file.atomic_write`): a killed process never leaves a torn file.
 """
 
 from __future__ import annotations
@@ -104,8 +100,7 @@ def save(
 
 
 def _host(x: Any) -> np.ndarray:
-    # to_numpy copies a GPU array to the host and leaves a NumPy view of the flat buffer (already
-    # contiguous) as it is: the model itself is not touched.
+    # a GPU array is copied to the host, a NumPy view of the flat buffer left as it is
     return np.ascontiguousarray(to_numpy(x))
 
 
@@ -114,17 +109,16 @@ def _optimizer_payload(optimizer: Optimizer) -> tuple[dict[str, Any], dict[str, 
     hyper = optimizer.hyperparameters()  # Python numbers: Optimizer.__setattr__ converts NumPy ones
     if optimizer.max_grad_norm is not None:
         hyper["max_grad_norm"] = float(optimizer.max_grad_norm)  # a constructor argument, not in hyper_names
-    info: dict[str, Any] = {"type": type(optimizer).__name__, "step": int(optimizer.step_count), "hyper": hyper}
-    try:
-        optimizer.params  # noqa: B018 (raises RuntimeError when the optimizer is not bound yet)
-    except RuntimeError:
-        info["keys"] = None  # unbound: no state exists yet, only type, step and hyperparameters
-        return info, {}
-    state = optimizer.state_dict()["state"]
-    info["keys"] = list(state)
+    state = optimizer.state_dict()["state"] if optimizer.bound else None  # unbound: no state yet
+    info = {
+        "type": type(optimizer).__name__,
+        "step": int(optimizer.step_count),
+        "hyper": hyper,
+        "keys": None if state is None else list(state),
+    }
     tensors = {
         f"{OPTIMIZER_PREFIX}{key}/{name}": _host(array)
-        for key, buffers in state.items()
+        for key, buffers in (state or {}).items()
         for name, array in buffers.items()
     }
     return info, tensors

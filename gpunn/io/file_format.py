@@ -1,9 +1,6 @@
-"""The checkpoint file: a safetensors file whose JSON header holds gpunn's metadata, read
-with every check before a tensor byte (see :mod:`gpunn.io.checkpoint` for the layout).
-
-:func:`read_file` opens regular files only and reads the 8-byte length and the JSON header
-first; the tensor bytes follow only when the file holds all that the header names, so a huge,
-sparse or foreign file costs a few bytes of reading, not its size in memory.
+"""The checkpoint file: a safetensors file whose header holds gpunn's JSON metadata (layout in
+:mod:`gpunn.io.checkpoint`). :func:`read_file` checks the length and the whole header before it
+reads a tensor byte, so a huge, sparse or foreign file costs a few bytes of reading.
 """
 
 from __future__ import annotations
@@ -38,10 +35,10 @@ def read_file(source: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         raise FileNotFoundError(f"no checkpoint at {str(source)!r}: the file does not exist") from None
     with f:  # one open file: a concurrent os.replace cannot mix two files
         size = os.fstat(f.fileno()).st_size
-        header, end = _parse_header(source, f, size)
+        header = _parse_header(source, f, size)
         f.seek(0)
-        data = f.read(end)
-    if len(data) != end:
+        data = f.read(size)
+    if len(data) != size:
         raise CheckpointError(f"{source} is truncated: it shrank to {len(data)} bytes while being read")
     try:
         tensors = safetensors.numpy.load(data)
@@ -50,9 +47,9 @@ def read_file(source: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     return header, tensors
 
 
-def _parse_header(source: Path, f: Any, size: int) -> tuple[dict[str, Any], int]:
-    """The checked gpunn header of the open file ``f`` of ``size`` bytes, and the number of
-    bytes the whole checkpoint takes (length, JSON header, tensor data)."""
+def _parse_header(source: Path, f: Any, size: int) -> dict[str, Any]:
+    """The checked gpunn header of the open file ``f`` of ``size`` bytes, whose tensor data
+    must end exactly at ``size``."""
     bad = f"{source} is not a gpunn checkpoint"
     first = f.read(8)
     if len(first) < 8:
@@ -99,7 +96,7 @@ def _parse_header(source: Path, f: Any, size: int) -> tuple[dict[str, Any], int]
         header = json.loads(meta[METADATA_KEY])
     except (ValueError, RecursionError):
         raise CheckpointError(f"{bad}: its gpunn metadata is not valid JSON (or nests too deeply)") from None
-    return _check_header(source, header), 8 + length + needed
+    return _check_header(source, header)
 
 
 def _check_header(source: Path, header: Any) -> dict[str, Any]:

@@ -1,17 +1,9 @@
-"""Files read and written safely: only regular files are read, writes are atomic and respect
-links and read-only files, and a run's input and output paths are checked to be distinct.
+"""Files read and written safely: :func:`open_regular` reads regular files only (a FIFO would
+wait for a writer, ``/dev/zero`` never ends), :func:`atomic_write` replaces a file so that a crash
+leaves the old one or the new one, and :func:`check_distinct` keeps a run's outputs off its inputs.
 
-Reading: :func:`open_regular` refuses folders, FIFOs, devices and sockets before reading a
-byte (a FIFO without a writer, opened for reading without ``O_NONBLOCK``, would wait forever;
-``/dev/zero`` never ends).
-
-Writing: :func:`writable_target` names the file a write replaces (``path`` with its symbolic
-links resolved, so a link keeps pointing at the new file) and refuses what must not be
-replaced; :func:`atomic_write` writes a temporary file next to it, fsyncs it,
-``os.replace``\\ s it onto the target and fsyncs the folder, so a process killed at any
-moment leaves the old file or the new one, never a torn one. A killed write leaves its
-temporary file ``.<name>.<hash>.<pid>.<random>.tmp``; the next write to the same target
-removes those whose process is gone (or that are older than an hour).
+A killed write leaves its temporary file ``.<name>.<hash>.<pid>.<random>.tmp``; the next write to
+the same target removes those whose process is gone (or that are older than an hour).
 """
 
 from __future__ import annotations
@@ -19,8 +11,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import secrets
 import stat
+import tempfile
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -104,12 +96,12 @@ def atomic_write(path: str | os.PathLike[str], data: bytes) -> Path:
     _remove_stale(target.parent, prefix)
     tmp = None
     try:
-        fd, tmp = _create_temp(target.parent, prefix)
+        fd, tmp = tempfile.mkstemp(suffix=".tmp", prefix=f"{prefix}{os.getpid()}.", dir=target.parent)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())  # the bytes reach the disk before the name points at them
-        os.chmod(tmp, mode)  # the temporary file is private (0600) until then
+        os.chmod(tmp, mode)  # mkstemp made it private (0600)
         os.replace(tmp, target)  # same folder, same file system: one atomic rename
     except BaseException as exc:
         if tmp is not None:
@@ -141,16 +133,6 @@ def _temp_prefix(target: Path) -> str:
     raw = os.fsencode(target.name)
     short = raw[:_NAME_BYTES].decode("utf-8", "ignore")
     return f".{short}.{hashlib.sha256(raw).hexdigest()[:10]}."
-
-
-def _create_temp(folder: Path, prefix: str) -> tuple[int, str]:
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
-    while True:
-        tmp = os.path.join(folder, f"{prefix}{os.getpid()}.{secrets.token_hex(4)}.tmp")
-        try:
-            return os.open(tmp, flags, 0o600), tmp
-        except FileExistsError:
-            continue
 
 
 def _remove_stale(folder: Path, prefix: str) -> None:
