@@ -293,7 +293,7 @@ def test_gpunn_failing_is_never_hidden() -> None:
         raise ValueError("gpunn itself broke")
 
     with pytest.raises(ValueError, match="gpunn itself broke"):
-        bench.time_interleaved({"gpunn": broken}, lambda: None, windows=3, pause=0.0, errors={})
+        bench.time_interleaved({"gpunn": broken}, gn.Device("cpu"), windows=3, errors={})
 
 
 # ----------------------------------------------------------------------------- what a run measures

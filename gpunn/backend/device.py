@@ -214,15 +214,10 @@ def _kernel_failure(index: int) -> str | None:
         with cupy.cuda.Device(index):
             total = float((cupy.arange(8, dtype=cupy.float32) * 2.0).sum())
     except Exception as exc:
-        return f"a test kernel failed on cuda:{index} ({_short(exc)}); check the CUDA install"
+        return f"a test kernel failed on cuda:{index} ({_full(exc).splitlines()[0]}); check the CUDA install"
     if total != 56.0:
         return f"a test kernel on cuda:{index} returned {total} instead of 56.0"
     return None
-
-
-def _short(exc: BaseException) -> str:
-    text = f"{type(exc).__name__}: {exc}".strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def gpu_count() -> int:
@@ -237,8 +232,7 @@ def gpu_available() -> bool:
 
 def available_devices() -> list[Device]:
     """The CPU followed by every GPU that runs a test kernel."""
-    probe = _probe()
-    gpus = [Device("cuda", i) for i in range(probe.count) if _kernel_failure(i) is None]
+    gpus = [Device("cuda", i) for i in range(_probe().count) if _kernel_failure(i) is None]
     return [CPU, *gpus]
 
 
@@ -256,7 +250,7 @@ def why_cpu() -> str | None:
 def why_cpu_detail() -> str | None:
     """The exception behind :func:`why_cpu`'s reason, in full (CuPy's or CUDA's own words), or
     None where the reason has none (a GPU chosen, ``GPUNN_DEVICE=cpu``, no GPU counted)."""
-    return _probe().detail if _env_spec().lower() == "auto" else None  # a usable GPU's probe has none
+    return _probe().detail if _env_spec().lower() == "auto" else None
 
 
 def _env_spec() -> str:
@@ -274,14 +268,14 @@ def device(spec: str | Device | None = None) -> Device:
     ``"auto"``. A GPU that is not usable raises :class:`DeviceUnavailableError` with the reason."""
     if isinstance(spec, Device):
         return spec
-    source = "spec"
-    if spec is None:
-        spec, source = _env_spec(), ENV_VAR
+    from_env = spec is None
+    if from_env:
+        spec = _env_spec()
     if not isinstance(spec, str):
         raise TypeError(f"device spec must be a string such as 'cuda:0' or a Device, got {spec!r}")
     match = _SPEC.match(spec.strip().lower())
     if match is None or (match.group(1) in ("cpu", "auto") and match.group(2) is not None):
-        name = "device" if source == "spec" else source
+        name = ENV_VAR if from_env else "device"
         raise ValueError(f"{name} must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {spec!r}")
     kind, index = match.group(1), int(match.group(2) or 0)
     if kind == "cpu":
@@ -291,7 +285,7 @@ def device(spec: str | Device | None = None) -> Device:
     # cuda:N runs its test kernel on GPU N alone: a process that uses GPU 1 (one MPI rank
     # per GPU) must not also create a context, hundreds of MB, on GPU 0.
     probe = _probe() if index == 0 else _runtime()
-    asked = f"device {spec!r}" if source == "spec" else f"{ENV_VAR}={spec!r}"
+    asked = f"{ENV_VAR}={spec!r}" if from_env else f"device {spec!r}"
     if probe.count == 0 or (index == 0 and probe.reason is not None):
         raise DeviceUnavailableError(f"{asked} asks for a GPU, but {probe.reason}")
     if index >= probe.count:
@@ -304,9 +298,6 @@ def device(spec: str | Device | None = None) -> Device:
     return Device("cuda", index)
 
 
-MATMUL_PRECISIONS = ("highest", "tf32")
-
-
 def set_matmul_precision(precision: str) -> None:
     """Choose how float32 matrix products run on the GPU.
 
@@ -315,7 +306,7 @@ def set_matmul_precision(precision: str) -> None:
     times faster for large layers, at about 1e-3 relative error per product. CPU products
     are always float32. The setting is CuPy's (``CUPY_TF32``) and holds for the process.
     """
-    if precision not in MATMUL_PRECISIONS:
+    if precision not in ("highest", "tf32"):
         raise ValueError(f"precision must be 'highest' or 'tf32', got {precision!r}")
     tf32 = precision == "tf32"
     os.environ["CUPY_TF32"] = "1" if tf32 else "0"  # read by CuPy at its first product

@@ -59,17 +59,15 @@ def ops_for(dev: Device) -> NumpyOps:
     return _ops(dev, choice())
 
 
-_CPU_OPS: dict[str, NumpyOps] = {}
+@functools.cache
+def _cpu_ops(which: str) -> NumpyOps:
+    return _ops(CPU, which)  # keyed by a string alone: hashing a Device costs every layer call
 
 
 def ops_of(x: Any) -> NumpyOps:
     """The Ops of the device array ``x`` lives on (the fast path: a NumPy array)."""
     if type(x) is np.ndarray:
-        which = choice()
-        ops = _CPU_OPS.get(which)
-        if ops is None:
-            ops = _CPU_OPS[which] = _ops(CPU, which)
-        return ops
+        return _cpu_ops(choice())
     return ops_for(device_of(x))
 
 

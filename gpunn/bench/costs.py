@@ -1,7 +1,4 @@
-"""What a ``gpunn bench`` step costs besides its time: its matrix-product FLOPs
-(:func:`flops_per_step`), the memory it cannot do without (:func:`minimum_bytes`) and the peak it
-holds (:func:`peak_step_bytes`), and on a GPU its kernel launches (:func:`count_launches`).
-"""
+"""What a ``gpunn bench`` step costs besides its time: FLOPs, memory, and on a GPU kernel launches."""
 
 from __future__ import annotations
 

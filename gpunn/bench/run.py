@@ -1,18 +1,6 @@
-"""``gpunn bench``: training-step throughput per device, measured honestly.
-
-gpunn's training step as Trainer.fit runs it is timed against the same step written by hand in
-NumPy (CPU) and in PyTorch eager (when installed), from the same weights, and on the CPU against
-the README's step-by-step loop; beside them, the references the figures are taken against: the
-device's matrix-product ceiling (:func:`~gpunn.bench.timing.matmul_step`) and the step's matrix
-products alone. The steps take turns window by window, the device synchronized before each clock
-read. Every ratio is paired: the median of the ratios between windows of the same round, seconds
-apart, so that a load that comes and goes moves both sides alike.
-
-This module holds what a run measures (:func:`workload`: the one-minute sample or the full
-suite, and the memory it plans for), :func:`run`, which measures each case and puts its row
-together, and the crossover between CPU and GPU; how a step is timed is
-:mod:`gpunn.bench.timing`, what it costs besides time :mod:`gpunn.bench.costs`, the steps
-themselves :mod:`gpunn.bench.steps`.
+"""``gpunn bench``: what a run measures (:func:`workload`), and :func:`run`, which times each
+case and puts its row together. The steps take turns window by window and every ratio is paired
+round by round (:mod:`gpunn.bench.timing`), so that a load that comes and goes moves both sides alike.
 """
 
 from __future__ import annotations
@@ -42,16 +30,7 @@ from .steps import (
     torch_step,
     user_loop_step,
 )
-from .timing import (
-    PAUSE_SECONDS,
-    ceiling_size,
-    host_and_device_us,
-    matmul_step,
-    paired_ratio,
-    products_step,
-    synchronizer,
-    time_interleaved,
-)
+from .timing import ceiling_size, host_and_device_us, matmul_step, paired_ratio, products_step, time_interleaved
 
 # what the command line uses (blas_threads is re-exported for it)
 __all__ = ["Workload", "blas_threads", "memory_estimate", "run", "torch_version", "workload"]
@@ -106,10 +85,9 @@ def workload(
 
 
 def memory_estimate(case: Case, optimizer: str, against: tuple[str, ...]) -> int:
-    """Bytes a case holds at its peak, roughly and from above: the least a step needs
-    (:func:`~gpunn.bench.costs.minimum_bytes`) once for every copy of the model that is built
-    (gpunn's step, its matrix products alone, and the baselines that run there), plus the
-    ceiling's three n×n matrices. Host memory on the CPU, GPU memory on a GPU."""
+    """Bytes a case holds at its peak, roughly and from above: :func:`~gpunn.bench.costs.minimum_bytes`
+    per copy of the model built (gpunn's step, its products alone, each baseline that runs), plus
+    the ceiling's three n×n matrices. Host memory on the CPU, GPU memory on a GPU."""
     copies = 2
     if "numpy" in against and handwritten_runs(case, optimizer):
         copies += 2  # the user's own loop and the hand-written loop
@@ -173,7 +151,7 @@ def _measure_case(case: Case, optimizer: str, against: tuple[str, ...], repeat: 
             elif f"{name} baseline" not in errors:
                 skipped[name] = SKIP_REASONS[name]
     with case.device:
-        times = time_interleaved(steps, synchronizer(case.device), repeat, PAUSE_SECONDS[case.device.kind], errors)
+        times = time_interleaved(steps, case.device, repeat, errors)
         host_device = _optional("host and device µs", errors, host_and_device_us, case, step) or (None, None)
     if replay is not None and replay.failed is not None:  # StepGraph trained eagerly: no replay figure
         times.pop("graph", None)

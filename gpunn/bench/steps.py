@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import threadpoolctl
 
 import gpunn as gn
 
@@ -43,8 +44,14 @@ def _data(case: Case) -> tuple[np.ndarray, np.ndarray]:
     return rng.standard_normal((case.batch, sizes[0])).astype(np.float32), rng.integers(0, sizes[-1], case.batch)
 
 
-def _train(model: Any, criterion: Any, opt: Any) -> Callable[[Any, Any], Any]:
-    """step(x, t) -> loss: forward, softmax-with-loss, backward, update."""
+def _trainer_step(case: Case, optimizer: str, validate: bool = False) -> tuple[Callable[[Any, Any], Any], Any, Any]:
+    """(step(x, t) -> loss, model, optimizer): forward, softmax-with-loss, backward, update.
+    ``validate`` False as Trainer.fit steps (labels checked once, before the fit; here valid by
+    construction), True as a user's own loop at the defaults (labels checked on every call)."""
+    with case.device:
+        model = gn.mlp(list(MODELS[case.model]), seed=0).to(case.device)
+        criterion = gn.SoftmaxWithLoss(validate=validate)
+        opt = create(optimizer, model.parameters())
 
     def step(xb: Any, yb: Any) -> Any:
         loss = criterion.forward(model.forward(xb), yb)
@@ -52,16 +59,7 @@ def _train(model: Any, criterion: Any, opt: Any) -> Callable[[Any, Any], Any]:
         opt.step()
         return loss
 
-    return step
-
-
-def _trainer_step(case: Case, optimizer: str) -> tuple[Callable[[Any, Any], Any], Any, Any]:
-    """(step(x, t) -> loss, model, optimizer) as Trainer.fit steps: labels checked before the fit."""
-    with case.device:
-        model = gn.mlp(list(MODELS[case.model]), seed=0).to(case.device)
-        criterion = gn.SoftmaxWithLoss(validate=False)  # labels are valid by construction
-        opt = create(optimizer, model.parameters())
-    return _train(model, criterion, opt), model, opt
+    return step, model, opt
 
 
 def gpunn_step(case: Case, optimizer: str) -> tuple[Step, Any]:
@@ -78,15 +76,12 @@ def handwritten_runs(case: Case, optimizer: str) -> bool:
 
 
 def user_loop_step(case: Case, optimizer: str) -> Step | None:
-    """The README's step-by-step training loop with the public API at its defaults (labels
-    checked on every call), SGD or Adam: what a user's own loop runs at. None where the
-    hand-written loop it is compared with does not run."""
+    """The README's step-by-step training loop with the public API at its defaults, SGD or Adam:
+    what a user's own loop runs at. None where the hand-written loop it is compared with does not run."""
     if not handwritten_runs(case, optimizer):
         return None
+    step, _, _ = _trainer_step(case, optimizer, validate=True)
     xb, yb = _data(case)
-    model = gn.mlp(list(MODELS[case.model]), seed=0)
-    opt = create(optimizer, model.parameters())
-    step = _train(model, gn.SoftmaxWithLoss(), opt)
     return lambda: step(xb, yb)
 
 
@@ -162,7 +157,6 @@ def torch_step(case: Case, optimizer: str, model: Any) -> Step | None:
 
 def blas_threads() -> int | None:
     """Threads of the BLAS NumPy uses (None when threadpoolctl cannot tell)."""
-    from ..cli.sysinfo import blas_info  # noqa: PLC0415
-
-    counts = [lib["threads"] for lib in blas_info() if lib.get("threads")]
+    blas = threadpoolctl.threadpool_info()
+    counts = [lib["num_threads"] for lib in blas if lib.get("user_api") == "blas" and lib.get("num_threads")]
     return counts[0] if counts else None

@@ -1,10 +1,6 @@
-"""How ``gpunn bench`` times a step: the steps take turns window by window
-(:func:`time_interleaved`), the device synchronized before each clock read (:func:`synchronizer`),
-and every ratio is paired round by round (:func:`paired_ratio`). Beside the steps, the
-references they are timed against: the device's matrix-product ceiling (:func:`matmul_step`)
-and a step's matrix products alone (:func:`products_step`); on a GPU, the host's and the device's
-time per step apart (:func:`host_and_device_us`).
-"""
+"""How ``gpunn bench`` times a step: the steps take turns window by window, the device
+synchronized before each clock read, every ratio paired round by round; and the references a
+step is timed against (the device's matrix-product ceiling, the step's matrix products alone)."""
 
 from __future__ import annotations
 
@@ -32,8 +28,8 @@ def ceiling_size(dev: Device) -> int:
 
 
 def matmul_step(dev: Device) -> tuple[Step, float]:
-    """The ceiling: one n×n·n×n float32 matrix product into a preallocated output, n =
-    :func:`ceiling_size` (2048 on a CPU, 8192 on a GPU); returns the step and its FLOPs."""
+    """The ceiling: one n×n·n×n float32 matrix product into a preallocated output, n = :func:`ceiling_size`;
+    returns the step and its FLOPs."""
     n = ceiling_size(dev)
     rng = np.random.default_rng(0)
     with dev:
@@ -77,15 +73,12 @@ def synchronizer(dev: Device) -> Callable[[], None]:
 
 
 def time_interleaved(
-    steps: dict[str, Step],
-    sync: Callable[[], None],
-    windows: int,
-    pause: float = 0.25,
-    errors: dict[str, str] | None = None,
+    steps: dict[str, Step], dev: Device, windows: int, errors: dict[str, str]
 ) -> dict[str, list[float]]:
-    """Milliseconds per step of every window, the steps taking turns window by window. With
-    ``errors`` given, a step other than gpunn's that raises while warming up (a baseline out of
-    memory, a graph that cannot replay) is left out and its error recorded there."""
+    """Milliseconds per step of every window on ``dev``, the steps taking turns window by window.
+    A step other than gpunn's that raises while warming up (a baseline out of memory, a graph
+    that cannot replay) is left out and its error recorded in ``errors``."""
+    sync, pause = synchronizer(dev), PAUSE_SECONDS[dev.kind]
     per_window = {}
     for name, step in list(steps.items()):
         try:
@@ -93,7 +86,7 @@ def time_interleaved(
                 step()
             sync()
         except Exception as exc:
-            if errors is None or name == "gpunn":
+            if name == "gpunn":
                 raise
             errors[f"{name} step"] = f"{type(exc).__name__}: {exc}"
             warnings.warn(f"gpunn bench: the {name} step failed ({exc}); left out", RuntimeWarning, stacklevel=3)
