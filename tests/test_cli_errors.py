@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 
 import gpunn as gn
+from gpunn.bench import run as bench
+from gpunn.cli.main import main
 
 POSIX = os.name == "posix"
 
@@ -191,3 +193,34 @@ def test_a_bad_invocation_prints_one_line_and_fails(tmp_path: Path, name: str) -
     assert expected in lines[0], lines[0]
     after = {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir() if p.is_file() and p.name in before}
     assert after == before, "a refused run changed a file"
+
+
+@pytest.mark.parametrize(
+    ("flag", "name", "expected"),
+    [
+        ("--json", "missing/r.json", "--json: the folder"),
+        ("--plot", "missing/r.png", "--plot: the folder"),
+        ("--json", ".", "--json '.' is a folder"),
+        ("--plot", "ro.png", "--plot 'ro.png' is read-only"),
+    ],
+)
+def test_bench_refuses_an_unwritable_output_before_measuring(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    flag: str,
+    name: str,
+    expected: str,
+) -> None:
+    if flag == "--plot":
+        pytest.importorskip("matplotlib")
+
+    def measure(*args: object, **kwargs: object) -> None:
+        raise AssertionError("gpunn bench measured before checking its output paths")
+
+    monkeypatch.setattr(bench, "run", measure)
+    monkeypatch.chdir(tmp_path)
+    _write(tmp_path, "ro.png", b"", 0o444)
+    assert main(["bench", "--devices", "cpu", flag, name]) == 2
+    (line,) = capsys.readouterr().err.splitlines()  # the error alone: no plan, no progress
+    assert line.startswith(f"gpunn bench: error: {expected}"), line

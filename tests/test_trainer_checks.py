@@ -113,8 +113,8 @@ def test_the_trainer_accepts_the_targets_its_loss_accepts(spiral):
     assert np.isfinite(history["cost"]).all()
     off = rows.copy()
     off[5] *= 1.003
-    refused(classifier(dtype="float64"), ValueError, r"^y must hold one-hot .*within 0\.001, got row 5 summing to 1\.003",
-            x, off)  # fmt: skip
+    message = r"^y must hold one-hot .*within 0\.001, got row 5 summing to 1\.003"
+    refused(classifier(dtype="float64"), ValueError, message, x, off)
     with pytest.raises(ValueError, match=r"^t must hold one-hot .*within 0\.001, got row 5"):
         gn.SoftmaxWithLoss()(np.zeros((len(y), 3)), off)
 

@@ -1,26 +1,12 @@
 """``gpunn check``: every accelerated Ops override held to the reference Ops.
 
-Each method a device's accelerated Ops overrides (NumbaOps on the CPU when Numba is installed,
-CupyOps on a GPU) runs the cases of :func:`~gpunn.cli.check_cases.cases`, and the reference
-(:class:`NumpyOps` on the same device) runs on copies of the same inputs. Every array argument
-afterwards, and every array returned, is compared:
-
-- on the CPU, bit for bit: the error is the number of representable values between the two
-  (+0 and −0 one apart); two NaNs are equal whatever their payloads.
-- on a GPU, within a bound in the size of the terms (NVRTC contracts a·b + c into one fused
-  multiply-add, CUDA's exp and tanh are not the host's, sums run in other orders): with
-  ``terms`` the formula on absolute values in float64 (for y + a·x: |y| + |a·x|), an element
-  passes when |got − want| <= ulps_of(k)·(eps·terms + the smallest subnormal), k the roundings
-  of both sides together per output (the tables of :mod:`gpunn.cli.check_cases`, counted as
-  tests/tolerances.py explains). Where a result or its terms are not finite, both sides must be
-  equal (or both NaN); arrays a method only reads must come out unchanged.
-
-On a GPU the reference itself (CuPy, as ``GPUNN_OPS=reference`` runs) is also held to the
-reference on the CPU, with the same bounds.
-
-This module holds the running and comparing (:class:`Backend`, :func:`run_case`, :func:`error`)
-and the report (:func:`check`, :func:`format_report`, :func:`command`); the cases and the bounds
-are :mod:`gpunn.cli.check_cases`.
+Each method a device's accelerated Ops overrides (NumbaOps on the CPU, CupyOps on a GPU) runs the
+cases of :mod:`gpunn.cli.check_cases`, and so does the reference (:class:`NumpyOps` on the same
+device), on copies of the same inputs; every array argument afterwards and every array returned
+is compared (:func:`error`): on the CPU bit for bit, on a GPU within the bounds of
+:func:`~gpunn.cli.check_cases.bounds` (NVRTC contracts a·b + c into one fused multiply-add,
+CUDA's exp and tanh are not the host's, sums run in other orders). On a GPU the reference itself
+(CuPy, as ``GPUNN_OPS=reference`` runs) is also held to the reference on the CPU.
 """
 
 from __future__ import annotations
@@ -41,7 +27,6 @@ from ..backend.selection import all_ops, numba_installed
 from .check_cases import DTYPES, PROTOCOL, Arg, Case, bounds, cases, eps, ulps_of
 
 
-# running and comparing
 @dataclass(frozen=True)
 class Backend:
     """Ops under test on ``device``, held to ``reference`` on ``reference_device``."""
@@ -106,9 +91,10 @@ def _ordered(x: np.ndarray) -> np.ndarray:
 
 
 def error(got: np.ndarray, want: np.ndarray, bitwise: bool, dtype: str, terms: Any = 0.0) -> float:
-    """The largest error over the elements: representable values apart (``bitwise``), else
-    |got − want| in units of eps(dtype)·terms + the smallest subnormal; inf where a NaN, an
-    infinity or infinite terms meet anything but their equal."""
+    """The largest error over the elements: representable values apart (``bitwise``; +0 and −0
+    one apart), else |got − want| in units of eps(dtype)·terms + the smallest subnormal; inf
+    where a NaN, an infinity or infinite terms meet anything but their equal (NaNs are equal
+    whatever their payloads)."""
     if got.shape != want.shape or got.dtype != want.dtype:
         return math.inf
     if got.dtype.kind != "f":
@@ -169,7 +155,6 @@ def run_case(backend: Backend, case: Case) -> Outcome:
     return max(outcomes, key=lambda o: (o.ratio, o.allowed))
 
 
-# the report
 def check(backend_list: Sequence[Backend], case_list: Sequence[Case] | None = None) -> dict[str, Any]:
     """Every case of each backend's methods; one row per backend, op and dtype (its worst case)."""
     start, case_list = time.perf_counter(), cases() if case_list is None else case_list

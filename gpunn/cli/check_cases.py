@@ -1,11 +1,9 @@
-"""The cases ``gpunn check`` runs, and the bounds a GPU's results are held to.
+"""The cases ``gpunn check`` runs (:func:`cases`), and the bounds a GPU's results are held to.
 
-:func:`cases` builds every case of the Ops protocol (:data:`PROTOCOL`) on the host, the same each
-call: normal values and edge values (NaN, ±inf, ±0, the smallest subnormal), zero rows, out=
-buffers, each update plain, with L2, and with L2, L1 and clipping. :func:`bounds` gives per
-output of a case its terms (the formula on absolute values, in float64) and k, the roundings of
-both sides together (the tables below, counted as tests/tolerances.py explains), which
-:mod:`gpunn.cli.check` turns into a GPU's allowance: ulps_of(k)·(eps·terms + the smallest subnormal).
+:func:`bounds` gives per output of a case its terms (the formula on absolute values, in float64;
+for y + a·x: |y| + |a·x|) and k, the roundings of both sides together (the tables below, counted
+as tests/tolerances.py explains): an element passes when |got − want| <= ulps_of(k)·(eps·terms +
+the smallest subnormal). Outputs not named, such as arrays a method only reads, must be exact.
 """
 
 from __future__ import annotations

@@ -1,11 +1,9 @@
-"""The main job behind ``gpunn train`` and ``gpunn evaluate``: data → split → standardize →
-model → Trainer → test accuracy → diagnosis → checkpoint, as plain functions that return
-JSON-ready results (the CLI only parses flags and prints).
+"""``gpunn train`` and ``gpunn evaluate`` as functions that return JSON-ready results: data →
+split → standardize → model → Trainer → test accuracy → diagnosis → checkpoint.
 
-Under ``mpiexec -n K`` every rank runs :func:`train` on the whole data set and the Trainer
-trains data-parallel (``batch_size`` is the global batch); only rank 0 announces, shows
-progress, writes checkpoints and plots, so a checkpoint holds exactly what a single process
-writes and resumes in either mode."""
+Under ``mpiexec -n K`` every rank runs :func:`train` and the Trainer trains data-parallel
+(``batch_size`` is the global batch); only rank 0 announces, shows progress and writes, so a
+checkpoint is the same as a single process's and resumes in either mode."""
 
 from __future__ import annotations
 
@@ -51,7 +49,7 @@ class TrainConfig:
     batch_size: int = 32
     seed: int = 0
 
-    def validated(self) -> TrainConfig:
+    def validate(self) -> None:
         check_choice("optimizer", self.optimizer, OPTIMIZERS)
         for i, h in enumerate(self.hidden):
             check_int(f"hidden[{i}]", h, low=1)
@@ -62,7 +60,6 @@ class TrainConfig:
         check_int("batch_size", self.batch_size, low=1)
         check_int("seed", self.seed, low=0)
         dataset_parts(self.dataset)
-        return self
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
@@ -112,13 +109,14 @@ def load_splits(spec: str, seed: int) -> dict[str, Any]:
     }
 
 
-def _check_outputs(plot_path: str | None, save_path: str | None) -> None:
-    """Fail before training, not after, when the plot or the checkpoint cannot be written."""
-    if plot_path:
+def check_outputs(*outputs: tuple[str, str | None]) -> None:
+    """Fail before the work, not after, when an output (flag, path; None: not given) cannot be
+    written, or "--plot" is given without matplotlib."""
+    if any(flag == "--plot" and path for flag, path in outputs):
         from ..train.plots import require_matplotlib  # noqa: PLC0415 — matplotlib is optional
 
         require_matplotlib()
-    for path, flag in ((plot_path, "--plot"), (save_path, "--save")):
+    for flag, path in outputs:
         if path is not None:
             writable_target(path, flag)
 
@@ -150,13 +148,17 @@ def _saved_config(checkpoint: Any, path: str) -> TrainConfig:
     return TrainConfig.from_dict(saved)
 
 
-def _resumed_config(checkpoint: Any, path: str, settings: dict[str, Any], done: int) -> TrainConfig:
-    """The saved run's config, with ``epochs`` from ``settings`` (the total, ``done`` epochs
-    included) or, without, ``done`` plus as many as a fresh run trains; any other explicit
-    setting that differs from the saved one is an error (a resume continues the same run)."""
+def _resume(path: str, dev: Any, settings: dict[str, Any]) -> tuple[Any, TrainConfig, History, int]:
+    """The checkpoint at ``path`` read onto ``dev``, its run's config, history and epochs done.
+
+    ``epochs`` in ``settings`` is the new total (default: the epochs done plus a fresh run's);
+    any other setting given must equal the saved one, since a resume continues the same run."""
+    checkpoint = read(path, device=dev)
+    history = History.from_dict(checkpoint.metadata.get("history", {}))
+    done = check_int(f"{path}: the saved epoch", checkpoint.metadata.get("epoch", len(history)), low=0)
     config = _saved_config(checkpoint, path)
     for name, value in settings.items():
-        if name != "epochs" and value is not None and getattr(config, name) != value:
+        if name != "epochs" and getattr(config, name) != value:
             raise ValueError(
                 f"--{name.replace('_', '-')} {value} conflicts with the resumed run's {getattr(config, name)}; "
                 "a resume continues the saved run with its own settings (only --epochs may change)"
@@ -168,16 +170,7 @@ def _resumed_config(checkpoint: Any, path: str, settings: dict[str, Any], done: 
             "(--epochs counts them too; leave it out to train as many more as a fresh run)"
         )
     config.epochs = epochs
-    return config
-
-
-def _resume(path: str, dev: Any, settings: dict[str, Any]) -> tuple[Any, TrainConfig, History, int]:
-    """The checkpoint at ``path`` read onto ``dev``, the resumed run's config, its history and
-    the number of epochs it has trained."""
-    checkpoint = read(path, device=dev)
-    history = History.from_dict(checkpoint.metadata.get("history", {}))
-    done = check_int(f"{path}: the saved epoch", checkpoint.metadata.get("epoch", len(history)), low=0)
-    return checkpoint, _resumed_config(checkpoint, path, settings, done), history, done
+    return checkpoint, config, history, done
 
 
 class _EpochSaver:
@@ -225,14 +218,14 @@ def train(
     root = comm is None or comm.is_root
     dev = device(device_spec) if comm is None else distributed.rank_device(device_spec, comm)
     plot_path = plot_path if root else None
-    _check_outputs(plot_path, save_path if root else None)
+    check_outputs(("--plot", plot_path), ("--save", save_path if root else None))
     history, initial_epoch = History(), 0
     if resume_path is not None:
         checkpoint, config, history, initial_epoch = _resume(resume_path, dev, settings)
         model, optimizer = checkpoint.model, checkpoint.optimizer()
     else:
         config = TrainConfig.from_dict(settings)
-    config.validated()
+    config.validate()
     _check_distinct_files(config, resume_path, save_path, plot_path)
     if save_path is None and resume_path is not None and root:  # the resumed file is written over
         try:
@@ -310,9 +303,8 @@ def evaluate(model_path: str, dataset: str | None = None, device_spec: str | Non
     config = _saved_config(checkpoint, model_path)
     spec = dataset or config.dataset
     x_test, y_test = raw_splits(spec, config.seed)["test"]
-    state = checkpoint.metadata.get("scaler")
     try:
-        scaler = data.Standardizer.from_state(state)
+        scaler = data.Standardizer.from_state(checkpoint.metadata.get("scaler"))
     except (TypeError, ValueError, KeyError) as exc:
         raise CheckpointError(
             f"{model_path}: not a checkpoint written by gpunn train (no usable standardization statistics: {exc})"

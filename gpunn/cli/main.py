@@ -1,19 +1,15 @@
-"""The ``gpunn`` command line (also ``python -m gpunn``): ``info``, ``train``, ``evaluate``,
-``bench`` and ``check``; :func:`build_parser` says what each does and takes.
+"""The ``gpunn`` command line (also ``python -m gpunn``); :func:`build_parser` lists the commands.
 
-Errors in the user's input (a missing file, a bad flag value, an unknown dataset) print one
-line and exit with status 2, without a traceback.
-
-Under an MPI launcher (``mpiexec -n K gpunn train ...``) every rank runs the command and trains
-its share (see :mod:`gpunn.distributed`); only rank 0 prints results. An error on one rank
-prints "gpunn train: error on rank R of K: ..." and aborts the whole job (MPI_Abort), so no rank
-is left waiting; an error that every rank meets alike (ranks that disagree, a diverged loss) is
-printed once, by rank 0, and every rank exits with status 2.
+Errors in the user's input print one line and exit with status 2, without a traceback. Under an
+MPI launcher every rank runs the command and only rank 0 prints results. An error on one rank
+prints "gpunn train: error on rank R of K: ..." and aborts the job (MPI_Abort), so no rank is
+left waiting; one that every rank meets alike is printed once, by rank 0, and every rank exits 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -21,11 +17,12 @@ import sys
 import traceback
 import warnings
 from collections.abc import Sequence
+from dataclasses import fields
 from typing import Any, NoReturn
 
 import numpy as np
 
-from .. import distributed
+from .. import __version__, distributed
 from ..backend.device import DeviceUnavailableError, available_devices, device, set_matmul_precision, why_cpu
 from ..io.safe_file import check_distinct
 from ..optim import OPTIMIZERS
@@ -66,7 +63,14 @@ def _is_root() -> bool:
 def _info(args: argparse.Namespace) -> int:
     info = system_info()
     if distributed.is_launched():  # one row per rank, gathered on rank 0
-        info["ranks"] = _rank_table()
+        comm = distributed.world()
+        try:
+            dev = distributed.rank_device(None, comm)
+            where, transport = str(dev), comm.planned_transport(dev)
+        except (ValueError, DeviceUnavailableError) as exc:
+            where, transport = f"error: {exc}", "-"
+        row = {"rank": comm.rank, "local_rank": comm.local_rank, "host": platform.node(), "device": where}
+        info["ranks"] = comm.allgather_json({**row, "transport": transport})
         from mpi4py import MPI  # noqa: PLC0415 — world() imported it
 
         info["mpi"]["library"] = " ".join(MPI.Get_library_version().splitlines()[0].split())
@@ -75,22 +79,8 @@ def _info(args: argparse.Namespace) -> int:
     return 1 if info["device_error"] else 0
 
 
-def _rank_table() -> list[dict[str, Any]]:
-    comm = distributed.world()
-    try:
-        dev = distributed.rank_device(None, comm)
-        where, transport = str(dev), comm.planned_transport(dev)
-    except (ValueError, DeviceUnavailableError) as exc:
-        where, transport = f"error: {exc}", "-"
-    row = {"rank": comm.rank, "local_rank": comm.local_rank, "host": platform.node(), "device": where}
-    return comm.allgather_json({**row, "transport": transport})
-
-
-SETTINGS = ("dataset", "hidden", "activation", "optimizer", "lr", "l2", "dropout", "epochs", "batch_size", "seed")
-
-
 def _train(args: argparse.Namespace) -> int:
-    settings = {name: getattr(args, name) for name in SETTINGS}  # None: not given on the command line
+    settings = {f.name: getattr(args, f.name) for f in fields(job.TrainConfig)}  # None: not given
     verbose = False if (args.quiet or args.json) else None
     announce = None if (args.json or args.quiet) else _announce_device
     # NumPy's floating-point warnings (a diverging --lr) would print source lines before the one-line
@@ -173,11 +163,10 @@ def _check_bench_flags(args: argparse.Namespace) -> None:
     for name in args.against:
         if name not in ("numpy", "torch", "none"):
             raise ValueError(f"--against takes numpy, torch or none, got {name!r}")
-    check_distinct([], [("--json", None if args.json == "-" else args.json), ("--plot", args.plot)])
-    if args.plot:
-        from ..train.plots import require_matplotlib  # noqa: PLC0415
-
-        require_matplotlib()
+    outputs = [("--json", None if args.json in ("-", "") else args.json), ("--plot", args.plot or None)]
+    if _is_root():  # only rank 0 writes them
+        job.check_outputs(*outputs)
+    check_distinct([], outputs)
 
 
 def _devices(specs: list[str] | None) -> list[Any]:
@@ -195,10 +184,11 @@ def _bench(args: argparse.Namespace) -> int:
         set_matmul_precision("tf32")
     devices = _devices(args.devices)
     against = tuple(args.against)
-    quiet = args.json == "-" or not _is_root()
-    if _is_root():  # stderr: the plan and the progress line; stdout keeps the table (or the JSON)
+    root = _is_root()
+    quiet = args.json == "-" or not root
+    if root:  # stderr: the plan and the progress line; stdout keeps the table (or the JSON)
         print(table.plan(devices, work, args.optimizer, against), file=sys.stderr, flush=True)
-    progress = table.Progress(sys.stderr) if _is_root() else None
+    progress = table.Progress(sys.stderr) if root else None
     if not quiet:
         print(table.header(args.optimizer))
 
@@ -220,14 +210,12 @@ def _bench(args: argparse.Namespace) -> int:
         print("GPU beats CPU from batch: " + ", ".join(f"{m}: {b}" for m, b in result["crossover"].items()))
     if not quiet and work.quick:
         print("That was the one-minute sample; every model (W1 too) and batch size, 10 windows: gpunn bench --full")
-    if args.json and _is_root():
-        text = json.dumps(result, indent=2)
-        if quiet:
-            print(text)
-        else:
-            with open(args.json, "w") as f:
-                f.write(text + "\n")
-    if args.plot and _is_root():
+    if root and args.json == "-":
+        print(json.dumps(result, indent=2))
+    elif root and args.json:
+        with open(args.json, "w") as f:
+            f.write(json.dumps(result, indent=2) + "\n")
+    if root and args.plot:
         table.plot(result, args.plot)
     return 0
 
@@ -238,15 +226,9 @@ def _check(args: argparse.Namespace) -> int:
     return command(_devices(args.device), as_json=args.json)
 
 
-def _version() -> str:
-    from .. import __version__  # noqa: PLC0415 — the package defines it after importing this module
-
-    return __version__
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="gpunn", description="Neural networks on the GPU (CuPy) or the CPU (NumPy).")
-    parser.add_argument("--version", action="version", version=f"gpunn {_version()}")
+    parser.add_argument("--version", action="version", version=f"gpunn {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=OneLineParser)
 
     info = commands.add_parser("info", help="devices, why the CPU was chosen, library versions, BLAS, GPUs")
@@ -324,19 +306,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+
+    def one_line_warning(message: Warning | str, *_: Any, **__: Any) -> None:
+        text = (str(message).splitlines() or [""])[0].removeprefix(f"gpunn {args.command}: ")
+        print(f"gpunn {args.command}: warning: {text}", file=sys.stderr, flush=True)
+
     with warnings.catch_warnings():
-        warnings.showwarning = _one_line_warning(args.command)
+        warnings.showwarning = one_line_warning
         return _run(args)
-
-
-def _one_line_warning(command: str) -> Any:
-    """A ``warnings.showwarning`` that prints "gpunn COMMAND: warning: MESSAGE", one line."""
-
-    def show(message: Warning | str, *_: Any, **__: Any) -> None:
-        text = (str(message).splitlines() or [""])[0].removeprefix(f"gpunn {command}: ")
-        print(f"gpunn {command}: warning: {text}", file=sys.stderr, flush=True)
-
-    return show
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -367,15 +344,8 @@ def _fail(command: str, what: str, message: str | None, code: int, collective: b
     where = "" if alone or collective else f" on rank {layout.rank} of {layout.size}"
     if alone or not collective or layout.rank == 0:
         print(f"gpunn {command}: {what}{where}" + (f": {message}" if message else ""), file=sys.stderr, flush=True)
-    if alone or collective:
-        return code
-    try:
-        comm = distributed.world()
-    except ImportError:  # mpi4py is missing, so MPI never started and no rank can be waiting
-        return code
-    comm.abort(code)
+    if not (alone or collective):
+        # without mpi4py, MPI never started and no rank can be waiting
+        with contextlib.suppress(ImportError):
+            distributed.world().abort(code)
     return code
-
-
-if __name__ == "__main__":
-    sys.exit(main())

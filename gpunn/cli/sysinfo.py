@@ -10,18 +10,15 @@ from importlib import metadata
 from typing import Any
 
 import numpy as np
+from threadpoolctl import threadpool_info
 
-from .. import distributed
+from .. import __version__, distributed
 from ..backend import device as backend
 from ..backend import numba_ops, selection
 
 
 def blas_info() -> list[dict[str, Any]]:
     """The BLAS libraries NumPy loaded, with version and thread count (via threadpoolctl)."""
-    try:
-        from threadpoolctl import threadpool_info  # noqa: PLC0415 — only `gpunn info` needs it
-    except ImportError:
-        return []
     names = {"library": "internal_api", "version": "version", "threads": "num_threads", "architecture": "architecture"}
     return [
         {ours: lib.get(theirs) for ours, theirs in names.items()}
@@ -49,8 +46,6 @@ def mpi_info() -> dict[str, Any]:
 
 def system_info() -> dict[str, Any]:
     """Everything ``gpunn info`` prints, as a JSON-ready dict."""
-    from .. import __version__  # noqa: PLC0415 — avoids an import cycle at package import
-
     try:
         selected, device_error = str(backend.device()), None
     except backend.DeviceUnavailableError as exc:  # info still reports, and says why
