@@ -4,7 +4,7 @@ Every layer, loss, regularizer and optimizer computes through the Ops of its arr
 (:func:`gpunn.backend.selection.ops_of`), never branching on the device. This class is the
 reference: plain ``xp`` code, the formula on the page, for NumPy and CuPy arrays alike.
 :class:`~gpunn.backend.numba_ops.NumbaOps` (CPU) and :class:`~gpunn.backend.cuda.ops.CupyOps`
-(GPU) override what they make faster; ``gpunn check`` and tests/test_ops_conformance.py hold
+(GPU) override what they make faster; ``gpunn check`` and tests/backend/test_ops_conformance.py hold
 them to it. Arrays are batch-major, x (N, features); methods work in place where they say so
 and allocate nothing they do not return; hyperparameters are Python floats, rounded once to
 the buffer's dtype as NumPy rounds a Python float.

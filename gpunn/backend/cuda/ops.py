@@ -2,7 +2,7 @@
 
 Each override is one kernel launch (or a few) where the reference takes several CuPy calls of
 15–20 µs of host time each. NVRTC compiles them with its default contraction (see
-:mod:`.compile`); tests/test_ops_conformance.py holds them to the reference within a bound
+:mod:`.compile`); tests/backend/test_ops_conformance.py holds them to the reference within a bound
 stated per kernel.
 """
 

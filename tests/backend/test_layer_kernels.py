@@ -1,7 +1,7 @@
 """The layer and loss primitives: the reference (NumpyOps) against plain formulas, CupyOps'
 fused kernels against the reference on a GPU (deterministic sums, multi-block grids, the loss
 scratch), their launch arguments against the kernel signatures (no GPU needed), and the CUDA
-source through nvcc. tests/test_ops_conformance.py holds every override to the reference on the
+source through nvcc. tests/backend/test_ops_conformance.py holds every override to the reference on the
 shared cases; these are the kernels' own behaviours and bounds."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """NumbaOps (gpunn/backend/numba_ops.py): when its compiled Adam loop runs, and that it then gives
-the reference's bits where tests/test_ops_conformance.py does not look: buffers split between
+the reference's bits where tests/backend/test_ops_conformance.py does not look: buffers split between
 threads, optimizer steps end to end, the cases that must run the reference (small buffers,
 clipping, L1, overlapping or odd layouts, NumPy set to raise), a forked child, and that the
 loop loads at the first call that needs it, by the buffer's size, never by the clock. Needs

@@ -1,7 +1,7 @@
 """The optimizer updates' CUDA side (CupyOps and gpunn/backend/cuda/update_source.py) without a GPU:
 the launch arguments against the kernels' C signatures (launches recorded on NumPy arrays), and
 the CUDA source compiled with nvcc (where nvcc is installed). What the kernels compute is held to
-the reference by tests/test_ops_conformance.py on a GPU; tests/tolerances.py's bound is checked here.
+the reference by tests/backend/test_ops_conformance.py on a GPU; tests/tolerances.py's bound is checked here.
 """
 
 from __future__ import annotations

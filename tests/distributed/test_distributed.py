@@ -1,6 +1,6 @@
 """Data-parallel training over MPI (and NCCL on a GPU): exactness, shards, resume, failures.
 
-The multi-process tests start ``mpiexec -n 2 python tests/test_distributed.py SCENARIO OUT``:
+The multi-process tests start ``mpiexec -n 2 python tests/distributed/test_distributed.py SCENARIO OUT``:
 this file is also the worker script (see :func:`worker`). They skip where mpiexec or mpi4py is
 missing, unless GPUNN_EXPECT_MPI=1 (set by CI), where they fail instead.
 
@@ -30,7 +30,7 @@ from gpunn.distributed import comm as dist
 from gpunn.distributed.data_parallel import DataParallel, epoch_shards
 from gpunn.distributed.data_parallel import fingerprint as dist_fingerprint
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT = 60
 MPIEXEC = shutil.which("mpiexec", path=os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")]))
 HAVE_MPI = MPIEXEC is not None and importlib.util.find_spec("mpi4py") is not None
