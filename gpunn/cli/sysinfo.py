@@ -83,7 +83,7 @@ def format_info(info: dict[str, Any], verbose: bool = False) -> str:
     for lib in info["blas"]:
         lines.append(f"BLAS: {lib['library']} {lib['version']}, {lib['threads']} thread(s), {lib['architecture']}")
     if not info["blas"]:
-        lines.append("BLAS: unknown (install threadpoolctl to see it)")
+        lines.append("BLAS: unknown (threadpoolctl found no BLAS library loaded)")
     lines.append(f"ops: {info['ops']} (GPUNN_OPS); CPU compiled ops: {info['cpu_compiled_ops']}")
     lines.append(f"CPU cores: {info['cpu_count']}")
     for gpu in info["gpus"]:
