@@ -28,6 +28,7 @@ from sklearn_data import binary, multiclass, regression
 from threadpoolctl import threadpool_limits
 
 from gpunn.sklearn import MLPClassifier, MLPRegressor
+from gpunn.sklearn import base as sklearn_base
 
 # Short fits stop at max_iter on purpose; the tests that are about the warning ask for it.
 # The estimators ask for device="cpu": these tests are about scikit-learn's semantics, and left
@@ -357,6 +358,54 @@ def test_errors():
         MLPClassifier(hidden_layer_sizes=(10, 0), device="cpu").fit(x, y)
     with pytest.raises(ValueError, match="features"):
         MLPClassifier(max_iter=1, device="cpu").fit(x, y).predict(x[:, :5])
+
+
+@pytest.mark.parametrize("cupy_path", [False, True], ids=["numpy-X", "cupy-X"])
+@pytest.mark.parametrize("bad", [np.nan, 1e300])  # 1e300: finite in float64, not in the float32 network
+def test_a_refused_fit_leaves_the_fitted_estimator_as_it_was(monkeypatch, cupy_path, bad):
+    x, y = multiclass()
+    xr, yr = regression()
+    clf = MLPClassifier(max_iter=5, random_state=0, device="cpu").fit(x, y)
+    reg = MLPRegressor(max_iter=5, random_state=0, device="cpu").fit(xr, yr)
+    weights = [[w.copy() for w in est.coefs_ + est.intercepts_] for est in (clf, reg)]
+    proba, predicted, curve = clf.predict_proba(x), reg.predict(xr), list(clf.loss_curve_)
+    x_bad, y_bad = x.copy(), yr.copy()
+    x_bad[4, 1] = y_bad[4] = bad
+    if cupy_path:  # X takes the CuPy-array path (checked on its device), here on the host
+        monkeypatch.setattr(sklearn_base, "_is_cupy", lambda a: a is x_bad)
+    with pytest.raises(ValueError, match=r"X contains NaN|X holds values beyond") as refused:
+        clf.fit(x_bad, y)
+    if cupy_path:
+        assert "row 4" in str(refused.value)  # gpunn's check: the one scan of a CuPy X's values
+    with pytest.raises(ValueError, match=r"y contains NaN|y holds values beyond"):
+        reg.fit(xr, y_bad)
+    for est, before in zip((clf, reg), weights, strict=True):
+        for now, then in zip(est.coefs_ + est.intercepts_, before, strict=True):
+            np.testing.assert_array_equal(now, then)
+    np.testing.assert_array_equal(clf.predict_proba(x), proba)
+    np.testing.assert_array_equal(reg.predict(xr), predicted)
+    assert clf.loss_curve_ == curve and clf.n_iter_ == 5
+
+
+def test_cupy_x_is_checked_as_scikit_learn_checks_host_x(monkeypatch):
+    pd = pytest.importorskip("pandas")
+    x, y = multiclass()
+    clf = MLPClassifier(max_iter=2, random_state=0, device="cpu").fit(pd.DataFrame(x, columns=list("abcdefghij")), y)
+    monkeypatch.setattr(sklearn_base, "_is_cupy", lambda a: isinstance(a, np.ndarray))  # the CuPy path, on the host
+    with pytest.warns(UserWarning, match="X does not have valid feature names, but MLPClassifier was fitted with"):
+        clf.predict(x)
+    clf.fit(x[:, :5], y)
+    assert clf.n_features_in_ == 5 and not hasattr(clf, "feature_names_in_")
+    with pytest.raises(ValueError, match="X has 10 features, but MLPClassifier is expecting 5 features as input"):
+        clf.predict(x)
+    for bad, message in [
+        (x[0], "Expected 2D array, got 1D array"),
+        (x.astype(complex), "MLPClassifier needs numeric X"),
+        (x[:0], "minimum of 1 sample and feature is required"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            clf.fit(bad, y)
+    assert clf.n_features_in_ == 5
 
 
 def test_assigned_coefs_are_used_and_pickling_keeps_predictions():

@@ -1,25 +1,24 @@
-"""The base of gpunn.sklearn's estimators: scikit-learn's parameters and their checks, the checks
-of X and y (on the host for NumPy, lists, pandas and SciPy sparse input, densified; on the device,
-without a copy to the host, for CuPy arrays), ``fit`` (the data sent to the device once, then a
-training loop) and the forward pass behind predictions."""
+"""The base of gpunn.sklearn's estimators: scikit-learn's parameters, the checks of X and y (CuPy X
+on its device, anything else on the host, densified), ``fit`` (the data sent to the device once,
+then a training loop) and the forward pass behind predictions."""
 
 from __future__ import annotations
 
-import warnings
-from numbers import Integral, Real
+from numbers import Integral
 from typing import Any
 
 import numpy as np
 import scipy.sparse
+from sklearn import neural_network
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils import check_random_state
-from sklearn.utils._param_validation import Interval, Options, StrOptions
 from sklearn.utils.validation import (
     _check_sample_weight,
     check_array,
     check_consistent_length,
     check_is_fitted,
     column_or_1d,
+    validate_data,
 )
 
 from ..backend.device import Device, array_module, device, device_of, to_numpy
@@ -27,14 +26,6 @@ from ..train.batches import check_values
 from ..validation import check_dtype
 from .network import _blas_threads, _Network
 from .training import _NON_FINITE, _TrainingLoops
-
-try:  # scikit-learn >= 1.6
-    from sklearn.utils.validation import validate_data as _validate_data
-except ImportError:  # pragma: no cover - scikit-learn 1.4 and 1.5
-
-    def _validate_data(estimator: Any, *args: Any, **kwargs: Any) -> Any:
-        return estimator._validate_data(*args, **kwargs)
-
 
 _STOCHASTIC = ("sgd", "adam")
 
@@ -52,30 +43,10 @@ def _float_dtype(x: Any) -> np.dtype:
 class BaseMultilayerPerceptron(_TrainingLoops, BaseEstimator):
     """Shared fit / partial_fit machinery; use :class:`MLPClassifier` or :class:`MLPRegressor`."""
 
+    # scikit-learn's own constraints on its MLPs' parameters (the same values refused, with its
+    # InvalidParameterError naming the parameter), and gpunn's two
     _parameter_constraints: dict = {  # noqa: RUF012 — scikit-learn's convention
-        "hidden_layer_sizes": ["array-like", Interval(Integral, 1, None, closed="left")],
-        "activation": [StrOptions({"identity", "logistic", "tanh", "relu"})],
-        "solver": [StrOptions({"lbfgs", "sgd", "adam"})],
-        "alpha": [Interval(Real, 0, None, closed="left")],
-        "batch_size": [StrOptions({"auto"}), Interval(Integral, 1, None, closed="left")],
-        "learning_rate": [StrOptions({"constant", "invscaling", "adaptive"})],
-        "learning_rate_init": [Interval(Real, 0, None, closed="neither")],
-        "power_t": [Interval(Real, 0, None, closed="left")],
-        "max_iter": [Interval(Integral, 1, None, closed="left")],
-        "shuffle": ["boolean"],
-        "random_state": ["random_state"],
-        "tol": [Interval(Real, 0, None, closed="left")],
-        "verbose": ["verbose"],
-        "warm_start": ["boolean"],
-        "momentum": [Interval(Real, 0, 1, closed="both")],
-        "nesterovs_momentum": ["boolean"],
-        "early_stopping": ["boolean"],
-        "validation_fraction": [Interval(Real, 0, 1, closed="left")],
-        "beta_1": [Interval(Real, 0, 1, closed="left")],
-        "beta_2": [Interval(Real, 0, 1, closed="left")],
-        "epsilon": [Interval(Real, 0, None, closed="neither")],
-        "n_iter_no_change": [Interval(Integral, 1, None, closed="left"), Options(Real, {np.inf})],
-        "max_fun": [Interval(Integral, 1, None, closed="left")],
+        **neural_network.MLPClassifier._parameter_constraints,
         "device": [str, Device],
         "dtype": [str, type, np.dtype, None],
     }
@@ -109,31 +80,8 @@ class BaseMultilayerPerceptron(_TrainingLoops, BaseEstimator):
         device: str | Device = "auto",
         dtype: Any = "float32",
     ) -> None:
-        self.hidden_layer_sizes = hidden_layer_sizes
-        self.activation = activation
-        self.solver = solver
-        self.alpha = alpha
-        self.batch_size = batch_size
-        self.learning_rate = learning_rate
-        self.learning_rate_init = learning_rate_init
-        self.power_t = power_t
-        self.max_iter = max_iter
-        self.shuffle = shuffle
-        self.random_state = random_state
-        self.tol = tol
-        self.verbose = verbose
-        self.warm_start = warm_start
-        self.momentum = momentum
-        self.nesterovs_momentum = nesterovs_momentum
-        self.early_stopping = early_stopping
-        self.validation_fraction = validation_fraction
-        self.beta_1 = beta_1
-        self.beta_2 = beta_2
-        self.epsilon = epsilon
-        self.n_iter_no_change = n_iter_no_change
-        self.max_fun = max_fun
-        self.device = device
-        self.dtype = dtype
+        # scikit-learn's rule: each parameter is stored, unchecked, as the attribute of its name
+        vars(self).update({name: value for name, value in locals().items() if name != "self"})
 
     def fit(self, X: Any, y: Any, sample_weight: Any = None) -> BaseMultilayerPerceptron:
         """Fit the network to X (n_samples, n_features) and y: labels (n_samples,) or a label
@@ -150,7 +98,7 @@ class BaseMultilayerPerceptron(_TrainingLoops, BaseEstimator):
         return True
 
     def _check_params(self) -> None:
-        self._validate_params()  # scikit-learn's InvalidParameterError names the parameter
+        self._validate_params()
         self._compute_dtype(None)
         if not self._auto_device():
             device(self.device)  # a bad spec, or a GPU that is not usable, fails here with the reason
@@ -162,11 +110,11 @@ class BaseMultilayerPerceptron(_TrainingLoops, BaseEstimator):
     def _auto_device(self) -> bool:
         return isinstance(self.device, str) and self.device.strip().lower() == "auto"
 
-    def _device(self, x: Any = None) -> Device:
+    def _device(self, x: Any) -> Device:
         """The device to train on. For "auto": a CuPy input's GPU, else ``gn.device()``
         (GPUNN_DEVICE if set, else cuda:0 when usable, else the CPU)."""
         if self._auto_device():
-            return device_of(x) if x is not None and _is_cupy(x) else device(None)
+            return device_of(x) if _is_cupy(x) else device(None)
         return device(self.device)
 
     def _hidden_sizes(self) -> list[int]:
@@ -176,82 +124,73 @@ class BaseMultilayerPerceptron(_TrainingLoops, BaseEstimator):
             raise ValueError(f"hidden_layer_sizes must be > 0, got {sizes}.")
         return [int(s) for s in sizes]
 
-    def _check_x(self, X: Any, y: Any = "no_validation", reset: bool = True) -> tuple[Any, Any]:
-        """Check X (and y, unless "no_validation") like scikit-learn; CuPy X is checked on its
-        device. X comes back as a dense NumPy or CuPy array; y as a NumPy array."""
+    def _check_x(self, X: Any, y: Any = "no_validation", net: _Network | None = None) -> tuple[Any, Any]:
+        """Check X (and y, unless "no_validation") like scikit-learn, then X's values against the
+        dtype of ``net``, the fitted network (None: a first fit, which resets n_features_in_ and
+        trains in ``_compute_dtype(X)``). X comes back as a dense NumPy or CuPy array, y as a NumPy
+        array. CuPy X is checked on its device, its values in one scan, before any attribute changes."""
         fitting = not (isinstance(y, str) and y == "no_validation")
+        reset = net is None
         classifier = isinstance(self, ClassifierMixin)
         host_checks = {"accept_sparse": ["csr", "csc"], "dtype": (np.float64, np.float32), "reset": reset}
-        if _is_cupy(X):
-            X = self._check_cupy_x(X, reset)
+        cupy = _is_cupy(X)
+        if cupy:
+            self._check_cupy_x(X)
             if fitting:
                 if y is None:
                     raise ValueError(f"{type(self).__name__} requires y to be passed, but the target y is None.")
                 y = check_array(to_numpy(y), ensure_2d=False, dtype=None if classifier else np.float64)
                 check_consistent_length(X, y)  # reads X.shape only: nothing leaves the GPU
         elif fitting:
-            X, y = _validate_data(self, X, to_numpy(y), multi_output=True, y_numeric=not classifier, **host_checks)
+            X, y = validate_data(self, X, to_numpy(y), multi_output=True, y_numeric=not classifier, **host_checks)
         else:
-            X = _validate_data(self, X, **host_checks)
+            X = validate_data(self, X, **host_checks)
         if fitting and y.ndim == 2 and y.shape[1] == 1:
             y = column_or_1d(y, warn=True)
         if scipy.sparse.issparse(X):
             X = X.toarray()  # gpunn computes densely; a sparse X is densified once
+        # CuPy X's one scan of its values; for host X, scikit-learn found no NaN and this finds values
+        # beyond the network's dtype (1e300 in float64 X would become inf in a float32 network)
+        check_values(X, "X", self._compute_dtype(X) if reset else net.dtype)
+        if cupy:  # n_features_in_ and feature_names_in_, set or compared as for host X above
+            validate_data(self, X, skip_check_array=True, reset=reset)
         return X, y
 
-    def _check_cupy_x(self, X: Any, reset: bool) -> Any:
-        """scikit-learn's checks for an (N, F) CuPy array, without copying it to the host."""
-        name = type(self).__name__
+    def _check_cupy_x(self, X: Any) -> None:
+        """scikit-learn's checks of an (N, F) CuPy array's shape and dtype, on its device."""
         if X.ndim != 2:
             raise ValueError(f"Expected 2D array, got {X.ndim}D array instead (shape {tuple(X.shape)}).")
         if X.dtype.kind not in "biuf":
-            raise ValueError(f"{name} needs numeric X, got a CuPy array of dtype {X.dtype}.")
+            raise ValueError(f"{type(self).__name__} needs numeric X, got a CuPy array of dtype {X.dtype}.")
         if X.shape[0] < 1 or X.shape[1] < 1:
             raise ValueError(
                 f"Found array with shape {tuple(X.shape)} while a minimum of 1 sample and feature is required."
             )
-        if X.dtype.kind == "f" and not bool(array_module(X).isfinite(X).all()):
-            raise ValueError("Input X contains NaN or infinity.")
-        if reset:
-            self.n_features_in_ = int(X.shape[1])
-            if hasattr(self, "feature_names_in_"):
-                del self.feature_names_in_
-            return X
-        if X.shape[1] != getattr(self, "n_features_in_", X.shape[1]):
-            raise ValueError(
-                f"X has {X.shape[1]} features, but {name} is expecting {self.n_features_in_} features as input."
-            )
-        if hasattr(self, "feature_names_in_"):
-            warnings.warn(
-                f"X does not have valid feature names, but {name} was fitted with feature names", stacklevel=3
-            )
-        return X
 
     def _fit(self, X: Any, y: Any, sample_weight: Any, incremental: bool) -> BaseMultilayerPerceptron:
         sizes = self._hidden_sizes()
         first_pass = not hasattr(self, "coefs_") or (not self.warm_start and not incremental)
-        if not first_pass:
-            self._network()  # fitted attributes set by hand get their network (and label binarizer)
-        X, y = self._check_x(X, y, reset=first_pass)
+        # every check comes before the network changes: a refused fit leaves the fitted model as it was
+        net = None if first_pass else self._network()
+        X, y = self._check_x(X, y, net)
         if sample_weight is not None:  # a host stand-in for X: the check needs only its length
             sample_weight = _check_sample_weight(
                 to_numpy(sample_weight), np.empty((X.shape[0], 0)), dtype=np.float64, ensure_non_negative=True
             )
         targets, stratify, n_outputs = self._encode_targets(y, incremental)
+        dtype = self._compute_dtype(X) if first_pass else net.dtype
+        check_values(targets, "y", dtype)
+        if not first_pass and n_outputs != self.n_outputs_:
+            raise ValueError(f"y has {n_outputs} outputs but the fitted network has {self.n_outputs_}; refit it")
         rng = check_random_state(self.random_state)
         dev = self._device(X)
         if first_pass:
-            self._initialize([X.shape[1], *sizes, n_outputs], self._compute_dtype(X), rng, dev)
-        elif n_outputs != self.n_outputs_:
-            raise ValueError(f"y has {n_outputs} outputs but the fitted network has {self.n_outputs_}; refit it")
-        net: _Network = self._net
+            net = self._initialize([X.shape[1], *sizes, n_outputs], dtype, rng, dev)
         net.sync(self, dev)
         self.device_ = str(dev)
-        check_values(X, "X", net.dtype)  # 1e300 in float64 X would become inf in a float32 network
-        check_values(targets, "y", net.dtype)
         with dev:
-            Xd = dev.send(X, dtype=net.dtype)
-            Td = dev.send(targets) if targets.dtype.kind in "iu" else dev.send(targets, dtype=net.dtype)
+            Xd = dev.send(X, dtype=dtype)
+            Td = dev.send(targets) if targets.dtype.kind in "iu" else dev.send(targets, dtype=dtype)
         batch = 200 if self.batch_size == "auto" else self.batch_size
         rows = Xd.shape[0] if self.solver == "lbfgs" else min(Xd.shape[0], batch)
         try:
@@ -266,29 +205,28 @@ class BaseMultilayerPerceptron(_TrainingLoops, BaseEstimator):
             raise ValueError(_NON_FINITE)
         return self
 
-    def _initialize(self, units: list[int], dtype: np.dtype, rng: np.random.RandomState, dev: Device) -> None:
-        self.n_iter_ = 0
-        self.t_ = 0
-        self.n_outputs_ = units[-1]
-        self.n_layers_ = len(units)
+    def _initialize(self, units: list[int], dtype: np.dtype, rng: np.random.RandomState, dev: Device) -> _Network:
+        """A new network with scikit-learn's initial weights, and the records of a first fit."""
         self.out_activation_ = self._out_activation()
-        self._net = _Network(units, self.activation, self.out_activation_, dtype)
-        self._net.build(rng, dev)
-        self._net.export(self)
-        vars(self).update(self._new_records())
+        net = self._net = _Network(units, self.activation, self.out_activation_, dtype)
+        net.build(rng, dev)
+        net.export(self)
+        vars(self).update(self._new_records(units))
+        return net
 
-    def _new_records(self) -> dict[str, Any]:
-        """The records a stochastic solver keeps across epochs, as a first fit starts them."""
-        if self.solver not in _STOCHASTIC:
-            return {}
-        stopping = self.early_stopping
-        return {
-            "loss_curve_": [],
-            "_no_improvement_count": 0,
-            "best_loss_": None if stopping else np.inf,
-            "validation_scores_": [] if stopping else None,
-            "best_validation_score_": -np.inf if stopping else None,
-        }
+    def _new_records(self, units: list[int]) -> dict[str, Any]:
+        """The records a fit keeps (n_iter_, t_, ..., and a stochastic solver's), as a first fit starts them."""
+        records = {"n_iter_": 0, "t_": 0, "n_outputs_": units[-1], "n_layers_": len(units)}
+        if self.solver in _STOCHASTIC:
+            stopping = self.early_stopping
+            records |= {
+                "loss_curve_": [],
+                "_no_improvement_count": 0,
+                "best_loss_": None if stopping else np.inf,
+                "validation_scores_": [] if stopping else None,
+                "best_validation_score_": -np.inf if stopping else None,
+            }
+        return records
 
     def _network(self) -> _Network:
         """The network behind the fitted attributes. Where there is none, or it no longer
@@ -300,31 +238,27 @@ class BaseMultilayerPerceptron(_TrainingLoops, BaseEstimator):
         if net is None or (net.units, net.activation, net.out) != (units, self.activation, self.out_activation_):
             dtype = self._compute_dtype(self.coefs_[0])
             net = self._net = _Network(units, self.activation, self.out_activation_, dtype)
-            records = {"n_iter_": 0, "t_": 0, "n_outputs_": units[-1], "n_layers_": len(units), **self._new_records()}
-            for name, value in records.items():
+            for name, value in self._new_records(units).items():
                 if not hasattr(self, name):
                     setattr(self, name, value)
         return net
 
-    def _output(self, X: Any, log: bool = False) -> tuple[Any, bool, Device]:
+    def _output(self, X: Any, log: bool = False) -> tuple[Any, Device]:
         """Output activations for X (their logarithms, computed from the logits, with ``log``),
-        and whether and where X was a CuPy array.
-
-        Computed on the model's device in its dtype; returned in X's floating dtype (float64
-        for anything else, as scikit-learn's validation would make it): on X's GPU for CuPy
-        input, as a NumPy array otherwise."""
+        and the device X is on. Computed on the model's device in its dtype; returned in X's
+        floating dtype (float64 for anything else, as scikit-learn's validation would make it):
+        on X's GPU for CuPy input, as a NumPy array otherwise."""
         check_is_fitted(self)
-        X, _ = self._check_x(X, reset=False)
         net = self._network()
+        X, _ = self._check_x(X, net=net)
         net.sync(self, net.device if net.model is not None else self._device(X))
-        check_values(X, "X", net.dtype)
         with net.device:
             out = net.output(net.device.send(X, dtype=net.dtype), log=log)
-        dtype = _float_dtype(X)
-        cupy_in = _is_cupy(X)
         src = device_of(X)
-        out = src.send(out, dtype=dtype) if cupy_in else to_numpy(out).astype(dtype, copy=False)
-        return out, cupy_in, src
+        dtype = _float_dtype(X)
+        if src.kind == "cuda":
+            return src.send(out, dtype=dtype), src
+        return to_numpy(out).astype(dtype, copy=False), src
 
     def __sklearn_tags__(self) -> Any:
         tags = super().__sklearn_tags__()

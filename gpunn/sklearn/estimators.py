@@ -1,10 +1,6 @@
-"""scikit-learn compatible multilayer perceptrons that train with gpunn on the best device present.
-
-``from gpunn.sklearn import MLPClassifier, MLPRegressor`` gives drop-in replacements for
-scikit-learn's estimators of the same names: the same constructor parameters with the same
-meanings and defaults, the same fitted attributes, and the same training semantics, plus
-``device`` ("auto", "cpu", "cuda:N") and ``dtype`` (float32 by default; None trains in the
-input's dtype, as scikit-learn does). Matched exactly as :mod:`sklearn.neural_network` does it:
+"""scikit-learn's MLPClassifier and MLPRegressor (its parameters, fitted attributes and training
+semantics, plus ``device`` and ``dtype``), trained by gpunn on the best device present. Matched
+exactly as :mod:`sklearn.neural_network` does it:
 
 - initial weights: Glorot-uniform, W, b ~ U(−r, r) with r = √(6 / (fan_in + fan_out))
   (√(2 / …) for "logistic"), drawn from ``check_random_state(random_state)`` in scikit-learn's
@@ -84,9 +80,8 @@ class MLPClassifier(ClassifierMixin, BaseMultilayerPerceptron):
 
     dtype : "float32" (default), "float64" or None: the precision the network computes in.
         None follows the input as scikit-learn does (float32 X trains in float32, anything
-        else in float64). The default is float32, whatever the input, because GPUs compute it
-        many times faster than float64 (and it halves the memory), with precision to spare
-        for training; use None or "float64" to reproduce scikit-learn's numbers.
+        else in float64). The default is float32 whatever the input, many times faster on
+        GPUs; None or "float64" reproduce scikit-learn's numbers.
 
     Fitted attributes: ``classes_``, ``loss_``, ``best_loss_``, ``loss_curve_``,
     ``validation_scores_``, ``best_validation_score_``, ``t_``, ``coefs_`` (list of (n_in, n_out)),
@@ -142,7 +137,7 @@ class MLPClassifier(ClassifierMixin, BaseMultilayerPerceptron):
 
     def predict_proba(self, X: Any) -> Any:
         """Class probabilities (n_samples, n_classes), ordered as ``classes_``."""
-        out, _, src = self._output(X)
+        out, src = self._output(X)
         if self.n_outputs_ == 1:
             with src:
                 out = array_module(out).concatenate([1.0 - out, out], axis=1)
@@ -155,11 +150,18 @@ class MLPClassifier(ClassifierMixin, BaseMultilayerPerceptron):
 
     def predict(self, X: Any) -> Any:
         """Predicted labels (n_samples,), or a label indicator matrix for multilabel targets."""
-        out, cupy_in, src = self._output(X)
-        if not cupy_in:
+        out, src = self._output(X)
+        if src.kind == "cpu":
             return self._label_binarizer.inverse_transform(out.ravel() if self.n_outputs_ == 1 else out)
         with src:
-            return self._labels_on_device(out, src)
+            codes = self._codes(out)
+            if self._label_binarizer.y_type_.startswith("multilabel"):
+                return codes
+            if len(self.classes_) == 1:
+                codes = codes * 0
+            if self.classes_.dtype.kind not in "biuf":
+                return self.classes_[to_numpy(codes)]  # CuPy cannot hold these labels: NumPy out
+            return src.send(self.classes_)[codes]
 
     def _codes(self, out: Any) -> Any:
         """Class indices (softmax) or 0/1 decisions (logistic, thresholded at ½) from outputs."""
@@ -167,19 +169,6 @@ class MLPClassifier(ClassifierMixin, BaseMultilayerPerceptron):
             return out.argmax(axis=1)
         decisions = (out > 0.5).astype(np.int64)
         return decisions[:, 0] if self.n_outputs_ == 1 else decisions
-
-    def _labels_on_device(self, out: Any, src: Device) -> Any:
-        codes = self._codes(out)
-        if self._label_binarizer.y_type_.startswith("multilabel"):
-            return src.send(codes)
-        if len(self.classes_) == 1:
-            codes = codes * 0
-        if self.classes_.dtype.kind not in "biuf":
-            return self.classes_[to_numpy(codes)]  # CuPy cannot hold these labels: NumPy out
-        cache = self._net.cache
-        if src not in cache:
-            cache[src] = src.send(self.classes_)
-        return cache[src][codes]
 
     def _device_score(self, net: _Network, X: Any, T: Any, w: Any = None) -> float:
         """Accuracy on the device (subset accuracy for multilabel), as ``score``; weighted by
@@ -256,34 +245,8 @@ class MLPRegressor(RegressorMixin, BaseMultilayerPerceptron):
         device: str | Device = "auto",
         dtype: Any = "float32",
     ) -> None:
-        super().__init__(
-            hidden_layer_sizes=hidden_layer_sizes,
-            activation=activation,
-            solver=solver,
-            alpha=alpha,
-            batch_size=batch_size,
-            learning_rate=learning_rate,
-            learning_rate_init=learning_rate_init,
-            power_t=power_t,
-            max_iter=max_iter,
-            shuffle=shuffle,
-            random_state=random_state,
-            tol=tol,
-            verbose=verbose,
-            warm_start=warm_start,
-            momentum=momentum,
-            nesterovs_momentum=nesterovs_momentum,
-            early_stopping=early_stopping,
-            validation_fraction=validation_fraction,
-            beta_1=beta_1,
-            beta_2=beta_2,
-            epsilon=epsilon,
-            n_iter_no_change=n_iter_no_change,
-            max_fun=max_fun,
-            device=device,
-            dtype=dtype,
-        )
-        self.loss = loss
+        # as in BaseMultilayerPerceptron: each parameter stored, unchecked, as the attribute of its name
+        vars(self).update({name: value for name, value in locals().items() if name != "self"})
 
     def _out_activation(self) -> str:
         return "exp" if self.loss == "poisson" else "identity"
@@ -303,7 +266,7 @@ class MLPRegressor(RegressorMixin, BaseMultilayerPerceptron):
 
     def predict(self, X: Any) -> Any:
         """Predicted targets (n_samples,) or (n_samples, n_outputs)."""
-        out, _, _ = self._output(X)
+        out, _ = self._output(X)
         return out.ravel() if out.shape[1] == 1 else out
 
     def _device_score(self, net: _Network, X: Any, T: Any, w: Any = None) -> float:

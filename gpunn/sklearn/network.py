@@ -24,10 +24,9 @@ _ACTIVATIONS = {"identity": "identity", "logistic": "sigmoid", "tanh": "tanh", "
 _PREDICT_CHUNK = 65_536  # rows per forward pass when predicting (bounds device memory)
 
 # Below this many multiply-adds per matrix product a second BLAS thread saves little and can cost
-# a lot. Measured on the 2-core development machine, float32 200×64·64×100: 35–50 µs on one
-# thread; 33 µs on two when the machine is idle, 150–390 µs when another process keeps a core
-# busy (OpenBLAS's threads then wait for each other); a whole digits fit took 0.2–0.3 s on one
-# thread against 0.9–9 s on two under such load.
+# a lot: on 2 cores, one kept busy by another process, OpenBLAS's threads wait for each other
+# (float32 200×64·64×100: 35–50 µs on one thread, 150–390 µs on two; a digits fit: 0.2–0.3 s
+# on one, 0.9–9 s on two).
 _SINGLE_THREAD_MACS = 1 << 22
 
 
@@ -125,7 +124,6 @@ class _Network:
         self.exported: tuple[Any, ...] | None = None  # the arrays last put in coefs_/intercepts_
         self.best: Any = None  # flat weights of the best validation score (early stopping)
         self.host_state: dict[str, Any] = {}  # optimizer state and best weights while pickled
-        self.cache: dict[Any, Any] = {}  # per-device copies of classes_ for CuPy predictions
         self.loss: Loss = _LOSSES[out](validate=False)  # targets are checked once per fit, not per step
 
     def _new_model(self) -> Sequential:
@@ -150,12 +148,12 @@ class _Network:
     def device(self) -> Device:
         return self.model.device
 
-    def sync(self, est: Any, dev: Device | None = None) -> Sequential:
-        """Make the model hold the estimator's ``coefs_`` and ``intercepts_`` (rebuilding it
-        after unpickling, loading arrays the user assigned) and, given ``dev``, move it there."""
+    def sync(self, est: Any, dev: Device) -> None:
+        """Make the model, on ``dev``, hold the estimator's ``coefs_`` and ``intercepts_``
+        (rebuilding it after unpickling, loading arrays the user assigned)."""
         arrays = (*est.coefs_, *est.intercepts_)
         if self.model is None:
-            self.model = self._new_model().to(dev if dev is not None else est._device())
+            self.model = self._new_model().to(dev)
             self.exported = None
         # by identity: any array other than those last exported was assigned by the user
         if self.exported is None or [id(a) for a in arrays] != [id(a) for a in self.exported]:
@@ -172,11 +170,10 @@ class _Network:
             for a, p in zip(arrays, params, strict=True):
                 p.data[...] = self.device.send(a, dtype=self.dtype)  # NumPy, lists or CuPy
             self.exported = arrays
-        if dev is not None and dev != self.device:
+        if dev != self.device:
             self.model.to(dev)  # the optimizer follows on its next step
         if self.host_state:
             self._restore_host_state()
-        return self.model
 
     def export(self, est: Any) -> None:
         """Set ``coefs_`` (n_in, n_out) and ``intercepts_`` (n_out,) per layer, as NumPy arrays."""
@@ -217,9 +214,7 @@ class _Network:
                 host["best"] = to_numpy(self.best)
             state["host_state"] = host
         # the loss keeps the last step's arrays (CuPy after a GPU fit): a fresh one pickles as nothing
-        state.update(
-            model=None, optimizer=None, exported=None, best=None, cache={}, loss=type(self.loss)(validate=False)
-        )
+        state.update(model=None, optimizer=None, exported=None, best=None, loss=type(self.loss)(validate=False))
         return state
 
     def _restore_host_state(self) -> None:
