@@ -22,7 +22,7 @@ exactly as :mod:`sklearn.neural_network` does it:
 - "lbfgs": scipy's L-BFGS-B over the flat parameter buffer, with the full-batch objective
   and gradient computed on the device.
 
-In float64 the loss curves agree with scikit-learn's to rounding (tests/test_sklearn.py).
+In float64 the loss curves agree with scikit-learn's to rounding (tests/sklearn/test_sklearn.py).
 Known differences: the reported log-loss does not clip probabilities to [ε, 1 − ε] as
 scikit-learn's does (it differs only while some probability underflows, e.g. in the first
 epochs on unscaled data); negative sample weights are refused (scikit-learn takes them);
