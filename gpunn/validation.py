@@ -137,7 +137,7 @@ def check_labels(t: Any, n_classes: int | None, name: str = "t") -> Any:
             f"or pass one-hot targets of shape (N, {classes})"
         )
     if n_classes is not None:
-        low, high = to_numpy(array_module(t).stack([t.min(), t.max()])).tolist()
+        low, high = _min_max(t)
         if low < 0 or high >= n_classes:
             raise ValueError(
                 f"{name} holds labels outside [0, {n_classes}) for {n_classes} classes: min {low}, max {high}"
@@ -167,6 +167,14 @@ def check_distributions(t: Any, dtype: Any, name: str = "t") -> None:
 
 def check_unit_interval(t: Any, name: str = "t", what: str = "binary cross-entropy") -> None:
     """Targets ``t`` in [0, 1], as binary cross-entropy needs (NaN refused); one read to the host."""
-    low, high = to_numpy(array_module(t).stack([t.min(), t.max()])).tolist()
+    low, high = _min_max(t)
     if not (low >= 0.0 and high <= 1.0):  # NaN fails both
         raise ValueError(f"{name} must lie in [0, 1] for {what}, got min {low:g}, max {high:g}")
+
+
+def _min_max(t: Any) -> tuple[Any, Any]:
+    """(min, max) of ``t`` as Python numbers: two reductions on the host, one read from a GPU
+    (a NumPy stack and copy cost more than the reductions for a batch of labels)."""
+    if type(t) is np.ndarray:
+        return t.min().item(), t.max().item()
+    return tuple(to_numpy(array_module(t).stack([t.min(), t.max()])).tolist())
