@@ -1,7 +1,7 @@
 """The communicator of data-parallel training: MPI (mpi4py) between processes, NCCL for GPU arrays.
 
-``mpiexec -n K python train.py`` starts K processes, the *ranks*, one per GPU (rank r on
-``cuda:<local rank>``). NumPy arrays travel through MPI; CuPy arrays through NCCL, else staged
+``mpiexec -n K python train.py`` starts K processes, the *ranks*; with GPUs, one per GPU (rank r
+on ``cuda:<local rank>``). NumPy arrays travel through MPI; CuPy arrays through NCCL, else staged
 through the host. mpi4py is imported only when a launcher started this process or a
 :class:`Communicator` is built on MPI, so ``import gpunn`` never starts MPI.
 """
@@ -262,7 +262,9 @@ def _nccl_communicator(nccl: Any, size: int, uid: bytes, rank: int) -> Any:
         return nccl.NcclCommunicator(size, tuple(np.frombuffer(uid, dtype=np.int8).tolist()), rank)
 
 
-_NCCL_DTYPES = ("float16", "float32", "float64", "int32", "int64")  # nccl.NCCL_FLOAT16, ...
+# looked up on every step's gradient sum: a dict by dtype (a dtype's .name is Python code, µs)
+_NCCL_DTYPES = {np.dtype(name): f"NCCL_{name.upper()}" for name in ("float16", "float32", "float64", "int32", "int64")}
+_NCCL_OPS = {"sum": "NCCL_SUM", "max": "NCCL_MAX", "min": "NCCL_MIN"}
 
 
 class _NcclLink:
@@ -276,14 +278,14 @@ class _NcclLink:
     def _args(self, x: Any) -> tuple[int, int, int]:
         if not x.flags.c_contiguous:
             raise ValueError("NCCL collectives need a contiguous array")
-        name = np.dtype(x.dtype).name
-        if name not in _NCCL_DTYPES:
+        name = _NCCL_DTYPES.get(x.dtype)
+        if name is None:
             raise TypeError(f"NCCL cannot reduce dtype {x.dtype}")
-        return x.data.ptr, x.size, getattr(self._nccl, f"NCCL_{name.upper()}")
+        return x.data.ptr, x.size, getattr(self._nccl, name)
 
     def allreduce(self, x: Any, op: str) -> None:
         ptr, count, dtype = self._args(x)
-        self._comm.allReduce(ptr, ptr, count, dtype, getattr(self._nccl, f"NCCL_{op.upper()}"), self._stream())
+        self._comm.allReduce(ptr, ptr, count, dtype, getattr(self._nccl, _NCCL_OPS[op]), self._stream())
 
     def broadcast(self, x: Any, root: int) -> None:
         ptr, count, dtype = self._args(x)

@@ -4,14 +4,14 @@ then a training loop) and the forward pass behind predictions."""
 
 from __future__ import annotations
 
-from numbers import Integral
+from numbers import Integral, Real
 from typing import Any
 
 import numpy as np
 import scipy.sparse
-from sklearn import neural_network
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import Interval, Options, StrOptions
 from sklearn.utils.validation import (
     _check_sample_weight,
     check_array,
@@ -43,10 +43,32 @@ def _float_dtype(x: Any) -> np.dtype:
 class BaseMultilayerPerceptron(_TrainingLoops, BaseEstimator):
     """Shared fit / partial_fit machinery; use :class:`MLPClassifier` or :class:`MLPRegressor`."""
 
-    # scikit-learn's own constraints on its MLPs' parameters (the same values refused, with its
-    # InvalidParameterError naming the parameter), and gpunn's two
+    # scikit-learn's constraints on its MLPs' parameters (its InvalidParameterError names the
+    # parameter), limited to what gpunn implements, and gpunn's two
     _parameter_constraints: dict = {  # noqa: RUF012 — scikit-learn's convention
-        **neural_network.MLPClassifier._parameter_constraints,
+        "hidden_layer_sizes": ["array-like", Interval(Integral, 1, None, closed="left")],
+        "activation": [StrOptions({"identity", "logistic", "tanh", "relu"})],
+        "solver": [StrOptions({"lbfgs", "sgd", "adam"})],
+        "alpha": [Interval(Real, 0, None, closed="left")],
+        "batch_size": [StrOptions({"auto"}), Interval(Integral, 1, None, closed="left")],
+        "learning_rate": [StrOptions({"constant", "invscaling", "adaptive"})],
+        "learning_rate_init": [Interval(Real, 0, None, closed="neither")],
+        "power_t": [Interval(Real, 0, None, closed="left")],
+        "max_iter": [Interval(Integral, 1, None, closed="left")],
+        "shuffle": ["boolean"],
+        "random_state": ["random_state"],
+        "tol": [Interval(Real, 0, None, closed="left")],
+        "verbose": ["verbose"],
+        "warm_start": ["boolean"],
+        "momentum": [Interval(Real, 0, 1, closed="both")],
+        "nesterovs_momentum": ["boolean"],
+        "early_stopping": ["boolean"],
+        "validation_fraction": [Interval(Real, 0, 1, closed="left")],
+        "beta_1": [Interval(Real, 0, 1, closed="left")],
+        "beta_2": [Interval(Real, 0, 1, closed="left")],
+        "epsilon": [Interval(Real, 0, None, closed="neither")],
+        "n_iter_no_change": [Interval(Integral, 1, None, closed="left"), Options(Real, {np.inf})],
+        "max_fun": [Interval(Integral, 1, None, closed="left")],
         "device": [str, Device],
         "dtype": [str, type, np.dtype, None],
     }
@@ -124,11 +146,12 @@ class BaseMultilayerPerceptron(_TrainingLoops, BaseEstimator):
             raise ValueError(f"hidden_layer_sizes must be > 0, got {sizes}.")
         return [int(s) for s in sizes]
 
-    def _check_x(self, X: Any, y: Any = "no_validation", net: _Network | None = None) -> tuple[Any, Any]:
+    def _check_x(self, X: Any, y: Any = "no_validation", net: _Network | None = None) -> tuple[Any, Any, np.dtype]:
         """Check X (and y, unless "no_validation") like scikit-learn, then X's values against the
         dtype of ``net``, the fitted network (None: a first fit, which resets n_features_in_ and
         trains in ``_compute_dtype(X)``). X comes back as a dense NumPy or CuPy array, y as a NumPy
-        array. CuPy X is checked on its device, its values in one scan, before any attribute changes."""
+        array, with the dtype the network computes in. CuPy X is checked on its device, its values in one
+        scan, before any attribute changes."""
         fitting = not (isinstance(y, str) and y == "no_validation")
         reset = net is None
         classifier = isinstance(self, ClassifierMixin)
@@ -151,10 +174,11 @@ class BaseMultilayerPerceptron(_TrainingLoops, BaseEstimator):
             X = X.toarray()  # gpunn computes densely; a sparse X is densified once
         # CuPy X's one scan of its values; for host X, scikit-learn found no NaN and this finds values
         # beyond the network's dtype (1e300 in float64 X would become inf in a float32 network)
-        check_values(X, "X", self._compute_dtype(X) if reset else net.dtype)
+        dtype = self._compute_dtype(X) if reset else net.dtype
+        check_values(X, "X", dtype)
         if cupy:  # n_features_in_ and feature_names_in_, set or compared as for host X above
             validate_data(self, X, skip_check_array=True, reset=reset)
-        return X, y
+        return X, y, dtype
 
     def _check_cupy_x(self, X: Any) -> None:
         """scikit-learn's checks of an (N, F) CuPy array's shape and dtype, on its device."""
@@ -172,13 +196,12 @@ class BaseMultilayerPerceptron(_TrainingLoops, BaseEstimator):
         first_pass = not hasattr(self, "coefs_") or (not self.warm_start and not incremental)
         # every check comes before the network changes: a refused fit leaves the fitted model as it was
         net = None if first_pass else self._network()
-        X, y = self._check_x(X, y, net)
+        X, y, dtype = self._check_x(X, y, net)
         if sample_weight is not None:  # a host stand-in for X: the check needs only its length
             sample_weight = _check_sample_weight(
                 to_numpy(sample_weight), np.empty((X.shape[0], 0)), dtype=np.float64, ensure_non_negative=True
             )
         targets, stratify, n_outputs = self._encode_targets(y, incremental)
-        dtype = self._compute_dtype(X) if first_pass else net.dtype
         check_values(targets, "y", dtype)
         if not first_pass and n_outputs != self.n_outputs_:
             raise ValueError(f"y has {n_outputs} outputs but the fitted network has {self.n_outputs_}; refit it")
@@ -250,7 +273,7 @@ class BaseMultilayerPerceptron(_TrainingLoops, BaseEstimator):
         on X's GPU for CuPy input, as a NumPy array otherwise."""
         check_is_fitted(self)
         net = self._network()
-        X, _ = self._check_x(X, net=net)
+        X, _, _ = self._check_x(X, net=net)
         net.sync(self, net.device if net.model is not None else self._device(X))
         with net.device:
             out = net.output(net.device.send(X, dtype=net.dtype), log=log)
