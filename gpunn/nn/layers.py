@@ -146,9 +146,11 @@ class Linear(Layer):
         self._a = a
         return a
 
-    def backward(self, dy: Any, input_grad: bool = True) -> Any:
+    def backward(self, dy: Any, input_grad: bool = True, overwrite_dy: bool = False) -> Any:
         """Write ∂L/∂W and ∂L/∂b into the gradient views; return ∂L/∂x, or None when
-        ``input_grad`` is False (a first layer's input gradient is not used in training)."""
+        ``input_grad`` is False (a first layer's input gradient is not used in training).
+        ``overwrite_dy``: dy may be overwritten with dz (as SciPy's ``overwrite_a``), saving an
+        array of its size; Sequential passes it for the ∂L/∂x of the Linear layer above."""
         x, a = self._x, self._a
         if type(dy) is not type(a) or dy.shape != a.shape or dy.dtype != a.dtype:
             check_dy(self, dy, a)
@@ -157,7 +159,8 @@ class Linear(Layer):
             dz = dy
             ops.column_sums(dz, self.b.grad)
         else:
-            dz = ops.activation_backward(dy, self._a, self.activation, self.negative_slope, db=self.b.grad)
+            out = dy if overwrite_dy else None
+            dz = ops.activation_backward(dy, self._a, self.activation, self.negative_slope, out=out, db=self.b.grad)
         ops.matmul(x.T, dz, out=self.W.grad)
         return ops.matmul(dz, self.W.data.T) if input_grad else None
 

@@ -88,9 +88,20 @@ class Sequential(Layer):
         """dy = ∂L/∂output → writes every parameter's grad; returns ∂L/∂x when
         ``input_grad`` is True, else None (a training step does not use it, and for a first
         Linear layer it is a matrix product as large as its weight gradient)."""
-        for layer in reversed(self.layers[1:]):
-            dy = _backward(layer, dy, True)
-        return _backward(self.layers[0], dy, input_grad) if self.layers else (dy if input_grad else None)
+        if not self.layers:
+            return dy if input_grad else None
+        owned = False  # whether dy is an array this pass made and nothing else holds
+        for i in range(len(self.layers) - 1, -1, -1):
+            layer, wanted = self.layers[i], input_grad or i > 0
+            if isinstance(layer, Linear):
+                # a Linear layer's ∂L/∂x is a fresh product: the layer below may write its dz over
+                # it, one array of the batch's size fewer at the peak of a step
+                dy = layer.backward(dy, input_grad=wanted, overwrite_dy=owned)
+                owned = True
+            else:
+                dy = _backward(layer, dy, wanted)
+                owned = False
+        return dy
 
     def config(self) -> dict[str, Any]:
         return {"type": "Sequential", "layers": [layer.config() for layer in self.layers]}
@@ -125,9 +136,9 @@ class Sequential(Layer):
 
 
 def _backward(layer: Layer, dy: Any, input_grad: bool) -> Any:
-    """``layer``'s backward, asking a Linear layer or a model for ∂L/∂x only with ``input_grad``
-    (a layer without parameters is then not run at all)."""
-    if isinstance(layer, (Linear, Sequential)):
+    """``layer``'s backward, asking a model for ∂L/∂x only with ``input_grad`` (a layer
+    without parameters is then not run at all)."""
+    if isinstance(layer, Sequential):
         return layer.backward(dy, input_grad=input_grad)
     if not input_grad and not layer.parameters():
         return None

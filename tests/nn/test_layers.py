@@ -415,6 +415,11 @@ SAFETY_MODELS = {
         gn.Tanh(),
         gn.Dropout(0.3, seed=2),
     ),
+    "mlp": lambda: gn.mlp([4, 6, 5, 3], dtype="float64", seed=0),
+    "relu-output": lambda: gn.Sequential(
+        gn.Linear(4, 5, activation="relu", dtype="float64", seed=0),
+        gn.Linear(5, 3, activation="tanh", dtype="float64", seed=1),
+    ),
     "identity-wrapped": lambda: gn.Sequential(
         gn.Identity(), gn.Sigmoid(), gn.Linear(4, 3, dtype="float64", seed=0), gn.Identity(), gn.ReLU(), gn.Identity()
     ),
@@ -433,6 +438,28 @@ def test_sequential_never_modifies_caller_arrays(device, rng, name, mode):
     model.backward(dlogits)
     np.testing.assert_array_equal(gn.to_numpy(x), x_host)
     np.testing.assert_array_equal(gn.to_numpy(dlogits), dl_host)
+
+
+def test_sequential_lets_a_linear_layer_write_dz_over_the_input_gradient_above_it(rng):
+    """Inside a model, each Linear layer's ∂L/∂x is a fresh array the layer below may overwrite
+    with its dz (one batch-sized array fewer at a step's peak); the gradients are the bits of a
+    layer-by-layer backward that overwrites nothing."""
+    model = gn.mlp([4, 6, 5, 3], dtype="float64", seed=0)
+    x, dlogits = rng.standard_normal((7, 4)), rng.standard_normal((7, 3))
+    model.forward(x)
+    dy = dlogits
+    for layer in reversed(model.layers):
+        dy = layer.backward(dy, input_grad=True)
+    separate = [p.grad.copy() for p in model.parameters()]
+    model.backward(dlogits)
+    for p, want in zip(model.parameters(), separate, strict=True):
+        np.testing.assert_array_equal(p.grad, want)
+    hidden = model.layers[1]
+    a = hidden.forward(model.layers[0].forward(x))
+    dy = rng.standard_normal((7, 5))
+    expected = dy * (a > 0)
+    hidden.backward(dy, overwrite_dy=True)
+    np.testing.assert_array_equal(dy, expected)  # dz took dy's place
 
 
 def test_nested_sequential_never_modifies_caller_x(rng):
