@@ -227,6 +227,7 @@ class Optimizer:
                     current = getattr(self, name, 0.0)
                     setattr(self, name, _checked_hyper(f"state_dict['hyper'][{name!r}]", value, current))
             self._check_hyperparameters()
+            buffers = []  # every buffer checked before any is written: a refused state changes nothing
             for key, p in zip(keys, flat.params, strict=True):
                 for name in self.state_names:
                     value = saved[key].get(name)
@@ -236,7 +237,9 @@ class Optimizer:
                         raise ValueError(
                             f"state_dict['state'][{key!r}][{name!r}] has shape {tuple(value.shape)}, expected {p.shape}"
                         )
-                    flat.view(self._buffer(name), p)[...] = flat.device.send(value)
+                    buffers.append((name, p, value))
+            for name, p, value in buffers:
+                flat.view(self._buffer(name), p)[...] = flat.device.send(value)
         except BaseException:
             for name, value in before.items():
                 setattr(self, name, value)

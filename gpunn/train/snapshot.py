@@ -29,12 +29,17 @@ def restore_after_divergence(
     if saved is None or not restore_weights(model, saved["weights"]):
         return
     state = optimizer.state
-    if {k: v.shape for k, v in state.items()} == {k: v.shape for k, v in saved["state"].items()}:
+    if all(name not in saved["state"] or saved["state"][name].shape == b.shape for name, b in state.items()):
         for name, buffer in state.items():
-            buffer[...] = saved["state"][name]
+            # a buffer made since the snapshot (momentum switched on by a callback) held zeros then
+            old = saved["state"].get(name)
+            buffer[...] = 0 if old is None else old
         optimizer.step_count = saved["step"]
+        what = "weights and optimizer state"
+    else:  # the parameters were repacked since: the weights fit, the flat state does not
+        what = "weights (not the optimizer state, whose layout changed since)"
     restored = f"of epoch {epoch}" if epoch else "the fit started from"
-    error.args = (f"{error}; restored the weights and optimizer state {restored} (restore_best=True)",)
+    error.args = (f"{error}; restored the {what} {restored} (restore_best=True)",)
 
 
 def restore_weights(model: Sequential, saved: list[Any]) -> bool:

@@ -132,13 +132,15 @@ class Trainer:
     ) -> History:
         """Train ``epochs`` more epochs, numbered on from the last epoch in ``trainer.history`` (a second
         fit in a notebook continues the curve); with ``initial_epoch`` (resuming a checkpoint, as in
-        Keras), train epochs ``initial_epoch + 1`` to ``epochs``.
+        Keras), train epochs ``initial_epoch + 1`` to ``epochs`` (an ``initial_epoch`` past ``epochs``, or
+        before the history's last epoch, is refused).
 
         x: (N, features); y: integer labels (N,) (a column (N, 1) of them is flattened) or targets (N, K);
         a pandas DataFrame or Series is taken as its values. ``validation_data`` = (x_dev, y_dev), or
         ``validation_split`` sets aside that fraction of (x, y), stratified. ``patience``: stop when the
         dev loss (training cost without dev data) has not improved for that many epochs, restoring the
-        best weights if ``restore_best``. If the loss diverges, ``restore_best`` also puts back the weights
+        best weights if ``restore_best``. If the loss or the weights become NaN or infinite
+        (:class:`gpunn.TrainingDivergedError`), ``restore_best`` also puts back the weights
         and optimizer state of the best epoch (or of the fit's start) before the error is raised; for that
         it copies them at the start and at each improving epoch (``restore_best=False`` saves the memory,
         and leaves a diverged model as the failing step left it). Each callback is called as
@@ -214,10 +216,22 @@ class Trainer:
     def _epoch_range(self, epochs: int, initial_epoch: int | None) -> tuple[int, int]:
         """(end, start) of a fit's epochs (see :meth:`fit`)."""
         epochs = check_int("epochs", epochs, low=0)
+        last = (self.history.last["epoch"] or len(self.history)) if len(self.history) else 0
         if initial_epoch is None:
-            last = (self.history.last["epoch"] or len(self.history)) if len(self.history) else 0
             return epochs + last, last
-        return epochs, check_int("initial_epoch", initial_epoch, low=0)
+        start = check_int("initial_epoch", initial_epoch, low=0)
+        if start > epochs:
+            raise ValueError(
+                f"initial_epoch ({start}) is past epochs ({epochs}): with initial_epoch, epochs is the epoch to "
+                f"train up to, not how many more (fit(epochs={start + epochs}, initial_epoch={start}) trains "
+                f"{epochs} more)"
+            )
+        if start < last:
+            raise ValueError(
+                f"initial_epoch ({start}) is before the last epoch of the history ({last}); continue from {last}, "
+                "or start a new curve with trainer.history = gn.History()"
+            )
+        return epochs, start
 
     def _epoch(
         self, x: Any, y: Any, dev: Any, epoch: int, batch_size: int, shuffle: bool, seed: int, classify: str | None
@@ -253,6 +267,8 @@ class Trainer:
                     self._parallel_steps(x, y, epoch_args, step_loss, step_correct, classify)
             losses = to_numpy(step_loss)  # the one read of the epoch (it also waits for the device)
             train_seconds = time.perf_counter() - start
+            # a step's loss is taken before its update: only the weights show the last update's blow-up
+            weights_finite = bool(xp.isfinite(self.optimizer.flat.data).all())
             correct = int(to_numpy(step_correct).sum()) if classify is not None else None
         if self._parallel is not None:
             losses, correct = self._parallel.reduce_epoch(losses, correct)  # global per-step means
@@ -263,6 +279,13 @@ class Trainer:
                 "lower the learning rate, check the inputs for NaN, or clip gradients (max_grad_norm=...)"
             )
             error.collective = self._parallel is not None  # every rank read the same global losses
+            raise error
+        if not weights_finite:  # after the sum of gradients every rank holds the same weights
+            error = TrainingDivergedError(
+                f"the weights became NaN or infinite in the last update of epoch {epoch + 1} (step {n_steps} of "
+                f"{n_steps}); lower the learning rate, or clip gradients (max_grad_norm=...)"
+            )
+            error.collective = self._parallel is not None
             raise error
         sizes = np.full(n_steps, batch_size, dtype=np.float64)
         sizes[-1] = n - batch_size * (n_steps - 1)

@@ -830,3 +830,26 @@ def test_max_grad_norm_clips_inside_the_update(device, rule):
     for p, q in zip(clipped_model.parameters(), by_hand.parameters(), strict=True):
         np.testing.assert_array_equal(gn.to_numpy(p.grad), grads[p.name], err_msg=p.name)
         np.testing.assert_allclose(gn.to_numpy(p.data), gn.to_numpy(q.data), rtol=1e-12, atol=1e-14, err_msg=p.name)
+
+
+def test_a_refused_state_dict_changes_no_buffer():
+    """Every buffer's shape is checked before any is written: a state whose last layer does not
+    fit leaves the first layer's moments and the step count as they were."""
+    rng = np.random.default_rng(0)
+    trained = []
+    for sizes in ([4, 3, 5], [4, 3, 2]):
+        model = gn.mlp(sizes, seed=0, dtype="float64")
+        opt = gn.optim.Adam(model.parameters(), lr=1e-2)
+        for _ in range(3 if sizes[-1] == 5 else 2):
+            for p in model.parameters():
+                p.grad[...] = rng.standard_normal(p.shape)
+            opt.step()
+        trained.append(opt)
+    other, opt = trained
+    before = {k: {n: b.copy() for n, b in v.items()} for k, v in opt.state_dict()["state"].items()}
+    with pytest.raises(ValueError, match=r"state_dict\['state'\]\['1.W'\]\['exp_avg'\] has shape \(3, 5\)"):
+        opt.load_state_dict(other.state_dict())
+    assert opt.step_count == 2
+    for key, buffers in opt.state_dict()["state"].items():
+        for name, value in buffers.items():
+            np.testing.assert_array_equal(value, before[key][name])

@@ -702,13 +702,29 @@ def test_fit_after_a_fresh_history_counts_from_one(spiral):
     assert trainer.fit(x, y, epochs=2, batch_size=64, verbose=False)["epoch"] == [1, 2]
 
 
-def test_initial_epoch_at_or_past_epochs_trains_nothing(spiral):
+def test_initial_epoch_at_epochs_trains_nothing(spiral):
     x, y = spiral
     trainer = classifier()
     before = weights(trainer)
     history = trainer.fit(x, y, epochs=2, initial_epoch=2, verbose=False)
     assert len(history) == 0
     assert same_weights(weights(trainer), before)
+
+
+def test_initial_epoch_past_epochs_or_before_the_history_is_refused(spiral):
+    """fit(epochs=2, initial_epoch=3) reads epochs as "more" (a plain fit's meaning) and would train
+    nothing; an initial_epoch before the history's last epoch would number epochs twice."""
+    x, y = spiral
+    trainer = classifier()
+    before = weights(trainer)
+    with pytest.raises(ValueError, match=r"initial_epoch \(3\) is past epochs \(2\).*fit\(epochs=5, initial_epoch=3\)"):
+        trainer.fit(x, y, epochs=2, initial_epoch=3, verbose=False)
+    assert same_weights(weights(trainer), before)
+    trainer.fit(x, y, epochs=3, batch_size=64, verbose=False)
+    with pytest.raises(ValueError, match=r"initial_epoch \(1\) is before the last epoch of the history \(3\)"):
+        trainer.fit(x, y, epochs=5, initial_epoch=1, verbose=False)
+    assert trainer.history["epoch"] == [1, 2, 3]
+    assert trainer.fit(x, y, epochs=4, initial_epoch=3, batch_size=64, verbose=False)["epoch"] == [1, 2, 3, 4]
 
 
 # ----------------------------------------------------------------------------- divergence
@@ -725,6 +741,44 @@ def test_an_infinite_loss_stops_training_naming_epoch_and_step():
     assert isinstance(info.value, FloatingPointError)
     assert "inf" in str(info.value) or "nan" in str(info.value)
     assert len(trainer.history) == 0  # the diverged epoch is not recorded
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_a_blow_up_in_the_last_update_of_an_epoch_stops_the_fit_before_the_epoch_counts(tmp_path, digits):
+    """A step's loss is taken before its update: with one step per epoch, the update that makes
+    the weights NaN would otherwise be recorded as a good epoch, saved by a callback and restored
+    as the best one."""
+    x, y = digits
+    trainer = gn.Trainer(gn.mlp([64, 32, 10], seed=1), gn.SoftmaxWithLoss(), gn.optim.SGD(lr=1e300), device="cpu")
+    before = weights(trainer)
+    saved = []
+
+    def save(t, record):
+        saved.append(record["epoch"])
+        gn.save(tmp_path / "last.safetensors", t.model, t.optimizer)
+
+    with pytest.raises(gn.TrainingDivergedError, match=r"weights became NaN or infinite in the last update of epoch 1 "
+                       r"\(step 1 of 1\).*restored the weights and optimizer state the fit started from"):
+        trainer.fit(x, y, epochs=2, batch_size=len(x), callbacks=[save], verbose=False)  # fmt: skip
+    assert saved == [] and len(trainer.history) == 0
+    assert same_weights(weights(trainer), before)
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_divergence_resets_a_state_buffer_made_since_the_best_epoch(digits):
+    """A callback switches momentum on after epoch 1 (its buffer is made at the next step) and the
+    loss diverges in epoch 2: the restored state is epoch 1's, the new buffer zeros as it was then."""
+    x, y = digits
+    trainer = gn.Trainer(gn.mlp([64, 16, 10], seed=0), gn.SoftmaxWithLoss(), gn.optim.SGD(lr=0.01), device="cpu")
+
+    def blow_up(t, record):
+        t.optimizer.momentum, t.optimizer.lr = 0.9, 1e30
+
+    with pytest.raises(gn.TrainingDivergedError, match="restored the weights and optimizer state of epoch 1"):
+        trainer.fit(x[:256], y[:256], epochs=3, batch_size=32, callbacks=[blow_up], verbose=False)
+    assert trainer.optimizer.step_count == 8  # epoch 1's eight steps
+    for buffer in trainer.optimizer.state.values():
+        assert not buffer.any()
 
 
 def test_a_nan_parameter_is_caught_at_the_next_step(device, digits):
