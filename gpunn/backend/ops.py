@@ -129,6 +129,8 @@ class NumpyOps:
         grad = (softmax(z) − onehot(t)) / N, softmax = exp(z − c) / Σ exp(z − c).
         """
         xp = self.xp
+        if not z.flags.c_contiguous:  # the label gather below indexes grad's rows as one flat run
+            z = xp.ascontiguousarray(z)
         n, n_classes = z.shape
         shifted = z - self._row_max(z)
         exp = xp.exp(shifted)

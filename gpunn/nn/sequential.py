@@ -93,7 +93,7 @@ class Sequential(Layer):
         owned = False  # whether dy is an array this pass made and nothing else holds
         for i in range(len(self.layers) - 1, -1, -1):
             layer, wanted = self.layers[i], input_grad or i > 0
-            if isinstance(layer, Linear):
+            if type(layer).backward is Linear.backward:  # not a subclass's own backward
                 # a Linear layer's ∂L/∂x is a fresh product: the layer below may write its dz over
                 # it, one array of the batch's size fewer at the peak of a step
                 dy = layer.backward(dy, input_grad=wanted, overwrite_dy=owned)
@@ -136,9 +136,9 @@ class Sequential(Layer):
 
 
 def _backward(layer: Layer, dy: Any, input_grad: bool) -> Any:
-    """``layer``'s backward, asking a model for ∂L/∂x only with ``input_grad`` (a layer
-    without parameters is then not run at all)."""
-    if isinstance(layer, Sequential):
+    """``layer``'s backward, asking a Linear layer or a model for ∂L/∂x only with ``input_grad``
+    (a layer without parameters is then not run at all)."""
+    if isinstance(layer, (Linear, Sequential)):
         return layer.backward(dy, input_grad=input_grad)
     if not input_grad and not layer.parameters():
         return None

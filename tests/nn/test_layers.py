@@ -671,3 +671,34 @@ def test_a_copied_model_and_optimizer_still_train_together(how: str) -> None:
     for a, b in zip(model.parameters(), copied_model.parameters(), strict=True):
         np.testing.assert_array_equal(a.data, b.data)
         assert not np.shares_memory(a.data, b.data)
+
+
+def test_a_linear_subclass_with_its_own_backward_trains_inside_a_model():
+    """Only Linear's own backward is given dy to overwrite; a subclass keeps the documented
+    backward(dy, input_grad) call, and what it returns is not written over."""
+
+    class HalfGradient(gn.Linear):
+        def backward(self, dy, input_grad=True):
+            return super().backward(dy * 0.5, input_grad)
+
+    x = np.ones((2, 3))
+    plain = gn.Sequential(
+        gn.Linear(3, 4, activation="relu", dtype="float64", seed=0), gn.Linear(4, 2, dtype="float64", seed=1)
+    )
+    halved = gn.Sequential(
+        gn.Linear(3, 4, activation="relu", dtype="float64", seed=0), HalfGradient(4, 2, dtype="float64", seed=1)
+    )
+    dy = np.ones((2, 2))
+    for model in (plain, halved):
+        model.forward(x)
+        model.backward(dy)
+    for p, q in zip(plain.parameters(), halved.parameters(), strict=True):
+        np.testing.assert_allclose(q.grad, 0.5 * p.grad)
+
+
+@pytest.mark.parametrize("function", [gn.softmax, gn.log_softmax, gn.sigmoid])
+def test_the_array_functions_name_z_when_given_no_float_array(function):
+    with pytest.raises(TypeError, match=r"z must have dtype float32 or float64, got int64"):
+        function(np.array([[1, 2, 3]]))
+    with pytest.raises(TypeError, match=r"z must be a NumPy or CuPy array, got list"):
+        function([[1.0, 2.0]])

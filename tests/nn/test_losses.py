@@ -319,3 +319,17 @@ def test_sigmoid_bce_refuses_targets_outside_the_unit_interval_or_nan(device, ba
         gn.SigmoidBCELoss().forward(z, t)
     with np.errstate(invalid="ignore"):  # inf targets make NaN, unchecked without validate
         gn.SigmoidBCELoss(validate=False).forward(z, t)  # a training step's call reads nothing back
+
+
+@pytest.mark.parametrize("layout", ["fortran", "transposed"])
+def test_softmax_with_loss_gives_the_same_gradient_for_any_memory_layout(rng, layout):
+    """Logits that are not C-contiguous (a transposed product) get the gradient of their
+    C-ordered copy: the label's −1 lands in every row, which then sums to 0."""
+    z = rng.standard_normal((40, 3))
+    t = rng.integers(0, 3, 40)
+    other = np.asfortranarray(z) if layout == "fortran" else np.ascontiguousarray(z.T).T
+    want, got = gn.SoftmaxWithLoss(), gn.SoftmaxWithLoss()
+    want_loss, got_loss = want.forward(z, t), got.forward(other, t)
+    np.testing.assert_array_equal(got.backward(), want.backward())
+    assert got_loss == want_loss
+    np.testing.assert_allclose(got.backward().sum(axis=1), 0.0, atol=1e-15)
