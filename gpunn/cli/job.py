@@ -223,9 +223,9 @@ def train(
     if resume_path is not None:
         checkpoint, config, history, initial_epoch = _resume(resume_path, dev, settings)
         model, optimizer = checkpoint.model, checkpoint.optimizer()
+        config.validate()
     else:
-        config = TrainConfig.from_dict(settings)
-    config.validate()
+        config = _new_config(settings, comm)
     _check_distinct_files(config, resume_path, save_path, plot_path)
     if save_path is None and resume_path is not None and root:  # the resumed file is written over
         try:
@@ -267,7 +267,7 @@ def train(
     seconds = time.perf_counter() - start
     test = trainer.evaluate(*parts["test"])
     train_metrics = trainer.evaluate(x_train, y_train)
-    diagnosis = diagnose(trainer.history)
+    diagnosis = _final_diagnosis(trainer.history, train_metrics)
     if plot_path:  # rank 0 only
         from ..train.plots import plot_history  # noqa: PLC0415 — matplotlib is optional
 
@@ -294,6 +294,27 @@ def train(
         "model": trainer.model.summary(),
         "ranks": ranks,
     }
+
+
+def _new_config(settings: dict[str, Any], comm: Any) -> TrainConfig:
+    """A fresh run's checked config. Under MPI the same flags fail alike on every rank: the error
+    is marked collective, so rank 0 alone reports it and no rank aborts the others."""
+    try:
+        config = TrainConfig.from_dict(settings)
+        config.validate()
+    except (TypeError, ValueError) as exc:
+        exc.collective = comm is not None
+        raise
+    return config
+
+
+def _final_diagnosis(history: History, train_metrics: dict[str, float]) -> Any:
+    """The diagnosis of the final model: the history's last training figures ran over the epoch's
+    batches as the weights moved (and through dropout), so the final model's, printed beside
+    the verdict, take their place."""
+    final = History(history.records)  # copies: the trainer's history keeps its own figures
+    final.last.update(train_accuracy=train_metrics["accuracy"], cost=train_metrics["loss"])
+    return diagnose(final)
 
 
 def evaluate(model_path: str, dataset: str | None = None, device_spec: str | None = None) -> dict[str, Any]:

@@ -48,7 +48,7 @@ def system_info() -> dict[str, Any]:
     """Everything ``gpunn info`` prints, as a JSON-ready dict."""
     try:
         selected, device_error = str(backend.device()), None
-    except backend.DeviceUnavailableError as exc:  # info still reports, and says why
+    except (backend.DeviceUnavailableError, ValueError) as exc:  # a bad GPUNN_DEVICE too: info still reports
         selected, device_error = None, str(exc)
     devices = backend.available_devices()
     gpus = [{"device": str(dev), **backend.gpu_properties(dev.index)} for dev in devices if dev.kind == "cuda"]

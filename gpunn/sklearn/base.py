@@ -269,8 +269,9 @@ class BaseMultilayerPerceptron(_TrainingLoops, BaseEstimator):
     def _output(self, X: Any, log: bool = False) -> tuple[Any, Device]:
         """Output activations for X (their logarithms, computed from the logits, with ``log``),
         and the device X is on. Computed on the model's device in its dtype; returned in X's
-        floating dtype (float64 for anything else, as scikit-learn's validation would make it):
-        on X's GPU for CuPy input, as a NumPy array otherwise."""
+        floating dtype (float64 for anything else, as scikit-learn's validation would make it)
+        promoted with the network's, as scikit-learn's products promote: on X's GPU for CuPy
+        input, as a NumPy array otherwise."""
         check_is_fitted(self)
         net = self._network()
         X, _, _ = self._check_x(X, net=net)
@@ -278,7 +279,7 @@ class BaseMultilayerPerceptron(_TrainingLoops, BaseEstimator):
         with net.device:
             out = net.output(net.device.send(X, dtype=net.dtype), log=log)
         src = device_of(X)
-        dtype = _float_dtype(X)
+        dtype = np.result_type(_float_dtype(X), net.dtype)
         if src.kind == "cuda":
             return src.send(out, dtype=dtype), src
         return to_numpy(out).astype(dtype, copy=False), src

@@ -54,6 +54,14 @@ def test_info_with_unavailable_gpu_requested_reports_error() -> None:
     assert "error: GPUNN_DEVICE='cuda' asks for a GPU" in result.stdout
 
 
+def test_info_with_a_malformed_gpunn_device_still_reports() -> None:
+    result = run_gpunn("info", "--json", env={"GPUNN_DEVICE": "cuda:x"})
+    assert result.returncode == 1
+    info = json.loads(result.stdout)
+    assert info["selected"] is None
+    assert "GPUNN_DEVICE must be 'auto', 'cpu', 'cuda' or 'cuda:N', got 'cuda:x'" in info["device_error"]
+
+
 INSUFFICIENT = "cudaErrorInsufficientDriver: CUDA driver version is insufficient for CUDA runtime version"
 
 

@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 
 import gpunn as gn
+from gpunn.cli import job
 
 TIMEOUT = 120
 NO_GPU = pytest.mark.no_gpu  # about the CPU fallback: skipped where a GPU is usable (tests/conftest.py)
@@ -585,3 +586,10 @@ def test_graph_flag_trains_the_same_weights_and_refuses_dropout(tmp_path: Path) 
     refused = run_gpunn("train", *common, "--graph", "--dropout", "0.3", cwd=tmp_path)
     assert_clean_error(refused)
     assert "graph" in refused.stderr and "Dropout" in refused.stderr
+
+
+def test_the_diagnosis_is_of_the_final_model_whose_accuracy_is_printed() -> None:
+    """The history's training accuracy ran through dropout as the weights moved; the verdict
+    uses the final model's, the one printed beside it ("accuracy: train ...")."""
+    result = job.train({"dataset": "spiral", "epochs": 3, "dropout": 0.8}, "cpu", verbose=False)
+    assert result["diagnosis"]["train_error"] == pytest.approx(1.0 - result["train_accuracy"])

@@ -375,6 +375,15 @@ def test_an_error_every_rank_meets_is_printed_once(tmp_path: Path) -> None:
 
 
 @needs_mpi
+def test_a_bad_flag_under_mpiexec_is_reported_once_without_an_abort(tmp_path: Path) -> None:
+    result = mpirun("-m", "gpunn", "train", "--device", "cpu", "--epochs", "0", "--quiet", cwd=tmp_path)
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if line.startswith("gpunn train: error")]
+    assert errors == ["gpunn train: error: epochs must be >= 1, got 0"], result.stderr
+    assert "MPI_Abort" not in result.stderr
+
+
+@needs_mpi
 def test_gpunn_info_under_mpiexec_shows_every_rank(tmp_path: Path) -> None:
     # pinned to the CPU: on a machine with one GPU, two ranks would (rightly) be told they
     # cannot share it, which is not what this test is about

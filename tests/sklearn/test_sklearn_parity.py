@@ -89,6 +89,23 @@ def test_dtype_none_trains_in_the_inputs_dtype_as_sklearn(x_dtype, expected):
     assert MLPClassifier().get_params()["dtype"] == "float32"
 
 
+@pytest.mark.parametrize("fit_dtype", ["float32", "float64"])
+@pytest.mark.parametrize("predict_dtype", ["float32", "float64"])
+def test_outputs_have_sklearns_dtype_the_inputs_promoted_with_the_weights(fit_dtype, predict_dtype):
+    x, y = multiclass()
+    xr, yr = regression()
+    theirs = sk.MLPClassifier(max_iter=3, random_state=0).fit(x.astype(fit_dtype), y)
+    ours = MLPClassifier(max_iter=3, random_state=0, dtype=None, device="cpu").fit(x.astype(fit_dtype), y)
+    their_reg = sk.MLPRegressor(max_iter=3, random_state=0).fit(xr.astype(fit_dtype), yr)
+    our_reg = MLPRegressor(max_iter=3, random_state=0, dtype=None, device="cpu").fit(xr.astype(fit_dtype), yr)
+    xp, xrp = x.astype(predict_dtype), xr.astype(predict_dtype)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        assert ours.predict_proba(xp).dtype == theirs.predict_proba(xp).dtype
+        assert ours.predict_log_proba(xp).dtype == theirs.predict_log_proba(xp).dtype
+        assert our_reg.predict(xrp).dtype == their_reg.predict(xrp).dtype
+
+
 # ----------------------------------------------------------------------------- attributes set by hand
 
 
