@@ -75,7 +75,9 @@ class Optimizer:
         for the parameters already bound, in order and still packed as they were).
 
         State belongs to Parameter objects: those bound before keep theirs, any other starts from
-        zero; when none keeps state (another model), the step count restarts at 0 too. After
+        zero; when none keeps state (another model), the step count restarts at 0 too. The step count
+        is one for all parameters, as Keras's ``iterations`` (PyTorch counts per parameter): a
+        parameter bound later gets bias corrections from it (docs: internals). After
         :meth:`load_state_dict`, until the next step, the restored state goes by name to Parameter
         objects of the bound names and shapes (the model of a second read of one checkpoint)."""
         params = parameter_list(params)
