@@ -3,6 +3,7 @@ starts with the two commands CI reads, and it stays short."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -12,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
 BLOCKS = re.findall(r"```python\n(.*?)```", README, re.DOTALL)
 
 
@@ -87,3 +89,20 @@ def test_readme_starts_with_the_two_commands() -> None:
 
 def test_readme_is_short() -> None:
     assert len(README.splitlines()) <= 155, "README.md is for users; details belong in docs/"
+
+
+def test_the_speed_figures_are_those_of_the_committed_runs() -> None:
+    """The README's table and scikit-learn ratio are the runs benchmarks/README.md cites."""
+    cited = (ROOT / "benchmarks" / "README.md").read_text()
+    bench_file = re.search(r"Result: `(results/[^`]+\.json)`", cited).group(1)
+    bench = json.loads((ROOT / "benchmarks" / bench_file).read_text())
+    rows = re.findall(r"^\| ([\d-]+), (\d+) \| ([\d,]+) \| ([\d.]+) \| ([\d.]+) \|$", README, re.MULTILINE)
+    assert len(rows) == 3
+    for sizes, batch, samples, over_numpy, over_torch in rows:
+        matching = [r for r in bench["results"] if "-".join(map(str, r["sizes"])) == sizes]
+        (result,) = [r for r in matching if r["batch"] == int(batch)]
+        assert samples == f"{result['gpunn']['samples_per_s']:,.0f}"
+        assert (over_numpy, over_torch) == (f"{result['gpunn_over_numpy']:.2f}", f"{result['gpunn_over_torch']:.2f}")
+    sklearn_file = re.search(r"--json benchmarks/(results/sklearn-digits[^ `]+\.json)", cited).group(1)
+    speedup = json.loads((ROOT / "benchmarks" / sklearn_file).read_text())["speedup_paired"]
+    assert f"fit the digits {speedup:.2f}× faster" in README

@@ -239,7 +239,7 @@ def available_devices() -> list[Device]:
 def why_cpu() -> str | None:
     """Why ``gn.device()`` chose the CPU, in one short line with the fix that applies, or None
     when it chose a GPU. :func:`why_cpu_detail` gives the error behind it in full."""
-    spec = _env_spec().lower()
+    spec = env_spec().lower()
     if spec == "cpu":
         return f"{ENV_VAR}=cpu asks for the CPU (unset it to use a GPU)"
     if spec != "auto":
@@ -250,10 +250,10 @@ def why_cpu() -> str | None:
 def why_cpu_detail() -> str | None:
     """The exception behind :func:`why_cpu`'s reason, in full (CuPy's or CUDA's own words), or
     None where the reason has none (a GPU chosen, ``GPUNN_DEVICE=cpu``, no GPU counted)."""
-    return _probe().detail if _env_spec().lower() == "auto" else None
+    return _probe().detail if env_spec().lower() == "auto" else None
 
 
-def _env_spec() -> str:
+def env_spec() -> str:
     """GPUNN_DEVICE, stripped; unset or empty (``GPUNN_DEVICE=``, as shells and CI files write an
     unset value) means "auto"."""
     return os.environ.get(ENV_VAR, "").strip() or "auto"
@@ -270,7 +270,7 @@ def device(spec: str | Device | None = None) -> Device:
         return spec
     from_env = spec is None
     if from_env:
-        spec = _env_spec()
+        spec = env_spec()
     if not isinstance(spec, str):
         raise TypeError(f"device spec must be a string such as 'cuda:0' or a Device, got {spec!r}")
     match = _SPEC.match(spec.strip().lower())
@@ -390,6 +390,8 @@ def _map_arrays(x: Any, leaf: Any) -> Any:
     """``leaf`` applied to everything inside the dicts, lists and tuples of ``x``."""
     if isinstance(x, dict):
         return {k: _map_arrays(v, leaf) for k, v in x.items()}
+    if isinstance(x, tuple) and hasattr(x, "_fields"):  # a namedtuple takes its fields one by one
+        return type(x)(*(_map_arrays(v, leaf) for v in x))
     if isinstance(x, (list, tuple)):
         return type(x)(_map_arrays(v, leaf) for v in x)
     return leaf(x)

@@ -17,6 +17,7 @@ import functools
 import importlib.metadata
 import importlib.util
 import os
+import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, wait
 from types import ModuleType
@@ -50,7 +51,8 @@ class NumbaOps(NumpyOps):
         python_numbers = all(type(x) is float or type(x) is int for x in (lr, beta1, beta2, eps, weight_decay, l2))
         takes = p.size >= self.min_size and clip is None and l1 == 0.0 and python_numbers
         takes = takes and _alike((p, g, m, v), 1) and _disjoint((p, g, m, v))
-        if not takes or _numpy_raises():
+        loops = _loops() if takes and not _numpy_raises() else None
+        if loops is None:
             super().adam_update(
                 p, g, m, v, lr=lr, beta1=beta1, beta2=beta2, eps=eps, step=step,
                 weight_decay=weight_decay, n_decay=n_decay, l2=l2, l1=l1, clip=clip,
@@ -62,13 +64,25 @@ class NumbaOps(NumpyOps):
         c = np.array([l2, beta1, 1.0 - beta1, beta2, 1.0 - beta2, inv_sqrt_bc2, eps, step_size, decay_factor], p.dtype)
         k = min(max(n_decay, 0), p.size)
         l2_on, decay_on = l2 != 0.0 and k > 0, decay_factor != 1.0 and k > 0
-        loop = _loops().adam_range
+        loop = loops.adam_range
         _split(lambda lo, hi: loop(p, g, m, v, c, k, lo, hi, l2_on, decay_on), p.size)
 
 
-def _loops() -> ModuleType:
-    from . import numba_loops  # noqa: PLC0415 — imports Numba (≈ 0.3 s) at the first call that needs it
-
+@functools.cache
+def _loops() -> ModuleType | None:
+    """The compiled loops, imported (with Numba, ≈ 0.3 s) at the first call that needs them; None,
+    with one warning, where Numba is installed but does not load (built for another NumPy, say):
+    the reference runs instead."""
+    try:
+        from . import numba_loops  # noqa: PLC0415
+    except Exception as exc:  # any failure of an optional extra means: run without it
+        warnings.warn(
+            f"Numba is installed but does not load ({type(exc).__name__}: {exc}); the CPU runs the reference "
+            "Ops (pip install -U numba, or uninstall it)",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+        return None
     return numba_loops
 
 

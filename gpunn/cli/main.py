@@ -39,7 +39,8 @@ class OneLineParser(argparse.ArgumentParser):
     """argparse that reports a bad flag in one line instead of usage + error."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        # under mpiexec every rank parses the same flags and fails alike: rank 0 alone says so
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n" if _is_root() else None)
 
 
 def _hidden(text: str) -> tuple[int, ...]:
@@ -272,7 +273,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--full", action="store_true", help="the full suite: every model (W1 too) and batch size, 10 windows (minutes)"
     )
-    models_help = "T1 = 784-100-10, T2 = 784-1024-1024-10, W1 = 1024-4096-4096-1024 (default: T1,T2; --full: all)"
+    models_help = (
+        "T1 = 784-100-10, T2 = 784-1024-1024-10, W1 = 1024-4096-4096-1024 (default: T1,T2 when nothing else "
+        "is named; all three with --full, --batch-sizes or --repeat)"
+    )
     bench.add_argument("--models", type=_csv(str), help=models_help)
     bench.add_argument(
         "--batch-sizes", type=_csv(int), help="batch sizes for every model (default: per model and device)"

@@ -60,7 +60,7 @@ def system_info() -> dict[str, Any]:
         "cupy": backend.cupy_version(),
         "blas": blas_info(),
         "ops": selection.choice(),
-        "cpu_compiled_ops": numba_ops.describe(),
+        "cpu_compiled_ops": "none (GPUNN_OPS=reference)" if selection.choice() == "reference" else numba_ops.describe(),
         "cpu_count": os.cpu_count(),
         "devices": [str(d) for d in devices],
         "selected": selected,

@@ -231,7 +231,7 @@ class Communicator:
                 error = DeviceUnavailableError(f"NCCL is not usable on rank(s) {missing}: {why_not or 'see there'}")
                 error.collective = True  # every rank raises it
                 raise error
-            if self.size > 1 and self.is_root:
+            if self.size > 1 and self.is_root and self._want_nccl is None:  # not when nccl=False was asked
                 why = "NCCL is not usable on every rank; GPU arrays are summed through the host over MPI (slower)"
                 warnings.warn(why, RuntimeWarning, stacklevel=4)
             return None
@@ -322,6 +322,8 @@ def resolve(distributed: bool | Communicator | None) -> Communicator | None:
     """The communicator a Trainer uses: None (automatic) → :func:`world` when launched with
     several ranks, else none; True → :func:`world`; False → none; or the one given."""
     if isinstance(distributed, Communicator):
+        if distributed.size > 1:  # one built by hand (nccl=False, a sub-communicator) ends the job too
+            install_abort_hook(distributed)
         return distributed
     if distributed is None:
         return world() if is_launched() else None
@@ -349,7 +351,9 @@ def rank_device(spec: str | Device | None, comm: Communicator) -> Device:
     put every rank's CUDA context on GPU 0."""
     if isinstance(spec, Device):
         return spec
-    text = (spec if spec is not None else os.environ.get(backend.ENV_VAR, "auto")).strip().lower()
+    if spec is not None and not isinstance(spec, str):
+        return backend.device(spec)  # raises the TypeError that names a device spec
+    text = (spec if spec is not None else backend.env_spec()).strip().lower()
     if text not in ("auto", "cuda", "gpu"):
         return backend.device(spec)
     count = backend.gpu_count()  # no context on any GPU
@@ -364,4 +368,6 @@ def rank_device(spec: str | Device | None, comm: Communicator) -> Device:
     try:
         return backend.device(f"cuda:{index}")  # runs its test kernel there
     except DeviceUnavailableError as exc:
+        if text == "auto":  # counted but not usable: the CPU, as gn.device("auto") (ranks that differ are refused)
+            return CPU
         raise DeviceUnavailableError(f"rank {comm.rank}'s GPU: {exc}") from None

@@ -241,3 +241,14 @@ def test_a_named_gpu_is_probed_alone(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(backend, "_kernel_failure", probed.append)
     assert gn.device("cuda:1") == gn.Device("cuda", 1)
     assert probed == [1]
+
+
+def test_transfers_keep_namedtuples():
+    from collections import namedtuple  # noqa: PLC0415
+
+    Batch = namedtuple("Batch", "x y")
+    batch = Batch(np.ones(2), {"t": [np.zeros(3)]})
+    for moved in (gn.to_numpy(batch), gn.to_device(batch, "cpu")):
+        assert type(moved) is Batch
+        np.testing.assert_array_equal(moved.x, batch.x)
+        np.testing.assert_array_equal(moved.y["t"][0], batch.y["t"][0])

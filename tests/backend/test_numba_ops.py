@@ -233,3 +233,25 @@ def test_a_forked_child_makes_its_own_update_threads():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.strip() == str(numba_ops.PARALLEL_MIN + 5)
+
+
+def test_a_numba_that_does_not_load_leaves_the_reference_running_with_one_warning(monkeypatch):
+    """Numba found but failing to import (built for another NumPy): a warning naming the error,
+    then the reference's bits, not an ImportError in the middle of a fit."""
+    import gpunn.backend  # noqa: PLC0415
+
+    monkeypatch.setitem(sys.modules, "gpunn.backend.numba_loops", None)  # its import now raises
+    monkeypatch.delattr(gpunn.backend, "numba_loops", raising=False)  # and `from . import` cannot find it
+    numba_ops._loops.cache_clear()
+    try:
+        rng = np.random.default_rng(0)
+        p, g = rng.standard_normal((2, 1 << 15)).astype(np.float32)
+        buffers = {name: [p.copy(), g.copy(), np.zeros_like(p), np.zeros_like(p)] for name in ("numba", "reference")}
+        hyper = {"lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "step": 1}
+        with pytest.warns(RuntimeWarning, match="Numba is installed but does not load"):
+            numba_ops.NumbaOps(np).adam_update(*buffers["numba"], **hyper)
+        NumpyOps(np).adam_update(*buffers["reference"], **hyper)
+        for got, want in zip(buffers["numba"], buffers["reference"], strict=True):
+            np.testing.assert_array_equal(got, want)
+    finally:
+        numba_ops._loops.cache_clear()

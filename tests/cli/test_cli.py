@@ -54,6 +54,17 @@ def test_info_with_unavailable_gpu_requested_reports_error() -> None:
     assert "error: GPUNN_DEVICE='cuda' asks for a GPU" in result.stdout
 
 
+def test_info_under_reference_ops_lists_no_compiled_ops() -> None:
+    result = run_gpunn("info", "--json", env={"GPUNN_DEVICE": "cpu", "GPUNN_OPS": "reference"})
+    info = json.loads(result.stdout)
+    assert (info["ops"], info["cpu_compiled_ops"]) == ("reference", "none (GPUNN_OPS=reference)")
+
+
+def test_bench_help_says_when_w1_runs() -> None:
+    text = run_gpunn("bench", "--help").stdout
+    assert "all three with --full, --batch-sizes or --repeat" in " ".join(text.split())
+
+
 def test_info_with_a_malformed_gpunn_device_still_reports() -> None:
     result = run_gpunn("info", "--json", env={"GPUNN_DEVICE": "cuda:x"})
     assert result.returncode == 1

@@ -172,6 +172,21 @@ def cli_raise_scenario(comm: dist.Communicator, out: Path) -> None:
     sys.exit(cli.main(["train", "--dataset", "spiral", "--epochs", "1000", "--device", "cpu", "--quiet"]))
 
 
+def own_comm_raise_scenario(comm: None, out: Path) -> None:
+    """As raise_scenario, on a Communicator the script builds itself (host staging asked for):
+    gn.distributed.world(), which installs the abort hook, is never called."""
+    from mpi4py import MPI  # noqa: PLC0415
+
+    own = dist.Communicator(MPI.COMM_WORLD, nccl=False)
+    trainer = make_trainer("float32", distributed=own)
+
+    def fail(t: gn.Trainer, record: dict[str, Any]) -> None:
+        if own.rank == 1 and record["epoch"] == 2:
+            raise KeyError("callback failed on purpose")
+
+    trainer.fit(*digits_with_index()[:2], epochs=1000, batch_size=64, callbacks=[fail])
+
+
 def nccl_rendezvous_scenario(comm: dist.Communicator, out: Path) -> None:
     """NCCL's id exchange over real MPI, with a stand-in for cupy.cuda.nccl."""
     made: list[tuple[int, bytes, int]] = []
@@ -194,13 +209,14 @@ SCENARIOS = {
     "raise": raise_scenario,
     "data-mismatch": data_mismatch_scenario,
     "cli-raise": cli_raise_scenario,
+    "own-comm-raise": own_comm_raise_scenario,
     "nccl-rendezvous": nccl_rendezvous_scenario,
 }
 
 
 def worker(scenario: str, out: Path) -> None:
     """What each rank runs under mpiexec; rank 0 writes the results into ``out``."""
-    SCENARIOS[scenario](dist.world(), out)
+    SCENARIOS[scenario](None if scenario == "own-comm-raise" else dist.world(), out)
 
 
 # ----------------------------------------------------------------------------- running mpiexec
@@ -324,14 +340,14 @@ def test_stop_request_on_one_rank_and_mismatches_reach_every_rank(trained: Path)
 
 
 @needs_mpi
-@pytest.mark.parametrize("scenario", ["raise", "cli-raise", "data-mismatch"])
+@pytest.mark.parametrize("scenario", ["raise", "own-comm-raise", "cli-raise", "data-mismatch"])
 def test_a_rank_that_raises_ends_the_job_within_seconds(tmp_path: Path, scenario: str) -> None:
     start = time.monotonic()
     result = mpirun(__file__, scenario, str(tmp_path))
     elapsed = time.monotonic() - start
     assert result.returncode != 0
     assert elapsed < 10, f"the job took {elapsed:.1f} s to end"
-    if scenario == "raise":
+    if scenario in ("raise", "own-comm-raise"):
         assert "rank 1: KeyError: 'callback failed on purpose'" in result.stderr
     elif scenario == "data-mismatch":  # every rank raises it; the first to report it ends the job
         assert re.search(r"rank [01]: DistributedMismatchError: ranks disagree on data\.y: ", result.stderr)
@@ -375,11 +391,18 @@ def test_an_error_every_rank_meets_is_printed_once(tmp_path: Path) -> None:
 
 
 @needs_mpi
-def test_a_bad_flag_under_mpiexec_is_reported_once_without_an_abort(tmp_path: Path) -> None:
-    result = mpirun("-m", "gpunn", "train", "--device", "cpu", "--epochs", "0", "--quiet", cwd=tmp_path)
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--epochs", "0"], "gpunn train: error: epochs must be >= 1, got 0"),
+        (["--optimizer", "foo"], "gpunn train: error: argument --optimizer: invalid choice: 'foo'"),
+    ],
+)
+def test_a_bad_flag_under_mpiexec_is_reported_once_without_an_abort(tmp_path: Path, flags: list, message: str) -> None:
+    result = mpirun("-m", "gpunn", "train", "--device", "cpu", *flags, "--quiet", cwd=tmp_path)
     assert result.returncode == 2
     errors = [line for line in result.stderr.splitlines() if line.startswith("gpunn train: error")]
-    assert errors == ["gpunn train: error: epochs must be >= 1, got 0"], result.stderr
+    assert len(errors) == 1 and errors[0].startswith(message), result.stderr
     assert "MPI_Abort" not in result.stderr
 
 
@@ -478,6 +501,53 @@ def test_each_rank_picks_the_gpu_of_its_local_rank(monkeypatch: pytest.MonkeyPat
         dist.rank_device("auto", comm)
     monkeypatch.setattr(dist.backend, "gpu_count", lambda: 0)
     assert dist.rank_device("auto", comm) == gn.Device("cpu")
+
+
+def test_an_empty_gpunn_device_means_auto_on_every_rank(monkeypatch: pytest.MonkeyPatch) -> None:
+    """GPUNN_DEVICE= (set but empty, as CI files write an unset value) is "auto": cuda:<local rank>,
+    not cuda:0 for every rank."""
+    monkeypatch.setattr(dist.backend, "gpu_count", lambda: 2)
+    monkeypatch.setattr(dist.backend, "device", lambda spec: gn.Device("cuda", int(str(spec)[5:])))
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    comm = dist.Communicator()
+    comm.local_rank, comm.local_size = 1, 2
+    for empty in ("", "  "):
+        monkeypatch.setenv("GPUNN_DEVICE", empty)
+        assert dist.rank_device(None, comm) == gn.Device("cuda", 1)
+
+
+def test_auto_falls_back_to_the_cpu_when_the_ranks_gpu_fails_its_test_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(dist.backend, "gpu_count", lambda: 2)
+
+    def failing(spec):
+        raise gn.DeviceUnavailableError(f"device {spec!r}: a test kernel failed")
+
+    monkeypatch.setattr(dist.backend, "device", failing)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    comm = dist.Communicator()
+    comm.local_rank, comm.local_size = 1, 2
+    assert dist.rank_device("auto", comm) == gn.Device("cpu")  # as gn.device("auto") does
+    with pytest.raises(gn.DeviceUnavailableError, match="rank 0's GPU: device 'cuda:1': a test kernel failed"):
+        dist.rank_device("cuda", comm)  # asked for by name: never a silent fallback
+
+
+def test_a_device_spec_that_is_no_string_is_named() -> None:
+    with pytest.raises(TypeError, match="device spec must be a string such as 'cuda:0' or a Device, got 0"):
+        dist.rank_device(0, dist.Communicator())
+
+
+def test_nccl_false_stages_through_the_host_without_a_warning(monkeypatch: pytest.MonkeyPatch) -> None:
+    import warnings  # noqa: PLC0415
+
+    for want, warned in ((False, False), (None, True)):
+        comm = dist.Communicator(nccl=want)
+        comm.size = 2
+        rows = [{"host": "a", "gpu": "0", "nccl": False}, {"host": "a", "gpu": "1", "nccl": False}]
+        monkeypatch.setattr(comm, "allgather_json", lambda row, rows=rows: rows)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            assert comm._nccl_rendezvous(None, "0", "nccl=False was asked for") is None
+        assert any("NCCL is not usable" in str(w.message) for w in caught) == warned
 
 
 def test_global_batch_smaller_than_the_ranks_is_refused() -> None:

@@ -757,8 +757,11 @@ def test_a_blow_up_in_the_last_update_of_an_epoch_stops_the_fit_before_the_epoch
         saved.append(record["epoch"])
         gn.save(tmp_path / "last.safetensors", t.model, t.optimizer)
 
-    with pytest.raises(gn.TrainingDivergedError, match=r"weights became NaN or infinite in the last update of epoch 1 "
-                       r"\(step 1 of 1\).*restored the weights and optimizer state the fit started from"):
+    with pytest.raises(
+        gn.TrainingDivergedError,
+        match=r"weights became NaN or infinite in the last update of epoch 1 "
+        r"\(step 1 of 1\).*restored the weights and optimizer state the fit started from",
+    ):
         trainer.fit(x, y, epochs=2, batch_size=len(x), callbacks=[save], verbose=False)  # fmt: skip
     assert saved == [] and len(trainer.history) == 0
     assert same_weights(weights(trainer), before)
