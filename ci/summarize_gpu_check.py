@@ -373,7 +373,8 @@ def _sanitizer_verdict(tool: str, report: dict, problems: list[str], notes: list
 def verdict(summary: dict) -> tuple[list[str], list[str]]:
     """(problems, notes): a problem fails the check; a note is a step cut short or skipped
     where that leaves the check's evidence whole (the CPU-side steps, a bounded sanitizer run,
-    an optional module missing)."""
+    an optional module missing). A GPU step that did not start on a machine with a GPU is a
+    problem: the GPU evidence it was to give is missing."""
     problems: list[str] = []
     notes: list[str] = []
     _preflight_verdict(summary["preflight"], problems, notes)
@@ -388,7 +389,11 @@ def verdict(summary: dict) -> tuple[list[str], list[str]]:
         cut = status.startswith("cut short")
         ran = summary["tests"].get(name.removeprefix("tests-"), {}).get("tests") if cut else None
         text = f"{name}: {status}" + (f"; {ran} tests ran before" if ran is not None else "")
-        (notes if step.get("exit_code") is None or (cut and name not in GPU_STEPS) else problems).append(text)
+        if step.get("exit_code") is None:  # not started: its evidence is missing if a GPU was there to give it
+            evidence_lost = name in GPU_STEPS and bool(summary["gpu"])
+        else:
+            evidence_lost = not cut or name in GPU_STEPS
+        (problems if evidence_lost else notes).append(text)
     for phase in ("gpu", "rest"):
         counts = summary["tests"][phase]
         if counts.get("failures") or counts.get("errors"):

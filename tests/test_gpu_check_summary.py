@@ -84,3 +84,29 @@ def test_its_crossover_is_the_bench_s_own(summarize):
     for rows in (cpu + gpu, cpu, gpu, cpu[:1] + gpu[1:]):
         assert summarize.crossover({"results": rows}) == crossover(rows)
     assert summarize.crossover({"results": gpu}, {"results": cpu}) == crossover(cpu + gpu) == {"T1": 128, "T2": None}
+
+
+def test_a_gpu_step_that_never_started_on_a_gpu_fails_the_check(summarize):
+    """With a GPU present, a GPU step the deadline kept from starting leaves its evidence
+    missing: a problem, as a GPU step cut short is; without a GPU, or for a CPU-side step, a note."""
+
+    def judged(gpu: bool, name: str) -> tuple[list[str], list[str]]:
+        not_started = {"status": "not started: 12 s left", "exit_code": None}
+        steps = {"info": {"status": "ok", "exit_code": 0}, name: not_started}
+        summary = {
+            "preflight": {},
+            "gpu": {"name": "H100"} if gpu else None,
+            "info": {"why_cpu": "none here"},
+            "steps": steps,
+            "tests": {"gpu": {}, "rest": {}},
+            "sanitizer": {"memcheck": {"status": "ok", "exit_code": 0, "tests": {"passed": 3, "skipped": 0}},
+                          "racecheck": {"status": "ok", "exit_code": 0, "tests": {"passed": 3, "skipped": 0}}},
+        }  # fmt: skip
+        return summarize.verdict(summary)
+
+    problems, notes = judged(True, "bench-tf32")
+    assert problems == ["bench-tf32: not started: 12 s left"] and notes == []
+    problems, notes = judged(True, "tests-rest")
+    assert problems == [] and notes == ["tests-rest: not started: 12 s left"]
+    problems, _ = judged(False, "bench-tf32")
+    assert problems == ["no GPU: none here"]

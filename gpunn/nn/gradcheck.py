@@ -12,6 +12,7 @@ a correct backward gives about 1e-8 or less.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -42,7 +43,10 @@ def gradcheck(target: Any, inputs: Any, *, eps: float = 1e-6, seed: int = 0) -> 
     All arrays must be float64 (float32 central differences are too coarse to check
     anything) and finite. ``eps`` > 0 is the step ε; ``seed`` draws R.
     """
-    return max(gradient_errors(target, inputs, eps=eps, seed=seed).values())
+    errors = gradient_errors(target, inputs, eps=eps, seed=seed)
+    if not errors:
+        raise ValueError("gradcheck: inputs hold no arrays to check")
+    return max(errors.values())
 
 
 def gradient_errors(target: Any, inputs: Any, *, eps: float = 1e-6, seed: int = 0) -> dict[str, float]:
@@ -66,12 +70,15 @@ def _problem(target: Any, inputs: Any, seed: int) -> tuple[dict[str, Any], dict[
     """The arrays to perturb, their analytic gradients, and f() for the current values."""
     if isinstance(target, Regularizer):
         params = parameter_list(inputs)
-        arrays = {p.name or f"params[{i}]": p.data for i, p in enumerate(params)}
+        # their names where unique (two layers' parameters are both "W"), else params[i]
+        keys = [p.name for p in params]
+        keys = keys if all(keys) and len(set(keys)) == len(keys) else [f"params[{i}]" for i in range(len(params))]
+        arrays = {key: p.data for key, p in zip(keys, params, strict=True)}
         _check_arrays(arrays)
         for p in params:
             p.grad[...] = 0.0
         target.backward(params)
-        analytic = {p.name or f"params[{i}]": p.grad.copy() for i, p in enumerate(params)}
+        analytic = {key: p.grad.copy() for key, p in zip(keys, params, strict=True)}
         return arrays, analytic, lambda: float(target.forward(params))
     if isinstance(target, Loss):
         if not isinstance(inputs, (tuple, list)) or len(inputs) != 2:
@@ -159,6 +166,8 @@ def _relative_error(analytic: Any, numerical: Any) -> float:
         return 0.0  # nothing to check (and CuPy's max takes no initial= for an empty array)
     xp = array_module(numerical)
     analytic = xp.asarray(analytic)
+    if not (bool(xp.isfinite(analytic).all()) and bool(xp.isfinite(numerical).all())):
+        return math.inf  # a NaN would vanish from max() over the arrays' errors
     scale = max(float(xp.abs(analytic).max()), float(xp.abs(numerical).max()))
     if scale == 0.0:
         return 0.0

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..backend.device import array_module, device_of, to_numpy
 from ..validation import check_float, check_int, check_real
-from .batches import batches, check_pair_length
+from .batches import as_array, batches, check_pair_length
 from .mnist import MNIST_FILES, Arrays, load_mnist  # noqa: F401 (MNIST_FILES: the file names load_mnist expects)
 
 __all__ = ["Standardizer", "batches", "load_digits", "load_mnist", "make_spiral", "one_hot", "split", "standardize"]
@@ -83,8 +83,10 @@ def split(
     With ``stratify`` each class is cut in the same proportions (each part's count of a class is within
     one sample of fraction × class count); without, the whole set is cut once. Each part is then
     shuffled. Returns one ``(x_part, y_part)`` pair per fraction, on x's and y's device; the same seed
-    gives the same split. Raises ValueError when a part would be empty.
+    gives the same split. A list or a pandas DataFrame / Series is taken as its values (NumPy parts).
+    Raises ValueError when a part would be empty.
     """
+    x, y = as_array(x, "x"), as_array(y, "y")
     n = check_pair_length(x, y)
     frac = _check_fractions(fractions)
     cumulative = np.cumsum(frac)

@@ -91,8 +91,12 @@ def mnist_files(path: str | os.PathLike[str]) -> list[Path]:
     return [p]
 
 
+# what zipfile raises for an encrypted member and for a compression method it cannot read
+_ZIP_REFUSALS = (RuntimeError, NotImplementedError)
+
+
 def _pixels(images: np.ndarray) -> np.ndarray:
-    x = images.reshape(images.shape[0], -1).astype(np.float32)
+    x = images.reshape(images.shape[0], math.prod(images.shape[1:])).astype(np.float32)  # 0 images too
     x /= 255.0
     return x
 
@@ -155,7 +159,7 @@ def _load_npz(path: Path) -> tuple[Arrays, Arrays]:
                     raise ValueError(f"{path}: missing arrays {', '.join(missing)}; expected {', '.join(_NPZ_KEYS)}")
                 _check_npz_sizes(path, npz.zip)
                 arrays = {k: npz[k] for k in _NPZ_KEYS}
-        except (OSError, ValueError, EOFError, zlib.error, zipfile.BadZipFile) as exc:
+        except (OSError, ValueError, EOFError, zlib.error, zipfile.BadZipFile, *_ZIP_REFUSALS) as exc:
             if str(exc).startswith(str(path)):  # ours, naming the file already
                 raise
             if "allow_pickle" in str(exc):  # an object array: reading it would unpickle

@@ -233,3 +233,34 @@ def test_gradcheck_checks_eps_and_seed(kwargs, error, message):
 def test_gradcheck_of_a_regularizer_names_params():
     with pytest.raises(TypeError, match=r"^params must be an iterable of Parameters.*got NoneType"):
         gn.gradcheck(gn.L2(0.1), None)
+
+
+def test_a_nan_gradient_is_an_infinite_error_wherever_it_sits():
+    """max() over the arrays' errors would drop a NaN that is not first: a backward that writes
+    NaN must not pass."""
+
+    def f(a, b):
+        return float((a**2).sum() + (b**2).sum()), [2 * a, np.full_like(b, np.nan)]
+
+    rng = np.random.default_rng(0)
+    errors = gn.nn.gradcheck.gradient_errors(f, [rng.standard_normal(3), rng.standard_normal(3)])
+    assert errors["inputs[0]"] < 1e-7 and errors["inputs[1]"] == np.inf
+    assert gn.gradcheck(f, [rng.standard_normal(3), rng.standard_normal(3)]) == np.inf
+
+
+def test_a_regularizer_check_covers_parameters_that_share_a_name():
+    class TripledFirst(gn.L2):
+        def backward(self, params):
+            super().backward(params)
+            params[0].grad[...] *= 3  # wrong for the first layer's W only
+
+    first, second = gn.Linear(3, 4, dtype="float64", seed=0), gn.Linear(4, 2, dtype="float64", seed=1)
+    params = first.parameters() + second.parameters()  # named W, b, W, b
+    errors = gn.nn.gradcheck.gradient_errors(TripledFirst(0.1), params)
+    assert sorted(errors) == ["params[0]", "params[1]", "params[2]", "params[3]"]
+    assert errors["params[0]"] > 0.4 and gn.gradcheck(TripledFirst(0.1), params) > 0.4
+
+
+def test_nothing_to_check_is_named():
+    with pytest.raises(ValueError, match="gradcheck: inputs hold no arrays to check"):
+        gn.gradcheck(gn.L2(0.1), [])

@@ -576,3 +576,42 @@ def test_batches_device_mismatch_is_checked_without_a_gpu(monkeypatch):
     monkeypatch.setattr(batching, "device_of", lambda a: gn.Device("cuda", 0) if a is y else real(a))
     with pytest.raises(gn.DeviceMismatchError, match="cuda:0"):
         data.batches(x, y, 2)
+
+
+def test_load_mnist_reads_an_empty_test_set(tmp_path, mnist_arrays):
+    empty = (np.zeros((0, 4, 4), np.uint8), np.zeros(0, np.uint8))
+    _write_mnist(tmp_path, (*mnist_arrays[:2], *empty))
+    (x_train, _), (x_test, y_test) = data.load_mnist(tmp_path)
+    assert x_train.shape == (5, 16) and x_test.shape == (0, 16) and y_test.shape == (0,)
+
+
+@pytest.mark.parametrize("damage", ["encrypted", "unknown compression"])
+def test_load_mnist_names_an_npz_that_zipfile_cannot_read(tmp_path, mnist_arrays, damage):
+    """zipfile raises RuntimeError for an encrypted member and NotImplementedError for a
+    compression it lacks; both become the ValueError that names the file."""
+    path = tmp_path / "mnist.npz"
+    x_train, y_train, x_test, y_test = mnist_arrays
+    np.savez(path, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
+    raw = bytearray(path.read_bytes())
+    for signature in (b"PK\x03\x04", b"PK\x01\x02"):  # every local and central header
+        start = 0
+        while (at := raw.find(signature, start)) >= 0:
+            flags_at = at + (6 if signature == b"PK\x03\x04" else 8)
+            if damage == "encrypted":
+                raw[flags_at] |= 0x01
+            else:
+                raw[flags_at + 2 : flags_at + 4] = (9).to_bytes(2, "little")  # method 9: deflate64
+            start = at + 4
+    path.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match=rf"^{str(path)!s}: not a readable \.npz archive"):
+        data.load_mnist(path)
+
+
+def test_split_takes_a_dataframe_by_rows():
+    pd = pytest.importorskip("pandas")
+    frame = pd.DataFrame(np.arange(100).reshape(10, 10))
+    y = np.arange(10) % 2
+    (a, ya), (b, yb) = data.split(frame, y, fractions=(0.6, 0.4), seed=0)
+    assert a.shape == (6, 10) and b.shape == (4, 10)
+    for part, labels in ((a, ya), (b, yb)):
+        np.testing.assert_array_equal(part[:, 0] // 10 % 2, labels)  # each row keeps its own label
