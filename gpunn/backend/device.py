@@ -14,7 +14,7 @@ import os
 import re
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -310,12 +310,13 @@ def set_matmul_precision(precision: str) -> None:
         raise ValueError(f"precision must be 'highest' or 'tf32', got {precision!r}")
     tf32 = precision == "tf32"
     os.environ["CUPY_TF32"] = "1" if tf32 else "0"  # read by CuPy at its first product
-    # a CuPy already imported is switched now; no kernel runs (not _probe): a rank bound to
-    # cuda:N must not make a context on cuda:0 just to set a precision
+    # a CuPy already imported forgets its choice and reads CUPY_TF32 again at its next float32
+    # product, on the GPU that runs it: setting TF32 directly would check the compute capability
+    # of the current device (cuda:0), making a context there from a rank bound to cuda:N
     if "cupy" in sys.modules and _runtime().reason is None:
         from cupy._core import _routines_linalg as linalg  # noqa: PLC0415
 
-        linalg.set_compute_type(np.float32, linalg.COMPUTE_TYPE_TF32 if tf32 else linalg.COMPUTE_TYPE_DEFAULT)
+        linalg.set_compute_type(np.float32, linalg.COMPUTE_TYPE_TBD)
 
 
 def matmul_precision() -> str:
@@ -367,6 +368,21 @@ def array_module(x: Any) -> ModuleType:
 def device_of(x: Any) -> Device:
     """The device an array lives on (the CPU for NumPy arrays and Python values)."""
     return Device("cuda", int(x.device.id)) if _is_cupy_array(x) else CPU
+
+
+def on_input_device(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Run ``method(self, x, ...)`` with the GPU that holds ``x`` current: CuPy launches kernels
+    and allocates on the current GPU whatever device the arguments are on, so a model on cuda:1
+    called outside ``with dev:`` would compute on cuda:0. NumPy input: called as it is."""
+
+    @functools.wraps(method)
+    def run(self: Any, x: Any, *args: Any, **kwargs: Any) -> Any:
+        if type(x) is np.ndarray:
+            return method(self, x, *args, **kwargs)
+        with device_of(x):
+            return method(self, x, *args, **kwargs)
+
+    return run
 
 
 def to_numpy(x: Any) -> Any:

@@ -119,8 +119,13 @@ class Communicator:
 
     def _in_place(self, x: Any, on_gpu: Callable[[_NcclLink], None], on_host: Callable[[np.ndarray], None]) -> Any:
         """Run a collective on x in place: ``on_gpu(link)`` through NCCL, else ``on_host`` on x
-        (a GPU array staged through the host) over MPI; nothing for a lone process."""
-        if device_of(x).kind == "cuda":
+        (a GPU array staged through the host) over MPI; nothing for a lone process. Checked before
+        any transport: a collective that fails on one rank after the others joined it would hang."""
+        on_gpu_device = device_of(x).kind == "cuda"
+        usable = (on_gpu_device or (isinstance(x, np.ndarray) and x.flags.writeable)) and x.flags.c_contiguous
+        if self.size > 1 and not usable:
+            raise ValueError("collectives work in place on contiguous, writable arrays (such as the flat buffers)")
+        if on_gpu_device:
             link = self._gpu_link(device_of(x))
             if link is not None:
                 on_gpu(link)
@@ -129,8 +134,6 @@ class Communicator:
                 on_host(host)
                 x.set(host)
         elif self.size > 1:
-            if not isinstance(x, np.ndarray) or not x.flags.c_contiguous or not x.flags.writeable:
-                raise ValueError("collectives work in place on contiguous, writable arrays (such as the flat buffers)")
             on_host(x)
         return x
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from ..backend.device import array_module, check_device, device_of, refuse_host_read
+from ..backend.device import array_module, check_device, device_of, on_input_device, refuse_host_read
 from ..backend.selection import ops_of
 from ..validation import (
     FLOAT_DTYPES,
@@ -91,6 +91,7 @@ class SoftmaxWithLoss(Loss):
 
     _grad: Any = None
 
+    @on_input_device
     def forward(self, logits: Any, t: Any) -> Any:
         self._check(logits, t, "logits", (2,))
         n, n_classes = logits.shape
@@ -128,6 +129,7 @@ class MSELoss(Loss):
 
     _diff: Any = None
 
+    @on_input_device
     def forward(self, y: Any, t: Any) -> Any:
         t = self._check(y, t, "y", (1, 2), like_y=True)
         diff = y - t
@@ -138,7 +140,8 @@ class MSELoss(Loss):
     def backward(self) -> Any:
         if self._diff is None:
             raise self._not_run()
-        return self._diff * (1.0 / self._diff.shape[0])
+        with device_of(self._diff):  # its GPU, whichever is current
+            return self._diff * (1.0 / self._diff.shape[0])
 
 
 class SigmoidBCELoss(Loss):
@@ -151,6 +154,7 @@ class SigmoidBCELoss(Loss):
 
     _z: Any = None
 
+    @on_input_device
     def forward(self, logits: Any, t: Any) -> Any:
         t = self._check(logits, t, "logits", (1, 2), like_y=True)
         xp = array_module(logits)
@@ -164,7 +168,8 @@ class SigmoidBCELoss(Loss):
     def backward(self) -> Any:
         if self._z is None:
             raise self._not_run()
-        y = sigmoid(self._z)
-        y -= self._t
-        y *= 1.0 / y.shape[0]
+        with device_of(self._z):  # its GPU, whichever is current
+            y = sigmoid(self._z)
+            y -= self._t
+            y *= 1.0 / y.shape[0]
         return y

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from ..backend.device import on_input_device
 from ..validation import check_array, check_choice, check_dtype, check_float, check_int
 from .activations import Identity, LeakyReLU, ReLU, Sigmoid, Softmax, Tanh
 from .init import make_rng
@@ -66,6 +67,7 @@ class Sequential(Layer):
             layer.train(mode)
         return self
 
+    @on_input_device
     def forward(self, x: Any) -> Any:
         """x (N, n_features) on the model's device → output of the last layer (N, n_out)."""
         if self._first is not None:
@@ -84,6 +86,7 @@ class Sequential(Layer):
             x = layer.forward(x)
         return x
 
+    @on_input_device
     def backward(self, dy: Any, input_grad: bool = False) -> Any:
         """dy = ∂L/∂output → writes every parameter's grad; returns ∂L/∂x when
         ``input_grad`` is True, else None (a training step does not use it, and for a first

@@ -146,23 +146,23 @@ class Optimizer:
         """Update every parameter from its ``grad``: one Ops call over the flat buffers, with
         ``regularizer``'s gradient folded in (see the class's effective gradient g')."""
         flat = self.flat
-        extras = {"n_decay": flat.n_decay}
-        coupled = 0.0 if self.decoupled else self.weight_decay
-        if regularizer is not None:
-            extras.update(self._penalty(regularizer, fused=coupled == 0.0))
-        if coupled != 0.0:  # g' += wd·W on every element: the L2 folding over the whole buffer
-            extras.update(n_decay=flat.size, l2=coupled, l1=0.0)
-        ops = ops_of(flat.data)
-        if self.max_grad_norm is not None:
-            ops.sum_of_squares(flat.grad, self._sq_norm)  # no host read: the update takes it from there
-            extras["clip"] = (self.max_grad_norm, self._sq_norm)
-        self.step_count += 1  # the update reads it (Adam's bias corrections)
-        try:
-            with flat.device:  # kernels launch on the current GPU: make it the parameters' one
+        with flat.device:  # kernels launch and allocate on the current GPU: make it the parameters' one
+            extras = {"n_decay": flat.n_decay}
+            coupled = 0.0 if self.decoupled else self.weight_decay
+            if regularizer is not None:
+                extras.update(self._penalty(regularizer, fused=coupled == 0.0))
+            if coupled != 0.0:  # g' += wd·W on every element: the L2 folding over the whole buffer
+                extras.update(n_decay=flat.size, l2=coupled, l1=0.0)
+            ops = ops_of(flat.data)
+            if self.max_grad_norm is not None:
+                ops.sum_of_squares(flat.grad, self._sq_norm)  # no host read: the update takes it from there
+                extras["clip"] = (self.max_grad_norm, self._sq_norm)
+            self.step_count += 1  # the update reads it (Adam's bias corrections)
+            try:
                 self._update(ops, flat, self._state, extras)
-        except BaseException:
-            self.step_count -= 1
-            raise
+            except BaseException:
+                self.step_count -= 1
+                raise
         self._by_name = False
 
     def _penalty(self, regularizer: Regularizer, fused: bool = True) -> dict[str, Any]:

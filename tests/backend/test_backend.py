@@ -221,7 +221,9 @@ def test_matmul_precision_switch(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_setting_the_precision_runs_no_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
     """A rank bound to cuda:N must not make a context on cuda:0 to set the precision: with CuPy
-    imported and CUDA counting GPUs, CuPy's compute type is switched without a probe."""
+    imported and CUDA counting GPUs, CuPy's float32 compute type is reset to "to be decided"
+    (CuPy then reads CUPY_TF32 at its next product, on the GPU running it) without a probe;
+    setting TF32 directly would check the current device's compute capability."""
     linalg = pytest.importorskip("cupy._core._routines_linalg")
     switched: list[object] = []
     monkeypatch.setattr(backend, "_runtime", lambda: backend._Probe(1, None))
@@ -230,7 +232,8 @@ def test_setting_the_precision_runs_no_kernel(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setenv("CUPY_TF32", "0")
     gn.set_matmul_precision("tf32")
     gn.set_matmul_precision("highest")
-    assert switched == [linalg.COMPUTE_TYPE_TF32, linalg.COMPUTE_TYPE_DEFAULT]
+    assert switched == [linalg.COMPUTE_TYPE_TBD, linalg.COMPUTE_TYPE_TBD]
+    assert os.environ["CUPY_TF32"] == "0"  # what CuPy will read: "highest", set last
 
 
 def test_a_named_gpu_is_probed_alone(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -252,3 +255,52 @@ def test_transfers_keep_namedtuples():
         assert type(moved) is Batch
         np.testing.assert_array_equal(moved.x, batch.x)
         np.testing.assert_array_equal(moved.y["t"][0], batch.y["t"][0])
+
+
+def test_a_gpu_arrays_computation_runs_with_its_gpu_current(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CuPy launches and allocates on the current GPU, whatever device the arguments are on: a
+    model's forward and backward and a loss's forward enter the input's device; NumPy input is
+    passed straight through."""
+    entered: list[str] = []
+
+    class Recording:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def __enter__(self) -> None:
+            entered.append(self.name)
+
+        def __exit__(self, *exc: object) -> None:
+            entered.append("exit")
+
+    class Method:
+        @backend.on_input_device
+        def run(self, x, scale=1):
+            return (x, scale)
+
+    monkeypatch.setattr(backend, "device_of", lambda x: Recording("cuda:1"))
+    gpu_array = object()  # anything but a NumPy array stands for a device array here
+    assert Method().run(gpu_array, scale=2) == (gpu_array, 2)
+    assert entered == ["cuda:1", "exit"]
+    host = np.ones(2)
+    assert Method().run(host)[0] is host and entered == ["cuda:1", "exit"]  # no context for NumPy
+    for method in (gn.Sequential.forward, gn.Sequential.backward, gn.SoftmaxWithLoss.forward, gn.MSELoss.forward,
+                   gn.SigmoidBCELoss.forward):  # fmt: skip
+        assert method.__wrapped__.__qualname__.endswith(method.__name__)  # decorated with it
+
+
+@pytest.mark.gpu
+def test_a_model_on_a_second_gpu_computes_there_outside_a_with() -> None:
+    devices = [d for d in gn.available_devices() if d.kind == "cuda"]
+    if len(devices) < 2:
+        pytest.skip("needs two usable GPUs")
+    dev = devices[1]
+    model = gn.mlp([3, 5, 2], seed=0).to(dev)
+    loss = gn.SoftmaxWithLoss()
+    opt = gn.optim.Adam(model.parameters(), max_grad_norm=1.0)
+    x = dev.send(np.ones((4, 3), dtype=np.float32))
+    t = dev.send(np.array([0, 1, 0, 1]))
+    value = loss.forward(model.forward(x), t)
+    model.backward(loss.backward())
+    opt.step()
+    assert value.device.id == dev.index and all(p.data.device.id == dev.index for p in model.parameters())

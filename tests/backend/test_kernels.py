@@ -262,3 +262,29 @@ def test_spin_kernel_compiles_for_sm90(tmp_path):
     result, cubin = nvcc_compile(raw_kernels.SPIN_SOURCE, tmp_path)
     assert result.returncode == 0, result.stderr
     assert b"gpunn_spin\0" in cubin  # extern "C": the name RawKernel looks up
+
+
+def test_each_thread_on_the_per_thread_default_stream_has_its_own_stream_id(monkeypatch):
+    """cudaStreamPerThread is one handle for every thread's own stream: the loss kernel's
+    scratch, kept per stream, must not be shared between two threads."""
+    import threading  # noqa: PLC0415
+    import types  # noqa: PLC0415
+
+    from gpunn.backend.cuda import compile as raw  # noqa: PLC0415
+
+    handle = {"ptr": 2}
+    fake_cuda = types.SimpleNamespace(
+        get_current_stream=lambda: types.SimpleNamespace(ptr=handle["ptr"]),
+        runtime=types.SimpleNamespace(streamPerThread=2),
+    )
+    monkeypatch.setattr(raw, "is_gpu", lambda x: True)
+    monkeypatch.setattr(raw, "array_module", lambda x: types.SimpleNamespace(cuda=fake_cuda))
+    ids: list[int] = []
+    threads = [threading.Thread(target=lambda: ids.append(raw.stream_id(None))) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(set(ids)) == 2 and all(i < 0 for i in ids)
+    handle["ptr"] = 0x7F00
+    assert raw.stream_id(None) == 0x7F00  # an ordinary stream: its handle

@@ -16,6 +16,7 @@ agreement is the promise between the CPU's Ops only (NumbaOps and the reference)
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import numpy as np
@@ -66,8 +67,14 @@ def is_capturing(x: Any) -> bool:
 
 def stream_id(x: Any) -> int:
     """The handle of the CUDA stream current for ``x``'s device (0, the null stream, on the CPU):
-    work queued on one stream runs in order, work on two streams may overlap."""
-    return int(array_module(x).cuda.get_current_stream().ptr) if is_gpu(x) else 0
+    work queued on one stream runs in order, work on two streams may overlap. Every thread's
+    per-thread default stream has one handle (``cudaStreamPerThread``) yet is its own stream:
+    it is told apart by the thread (negated, so no handle can equal it), as CuPy's pool does."""
+    if not is_gpu(x):
+        return 0
+    cuda = array_module(x).cuda
+    ptr = int(cuda.get_current_stream().ptr)
+    return -threading.get_ident() if ptr == cuda.runtime.streamPerThread else ptr
 
 
 def check_flat(*buffers: Any) -> None:
