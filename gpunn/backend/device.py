@@ -379,10 +379,25 @@ def on_input_device(method: Callable[..., Any]) -> Callable[..., Any]:
     def run(self: Any, x: Any, *args: Any, **kwargs: Any) -> Any:
         if type(x) is np.ndarray:
             return method(self, x, *args, **kwargs)
-        with device_of(x):
-            return method(self, x, *args, **kwargs)
+        return call_on_device_of(x, method, self, x, *args, **kwargs)
 
     return run
+
+
+def call_on_device_of(x: Any, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """``function(*args, **kwargs)`` with the GPU that holds ``x`` current (switched only when it
+    is not, as CuPy's own device context does); for anything but a CuPy array, called as it is."""
+    if not _is_cupy_array(x):
+        return function(*args, **kwargs)
+    runtime = sys.modules["cupy"].cuda.runtime
+    wanted, current = x.data.device_id, runtime.getDevice()
+    if wanted == current:
+        return function(*args, **kwargs)
+    runtime.setDevice(wanted)
+    try:
+        return function(*args, **kwargs)
+    finally:
+        runtime.setDevice(current)
 
 
 def to_numpy(x: Any) -> Any:

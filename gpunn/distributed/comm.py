@@ -372,5 +372,6 @@ def rank_device(spec: str | Device | None, comm: Communicator) -> Device:
         return backend.device(f"cuda:{index}")  # runs its test kernel there
     except DeviceUnavailableError as exc:
         if text == "auto":  # counted but not usable: the CPU, as gn.device("auto") (ranks that differ are refused)
+            warnings.warn(f"rank {comm.rank}: {exc}; this rank trains on the CPU", RuntimeWarning, stacklevel=2)
             return CPU
         raise DeviceUnavailableError(f"rank {comm.rank}'s GPU: {exc}") from None

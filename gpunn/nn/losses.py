@@ -11,7 +11,14 @@ from typing import Any
 
 import numpy as np
 
-from ..backend.device import array_module, check_device, device_of, on_input_device, refuse_host_read
+from ..backend.device import (
+    array_module,
+    call_on_device_of,
+    check_device,
+    device_of,
+    on_input_device,
+    refuse_host_read,
+)
 from ..backend.selection import ops_of
 from ..validation import (
     FLOAT_DTYPES,
@@ -140,8 +147,8 @@ class MSELoss(Loss):
     def backward(self) -> Any:
         if self._diff is None:
             raise self._not_run()
-        with device_of(self._diff):  # its GPU, whichever is current
-            return self._diff * (1.0 / self._diff.shape[0])
+        diff = self._diff
+        return call_on_device_of(diff, lambda: diff * (1.0 / diff.shape[0]))  # on its GPU, whichever is current
 
 
 class SigmoidBCELoss(Loss):
@@ -168,8 +175,10 @@ class SigmoidBCELoss(Loss):
     def backward(self) -> Any:
         if self._z is None:
             raise self._not_run()
-        with device_of(self._z):  # its GPU, whichever is current
-            y = sigmoid(self._z)
-            y -= self._t
-            y *= 1.0 / y.shape[0]
+        return call_on_device_of(self._z, self._gradient)  # on its GPU, whichever is current
+
+    def _gradient(self) -> Any:
+        y = sigmoid(self._z)
+        y -= self._t
+        y *= 1.0 / y.shape[0]
         return y

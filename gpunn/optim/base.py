@@ -15,7 +15,7 @@ import numpy as np
 from ..backend.selection import ops_of
 from ..nn.parameter import FlatParameters, Parameter, pack, parameter_list, state_keys
 from ..nn.regularizers import Regularizer
-from ..validation import check_float
+from ..validation import check_float, check_real
 
 Params = Iterable[Parameter] | Any  # a list of parameters, or a model (its .parameters())
 
@@ -235,10 +235,10 @@ class Optimizer:
                     value = saved[key].get(name)
                     if value is None:
                         raise ValueError(f"state_dict['state'][{key!r}] has no {name!r} buffer, which {self!r} keeps")
-                    if tuple(value.shape) != p.shape:
-                        raise ValueError(
-                            f"state_dict['state'][{key!r}][{name!r}] has shape {tuple(value.shape)}, expected {p.shape}"
-                        )
+                    where = f"state_dict['state'][{key!r}][{name!r}]"
+                    if not hasattr(value, "shape") or tuple(value.shape) != p.shape:
+                        raise ValueError(f"{where} has shape {tuple(getattr(value, 'shape', ()))}, expected {p.shape}")
+                    check_real(where, value)  # a value that cannot be cast fails here, not halfway through
                     buffers.append((name, p, value))
             for name, p, value in buffers:
                 flat.view(self._buffer(name), p)[...] = flat.device.send(value)

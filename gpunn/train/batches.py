@@ -28,15 +28,16 @@ def check_pair_length(x: Any, y: Any) -> int:
     return int(x.shape[0])
 
 
-def as_array(a: Any, name: str) -> Any:
+def as_array(a: Any, name: str, missing_ok: bool = False) -> Any:
     """``a`` as an array: a list becomes a NumPy array, and so does a pandas DataFrame or Series (what
     ``to_numpy()`` gives, with nullable columns such as Int64 in their NumPy dtype); missing values
-    (NA) are refused, naming the row. Arrays pass through unchanged."""
+    (NA) are refused, naming the row, unless ``missing_ok`` (they become NaN). Arrays pass through
+    unchanged."""
     if isinstance(a, (list, tuple)):
         return np.asarray(a)  # host: a list
     if not hasattr(a, "to_numpy") or hasattr(a, "__cuda_array_interface__"):
         return a
-    if hasattr(a, "isna"):
+    if hasattr(a, "isna") and not missing_ok:
         missing = np.asarray(a.isna()).reshape(len(a), -1).any(axis=1)  # host: pandas' own mask
         if missing.any():
             first = np.flatnonzero(missing)[0]  # host: pandas' mask

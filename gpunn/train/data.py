@@ -86,7 +86,7 @@ def split(
     gives the same split. A list or a pandas DataFrame / Series is taken as its values (NumPy parts).
     Raises ValueError when a part would be empty.
     """
-    x, y = as_array(x, "x"), as_array(y, "y")
+    x, y = as_array(x, "x", missing_ok=True), as_array(y, "y")  # split before imputing: NaN may stay in x
     n = check_pair_length(x, y)
     frac = _check_fractions(fractions)
     cumulative = np.cumsum(frac)

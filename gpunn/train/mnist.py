@@ -91,8 +91,9 @@ def mnist_files(path: str | os.PathLike[str]) -> list[Path]:
     return [p]
 
 
-# what zipfile raises for an encrypted member and for a compression method it cannot read
-_ZIP_REFUSALS = (RuntimeError, NotImplementedError)
+# what zipfile raises for an encrypted member, and for a compression method it cannot read
+# (NotImplementedError, a RuntimeError)
+_ZIP_REFUSALS = (RuntimeError,)
 
 
 def _pixels(images: np.ndarray) -> np.ndarray:

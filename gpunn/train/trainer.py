@@ -269,6 +269,7 @@ class Trainer:
             train_seconds = time.perf_counter() - start
             # a step's loss is taken before its update: only the weights show the last update's blow-up
             weights_finite = bool(xp.isfinite(self.optimizer.flat.data).all())
+            penalty = 0.0 if self.regularizer is None else float(self.regularizer.forward(self.model.parameters()))
             correct = int(to_numpy(step_correct).sum()) if classify is not None else None
         if self._parallel is not None:
             losses, correct = self._parallel.reduce_epoch(losses, correct)  # global per-step means
@@ -290,7 +291,6 @@ class Trainer:
         sizes = np.full(n_steps, batch_size, dtype=np.float64)
         sizes[-1] = n - batch_size * (n_steps - 1)
         cost = float(losses.astype(np.float64) @ sizes / n)
-        penalty = 0.0 if self.regularizer is None else float(self.regularizer.forward(self.model.parameters()))
         record: dict[str, Any] = {
             "epoch": epoch + 1,
             "cost": cost,

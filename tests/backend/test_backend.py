@@ -6,6 +6,7 @@ import dataclasses
 import importlib.util
 import inspect
 import os
+import warnings
 
 import numpy as np
 import pytest
@@ -259,34 +260,38 @@ def test_transfers_keep_namedtuples():
 
 def test_a_gpu_arrays_computation_runs_with_its_gpu_current(monkeypatch: pytest.MonkeyPatch) -> None:
     """CuPy launches and allocates on the current GPU, whatever device the arguments are on: a
-    model's forward and backward and a loss's forward enter the input's device; NumPy input is
-    passed straight through."""
-    entered: list[str] = []
+    model's forward and backward and a loss's forward make the input's GPU current for the call
+    (switching only when it is not, and back after), NumPy input passes straight through."""
+    import sys  # noqa: PLC0415
+    import types  # noqa: PLC0415
 
-    class Recording:
-        def __init__(self, name: str) -> None:
-            self.name = name
+    current, switches = [0], []
 
-        def __enter__(self) -> None:
-            entered.append(self.name)
+    def set_device(index: int) -> None:
+        switches.append(index)
+        current[0] = index
 
-        def __exit__(self, *exc: object) -> None:
-            entered.append("exit")
+    class FakeArray:  # a CuPy array on cuda:1
+        data = types.SimpleNamespace(device_id=1)
+
+    runtime = types.SimpleNamespace(getDevice=lambda: current[0], setDevice=set_device)
+    fake_cupy = types.SimpleNamespace(ndarray=FakeArray, cuda=types.SimpleNamespace(runtime=runtime))
+    monkeypatch.setitem(sys.modules, "cupy", fake_cupy)
 
     class Method:
         @backend.on_input_device
         def run(self, x, scale=1):
-            return (x, scale)
+            return current[0], scale
 
-    monkeypatch.setattr(backend, "device_of", lambda x: Recording("cuda:1"))
-    gpu_array = object()  # anything but a NumPy array stands for a device array here
-    assert Method().run(gpu_array, scale=2) == (gpu_array, 2)
-    assert entered == ["cuda:1", "exit"]
-    host = np.ones(2)
-    assert Method().run(host)[0] is host and entered == ["cuda:1", "exit"]  # no context for NumPy
+    assert Method().run(FakeArray(), scale=2) == (1, 2)  # computed with cuda:1 current
+    assert switches == [1, 0] and current == [0]  # and cuda:0 current again after
+    current[0] = 1
+    assert Method().run(FakeArray()) == (1, 1) and switches == [1, 0]  # already current: no switch
+    assert Method().run(np.ones(2))[0] == 1 and switches == [1, 0]  # NumPy: nothing touched
+    wrapper = backend.on_input_device(lambda self, x: x).__code__
     for method in (gn.Sequential.forward, gn.Sequential.backward, gn.SoftmaxWithLoss.forward, gn.MSELoss.forward,
                    gn.SigmoidBCELoss.forward):  # fmt: skip
-        assert method.__wrapped__.__qualname__.endswith(method.__name__)  # decorated with it
+        assert method.__code__ is wrapper, method  # run through on_input_device
 
 
 @pytest.mark.gpu
@@ -304,3 +309,8 @@ def test_a_model_on_a_second_gpu_computes_there_outside_a_with() -> None:
     model.backward(loss.backward())
     opt.step()
     assert value.device.id == dev.index and all(p.data.device.id == dev.index for p in model.parameters())
+    trainer = gn.Trainer(gn.mlp([3, 5, 2], seed=0), gn.SoftmaxWithLoss(), gn.optim.Adam(), gn.L2(1e-4), device=dev)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # CuPy warns when it enables peer access across GPUs
+        trainer.fit(np.ones((8, 3), np.float32), np.array([0, 1] * 4), epochs=2, batch_size=4, verbose=False)
+    assert all(p.data.device.id == dev.index for p in trainer.model.parameters())

@@ -280,7 +280,13 @@ def test_each_thread_on_the_per_thread_default_stream_has_its_own_stream_id(monk
     monkeypatch.setattr(raw, "is_gpu", lambda x: True)
     monkeypatch.setattr(raw, "array_module", lambda x: types.SimpleNamespace(cuda=fake_cuda))
     ids: list[int] = []
-    threads = [threading.Thread(target=lambda: ids.append(raw.stream_id(None))) for _ in range(2)]
+    both = threading.Barrier(2)  # both threads alive together: a finished thread's ident is reused
+
+    def record() -> None:
+        ids.append(raw.stream_id(None))
+        both.wait()
+
+    threads = [threading.Thread(target=record) for _ in range(2)]
     for thread in threads:
         thread.start()
     for thread in threads:

@@ -526,7 +526,9 @@ def test_auto_falls_back_to_the_cpu_when_the_ranks_gpu_fails_its_test_kernel(mon
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     comm = dist.Communicator()
     comm.local_rank, comm.local_size = 1, 2
-    assert dist.rank_device("auto", comm) == gn.Device("cpu")  # as gn.device("auto") does
+    fallback = r"rank 0: device 'cuda:1': a test kernel failed; this rank trains on the CPU"
+    with pytest.warns(RuntimeWarning, match=fallback):
+        assert dist.rank_device("auto", comm) == gn.Device("cpu")  # as gn.device("auto") does
     with pytest.raises(gn.DeviceUnavailableError, match="rank 0's GPU: device 'cuda:1': a test kernel failed"):
         dist.rank_device("cuda", comm)  # asked for by name: never a silent fallback
 

@@ -849,6 +849,11 @@ def test_a_refused_state_dict_changes_no_buffer():
     before = {k: {n: b.copy() for n, b in v.items()} for k, v in opt.state_dict()["state"].items()}
     with pytest.raises(ValueError, match=r"state_dict\['state'\]\['1.W'\]\['exp_avg'\] has shape \(3, 5\)"):
         opt.load_state_dict(other.state_dict())
+    text = opt.state_dict()
+    text["state"]["1.b"]["exp_avg_sq"] = np.full(2, "x")  # the right shape, but nothing a float can hold
+    with pytest.raises(TypeError, match=r"state_dict\['state'\]\['1.b'\]\['exp_avg_sq'\] must hold real numbers"):
+        opt.load_state_dict({**text, "state": {k: {n: v + 1 if v.dtype.kind == "f" else v for n, v in b.items()}
+                                                for k, b in text["state"].items()}})  # fmt: skip
     assert opt.step_count == 2
     for key, buffers in opt.state_dict()["state"].items():
         for name, value in buffers.items():

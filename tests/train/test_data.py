@@ -607,6 +607,18 @@ def test_load_mnist_names_an_npz_that_zipfile_cannot_read(tmp_path, mnist_arrays
         data.load_mnist(path)
 
 
+def test_split_keeps_missing_values_in_x_for_imputing_after_it():
+    pd = pytest.importorskip("pandas")
+    values = np.arange(40, dtype=float).reshape(10, 4)
+    values[3, 1] = np.nan
+    y = np.arange(10) % 2
+    from_frame = data.split(pd.DataFrame(values), y, fractions=(0.6, 0.4), seed=0)
+    from_array = data.split(values, y, fractions=(0.6, 0.4), seed=0)
+    for (a, ya), (b, yb) in zip(from_frame, from_array, strict=True):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(ya, yb)
+
+
 def test_split_takes_a_dataframe_by_rows():
     pd = pytest.importorskip("pandas")
     frame = pd.DataFrame(np.arange(100).reshape(10, 10))
