@@ -22,7 +22,7 @@ from ..backend.device import array_module
 from ..validation import check_float, check_int
 from .layers import Dropout, Layer
 from .losses import Loss
-from .parameter import parameter_list
+from .parameter import parameter_list, state_keys
 from .regularizers import Regularizer
 
 Evaluation = Callable[[], float]
@@ -70,9 +70,10 @@ def _problem(target: Any, inputs: Any, seed: int) -> tuple[dict[str, Any], dict[
     """The arrays to perturb, their analytic gradients, and f() for the current values."""
     if isinstance(target, Regularizer):
         params = parameter_list(inputs)
-        # their names where unique (two layers' parameters are both "W"), else params[i]
-        keys = [p.name for p in params]
-        keys = keys if all(keys) and len(set(keys)) == len(keys) else [f"params[{i}]" for i in range(len(params))]
+        # their names where unique (two layers' parameters are both "W"), else params[i]: state_keys' rule
+        names = [p.name for p in params]
+        keys = state_keys(names)
+        keys = keys if keys == names else [f"params[{k}]" for k in keys]
         arrays = {key: p.data for key, p in zip(keys, params, strict=True)}
         _check_arrays(arrays)
         for p in params:
