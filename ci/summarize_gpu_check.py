@@ -295,13 +295,16 @@ def sanitizer_report(out: Path, tool: str, step: dict[str, object] | None) -> di
     return report
 
 
+def _gpu_rows(bench: object) -> list[dict]:
+    """The GPU rows of a gpunn bench result (none for a missing one)."""
+    rows = bench.get("results", []) if isinstance(bench, dict) else []
+    return [row for row in rows if row["device"] != "cpu"]
+
+
 def _row(bench: object, model: str, batch: int | None = None) -> dict | None:
     """The GPU row of ``model`` (at ``batch``) in a gpunn bench result, or None."""
-    rows = bench.get("results", []) if isinstance(bench, dict) else []
-    for row in rows:
-        if row["device"] != "cpu" and row["model"] == model and (batch is None or row["batch"] == batch):
-            return row
-    return None
+    rows = _gpu_rows(bench)
+    return next((r for r in rows if r["model"] == model and (batch is None or r["batch"] == batch)), None)
 
 
 def crossover(*benches: object) -> dict[str, int | None]:
@@ -339,6 +342,44 @@ def targets(summary: dict) -> dict[str, object]:
     check("W1 gpunn / torch eager (FP32)", w1, "gpunn_over_torch", 1.0)
     check("W1 gpunn / torch eager (TF32 both)", w1_tf32, "gpunn_over_torch", 1.0)
     return checks
+
+
+# Each GPU speed mechanism and the bench ratio that measures it, paired in one interleaved run:
+# the eager step on the reference Ops over the same step on the fused kernels, and the eager step
+# over its CUDA-graph replay (which needs gpunn's own cuBLAS handle to capture the products).
+MECHANISMS = {
+    "fused CUDA kernels (CupyOps over the reference Ops on CuPy)": "gpunn_over_reference",
+    "CUDA-graph replay and its cuBLAS handle (over the eager step)": "graph_over_gpunn",
+}
+EARNS_ITS_PLACE = 1.10  # design.md: a speed mechanism stays where it gains at least 10 % on a named workload
+
+
+def mechanisms(summary: dict) -> dict[str, object]:
+    """Per GPU speed mechanism: its gain on every GPU workload measured ("T1@128": ×), the best,
+    and whether that earns the mechanism its place (None: not measured)."""
+    rows = [row for key in ("bench", "bench_w1") for row in _gpu_rows(summary[key])]
+    result: dict[str, object] = {}
+    for name, key in MECHANISMS.items():
+        gains = {f"{row['model']}@{row['batch']}": row[key] for row in rows if row.get(key) is not None}
+        best = max(gains, key=gains.__getitem__) if gains else None
+        earns = None if best is None else gains[best] >= EARNS_ITS_PLACE
+        result[name] = {"gains": gains, "best": best, "earns_its_place": earns}
+    return result
+
+
+def _mechanism_notes(found: dict[str, object]) -> list[str]:
+    notes = []
+    for name, m in found.items():
+        if m["best"] is None:
+            notes.append(f"speed mechanism {name}: not measured")
+            continue
+        gain = f"{m['gains'][m['best']]:.2f}x on {m['best']}"
+        notes.append(
+            f"speed mechanism {name}: {gain}, earns its place"
+            if m["earns_its_place"]
+            else f"speed mechanism {name}: at most {gain}, under the 10 % bar on every GPU workload measured"
+        )
+    return notes
 
 
 # ----------------------------------------------------------------------------- the verdict
@@ -400,6 +441,8 @@ def verdict(summary: dict) -> tuple[list[str], list[str]]:
             problems.append(f"tests-{phase}: {counts['failures']} failed, {counts['errors']} errors")
     for tool in ("memcheck", "racecheck"):
         _sanitizer_verdict(tool, summary["sanitizer"].get(tool, {}), problems, notes)
+    if summary["gpu"]:
+        notes += _mechanism_notes(summary["mechanisms"])
     return problems, notes
 
 
@@ -448,6 +491,7 @@ def summarize(out: Path, args: argparse.Namespace) -> dict:
         "sklearn_digits": load(out / "sklearn-digits.json"),
     }
     summary["targets"] = targets(summary)
+    summary["mechanisms"] = mechanisms(summary)
     summary["problems"], summary["notes"] = verdict(summary)
     summary["ok"] = not summary["problems"]
     return summary

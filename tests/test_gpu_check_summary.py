@@ -99,6 +99,7 @@ def test_a_gpu_step_that_never_started_on_a_gpu_fails_the_check(summarize):
             "info": {"why_cpu": "none here"},
             "steps": steps,
             "tests": {"gpu": {}, "rest": {}},
+            "mechanisms": {},
             "sanitizer": {"memcheck": {"status": "ok", "exit_code": 0, "tests": {"passed": 3, "skipped": 0}},
                           "racecheck": {"status": "ok", "exit_code": 0, "tests": {"passed": 3, "skipped": 0}}},
         }  # fmt: skip
@@ -110,3 +111,29 @@ def test_a_gpu_step_that_never_started_on_a_gpu_fails_the_check(summarize):
     assert problems == [] and notes == ["tests-rest: not started: 12 s left"]
     problems, _ = judged(False, "bench-tf32")
     assert problems == ["no GPU: none here"]
+
+
+def test_each_gpu_speed_mechanism_is_judged_by_the_10_percent_rule(summarize):
+    """The fused kernels by the reference Ops' step over the eager one, graph replay by the eager
+    step over its replay: kept where the best GPU workload gains 10 %, named; a CPU row never counts."""
+
+    def row(device: str, model: str, batch: int, **ratios: float) -> dict:
+        return {"device": device, "model": model, "batch": batch, **ratios}
+
+    bench = {
+        "results": [
+            row("cuda:0", "T1", 128, gpunn_over_reference=1.8, graph_over_gpunn=1.04),
+            row("cuda:0", "T2", 128, gpunn_over_reference=1.2, graph_over_gpunn=1.07),
+            row("cpu", "T1", 128, gpunn_over_reference=3.0, graph_over_gpunn=5.0),
+        ]
+    }
+    found = summarize.mechanisms({"bench": bench, "bench_w1": None})
+    fused, graph = (found[name] for name in summarize.MECHANISMS)
+    assert fused == {"gains": {"T1@128": 1.8, "T2@128": 1.2}, "best": "T1@128", "earns_its_place": True}
+    assert graph["best"] == "T2@128" and graph["earns_its_place"] is False
+    notes = summarize._mechanism_notes(found)
+    assert "1.80x on T1@128, earns its place" in notes[0]
+    assert "at most 1.07x on T2@128, under the 10 % bar" in notes[1]
+    nothing = summarize.mechanisms({"bench": None, "bench_w1": {"results": []}})
+    assert all(m == {"gains": {}, "best": None, "earns_its_place": None} for m in nothing.values())
+    assert all(note.endswith("not measured") for note in summarize._mechanism_notes(nothing))

@@ -4,13 +4,18 @@
 device has (Numba's on the CPU when the ``fast`` extra is installed, the fused CUDA kernels on a
 GPU); ``reference`` runs :class:`~gpunn.backend.ops.NumpyOps` everywhere (on a GPU the plain
 CuPy path: the fallback should a fused kernel misbehave). Never chosen by timing or history.
+:func:`using` sets the choice for the code it encloses, over the variable (``gpunn bench``
+times the reference Ops beside the accelerated ones that way).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import os
+from collections.abc import Iterator
+from contextvars import ContextVar
 from typing import Any
 
 import numpy as np
@@ -20,11 +25,25 @@ from .ops import NumpyOps
 
 ENV_VAR = "GPUNN_OPS"
 CHOICES = ("auto", "reference")
+_enclosing: ContextVar[str | None] = ContextVar("gpunn_ops_choice", default=None)
 
 
 def choice() -> str:
-    """The process's choice: "auto" or "reference" (from GPUNN_OPS)."""
-    return _parse(os.environ.get(ENV_VAR, ""))
+    """The choice in force: "auto" or "reference" (from :func:`using`, else GPUNN_OPS)."""
+    return _enclosing.get() or _parse(os.environ.get(ENV_VAR, ""))
+
+
+@contextlib.contextmanager
+def using(which: str) -> Iterator[None]:
+    """Compute with ``which`` Ops ("auto" or "reference") inside the block, whatever GPUNN_OPS
+    says; per thread and task, as a ContextVar."""
+    if which not in CHOICES:
+        raise ValueError(f"which must be 'auto' or 'reference', got {which!r}")
+    token = _enclosing.set(which)
+    try:
+        yield
+    finally:
+        _enclosing.reset(token)
 
 
 @functools.lru_cache(maxsize=8)

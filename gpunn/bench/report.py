@@ -16,6 +16,7 @@ FRAMEWORKS = {
     "gpunn": "gpunn, Trainer.fit",
     "user_loop": "gpunn, your own loop",  # the README's step-by-step loop (CPU, SGD or Adam)
     "graph": "gpunn, CUDA graph",  # Trainer(graph=True): the step replayed (GPU only)
+    "reference": "gpunn, reference Ops",  # the same step on NumpyOps: what the accelerated Ops gain
     "numpy": "NumPy loop by hand",
     "torch": "PyTorch eager",
 }

@@ -27,6 +27,7 @@ from .steps import (
     graph_step,
     handwritten_runs,
     numpy_step,
+    reference_step,
     torch_step,
     user_loop_step,
 )
@@ -51,7 +52,9 @@ QUICK_REPEAT = 5
 SKIP_REASONS = {
     "numpy": "the hand-written NumPy loop runs on the CPU with SGD or Adam only",
     "torch": "torch is not installed",
+    "reference": "gpunn computes with the reference Ops here (GPUNN_OPS=reference, or no accelerated Ops)",
 }
+BASELINES = tuple(SKIP_REASONS)  # what --against may name
 
 
 @dataclass(frozen=True)
@@ -92,6 +95,8 @@ def memory_estimate(case: Case, optimizer: str, against: tuple[str, ...]) -> int
     if "numpy" in against and handwritten_runs(case, optimizer):
         copies += 2  # the user's own loop and the hand-written loop
     if "torch" in against and importlib.util.find_spec("torch") is not None:
+        copies += 1
+    if "reference" in against:
         copies += 1
     n = ceiling_size(case.device)
     return copies * minimum_bytes(MODELS[case.model], case.batch, optimizer) + 3 * 4 * n * n
@@ -143,9 +148,10 @@ def _measure_case(case: Case, optimizer: str, against: tuple[str, ...], repeat: 
     loop = _optional("user loop", errors, user_loop_step, case, optimizer) if "numpy" in against else None
     if loop is not None:
         steps["user_loop"] = loop
-    for name, build in (("numpy", numpy_step), ("torch", torch_step)):
+    for name, build in (("numpy", numpy_step), ("torch", torch_step), ("reference", reference_step)):
         if name in against:
-            other = _optional(f"{name} baseline", errors, build, case, optimizer, model)
+            arguments = (case, optimizer) if name == "reference" else (case, optimizer, model)
+            other = _optional(f"{name} baseline", errors, build, *arguments)
             if other is not None:
                 steps[name] = other
             elif f"{name} baseline" not in errors:
@@ -190,7 +196,9 @@ def _measure_case(case: Case, optimizer: str, against: tuple[str, ...], repeat: 
     # A_over_B: B's ms over A's in the same round (> 1: A faster), median and p10–p90 of the rounds
     row["ratio_p10_p90"] = {}
     pairs = [("gpunn", name) for name in times if name != "gpunn"]
-    pairs += [(a, b) for a, b in (("graph", "torch"), ("user_loop", "numpy")) if a in times and b in times]
+    # graph replay against torch and against the eager step it replays; a user's loop against the NumPy loop
+    more = (("graph", "torch"), ("graph", "gpunn"), ("user_loop", "numpy"))
+    pairs += [(a, b) for a, b in more if a in times and b in times]
     for mine, other in pairs:
         median, p10, p90 = paired_ratio(times[other], times[mine])
         row[f"{mine}_over_{other}"] = median

@@ -13,7 +13,9 @@ import threadpoolctl
 
 import gpunn as gn
 
+from ..backend import selection
 from ..backend.device import Device, matmul_precision, to_numpy
+from ..backend.ops import NumpyOps
 from ..optim import create
 from ..train.graph import StepGraph
 from . import handwritten
@@ -67,6 +69,22 @@ def gpunn_step(case: Case, optimizer: str) -> tuple[Step, Any]:
     step, model, _ = _trainer_step(case, optimizer)
     x, t = (case.device.send(a) for a in _data(case))
     return (lambda: step(x, t)), model
+
+
+def reference_step(case: Case, optimizer: str) -> Step | None:
+    """gpunn's step as :func:`gpunn_step`, computed by the reference Ops (``GPUNN_OPS=reference``
+    for this step alone): what the device's accelerated Ops gain. None where the device has no
+    other Ops than the reference."""
+    if type(selection.ops_for(case.device)) is NumpyOps:
+        return None
+    with selection.using("reference"):
+        step, _ = gpunn_step(case, optimizer)
+
+    def run() -> Any:
+        with selection.using("reference"):
+            return step()
+
+    return run
 
 
 def handwritten_runs(case: Case, optimizer: str) -> bool:

@@ -161,9 +161,11 @@ def _check_bench_flags(args: argparse.Namespace) -> None:
             raise ValueError(f"--batch-sizes must be positive, got {batch}")
     if args.repeat is not None and args.repeat < 3:
         raise ValueError(f"--repeat must be at least 3 windows, got {args.repeat}")
+    from ..bench.run import BASELINES  # noqa: PLC0415
+
     for name in args.against:
-        if name not in ("numpy", "torch", "none"):
-            raise ValueError(f"--against takes numpy, torch or none, got {name!r}")
+        if name not in (*BASELINES, "none"):
+            raise ValueError(f"--against takes {', '.join(BASELINES)} or none, got {name!r}")
     outputs = [("--json", None if args.json in ("-", "") else args.json), ("--plot", args.plot or None)]
     if _is_root():  # only rank 0 writes them
         job.check_outputs(*outputs)
@@ -282,7 +284,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch-sizes", type=_csv(int), help="batch sizes for every model (default: per model and device)"
     )
     bench.add_argument("--optimizer", default="adam", choices=list(OPTIMIZERS))
-    against_help = "baselines: numpy (hand-written loop, CPU), torch (if installed), or none"
+    against_help = (
+        "baselines: numpy (hand-written loop, CPU), torch (if installed), reference (gpunn's step on the "
+        "reference Ops: what the accelerated ones gain), or none"
+    )
     bench.add_argument("--against", type=_csv(str), default=["numpy", "torch"], help=against_help)
     bench.add_argument(
         "--repeat", type=int, help="timed windows per step (default: 5; 10 with --full, --models or --batch-sizes)"

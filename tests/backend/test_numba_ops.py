@@ -255,3 +255,31 @@ def test_a_numba_that_does_not_load_leaves_the_reference_running_with_one_warnin
             np.testing.assert_array_equal(got, want)
     finally:
         numba_ops._loops.cache_clear()
+
+
+def test_using_chooses_the_ops_inside_its_block_over_the_variable(monkeypatch):
+    """selection.using overrides GPUNN_OPS for its block only, nested blocks included, in this
+    thread alone; a value other than auto or reference is refused, naming the argument."""
+    import threading  # noqa: PLC0415
+
+    cpu = gn.device("cpu")
+    monkeypatch.setenv(selection.ENV_VAR, "auto")
+    assert type(selection.ops_for(cpu)) is NumbaOps
+    with selection.using("reference"):
+        assert type(selection.ops_for(cpu)) is NumpyOps
+        assert type(selection.ops_of(np.zeros(3))) is NumpyOps
+        seen = []
+        worker = threading.Thread(target=lambda: seen.append(type(selection.ops_for(cpu))))
+        worker.start()
+        worker.join()
+        assert seen == [NumbaOps]  # another thread keeps the variable's choice
+        with selection.using("auto"):
+            assert type(selection.ops_for(cpu)) is NumbaOps
+        assert selection.choice() == "reference"
+    assert type(selection.ops_for(cpu)) is NumbaOps
+    monkeypatch.setenv(selection.ENV_VAR, "reference")
+    with selection.using("auto"):
+        assert type(selection.ops_for(cpu)) is NumbaOps
+    assert type(selection.ops_for(cpu)) is NumpyOps
+    with pytest.raises(ValueError, match="which must be 'auto' or 'reference', got 'fast'"), selection.using("fast"):
+        pass

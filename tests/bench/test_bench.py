@@ -147,13 +147,40 @@ def test_no_user_loop_or_hand_written_loop_where_the_baseline_does_not_run() -> 
     assert row["skipped"] == {"numpy": bench.SKIP_REASONS["numpy"]}
 
 
+def test_the_reference_row_is_the_same_step_on_the_reference_ops(monkeypatch: pytest.MonkeyPatch) -> None:
+    """--against reference times gpunn's step computed by NumpyOps beside the accelerated Ops' (the
+    same numbers: NumbaOps keeps the reference's bits), and is skipped, with why, where gpunn
+    computes with the reference anyway."""
+    pytest.importorskip("numba")
+    from gpunn.backend.numba_ops import NumbaOps  # noqa: PLC0415
+
+    monkeypatch.delenv("GPUNN_OPS", raising=False)
+    accelerated: list[int] = []
+    real = NumbaOps.adam_update
+    monkeypatch.setattr(NumbaOps, "adam_update", lambda self, *a, **k: accelerated.append(1) or real(self, *a, **k))
+    case = bench.Case(gn.Device("cpu"), "T1", 16)
+    fast, _ = bench.gpunn_step(case, "adam")
+    reference = bench.reference_step(case, "adam")
+    ours = [float(fast()) for _ in range(3)]
+    assert len(accelerated) == 3
+    assert [float(reference()) for _ in range(3)] == ours and len(accelerated) == 3
+    result = bench.run([gn.Device("cpu")], bench.workload(["T1"], [4], 3), against=("reference",))
+    (row,) = result["results"]
+    assert row["ops"] == "NumbaOps" and row["reference"]["windows"] == 3 and row["gpunn_over_reference"] > 0
+    assert "gpunn, reference Ops" in table.format_row(row)
+    monkeypatch.setenv("GPUNN_OPS", "reference")
+    assert bench.reference_step(case, "adam") is None
+    (row,) = bench.run([gn.Device("cpu")], bench.workload(["T1"], [4], 3), against=("reference",))["results"]
+    assert "reference" not in row and row["skipped"] == {"reference": bench.SKIP_REASONS["reference"]}
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
         (["--models", "T9"], "unknown model 'T9'"),
         (["--batch-sizes", "0"], "--batch-sizes must be positive"),
         (["--repeat", "1"], "--repeat must be at least 3"),
-        (["--against", "jax"], "--against takes numpy, torch or none"),
+        (["--against", "jax"], "--against takes numpy, torch, reference or none"),
         (["--devices", "tpu"], "device must be"),
     ],
 )
