@@ -205,10 +205,10 @@ def test_mse_accepts_flat_targets_for_column_output(rng):
     assert criterion.backward().shape == (5, 1)
 
 
-def test_mse_keeps_float32(rng):
+@pytest.mark.parametrize(("criterion", "target"), [(gn.MSELoss(), 0.0), (gn.SigmoidBCELoss(), 1.0)])
+def test_mse_and_sigmoid_bce_keep_float32(rng, criterion, target):
     y = rng.standard_normal((4, 2)).astype(np.float32)
-    criterion = gn.MSELoss()
-    assert criterion.forward(y, np.zeros((4, 2), np.float32)).dtype == np.float32
+    assert criterion.forward(y, np.full((4, 2), target, np.float32)).dtype == np.float32
     assert criterion.backward().dtype == np.float32
 
 
@@ -246,13 +246,6 @@ def test_sigmoid_bce_column_output_with_flat_targets(rng):
     loss = float(gn.SigmoidBCELoss().forward(z, t))
     s = 1.0 / (1.0 + np.exp(-z[:, 0]))
     assert loss == pytest.approx(np.mean(-t * np.log(s) - (1 - t) * np.log(1 - s)), rel=1e-12)
-
-
-def test_sigmoid_bce_keeps_float32(rng):
-    z = rng.standard_normal((4, 2)).astype(np.float32)
-    criterion = gn.SigmoidBCELoss()
-    assert criterion.forward(z, np.ones((4, 2), np.float32)).dtype == np.float32
-    assert criterion.backward().dtype == np.float32
 
 
 # ----------------------------------------------------------------------------- regularizers

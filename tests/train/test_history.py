@@ -7,27 +7,12 @@ import math
 import re
 
 import pytest
+from history_records import record
 
 import gpunn as gn
 from gpunn.train.history import FIELDS
 
 MORE_DATA = re.compile(r"more (training )?data")
-
-
-def record(epoch=1, cost=0.5, train_accuracy=0.9, dev_loss=None, dev_accuracy=None, **extra):
-    base = {
-        "epoch": epoch,
-        "cost": cost,
-        "objective": cost,
-        "train_accuracy": train_accuracy,
-        "dev_loss": dev_loss,
-        "dev_accuracy": dev_accuracy,
-        "lr": 0.01,
-        "seconds": 0.1,
-        "samples_per_s": 1000.0,
-    }
-    base.update(extra)
-    return base
 
 
 def history_of(*records) -> gn.History:

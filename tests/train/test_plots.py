@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 import pytest
+from history_records import record
 
 import gpunn as gn
 
@@ -16,26 +17,12 @@ def mpl():
     return pytest.importorskip("matplotlib")
 
 
-def record(epoch, cost, objective=None, train_accuracy=0.5, dev_loss=None, dev_accuracy=None):
-    return {
-        "epoch": epoch,
-        "cost": cost,
-        "objective": cost if objective is None else objective,
-        "train_accuracy": train_accuracy,
-        "dev_loss": dev_loss,
-        "dev_accuracy": dev_accuracy,
-        "lr": 0.01,
-        "seconds": 0.1,
-        "samples_per_s": 1000.0,
-    }
-
-
 def full_history(epochs=4) -> gn.History:
     """Classification with a regularizer (objective > cost) and a dev set."""
     history = gn.History()
     for e in range(1, epochs + 1):
         cost = 1.0 / e
-        history.append(record(e, cost, cost + 0.05, 0.5 + 0.1 * e, cost + 0.1, 0.45 + 0.1 * e))
+        history.append(record(e, cost, 0.5 + 0.1 * e, cost + 0.1, 0.45 + 0.1 * e, objective=cost + 0.05))
     return history
 
 
