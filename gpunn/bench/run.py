@@ -89,9 +89,9 @@ def workload(
 
 def memory_estimate(case: Case, optimizer: str, against: tuple[str, ...]) -> int:
     """Bytes a case holds at its peak, roughly and from above: :func:`~gpunn.bench.costs.minimum_bytes`
-    per copy of the model built (gpunn's step, its products alone, each baseline that runs), plus
-    the ceiling's three n×n matrices. Host memory on the CPU, GPU memory on a GPU."""
-    copies = 2
+    per copy of the model built (gpunn's step, its products alone, graph replay's on a GPU, each
+    baseline that runs), plus the ceiling's three n×n matrices. Host memory on the CPU, GPU memory on a GPU."""
+    copies = 3 if case.device.kind == "cuda" else 2
     if "numpy" in against and handwritten_runs(case, optimizer):
         copies += 2  # the user's own loop and the hand-written loop
     if "torch" in against and importlib.util.find_spec("torch") is not None:

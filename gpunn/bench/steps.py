@@ -64,9 +64,10 @@ def _trainer_step(case: Case, optimizer: str, validate: bool = False) -> tuple[C
     return step, model, opt
 
 
-def gpunn_step(case: Case, optimizer: str) -> tuple[Step, Any]:
-    """gpunn's training step on the case's device as Trainer.fit runs it, and its model."""
-    step, model, _ = _trainer_step(case, optimizer)
+def gpunn_step(case: Case, optimizer: str, validate: bool = False) -> tuple[Step, Any]:
+    """gpunn's training step on the case's device as Trainer.fit runs it (``validate`` as in
+    :func:`_trainer_step`), and its model."""
+    step, model, _ = _trainer_step(case, optimizer, validate)
     x, t = (case.device.send(a) for a in _data(case))
     return (lambda: step(x, t)), model
 
@@ -77,8 +78,7 @@ def reference_step(case: Case, optimizer: str) -> Step | None:
     other Ops than the reference."""
     if type(selection.ops_for(case.device)) is NumpyOps:
         return None
-    with selection.using("reference"):
-        step, _ = gpunn_step(case, optimizer)
+    step, _ = gpunn_step(case, optimizer)  # building asks no Ops: running does
 
     def run() -> Any:
         with selection.using("reference"):
@@ -98,9 +98,7 @@ def user_loop_step(case: Case, optimizer: str) -> Step | None:
     what a user's own loop runs at. None where the hand-written loop it is compared with does not run."""
     if not handwritten_runs(case, optimizer):
         return None
-    step, _, _ = _trainer_step(case, optimizer, validate=True)
-    xb, yb = _data(case)
-    return lambda: step(xb, yb)
+    return gpunn_step(case, optimizer, validate=True)[0]
 
 
 def graph_step(case: Case, optimizer: str) -> StepGraph | None:

@@ -24,6 +24,7 @@ import numpy as np
 
 from .. import __version__, distributed
 from ..backend.device import DeviceUnavailableError, available_devices, device, set_matmul_precision, why_cpu
+from ..backend.ops import NumpyOps
 from ..io.safe_file import check_distinct
 from ..optim import OPTIMIZERS
 from . import job
@@ -32,7 +33,6 @@ from .sysinfo import format_info, system_info
 EXIT_USAGE = 2
 # what bad input, files or devices raise: one line, no traceback (MemoryError: sizes too large)
 USER_ERRORS = (ValueError, TypeError, DeviceUnavailableError, OSError, ImportError, FloatingPointError, MemoryError)
-ACTIVATIONS = ("relu", "leaky_relu", "sigmoid", "tanh", "identity")
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -242,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train a multilayer perceptron on the best device present")
     train.add_argument("--dataset", help="digits (built in), spiral, or mnist:PATH (default: digits)")
     train.add_argument("--hidden", type=_hidden, help="hidden layer sizes, e.g. 100,100 (default: 100)")
-    train.add_argument("--activation", choices=ACTIVATIONS, help="hidden-layer activation (default: relu)")
+    train.add_argument("--activation", choices=NumpyOps.ACTIVATIONS, help="hidden-layer activation (default: relu)")
     train.add_argument("--optimizer", choices=list(OPTIMIZERS), help="update rule (default: adam)")
     train.add_argument("--lr", type=float, help="learning rate (default: 0.001)")
     train.add_argument("--l2", type=float, help="L2 penalty λ in ½·λ·ΣW² (default: 0.0001)")

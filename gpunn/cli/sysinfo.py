@@ -52,6 +52,7 @@ def system_info() -> dict[str, Any]:
         selected, device_error = None, str(exc)
     devices = backend.available_devices()
     gpus = [{"device": str(dev), **backend.gpu_properties(dev.index)} for dev in devices if dev.kind == "cuda"]
+    ops = selection.choice()
     return {
         "gpunn": __version__,
         "python": platform.python_version(),
@@ -59,8 +60,8 @@ def system_info() -> dict[str, Any]:
         "numpy": np.__version__,
         "cupy": backend.cupy_version(),
         "blas": blas_info(),
-        "ops": selection.choice(),
-        "cpu_compiled_ops": "none (GPUNN_OPS=reference)" if selection.choice() == "reference" else numba_ops.describe(),
+        "ops": ops,
+        "cpu_compiled_ops": "none (GPUNN_OPS=reference)" if ops == "reference" else numba_ops.describe(),
         "cpu_count": os.cpu_count(),
         "devices": [str(d) for d in devices],
         "selected": selected,
