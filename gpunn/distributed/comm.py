@@ -121,12 +121,14 @@ class Communicator:
         """Run a collective on x in place: ``on_gpu(link)`` through NCCL, else ``on_host`` on x
         (a GPU array staged through the host) over MPI; nothing for a lone process. Checked before
         any transport: a collective that fails on one rank after the others joined it would hang."""
-        on_gpu_device = device_of(x).kind == "cuda"
-        usable = (on_gpu_device or (isinstance(x, np.ndarray) and x.flags.writeable)) and x.flags.c_contiguous
-        if self.size > 1 and not usable:
+        dev = device_of(x)
+        on_gpu_device = dev.kind == "cuda"
+        if self.size > 1 and not (
+            (on_gpu_device or (isinstance(x, np.ndarray) and x.flags.writeable)) and x.flags.c_contiguous
+        ):
             raise ValueError("collectives work in place on contiguous, writable arrays (such as the flat buffers)")
         if on_gpu_device:
-            link = self._gpu_link(device_of(x))
+            link = self._gpu_link(dev)
             if link is not None:
                 on_gpu(link)
             elif self.size > 1:

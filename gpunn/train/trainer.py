@@ -37,6 +37,23 @@ class TrainingDivergedError(FloatingPointError):
     """The loss became NaN or infinite; the message names the epoch and the step."""
 
 
+def _divergence(losses: np.ndarray, weights_finite: bool, epoch: int, n_steps: int) -> str | None:
+    """What went wrong in ``epoch`` (from 1), given its per-step losses (host) and whether the
+    weights are finite after its last update; None when nothing did."""
+    bad = np.flatnonzero(~np.isfinite(losses))  # host: the losses read back once per epoch
+    if bad.size:
+        return (
+            f"the loss became {losses[bad[0]]} at epoch {epoch}, step {bad[0] + 1} of {n_steps}; "
+            "lower the learning rate, check the inputs for NaN, or clip gradients (max_grad_norm=...)"
+        )
+    if not weights_finite:
+        return (
+            f"the weights became NaN or infinite in the last update of epoch {epoch} (step {n_steps} of "
+            f"{n_steps}); lower the learning rate, or clip gradients (max_grad_norm=...)"
+        )
+    return None
+
+
 class Trainer:
     """Train ``model`` with ``loss`` and ``optimizer`` (and an optional ``regularizer``).
 
@@ -273,19 +290,10 @@ class Trainer:
             correct = int(to_numpy(step_correct).sum()) if classify is not None else None
         if self._parallel is not None:
             losses, correct = self._parallel.reduce_epoch(losses, correct)  # global per-step means
-        bad = np.flatnonzero(~np.isfinite(losses))  # host: read by to_numpy above
-        if bad.size:
-            error = TrainingDivergedError(
-                f"the loss became {losses[bad[0]]} at epoch {epoch + 1}, step {bad[0] + 1} of {n_steps}; "
-                "lower the learning rate, check the inputs for NaN, or clip gradients (max_grad_norm=...)"
-            )
-            error.collective = self._parallel is not None  # every rank read the same global losses
-            raise error
-        if not weights_finite:  # after the sum of gradients every rank holds the same weights
-            error = TrainingDivergedError(
-                f"the weights became NaN or infinite in the last update of epoch {epoch + 1} (step {n_steps} of "
-                f"{n_steps}); lower the learning rate, or clip gradients (max_grad_norm=...)"
-            )
+        message = _divergence(losses, weights_finite, epoch + 1, n_steps)
+        if message is not None:
+            error = TrainingDivergedError(message)
+            # every rank read the same global losses, and after the sum of gradients holds the same weights
             error.collective = self._parallel is not None
             raise error
         sizes = np.full(n_steps, batch_size, dtype=np.float64)
