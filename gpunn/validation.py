@@ -126,6 +126,27 @@ def check_real(name: str, a: Any) -> None:
         raise TypeError(f"{name} must hold real numbers (bool, integer or float), got dtype {a.dtype}")
 
 
+def check_values(a: Any, name: str, dtype: Any = None) -> None:
+    """Refuse NaN and infinity in a floating ``a``, and values that ``dtype`` (the model's, which
+    ``a`` is converted to) cannot hold, naming the first row. One reduction on a's device."""
+    if a.dtype.kind != "f":
+        return
+    xp = array_module(a)
+    limit = np.finfo(dtype if dtype is not None else a.dtype).max
+    narrower = limit < np.finfo(a.dtype).max
+    if bool(((xp.abs(a) <= limit) if narrower else xp.isfinite(a)).all()):
+        return
+    rows = to_numpy(a).reshape(a.shape[0], -1)
+    bad = np.flatnonzero(~np.isfinite(rows).all(axis=1))  # host: rows: to_numpy above
+    if bad.size:
+        raise ValueError(f"{name} contains NaN or infinity (first in row {bad[0]}); clean the data first")
+    row = np.flatnonzero((np.abs(rows) > limit).any(axis=1))[0]  # host: rows: to_numpy above
+    raise ValueError(
+        f"{name} holds values beyond the range of the model's {np.dtype(dtype).name} (|value| > {limit:.4g}), "
+        f"first in row {row}, which would become infinite; scale the data, or use a float64 model"
+    )
+
+
 def check_labels(t: Any, n_classes: int | None, name: str = "t") -> Any:
     """Integer class labels ``t`` (N,) in [0, n_classes) (the range read back to the host; not
     checked when ``n_classes`` is None); returns them, as int64 where they are uint64 (whose

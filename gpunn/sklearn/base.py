@@ -22,8 +22,7 @@ from sklearn.utils.validation import (
 )
 
 from ..backend.device import Device, array_module, device, device_of, to_numpy
-from ..train.batches import check_values
-from ..validation import check_dtype
+from ..validation import check_dtype, check_values
 from .network import _blas_threads, _Network
 from .training import _NON_FINITE, _TrainingLoops
 

@@ -9,7 +9,14 @@ from ..backend.device import Device, to_numpy
 from ..nn.layers import Linear
 from ..nn.losses import Loss, MSELoss, SigmoidBCELoss, SoftmaxWithLoss
 from ..nn.sequential import Sequential
-from ..validation import check_float
+from ..validation import (
+    check_distributions,
+    check_float,
+    check_labels,
+    check_real,
+    check_unit_interval,
+    check_values,
+)
 from . import batches as batching
 from . import data as datasets
 
@@ -52,19 +59,63 @@ def prepare(
 
 
 def checked_x(model: Sequential, x: Any, name: str) -> Any:
-    """x (N, features) checked against the model's first layer, in the model's dtype."""
+    """``x`` as a 2-D numeric array of N >= 1 finite rows (a list or a DataFrame becomes a NumPy
+    array) with the features the model's first layer expects, and values the model's dtype can hold."""
+    x = batching.as_array(x, name)
+    if not (hasattr(x, "ndim") and hasattr(x, "dtype")):
+        raise TypeError(f"{name} must be an array of shape (N, features), got {type(x).__name__}")
+    if x.ndim != 2:
+        raise ValueError(f"{name} must have shape (N, features), got shape {tuple(x.shape)}")
+    check_real(name, x)
+    if x.shape[0] == 0:
+        raise ValueError(f"{name} holds no samples (shape {tuple(x.shape)})")
     first = model.layers[0] if len(model) else None
-    n_in = first.n_in if isinstance(first, Linear) else None
-    return batching.checked_inputs(x, name, n_in, repr(first), dtype=model.dtype)
+    if isinstance(first, Linear) and x.shape[1] != first.n_in:
+        raise ValueError(
+            f"{name} has {x.shape[1]} features but the model's first layer, {first!r}, expects {first.n_in}"
+        )
+    check_values(x, name, model.dtype)
+    return x
 
 
 def checked_data(model: Sequential, loss: Loss, x: Any, y: Any, x_name: str, y_name: str) -> tuple[Any, Any]:
-    """x and y checked once per fit or evaluation (targets against the loss and the model's outputs)."""
+    """x (:func:`checked_x`) and y checked once per fit or evaluation, and returned as arrays (a
+    list or a pandas Series becomes a NumPy array). y must have x's N rows; float targets must be
+    finite and within the model's dtype. For SoftmaxWithLoss: integer labels (N,) in [0, outputs)
+    ((N, 1) integer labels are flattened), or targets (N, outputs) whose rows are distributions
+    (:func:`~gpunn.validation.check_distributions`, the loss's own check); for SigmoidBCELoss and
+    MSELoss: (N, outputs), or (N,) for one output, with every SigmoidBCELoss target in [0, 1]."""
     x = checked_x(model, x, x_name)
     linears = [layer for layer in model.layers if isinstance(layer, Linear)]
     outputs = linears[-1].n_out if linears else None
-    kind = next((k.__name__ for k in (SoftmaxWithLoss, SigmoidBCELoss, MSELoss) if isinstance(loss, k)), None)
-    return x, batching.checked_targets(y, x, (x_name, y_name), kind, outputs, model.dtype)
+    y = batching.as_array(y, y_name)
+    if not (hasattr(y, "ndim") and hasattr(y, "dtype")):
+        raise TypeError(f"{y_name} must be an array, got {type(y).__name__}")
+    if y.shape[:1] != x.shape[:1]:
+        raise ValueError(
+            f"{x_name} and {y_name} hold different numbers of samples: {tuple(x.shape)} and {tuple(y.shape)}"
+        )
+    softmax = isinstance(loss, SoftmaxWithLoss)
+    if softmax and y.ndim == 2 and y.shape[1] == 1 and y.dtype.kind in "iu" and outputs != 1:
+        y = y.reshape(-1)  # a column of class labels, as a DataFrame column or y.reshape(-1, 1) gives
+    if softmax and y.ndim == 1:
+        return x, check_labels(y, outputs, y_name)
+    check_real(y_name, y)
+    check_values(y, y_name, model.dtype)
+    if not isinstance(loss, (SoftmaxWithLoss, SigmoidBCELoss, MSELoss)) or outputs is None:
+        return x, y
+    if y.ndim not in (1, 2) or (y.ndim == 2 and y.shape[1] != outputs) or (y.ndim == 1 and outputs != 1):
+        wanted = f"({x.shape[0]}, {outputs})" + (f" or ({x.shape[0]},)" if outputs == 1 else "")
+        labels = f", or integer labels of shape ({x.shape[0]},)" if softmax else ""
+        raise ValueError(
+            f"{y_name} must have shape {wanted}{labels} for {type(loss).__name__} on a model with {outputs} "
+            f"outputs, got shape {tuple(y.shape)}"
+        )
+    if softmax:
+        check_distributions(y, model.dtype, y_name)
+    elif isinstance(loss, SigmoidBCELoss):
+        check_unit_interval(y, y_name, type(loss).__name__)
+    return x, y
 
 
 def send(model: Sequential, device: Device, x: Any, y: Any) -> tuple[Any, Any]:

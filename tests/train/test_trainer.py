@@ -894,7 +894,7 @@ def test_x_must_be_a_2d_numeric_array(spiral):
         trainer.fit(x[:, 0], y, epochs=1, verbose=False)
     with pytest.raises(TypeError, match="x must be an array"):
         trainer.fit("data", y, epochs=1, verbose=False)
-    with pytest.raises(TypeError, match="x must hold numbers"):
+    with pytest.raises(TypeError, match="x must hold real numbers"):
         trainer.fit(x.astype(str), y, epochs=1, verbose=False)
 
 

@@ -188,7 +188,7 @@ def test_dataframes_and_series_are_taken_as_their_values(spiral):
     assert framed.evaluate(frame, pd.DataFrame({"label": y})) == plain.evaluate(x, y)  # a one-column frame
     nullable = pd.DataFrame({"a": pd.array(x[:, 0], dtype="Float64"), "b": x[:, 1]})
     assert framed.evaluate(nullable, pd.Series(y, dtype="Int64")) == plain.evaluate(x, y)
-    with pytest.raises(TypeError, match="x must hold numbers"):
+    with pytest.raises(TypeError, match="x must hold real numbers"):
         framed.predict(frame.assign(a="text"))
 
 
