@@ -11,7 +11,7 @@ from typing import Any
 from ..backend.selection import ops_of
 from ..validation import FLOAT_DTYPES, check_array, check_float
 from .functional import softmax
-from .layers import SYMBOLS, Layer, check_dy
+from .layers import SYMBOLS, Layer, check_dy, check_x
 
 
 class Activation(Layer):
@@ -27,16 +27,14 @@ class Activation(Layer):
         self._ops: Any = None
 
     def forward(self, x: Any) -> Any:
-        if getattr(x, "ndim", None) != 2 or x.dtype not in FLOAT_DTYPES:
-            check_array("x", x, repr(self))
+        check_x(self, x)
         ops = self._ops = ops_of(x)
         self._a = ops.activation(x, self.name, self.alpha)
         return self._a
 
     def backward(self, dy: Any) -> Any:
         a = self._a
-        if type(dy) is not type(a) or dy.shape != a.shape or dy.dtype != a.dtype:
-            check_dy(self, dy, a)
+        check_dy(self, dy, a)
         return self._ops.activation_backward(dy, a, self.name, self.alpha)
 
     def formula(self, layer: int) -> str:
@@ -50,15 +48,13 @@ class Identity(Activation):
     """a = z (a linear activation; backward passes the gradient through)."""
 
     def forward(self, x: Any) -> Any:
-        if getattr(x, "ndim", None) != 2 or x.dtype not in FLOAT_DTYPES:
-            check_array("x", x, repr(self))
+        check_x(self, x)
         self._a = x
         return x
 
     def backward(self, dy: Any) -> Any:
         a = self._a
-        if type(dy) is not type(a) or dy.shape != a.shape or dy.dtype != a.dtype:
-            check_dy(self, dy, a)
+        check_dy(self, dy, a)
         return dy
 
     def formula(self, layer: int) -> str:
@@ -123,8 +119,7 @@ class Softmax(Layer):
 
     def backward(self, dy: Any) -> Any:
         a = self._a
-        if type(dy) is not type(a) or dy.shape != a.shape or dy.dtype != a.dtype:
-            check_dy(self, dy, a)
+        check_dy(self, dy, a)
         dx = dy - (dy * a).sum(axis=1, keepdims=True)
         dx *= a
         return dx

@@ -87,9 +87,18 @@ class Layer:
         return {"type": type(self).__name__}
 
 
+def check_x(layer: Layer, x: Any) -> None:
+    """Raise a clear error unless ``x`` is a 2-D float32/float64 array (the cheap comparisons
+    first: every step passes them)."""
+    if getattr(x, "ndim", None) != 2 or x.dtype not in FLOAT_DTYPES:
+        check_array("x", x, repr(layer))
+
+
 def check_dy(layer: Layer, dy: Any, y: Any) -> None:
     """Raise a clear error unless ``dy`` matches the layer's last output ``y`` (device, shape,
-    dtype); a RuntimeError when there is none yet."""
+    dtype); a RuntimeError when there is none yet. The cheap comparisons first: every step passes them."""
+    if y is not None and type(dy) is type(y) and dy.shape == y.shape and dy.dtype == y.dtype:
+        return
     if y is None:
         raise RuntimeError(f"{layer!r}.backward called before forward")
     check_array("dy", dy, repr(layer), like=y, shape=tuple(y.shape))
@@ -152,8 +161,7 @@ class Linear(Layer):
         ``overwrite_dy``: dy may be overwritten with dz (as SciPy's ``overwrite_a``), saving an
         array of its size; Sequential passes it for the ∂L/∂x of the Linear layer above."""
         x, a = self._x, self._a
-        if type(dy) is not type(a) or dy.shape != a.shape or dy.dtype != a.dtype:
-            check_dy(self, dy, a)
+        check_dy(self, dy, a)
         ops = self._ops
         if self.activation in (None, "identity"):
             dz = dy
@@ -209,8 +217,7 @@ class Dropout(Layer):
         self._x: Any = None  # the last input: backward checks dy against it
 
     def forward(self, x: Any) -> Any:
-        if getattr(x, "ndim", None) != 2 or x.dtype not in FLOAT_DTYPES:
-            check_array("x", x, repr(self))
+        check_x(self, x)
         self._x = x
         if not self.training or self.p == 0.0:
             self._mask = None
@@ -230,8 +237,7 @@ class Dropout(Layer):
 
     def backward(self, dy: Any) -> Any:
         x = self._x
-        if type(dy) is not type(x) or dy.shape != x.shape or dy.dtype != x.dtype:
-            check_dy(self, dy, x)
+        check_dy(self, dy, x)
         return dy if self._mask is None else dy * self._mask
 
     def formula(self, layer: int) -> str:

@@ -46,7 +46,6 @@ class Optimizer:
 
     state_names: tuple[str, ...] = ()
     hyper_names: tuple[str, ...] = ("lr",)
-    weight_decay = 0.0  # PyTorch's coupled weight decay (AdamW: its decoupled decay, see decoupled)
     decoupled = False  # whether weight_decay scales W in the rule instead of joining the gradient
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -56,8 +55,12 @@ class Optimizer:
             value = _plain(value)
         object.__setattr__(self, name, value)
 
-    def __init__(self, params: Params = None, *, lr: float, max_grad_norm: float | None = None) -> None:
+    def __init__(
+        self, params: Params = None, *, lr: float, weight_decay: float = 0.0, max_grad_norm: float | None = None
+    ) -> None:
         self.lr = check_float("lr", lr, low=0.0)
+        # PyTorch's coupled weight decay (AdamW: its decoupled decay, see decoupled)
+        self.weight_decay = check_float("weight_decay", weight_decay, low=0.0)
         self.max_grad_norm = (
             None if max_grad_norm is None else check_float("max_grad_norm", max_grad_norm, low=0.0, low_open=True)
         )

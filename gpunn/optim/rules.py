@@ -62,8 +62,7 @@ class SGD(Optimizer):
         max_grad_norm: float | None = None,
     ) -> None:
         self.momentum, self.dampening, self.nesterov = _check_momentum(momentum, dampening, nesterov)
-        self.weight_decay = check_float("weight_decay", weight_decay, low=0.0)
-        super().__init__(params, lr=lr, max_grad_norm=max_grad_norm)
+        super().__init__(params, lr=lr, weight_decay=weight_decay, max_grad_norm=max_grad_norm)
 
     def _check_hyperparameters(self) -> None:
         self.momentum, self.dampening, self.nesterov = _check_momentum(self.momentum, self.dampening, self.nesterov)
@@ -118,8 +117,7 @@ class AdaGrad(Optimizer):
         max_grad_norm: float | None = None,
     ) -> None:
         self.eps = check_float("eps", eps, low=0.0, low_open=True)
-        self.weight_decay = check_float("weight_decay", weight_decay, low=0.0)
-        super().__init__(params, lr=lr, max_grad_norm=max_grad_norm)
+        super().__init__(params, lr=lr, weight_decay=weight_decay, max_grad_norm=max_grad_norm)
 
     def _update(self, ops: Any, flat: FlatParameters, state: dict[str, Any], extras: dict[str, Any]) -> None:
         ops.adagrad_update(flat.data, flat.grad, state["sum_sq"], lr=self.lr, eps=self.eps, **extras)
@@ -143,8 +141,7 @@ class RMSprop(Optimizer):
     ) -> None:
         self.alpha = check_float("alpha", alpha, low=0.0, high=1.0, high_open=True)
         self.eps = check_float("eps", eps, low=0.0, low_open=True)
-        self.weight_decay = check_float("weight_decay", weight_decay, low=0.0)
-        super().__init__(params, lr=lr, max_grad_norm=max_grad_norm)
+        super().__init__(params, lr=lr, weight_decay=weight_decay, max_grad_norm=max_grad_norm)
 
     def _update(self, ops: Any, flat: FlatParameters, state: dict[str, Any], extras: dict[str, Any]) -> None:
         W, g, s = flat.data, flat.grad, state["square_avg"]
@@ -178,8 +175,7 @@ class Adam(Optimizer):
             check_float(f"betas[{i}]", b, low=0.0, high=1.0, high_open=True) for i, b in enumerate(betas)
         )
         self.eps = check_float("eps", eps, low=0.0, low_open=True)
-        self.weight_decay = check_float("weight_decay", weight_decay, low=0.0)
-        super().__init__(params, lr=lr, max_grad_norm=max_grad_norm)
+        super().__init__(params, lr=lr, weight_decay=weight_decay, max_grad_norm=max_grad_norm)
 
     def _update(self, ops: Any, flat: FlatParameters, state: dict[str, Any], extras: dict[str, Any]) -> None:
         beta1, beta2 = self.betas
