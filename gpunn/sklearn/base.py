@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import scipy.sparse
+from sklearn import get_config
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, Options, StrOptions
@@ -22,7 +23,7 @@ from sklearn.utils.validation import (
 )
 
 from ..backend.device import Device, array_module, device, device_of, to_numpy
-from ..validation import check_dtype, check_values
+from ..validation import FLOAT_DTYPES, check_dtype, check_values
 from .network import _blas_threads, _Network
 from .training import _NON_FINITE, _TrainingLoops
 
@@ -36,7 +37,7 @@ def _is_cupy(x: Any) -> bool:
 def _float_dtype(x: Any) -> np.dtype:
     """x's dtype if float32 or float64, else float64: the dtype scikit-learn computes in for x."""
     dtype = np.dtype(getattr(x, "dtype", np.float64))
-    return dtype if dtype in (np.float32, np.float64) else np.dtype(np.float64)
+    return dtype if dtype in FLOAT_DTYPES else np.dtype(np.float64)
 
 
 class BaseMultilayerPerceptron(_TrainingLoops, BaseEstimator):
@@ -171,10 +172,12 @@ class BaseMultilayerPerceptron(_TrainingLoops, BaseEstimator):
             y = column_or_1d(y, warn=True)
         if scipy.sparse.issparse(X):
             X = X.toarray()  # gpunn computes densely; a sparse X is densified once
-        # CuPy X's one scan of its values; for host X, scikit-learn found no NaN and this finds values
-        # beyond the network's dtype (1e300 in float64 X would become inf in a float32 network)
+        # CuPy X's one scan of its values; host X, which scikit-learn has scanned for NaN and infinity,
+        # only for values beyond a narrower network dtype (1e300 in float64 X would become inf in a
+        # float32 network), or when scikit-learn was told to assume finite values
         dtype = self._compute_dtype(X) if reset else net.dtype
-        check_values(X, "X", dtype)
+        if cupy or X.dtype.itemsize > dtype.itemsize or get_config()["assume_finite"]:
+            check_values(X, "X", dtype)
         if cupy:  # n_features_in_ and feature_names_in_, set or compared as for host X above
             validate_data(self, X, skip_check_array=True, reset=reset)
         return X, y, dtype
@@ -201,7 +204,8 @@ class BaseMultilayerPerceptron(_TrainingLoops, BaseEstimator):
                 to_numpy(sample_weight), np.empty((X.shape[0], 0)), dtype=np.float64, ensure_non_negative=True
             )
         targets, stratify, n_outputs = self._encode_targets(y, incremental)
-        check_values(targets, "y", dtype)
+        if not isinstance(self, ClassifierMixin):  # a classifier's targets are its own labels or 0/1 indicators
+            check_values(targets, "y", dtype)
         if not first_pass and n_outputs != self.n_outputs_:
             raise ValueError(f"y has {n_outputs} outputs but the fitted network has {self.n_outputs_}; refit it")
         rng = check_random_state(self.random_state)

@@ -360,6 +360,25 @@ def test_errors():
         MLPClassifier(max_iter=1, device="cpu").fit(x, y).predict(x[:, :5])
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_nan_in_x_is_refused_even_where_scikit_learn_assumes_finite_values(dtype):
+    """Host X of the network's dtype is scanned by scikit-learn alone; under its assume_finite
+    gpunn scans it itself, so NaN never reaches a fit or a prediction."""
+    import sklearn  # noqa: PLC0415
+
+    x, y = multiclass()
+    x = x.astype(dtype)
+    clf = MLPClassifier(max_iter=2, random_state=0, device="cpu", dtype=dtype).fit(x, y)
+    x[3, 2] = np.nan
+    with sklearn.config_context(assume_finite=True):
+        with pytest.raises(ValueError, match=r"X contains NaN or infinity \(first in row 3\)"):
+            MLPClassifier(max_iter=2, random_state=0, device="cpu", dtype=dtype).fit(x, y)
+        with pytest.raises(ValueError, match=r"X contains NaN or infinity \(first in row 3\)"):
+            clf.predict(x)
+    with pytest.raises(ValueError, match=r"Input X contains NaN"):  # scikit-learn's own scan
+        clf.predict(x)
+
+
 @pytest.mark.parametrize("cupy_path", [False, True], ids=["numpy-X", "cupy-X"])
 @pytest.mark.parametrize("bad", [np.nan, 1e300])  # 1e300: finite in float64, not in the float32 network
 def test_a_refused_fit_leaves_the_fitted_estimator_as_it_was(monkeypatch, cupy_path, bad):
